@@ -1,0 +1,82 @@
+//! Network-namespace labs for portwarden's tests, demo and benchmarks.
+//!
+//! A *lab* is a handful of Linux network namespaces — "nodes" that are scanned and
+//! "scanners" that scan them — joined by veth pairs. Two namespaces are joined directly; three
+//! or more are joined through a bridge that lives in its own bridge namespace. No namespace gets
+//! a default route, so lab traffic can never leave the lab, and nothing in the root namespace
+//! (its links, addresses or netfilter rules) is ever touched: every link is created *inside* a
+//! lab namespace with `ip -n`.
+//!
+//! A key design decision is that cleanup is tied to ownership: [`Lab`] deletes its namespaces in
+//! `Drop` (also while a failing test unwinds), [`LabChild`] kills its process in `Drop`, and the
+//! listener guards stop their threads and close their sockets in `Drop`. Names embed the creating
+//! process id, so parallel tests never collide and [`cleanup_stale`] can remove what a crashed
+//! run left behind without touching labs of processes that are still alive.
+//!
+//! # API at a glance
+//!
+//! ```text
+//! Lab::check_environment() -> Result<(), LabError>        root? `ip` present?
+//! skip_unless_lab!()                                      early-return from a test when no lab
+//! Lab::builder("tag").nodes(2).scanners(1)
+//!     .scanner_addresses(2).build() -> Result<Lab, LabError>
+//! lab.node(i) / lab.scanner(i) -> &Netns                  (also nodes(), scanners())
+//! Netns { name, ipv4: Vec<Ipv4Addr>, ipv6: Vec<Ipv6Addr> } addresses on `eth0`
+//! netns.exec(&["iptables", "-A", ...]) -> Result<String>  stdout, clear error on failure
+//! netns.output(&[...]) -> Result<Output>                  no exit-status check
+//! netns.spawn(&[...]) -> Result<LabChild>                 killed on drop
+//! netns.iptables(&[...]) / netns.ip6tables(&[...])        pass-through, inside the namespace
+//! netns.add_random_loss(0.05)                             iptables statistic DROP, v4 + v6
+//! netns.add_netem_loss(5.0)                               tc netem on eth0
+//! netns.sysctl("net.ipv4.icmp_ratelimit", "0")
+//! netns.tcp_listener(port) -> Result<TcpListenerGuard>    accepts and closes, v4 + v6
+//! netns.udp_echo(port) / netns.udp_silent(port)           answering / silent UDP sockets
+//! netns.run(|| ...) -> Result<T>                          closure on a thread inside the namespace
+//! netns.enter_current_thread()                            setns(CLONE_NEWNET) for this thread
+//! cleanup_stale("pw-") -> Result<usize>                   remove labs of dead processes
+//! ```
+//!
+//! # Addresses
+//!
+//! All addresses live on `eth0` of their namespace, in `10.213.0.0/16` and `fd00:213::/64`:
+//! node `i` has `10.213.0.(11+i)` / `fd00:213::(11+i)`, scanner `i` has `10.213.1.(2+i)` /
+//! `fd00:213::1:(2+i)`, and its extra address `j` is `10.213.(1+j).(2+i)` /
+//! `fd00:213::(1+j):(2+i)`. Every namespace has its own copy of these ranges, so parallel labs
+//! can use the same numbers without seeing each other.
+//!
+//! # Layout
+//!
+//! * `lab` — [`Lab`], [`LabBuilder`], topology, cleanup.
+//! * `netns` — [`Netns`]: commands, threads and helpers inside one namespace.
+//! * `listener` — TCP and UDP listeners bound inside a namespace.
+//! * `error` — [`LabError`].
+
+mod error;
+mod lab;
+mod listener;
+mod netns;
+
+pub use error::LabError;
+pub use lab::{Lab, LabBuilder, cleanup_stale};
+pub use listener::{TcpListenerGuard, UdpListenerGuard};
+pub use netns::{LabChild, Netns};
+
+/// Returns early from the current test, with a message on standard error, when the machine
+/// cannot run labs (not root, or `ip` missing).
+///
+/// When the environment variable `CI` or `PORTWARDEN_REQUIRE_LAB` is set, a missing lab is a
+/// failure instead of a skip, so CI cannot silently pass without running lab tests.
+#[macro_export]
+macro_rules! skip_unless_lab {
+    () => {
+        if let Err(e) = $crate::Lab::check_environment() {
+            if std::env::var_os("CI").is_some()
+                || std::env::var_os("PORTWARDEN_REQUIRE_LAB").is_some()
+            {
+                panic!("lab required (CI or PORTWARDEN_REQUIRE_LAB set) but unavailable: {e}");
+            }
+            eprintln!("skipping lab test: {e}");
+            return;
+        }
+    };
+}

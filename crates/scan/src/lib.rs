@@ -1,0 +1,1 @@
+//! nmap-identical port scanning for portwarden (work in progress).
