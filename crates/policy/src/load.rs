@@ -1,0 +1,359 @@
+//! Loading files and directories of documents into a validated [`Loaded`] set.
+//!
+//! # Guarantees
+//!
+//! All or nothing: either every document in every file is valid and a [`Loaded`] comes back,
+//! or every problem found in every file comes back as [`Diagnostic`]s and nothing is returned
+//! to act on.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::decode::{self, Document};
+use crate::diagnostic::Diagnostic;
+use crate::intent::{Node, Policy};
+use crate::model::PolicySet;
+use crate::validate;
+use crate::yaml::{self, Loc, PathSegment};
+
+/// Policy files larger than this are refused before parsing: no real policy set comes close,
+/// and it bounds the memory a hostile file can take.
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A validated set of documents.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// The policies, ready to evaluate and compile.
+    pub policies: PolicySet,
+    /// Nodes of every inventory found among the documents, in file order.
+    pub nodes: Vec<Node>,
+    /// How many inventory documents were found.
+    pub inventories: usize,
+    /// How many files were read.
+    pub files: usize,
+}
+
+impl Loaded {
+    /// The inventory node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// Loads files and directories (recursively, `*.yaml`/`*.yml`, hidden entries such as `.git`
+/// skipped; a file named explicitly is read whatever its extension).
+///
+/// # Errors
+///
+/// Every problem in every file, located; see the module's guarantees.
+pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p.as_ref(), true, &mut files, &mut diags);
+    }
+    let mut accepted = Vec::new();
+    for file in &files {
+        load_file(file, &mut accepted, &mut diags);
+    }
+    let loaded = assemble(accepted, &mut diags, files.len());
+    if diags.is_empty() { Ok(loaded) } else { Err(diags) }
+}
+
+/// A document that passed decoding and validation, with what is needed to locate it later.
+struct Accepted {
+    file: String,
+    source: std::sync::Arc<str>,
+    tree: yaml::Node,
+    value: Valid,
+}
+
+enum Valid {
+    Policy(Policy),
+    Nodes(Vec<Node>),
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            diags.push(Diagnostic::file(
+                &display(path),
+                format!("cannot read: {e}"),
+                Some("check the path; directories are read recursively for *.yaml and *.yml".into()),
+            ));
+            return;
+        }
+    };
+    if meta.is_dir() {
+        let entries = match fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => {
+                diags.push(Diagnostic::file(&display(path), format!("cannot list directory: {e}"), None));
+                return;
+            }
+        };
+        let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        children.sort();
+        for child in children {
+            let hidden = child
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if !hidden {
+                collect_files(&child, false, out, diags);
+            }
+        }
+    } else {
+        let is_yaml = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        if explicit || is_yaml {
+            out.push(path.to_path_buf());
+        }
+    }
+}
+
+/// Reads a file as UTF-8 text within [`MAX_FILE_BYTES`].
+fn read_text(path: &Path, name: &str) -> Result<String, Diagnostic> {
+    let file = fs::File::open(path)
+        .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Diagnostic::file(
+            name,
+            format!("file is larger than {} MiB", MAX_FILE_BYTES / (1024 * 1024)),
+            Some("split the policies into several files".into()),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let text = String::from_utf8_lossy(good);
+        let line = text.matches('\n').count() as u32 + 1;
+        let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+        Diagnostic {
+            file: name.to_string(),
+            loc: Some(Loc { line, column, len: 1 }),
+            message: "file is not valid UTF-8".into(),
+            help: Some("save the file as UTF-8".into()),
+            line_text: None,
+        }
+    })
+}
+
+fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnostic>) {
+    let name = display(path);
+    let source: std::sync::Arc<str> = match read_text(path, &name) {
+        Ok(s) => s.into(),
+        Err(d) => {
+            diags.push(d);
+            return;
+        }
+    };
+    let trees = match yaml::parse_stream(&source) {
+        Ok(t) => t,
+        Err(e) => {
+            let d = match e.loc {
+                Some(loc) => Diagnostic::at(&name, &source, loc, e.message, None),
+                None => Diagnostic::file(&name, e.message, None),
+            };
+            diags.push(d);
+            return;
+        }
+    };
+    for tree in trees {
+        let (doc, problems) = decode::decode(&tree);
+        let before = diags.len();
+        for p in &problems {
+            diags.push(Diagnostic::at(&name, &source, p.loc, p.message.clone(), p.help.clone()));
+        }
+        let Some(doc) = doc else { continue };
+        let validated = match &doc {
+            Document::Policy(p) => validate::policy(p).map(Valid::Policy),
+            Document::Inventory(i) => validate::inventory(i).map(Valid::Nodes),
+        };
+        match validated {
+            Ok(value) if diags.len() == before => accepted.push(Accepted {
+                file: name.clone(),
+                source: source.clone(),
+                tree,
+                value,
+            }),
+            Ok(_) => {}
+            Err(issues) => {
+                let below_problem = |path: &[PathSegment]| {
+                    problems.iter().any(|p| path.starts_with(&p.path))
+                };
+                for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
+                    let loc = tree.locate(&i.path);
+                    diags.push(Diagnostic::at(&name, &source, loc, i.message, i.help));
+                }
+            }
+        }
+    }
+}
+
+/// Cross-document checks (unique policy and node names), then the final set.
+fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) -> Loaded {
+    let mut policies = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut inventories = 0;
+    let mut first_policy: BTreeMap<String, String> = BTreeMap::new();
+    let mut first_node: BTreeMap<String, String> = BTreeMap::new();
+    let name_path = [
+        PathSegment::Key("metadata".into()),
+        PathSegment::Key("name".into()),
+    ];
+    for a in accepted {
+        match a.value {
+            Valid::Policy(p) => {
+                let loc = a.tree.locate(&name_path);
+                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                if let Some(first) = first_policy.get(&p.name) {
+                    diags.push(Diagnostic::at(
+                        &a.file,
+                        &a.source,
+                        loc,
+                        format!("duplicate policy name \"{}\" (first defined at {first})", p.name),
+                        Some("policy names must be unique; rename one of them".into()),
+                    ));
+                } else {
+                    first_policy.insert(p.name.clone(), here);
+                    policies.push(p);
+                }
+            }
+            Valid::Nodes(ns) => {
+                inventories += 1;
+                for (i, n) in ns.into_iter().enumerate() {
+                    let path = [
+                        PathSegment::Key("nodes".into()),
+                        PathSegment::Index(i),
+                        PathSegment::Key("name".into()),
+                    ];
+                    let loc = a.tree.locate(&path);
+                    let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                    match first_node.get(&n.name) {
+                        Some(first) => diags.push(Diagnostic::at(
+                            &a.file,
+                            &a.source,
+                            loc,
+                            format!("duplicate node name \"{}\" (first defined at {first})", n.name),
+                            None,
+                        )),
+                        None => {
+                            first_node.insert(n.name.clone(), here);
+                            nodes.push(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Loaded {
+        policies: PolicySet::new(policies),
+        nodes,
+        inventories,
+        files,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, text: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::File::create(&p).unwrap().write_all(text).unwrap();
+        p
+    }
+
+    const POLICY: &str = "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: NAME\nspec:\n  ports:\n    - ports: 80\n      state: closed\n";
+
+    #[test]
+    fn directories_recursive_hidden_skipped_and_multi_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = POLICY.replace("NAME", "a");
+        let b = POLICY.replace("NAME", "b");
+        write(dir.path(), "x/a.yaml", format!("{a}---\n{b}").as_bytes());
+        write(dir.path(), "c.yml", POLICY.replace("NAME", "c").as_bytes());
+        write(dir.path(), ".git/d.yaml", b"not: [valid");
+        write(dir.path(), "readme.txt", b"ignored");
+        let loaded = load_paths(&[dir.path()]).unwrap();
+        assert_eq!(loaded.policies.policies().len(), 3);
+        assert_eq!(loaded.files, 2);
+    }
+
+    #[test]
+    fn duplicate_names_point_at_second_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = POLICY.replace("NAME", "a");
+        write(dir.path(), "one.yaml", a.as_bytes());
+        write(dir.path(), "two.yaml", a.as_bytes());
+        let diags = load_paths(&[dir.path()]).unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert!(diags[0].file.ends_with("two.yaml"));
+        assert!(diags[0].message.contains("first defined at"), "{}", diags[0]);
+        assert_eq!(diags[0].loc.unwrap().line, 4);
+    }
+
+    #[test]
+    fn all_files_are_reported_and_nothing_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "good.yaml", POLICY.replace("NAME", "a").as_bytes());
+        write(dir.path(), "bad1.yaml", POLICY.replace("NAME", "b").replace("closed", "shut").as_bytes());
+        write(dir.path(), "bad2.yaml", POLICY.replace("NAME", "c").replace("80", "99999").as_bytes());
+        let diags = load_paths(&[dir.path()]).unwrap_err();
+        assert_eq!(diags.len(), 2);
+        assert_eq!(diags[0].headline(), format!("{}: error: unknown state \"shut\" (expected open, closed or filtered)", format!("{}:8:14", dir.path().join("bad1.yaml").display())));
+        assert!(diags[1].headline().contains("bad2.yaml:7:14: error: port 99999 is out of range"), "{}", diags[1]);
+    }
+
+    #[test]
+    fn structural_and_semantic_problems_in_one_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: p\nspec:\n  ports:\n    - ports: 80\n      state: opne\n    - ports: 81\n      state: open\n      from: [10.0.0.1/8]\n";
+        write(dir.path(), "p.yaml", text.as_bytes());
+        let diags = load_paths(&[dir.path()]).unwrap_err();
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags[0].message.contains("unknown state \"opne\""));
+        assert!(diags[1].message.contains("host bits"));
+        assert_eq!(diags[1].loc.unwrap().line, 11);
+    }
+
+    #[test]
+    fn hostile_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = write(dir.path(), "big.yaml", &vec![b'#'; (MAX_FILE_BYTES + 10) as usize]);
+        let d = load_paths(&[&big]).unwrap_err();
+        assert!(d[0].message.contains("larger than"));
+        let bin = write(dir.path(), "bin.yaml", b"a: 1\nb: \xff\xfe\n");
+        let d = load_paths(&[&bin]).unwrap_err();
+        assert!(d[0].message.contains("UTF-8"));
+        assert_eq!(d[0].loc.unwrap().line, 2);
+        let missing = dir.path().join("nope.yaml");
+        let d = load_paths(&[&missing]).unwrap_err();
+        assert!(d[0].message.contains("cannot read"));
+    }
+
+    #[test]
+    fn inventory_is_loaded_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: web-1\n    addresses: [\"10.0.0.1\"]\n    labels: {role: web}\n";
+        write(dir.path(), "inv.yaml", inv.as_bytes());
+        let loaded = load_paths(&[dir.path()]).unwrap();
+        assert_eq!(loaded.inventories, 1);
+        assert_eq!(loaded.node("web-1").unwrap().labels["role"], "web");
+    }
+}

@@ -1,0 +1,544 @@
+//! Semantic validation: wire documents in, checked intent out.
+//!
+//! This is the one place that decides whether a document means something. The YAML loader runs
+//! it (and points each issue at its token through the located tree); the Kubernetes layer runs
+//! it on custom resources the API server admitted. Every issue in a document is collected, not
+//! only the first.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::document::{
+    API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports,
+    SelectorOperator,
+};
+use crate::intent::{Entry, Node, Policy};
+use crate::ports::{self, PortRange};
+use crate::yaml::PathSegment;
+
+/// One semantic problem, at a path inside its document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Issue {
+    /// Where in the document (e.g. `spec.ports[1].from[0]`).
+    pub path: Vec<PathSegment>,
+    /// What is wrong.
+    pub message: String,
+    /// A suggested fix, when one is obvious.
+    pub help: Option<String>,
+}
+
+/// Collects issues under a moving path.
+struct Checker {
+    path: Vec<PathSegment>,
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn at<R>(&mut self, segment: PathSegment, f: impl FnOnce(&mut Checker) -> R) -> R {
+        self.path.push(segment);
+        let r = f(self);
+        self.path.pop();
+        r
+    }
+    fn key<R>(&mut self, key: &str, f: impl FnOnce(&mut Checker) -> R) -> R {
+        self.at(PathSegment::Key(key.to_string()), f)
+    }
+    fn index<R>(&mut self, i: usize, f: impl FnOnce(&mut Checker) -> R) -> R {
+        self.at(PathSegment::Index(i), f)
+    }
+    fn error(&mut self, message: impl Into<String>, help: Option<String>) {
+        self.issues.push(Issue {
+            path: self.path.clone(),
+            message: message.into(),
+            help,
+        });
+    }
+}
+
+/// Checks a policy and compiles it to intent.
+///
+/// # Errors
+///
+/// Every issue found: bad apiVersion/kind, names, ports (syntax, range, empty), sources (syntax,
+/// host bits set), label selectors, empty entry lists.
+pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
+    let mut c = Checker {
+        path: Vec::new(),
+        issues: Vec::new(),
+    };
+    c.key("apiVersion", |c| check_api_version(c, &doc.api_version));
+    c.key("kind", |c| check_kind(c, &doc.kind, "PortPolicy"));
+    c.key("metadata", |c| {
+        c.key("name", |c| check_object_name(c, &doc.metadata.name))
+    });
+    c.key("spec", |c| {
+        c.key("nodeSelector", |c| check_selector(c, &doc.spec.node_selector));
+        c.key("ports", |c| {
+            if doc.spec.ports.is_empty() {
+                c.error(
+                    "policy has no port entries",
+                    Some("add at least one entry under spec.ports, or delete the policy".into()),
+                );
+            }
+        });
+    });
+    let entries: Vec<Option<Entry>> = doc
+        .spec
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            c.key("spec", |c| {
+                c.key("ports", |c| c.index(i, |c| check_entry(c, i, e)))
+            })
+        })
+        .collect();
+    if !c.issues.is_empty() {
+        return Err(c.issues);
+    }
+    Ok(Policy {
+        name: doc.metadata.name.clone(),
+        priority: doc.spec.priority,
+        selector: doc.spec.node_selector.clone(),
+        unlisted: doc.spec.unlisted,
+        entries: entries.into_iter().flatten().collect(),
+    })
+}
+
+/// Checks an inventory and returns its nodes.
+///
+/// # Errors
+///
+/// Every issue found: bad apiVersion/kind, node names (empty, duplicate), addresses, labels.
+pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
+    let mut c = Checker {
+        path: Vec::new(),
+        issues: Vec::new(),
+    };
+    c.key("apiVersion", |c| check_api_version(c, &doc.api_version));
+    c.key("kind", |c| check_kind(c, &doc.kind, "Inventory"));
+    let mut nodes = Vec::with_capacity(doc.nodes.len());
+    c.key("nodes", |c| {
+        for (i, n) in doc.nodes.iter().enumerate() {
+            c.index(i, |c| {
+                c.key("name", |c| {
+                    check_object_name(c, &n.name);
+                    if let Some(first) = doc.nodes[..i].iter().position(|m| m.name == n.name) {
+                        c.error(
+                            format!("duplicate node name \"{}\" (also node {first})", n.name),
+                            None,
+                        );
+                    }
+                });
+                let addresses: Vec<IpAddr> = c.key("addresses", |c| {
+                    n.addresses
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, a)| c.index(j, |c| check_address(c, a)))
+                        .collect()
+                });
+                c.key("labels", |c| check_labels(c, &n.labels));
+                nodes.push(Node {
+                    name: n.name.clone(),
+                    addresses,
+                    labels: n.labels.clone(),
+                });
+            })
+        }
+    });
+    if c.issues.is_empty() {
+        Ok(nodes)
+    } else {
+        Err(c.issues)
+    }
+}
+
+fn check_api_version(c: &mut Checker, v: &str) {
+    if v != API_VERSION {
+        c.error(
+            format!("unsupported apiVersion \"{v}\""),
+            Some(format!("use \"{API_VERSION}\"")),
+        );
+    }
+}
+
+fn check_kind(c: &mut Checker, v: &str, expected: &str) {
+    if v != expected {
+        c.error(format!("kind is \"{v}\", expected \"{expected}\""), None);
+    }
+}
+
+/// Names follow Kubernetes' DNS-subdomain rule so the same documents work as custom resources.
+fn check_object_name(c: &mut Checker, name: &str) {
+    if name.is_empty() {
+        c.error("name must not be empty", None);
+        return;
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_ends = name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !ok_chars || !ok_ends || name.len() > 253 {
+        let suggestion: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '.' {
+                    ch
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let suggestion = suggestion.trim_matches(|ch| ch == '-' || ch == '.');
+        c.error(
+            format!(
+                "invalid name \"{name}\": use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit (at most 253 characters)"
+            ),
+            (!suggestion.is_empty()).then(|| format!("did you mean \"{suggestion}\"?")),
+        );
+    }
+}
+
+fn check_entry(c: &mut Checker, index: usize, e: &PortEntry) -> Option<Entry> {
+    let ranges = c.key("ports", |c| check_ports(c, &e.ports));
+    let from: Vec<Option<IpNet>> = c.key("from", |c| {
+        e.from
+            .iter()
+            .enumerate()
+            .map(|(j, s)| c.index(j, |c| check_source(c, s)))
+            .collect()
+    });
+    let ranges = ranges?;
+    let from: Option<Vec<IpNet>> = from.into_iter().collect();
+    Some(Entry {
+        index,
+        ports: ranges,
+        protocol: e.protocol,
+        state: e.state,
+        from: from?,
+        reason: e.reason.clone(),
+    })
+}
+
+/// Parses the `ports` field into sorted, disjoint ranges.
+fn check_ports(c: &mut Checker, p: &Ports) -> Option<Vec<PortRange>> {
+    let number = |c: &mut Checker, n: u32| match ports::parse_port(&n.to_string()) {
+        Ok(p) => Some(vec![PortRange::single(p)]),
+        Err(e) => {
+            c.error(e.0, None);
+            None
+        }
+    };
+    let text = |c: &mut Checker, t: &str| match ports::parse_list(t) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            c.error(e.0, None);
+            None
+        }
+    };
+    let ranges = match p {
+        Ports::Number(n) => number(c, *n)?,
+        Ports::Text(t) => text(c, t)?,
+        Ports::List(items) => {
+            if items.is_empty() {
+                c.error(
+                    "empty port list (give at least one port)",
+                    Some("for every port write \"1-65535\"".into()),
+                );
+                return None;
+            }
+            let parts: Vec<Option<Vec<PortRange>>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    c.index(i, |c| match item {
+                        PortItem::Number(n) => number(c, *n),
+                        PortItem::Text(t) => text(c, t),
+                    })
+                })
+                .collect();
+            let parts: Option<Vec<Vec<PortRange>>> = parts.into_iter().collect();
+            parts?.concat()
+        }
+    };
+    Some(ports::normalize(ranges))
+}
+
+/// Parses a source: a CIDR, or a bare address meaning one host. Host bits set is an error
+/// because it usually hides a typo (`10.0.0.5/24` meant `10.0.0.0/24` or `10.0.0.5/32`?).
+pub(crate) fn parse_source(s: &str) -> Result<IpNet, (String, Option<String>)> {
+    let t = s.trim();
+    if let Ok(addr) = t.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    match t.parse::<IpNet>() {
+        Ok(net) if net.addr() != net.network() => Err((
+            format!("host bits are set in \"{t}\""),
+            Some(format!(
+                "did you mean \"{}\" (the network) or \"{}/{}\" (one host)?",
+                net.trunc(),
+                net.addr(),
+                net.max_prefix_len()
+            )),
+        )),
+        Ok(net) => Ok(net),
+        Err(_) => Err((
+            format!("\"{t}\" is not an IP address or CIDR"),
+            Some("write an IPv4 or IPv6 network such as \"10.0.0.0/8\" or \"2001:db8::/32\", or an address".into()),
+        )),
+    }
+}
+
+fn check_source(c: &mut Checker, s: &str) -> Option<IpNet> {
+    match parse_source(s) {
+        Ok(net) => Some(net),
+        Err((msg, help)) => {
+            c.error(msg, help);
+            None
+        }
+    }
+}
+
+fn check_address(c: &mut Checker, a: &str) -> Option<IpAddr> {
+    match a.trim().parse::<IpAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.error(
+                format!("\"{a}\" is not an IP address"),
+                Some("node addresses are plain IPv4 or IPv6 addresses, without a prefix".into()),
+            );
+            None
+        }
+    }
+}
+
+fn check_selector(c: &mut Checker, s: &LabelSelector) {
+    c.key("matchLabels", |c| check_labels(c, &s.match_labels));
+    c.key("matchExpressions", |c| {
+        for (i, r) in s.match_expressions.iter().enumerate() {
+            c.index(i, |c| {
+                c.key("key", |c| check_label_key(c, &r.key));
+                c.key("values", |c| {
+                    match r.operator {
+                        SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
+                            c.error(
+                                format!("operator {:?} needs at least one value", r.operator),
+                                None,
+                            )
+                        }
+                        SelectorOperator::Exists | SelectorOperator::DoesNotExist
+                            if !r.values.is_empty() =>
+                        {
+                            c.error(
+                                format!("operator {:?} takes no values", r.operator),
+                                Some("remove `values`".into()),
+                            )
+                        }
+                        _ => {}
+                    }
+                    for (j, v) in r.values.iter().enumerate() {
+                        c.index(j, |c| check_label_value(c, v));
+                    }
+                });
+            })
+        }
+    });
+}
+
+fn check_labels(c: &mut Checker, labels: &std::collections::BTreeMap<String, String>) {
+    for (k, v) in labels {
+        c.key(k, |c| {
+            check_label_key(c, k);
+            check_label_value(c, v);
+        });
+    }
+}
+
+/// Kubernetes label keys: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// characters of alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
+fn check_label_key(c: &mut Checker, key: &str) {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    });
+    if !prefix_ok || !is_label_name(name) || name.is_empty() {
+        c.error(
+            format!("invalid label key \"{key}\""),
+            Some("label keys are [prefix/]name: name at most 63 characters of letters, digits, '-', '_', '.'".into()),
+        );
+    }
+}
+
+fn check_label_value(c: &mut Checker, value: &str) {
+    if !value.is_empty() && !is_label_name(value) {
+        c.error(
+            format!("invalid label value \"{value}\""),
+            Some("label values are at most 63 characters of letters, digits, '-', '_', '.', starting and ending with a letter or digit".into()),
+        );
+    }
+}
+
+fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || x == b'-' || x == b'_' || x == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{Metadata, PortPolicySpec, Protocol, State, Unlisted};
+
+    fn entry(ports: Ports, from: &[&str]) -> PortEntry {
+        PortEntry {
+            ports,
+            protocol: Protocol::Tcp,
+            state: State::Closed,
+            from: from.iter().map(|s| s.to_string()).collect(),
+            reason: None,
+        }
+    }
+
+    fn doc(entries: Vec<PortEntry>) -> PortPolicy {
+        PortPolicy {
+            api_version: API_VERSION.into(),
+            kind: "PortPolicy".into(),
+            metadata: Metadata {
+                name: "p".into(),
+                labels: Default::default(),
+            },
+            spec: PortPolicySpec {
+                node_selector: Default::default(),
+                priority: 1000,
+                unlisted: Unlisted::Ignore,
+                ports: entries,
+            },
+        }
+    }
+
+    fn messages(d: &PortPolicy) -> Vec<String> {
+        policy(d)
+            .unwrap_err()
+            .into_iter()
+            .map(|i| {
+                let p: String = i.path.iter().map(|s| s.to_string()).collect();
+                format!("{p}: {}", i.message)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn valid_policy_compiles() {
+        let p = policy(&doc(vec![entry(
+            Ports::List(vec![PortItem::Number(80), PortItem::Text("8000-8100".into())]),
+            &["172.16.7.80", "10.0.0.0/8", "2001:db8::/32"],
+        )]))
+        .unwrap();
+        assert_eq!(p.entries[0].ports.len(), 2);
+        assert_eq!(p.entries[0].from[0].to_string(), "172.16.7.80/32");
+    }
+
+    #[test]
+    fn every_issue_is_reported_with_its_path() {
+        let m = messages(&doc(vec![
+            entry(Ports::Text("0".into()), &[]),
+            entry(Ports::Number(70000), &["10.0.0.5/24", "bogus"]),
+        ]));
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m[0].starts_with(".spec.ports[0].ports: port 0"));
+        assert!(m[1].starts_with(".spec.ports[1].ports: port 70000 is out of range"));
+        assert!(m[2].starts_with(".spec.ports[1].from[0]: host bits"));
+        assert!(m[3].starts_with(".spec.ports[1].from[1]: \"bogus\""));
+    }
+
+    #[test]
+    fn host_bits_suggest_network_and_host() {
+        let (msg, help) = parse_source("10.0.0.5/24").unwrap_err();
+        assert!(msg.contains("host bits"));
+        let help = help.unwrap();
+        assert!(help.contains("10.0.0.0/24") && help.contains("10.0.0.5/32"), "{help}");
+        let (_, help) = parse_source("2001:db8::1/64").unwrap_err();
+        assert!(help.unwrap().contains("2001:db8::/64"));
+    }
+
+    #[test]
+    fn empty_lists_are_errors() {
+        assert!(messages(&doc(vec![]))[0].contains("no port entries"));
+        assert!(messages(&doc(vec![entry(Ports::List(vec![]), &[])]))[0].contains("empty port list"));
+        assert!(messages(&doc(vec![entry(Ports::Text(" ".into()), &[])]))[0].contains("empty port list"));
+    }
+
+    #[test]
+    fn names_and_versions() {
+        let mut d = doc(vec![entry(Ports::Number(80), &[])]);
+        d.metadata.name = "Web_Policy".into();
+        d.api_version = "v1".into();
+        d.kind = "PortPolicies".into();
+        let m = messages(&d);
+        assert!(m.iter().any(|s| s.contains("apiVersion")));
+        assert!(m.iter().any(|s| s.contains("kind is")));
+        assert!(m.iter().any(|s| s.contains("invalid name")));
+        let issues = policy(&d).unwrap_err();
+        let name_issue = issues.iter().find(|i| i.message.contains("invalid name")).unwrap();
+        assert_eq!(name_issue.help.as_deref(), Some("did you mean \"web-policy\"?"));
+    }
+
+    #[test]
+    fn selector_rules() {
+        use crate::document::LabelSelectorRequirement;
+        let mut d = doc(vec![entry(Ports::Number(80), &[])]);
+        d.spec.node_selector.match_labels.insert("bad key!".into(), "x".into());
+        d.spec.node_selector.match_labels.insert("role".into(), "-web".into());
+        d.spec.node_selector.match_expressions = vec![
+            LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: SelectorOperator::In,
+                values: vec![],
+            },
+            LabelSelectorRequirement {
+                key: "gpu".into(),
+                operator: SelectorOperator::Exists,
+                values: vec!["yes".into()],
+            },
+        ];
+        let m = messages(&d);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m.iter().any(|s| s.contains("invalid label key \"bad key!\"")));
+        assert!(m.iter().any(|s| s.contains("invalid label value \"-web\"")));
+        assert!(m.iter().any(|s| s.contains("In needs at least one value")));
+        assert!(m.iter().any(|s| s.contains("Exists takes no values")));
+    }
+
+    #[test]
+    fn inventory_rules() {
+        use crate::document::InventoryNode;
+        let node = |name: &str, addr: &str| InventoryNode {
+            name: name.into(),
+            addresses: vec![addr.into()],
+            labels: Default::default(),
+        };
+        let inv = Inventory {
+            api_version: API_VERSION.into(),
+            kind: "Inventory".into(),
+            metadata: None,
+            nodes: vec![node("web-1", "10.0.0.1"), node("web-1", "10.0.0.2/32")],
+        };
+        let issues = inventory(&inv).unwrap_err();
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(issues[0].message.contains("duplicate node name"));
+        assert!(issues[1].message.contains("not an IP address"));
+    }
+}
