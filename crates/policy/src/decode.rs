@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use crate::document::{
-    Inventory, InventoryNode, LabelSelector, LabelSelectorRequirement, Metadata, PortEntry,
-    PortItem, PortPolicy, PortPolicySpec, Ports, Protocol, SelectorOperator, State, Unlisted,
-    DEFAULT_PRIORITY,
+    DEFAULT_PRIORITY, Inventory, InventoryNode, LabelSelector, LabelSelectorRequirement, Metadata,
+    PortEntry, PortItem, PortPolicy, PortPolicySpec, Ports, Protocol, SelectorOperator, State,
+    Unlisted,
 };
 use crate::yaml::{Loc, Node, PathSegment, Value};
 
@@ -148,7 +148,10 @@ impl Decoder {
         let Value::Map(entries) = &node.value else {
             self.problem(
                 node.loc,
-                format!("expected a mapping for {what}, found {}", node.value.kind_name()),
+                format!(
+                    "expected a mapping for {what}, found {}",
+                    node.value.kind_name()
+                ),
                 None,
             );
             return None;
@@ -261,7 +264,10 @@ impl Decoder {
             other => {
                 self.problem(
                     node.loc,
-                    format!("{what} must be one of {expected}, found {}", other.kind_name()),
+                    format!(
+                        "{what} must be one of {expected}, found {}",
+                        other.kind_name()
+                    ),
                     None,
                 );
                 return None;
@@ -321,8 +327,11 @@ impl Decoder {
     }
 
     fn metadata(&mut self, node: &Node) -> Metadata {
-        let Some(f) = self.fields(node, "metadata", &["name", "labels", "annotations", "namespace"])
-        else {
+        let Some(f) = self.fields(
+            node,
+            "metadata",
+            &["name", "labels", "annotations", "namespace"],
+        ) else {
             return Metadata::default();
         };
         let name = self
@@ -338,12 +347,18 @@ impl Decoder {
 
     fn policy(&mut self, node: &Node) -> Option<PortPolicy> {
         let what = "PortPolicy";
-        let f = self.fields(node, what, &["apiVersion", "kind", "metadata", "spec", "status"])?;
+        let f = self.fields(
+            node,
+            what,
+            &["apiVersion", "kind", "metadata", "spec", "status"],
+        )?;
         let api_version = self.api_version(&f, what);
         let metadata = self
             .required(&f, "metadata", what, |d, n| d.metadata(n))
             .unwrap_or_default();
-        let spec = self.required(&f, "spec", what, |d, n| d.spec(n)).flatten()?;
+        let spec = self
+            .required(&f, "spec", what, |d, n| d.spec(n))
+            .flatten()?;
         Some(PortPolicy {
             api_version,
             kind: "PortPolicy".into(),
@@ -354,7 +369,11 @@ impl Decoder {
 
     fn spec(&mut self, node: &Node) -> Option<PortPolicySpec> {
         let what = "spec";
-        let f = self.fields(node, what, &["nodeSelector", "priority", "unlisted", "ports"])?;
+        let f = self.fields(
+            node,
+            what,
+            &["nodeSelector", "priority", "unlisted", "ports"],
+        )?;
         let node_selector = self
             .field(&f, "nodeSelector", |d, n| d.selector(n))
             .unwrap_or_default();
@@ -412,8 +431,11 @@ impl Decoder {
             from: Vec::new(),
             reason: None,
         };
-        let Some(f) = self.fields(node, what, &["ports", "protocol", "state", "from", "reason"])
-        else {
+        let Some(f) = self.fields(
+            node,
+            what,
+            &["ports", "protocol", "state", "from", "reason"],
+        ) else {
             return placeholder;
         };
         let ports = self
@@ -425,7 +447,12 @@ impl Decoder {
                 d.word(
                     n,
                     "protocol",
-                    &[("TCP", Protocol::Tcp), ("UDP", Protocol::Udp), ("tcp", Protocol::Tcp), ("udp", Protocol::Udp)],
+                    &[
+                        ("TCP", Protocol::Tcp),
+                        ("UDP", Protocol::Udp),
+                        ("tcp", Protocol::Tcp),
+                        ("udp", Protocol::Udp),
+                    ],
                 )
             })
             .flatten()
@@ -484,7 +511,10 @@ impl Decoder {
                     .enumerate()
                     .map(|(i, n)| self.at(PathSegment::Index(i), |d| item(d, n)))
                     .collect();
-                items.into_iter().collect::<Option<Vec<_>>>().map(Ports::List)
+                items
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(Ports::List)
             }
             _ => item(self, node).map(|i| match i {
                 PortItem::Number(n) => Ports::Number(n),
@@ -494,7 +524,8 @@ impl Decoder {
     }
 
     fn selector(&mut self, node: &Node) -> LabelSelector {
-        let Some(f) = self.fields(node, "nodeSelector", &["matchLabels", "matchExpressions"]) else {
+        let Some(f) = self.fields(node, "nodeSelector", &["matchLabels", "matchExpressions"])
+        else {
             return LabelSelector::default();
         };
         let match_labels = self
@@ -519,7 +550,9 @@ impl Decoder {
     fn requirement(&mut self, node: &Node) -> Option<LabelSelectorRequirement> {
         let what = "a selector expression";
         let f = self.fields(node, what, &["key", "operator", "values"])?;
-        let key = self.required(&f, "key", what, |d, n| d.string(n, "key")).flatten();
+        let key = self
+            .required(&f, "key", what, |d, n| d.string(n, "key"))
+            .flatten();
         let operator = self
             .required(&f, "operator", what, |d, n| {
                 d.word(
@@ -617,7 +650,9 @@ mod tests {
         let docs = parse_stream(&text).unwrap();
         let (doc, p) = decode(&docs[0]);
         assert!(p.is_empty(), "{p:?}");
-        let Some(Document::Policy(pp)) = doc else { panic!() };
+        let Some(Document::Policy(pp)) = doc else {
+            panic!()
+        };
         assert_eq!(pp.spec.ports.len(), 2);
         assert_eq!(pp.spec.ports[1].protocol, Protocol::Udp);
         assert_eq!(pp.spec.priority, DEFAULT_PRIORITY);
@@ -631,7 +666,10 @@ mod tests {
         let p = problems(&text);
         assert_eq!(p.len(), 4, "{p:#?}");
         assert_eq!((p[0].0, p[0].1), (8, 14));
-        assert!(p[0].2.contains("unknown state \"blocked\" (expected open, closed or filtered)"));
+        assert!(
+            p[0].2
+                .contains("unknown state \"blocked\" (expected open, closed or filtered)")
+        );
         assert_eq!(p[0].3.as_deref(), Some("did you mean \"closed\"?"));
         assert_eq!((p[1].0, p[1].1), (10, 7));
         assert!(p[1].2.contains("unknown field \"sate\""));
@@ -642,7 +680,8 @@ mod tests {
 
     #[test]
     fn wrong_types() {
-        let text = format!("{HEADER}    - ports: {{a: 1}}\n      state: [open]\n      from: 10.0.0.0/8\n");
+        let text =
+            format!("{HEADER}    - ports: {{a: 1}}\n      state: [open]\n      from: 10.0.0.0/8\n");
         let p = problems(&text);
         assert_eq!(p.len(), 3, "{p:#?}");
         assert!(p[0].2.contains("a port must be a number"));
@@ -662,9 +701,18 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("blocked", &["open", "closed", "filtered"]), Some("closed"));
-        assert_eq!(suggest("Open", &["open", "closed", "filtered"]), Some("open"));
+        assert_eq!(
+            suggest("blocked", &["open", "closed", "filtered"]),
+            Some("closed")
+        );
+        assert_eq!(
+            suggest("Open", &["open", "closed", "filtered"]),
+            Some("open")
+        );
         assert_eq!(suggest("xyz", &["open", "closed", "filtered"]), None);
-        assert_eq!(suggest("nodeselector", &["nodeSelector", "ports"]), Some("nodeSelector"));
+        assert_eq!(
+            suggest("nodeselector", &["nodeSelector", "ports"]),
+            Some("nodeSelector")
+        );
     }
 }

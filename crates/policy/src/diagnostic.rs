@@ -56,7 +56,10 @@ impl Diagnostic {
     /// The first line alone: `FILE:LINE:COL: error: MESSAGE`.
     pub fn headline(&self) -> String {
         match self.loc {
-            Some(l) => format!("{}:{}:{}: error: {}", self.file, l.line, l.column, self.message),
+            Some(l) => format!(
+                "{}:{}:{}: error: {}",
+                self.file, l.line, l.column, self.message
+            ),
             None => format!("{}: error: {}", self.file, self.message),
         }
     }
@@ -100,7 +103,11 @@ mod tests {
         let d = Diagnostic::at(
             "bad.yaml",
             source,
-            Loc { line: 2, column: 8, len: 7 },
+            Loc {
+                line: 2,
+                column: 8,
+                len: 7,
+            },
             "unknown state \"blocked\"".into(),
             Some("did you mean \"closed\"?".into()),
         );
@@ -113,7 +120,14 @@ mod tests {
 
     #[test]
     fn file_level_diagnostic() {
-        let d = Diagnostic::file("x.yaml", "cannot read".into(), Some("check permissions".into()));
-        assert_eq!(d.to_string(), "x.yaml: error: cannot read\n  = help: check permissions\n");
+        let d = Diagnostic::file(
+            "x.yaml",
+            "cannot read".into(),
+            Some("check permissions".into()),
+        );
+        assert_eq!(
+            d.to_string(),
+            "x.yaml: error: cannot read\n  = help: check permissions\n"
+        );
     }
 }

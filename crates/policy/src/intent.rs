@@ -113,7 +113,13 @@ mod tests {
         assert!(!selects(&expr("zone", op, &["a"]), &web));
         assert!(selects(&expr("zone", op, &["a"]), &bare));
         assert!(selects(&expr("zone", SelectorOperator::Exists, &[]), &web));
-        assert!(!selects(&expr("zone", SelectorOperator::Exists, &[]), &bare));
-        assert!(selects(&expr("zone", SelectorOperator::DoesNotExist, &[]), &bare));
+        assert!(!selects(
+            &expr("zone", SelectorOperator::Exists, &[]),
+            &bare
+        ));
+        assert!(selects(
+            &expr("zone", SelectorOperator::DoesNotExist, &[]),
+            &bare
+        ));
     }
 }

@@ -59,7 +59,11 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>
         load_file(file, &mut accepted, &mut diags);
     }
     let loaded = assemble(accepted, &mut diags, files.len());
-    if diags.is_empty() { Ok(loaded) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(diags)
+    }
 }
 
 /// A document that passed decoding and validation, with what is needed to locate it later.
@@ -86,7 +90,9 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
             diags.push(Diagnostic::file(
                 &display(path),
                 format!("cannot read: {e}"),
-                Some("check the path; directories are read recursively for *.yaml and *.yml".into()),
+                Some(
+                    "check the path; directories are read recursively for *.yaml and *.yml".into(),
+                ),
             ));
             return;
         }
@@ -95,7 +101,11 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
         let entries = match fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
-                diags.push(Diagnostic::file(&display(path), format!("cannot list directory: {e}"), None));
+                diags.push(Diagnostic::file(
+                    &display(path),
+                    format!("cannot list directory: {e}"),
+                    None,
+                ));
                 return;
             }
         };
@@ -143,7 +153,11 @@ fn read_text(path: &Path, name: &str) -> Result<String, Diagnostic> {
         let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
         Diagnostic {
             file: name.to_string(),
-            loc: Some(Loc { line, column, len: 1 }),
+            loc: Some(Loc {
+                line,
+                column,
+                len: 1,
+            }),
             message: "file is not valid UTF-8".into(),
             help: Some("save the file as UTF-8".into()),
             line_text: None,
@@ -175,7 +189,13 @@ fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnost
         let (doc, problems) = decode::decode(&tree);
         let before = diags.len();
         for p in &problems {
-            diags.push(Diagnostic::at(&name, &source, p.loc, p.message.clone(), p.help.clone()));
+            diags.push(Diagnostic::at(
+                &name,
+                &source,
+                p.loc,
+                p.message.clone(),
+                p.help.clone(),
+            ));
         }
         let Some(doc) = doc else { continue };
         let validated = match &doc {
@@ -191,9 +211,8 @@ fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnost
             }),
             Ok(_) => {}
             Err(issues) => {
-                let below_problem = |path: &[PathSegment]| {
-                    problems.iter().any(|p| path.starts_with(&p.path))
-                };
+                let below_problem =
+                    |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
                 for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
                     let loc = tree.locate(&i.path);
                     diags.push(Diagnostic::at(&name, &source, loc, i.message, i.help));
@@ -224,7 +243,10 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
                         &a.file,
                         &a.source,
                         loc,
-                        format!("duplicate policy name \"{}\" (first defined at {first})", p.name),
+                        format!(
+                            "duplicate policy name \"{}\" (first defined at {first})",
+                            p.name
+                        ),
                         Some("policy names must be unique; rename one of them".into()),
                     ));
                 } else {
@@ -247,7 +269,10 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
                             &a.file,
                             &a.source,
                             loc,
-                            format!("duplicate node name \"{}\" (first defined at {first})", n.name),
+                            format!(
+                                "duplicate node name \"{}\" (first defined at {first})",
+                                n.name
+                            ),
                             None,
                         )),
                         None => {
@@ -304,20 +329,54 @@ mod tests {
         let diags = load_paths(&[dir.path()]).unwrap_err();
         assert_eq!(diags.len(), 1);
         assert!(diags[0].file.ends_with("two.yaml"));
-        assert!(diags[0].message.contains("first defined at"), "{}", diags[0]);
+        assert!(
+            diags[0].message.contains("first defined at"),
+            "{}",
+            diags[0]
+        );
         assert_eq!(diags[0].loc.unwrap().line, 4);
     }
 
     #[test]
     fn all_files_are_reported_and_nothing_returned() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "good.yaml", POLICY.replace("NAME", "a").as_bytes());
-        write(dir.path(), "bad1.yaml", POLICY.replace("NAME", "b").replace("closed", "shut").as_bytes());
-        write(dir.path(), "bad2.yaml", POLICY.replace("NAME", "c").replace("80", "99999").as_bytes());
+        write(
+            dir.path(),
+            "good.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        write(
+            dir.path(),
+            "bad1.yaml",
+            POLICY
+                .replace("NAME", "b")
+                .replace("closed", "shut")
+                .as_bytes(),
+        );
+        write(
+            dir.path(),
+            "bad2.yaml",
+            POLICY
+                .replace("NAME", "c")
+                .replace("80", "99999")
+                .as_bytes(),
+        );
         let diags = load_paths(&[dir.path()]).unwrap_err();
         assert_eq!(diags.len(), 2);
-        assert_eq!(diags[0].headline(), format!("{}: error: unknown state \"shut\" (expected open, closed or filtered)", format!("{}:8:14", dir.path().join("bad1.yaml").display())));
-        assert!(diags[1].headline().contains("bad2.yaml:7:14: error: port 99999 is out of range"), "{}", diags[1]);
+        assert_eq!(
+            diags[0].headline(),
+            format!(
+                "{}:8:14: error: unknown state \"shut\" (expected open, closed or filtered)",
+                dir.path().join("bad1.yaml").display()
+            )
+        );
+        assert!(
+            diags[1]
+                .headline()
+                .contains("bad2.yaml:7:14: error: port 99999 is out of range"),
+            "{}",
+            diags[1]
+        );
     }
 
     #[test]
@@ -335,7 +394,11 @@ mod tests {
     #[test]
     fn hostile_files() {
         let dir = tempfile::tempdir().unwrap();
-        let big = write(dir.path(), "big.yaml", &vec![b'#'; (MAX_FILE_BYTES + 10) as usize]);
+        let big = write(
+            dir.path(),
+            "big.yaml",
+            &vec![b'#'; (MAX_FILE_BYTES + 10) as usize],
+        );
         let d = load_paths(&[&big]).unwrap_err();
         assert!(d[0].message.contains("larger than"));
         let bin = write(dir.path(), "bin.yaml", b"a: 1\nb: \xff\xfe\n");

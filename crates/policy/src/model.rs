@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::document::{Protocol, State, Unlisted};
-use crate::intent::{Node, Policy, selects};
+use crate::intent::{Entry, Node, Policy, selects};
 use crate::ports::PortRange;
 
 /// One first-match rule: a port range and source of one entry.
@@ -81,7 +81,9 @@ pub struct NodeIntent {
 impl NodeIntent {
     /// The rule that decides a packet, by first match over the compiled order.
     pub fn first_match(&self, protocol: Protocol, port: u16, source: IpAddr) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(protocol, port, source))
+        self.rules
+            .iter()
+            .find(|r| r.matches(protocol, port, source))
     }
 }
 
@@ -96,7 +98,10 @@ impl PolicySet {
     /// Builds a set from validated policies (names are unique: the loader checks that).
     pub fn new(mut policies: Vec<Policy>) -> PolicySet {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let names = policies.iter().map(|p| Arc::from(p.name.as_str())).collect();
+        let names = policies
+            .iter()
+            .map(|p| Arc::from(p.name.as_str()))
+            .collect();
         PolicySet { policies, names }
     }
 
@@ -150,6 +155,31 @@ impl PolicySet {
             .min_by(|a, b| a.precedence().cmp(&b.precedence()))
     }
 
+    /// Every rule that matches a packet on a node with these labels, winner first: what
+    /// `explain` shows to say why one entry decides and which ones it overrides.
+    pub fn candidates(
+        &self,
+        labels: &BTreeMap<String, String>,
+        protocol: Protocol,
+        port: u16,
+        source: IpAddr,
+    ) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self
+            .selected(labels)
+            .into_iter()
+            .flat_map(|i| self.rules_of(i))
+            .filter(|r| r.matches(protocol, port, source))
+            .collect();
+        rules.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        rules
+    }
+
+    /// The entry a rule came from.
+    pub fn entry(&self, rule: &Rule) -> Option<&Entry> {
+        let policy = self.policies.iter().find(|p| *p.name == *rule.policy)?;
+        policy.entries.iter().find(|e| e.index == rule.entry)
+    }
+
     /// Compiles the first-match rule list of a node with these labels.
     pub fn compile(&self, labels: &BTreeMap<String, String>) -> NodeIntent {
         self.compile_selected(&self.selected(labels))
@@ -191,7 +221,6 @@ impl PolicySet {
 mod tests {
     use super::*;
     use crate::document::LabelSelector;
-    use crate::intent::Entry;
     use proptest::prelude::*;
 
     fn policy(name: &str, priority: u32, entries: Vec<Entry>) -> Policy {
@@ -236,9 +265,18 @@ mod tests {
         let r = set
             .expected(&labels, Protocol::Tcp, 80, ip("172.16.7.80"))
             .unwrap();
-        assert_eq!((r.state, &*r.policy, r.entry), (State::Closed, "quarantine", 1));
-        assert!(set.expected(&labels, Protocol::Tcp, 80, ip("10.0.0.1")).is_none());
-        assert!(set.expected(&labels, Protocol::Udp, 8080, ip("10.0.0.1")).is_none());
+        assert_eq!(
+            (r.state, &*r.policy, r.entry),
+            (State::Closed, "quarantine", 1)
+        );
+        assert!(
+            set.expected(&labels, Protocol::Tcp, 80, ip("10.0.0.1"))
+                .is_none()
+        );
+        assert!(
+            set.expected(&labels, Protocol::Udp, 8080, ip("10.0.0.1"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -273,8 +311,14 @@ mod tests {
     #[test]
     fn compile_groups_nodes_by_selection() {
         let mut web = policy("web", 1000, vec![entry(0, &[(80, 80)], State::Open, &[])]);
-        web.selector.match_labels.insert("role".into(), "web".into());
-        let all = policy("all", 1000, vec![entry(0, &[(8080, 8080)], State::Closed, &[])]);
+        web.selector
+            .match_labels
+            .insert("role".into(), "web".into());
+        let all = policy(
+            "all",
+            1000,
+            vec![entry(0, &[(8080, 8080)], State::Closed, &[])],
+        );
         let set = PolicySet::new(vec![web, all]);
         let node = |name: &str, role: &str| Node {
             name: name.into(),

@@ -144,7 +144,12 @@ mod tests {
         assert!(parse_port("65536").unwrap_err().0.contains("out of range"));
         assert!(parse_port("http").unwrap_err().0.contains("not a port"));
         assert!(parse_port("-1").is_err());
-        assert!(parse_range("90-80").unwrap_err().0.contains("did you mean \"80-90\""));
+        assert!(
+            parse_range("90-80")
+                .unwrap_err()
+                .0
+                .contains("did you mean \"80-90\"")
+        );
         assert!(parse_range("80-").is_err());
         assert!(parse_list("").unwrap_err().0.contains("empty"));
         assert!(parse_list("80,,81").is_err());
@@ -160,7 +165,10 @@ mod tests {
         ]);
         assert_eq!(
             r,
-            vec![PortRange { start: 80, end: 81 }, PortRange { start: 85, end: 95 }]
+            vec![
+                PortRange { start: 80, end: 81 },
+                PortRange { start: 85, end: 95 }
+            ]
         );
     }
 }

@@ -10,8 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::document::{
-    API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports,
-    SelectorOperator,
+    API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports, SelectorOperator,
 };
 use crate::intent::{Entry, Node, Policy};
 use crate::ports::{self, PortRange};
@@ -73,7 +72,9 @@ pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
         c.key("name", |c| check_object_name(c, &doc.metadata.name))
     });
     c.key("spec", |c| {
-        c.key("nodeSelector", |c| check_selector(c, &doc.spec.node_selector));
+        c.key("nodeSelector", |c| {
+            check_selector(c, &doc.spec.node_selector)
+        });
         c.key("ports", |c| {
             if doc.spec.ports.is_empty() {
                 c.error(
@@ -323,12 +324,11 @@ fn check_selector(c: &mut Checker, s: &LabelSelector) {
                 c.key("key", |c| check_label_key(c, &r.key));
                 c.key("values", |c| {
                     match r.operator {
-                        SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
-                            c.error(
+                        SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => c
+                            .error(
                                 format!("operator {:?} needs at least one value", r.operator),
                                 None,
-                            )
-                        }
+                            ),
                         SelectorOperator::Exists | SelectorOperator::DoesNotExist
                             if !r.values.is_empty() =>
                         {
@@ -350,10 +350,8 @@ fn check_selector(c: &mut Checker, s: &LabelSelector) {
 
 fn check_labels(c: &mut Checker, labels: &std::collections::BTreeMap<String, String>) {
     for (k, v) in labels {
-        c.key(k, |c| {
-            check_label_key(c, k);
-            check_label_value(c, v);
-        });
+        c.at(PathSegment::KeyName(k.clone()), |c| check_label_key(c, k));
+        c.key(k, |c| check_label_value(c, v));
     }
 }
 
@@ -443,7 +441,10 @@ mod tests {
     #[test]
     fn valid_policy_compiles() {
         let p = policy(&doc(vec![entry(
-            Ports::List(vec![PortItem::Number(80), PortItem::Text("8000-8100".into())]),
+            Ports::List(vec![
+                PortItem::Number(80),
+                PortItem::Text("8000-8100".into()),
+            ]),
             &["172.16.7.80", "10.0.0.0/8", "2001:db8::/32"],
         )]))
         .unwrap();
@@ -469,7 +470,10 @@ mod tests {
         let (msg, help) = parse_source("10.0.0.5/24").unwrap_err();
         assert!(msg.contains("host bits"));
         let help = help.unwrap();
-        assert!(help.contains("10.0.0.0/24") && help.contains("10.0.0.5/32"), "{help}");
+        assert!(
+            help.contains("10.0.0.0/24") && help.contains("10.0.0.5/32"),
+            "{help}"
+        );
         let (_, help) = parse_source("2001:db8::1/64").unwrap_err();
         assert!(help.unwrap().contains("2001:db8::/64"));
     }
@@ -477,8 +481,13 @@ mod tests {
     #[test]
     fn empty_lists_are_errors() {
         assert!(messages(&doc(vec![]))[0].contains("no port entries"));
-        assert!(messages(&doc(vec![entry(Ports::List(vec![]), &[])]))[0].contains("empty port list"));
-        assert!(messages(&doc(vec![entry(Ports::Text(" ".into()), &[])]))[0].contains("empty port list"));
+        assert!(
+            messages(&doc(vec![entry(Ports::List(vec![]), &[])]))[0].contains("empty port list")
+        );
+        assert!(
+            messages(&doc(vec![entry(Ports::Text(" ".into()), &[])]))[0]
+                .contains("empty port list")
+        );
     }
 
     #[test]
@@ -492,16 +501,28 @@ mod tests {
         assert!(m.iter().any(|s| s.contains("kind is")));
         assert!(m.iter().any(|s| s.contains("invalid name")));
         let issues = policy(&d).unwrap_err();
-        let name_issue = issues.iter().find(|i| i.message.contains("invalid name")).unwrap();
-        assert_eq!(name_issue.help.as_deref(), Some("did you mean \"web-policy\"?"));
+        let name_issue = issues
+            .iter()
+            .find(|i| i.message.contains("invalid name"))
+            .unwrap();
+        assert_eq!(
+            name_issue.help.as_deref(),
+            Some("did you mean \"web-policy\"?")
+        );
     }
 
     #[test]
     fn selector_rules() {
         use crate::document::LabelSelectorRequirement;
         let mut d = doc(vec![entry(Ports::Number(80), &[])]);
-        d.spec.node_selector.match_labels.insert("bad key!".into(), "x".into());
-        d.spec.node_selector.match_labels.insert("role".into(), "-web".into());
+        d.spec
+            .node_selector
+            .match_labels
+            .insert("bad key!".into(), "x".into());
+        d.spec
+            .node_selector
+            .match_labels
+            .insert("role".into(), "-web".into());
         d.spec.node_selector.match_expressions = vec![
             LabelSelectorRequirement {
                 key: "zone".into(),
@@ -516,7 +537,10 @@ mod tests {
         ];
         let m = messages(&d);
         assert_eq!(m.len(), 4, "{m:?}");
-        assert!(m.iter().any(|s| s.contains("invalid label key \"bad key!\"")));
+        assert!(
+            m.iter()
+                .any(|s| s.contains("invalid label key \"bad key!\""))
+        );
         assert!(m.iter().any(|s| s.contains("invalid label value \"-web\"")));
         assert!(m.iter().any(|s| s.contains("In needs at least one value")));
         assert!(m.iter().any(|s| s.contains("Exists takes no values")));

@@ -108,6 +108,12 @@ impl Node {
             let next = match (segment, &node.value) {
                 (PathSegment::Key(k), Value::Map(_)) => node.get(k),
                 (PathSegment::Index(i), Value::Seq(items)) => items.get(*i),
+                (PathSegment::KeyName(k), Value::Map(entries)) => {
+                    return entries
+                        .iter()
+                        .find(|(key, _)| key.name == *k)
+                        .map_or(node.loc, |(key, _)| key.loc);
+                }
                 _ => None,
             };
             match next {
@@ -126,12 +132,14 @@ pub enum PathSegment {
     Key(String),
     /// A sequence index (0-based).
     Index(usize),
+    /// A mapping key itself rather than its value (for problems with the key's text).
+    KeyName(String),
 }
 
 impl fmt::Display for PathSegment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PathSegment::Key(k) => write!(f, ".{k}"),
+            PathSegment::Key(k) | PathSegment::KeyName(k) => write!(f, ".{k}"),
             PathSegment::Index(i) => write!(f, "[{i}]"),
         }
     }
@@ -173,8 +181,8 @@ pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
         strict_booleans: true,
         with_snippet: false,
     };
-    let docs: Vec<Option<Spanned<Tree>>> =
-        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
+    let docs: Vec<Option<Spanned<Tree>>> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| {
             let loc = e.location().map(|l| Loc {
                 line: clamp(l.line()),
                 column: clamp(l.column()),
@@ -202,9 +210,17 @@ fn clean_message(raw: &str) -> String {
         Some(i) if first.starts_with("line ") => &first[i + 2..],
         _ => first,
     };
-    let msg = without_loc.trim();
+    // Positions repeated inside the sentence (" at line 5, column 5", "(used at line ...)").
+    let msg = without_loc
+        .split(" at line ")
+        .next()
+        .unwrap_or(without_loc)
+        .trim()
+        .trim_end_matches(['(', ' ']);
     if msg.contains("budget breached") || msg.contains("alias replay") {
-        format!("{msg} (the document expands too much: aliases, nesting or size exceed what a policy file needs)")
+        format!(
+            "{msg} (the document expands too much: aliases, nesting or size exceed what a policy file needs)"
+        )
     } else {
         msg.to_string()
     }
@@ -361,7 +377,9 @@ mod tests {
     fn deep_nesting_is_refused() {
         let text = "[".repeat(100_000);
         assert!(parse_stream(&text).is_err());
-        let text = (0..200).map(|i| format!("{}k:\n", "  ".repeat(i))).collect::<String>();
+        let text = (0..200)
+            .map(|i| format!("{}k:\n", "  ".repeat(i)))
+            .collect::<String>();
         assert!(parse_stream(&text).is_err());
     }
 }

@@ -1,0 +1,145 @@
+//! Argument groups shared by several commands, and their resolution: policy files, the node
+//! they are evaluated for, and output formats.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use portwarden_policy::{Diagnostic, Loaded, load_paths};
+
+/// `-f PATH... [--node NAME] [--inventory FILE | --labels k=v,...]`
+#[derive(clap::Args, Debug, Clone)]
+pub struct PolicyArgs {
+    /// Policy files or directories (read recursively for *.yaml / *.yml).
+    #[arg(short = 'f', long = "file", value_name = "PATH", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// The node to evaluate for (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Inventory file giving the node's labels (an Inventory among -f files also works).
+    #[arg(long, value_name = "FILE", conflicts_with = "labels")]
+    pub inventory: Option<PathBuf>,
+    /// The node's labels, instead of an inventory: `role=web,zone=a`.
+    #[arg(long, value_name = "K=V,...", value_parser = parse_labels)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A node resolved from the arguments: its name and the labels policies select on.
+#[derive(Debug, Clone)]
+pub struct ResolvedNode {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Table for people or JSON for machines.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!(
+                "\"{pair}\" is not key=value (example: --labels role=web,zone=a)"
+            )),
+        })
+        .collect()
+}
+
+/// Prints diagnostics to standard error followed by a count, and returns the error to exit on.
+pub fn report_diagnostics(diags: &[Diagnostic]) -> anyhow::Error {
+    for d in diags {
+        eprint!("{d}");
+    }
+    let files: std::collections::BTreeSet<&str> = diags.iter().map(|d| d.file.as_str()).collect();
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    anyhow::anyhow!(
+        "{} in {}; nothing was changed",
+        plural(diags.len(), "problem"),
+        plural(files.len(), "file")
+    )
+}
+
+/// Loads and validates documents, or prints every problem and fails.
+pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
+    load_paths(files).map_err(|d| report_diagnostics(&d))
+}
+
+/// This host's name, the default for `--node`.
+pub fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .context("cannot tell this host's name; pass --node NAME")?;
+    Ok(name.trim().to_string())
+}
+
+impl PolicyArgs {
+    /// Loads the policy files and resolves the node they are evaluated for.
+    pub fn load(&self) -> anyhow::Result<(Loaded, ResolvedNode)> {
+        let loaded = load(&self.files)?;
+        let node = self.resolve_node(&loaded)?;
+        Ok((loaded, node))
+    }
+
+    fn resolve_node(&self, loaded: &Loaded) -> anyhow::Result<ResolvedNode> {
+        let name = match &self.node {
+            Some(n) => n.clone(),
+            None => host_name()?,
+        };
+        if let Some(labels) = &self.labels {
+            return Ok(ResolvedNode {
+                name,
+                labels: labels.clone(),
+            });
+        }
+        let from_file;
+        let (inventory, source) = match &self.inventory {
+            Some(path) => {
+                from_file = load(std::slice::from_ref(path))?;
+                if from_file.inventories == 0 {
+                    bail!("{}: no Inventory document in this file", path.display());
+                }
+                (&from_file, path.display().to_string())
+            }
+            None if loaded.inventories > 0 => (loaded, "the -f files".to_string()),
+            None => bail!(
+                "no labels for node \"{name}\": pass --inventory FILE or --labels k=v,... (--labels '' for none)"
+            ),
+        };
+        match inventory.node(&name) {
+            Some(n) => Ok(ResolvedNode {
+                name,
+                labels: n.labels.clone(),
+            }),
+            None => {
+                let known: Vec<&str> = inventory.nodes.iter().map(|n| n.name.as_str()).collect();
+                bail!(
+                    "node \"{name}\" is not in the inventory ({source}); known nodes: {}",
+                    known.join(", ")
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse() {
+        let l = parse_labels("role=web, zone=a").unwrap();
+        assert_eq!(l["role"], "web");
+        assert_eq!(l["zone"], "a");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_labels("role").unwrap_err().contains("key=value"));
+    }
+}

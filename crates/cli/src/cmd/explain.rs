@@ -1,0 +1,159 @@
+//! `portwarden explain`: which policy entry decides a port for a source on a node, and why.
+//! Evaluates the same precedence model the rules are compiled from.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use portwarden_policy::{Protocol, Rule};
+use serde::Serialize;
+
+use crate::Outcome;
+use crate::args::{Format, PolicyArgs};
+
+/// Arguments of `explain`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  portwarden explain -f examples/quarantine --inventory examples/inventory.yaml \\\n      --node web-1 --port 80/tcp --from 172.16.7.80 -o json"
+)]
+pub struct Args {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// The port, as PORT or PORT/PROTO (tcp or udp; default tcp).
+    #[arg(long, value_name = "PORT[/PROTO]", value_parser = parse_port_proto)]
+    port: (u16, Protocol),
+    /// The source address of the probe or client.
+    #[arg(long = "from", value_name = "ADDRESS")]
+    from: IpAddr,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+}
+
+fn parse_port_proto(s: &str) -> Result<(u16, Protocol), String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let protocol = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            return Err(format!(
+                "unknown protocol \"{other}\" (expected tcp or udp)"
+            ));
+        }
+    };
+    let port = portwarden_policy::ports::parse_port(port).map_err(|e| e.to_string())?;
+    Ok((port, protocol))
+}
+
+/// The JSON shape of CLI.md, plus the details a person wants.
+#[derive(Serialize)]
+struct Explanation {
+    node: String,
+    port: u16,
+    protocol: &'static str,
+    from: IpAddr,
+    state: Option<&'static str>,
+    policy: Option<String>,
+    entry: Option<usize>,
+    managed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    overrides: Vec<Overridden>,
+}
+
+#[derive(Serialize)]
+struct Overridden {
+    policy: String,
+    entry: usize,
+    state: &'static str,
+    priority: u32,
+    source: String,
+    ports: String,
+}
+
+fn source_text(r: &Rule) -> String {
+    r.source
+        .map_or_else(|| "any".to_string(), |n| n.to_string())
+}
+
+pub fn run(a: Args) -> Outcome {
+    let (loaded, node) = a.policy.load()?;
+    let (port, protocol) = a.port;
+    if loaded.policies.policies().is_empty() {
+        bail!("no PortPolicy documents in the -f paths");
+    }
+    let mut candidates = loaded
+        .policies
+        .candidates(&node.labels, protocol, port, a.from)
+        .into_iter();
+    let winner = candidates.next();
+    let reason = winner
+        .as_ref()
+        .and_then(|r| loaded.policies.entry(r))
+        .and_then(|e| e.reason.clone());
+    let e = Explanation {
+        node: node.name.clone(),
+        port,
+        protocol: protocol.as_str(),
+        from: a.from,
+        state: winner.as_ref().map(|r| r.state.as_str()),
+        policy: winner.as_ref().map(|r| r.policy.to_string()),
+        entry: winner.as_ref().map(|r| r.entry),
+        managed: winner.is_some(),
+        priority: winner.as_ref().map(|r| r.priority),
+        source: winner.as_ref().map(source_text),
+        reason,
+        overrides: candidates
+            .map(|r| Overridden {
+                policy: r.policy.to_string(),
+                entry: r.entry,
+                state: r.state.as_str(),
+                priority: r.priority,
+                source: source_text(&r),
+                ports: r.ports.to_string(),
+            })
+            .collect(),
+    };
+    match a.output {
+        Format::Json => {
+            let text = serde_json::to_string_pretty(&e).context("cannot encode JSON")?;
+            println!("{text}");
+        }
+        Format::Table => print_table(&e),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(e: &Explanation) {
+    let what = format!("{}/{} on {} from {}", e.port, e.protocol, e.node, e.from);
+    match (&e.state, &e.policy, e.entry) {
+        (Some(state), Some(policy), Some(entry)) => {
+            println!("{what}: {state}");
+            println!(
+                "  decided by policy {policy}, entry {entry} (priority {}, source {})",
+                e.priority.unwrap_or_default(),
+                e.source.as_deref().unwrap_or("any")
+            );
+            if let Some(r) = &e.reason {
+                println!("  reason: {r}");
+            }
+            for o in &e.overrides {
+                println!(
+                    "  overrides {}, entry {}: {} (priority {}, source {}, ports {})",
+                    o.policy, o.entry, o.state, o.priority, o.source, o.ports
+                );
+            }
+        }
+        _ => {
+            println!("{what}: not managed");
+            println!(
+                "  no policy selecting {} covers this port for this source; portwarden leaves it alone",
+                e.node
+            );
+        }
+    }
+}

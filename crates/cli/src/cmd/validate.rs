@@ -1,0 +1,49 @@
+//! `portwarden validate PATH...`: check documents, print every problem, exit 1 on any.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::Outcome;
+use crate::args;
+
+/// Arguments of `validate`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example:\n  portwarden validate examples/ tests/fixtures/invalid/bad-state.yaml"
+)]
+pub struct Args {
+    /// Files or directories of YAML documents (directories are read recursively).
+    #[arg(value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Outcome {
+    let loaded = args::load(&a.paths)?;
+    let policies = loaded.policies.policies().len();
+    if policies == 0 && loaded.inventories == 0 {
+        anyhow::bail!(
+            "no PortPolicy or Inventory documents found in {} file(s) under the given paths",
+            loaded.files
+        );
+    }
+    let entries: usize = loaded
+        .policies
+        .policies()
+        .iter()
+        .map(|p| p.entries.len())
+        .sum();
+    println!(
+        "ok: {policies} {} ({entries} entries), {} {} ({} nodes) in {} {}",
+        if policies == 1 { "policy" } else { "policies" },
+        loaded.inventories,
+        if loaded.inventories == 1 {
+            "inventory"
+        } else {
+            "inventories"
+        },
+        loaded.nodes.len(),
+        loaded.files,
+        if loaded.files == 1 { "file" } else { "files" },
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,64 @@
+//! The `portwarden` binary: a thin layer of argument parsing and printing over the library
+//! crates. One module per command under [`cmd`]; shared argument groups in [`args`].
+//!
+//! Exit codes (the contract in CLI.md): 0 success / in sync / no changes, 1 error, 2 changes
+//! pending (`plan`) or drift (`verify`). Usage errors exit 1 too, not clap's default 2, so that
+//! 2 always means "drift or changes".
+
+mod args;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  portwarden validate examples/
+  portwarden explain -f examples/quarantine --inventory examples/inventory.yaml \\
+      --node web-1 --port 80/tcp --from 172.16.7.80
+
+Exit codes: 0 success, 1 error, 2 drift (verify) or changes pending (plan).";
+
+/// Declarative port exposure: make each node's iptables say which ports look open, closed or
+/// filtered to whom, then scan from outside and report drift.
+#[derive(Parser)]
+#[command(name = "portwarden", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check policy and inventory files; print every problem with file:line:column.
+    Validate(cmd::validate::Args),
+    /// Show which policy entry decides a port for a source on a node, and why.
+    Explain(cmd::explain::Args),
+}
+
+/// What a command reports back to `main`: the process exit code.
+pub type Outcome = anyhow::Result<ExitCode>;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            // Printing can only fail on a closed stdout/stderr, where there is nobody to tell.
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Explain(a) => cmd::explain::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
