@@ -1,1 +1,64 @@
-//! nmap-identical port scanning for portwarden (work in progress).
+//! nmap-identical port scanning for portwarden, usable on its own: no policy knowledge.
+//!
+//! ```no_run
+//! use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, report};
+//!
+//! let ports: PortList = "22,80,8000-8100".parse()?;
+//! let targets = ["10.213.0.11".parse()?];
+//! let report = Scanner::new(ScanConfig::default())
+//!     .on_progress(|p| eprintln!("{}/{}", p.done, p.total))
+//!     .scan(&targets, &ports, ScanKind::Syn)?;
+//! print!("{}", report::to_table(&report));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A key design decision is that **classification is copied from nmap, not re-derived**: the
+//! tables in [`classify`] follow `get_pcap_result()` (`scan_engine_raw.cc`),
+//! `handleConnectResult()` (`scan_engine_connect.cc`) and `ultrascan_port_pspec_update()`
+//! (`scan_engine.cc`) branch by branch, and the integration tests run the real `nmap` beside
+//! us in a namespace lab and require the same state on every port.
+//!
+//! The second is that **speed comes from not looking things up**: each probe carries its
+//! identity (target, port, try number) in the packet, so the receive thread maps a reply to a
+//! flat array slot in O(1), while the send thread paces itself with nmap's RTT estimator and
+//! a congestion window that grows until loss appears (see `engine` and [`timing`]).
+//!
+//! # Layout
+//!
+//! * [`ports`] — nmap's `-p` syntax ([`PortList`]).
+//! * [`model`] — [`ScanKind`], [`PortState`], [`Reason`], [`ScanReport`].
+//! * [`classify`] — reply → (state, reason) and conflict rules; pure, unit-tested.
+//! * `probe/` — one module per probe type (SYN, ACK, UDP, connect) behind an enum.
+//! * `packet` — building probes with `pnet`, decoding replies.
+//! * `net` — raw send sockets, the packet receive socket, source selection.
+//! * `engine` — send/receive threads, retransmission, congestion control.
+//! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
+//! * [`report`] — JSON, nmap XML and table output.
+//! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
+//!
+//! # Privileges and namespaces
+//!
+//! SYN, ACK and UDP scans need CAP_NET_RAW; without it [`Scanner::scan`] returns
+//! [`ScanError::RawSocketDenied`], and [`ScanKind::Connect`] works unprivileged. All sockets
+//! are opened by the calling thread, so a scan runs in that thread's network namespace.
+
+pub mod classify;
+mod engine;
+mod error;
+pub mod model;
+mod net;
+mod packet;
+pub mod ports;
+mod probe;
+pub mod report;
+mod scanner;
+pub mod timing;
+
+pub use error::ScanError;
+pub use model::{
+    HostReport, PortResult, PortState, Protocol, Reason, ScanKind, ScanReport, ScanStats,
+};
+pub use net::source_for;
+pub use ports::PortList;
+pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
+pub use timing::Timing;

@@ -1,0 +1,541 @@
+//! The raw-socket timing engine: one send thread and one receive thread sharing flat arrays.
+//!
+//! # Design
+//!
+//! Every (target, port) pair has an index `host * nports + port_position`, and three small
+//! atomics per index: the merged result (state and reason), the latest try number with an
+//! "outstanding" bit, and the send time of that try. Because a reply names its target, port
+//! and try number (see [`crate::probe`]), the receive thread turns a packet into an index with
+//! two array reads — no search through outstanding probes, no lock on the hot path except
+//! the small timing state.
+//!
+//! The send thread owns the schedule: fresh probes in port-major order (so several targets
+//! are interleaved), retransmissions of probes whose timeout expired without an answer, and a
+//! FIFO of outstanding probes. Probes leave the congestion window either when answered
+//! (the receive thread clears the outstanding bit) or when they time out (the send thread
+//! clears it); exactly one of the two wins the compare-and-swap, so the in-flight count stays
+//! exact without a shared queue.
+//!
+//! A silent probe is retransmitted until nmap's allowance (`allowedTryno`, which grows once a
+//! retransmission has been answered, i.e. once loss is proven) is used up; then the port
+//! gets the scan's silent state (filtered, or open|filtered for UDP).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::classify::{self, Reply};
+use crate::model::{PortState, Reason, ScanKind, ScanStats};
+use crate::net::{RawSender, Receiver};
+use crate::packet;
+use crate::probe::{Identity, MAX_TRYNO, RawProbe};
+use crate::timing::{Congestion, RttEstimator, Timing, allowed_tryno};
+use crate::{Progress, ProgressFn, ScanError};
+
+const OUTSTANDING: u8 = 0x80;
+const TRY_MASK: u8 = 0x7f;
+
+/// Everything the engine needs to run one scan.
+pub(crate) struct Plan {
+    pub kind: ScanKind,
+    pub targets: Vec<IpAddr>,
+    pub sources: Vec<IpAddr>,
+    pub ports: Vec<u16>,
+    pub timing: Timing,
+    pub id: Identity,
+    pub progress: Option<ProgressFn>,
+}
+
+/// Results in index order, plus counters.
+pub(crate) struct Outcome {
+    pub results: Vec<(PortState, Reason)>,
+    pub stats: ScanStats,
+}
+
+fn encode(state: PortState, reason: Reason) -> u16 {
+    (u16::from(state.code()) << 8) | u16::from(reason.code())
+}
+
+fn decode_result(v: u16) -> Option<(PortState, Reason)> {
+    if v == 0 {
+        return None;
+    }
+    Some((
+        PortState::from_code((v >> 8) as u8)?,
+        Reason::from_code((v & 0xff) as u8)?,
+    ))
+}
+
+struct TimingState {
+    rtt: RttEstimator,
+    cong: Congestion,
+}
+
+/// State shared by the send and receive threads (and the connect engine).
+pub(crate) struct Shared {
+    kind: ScanKind,
+    nports: usize,
+    results: Vec<AtomicU16>,
+    tries: Vec<AtomicU8>,
+    sent_at: Vec<AtomicU32>,
+    max_ok_tryno: Vec<AtomicU8>,
+    responded: AtomicU64,
+    resolved: AtomicU64,
+    replies: AtomicU64,
+    sent: AtomicU64,
+    expired: AtomicU64,
+    drops: AtomicU64,
+    stop: AtomicBool,
+    sender_parked: AtomicBool,
+    timing: Mutex<TimingState>,
+    start: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new(kind: ScanKind, nhosts: usize, nports: usize, timing: &Timing) -> Self {
+        let n = nhosts * nports;
+        Shared {
+            kind,
+            nports,
+            results: (0..n).map(|_| AtomicU16::new(0)).collect(),
+            tries: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            sent_at: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            max_ok_tryno: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
+            responded: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            sender_parked: AtomicBool::new(false),
+            timing: Mutex::new(TimingState {
+                rtt: RttEstimator::new(timing),
+                cong: Congestion::new(timing),
+            }),
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now_us(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TimingState> {
+        // A poisoned lock only means another thread panicked mid-update; the numbers are
+        // still usable for timing.
+        self.timing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// (timeout µs, window) right now.
+    pub(crate) fn timing_now(&self) -> (u64, u64) {
+        let t = self.lock();
+        (
+            u64::try_from(t.rtt.timeout().as_micros()).unwrap_or(u64::MAX),
+            t.cong.window(),
+        )
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        let sent = self.sent.load(Ordering::Acquire);
+        let gone = self.responded.load(Ordering::Acquire) + self.expired.load(Ordering::Acquire);
+        sent.saturating_sub(gone)
+    }
+
+    pub(crate) fn has_result(&self, idx: usize) -> bool {
+        self.results[idx].load(Ordering::Acquire) != 0
+    }
+
+    /// Records that try `tryno` of `idx` is being sent now.
+    pub(crate) fn mark_sent(&self, idx: usize, tryno: u8, now_us: u64) {
+        self.sent_at[idx].store(now_us as u32, Ordering::Release);
+        self.tries[idx].store(OUTSTANDING | tryno, Ordering::Release);
+        self.sent.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The send timeout of try `tryno` of `idx` expired. Returns `Some(next_tryno)` when the
+    /// probe should be retransmitted; otherwise the port is finished (answered, or now silent).
+    pub(crate) fn on_expiry(&self, idx: usize, tryno: u8, max_retries: u8) -> Option<u8> {
+        let cur = self.tries[idx].load(Ordering::Acquire);
+        if cur & TRY_MASK != tryno {
+            return None;
+        }
+        if cur & OUTSTANDING != 0
+            && self.tries[idx]
+                .compare_exchange(cur, cur & TRY_MASK, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.expired.fetch_add(1, Ordering::AcqRel);
+        }
+        if self.has_result(idx) {
+            return None;
+        }
+        let host = idx / self.nports;
+        let max_ok = self.max_ok_tryno[host].load(Ordering::Acquire);
+        let allowed = allowed_tryno(max_ok, max_retries).min(MAX_TRYNO);
+        if tryno < allowed {
+            return Some(tryno + 1);
+        }
+        let (s, r) = classify::silent(self.kind);
+        if self.results[idx]
+            .compare_exchange(0, encode(s, r), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.resolved.fetch_add(1, Ordering::AcqRel);
+        }
+        None
+    }
+
+    /// A reply for try `tryno` of (host, port position) arrived.
+    pub(crate) fn on_reply(&self, host: usize, pos: usize, tryno: u8, reply: Reply) {
+        let Some((state, reason)) = classify::classify(self.kind, reply) else {
+            return;
+        };
+        let idx = host * self.nports + pos;
+        self.replies.fetch_add(1, Ordering::AcqRel);
+        let now = self.now_us();
+        let cur = self.tries[idx].load(Ordering::Acquire);
+        let mut rtt = None;
+        if cur & OUTSTANDING != 0
+            && cur & TRY_MASK == tryno
+            && self.tries[idx]
+                .compare_exchange(cur, cur & TRY_MASK, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.responded.fetch_add(1, Ordering::AcqRel);
+            let sent = u64::from(self.sent_at[idx].load(Ordering::Acquire));
+            rtt = Some(now.wrapping_sub(sent) & 0xffff_ffff);
+        }
+        // Merge as nmap's ultrascan_port_pspec_update(); the reason always follows the latest
+        // reply (nmap calls setStateReason() after every update).
+        let mut old = self.results[idx].load(Ordering::Acquire);
+        loop {
+            let merged = classify::merge(self.kind, decode_result(old).map(|x| x.0), state);
+            match self.results[idx].compare_exchange(
+                old,
+                encode(merged, reason),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    if old == 0 {
+                        self.resolved.fetch_add(1, Ordering::AcqRel);
+                    }
+                    break;
+                }
+                Err(actual) => old = actual,
+            }
+        }
+        let mut t = self.lock();
+        if let Some(r) = rtt {
+            t.rtt.sample(i64::try_from(r).unwrap_or(i64::MAX));
+        }
+        if classify::counts_for_timing(self.kind, state, tryno) {
+            if tryno > 0 {
+                self.max_ok_tryno[host].fetch_max(tryno, Ordering::AcqRel);
+                let sent = u64::from(self.sent_at[idx].load(Ordering::Acquire));
+                if t.cong.drop_seen(sent, now, self.in_flight()) {
+                    self.drops.fetch_add(1, Ordering::AcqRel);
+                }
+            } else {
+                t.cong.ack();
+            }
+        }
+    }
+
+    /// Loss seen outside any one probe (our receive queue overflowed).
+    pub(crate) fn on_local_drop(&self) {
+        let now = self.now_us();
+        let mut t = self.lock();
+        if t.cong.drop_seen(now, now, self.in_flight()) {
+            self.drops.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn progress(&self, total: u64) -> Progress {
+        Progress {
+            done: self.resolved.load(Ordering::Acquire),
+            total,
+            elapsed: self.start.elapsed(),
+            probes_sent: self.sent.load(Ordering::Acquire),
+        }
+    }
+
+    pub(crate) fn into_outcome(self, retransmissions: u64) -> Outcome {
+        let t = self.lock();
+        let stats = ScanStats {
+            probes_sent: self.sent.load(Ordering::Acquire),
+            retransmissions,
+            replies: self.replies.load(Ordering::Acquire),
+            drops_detected: self.drops.load(Ordering::Acquire),
+            final_cwnd: u32::try_from(t.cong.window()).unwrap_or(u32::MAX),
+            srtt_us: t.rtt.srtt_us().unwrap_or(0),
+            timeout_us: u64::try_from(t.rtt.timeout().as_micros()).unwrap_or(0),
+        };
+        drop(t);
+        let silent = classify::silent(self.kind);
+        let results = self
+            .results
+            .iter()
+            .map(|r| decode_result(r.load(Ordering::Acquire)).unwrap_or(silent))
+            .collect();
+        Outcome { results, stats }
+    }
+}
+
+/// Paces sends to at most `rate` per second (token bucket with a small burst).
+pub(crate) struct RateCap {
+    rate: Option<f64>,
+    burst: f64,
+}
+
+impl RateCap {
+    pub(crate) fn new(rate: Option<u32>) -> Self {
+        let rate = rate.filter(|r| *r > 0).map(f64::from);
+        RateCap {
+            rate,
+            burst: rate.map(|r| (r / 1000.0).clamp(1.0, 256.0)).unwrap_or(0.0),
+        }
+    }
+
+    /// Microseconds to wait before the next send may go out (0 = now).
+    pub(crate) fn wait_us(&self, sent: u64, now_us: u64) -> u64 {
+        let Some(rate) = self.rate else { return 0 };
+        let allowed = rate * now_us as f64 / 1e6 + self.burst;
+        if (sent as f64) < allowed {
+            0
+        } else {
+            (((sent as f64 + 1.0 - self.burst) / rate * 1e6) as u64).saturating_sub(now_us)
+        }
+    }
+}
+
+/// Runs a raw scan (SYN, ACK or UDP) in the calling thread's network namespace.
+pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
+    let probe = match plan.kind {
+        ScanKind::Syn => RawProbe::Syn,
+        ScanKind::Ack => RawProbe::Ack,
+        ScanKind::Udp => RawProbe::Udp,
+        ScanKind::Connect => {
+            return Err(ScanError::Config(
+                "connect scans do not use the raw engine".into(),
+            ));
+        }
+    };
+    let kind_name = plan.kind.nmap_name();
+    let want_v4 = plan.targets.iter().any(IpAddr::is_ipv4);
+    let v6_source = plan.sources.iter().find_map(|s| match s {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    });
+    let proto = if plan.kind == ScanKind::Udp {
+        packet::PROTO_UDP
+    } else {
+        packet::PROTO_TCP
+    };
+    // Open the receive socket first: it queues packets from the moment it exists, so no
+    // reply can arrive before we listen.
+    let rx = Receiver::open(kind_name)?;
+    let tx = RawSender::open(kind_name, want_v4, v6_source, proto)?;
+
+    let nhosts = plan.targets.len();
+    let nports = plan.ports.len();
+    let shared = Arc::new(Shared::new(plan.kind, nhosts, nports, &plan.timing));
+    let host_index: HashMap<IpAddr, usize> = plan
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (*a, i))
+        .collect();
+    let mut port_pos = vec![u32::MAX; 65536];
+    for (i, p) in plan.ports.iter().enumerate() {
+        port_pos[usize::from(*p)] = u32::try_from(i).unwrap_or(u32::MAX);
+    }
+    let mut sources: Vec<IpAddr> = plan.sources.clone();
+    sources.sort();
+    sources.dedup();
+
+    let sender_thread = std::thread::current();
+    let rx_shared = shared.clone();
+    let id = plan.id;
+    let receiver = std::thread::Builder::new()
+        .name("scan-recv".into())
+        .spawn(move || {
+            receive_loop(
+                &rx_shared,
+                &rx,
+                probe,
+                &id,
+                &host_index,
+                &port_pos,
+                &sources,
+                &sender_thread,
+            )
+        })
+        .map_err(|source| ScanError::Socket {
+            what: "starting the receive thread".into(),
+            source,
+        })?;
+
+    let sent = send_loop(&shared, &plan, &tx, probe);
+    shared.stop.store(true, Ordering::Release);
+    let joined = receiver.join();
+    let retransmissions = sent?;
+    joined.map_err(|_| ScanError::ThreadPanicked("scan-recv"))?;
+    let shared = Arc::try_unwrap(shared).map_err(|_| ScanError::ThreadPanicked("scan-recv"))?;
+    Ok(shared.into_outcome(retransmissions))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn receive_loop(
+    shared: &Shared,
+    rx: &Receiver,
+    probe: RawProbe,
+    id: &Identity,
+    host_index: &HashMap<IpAddr, usize>,
+    port_pos: &[u32],
+    sources: &[IpAddr],
+    sender: &std::thread::Thread,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut since_check = 0u32;
+    while !shared.stop.load(Ordering::Acquire) {
+        let got = rx.recv(&mut buf).and_then(packet::decode);
+        since_check += 1;
+        if got.is_none() || since_check >= 4096 {
+            since_check = 0;
+            if rx.drops() > 0 {
+                shared.on_local_drop();
+            }
+        }
+        let Some(pkt) = got else {
+            continue;
+        };
+        let Some(m) = probe.interpret(id, &pkt, |a| sources.contains(&a)) else {
+            continue;
+        };
+        let Some(&host) = host_index.get(&m.target) else {
+            continue;
+        };
+        let pos = port_pos[usize::from(m.port)];
+        if pos == u32::MAX {
+            continue;
+        }
+        shared.on_reply(host, pos as usize, m.tryno, m.reply);
+        if shared.sender_parked.swap(false, Ordering::AcqRel) {
+            sender.unpark();
+        }
+    }
+}
+
+/// Returns the number of retransmissions.
+fn send_loop(
+    shared: &Shared,
+    plan: &Plan,
+    tx: &RawSender,
+    probe: RawProbe,
+) -> Result<u64, ScanError> {
+    let nhosts = plan.targets.len();
+    let nports = plan.ports.len();
+    let total_fresh = nhosts * nports;
+    let total = total_fresh as u64;
+    let max_retries = plan.timing.max_retries;
+    let rate = RateCap::new(plan.timing.max_rate);
+    let mut buf = [0u8; 128];
+    let mut fresh = 0usize;
+    let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
+    let mut outstanding: VecDeque<(usize, u8, u64)> = VecDeque::new();
+    let mut retransmissions = 0u64;
+    let mut last_progress = 0u64;
+    loop {
+        let now = shared.now_us();
+        let (timeout_us, window) = shared.timing_now();
+        while let Some(&(idx, tryno, sent_us)) = outstanding.front() {
+            if now < sent_us + timeout_us {
+                break;
+            }
+            outstanding.pop_front();
+            if let Some(next) = shared.on_expiry(idx, tryno, max_retries) {
+                retrans.push_back((idx, next));
+            }
+        }
+        let mut burst = 0;
+        while burst < 64 {
+            if shared.in_flight() >= window {
+                break;
+            }
+            if rate.wait_us(shared.sent.load(Ordering::Acquire), shared.now_us()) > 0 {
+                break;
+            }
+            let (idx, tryno) = if let Some(r) = retrans.pop_front() {
+                if shared.has_result(r.0) {
+                    continue;
+                }
+                r
+            } else if fresh < total_fresh {
+                let (h, p) = (fresh % nhosts, fresh / nhosts);
+                fresh += 1;
+                (h * nports + p, 0)
+            } else {
+                break;
+            };
+            let (h, p) = (idx / nports, idx % nports);
+            let dst = plan.targets[h];
+            let len = probe.build(
+                &plan.id,
+                &mut buf,
+                plan.sources[h],
+                dst,
+                plan.ports[p],
+                tryno,
+            );
+            let t = shared.now_us();
+            shared.mark_sent(idx, tryno, t);
+            if !tx.send(&buf[..len], dst)? {
+                // Local buffer full: the kernel is congested; treat it as loss and retry.
+                shared.on_local_drop();
+                outstanding.push_back((idx, tryno, t));
+                break;
+            }
+            if tryno > 0 {
+                retransmissions += 1;
+            }
+            outstanding.push_back((idx, tryno, t));
+            burst += 1;
+        }
+        if let Some(cb) = &plan.progress
+            && now >= last_progress + 100_000
+        {
+            last_progress = now;
+            cb(&shared.progress(total));
+        }
+        if fresh >= total_fresh && retrans.is_empty() && outstanding.is_empty() {
+            break;
+        }
+        if burst == 0 {
+            // Blocked on the window, the rate cap or the next expiry. The receive thread
+            // unparks us when an answer frees a slot.
+            let now = shared.now_us();
+            let until_expiry = outstanding
+                .front()
+                .map(|&(_, _, s)| (s + timeout_us).saturating_sub(now))
+                .unwrap_or(1_000);
+            let until_rate = rate.wait_us(shared.sent.load(Ordering::Acquire), now);
+            let wait = if until_rate > 0 {
+                until_rate.min(until_expiry)
+            } else {
+                until_expiry
+            }
+            .clamp(20, 2_000);
+            shared.sender_parked.store(true, Ordering::Release);
+            std::thread::park_timeout(Duration::from_micros(wait));
+            shared.sender_parked.store(false, Ordering::Release);
+        }
+    }
+    if let Some(cb) = &plan.progress {
+        cb(&shared.progress(total));
+    }
+    Ok(retransmissions)
+}

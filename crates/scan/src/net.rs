@@ -1,0 +1,244 @@
+//! Sockets at the edge: the raw send sockets, the packet receive socket, and source-address
+//! selection. Everything here is thin I/O; decisions live in the engine and the probes.
+//!
+//! * IPv4 probes go out through one `SOCK_RAW/IPPROTO_RAW` socket (we write the IP header, so
+//!   the source address is ours to choose per packet).
+//! * IPv6 probes go out through a `SOCK_RAW` socket of the probe's protocol bound to the
+//!   source address; the kernel writes the IPv6 header. It never reads: a BPF filter that
+//!   accepts nothing keeps its receive queue empty.
+//! * Replies are read from one `AF_PACKET`/`SOCK_DGRAM` socket (link header stripped, both
+//!   families, our own outgoing packets ignored with `PACKET_IGNORE_OUTGOING`).
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::ScanError;
+
+fn sock_err(what: &str) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
+    move |source| ScanError::Socket {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn raw_err<'a>(kind: &'static str, what: &'a str) -> impl FnOnce(std::io::Error) -> ScanError + 'a {
+    move |source| {
+        if matches!(
+            source.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::EACCES)
+        ) {
+            ScanError::RawSocketDenied { kind, source }
+        } else {
+            ScanError::Socket {
+                what: what.to_string(),
+                source,
+            }
+        }
+    }
+}
+
+/// Picks the source address the kernel would use towards `target` (a UDP "connect" sends no
+/// packet; it only consults the routing table).
+///
+/// # Errors
+/// [`ScanError::NoRoute`] when there is no route.
+pub fn source_for(target: IpAddr) -> Result<IpAddr, ScanError> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+            .parse()
+            .map_err(|_| ScanError::Config("bad bind".into()))?
+    } else {
+        "[::]:0"
+            .parse()
+            .map_err(|_| ScanError::Config("bad bind".into()))?
+    };
+    let s = UdpSocket::bind(bind).map_err(|source| ScanError::NoRoute { target, source })?;
+    s.connect(SocketAddr::new(target, 9))
+        .map_err(|source| ScanError::NoRoute { target, source })?;
+    Ok(s.local_addr()
+        .map_err(|source| ScanError::NoRoute { target, source })?
+        .ip())
+}
+
+/// Attaches a classic BPF program that accepts no packet.
+fn attach_drop_all(s: &Socket) -> std::io::Result<()> {
+    let mut insn = [libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: insn.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at a valid one-instruction program for the duration of the call;
+    // the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: passing a pointer to a live i32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sends finished probe packets.
+pub(crate) struct RawSender {
+    v4: Option<Socket>,
+    v6: Option<Socket>,
+}
+
+impl RawSender {
+    /// Opens the sockets needed for the given families. `v6_source` is required when IPv6
+    /// targets are scanned; `proto` is 6 or 17.
+    pub fn open(
+        kind: &'static str,
+        want_v4: bool,
+        v6_source: Option<std::net::Ipv6Addr>,
+        proto: u8,
+    ) -> Result<Self, ScanError> {
+        let v4 = if want_v4 {
+            let s = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_RAW)),
+            )
+            .map_err(raw_err(kind, "opening the raw IPv4 send socket"))?;
+            let _ = s.set_send_buffer_size(4 << 20);
+            Some(s)
+        } else {
+            None
+        };
+        let v6 = match v6_source {
+            Some(src) => {
+                let s = Socket::new(
+                    Domain::IPV6,
+                    Type::RAW,
+                    Some(Protocol::from(i32::from(proto))),
+                )
+                .map_err(raw_err(kind, "opening the raw IPv6 send socket"))?;
+                attach_drop_all(&s).map_err(sock_err("filtering the IPv6 send socket"))?;
+                s.bind(&SockAddr::from(SocketAddrV6::new(src, 0, 0, 0)))
+                    .map_err(sock_err(
+                        "binding the IPv6 send socket to the source address",
+                    ))?;
+                let _ = s.set_send_buffer_size(4 << 20);
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(RawSender { v4, v6 })
+    }
+
+    /// Sends one packet. Transient buffer exhaustion (ENOBUFS/EAGAIN) is reported as `false`
+    /// so the engine can back off and retry later.
+    pub fn send(&self, pkt: &[u8], dst: IpAddr) -> Result<bool, ScanError> {
+        let (sock, addr) = match dst {
+            IpAddr::V4(a) => (&self.v4, SockAddr::from(SocketAddrV4::new(a, 0))),
+            IpAddr::V6(a) => (&self.v6, SockAddr::from(SocketAddrV6::new(a, 0, 0, 0))),
+        };
+        let Some(sock) = sock else {
+            return Err(ScanError::Config(format!(
+                "no send socket for the family of {dst}"
+            )));
+        };
+        match sock.send_to(pkt, &addr) {
+            Ok(_) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::ENOMEM)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(ScanError::Socket {
+                what: format!("sending a probe to {dst}"),
+                source: e,
+            }),
+        }
+    }
+}
+
+/// Receives every packet that arrives on any interface of the current namespace.
+pub(crate) struct Receiver {
+    sock: Socket,
+}
+
+/// Kernel statistics of the receive socket.
+const PACKET_STATISTICS: i32 = 6;
+const PACKET_IGNORE_OUTGOING: i32 = 23;
+
+impl Receiver {
+    /// Opens the packet socket; it starts queueing packets at once.
+    pub fn open(kind: &'static str) -> Result<Self, ScanError> {
+        let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+        let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(proto)))
+            .map_err(raw_err(kind, "opening the packet receive socket"))?;
+        // Best effort: older kernels lack PACKET_IGNORE_OUTGOING; the probes then simply fail
+        // to match our own outgoing packets.
+        let _ = setsockopt_int(&sock, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+        // SO_RCVBUFFORCE goes past rmem_max when we have CAP_NET_ADMIN; fall back otherwise.
+        if setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).is_err() {
+            let _ = sock.set_recv_buffer_size(32 << 20);
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .map_err(sock_err("setting the receive timeout"))?;
+        Ok(Receiver { sock })
+    }
+
+    /// Reads one packet into `buf`; `None` on timeout.
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        match (&self.sock).read(buf) {
+            Ok(n) => Some(&buf[..n]),
+            Err(_) => None,
+        }
+    }
+
+    /// Packets the kernel dropped because our receive queue was full, since the last call.
+    pub fn drops(&self) -> u32 {
+        let mut st = [0u32; 2];
+        let mut len = std::mem::size_of::<[u32; 2]>() as libc::socklen_t;
+        // SAFETY: `st` is a valid buffer of `len` bytes for struct tpacket_stats.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                st.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 { st[1] } else { 0 }
+    }
+}

@@ -1,0 +1,179 @@
+//! Connect scan (`-sT`): an ordinary non-blocking `connect()` per probe, many at once, with
+//! completions collected by `poll(2)`. Needs no privileges, so it is the fallback when raw
+//! sockets are not allowed. The errno of each attempt is classified as nmap's
+//! `handleConnectResult()` does; attempts that neither complete nor fail within the probe
+//! timeout are closed and retransmitted, then reported filtered. Sockets close with
+//! `SO_LINGER` 0, so an open port gets a RST instead of a four-way close (as nmap does).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::ScanError;
+use crate::classify::Reply;
+use crate::engine::{Outcome, Plan, RateCap, Shared};
+
+/// Most simultaneous connection attempts (file descriptors).
+const MAX_PARALLEL: u64 = 512;
+
+struct Attempt {
+    sock: Socket,
+    idx: usize,
+    tryno: u8,
+    sent_us: u64,
+}
+
+fn start(src: IpAddr, dst: SocketAddr) -> Result<Result<Socket, i32>, ScanError> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(|source| {
+        ScanError::Socket {
+            what: "opening a TCP socket for a connect probe (too many open files? raise ulimit -n)"
+                .into(),
+            source,
+        }
+    })?;
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    sock.set_nonblocking(true)
+        .map_err(|source| ScanError::Socket {
+            what: "making a connect probe non-blocking".into(),
+            source,
+        })?;
+    if !src.is_unspecified() {
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+            .map_err(|source| ScanError::Socket {
+                what: format!("binding a connect probe to source address {src}"),
+                source,
+            })?;
+    }
+    match sock.connect(&SockAddr::from(dst)) {
+        Ok(()) => Ok(Err(0)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Ok(sock)),
+        Err(e) => Ok(Err(e.raw_os_error().unwrap_or(libc::EIO))),
+    }
+}
+
+/// Runs a connect scan in the calling thread's network namespace.
+pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
+    let nhosts = plan.targets.len();
+    let nports = plan.ports.len();
+    let total_fresh = nhosts * nports;
+    let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing);
+    let rate = RateCap::new(plan.timing.max_rate);
+    let max_retries = plan.timing.max_retries;
+    let mut fresh = 0usize;
+    let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
+    let mut active: Vec<Attempt> = Vec::new();
+    let mut pollfds: Vec<libc::pollfd> = Vec::new();
+    let mut retransmissions = 0u64;
+    let mut last_progress = 0u64;
+    loop {
+        let now = shared.now_us();
+        let (timeout_us, window) = shared.timing_now();
+        let window = window.min(MAX_PARALLEL);
+        // Expire attempts that took too long.
+        let mut i = 0;
+        while i < active.len() {
+            if now >= active[i].sent_us + timeout_us {
+                let a = active.swap_remove(i);
+                if let Some(next) = shared.on_expiry(a.idx, a.tryno, max_retries) {
+                    retrans.push_back((a.idx, next));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        // Start new attempts.
+        while (active.len() as u64) < window
+            && rate.wait_us(shared.progress(0).probes_sent, shared.now_us()) == 0
+        {
+            let (idx, tryno) = if let Some(r) = retrans.pop_front() {
+                if shared.has_result(r.0) {
+                    continue;
+                }
+                r
+            } else if fresh < total_fresh {
+                let (h, p) = (fresh % nhosts, fresh / nhosts);
+                fresh += 1;
+                (h * nports + p, 0)
+            } else {
+                break;
+            };
+            let (h, p) = (idx / nports, idx % nports);
+            let dst = SocketAddr::new(plan.targets[h], plan.ports[p]);
+            let t = shared.now_us();
+            shared.mark_sent(idx, tryno, t);
+            if tryno > 0 {
+                retransmissions += 1;
+            }
+            match start(plan.sources[h], dst)? {
+                Ok(sock) => active.push(Attempt {
+                    sock,
+                    idx,
+                    tryno,
+                    sent_us: t,
+                }),
+                Err(errno) => shared.on_reply(h, p, tryno, Reply::Connect { errno }),
+            }
+        }
+        if let Some(cb) = &plan.progress
+            && now >= last_progress + 100_000
+        {
+            last_progress = now;
+            cb(&shared.progress(total_fresh as u64));
+        }
+        if active.is_empty() && retrans.is_empty() && fresh >= total_fresh {
+            break;
+        }
+        // Wait for completions, at most until the oldest attempt expires.
+        pollfds.clear();
+        pollfds.extend(active.iter().map(|a| libc::pollfd {
+            fd: a.sock.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        }));
+        let now = shared.now_us();
+        let wait_ms = active
+            .iter()
+            .map(|a| (a.sent_us + timeout_us).saturating_sub(now))
+            .min()
+            .unwrap_or(1_000)
+            .div_ceil(1_000)
+            .clamp(1, 50);
+        // SAFETY: `pollfds` is a valid, initialised array of `len` pollfd structs.
+        let n = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                wait_ms as libc::c_int,
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        // Walk backwards so swap_remove keeps the remaining pollfd indexes valid.
+        for k in (0..pollfds.len()).rev() {
+            if pollfds[k].revents == 0 {
+                continue;
+            }
+            let a = active.swap_remove(k);
+            let errno = match a.sock.take_error() {
+                Ok(None) => 0,
+                Ok(Some(e)) => e.raw_os_error().unwrap_or(libc::EIO),
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            let (h, p) = (a.idx / nports, a.idx % nports);
+            shared.on_reply(h, p, a.tryno, Reply::Connect { errno });
+        }
+    }
+    if let Some(cb) = &plan.progress {
+        cb(&shared.progress(total_fresh as u64));
+    }
+    Ok(shared.into_outcome(retransmissions))
+}

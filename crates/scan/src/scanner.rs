@@ -1,0 +1,219 @@
+//! [`Scanner`]: the public entry point. Validates the request, picks source addresses, runs the
+//! engine for the scan kind, and turns the flat results into a [`ScanReport`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::engine::{self, Plan};
+use crate::model::{HostReport, PortResult, ScanKind, ScanReport};
+use crate::probe::{self, Identity};
+use crate::{PortList, ScanError, Timing, net};
+
+/// How far a scan has come; passed to the progress callback about ten times a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Ports with a final state.
+    pub done: u64,
+    /// Ports to scan (targets × ports).
+    pub total: u64,
+    /// Time since the scan started.
+    pub elapsed: Duration,
+    /// Probes sent so far, retransmissions included.
+    pub probes_sent: u64,
+}
+
+impl Progress {
+    /// A linear estimate of the time left, once something is done.
+    pub fn eta(&self) -> Option<Duration> {
+        if self.done == 0 || self.done >= self.total {
+            return None;
+        }
+        let per = self.elapsed.as_secs_f64() / self.done as f64;
+        Some(Duration::from_secs_f64(
+            per * (self.total - self.done) as f64,
+        ))
+    }
+}
+
+/// The progress callback type.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Scan settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanConfig {
+    /// Timing knobs (defaults follow `nmap -T4`).
+    pub timing: Timing,
+    /// IPv4 source address; `None` = what the routing table picks per target.
+    pub source_v4: Option<Ipv4Addr>,
+    /// IPv6 source address; `None` = what the routing table picks per target.
+    pub source_v6: Option<Ipv6Addr>,
+    /// Source port of raw TCP probes (base port for UDP); `None` = random in 40000-59999.
+    pub source_port: Option<u16>,
+}
+
+/// Scans targets; see the [crate documentation](crate).
+///
+/// The scanner works in the network namespace of the thread that calls [`Scanner::scan`]
+/// (its sockets are opened there).
+#[derive(Clone, Default)]
+pub struct Scanner {
+    config: ScanConfig,
+    progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scanner")
+            .field("config", &self.config)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // getrandom(2) never fails for 8 bytes once the pool is initialised; fall back to time.
+    // SAFETY: `b` is a valid 8-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5eed)
+            ^ u64::from(std::process::id())
+    }
+}
+
+impl Scanner {
+    /// A scanner with these settings.
+    pub fn new(config: ScanConfig) -> Self {
+        Scanner {
+            config,
+            progress: None,
+        }
+    }
+
+    /// Calls `f` with a [`Progress`] about ten times a second during a scan, and once at the
+    /// end (from the scanning thread).
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ScanConfig {
+        &self.config
+    }
+
+    /// Scans every port of `ports` on every address of `targets` with `kind`.
+    ///
+    /// # Guarantees
+    /// Every (target, port) pair gets exactly one entry, with nmap's state and reason words.
+    /// Duplicate targets are scanned once. Nothing is sent to any address but the targets.
+    ///
+    /// # Errors
+    /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
+    /// [`ScanKind::Connect`] then); [`ScanError::NoRoute`] when a target has no route;
+    /// [`ScanError::Config`] for an empty request; [`ScanError::Socket`] for other socket
+    /// failures.
+    pub fn scan(
+        &self,
+        targets: &[IpAddr],
+        ports: &PortList,
+        kind: ScanKind,
+    ) -> Result<ScanReport, ScanError> {
+        let mut uniq: Vec<IpAddr> = Vec::with_capacity(targets.len());
+        for t in targets {
+            if !uniq.contains(t) {
+                uniq.push(*t);
+            }
+        }
+        if uniq.is_empty() || ports.is_empty() {
+            return Err(ScanError::Config(
+                "nothing to scan: no targets or no ports".into(),
+            ));
+        }
+        let mut sources = Vec::with_capacity(uniq.len());
+        for t in &uniq {
+            let s = match (t, self.config.source_v4, self.config.source_v6) {
+                (IpAddr::V4(_), Some(s), _) => IpAddr::V4(s),
+                (IpAddr::V6(_), _, Some(s)) => IpAddr::V6(s),
+                _ => net::source_for(*t)?,
+            };
+            sources.push(s);
+        }
+        let v6_sources: Vec<&IpAddr> = sources.iter().filter(|s| s.is_ipv6()).collect();
+        if kind.needs_raw() && v6_sources.windows(2).any(|w| w[0] != w[1]) {
+            return Err(ScanError::Config(
+                "IPv6 targets need different source addresses; set source_v6 or scan them separately"
+                    .into(),
+            ));
+        }
+        let rnd = random_u64();
+        let base_sport = self
+            .config
+            .source_port
+            .unwrap_or(40_000 + (rnd % 20_000) as u16);
+        if kind == ScanKind::Udp && base_sport > u16::MAX - u16::from(probe::MAX_TRYNO) {
+            return Err(ScanError::Config(format!(
+                "UDP source port {base_sport} leaves no room for try numbers; use one below {}",
+                u16::MAX - u16::from(probe::MAX_TRYNO)
+            )));
+        }
+        let plan = Plan {
+            kind,
+            targets: uniq.clone(),
+            sources,
+            ports: ports.as_slice().to_vec(),
+            timing: self.config.timing.clone().normalised(),
+            id: Identity {
+                secret: rnd.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15,
+                base_sport,
+            },
+            progress: self.progress.clone(),
+        };
+        let started = SystemTime::now();
+        let t0 = std::time::Instant::now();
+        let outcome = match kind {
+            ScanKind::Connect => probe::connect::run(plan)?,
+            ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
+        };
+        let elapsed = t0.elapsed();
+        let nports = ports.len();
+        let proto = kind.protocol().as_str();
+        let hosts = uniq
+            .iter()
+            .enumerate()
+            .map(|(h, addr)| HostReport {
+                address: *addr,
+                ports: ports
+                    .as_slice()
+                    .iter()
+                    .enumerate()
+                    .map(|(p, port)| {
+                        let (state, reason) = outcome.results[h * nports + p];
+                        PortResult {
+                            port: *port,
+                            protocol: proto,
+                            state,
+                            reason,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(ScanReport {
+            kind,
+            hosts,
+            started_unix: started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            elapsed,
+            stats: outcome.stats,
+        })
+    }
+}
