@@ -40,6 +40,15 @@ fn start(src: IpAddr, dst: SocketAddr) -> Result<Result<Socket, i32>, ScanError>
         }
     })?;
     let _ = sock.set_linger(Some(Duration::ZERO));
+    // Queue ICMP errors on the socket's error queue. Without it, an ICMP error that arrives
+    // while connect() still holds the socket lock (common on a fast path) is only a "soft"
+    // error, acted on at the kernel's first SYN retransmission a second later.
+    let (level, name) = if dst.is_ipv4() {
+        (libc::SOL_IP, libc::IP_RECVERR)
+    } else {
+        (libc::SOL_IPV6, libc::IPV6_RECVERR)
+    };
+    let _ = set_int(&sock, level, name, 1);
     sock.set_nonblocking(true)
         .map_err(|source| ScanError::Socket {
             what: "making a connect probe non-blocking".into(),
@@ -57,6 +66,68 @@ fn start(src: IpAddr, dst: SocketAddr) -> Result<Result<Socket, i32>, ScanError>
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Ok(sock)),
         Err(e) => Ok(Err(e.raw_os_error().unwrap_or(libc::EIO))),
     }
+}
+
+fn set_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: pointer to a live i32 and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The errno of the first ICMP error queued on the socket (IP_RECVERR), if any.
+fn queued_errno(s: &Socket) -> Option<i32> {
+    let mut data = [0u8; 256];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` describes valid buffers.
+    let n = unsafe {
+        libc::recvmsg(
+            s.as_raw_fd(),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return None;
+    }
+    // SAFETY: walking the control buffer the kernel filled, with the libc CMSG helpers.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let h = &*c;
+            if (h.cmsg_level == libc::SOL_IP && h.cmsg_type == libc::IP_RECVERR)
+                || (h.cmsg_level == libc::SOL_IPV6 && h.cmsg_type == libc::IPV6_RECVERR)
+            {
+                let ee = libc::CMSG_DATA(c)
+                    .cast::<libc::sock_extended_err>()
+                    .read_unaligned();
+                return i32::try_from(ee.ee_errno).ok();
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    None
 }
 
 /// Runs a connect scan in the calling thread's network namespace.
@@ -164,7 +235,7 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
             }
             let a = active.swap_remove(k);
             let errno = match a.sock.take_error() {
-                Ok(None) => 0,
+                Ok(None) => queued_errno(&a.sock).unwrap_or(0),
                 Ok(Some(e)) => e.raw_os_error().unwrap_or(libc::EIO),
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
             };
