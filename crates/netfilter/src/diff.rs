@@ -1,0 +1,673 @@
+//! Diffing the desired chains of one family against its current ruleset.
+//!
+//! Pure: [`diff`] compares [`Desired`] with a parsed [`Ruleset`] and produces a [`FamilyPlan`]:
+//! the human-readable rule additions and deletions, and the `iptables-restore --noflush` input
+//! that makes the change in one transaction. Only chains portwarden owns and references to them
+//! are compared; foreign chains and rules are read (for shadowing) but never written.
+//!
+//! # The transaction
+//!
+//! ```text
+//! *filter
+//! :PORTWARDEN-TCP-0-255 - [0:0]       declare = create, or flush if it exists (--noflush)
+//! -A PORTWARDEN-TCP-0-255 ...         the chain's full new contents
+//! -D INPUT <saved spec>               a misplaced or duplicated jump, deleted by specification
+//! -I INPUT 1 <jump>                   the jump, back at position 1
+//! -X PORTWARDEN-OLD                   chains no longer wanted (flushed above, then deleted)
+//! COMMIT
+//! ```
+//!
+//! Only chains whose contents differ appear, so a change to one entry rewrites one leaf chain.
+//! Deleting by specification rather than by position means a foreign rule inserted between our
+//! read and our write can never be deleted in our place: the delete fails instead, and the
+//! whole transaction with it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
+use serde::Serialize;
+
+use crate::chains::{self, HOOK_CHAIN};
+use crate::render::{Desired, Family};
+use crate::save::{Ruleset, tokens};
+
+/// Where portwarden's jump from `INPUT` stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JumpState {
+    /// Present once, at position 1, as rendered.
+    InPlace,
+    /// Not present.
+    Missing,
+    /// Present, but not only once at position 1 as rendered (moved down, duplicated, edited, or
+    /// other rules jump into portwarden's chains). `positions` are 1-based `(chain, position)`.
+    Displaced {
+        /// Every rule that jumps into a portwarden chain, as `CHAIN#POSITION`.
+        positions: Vec<String>,
+    },
+    /// Present but not wanted (reset).
+    Unwanted,
+}
+
+/// A policy entry as referred to by reports.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct EntryRef {
+    /// Policy name.
+    #[serde(serialize_with = "crate::plan::ser_str")]
+    pub policy: Arc<str>,
+    /// Entry index (0-based).
+    pub entry: usize,
+    /// The entry's intended state.
+    #[serde(serialize_with = "crate::plan::ser_state")]
+    pub state: State,
+}
+
+/// A foreign rule above portwarden's jump that decides packets an entry is meant to decide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Shadowing {
+    /// Family.
+    pub family: Family,
+    /// The chain (always `INPUT`).
+    pub chain: String,
+    /// 1-based position in the chain.
+    pub position: usize,
+    /// The rule as saved.
+    pub rule: String,
+    /// Entries whose packets it may decide first.
+    pub entries: Vec<EntryRef>,
+}
+
+impl std::fmt::Display for Shadowing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let entries: Vec<String> = self
+            .entries
+            .iter()
+            .map(|e| format!("{} entry {} ({})", e.policy, e.entry, e.state))
+            .collect();
+        write!(
+            f,
+            "foreign rule {}#{} ({}) `{}` sits above portwarden's jump and shadows {}",
+            self.chain,
+            self.position,
+            self.family,
+            self.rule,
+            entries.join(", ")
+        )
+    }
+}
+
+/// The change one family needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FamilyPlan {
+    /// Family.
+    pub family: Family,
+    /// Rules and chains to add, one per item (`iptables -A CHAIN ...`, `iptables -N CHAIN`,
+    /// `iptables -I INPUT 1 ...`).
+    pub add: Vec<String>,
+    /// Rules and chains to delete, one per item (`iptables -D CHAIN ...`, `iptables -X CHAIN`).
+    pub delete: Vec<String>,
+    /// Chains created, rewritten or deleted by the transaction.
+    pub chains: Vec<String>,
+    /// The state of the jump before the change.
+    pub jump: JumpState,
+    /// Foreign rules above the jump that shadow entries.
+    pub shadowing: Vec<Shadowing>,
+    /// The `iptables-restore --noflush` input; empty when the family is converged.
+    #[serde(skip)]
+    pub restore: String,
+    /// What the family converges to, for the read-back check.
+    #[serde(skip)]
+    pub desired: Desired,
+}
+
+impl FamilyPlan {
+    /// Whether the family needs a write.
+    pub fn is_converged(&self) -> bool {
+        self.restore.is_empty()
+    }
+}
+
+/// Compares portwarden's part of `current` with `desired`; `intent` (when given) is used to
+/// find foreign rules above the jump that shadow its entries.
+///
+/// # Guarantees
+///
+/// * The restore input names only chains portwarden owns, plus `-D`/`-I` of rules whose target
+///   is a chain portwarden owns; no foreign rule or chain is written.
+/// * An empty restore input (and empty `add`/`delete`) exactly when portwarden's chains and jump
+///   already match `desired` token for token.
+pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -> FamilyPlan {
+    let tool = desired.family.tool();
+    let empty = Vec::new();
+    let filter_chains = current.table("filter").map_or(&empty, |t| &t.chains);
+
+    let mut add = Vec::new();
+    let mut delete = Vec::new();
+    let mut flush: Vec<&str> = Vec::new();
+    let mut write_rules = String::new();
+    let mut remove: Vec<&str> = Vec::new();
+
+    let current_owned: HashMap<&str, &crate::save::Chain> = filter_chains
+        .iter()
+        .filter(|c| chains::is_owned(&c.name))
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let wanted: HashSet<&str> = desired.chains.iter().map(|(n, _)| n.as_str()).collect();
+
+    for (name, rules) in &desired.chains {
+        let same = current_owned.get(name.as_str()).map(|c| {
+            c.rules.len() == rules.len()
+                && c.rules
+                    .iter()
+                    .zip(rules)
+                    .all(|(a, b)| tokens(&a.spec) == tokens(b))
+        });
+        match same {
+            Some(true) => continue,
+            None => {
+                add.push(format!("{tool} -N {name}"));
+                add.extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
+            }
+            Some(false) => {
+                let have: Vec<&str> = current_owned[name.as_str()]
+                    .rules
+                    .iter()
+                    .map(|r| r.spec.as_str())
+                    .collect();
+                let (plus, minus) = multiset_diff(rules, &have);
+                if plus.is_empty() && minus.is_empty() {
+                    // same rules, new order: show the whole chain as replaced
+                    delete.extend(have.iter().map(|r| format!("{tool} -D {name} {r}")));
+                    add.extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
+                } else {
+                    delete.extend(minus.iter().map(|r| format!("{tool} -D {name} {r}")));
+                    add.extend(plus.iter().map(|r| format!("{tool} -A {name} {r}")));
+                }
+            }
+        }
+        flush.push(name);
+        for r in rules {
+            let _ = writeln!(write_rules, "-A {name} {r}");
+        }
+    }
+    for c in filter_chains.iter().filter(|c| chains::is_owned(&c.name)) {
+        if !wanted.contains(c.name.as_str()) {
+            delete.extend(
+                c.rules
+                    .iter()
+                    .map(|r| format!("{tool} -D {} {}", c.name, r.spec)),
+            );
+            delete.push(format!("{tool} -X {}", c.name));
+            flush.push(&c.name);
+            remove.push(&c.name);
+        }
+    }
+
+    // Every rule outside our chains that targets one of our chains is ours (normally just the
+    // jump from INPUT).
+    let mut refs: Vec<(&str, usize, &str)> = Vec::new();
+    for c in filter_chains.iter().filter(|c| !chains::is_owned(&c.name)) {
+        for (i, r) in c.rules.iter().enumerate() {
+            if target_of(&r.spec).is_some_and(chains::is_owned) {
+                refs.push((&c.name, i, &r.spec));
+            }
+        }
+    }
+    let jump_ok = match (&desired.jump, refs.as_slice()) {
+        (Some(want), [(chain, 0, spec)]) => *chain == HOOK_CHAIN && tokens(spec) == tokens(want),
+        (None, []) => true,
+        _ => false,
+    };
+    let jump = match (&desired.jump, refs.is_empty(), jump_ok) {
+        (_, _, true) => JumpState::InPlace,
+        (Some(_), true, false) => JumpState::Missing,
+        (Some(_), false, false) => JumpState::Displaced {
+            positions: refs
+                .iter()
+                .map(|(c, i, _)| format!("{c}#{}", i + 1))
+                .collect(),
+        },
+        (None, _, false) => JumpState::Unwanted,
+    };
+    let mut jump_lines = String::new();
+    if !jump_ok {
+        for (chain, _, spec) in &refs {
+            delete.push(format!("{tool} -D {chain} {spec}"));
+            let _ = writeln!(jump_lines, "-D {chain} {spec}");
+        }
+        if let Some(want) = &desired.jump {
+            add.push(format!("{tool} -I {HOOK_CHAIN} 1 {want}"));
+            let _ = writeln!(jump_lines, "-I {HOOK_CHAIN} 1 {want}");
+        }
+    }
+
+    // Foreign rules above the first jump in INPUT decide first.
+    let mut shadowing = Vec::new();
+    if let (Some(intent), Some(first)) = (
+        intent,
+        refs.iter()
+            .filter(|(c, _, _)| *c == HOOK_CHAIN)
+            .map(|(_, i, _)| *i)
+            .min(),
+    ) && let Some(input) = filter_chains.iter().find(|c| c.name == HOOK_CHAIN)
+    {
+        for (i, r) in input.rules[..first].iter().enumerate() {
+            let entries = shadowed_entries(desired.family, &r.spec, intent);
+            if !entries.is_empty() {
+                shadowing.push(Shadowing {
+                    family: desired.family,
+                    chain: HOOK_CHAIN.to_string(),
+                    position: i + 1,
+                    rule: r.spec.clone(),
+                    entries,
+                });
+            }
+        }
+    }
+
+    let mut restore = String::new();
+    if !flush.is_empty() || !jump_lines.is_empty() {
+        restore.push_str("*filter\n");
+        for name in &flush {
+            let _ = writeln!(restore, ":{name} - [0:0]");
+        }
+        restore.push_str(&write_rules);
+        restore.push_str(&jump_lines);
+        for name in &remove {
+            let _ = writeln!(restore, "-X {name}");
+        }
+        restore.push_str("COMMIT\n");
+    }
+    FamilyPlan {
+        family: desired.family,
+        add,
+        delete,
+        chains: flush.iter().map(|s| s.to_string()).collect(),
+        jump,
+        shadowing,
+        restore,
+        desired: desired.clone(),
+    }
+}
+
+/// Rules in `want` but not `have`, and in `have` but not `want`, compared by tokens, counting
+/// duplicates.
+fn multiset_diff<'a>(want: &'a [String], have: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut counts: HashMap<Vec<String>, isize> = HashMap::new();
+    for w in want {
+        *counts.entry(tokens(w)).or_default() += 1;
+    }
+    for h in have {
+        *counts.entry(tokens(h)).or_default() -= 1;
+    }
+    let mut plus = Vec::new();
+    for w in want {
+        let c = counts.get_mut(&tokens(w));
+        if let Some(c) = c.filter(|c| **c > 0) {
+            *c -= 1;
+            plus.push(w.as_str());
+        }
+    }
+    let mut minus = Vec::new();
+    for h in have {
+        let c = counts.get_mut(&tokens(h));
+        if let Some(c) = c.filter(|c| **c < 0) {
+            *c += 1;
+            minus.push(*h);
+        }
+    }
+    (plus, minus)
+}
+
+/// The `-j`/`-g` target of a rule specification.
+pub fn target_of(spec: &str) -> Option<&str> {
+    let mut it = spec.split_whitespace();
+    let mut found = None;
+    while let Some(t) = it.next() {
+        if t == "-j" || t == "-g" || t == "--jump" || t == "--goto" {
+            found = it.next();
+        }
+    }
+    found
+}
+
+/// Targets that never decide a packet's fate.
+const NON_TERMINATING: &[&str] = &[
+    "LOG",
+    "NFLOG",
+    "ULOG",
+    "MARK",
+    "CONNMARK",
+    "CT",
+    "NOTRACK",
+    "TRACE",
+    "AUDIT",
+    "CLASSIFY",
+    "TCPMSS",
+    "DSCP",
+    "TOS",
+    "TTL",
+    "HL",
+    "SECMARK",
+    "CONNSECMARK",
+    "IDLETIMER",
+    "LED",
+];
+
+/// What a foreign rule's matches say, as far as ports and sources go.
+#[derive(Debug, Default)]
+struct ForeignMatch {
+    protocol: Option<Protocol>,
+    /// `None`: any (or not understood) port.
+    ports: Option<Vec<PortRange>>,
+    source: Option<IpNet>,
+    target: Option<String>,
+    reject_with: Option<String>,
+    /// A protocol other than tcp/udp (e.g. icmp): can never hit an entry.
+    other_protocol: bool,
+}
+
+fn parse_ports(list: &str) -> Option<Vec<PortRange>> {
+    list.split(',')
+        .map(|p| {
+            let (a, b) = p.split_once(':').unwrap_or((p, p));
+            let start = if a.is_empty() { 0 } else { a.parse().ok()? };
+            let end = if b.is_empty() { 65535 } else { b.parse().ok()? };
+            Some(PortRange { start, end })
+        })
+        .collect()
+}
+
+fn analyse(spec: &str) -> ForeignMatch {
+    let t = tokens(spec);
+    let mut m = ForeignMatch::default();
+    let mut i = 0;
+    while i < t.len() {
+        let negated = i > 0 && t[i - 1] == "!";
+        let next = t.get(i + 1).map(String::as_str);
+        match (t[i].as_str(), next) {
+            ("-p" | "--protocol", Some(p)) if !negated => match p {
+                "tcp" | "6" => m.protocol = Some(Protocol::Tcp),
+                "udp" | "17" => m.protocol = Some(Protocol::Udp),
+                "all" | "0" => {}
+                _ => m.other_protocol = true,
+            },
+            ("-s" | "--source", Some(s)) if !negated => {
+                m.source = s
+                    .parse()
+                    .ok()
+                    .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
+            }
+            ("--dport" | "--destination-port" | "--dports" | "--destination-ports", Some(p))
+                if !negated =>
+            {
+                m.ports = parse_ports(p);
+            }
+            ("-j" | "-g" | "--jump" | "--goto", Some(j)) => m.target = Some(j.to_string()),
+            ("--reject-with", Some(r)) => m.reject_with = Some(r.to_string()),
+            _ => {}
+        }
+        i += 1;
+    }
+    m
+}
+
+/// Entries (of this family) whose packets a foreign rule above the jump decides differently
+/// from the entry, as far as its ports, protocol and source tell. Rules with matches this does
+/// not understand count as matching (reported rather than missed).
+fn shadowed_entries(family: Family, spec: &str, intent: &NodeIntent) -> Vec<EntryRef> {
+    let m = analyse(spec);
+    let Some(target) = m.target.as_deref() else {
+        return Vec::new();
+    };
+    if NON_TERMINATING.contains(&target) || m.other_protocol {
+        return Vec::new();
+    }
+    let effect = |protocol: Protocol| -> Option<State> {
+        match target {
+            "ACCEPT" => Some(State::Open),
+            "DROP" => Some(State::Filtered),
+            "REJECT" => match (protocol, m.reject_with.as_deref()) {
+                (Protocol::Tcp, Some("tcp-reset")) => Some(State::Closed),
+                (
+                    Protocol::Udp,
+                    None | Some("icmp-port-unreachable" | "icmp6-port-unreachable"),
+                ) => Some(State::Closed),
+                _ => Some(State::Filtered),
+            },
+            _ => None, // a jump to another chain: may decide anything
+        }
+    };
+    let mut out: Vec<EntryRef> = Vec::new();
+    for r in &intent.rules {
+        if r.source.is_some_and(|n| !family.holds(&n)) {
+            continue;
+        }
+        let proto_ok = m.protocol.is_none_or(|p| p == r.protocol);
+        let ports_ok = m
+            .ports
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.overlaps(&r.ports)));
+        let source_ok = match (m.source, r.source) {
+            (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
+            _ => true,
+        };
+        if proto_ok && ports_ok && source_ok && effect(r.protocol) != Some(r.state) {
+            let e = EntryRef {
+                policy: r.policy.clone(),
+                entry: r.entry,
+                state: r.state,
+            };
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failsafe::Failsafe;
+    use crate::render::render;
+    use portwarden_policy::Rule;
+
+    fn intent() -> NodeIntent {
+        let r = |entry, port, state| Rule {
+            priority: 100,
+            policy: "web".into(),
+            entry,
+            protocol: Protocol::Tcp,
+            ports: PortRange::single(port),
+            source: None,
+            state,
+        };
+        NodeIntent {
+            policies: vec!["web".into()],
+            rules: vec![r(0, 80, State::Open), r(1, 8080, State::Closed)],
+            report_unlisted: false,
+        }
+    }
+
+    /// The text iptables-save would print after applying `desired` on top of `foreign`.
+    fn saved(desired: &Desired, foreign_input: &[&str]) -> String {
+        let mut s = String::from(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n",
+        );
+        for (n, _) in &desired.chains {
+            s.push_str(&format!(":{n} - [0:0]\n"));
+        }
+        if let Some(j) = &desired.jump {
+            s.push_str(&format!("[3:180] -A INPUT {j}\n"));
+        }
+        for f in foreign_input {
+            s.push_str(&format!("-A INPUT {f}\n"));
+        }
+        s.push_str("-A DOCKER-USER -j RETURN\n");
+        for (n, rules) in &desired.chains {
+            for r in rules {
+                s.push_str(&format!("[1:60] -A {n} {r}\n"));
+            }
+        }
+        s.push_str("COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
+        s
+    }
+
+    #[test]
+    fn converged_means_no_write() {
+        let r = render(&intent(), &Failsafe::default());
+        let current = Ruleset::parse(&saved(&r.v4, &["-j KUBE-FIREWALL"])).unwrap();
+        let p = diff(&r.v4, &current, Some(&intent()));
+        assert!(p.is_converged(), "{}", p.restore);
+        assert!(p.add.is_empty() && p.delete.is_empty());
+        assert_eq!(p.jump, JumpState::InPlace);
+    }
+
+    #[test]
+    fn empty_node_gets_everything_in_one_transaction() {
+        let r = render(&intent(), &Failsafe::default());
+        let current = Ruleset::parse(include_str!("../tests/samples/foreign-nft-v4.save")).unwrap();
+        let p = diff(&r.v4, &current, Some(&intent()));
+        assert_eq!(p.jump, JumpState::Missing);
+        assert!(
+            p.restore
+                .starts_with("*filter\n:PORTWARDEN-INPUT - [0:0]\n")
+        );
+        assert!(p.restore.ends_with(&format!(
+            "-I INPUT 1 {}\nCOMMIT\n",
+            crate::render::jump_spec()
+        )));
+        // nothing foreign is written
+        for line in p.restore.lines() {
+            assert!(
+                line.contains("PORTWARDEN-") || line == "*filter" || line == "COMMIT",
+                "{line}"
+            );
+            assert!(!line.starts_with(":INPUT") && !line.starts_with("-A INPUT"));
+        }
+        assert_eq!(p.add.len(), r.v4.rule_count() + r.v4.chains.len());
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn one_changed_entry_rewrites_one_chain() {
+        let before = render(&intent(), &Failsafe::default());
+        let mut changed = intent();
+        changed.rules[1].state = State::Filtered;
+        let after = render(&changed, &Failsafe::default());
+        let current = Ruleset::parse(&saved(&before.v4, &[])).unwrap();
+        let p = diff(&after.v4, &current, Some(&changed));
+        assert_eq!(p.chains, ["PORTWARDEN-TCP-7936-8191"]);
+        assert_eq!(p.add.len(), 1);
+        assert_eq!(p.delete.len(), 1);
+        assert!(
+            p.add[0].starts_with("iptables -A PORTWARDEN-TCP-7936-8191 ")
+                && p.add[0].ends_with("-j DROP")
+        );
+        assert_eq!(p.restore.lines().count(), 4);
+    }
+
+    #[test]
+    fn displaced_jump_is_reinserted_and_shadowing_reported() {
+        let r = render(&intent(), &Failsafe::default());
+        let jump = r.v4.jump.clone().unwrap();
+        let mut text = saved(
+            &Desired {
+                jump: None,
+                ..r.v4.clone()
+            },
+            &[
+                "-p tcp -m tcp --dport 8080 -j DROP",
+                "-p icmp -j DROP",
+                "-j LOG",
+            ],
+        );
+        text = text.replace(
+            "-A INPUT -j LOG\n",
+            &format!("-A INPUT -j LOG\n-A INPUT {jump}\n"),
+        );
+        let current = Ruleset::parse(&text).unwrap();
+        let p = diff(&r.v4, &current, Some(&intent()));
+        assert_eq!(
+            p.jump,
+            JumpState::Displaced {
+                positions: vec!["INPUT#4".into()]
+            }
+        );
+        assert_eq!(p.delete, [format!("iptables -D INPUT {jump}")]);
+        assert_eq!(p.add, [format!("iptables -I INPUT 1 {jump}")]);
+        assert_eq!(p.shadowing.len(), 1);
+        let s = &p.shadowing[0];
+        assert_eq!((s.position, s.entries.len()), (1, 1));
+        assert_eq!((&*s.entries[0].policy, s.entries[0].entry), ("web", 1));
+        assert!(s.to_string().contains("INPUT#1"));
+        assert_eq!(
+            p.restore,
+            format!("*filter\n-D INPUT {jump}\n-I INPUT 1 {jump}\nCOMMIT\n")
+        );
+    }
+
+    #[test]
+    fn reset_removes_chains_and_every_reference() {
+        let r = render(&intent(), &Failsafe::default());
+        let mut text = saved(&r.v4, &[]);
+        text = text.replace(
+            "-A DOCKER-USER -j RETURN\n",
+            "-A DOCKER-USER -j RETURN\n-A DOCKER-USER -j PORTWARDEN-INPUT\n",
+        );
+        let current = Ruleset::parse(&text).unwrap();
+        let p = diff(&Desired::empty(Family::Ipv4), &current, None);
+        assert!(matches!(p.jump, JumpState::Unwanted));
+        let x: Vec<&str> = p.restore.lines().filter(|l| l.starts_with("-X ")).collect();
+        assert_eq!(x.len(), r.v4.chains.len());
+        assert!(p.restore.contains("-D DOCKER-USER -j PORTWARDEN-INPUT\n"));
+        assert!(!p.restore.contains("-D DOCKER-USER -j RETURN"));
+        // a clean node needs nothing
+        let clean =
+            Ruleset::parse(include_str!("../tests/samples/foreign-legacy-v4.save")).unwrap();
+        assert!(diff(&Desired::empty(Family::Ipv4), &clean, None).is_converged());
+    }
+
+    #[test]
+    fn analysis_of_foreign_rules() {
+        let i = intent();
+        let f = Family::Ipv4;
+        assert!(shadowed_entries(f, "-p tcp -m tcp --dport 80 -j ACCEPT", &i).is_empty());
+        assert_eq!(
+            shadowed_entries(f, "-p tcp -m tcp --dport 80 -j DROP", &i).len(),
+            1
+        );
+        assert_eq!(shadowed_entries(f, "-j DROP", &i).len(), 2);
+        assert_eq!(shadowed_entries(f, "-j KUBE-SERVICES", &i).len(), 2);
+        assert!(shadowed_entries(f, "-p udp -j DROP", &i).is_empty());
+        assert!(
+            shadowed_entries(f, "-p tcp -m multiport --dports 1:79,81:8079 -j DROP", &i).is_empty()
+        );
+        assert_eq!(
+            shadowed_entries(
+                f,
+                "-p tcp -m tcp --dport 8080 -j REJECT --reject-with icmp-port-unreachable",
+                &i
+            )
+            .len(),
+            1
+        );
+        assert!(
+            shadowed_entries(
+                f,
+                "-p tcp -m tcp --dport 8080 -j REJECT --reject-with tcp-reset",
+                &i
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            target_of("-m comment --comment x -j PORTWARDEN-INPUT"),
+            Some("PORTWARDEN-INPUT")
+        );
+    }
+}

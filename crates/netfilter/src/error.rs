@@ -1,0 +1,101 @@
+//! The crate's error type: every variant says what failed, where, and what to do.
+
+use std::io;
+
+use crate::render::Family;
+
+/// What went wrong while reading, planning or writing netfilter rules.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An iptables tool the chosen backend needs is not installed.
+    #[error(
+        "`{tool}` not found (searched PATH and /usr/sbin, /sbin): portwarden needs it to \
+         {purpose}; install the iptables package (Debian/Ubuntu: apt-get install iptables) or \
+         choose another backend with --backend nft|legacy"
+    )]
+    ToolMissing {
+        /// The program looked for.
+        tool: String,
+        /// What it is needed for.
+        purpose: &'static str,
+    },
+    /// A tool could not be started.
+    #[error("failed to start `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reading the ruleset failed.
+    #[error(
+        "failed to read the {family} ruleset: `{command}` exited with {status}: {stderr} \
+         (portwarden must run as root, or with CAP_NET_ADMIN, in the network namespace to manage)"
+    )]
+    Read {
+        /// Family.
+        family: Family,
+        /// The command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// `iptables-save` printed something this parser does not understand.
+    #[error("failed to parse iptables-save output at line {line} ({text:?}): {message}")]
+    Parse {
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The restore transaction was refused; the family's ruleset is unchanged.
+    #[error(
+        "the {family} transaction was rejected by `{command}`, so nothing in {family} was \
+         changed{failed_line}: {stderr}{earlier}"
+    )]
+    Restore {
+        /// Family.
+        family: Family,
+        /// The command line.
+        command: String,
+        /// What it wrote on standard error.
+        stderr: String,
+        /// ` (line N: TEXT)` when the tool named the failing line of the transaction.
+        failed_line: String,
+        /// Note about families written before this one.
+        earlier: String,
+    },
+    /// The transaction succeeded but reading back shows a different state.
+    #[error(
+        "applied the {family} transaction, but reading it back differs in {pending} place(s), \
+         first: {first}; another program may be editing portwarden's chains at the same time, \
+         or this iptables version prints rules differently (run `portwarden plan` to see)"
+    )]
+    Verify {
+        /// Family.
+        family: Family,
+        /// How many adds/deletes remain.
+        pending: usize,
+        /// The first of them.
+        first: String,
+    },
+    /// A `--failsafe` list could not be parsed.
+    #[error(
+        "invalid failsafe port list {input:?}: item {item:?}: {message} (expected e.g. tcp:22,tcp:6443,tcp:2379-2380,udp:68, or none)"
+    )]
+    Failsafe {
+        /// The whole flag value.
+        input: String,
+        /// The bad item.
+        item: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `--backend` value could not be parsed.
+    #[error("unknown iptables backend {0:?} (expected nft, legacy or auto)")]
+    Backend(String),
+}

@@ -1,0 +1,58 @@
+//! portwarden's netfilter layer: makes a node's iptables rules say exactly what its compiled
+//! intent says, and nothing else of the node's rules changes.
+//!
+//! The pipeline is pure until the last step, like the policy crate's:
+//!
+//! 1. [`render`] turns a [`NodeIntent`](portwarden_policy::NodeIntent) and the [`Failsafe`]
+//!    ports into the [`Desired`] chains of each family, in the exact text `iptables-save`
+//!    prints, and reports [`Conflict`]s (entries that would block a failsafe port).
+//! 2. [`Ruleset::parse`] reads `iptables-save` output of either backend.
+//! 3. [`diff`] / [`Plan::compute`] compare the two for portwarden's chains only and produce a
+//!    [`Plan`]: the rules to add and delete, the `iptables-restore --noflush` transaction per
+//!    family, and foreign rules that [shadow](Shadowing) an entry.
+//! 4. [`Netfilter`] is the I/O edge: detects the backend, reads, applies one transaction per
+//!    family, reads back to confirm, resets.
+//!
+//! A key design decision is that desired rules are rendered in `iptables-save`'s own canonical
+//! form and compared token by token with what the kernel reports. That makes "converged" a
+//! plain equality — no write at all when nothing changed, which matters for an agent that
+//! reconciles every few seconds — and makes every difference (a deleted rule, an edited chain,
+//! a jump pushed down by another program) visible as drift. The chain layout that keeps a
+//! one-entry change to a one-chain rewrite is described in [`chains`].
+//!
+//! # Ownership
+//!
+//! portwarden owns the filter-table chains named `PORTWARDEN-*` (IPv4 and IPv6) and the rules
+//! whose target is one of them — normally the single jump at `INPUT` position 1. It never
+//! edits, reorders or deletes anything else; see [`Netfilter::apply`] for the exact contract.
+//!
+//! # Layout
+//!
+//! * [`chains`] — every chain name and comment; ownership test; bucket layout.
+//! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
+//! * [`render`] — intent → desired chains (pure).
+//! * [`save`] — `iptables-save` parser, argument quoting (pure).
+//! * [`diff`] — desired vs current → per-family change and restore input (pure).
+//! * [`plan`] — [`Plan`], the serializable result.
+//! * [`backend`] — nft vs legacy detection, tool lookup.
+//! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
+//! * `error` — [`Error`].
+
+pub mod backend;
+pub mod chains;
+pub mod diff;
+mod error;
+pub mod failsafe;
+mod netfilter;
+pub mod plan;
+pub mod render;
+pub mod save;
+
+pub use backend::{Backend, BackendChoice, Detection};
+pub use diff::{EntryRef, FamilyPlan, JumpState, Shadowing, diff};
+pub use error::Error;
+pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
+pub use netfilter::{Applied, Netfilter, Options};
+pub use plan::Plan;
+pub use render::{Conflict, Desired, Family, Rendered, render};
+pub use save::Ruleset;

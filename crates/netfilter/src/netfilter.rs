@@ -1,0 +1,331 @@
+//! [`Netfilter`]: the I/O edge. Reads with `iptables-save`, writes with one
+//! `iptables-restore --noflush` transaction per family, reads back to confirm.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use portwarden_policy::NodeIntent;
+use serde::Serialize;
+
+use crate::Error;
+use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
+use crate::diff::diff;
+use crate::failsafe::Failsafe;
+use crate::plan::Plan;
+use crate::render::Family;
+use crate::save::Ruleset;
+
+/// How to drive netfilter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Backend: detect, or a fixed one.
+    pub backend: BackendChoice,
+    /// Families to manage (both by default).
+    pub families: Vec<Family>,
+    /// Seconds `iptables-restore` waits for the xtables lock held by another program.
+    pub lock_wait_secs: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            backend: BackendChoice::Auto,
+            families: Family::ALL.to_vec(),
+            lock_wait_secs: 10,
+        }
+    }
+}
+
+/// The result of [`Netfilter::apply`] or [`Netfilter::reset`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// `iptables-restore` transactions run (0 when already converged).
+    pub transactions: usize,
+    /// Rules and chains added or deleted.
+    pub changes: usize,
+    /// Families written, in order.
+    pub families: Vec<Family>,
+}
+
+/// A handle on the netfilter of the network namespace this process (thread) runs in.
+#[derive(Clone, Debug)]
+pub struct Netfilter {
+    detection: Detection,
+    families: Vec<(Family, Tools)>,
+    lock_wait_secs: u32,
+}
+
+impl Netfilter {
+    /// Picks the backend (see [`backend::detect`]) and finds its tools for every family.
+    ///
+    /// # Errors
+    /// [`Error::ToolMissing`] when a needed `*-save` or `*-restore` program is not installed:
+    /// portwarden refuses to run rather than fall back to per-rule `iptables` calls.
+    pub fn detect(options: &Options) -> Result<Netfilter, Error> {
+        let detection = backend::detect(options.backend)?;
+        let families = options
+            .families
+            .iter()
+            .map(|&f| backend::tools(detection.backend, f).map(|t| (f, t)))
+            .collect::<Result<_, _>>()?;
+        Ok(Netfilter {
+            detection,
+            families,
+            lock_wait_secs: options.lock_wait_secs,
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.detection.backend
+    }
+
+    /// How the backend was chosen.
+    pub fn detection(&self) -> &Detection {
+        &self.detection
+    }
+
+    /// The managed families.
+    pub fn families(&self) -> Vec<Family> {
+        self.families.iter().map(|(f, _)| *f).collect()
+    }
+
+    fn tools(&self, family: Family) -> Option<&Tools> {
+        self.families
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, t)| t)
+    }
+
+    /// Reads the filter table of one family (one `iptables-save -t filter` run).
+    ///
+    /// # Errors
+    /// [`Error::Read`] when the tool fails (typically: not root), [`Error::Parse`] when its
+    /// output cannot be parsed.
+    pub fn read(&self, family: Family) -> Result<Ruleset, Error> {
+        let Some(t) = self.tools(family) else {
+            return Ok(Ruleset::default());
+        };
+        let command = format!("{} -t filter", t.save.display());
+        let out = Command::new(&t.save)
+            .args(["-t", "filter"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Read {
+                family,
+                command,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Reads every managed family once.
+    ///
+    /// # Errors
+    /// As [`Netfilter::read`].
+    pub fn read_all(&self) -> Result<Vec<(Family, Ruleset)>, Error> {
+        self.families
+            .iter()
+            .map(|(f, _)| self.read(*f).map(|r| (*f, r)))
+            .collect()
+    }
+
+    /// What it takes to make this namespace's netfilter say `intent`.
+    ///
+    /// # Guarantees
+    /// Read-only: one `iptables-save` per family, nothing written.
+    ///
+    /// # Errors
+    /// As [`Netfilter::read`].
+    pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
+        let current = self.read_all()?;
+        let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
+        Ok(Plan::compute(intent, failsafe, &refs))
+    }
+
+    /// What it takes to remove everything of portwarden's.
+    ///
+    /// # Errors
+    /// As [`Netfilter::read`].
+    pub fn plan_reset(&self) -> Result<Plan, Error> {
+        let current = self.read_all()?;
+        let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
+        Ok(Plan::reset(&refs))
+    }
+
+    /// Executes a plan: one `iptables-restore --noflush --wait` transaction per family that
+    /// needs one, each read back and compared with the plan's target.
+    ///
+    /// # Guarantees
+    /// * **Zero writes when converged**: a family whose plan is empty is not touched at all
+    ///   (no `iptables-restore` runs; counters and rule handles stay as they are).
+    /// * **Atomic per family**: each family's change is a single transaction of the filter
+    ///   table; it applies completely or not at all.
+    /// * **Only portwarden's rules**: the transaction declares only `PORTWARDEN-` chains and
+    ///   deletes/inserts only rules whose target is one; other chains, rules, tables and
+    ///   counters are untouched (`--noflush`). Rules to delete are named by specification, not
+    ///   position, so a foreign rule that appeared since the plan was made cannot be hit.
+    /// * **Confirmed**: after each transaction the family is read back (one `iptables-save`)
+    ///   and must match the plan's target exactly.
+    ///
+    /// # Errors
+    /// * [`Error::Restore`] when a transaction is refused (a rule the kernel rejects, the
+    ///   xtables lock not released within the wait, a stale plan whose deletes no longer
+    ///   match): that family is exactly as before. The message quotes the failing line.
+    /// * [`Error::Verify`] when the read-back differs (someone else edited our chains at the
+    ///   same moment).
+    /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
+    ///
+    /// # Caveats
+    /// Families are written one after the other (IPv4 first). When the IPv6 transaction fails
+    /// after IPv4 succeeded, IPv4 stays at the new state and the error says so; running
+    /// `apply` again once the cause is fixed completes the change. Plans are computed from a
+    /// read: apply soon after planning (the CLI and the agent plan and apply in one go).
+    pub fn apply(&self, plan: &Plan) -> Result<Applied, Error> {
+        let mut applied = Applied::default();
+        for fp in &plan.families {
+            if fp.is_converged() {
+                continue;
+            }
+            let Some(t) = self.tools(fp.family) else {
+                continue;
+            };
+            self.restore(fp.family, t, &fp.restore, &applied)?;
+            applied.transactions += 1;
+            applied.changes += fp.add.len() + fp.delete.len();
+            applied.families.push(fp.family);
+            let back = self.read(fp.family)?;
+            let check = diff(&fp.desired, &back, None);
+            if !check.is_converged() {
+                return Err(Error::Verify {
+                    family: fp.family,
+                    pending: check.add.len() + check.delete.len(),
+                    first: check
+                        .add
+                        .first()
+                        .or(check.delete.first())
+                        .cloned()
+                        .unwrap_or_else(|| format!("jump {:?}", check.jump)),
+                });
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Removes every chain of portwarden's and every rule that jumps into one, in every managed
+    /// family: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
+    ///
+    /// # Guarantees
+    /// As [`Netfilter::apply`]; everything that is not portwarden's stays byte-identical
+    /// (counters aside, which keep counting). No write when nothing of ours is there.
+    ///
+    /// # Errors
+    /// As [`Netfilter::apply`].
+    pub fn reset(&self) -> Result<Applied, Error> {
+        let plan = self.plan_reset()?;
+        self.apply(&plan)
+    }
+
+    fn restore(&self, family: Family, t: &Tools, input: &str, done: &Applied) -> Result<(), Error> {
+        let wait = format!("--wait={}", self.lock_wait_secs);
+        let command = format!("{} --noflush {wait}", t.restore.display());
+        let mut child = Command::new(&t.restore)
+            .args(["--noflush", &wait])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means the tool exited early; its status and stderr say why.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| !l.starts_with("# Warning"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim()
+            .to_string();
+        let failed_line = failing_line(&stderr)
+            .and_then(|n| input.lines().nth(n - 1).map(|l| (n, l)))
+            .map(|(n, l)| {
+                if l == "COMMIT" {
+                    format!(
+                        " (line {n}: the kernel refused the table at COMMIT; `dmesg` names the \
+                         rejected rule)"
+                    )
+                } else {
+                    format!(" (line {n}: {l})")
+                }
+            })
+            .unwrap_or_default();
+        let earlier = if done.families.is_empty() {
+            String::new()
+        } else {
+            let f: Vec<String> = done.families.iter().map(ToString::to_string).collect();
+            format!(
+                "; {} was already applied and stays so; rerun apply once the cause is fixed",
+                f.join(", ")
+            )
+        };
+        Err(Error::Restore {
+            family,
+            command,
+            stderr: if stderr.is_empty() {
+                format!("exit status {}", out.status)
+            } else {
+                stderr
+            },
+            failed_line,
+            earlier,
+        })
+    }
+}
+
+/// The first `line N` an iptables-restore error message mentions.
+fn failing_line(stderr: &str) -> Option<usize> {
+    let i = stderr.find("line ")?;
+    let digits: String = stderr[i + 5..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok().filter(|&n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_line_from_both_backends() {
+        assert_eq!(
+            failing_line(
+                "iptables-nft-restore v1.8.9 (nf_tables): line 4: RULE_APPEND failed (Invalid argument): rule in chain X"
+            ),
+            Some(4)
+        );
+        assert_eq!(failing_line("iptables-restore: line 6 failed"), Some(6));
+        assert_eq!(
+            failing_line("Another app is currently holding the xtables lock"),
+            None
+        );
+    }
+}

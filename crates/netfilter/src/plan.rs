@@ -1,0 +1,140 @@
+//! [`Plan`]: what `portwarden plan` shows and `portwarden apply` executes.
+
+use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
+use serde::{Serialize, Serializer};
+
+use crate::diff::{FamilyPlan, Shadowing, diff};
+use crate::failsafe::Failsafe;
+use crate::render::{Conflict, Desired, Family, render};
+use crate::save::Ruleset;
+
+/// The changes that bring a node's netfilter to its intent, per family.
+///
+/// Serializes to the `plan -o json` shape of CLI.md, `{"changes": N, "add": [...], "delete":
+/// [...]}`, plus `conflicts`, `shadowing` and a per-family breakdown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Number of items in `add` and `delete`; 0 when the node is converged.
+    pub changes: usize,
+    /// Everything added, one iptables rule or chain per item, IPv4 first.
+    pub add: Vec<String>,
+    /// Everything deleted, one iptables rule or chain per item, IPv4 first.
+    pub delete: Vec<String>,
+    /// Entries that would block failsafe ports (not enforced on those ports).
+    pub conflicts: Vec<Conflict>,
+    /// Foreign rules above the jump that shadow entries (the jump is moved back to position 1;
+    /// the foreign rules themselves are never touched).
+    pub shadowing: Vec<Shadowing>,
+    /// Per-family detail.
+    pub families: Vec<FamilyPlan>,
+}
+
+impl Plan {
+    /// Computes a plan from the current rulesets (pure).
+    ///
+    /// `current` holds each family's parsed `iptables-save`; families that are not listed are
+    /// left out of the plan.
+    pub fn compute(
+        intent: &NodeIntent,
+        failsafe: &Failsafe,
+        current: &[(Family, &Ruleset)],
+    ) -> Plan {
+        let rendered = render(intent, failsafe);
+        let families = current
+            .iter()
+            .map(|(f, rs)| diff(rendered.family(*f), rs, Some(intent)))
+            .collect();
+        Plan::from_families(families, rendered.conflicts)
+    }
+
+    /// A plan that removes everything of portwarden's (pure).
+    pub fn reset(current: &[(Family, &Ruleset)]) -> Plan {
+        let families = current
+            .iter()
+            .map(|(f, rs)| diff(&Desired::empty(*f), rs, None))
+            .collect();
+        Plan::from_families(families, Vec::new())
+    }
+
+    fn from_families(families: Vec<FamilyPlan>, conflicts: Vec<Conflict>) -> Plan {
+        let add: Vec<String> = families.iter().flat_map(|f| f.add.clone()).collect();
+        let delete: Vec<String> = families.iter().flat_map(|f| f.delete.clone()).collect();
+        Plan {
+            changes: add.len() + delete.len(),
+            add,
+            delete,
+            conflicts,
+            shadowing: families.iter().flat_map(|f| f.shadowing.clone()).collect(),
+            families,
+        }
+    }
+
+    /// Whether nothing needs writing.
+    pub fn is_converged(&self) -> bool {
+        self.families.iter().all(FamilyPlan::is_converged)
+    }
+}
+
+pub(crate) fn ser_str<S: Serializer>(p: &std::sync::Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p)
+}
+
+pub(crate) fn ser_protocol<S: Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+pub(crate) fn ser_state<S: Serializer>(p: &State, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+pub(crate) fn ser_range<S: Serializer>(p: &PortRange, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portwarden_policy::Rule;
+
+    #[test]
+    fn json_has_the_cli_shape() {
+        let intent = NodeIntent {
+            policies: vec!["q".into()],
+            rules: vec![Rule {
+                priority: 1,
+                policy: "q".into(),
+                entry: 0,
+                protocol: Protocol::Tcp,
+                ports: PortRange { start: 1, end: 100 },
+                source: None,
+                state: State::Filtered,
+            }],
+            report_unlisted: false,
+        };
+        let empty = Ruleset::default();
+        let plan = Plan::compute(
+            &intent,
+            &Failsafe::default(),
+            &[(Family::Ipv4, &empty), (Family::Ipv6, &empty)],
+        );
+        let v = serde_json::to_value(&plan).unwrap();
+        assert_eq!(v["changes"], plan.add.len());
+        assert!(
+            v["add"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("iptables -N PORTWARDEN-INPUT")
+        );
+        assert!(v["delete"].as_array().unwrap().is_empty());
+        assert_eq!(v["conflicts"][0]["ports"], "1-100");
+        assert_eq!(v["conflicts"][0]["failsafe"][0]["protocol"], "tcp");
+        assert_eq!(v["families"][1]["family"], "ipv6");
+        assert!(
+            plan.add
+                .iter()
+                .any(|a| a.starts_with("ip6tables -I INPUT 1 "))
+        );
+        assert!(!plan.is_converged());
+        assert!(Plan::reset(&[(Family::Ipv4, &empty)]).is_converged());
+    }
+}

@@ -1,0 +1,793 @@
+//! Rendering a node's compiled intent into the chains portwarden wants, per address family.
+//!
+//! Pure: [`render`] maps a [`NodeIntent`] and a [`Failsafe`] list to [`Desired`] chains (rule
+//! specifications in exactly the form `iptables-save` prints them, so a converged node compares
+//! equal) and the [`Conflict`]s found on the way. See [`crate::chains`] for the chain layout.
+//!
+//! # Intent → rule
+//!
+//! | intent | TCP | UDP (IPv4 / IPv6) |
+//! |---|---|---|
+//! | open | `ACCEPT` | `ACCEPT` |
+//! | closed | `REJECT --reject-with tcp-reset` | `REJECT --reject-with icmp-port-unreachable` / `icmp6-port-unreachable` |
+//! | filtered | `DROP` | `DROP` |
+//!
+//! Block rules must only hit traffic the remote side initiated, or a filtered range that overlaps
+//! the ephemeral port range would eat the replies to the node's own connections. Instead of a
+//! `-m conntrack --ctdir ORIGINAL` on every rule, `PORTWARDEN-INPUT` returns packets in the
+//! `REPLY` direction once, before any policy rule: the same meaning, one rule instead of N, and
+//! packets conntrack cannot classify (`INVALID`, e.g. a FIN scan) still meet the policy, so a
+//! filtered port looks filtered to every probe type. Loopback is returned as well: portwarden
+//! governs what the network sees, and blocking `lo` would break node-local services.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use portwarden_policy::{NodeIntent, PortRange, Protocol, Rule, State};
+use serde::Serialize;
+
+use crate::chains::{self, INPUT_CHAIN, LEAF_PORTS, LEVEL1_PORTS};
+use crate::failsafe::{Failsafe, FailsafePort};
+use crate::save::quote;
+
+/// An address family, with its own tables and tools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4: `iptables`.
+    Ipv4,
+    /// IPv6: `ip6tables`.
+    Ipv6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// The command name prefix: `iptables` or `ip6tables`.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        }
+    }
+
+    /// Whether a source network belongs to this family.
+    pub fn holds(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
+        )
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// A policy entry that tries to block a failsafe port. The failsafe ports are cut out of the
+/// rendered rules; the rest of the entry is enforced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// Policy name.
+    #[serde(serialize_with = "crate::plan::ser_str")]
+    pub policy: Arc<str>,
+    /// Entry index in the policy (0-based).
+    pub entry: usize,
+    /// Protocol of the entry.
+    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    pub protocol: Protocol,
+    /// The entry's port range.
+    #[serde(serialize_with = "crate::plan::ser_range")]
+    pub ports: PortRange,
+    /// The blocking state it asks for.
+    #[serde(serialize_with = "crate::plan::ser_state")]
+    pub state: State,
+    /// Source, when the entry has one.
+    pub source: Option<IpNet>,
+    /// The failsafe ports it overlaps.
+    pub failsafe: Vec<FailsafePort>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let overlapped: Vec<String> = self.failsafe.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "policy {} entry {} would make {}/{} {} but that covers failsafe {}; \
+             those ports are left to the host's own rules (remove them from the entry or \
+             change --failsafe)",
+            self.policy,
+            self.entry,
+            self.ports,
+            self.protocol,
+            self.state,
+            overlapped.join(",")
+        )
+    }
+}
+
+/// The chains portwarden wants in one family, in the order they are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// Family.
+    pub family: Family,
+    /// Chain name and its rule specifications (after `-A CHAIN `), root chain first.
+    pub chains: Vec<(String, Vec<String>)>,
+    /// The specification of the jump from `INPUT` (after `-I INPUT 1 `); `None` when nothing
+    /// is wanted (reset).
+    pub jump: Option<String>,
+}
+
+impl Desired {
+    /// Nothing of portwarden's: what [`reset`](crate::Netfilter::reset) converges to.
+    pub fn empty(family: Family) -> Desired {
+        Desired {
+            family,
+            chains: Vec::new(),
+            jump: None,
+        }
+    }
+
+    /// Number of rules, the jump included.
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|(_, r)| r.len()).sum::<usize>() + usize::from(self.jump.is_some())
+    }
+}
+
+/// What [`render`] produces: both families' chains and the conflicts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// IPv4 chains.
+    pub v4: Desired,
+    /// IPv6 chains.
+    pub v6: Desired,
+    /// Entries that would block failsafe ports.
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Rendered {
+    /// The chains of one family.
+    pub fn family(&self, family: Family) -> &Desired {
+        match family {
+            Family::Ipv4 => &self.v4,
+            Family::Ipv6 => &self.v6,
+        }
+    }
+}
+
+/// One rule inside a leaf chain, before rendering.
+#[derive(Clone, Debug)]
+struct LeafRule<'a> {
+    rule: &'a Rule,
+    ranges: Vec<PortRange>,
+}
+
+impl LeafRule<'_> {
+    fn same_action(&self, other: &LeafRule<'_>) -> bool {
+        self.rule.policy == other.rule.policy
+            && self.rule.entry == other.rule.entry
+            && self.rule.state == other.rule.state
+            && self.rule.source == other.rule.source
+    }
+}
+
+/// Ports that a multiport match can hold: a single port takes one slot, a range two.
+const MULTIPORT_SLOTS: usize = 15;
+
+fn slots(ranges: &[PortRange]) -> usize {
+    ranges
+        .iter()
+        .map(|r| if r.start == r.end { 1 } else { 2 })
+        .sum()
+}
+
+/// `range` minus every range in `cut`, in order.
+fn subtract(range: PortRange, cut: &[PortRange]) -> Vec<PortRange> {
+    let mut out = vec![range];
+    for c in cut {
+        out = out
+            .into_iter()
+            .flat_map(|r| {
+                if !r.overlaps(c) {
+                    return vec![r];
+                }
+                let mut pieces = Vec::new();
+                if r.start < c.start {
+                    pieces.push(PortRange {
+                        start: r.start,
+                        end: c.start - 1,
+                    });
+                }
+                if r.end > c.end {
+                    pieces.push(PortRange {
+                        start: c.end + 1,
+                        end: r.end,
+                    });
+                }
+                pieces
+            })
+            .collect();
+    }
+    out
+}
+
+/// Renders a node's intent for both families.
+///
+/// # Guarantees
+///
+/// * Pure and deterministic: the same input gives byte-identical output.
+/// * First-match equivalence: for every packet the first matching rendered rule belongs to the
+///   entry that [`NodeIntent::first_match`] picks, except for failsafe ports, loopback and
+///   replies to connections the node opened, which are always returned to the rest of `INPUT`.
+/// * Rules without a source go to both families; IPv4 sources only to IPv4, IPv6 only to IPv6.
+/// * Every policy rule carries a comment naming its policy and entry.
+pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
+    let mut conflicts: Vec<Conflict> = Vec::new();
+    // (family, protocol) -> leaf start -> rules in first-match order
+    let mut leaves: BTreeMap<(Family, Protocol), BTreeMap<u32, Vec<LeafRule<'_>>>> =
+        BTreeMap::new();
+    for rule in &intent.rules {
+        let cut: Vec<PortRange> = failsafe.ranges(rule.protocol).collect();
+        let ranges = subtract(rule.ports, &cut);
+        if rule.state != State::Open && ranges != [rule.ports] {
+            let overlapped: Vec<FailsafePort> = failsafe
+                .ports()
+                .iter()
+                .filter(|f| f.protocol == rule.protocol && f.ports.overlaps(&rule.ports))
+                .copied()
+                .collect();
+            let c = Conflict {
+                policy: rule.policy.clone(),
+                entry: rule.entry,
+                protocol: rule.protocol,
+                ports: rule.ports,
+                state: rule.state,
+                source: rule.source,
+                failsafe: overlapped,
+            };
+            if !conflicts.contains(&c) {
+                conflicts.push(c);
+            }
+        }
+        if ranges.is_empty() {
+            continue;
+        }
+        for family in Family::ALL {
+            if rule.source.is_some_and(|n| !family.holds(&n)) {
+                continue;
+            }
+            let buckets = leaves.entry((family, rule.protocol)).or_default();
+            let first = u32::from(ranges[0].start) / LEAF_PORTS;
+            let last = u32::from(ranges[ranges.len() - 1].end) / LEAF_PORTS;
+            for b in first..=last {
+                let lo = b * LEAF_PORTS;
+                let hi = lo + LEAF_PORTS - 1;
+                let clipped: Vec<PortRange> = ranges
+                    .iter()
+                    .filter(|r| u32::from(r.start) <= hi && u32::from(r.end) >= lo)
+                    .map(|r| PortRange {
+                        start: r.start.max(lo as u16),
+                        end: r.end.min(hi as u16),
+                    })
+                    .collect();
+                if clipped.is_empty() {
+                    continue;
+                }
+                let list = buckets.entry(lo).or_default();
+                let next = LeafRule {
+                    rule,
+                    ranges: clipped,
+                };
+                // Adjacent rules of the same entry and action merge into one multiport rule:
+                // first-match order is unchanged because nothing sits between them.
+                if let Some(prev) = list.last_mut()
+                    && prev.same_action(&next)
+                    && slots(&prev.ranges) + slots(&next.ranges) <= MULTIPORT_SLOTS
+                {
+                    prev.ranges.extend(next.ranges);
+                    continue;
+                }
+                list.push(next);
+            }
+        }
+    }
+    let family = |f: Family| {
+        let mut root = head_rules(failsafe);
+        let mut chains: Vec<(String, Vec<String>)> = Vec::new();
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let Some(buckets) = leaves.get(&(f, protocol)) else {
+                continue;
+            };
+            let mut level1: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            let mut leaf_chains = Vec::new();
+            for (&lo, rules) in buckets {
+                let l1 = lo / LEVEL1_PORTS * LEVEL1_PORTS;
+                let leaf = chains::leaf_chain(protocol, lo);
+                level1.entry(l1).or_default().push(format!(
+                    "-p {p} -m {p} --dport {lo}:{} -j {leaf}",
+                    lo + LEAF_PORTS - 1,
+                    p = protocol.as_str()
+                ));
+                let specs: Vec<String> = rules.iter().map(|r| leaf_rule(f, r)).collect();
+                leaf_chains.push((l1, leaf, specs));
+            }
+            for (l1, jumps) in level1 {
+                let name = chains::level1_chain(protocol, l1);
+                root.push(format!(
+                    "-p {p} -m {p} --dport {l1}:{} -j {name}",
+                    l1 + LEVEL1_PORTS - 1,
+                    p = protocol.as_str()
+                ));
+                chains.push((name, jumps));
+                chains.extend(
+                    leaf_chains
+                        .iter()
+                        .filter(|(l, _, _)| *l == l1)
+                        .map(|(_, n, s)| (n.clone(), s.clone())),
+                );
+            }
+        }
+        chains.insert(0, (INPUT_CHAIN.to_string(), root));
+        Desired {
+            family: f,
+            chains,
+            jump: Some(jump_spec()),
+        }
+    };
+    Rendered {
+        v4: family(Family::Ipv4),
+        v6: family(Family::Ipv6),
+        conflicts,
+    }
+}
+
+/// The specification of the jump from `INPUT`.
+pub fn jump_spec() -> String {
+    format!(
+        "-m comment --comment {} -j {INPUT_CHAIN}",
+        quote(chains::JUMP_COMMENT)
+    )
+}
+
+/// The fixed head of `PORTWARDEN-INPUT`: loopback, replies, failsafe.
+fn head_rules(failsafe: &Failsafe) -> Vec<String> {
+    let mut v = vec![
+        format!(
+            "-i lo -m comment --comment {} -j RETURN",
+            quote(chains::LOOPBACK_COMMENT)
+        ),
+        format!(
+            "-m conntrack --ctdir REPLY -m comment --comment {} -j RETURN",
+            quote(chains::REPLIES_COMMENT)
+        ),
+    ];
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let ranges: Vec<PortRange> = failsafe.ranges(protocol).collect();
+        let mut chunk: Vec<PortRange> = Vec::new();
+        let mut flush = |chunk: &mut Vec<PortRange>| {
+            if !chunk.is_empty() {
+                v.push(format!(
+                    "-p {} {} -m comment --comment {} -j RETURN",
+                    protocol.as_str(),
+                    port_match(protocol, chunk),
+                    quote(chains::FAILSAFE_COMMENT)
+                ));
+                chunk.clear();
+            }
+        };
+        for r in ranges {
+            if slots(&chunk) + slots(&[r]) > MULTIPORT_SLOTS {
+                flush(&mut chunk);
+            }
+            chunk.push(r);
+        }
+        flush(&mut chunk);
+    }
+    v
+}
+
+/// `-m tcp --dport 80`, `-m tcp --dport 8000:8100` or `-m multiport --dports 80,443,8000:8100`.
+fn port_match(protocol: Protocol, ranges: &[PortRange]) -> String {
+    let one = |r: &PortRange| {
+        if r.start == r.end {
+            r.start.to_string()
+        } else {
+            format!("{}:{}", r.start, r.end)
+        }
+    };
+    match ranges {
+        [r] => format!("-m {p} --dport {}", one(r), p = protocol.as_str()),
+        _ => {
+            let list: Vec<String> = ranges.iter().map(one).collect();
+            format!("-m multiport --dports {}", list.join(","))
+        }
+    }
+}
+
+/// The iptables target for a state.
+pub fn target(family: Family, protocol: Protocol, state: State) -> &'static str {
+    match (state, protocol, family) {
+        (State::Open, _, _) => "ACCEPT",
+        (State::Closed, Protocol::Tcp, _) => "REJECT --reject-with tcp-reset",
+        (State::Closed, Protocol::Udp, Family::Ipv4) => {
+            "REJECT --reject-with icmp-port-unreachable"
+        }
+        (State::Closed, Protocol::Udp, Family::Ipv6) => {
+            "REJECT --reject-with icmp6-port-unreachable"
+        }
+        (State::Filtered, _, _) => "DROP",
+    }
+}
+
+fn leaf_rule(family: Family, r: &LeafRule<'_>) -> String {
+    let rule = r.rule;
+    let mut s = String::with_capacity(128);
+    if let Some(net) = rule.source.map(|n| n.trunc())
+        && net.prefix_len() > 0
+    {
+        s.push_str("-s ");
+        s.push_str(&net.to_string());
+        s.push(' ');
+    }
+    s.push_str("-p ");
+    s.push_str(rule.protocol.as_str());
+    s.push(' ');
+    s.push_str(&port_match(rule.protocol, &r.ranges));
+    s.push_str(" -m comment --comment ");
+    s.push_str(&quote(&chains::entry_comment(
+        &rule.policy,
+        rule.entry,
+        rule.state.as_str(),
+    )));
+    s.push_str(" -j ");
+    s.push_str(target(family, rule.protocol, rule.state));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn rule(
+        policy: &str,
+        entry: usize,
+        proto: Protocol,
+        ports: (u16, u16),
+        source: Option<&str>,
+        state: State,
+    ) -> Rule {
+        Rule {
+            priority: 100,
+            policy: policy.into(),
+            entry,
+            protocol: proto,
+            ports: PortRange {
+                start: ports.0,
+                end: ports.1,
+            },
+            source: source.map(|s| s.parse().unwrap()),
+            state,
+        }
+    }
+
+    fn intent(rules: Vec<Rule>) -> NodeIntent {
+        NodeIntent {
+            policies: vec![],
+            rules,
+            report_unlisted: false,
+        }
+    }
+
+    fn chain<'a>(d: &'a Desired, name: &str) -> &'a [String] {
+        &d.chains.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    #[test]
+    fn seed_story_renders_the_article_rules() {
+        let i = intent(vec![
+            rule(
+                "quarantine",
+                1,
+                Protocol::Tcp,
+                (80, 80),
+                Some("172.16.7.80/32"),
+                State::Closed,
+            ),
+            rule(
+                "quarantine",
+                0,
+                Protocol::Tcp,
+                (8080, 8080),
+                None,
+                State::Closed,
+            ),
+        ]);
+        let r = render(&i, &Failsafe::default());
+        assert!(r.conflicts.is_empty());
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-TCP-0-255"),
+            [
+                "-s 172.16.7.80/32 -p tcp -m tcp --dport 80 -m comment --comment \"quarantine entry 1: closed\" -j REJECT --reject-with tcp-reset"
+            ]
+        );
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-TCP-4096"),
+            ["-p tcp -m tcp --dport 7936:8191 -j PORTWARDEN-TCP-7936-8191"]
+        );
+        // the v4-only source stays out of IPv6; the any-source entry goes to both
+        assert!(r.v6.chains.iter().all(|(n, _)| n != "PORTWARDEN-TCP-0-255"));
+        assert_eq!(chain(&r.v6, "PORTWARDEN-TCP-7936-8191").len(), 1);
+        let root = chain(&r.v4, INPUT_CHAIN);
+        assert_eq!(
+            root,
+            [
+                "-i lo -m comment --comment \"portwarden: loopback is not governed\" -j RETURN",
+                "-m conntrack --ctdir REPLY -m comment --comment \"portwarden: replies to connections this node opened\" -j RETURN",
+                "-p tcp -m multiport --dports 22,2379:2380,6443,10250 -m comment --comment \"portwarden failsafe: left to the host rules\" -j RETURN",
+                "-p udp -m udp --dport 68 -m comment --comment \"portwarden failsafe: left to the host rules\" -j RETURN",
+                "-p tcp -m tcp --dport 0:4095 -j PORTWARDEN-TCP-0",
+                "-p tcp -m tcp --dport 4096:8191 -j PORTWARDEN-TCP-4096",
+            ]
+        );
+        assert_eq!(r.v4.jump.as_deref(), Some(jump_spec().as_str()));
+    }
+
+    #[test]
+    fn targets_per_state_protocol_and_family() {
+        let i = intent(vec![
+            rule("p", 0, Protocol::Udp, (161, 161), None, State::Closed),
+            rule("p", 1, Protocol::Udp, (162, 162), None, State::Filtered),
+            rule("p", 2, Protocol::Tcp, (443, 443), None, State::Open),
+        ]);
+        let r = render(&i, &Failsafe::none());
+        let v4 = chain(&r.v4, "PORTWARDEN-UDP-0-255");
+        let v6 = chain(&r.v6, "PORTWARDEN-UDP-0-255");
+        assert!(v4[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"));
+        assert!(v6[0].ends_with("-j REJECT --reject-with icmp6-port-unreachable"));
+        assert!(v4[1].ends_with("-j DROP"));
+        assert!(chain(&r.v4, "PORTWARDEN-TCP-256-511")[0].ends_with("-j ACCEPT"));
+        // no failsafe: no failsafe rule in the head
+        assert_eq!(chain(&r.v4, INPUT_CHAIN).len(), 2 + 2);
+    }
+
+    #[test]
+    fn blocking_a_failsafe_port_is_a_conflict_and_is_cut_out() {
+        let i = intent(vec![rule(
+            "lockdown",
+            0,
+            Protocol::Tcp,
+            (1, 65535),
+            None,
+            State::Filtered,
+        )]);
+        let r = render(&i, &Failsafe::default());
+        assert_eq!(r.conflicts.len(), 1);
+        let c = &r.conflicts[0];
+        assert_eq!((&*c.policy, c.entry, c.failsafe.len()), ("lockdown", 0, 4));
+        assert!(c.to_string().contains("tcp:22"), "{c}");
+        let low = chain(&r.v4, "PORTWARDEN-TCP-0-255");
+        assert_eq!(
+            low,
+            [
+                "-p tcp -m multiport --dports 1:21,23:255 -m comment --comment \"lockdown entry 0: filtered\" -j DROP"
+            ]
+        );
+        // every leaf of the range exists, none of them mentions port 22
+        let leaves =
+            r.v4.chains
+                .iter()
+                .filter(|(n, _)| n.matches('-').count() == 3)
+                .count();
+        assert_eq!(leaves, 256);
+        // an open entry on a failsafe port is no conflict
+        let i = intent(vec![rule(
+            "ssh",
+            0,
+            Protocol::Tcp,
+            (22, 22),
+            None,
+            State::Open,
+        )]);
+        let r = render(&i, &Failsafe::default());
+        assert!(r.conflicts.is_empty());
+        assert_eq!(r.v4.chains.len(), 1);
+    }
+
+    #[test]
+    fn adjacent_rules_of_one_entry_merge_and_order_is_kept() {
+        let i = intent(vec![
+            rule("web", 0, Protocol::Tcp, (80, 80), None, State::Open),
+            rule("web", 0, Protocol::Tcp, (81, 81), None, State::Open),
+            rule(
+                "web",
+                1,
+                Protocol::Tcp,
+                (1, 255),
+                Some("10.0.0.0/8"),
+                State::Filtered,
+            ),
+            rule("web", 0, Protocol::Tcp, (90, 90), None, State::Open),
+        ]);
+        let r = render(&i, &Failsafe::none());
+        let leaf = chain(&r.v4, "PORTWARDEN-TCP-0-255");
+        assert_eq!(leaf.len(), 3);
+        assert!(leaf[0].contains("--dports 80,81 "), "{}", leaf[0]);
+        assert!(leaf[1].starts_with("-s 10.0.0.0/8 -p tcp -m tcp --dport 1:255 "));
+        assert!(leaf[2].contains("--dport 90 "));
+        // without the IPv4-only rule between them, IPv6 merges all three ports
+        let v6 = chain(&r.v6, "PORTWARDEN-TCP-0-255");
+        assert_eq!(v6.len(), 1);
+        assert!(v6[0].contains("--dports 80,81,90 "), "{}", v6[0]);
+    }
+
+    #[test]
+    fn ranges_are_clipped_to_buckets_and_sources_normalised() {
+        let i = intent(vec![
+            rule(
+                "w",
+                0,
+                Protocol::Tcp,
+                (250, 260),
+                Some("10.1.2.3/8"),
+                State::Closed,
+            ),
+            rule(
+                "w",
+                1,
+                Protocol::Tcp,
+                (65535, 65535),
+                Some("0.0.0.0/0"),
+                State::Closed,
+            ),
+            rule(
+                "w",
+                2,
+                Protocol::Tcp,
+                (1000, 1000),
+                Some("fd00::1/64"),
+                State::Closed,
+            ),
+        ]);
+        let r = render(&i, &Failsafe::none());
+        assert!(
+            chain(&r.v4, "PORTWARDEN-TCP-0-255")[0]
+                .starts_with("-s 10.0.0.0/8 -p tcp -m tcp --dport 250:255 ")
+        );
+        assert!(chain(&r.v4, "PORTWARDEN-TCP-256-511")[0].contains("--dport 256:260 "));
+        assert!(
+            chain(&r.v4, "PORTWARDEN-TCP-65280-65535")[0]
+                .starts_with("-p tcp -m tcp --dport 65535 ")
+        );
+        assert!(chain(&r.v6, "PORTWARDEN-TCP-768-1023")[0].starts_with("-s fd00::/64 -p tcp"));
+        assert!(
+            r.v6.chains
+                .iter()
+                .all(|(n, _)| n != "PORTWARDEN-TCP-65280-65535")
+        );
+    }
+
+    /// A tiny model of iptables evaluating the rendered chains for one incoming packet that is
+    /// not on loopback and not a reply: the verdict as a state, or `None` when portwarden
+    /// returns the packet to the rest of INPUT.
+    fn evaluate(
+        d: &Desired,
+        protocol: Protocol,
+        port: u16,
+        source: std::net::IpAddr,
+    ) -> Option<State> {
+        fn walk(
+            d: &Desired,
+            chain: &str,
+            protocol: Protocol,
+            port: u16,
+            source: std::net::IpAddr,
+            depth: u8,
+        ) -> Option<Option<State>> {
+            assert!(depth < 5, "chain nesting too deep");
+            let rules = &d
+                .chains
+                .iter()
+                .find(|(n, _)| n == chain)
+                .expect("jump to a missing chain")
+                .1;
+            'rule: for spec in rules {
+                let t = crate::save::tokens(spec);
+                let mut target = None;
+                let mut i = 0;
+                while i < t.len() {
+                    let next = t.get(i + 1).map(String::as_str).unwrap_or("");
+                    let ok = match t[i].as_str() {
+                        "-i" => next != "lo",
+                        "--ctdir" => next != "REPLY",
+                        "-p" => next == protocol.as_str(),
+                        "-s" => next.parse::<IpNet>().unwrap().contains(&source),
+                        "--dport" | "--dports" => next.split(',').any(|r| {
+                            let (a, b) = r.split_once(':').unwrap_or((r, r));
+                            (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&port)
+                        }),
+                        "-j" => {
+                            target = Some(next.to_string());
+                            true
+                        }
+                        _ => true,
+                    };
+                    if !ok {
+                        continue 'rule;
+                    }
+                    i += 1;
+                }
+                match target.as_deref() {
+                    Some("RETURN") => return Some(None),
+                    Some("ACCEPT") => return Some(Some(State::Open)),
+                    Some("DROP") => return Some(Some(State::Filtered)),
+                    Some("REJECT") => return Some(Some(State::Closed)),
+                    Some(c) => {
+                        if let Some(v) = walk(d, c, protocol, port, source, depth + 1) {
+                            return Some(v);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            None
+        }
+        walk(d, INPUT_CHAIN, protocol, port, source, 0).flatten()
+    }
+
+    const SOURCES: [&str; 6] = [
+        "10.0.0.0/8",
+        "10.1.2.3/32",
+        "192.168.0.0/16",
+        "fd00::/8",
+        "fd00::1/128",
+        "0.0.0.0/0",
+    ];
+    const PACKETS: [&str; 5] = ["10.1.2.3", "10.9.9.9", "192.168.1.1", "fd00::1", "2001::1"];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// The rendered chains decide every packet as the policy model's first match does.
+        #[test]
+        fn rendered_chains_decide_like_the_model(
+            raw in proptest::collection::vec((0u8..2, 1u16..1200, 0u16..700, 0u8..3, proptest::option::of(0usize..SOURCES.len())), 1..40),
+            packets in proptest::collection::vec((0u8..2, 1u16..2000, 0usize..PACKETS.len()), 60),
+        ) {
+            let mut rules: Vec<Rule> = raw.iter().enumerate().map(|(i, &(p, start, width, st, src))| {
+                let protocol = if p == 0 { Protocol::Tcp } else { Protocol::Udp };
+                let state = [State::Open, State::Closed, State::Filtered][st as usize];
+                let end = start.saturating_add(width);
+                rule(&format!("p{}", i % 3), i, protocol, (start, end), src.map(|s| SOURCES[s]), state)
+            }).collect();
+            rules.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+            let i = intent(rules);
+            let failsafe: Failsafe = "tcp:22,tcp:1000-1010,udp:68".parse().unwrap();
+            let r = render(&i, &failsafe);
+            for (p, port, src) in packets {
+                let protocol = if p == 0 { Protocol::Tcp } else { Protocol::Udp };
+                let source: std::net::IpAddr = PACKETS[src].parse().unwrap();
+                let family = if source.is_ipv4() { &r.v4 } else { &r.v6 };
+                let fs = failsafe.ranges(protocol).any(|f| f.contains(port));
+                let want = if fs { None } else { i.first_match(protocol, port, source).map(|r| r.state) };
+                proptest::prop_assert_eq!(evaluate(family, protocol, port, source), want, "{} {}/{} from {}", family.family, port, protocol, source);
+            }
+        }
+    }
+
+    #[test]
+    fn subtract_ranges() {
+        let p = |start, end| PortRange { start, end };
+        assert_eq!(
+            subtract(p(1, 100), &[p(22, 22), p(50, 60)]),
+            [p(1, 21), p(23, 49), p(61, 100)]
+        );
+        assert_eq!(subtract(p(22, 22), &[p(22, 22)]), []);
+        assert_eq!(subtract(p(1, 5), &[p(10, 20)]), [p(1, 5)]);
+    }
+}
