@@ -1,0 +1,518 @@
+//! Lab tests: the real kernel, both iptables backends, IPv4 and IPv6, judged by the real nmap.
+//!
+//! Each test builds its own lab (network namespaces removed on drop, also when the test fails)
+//! and runs everything inside it; see `support` for the guards.
+//!
+//! 1. `examples_look_as_intended_to_nmap` — examples/web + examples/quarantine and a UDP
+//!    fixture applied; every entry scanned from two (three) sources, v4 and v6.
+//! 2. `converged_apply_writes_nothing` — second plan empty, apply runs no transaction, rule
+//!    counters untouched.
+//! 3. `foreign_state_is_byte_identical_after_apply_and_reset`.
+//! 4. `lockdown_keeps_failsafe_ssh_reachable`.
+//! 5. `outbound_replies_survive_a_filtered_ephemeral_range`.
+//! 6. `drift_is_planned_and_repaired`.
+//! 7. `failed_transactions_change_nothing`.
+//! 8. `auto_detection_follows_the_host_rules`.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use portwarden_lab::skip_unless_lab;
+use portwarden_netfilter::{
+    Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options,
+};
+use portwarden_policy::Protocol;
+use support::*;
+
+const WEB: [&str; 2] = ["examples/web", "examples/quarantine"];
+
+#[test]
+fn examples_look_as_intended_to_nmap() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfscan");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        // the attacker of the seed story gets an address in the lab
+        scanner
+            .exec(&["ip", "addr", "add", "172.16.7.80/32", "dev", "eth0"])
+            .unwrap();
+        node.exec(&["ip", "route", "add", "172.16.7.80/32", "dev", "eth0"])
+            .unwrap();
+        let mut paths = WEB.to_vec();
+        paths.push("crates/netfilter/tests/fixtures/mixed.yaml");
+        let intent = intent(&paths, &[("role", "web")]);
+        assert!(!intent.rules.is_empty());
+        let tcp_ports: [u16; 8] = [22, 80, 443, 8080, 9090, 7000, 7005, 7010];
+        let _tcp: Vec<_> = tcp_ports
+            .iter()
+            .map(|&p| node.tcp_listener(p).unwrap())
+            .collect();
+        let _udp: Vec<_> = [5353u16, 5354, 5355, 161]
+            .iter()
+            .map(|&p| node.udp_echo(p).unwrap())
+            .collect();
+
+        let i2 = intent.clone();
+        let applied = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&i2, &Failsafe::default()).unwrap();
+            assert!(plan.changes > 0 && plan.conflicts.is_empty() && plan.shadowing.is_empty());
+            nf.apply(&plan).unwrap()
+        });
+        assert_eq!(
+            applied.transactions, 2,
+            "{backend}: one transaction per family"
+        );
+
+        let tcp_list = tcp_ports.map(|p| p.to_string()).join(",");
+        let sources: Vec<(IpAddr, IpAddr)> = vec![
+            (node.v4().into(), scanner.ipv4[0].into()),
+            (node.v4().into(), scanner.ipv4[1].into()),
+            (node.v4().into(), "172.16.7.80".parse().unwrap()),
+            (node.v6().into(), scanner.ipv6[0].into()),
+            (node.v6().into(), scanner.ipv6[1].into()),
+        ];
+        for (target, source) in sources {
+            let seen = nmap(&scanner, "-sS", target, &tcp_list, Some(source));
+            for port in tcp_ports {
+                let want = match intent.first_match(Protocol::Tcp, port, source) {
+                    Some(r) => nmap_word(r.state, Protocol::Tcp),
+                    None => "open", // unmanaged, a listener answers
+                };
+                assert_eq!(
+                    seen[&port], want,
+                    "{backend}: tcp/{port} from {source} to {target}"
+                );
+            }
+            if source == IpAddr::from(scanner.ipv4[0]) || source == IpAddr::from(scanner.ipv6[0]) {
+                let seen = nmap(&scanner, "-sU", target, "161,5353,5354,5355", Some(source));
+                for port in [161u16, 5353, 5354, 5355] {
+                    let r = intent
+                        .first_match(Protocol::Udp, port, source)
+                        .expect("managed");
+                    assert_eq!(
+                        seen[&port],
+                        nmap_word(r.state, Protocol::Udp),
+                        "{backend}: udp/{port} from {source}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn converged_apply_writes_nothing() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfnoop");
+        let node = lab.node(0).clone();
+        let intent = intent(&WEB, &[("role", "web")]);
+        let i2 = intent.clone();
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&i2, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        // traffic moves counters on portwarden's rules; a rewrite would reset them
+        let scanner = lab.scanner(0);
+        nmap(scanner, "-sS", node.v4().into(), "80,8080", None);
+        nmap(scanner, "-sS", node.v6().into(), "80,8080", None);
+        let before = [
+            save(&node, backend, Family::Ipv4),
+            save(&node, backend, Family::Ipv6),
+        ];
+        assert!(
+            before[0].contains("PORTWARDEN-TCP-7936-8191")
+                && !before[0].contains("[0:0] -A PORTWARDEN-TCP-7936-8191"),
+            "counters moved: {}",
+            before[0]
+        );
+        let (plan, applied) = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&intent, &Failsafe::default()).unwrap();
+            let applied = nf.apply(&plan).unwrap();
+            (plan, applied)
+        });
+        assert_eq!(
+            (plan.changes, plan.add.len(), plan.delete.len()),
+            (0, 0, 0),
+            "{backend}: {plan:?}"
+        );
+        assert!(plan.is_converged());
+        assert_eq!(applied.transactions, 0);
+        let after = [
+            save(&node, backend, Family::Ipv4),
+            save(&node, backend, Family::Ipv6),
+        ];
+        for i in 0..2 {
+            // identical including counters: nothing was rewritten
+            assert_eq!(
+                strip_comments(&before[i]),
+                strip_comments(&after[i]),
+                "{backend}"
+            );
+        }
+    }
+}
+
+fn strip_comments(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn foreign_state_is_byte_identical_after_apply_and_reset() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfforeign");
+        let node = lab.node(0).clone();
+        install_foreign_state(&node, backend);
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| normalized(&save(&node, backend, f)))
+            .collect();
+        assert!(
+            before[0].contains(":DOCKER-USER")
+                && before[0].contains("*nat")
+                && before[1].contains("KUBE-SERVICES")
+        );
+        let intent = intent(&WEB, &[("role", "web")]);
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&intent, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+        });
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            let now = save(&node, backend, f);
+            assert!(now.contains(":PORTWARDEN-INPUT"), "{backend} {f}: applied");
+            assert_eq!(
+                foreign_only(&now),
+                before[i],
+                "{backend} {f}: foreign rules changed by apply"
+            );
+            let input: Vec<&str> = now.lines().filter(|l| l.contains("-A INPUT ")).collect();
+            assert!(
+                input[0].contains("-j PORTWARDEN-INPUT"),
+                "{backend} {f}: jump first: {input:?}"
+            );
+        }
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(applied.transactions, 2);
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            let now = normalized(&save(&node, backend, f));
+            assert!(
+                !now.contains("PORTWARDEN"),
+                "{backend} {f}: reset left {now}"
+            );
+            assert_eq!(
+                now, before[i],
+                "{backend} {f}: foreign rules changed by reset"
+            );
+        }
+        // reset of a clean node writes nothing
+        let again = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(again.transactions, 0);
+    }
+}
+
+#[test]
+fn lockdown_keeps_failsafe_ssh_reachable() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nflock");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        let _l: Vec<_> = [22u16, 80, 6443]
+            .iter()
+            .map(|&p| node.tcp_listener(p).unwrap())
+            .collect();
+        let intent = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
+        let plan = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&intent, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+            plan
+        });
+        assert_eq!(
+            plan.conflicts.len(),
+            1,
+            "{backend}: the lockdown is a reported conflict"
+        );
+        assert_eq!(&*plan.conflicts[0].policy, "lockdown");
+        for target in [IpAddr::from(node.v4()), IpAddr::from(node.v6())] {
+            let seen = nmap(&scanner, "-sS", target, "22,80,6443", None);
+            assert_eq!(seen[&22], "open", "{backend} {target}: failsafe ssh");
+            assert_eq!(
+                seen[&6443], "open",
+                "{backend} {target}: failsafe api server"
+            );
+            assert_eq!(
+                seen[&80], "filtered",
+                "{backend} {target}: everything else filtered"
+            );
+        }
+    }
+}
+
+#[test]
+fn outbound_replies_survive_a_filtered_ephemeral_range() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfeph");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        let _tcp = scanner.tcp_listener(9999).unwrap();
+        let _udp4 = BoundEcho::start(&scanner, (scanner.v4(), 9998).into());
+        let _udp6 = BoundEcho::start(&scanner, (scanner.v6(), 9998).into());
+        let intent = intent(&["crates/netfilter/tests/fixtures/ephemeral.yaml"], &[]);
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&intent, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        // the policy really filters inbound: a scan of a high port sees nothing
+        let _probe = node.tcp_listener(40000).unwrap();
+        assert_eq!(
+            nmap(&scanner, "-sS", node.v4().into(), "40000", None)[&40000],
+            "filtered"
+        );
+        for peer in [IpAddr::from(scanner.v4()), IpAddr::from(scanner.v6())] {
+            let result = inside(&node, move || -> Result<(), String> {
+                let addr = std::net::SocketAddr::new(peer, 9999);
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .map_err(|e| format!("tcp connect to {addr}: {e}"))?;
+                let bind: std::net::SocketAddr = if peer.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                }
+                .parse()
+                .unwrap();
+                let sock = std::net::UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+                sock.set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                sock.send_to(b"ping", std::net::SocketAddr::new(peer, 9998))
+                    .map_err(|e| e.to_string())?;
+                let mut buf = [0u8; 16];
+                let (n, _) = sock
+                    .recv_from(&mut buf)
+                    .map_err(|e| format!("udp reply from {peer}: {e}"))?;
+                if &buf[..n] != b"ping" {
+                    return Err("wrong udp reply".into());
+                }
+                Ok(())
+            });
+            result.unwrap_or_else(|e| panic!("{backend}: outbound to {peer}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn drift_is_planned_and_repaired() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfdrift");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        let _l = node.tcp_listener(80).unwrap();
+        let intent = intent(&WEB, &[("role", "web")]);
+        let run = |i: portwarden_policy::NodeIntent| {
+            inside(&node, move || {
+                let nf = netfilter(backend);
+                let plan = nf.plan(&i, &Failsafe::default()).unwrap();
+                let applied = nf.apply(&plan).unwrap();
+                let after = nf.plan(&i, &Failsafe::default()).unwrap();
+                (plan, applied, after)
+            })
+        };
+        run(intent.clone());
+        for family in Family::ALL {
+            // (a) our jump deleted
+            ipt(&node, backend, family, &["-D", "INPUT", "1"]);
+            let (plan, applied, after) = run(intent.clone());
+            let fp = plan.families.iter().find(|f| f.family == family).unwrap();
+            assert_eq!(fp.jump, JumpState::Missing, "{backend} {family}");
+            assert_eq!(
+                plan.changes, 1,
+                "{backend} {family}: only the jump: {:?}",
+                plan.add
+            );
+            assert_eq!(applied.transactions, 1);
+            assert!(after.is_converged(), "{backend} {family}: repaired");
+
+            // (b) a rule of ours deleted
+            ipt(&node, backend, family, &["-D", "PORTWARDEN-TCP-0-255", "1"]);
+            let (plan, _, after) = run(intent.clone());
+            let fp = plan.families.iter().find(|f| f.family == family).unwrap();
+            assert_eq!(fp.chains, ["PORTWARDEN-TCP-0-255"], "{backend} {family}");
+            assert_eq!(plan.add.len(), 1, "{backend} {family}: {:?}", plan.add);
+            assert!(after.is_converged());
+
+            // (c) a foreign DROP above our jump
+            ipt(
+                &node,
+                backend,
+                family,
+                &[
+                    "-I", "INPUT", "1", "-p", "tcp", "--dport", "80", "-j", "DROP",
+                ],
+            );
+            let target: IpAddr = match family {
+                Family::Ipv4 => node.v4().into(),
+                Family::Ipv6 => node.v6().into(),
+            };
+            assert_eq!(nmap(&scanner, "-sS", target, "80", None)[&80], "filtered");
+            let (plan, _, after) = run(intent.clone());
+            let fp = plan.families.iter().find(|f| f.family == family).unwrap();
+            assert!(
+                matches!(&fp.jump, JumpState::Displaced { positions } if positions == &["INPUT#2"]),
+                "{backend} {family}: {:?}",
+                fp.jump
+            );
+            assert_eq!(plan.shadowing.len(), 1, "{backend} {family}");
+            let s = &plan.shadowing[0];
+            assert_eq!(
+                (s.family, s.chain.as_str(), s.position),
+                (family, "INPUT", 1)
+            );
+            assert!(
+                s.entries
+                    .iter()
+                    .any(|e| &*e.policy == "web" && e.entry == 0),
+                "{s}"
+            );
+            assert!(after.is_converged() && after.shadowing.is_empty());
+            let input: Vec<String> = save(&node, backend, family)
+                .lines()
+                .filter(|l| l.contains("-A INPUT "))
+                .map(String::from)
+                .collect();
+            assert!(input[0].contains("PORTWARDEN-INPUT"), "{input:?}");
+            assert!(
+                input[1].ends_with("-p tcp -m tcp --dport 80 -j DROP"),
+                "foreign rule kept: {input:?}"
+            );
+            assert_eq!(
+                nmap(&scanner, "-sS", target, "80", None)[&80],
+                "open",
+                "{backend} {family}: intent wins again"
+            );
+            ipt(
+                &node,
+                backend,
+                family,
+                &["-D", "INPUT", "-p", "tcp", "--dport", "80", "-j", "DROP"],
+            );
+        }
+    }
+}
+
+#[test]
+fn failed_transactions_change_nothing() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfatomic");
+        let node = lab.node(0).clone();
+        install_foreign_state(&node, backend);
+        let web = intent(&WEB, &[("role", "web")]);
+        let w2 = web.clone();
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| normalized(&save(&node, backend, f)))
+            .collect();
+
+        // (a) a rule the kernel rejects, in the middle of a real change
+        let lockdown = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
+        let err = inside(&node, move || {
+            let nf = netfilter(backend);
+            let mut plan = nf.plan(&lockdown, &Failsafe::default()).unwrap();
+            assert!(plan.families[0].restore.len() > 100);
+            let r = &mut plan.families[0].restore;
+            let at = r.find("\n-A ").unwrap() + 1;
+            r.insert_str(
+                at,
+                "-A PORTWARDEN-INPUT -p udp -m udp --dport 9 -j REJECT --reject-with tcp-reset\n",
+            );
+            nf.apply(&plan).unwrap_err()
+        });
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::Restore {
+                    family: Family::Ipv4,
+                    ..
+                }
+            ),
+            "{backend}: {msg}"
+        );
+        assert!(
+            msg.contains("nothing in IPv4 was changed") && msg.contains("line "),
+            "{backend}: {msg}"
+        );
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            assert_eq!(
+                normalized(&save(&node, backend, f)),
+                before[i],
+                "{backend} {f}: unchanged after a failed transaction"
+            );
+        }
+
+        // (b) a stale plan: the jump it means to move is gone by the time it is applied
+        ipt(
+            &node,
+            backend,
+            Family::Ipv4,
+            &[
+                "-I", "INPUT", "1", "-p", "tcp", "--dport", "9", "-j", "DROP",
+            ],
+        );
+        let (plan, nf) = inside(&node, move || {
+            let nf = netfilter(backend);
+            (nf.plan(&web, &Failsafe::default()).unwrap(), nf)
+        });
+        assert!(!plan.is_converged());
+        ipt(&node, backend, Family::Ipv4, &["-D", "INPUT", "2"]);
+        let before = normalized(&save(&node, backend, Family::Ipv4));
+        let err = inside(&node, move || nf.apply(&plan).unwrap_err());
+        assert!(matches!(err, Error::Restore { .. }), "{backend}: {err}");
+        assert_eq!(
+            normalized(&save(&node, backend, Family::Ipv4)),
+            before,
+            "{backend}: stale plan changed nothing"
+        );
+    }
+}
+
+#[test]
+fn auto_detection_follows_the_host_rules() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfdetect");
+        let node = lab.node(0).clone();
+        install_foreign_state(&node, backend);
+        let detected = inside(&node, move || {
+            Netfilter::detect(&Options {
+                backend: BackendChoice::Auto,
+                ..Options::default()
+            })
+            .unwrap()
+        });
+        assert_eq!(
+            detected.backend(),
+            backend,
+            "{}",
+            detected.detection().reason
+        );
+    }
+    let e = "nope".parse::<BackendChoice>().unwrap_err();
+    assert!(e.to_string().contains("nft, legacy or auto"));
+    let _ = Backend::Nft;
+}
