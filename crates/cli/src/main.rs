@@ -35,6 +35,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Show which policy entry decides a port for a source on a node, and why.
     Explain(cmd::explain::Args),
+    /// Scan ports the way nmap does (SYN, connect, ACK, UDP) and print nmap's states.
+    Scan(cmd::scan::Args),
 }
 
 /// What a command reports back to `main`: the process exit code.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Explain(a) => cmd::explain::run(a),
+        Command::Scan(a) => cmd::scan::run(a),
     };
     match result {
         Ok(code) => code,
