@@ -8,7 +8,7 @@ BIN := target/release/portwarden
 .PHONY: demo test lint fmt bench build deps clean
 
 build:
-	$(CARGO) build --release --locked -p portwarden
+	$(CARGO) build --release -p portwarden
 
 demo: build
 	scripts/deps.sh demo
@@ -17,19 +17,19 @@ demo: build
 test:
 	scripts/deps.sh test
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
-	$(CARGO) test --locked --workspace
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
 
 bench:
 	scripts/deps.sh bench
-	$(CARGO) bench --locked --workspace
+	$(CARGO) bench --workspace
 
 clean:
 	$(CARGO) clean
