@@ -21,19 +21,38 @@ fn write_fixture(dir: &Path) {
     for p in 0..POLICIES {
         let mut y = String::new();
         writeln!(y, "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: policy-{p}\nspec:").unwrap();
-        writeln!(y, "  priority: {}\n  nodeSelector:\n    matchLabels:\n      role: role-{}", 100 + p % 7 * 100, p % ROLES).unwrap();
+        writeln!(
+            y,
+            "  priority: {}\n  nodeSelector:\n    matchLabels:\n      role: role-{}",
+            100 + p % 7 * 100,
+            p % ROLES
+        )
+        .unwrap();
         if p % 4 == 0 {
             writeln!(y, "    matchExpressions:\n      - key: zone\n        operator: In\n        values: [zone-{}]", p % ZONES).unwrap();
         }
         writeln!(y, "  ports:").unwrap();
         for e in 0..ENTRIES {
             let port = 1000 + p * ENTRIES + e;
-            let ports = if e % 5 == 0 { format!("\"{port}-{}\"", port + 9) } else { format!("\"{port}\"") };
+            let ports = if e % 5 == 0 {
+                format!("\"{port}-{}\"", port + 9)
+            } else {
+                format!("\"{port}\"")
+            };
             let state = ["open", "closed", "filtered"][e % 3];
             let proto = if e % 7 == 0 { "UDP" } else { "TCP" };
-            writeln!(y, "    - ports: {ports}\n      protocol: {proto}\n      state: {state}").unwrap();
+            writeln!(
+                y,
+                "    - ports: {ports}\n      protocol: {proto}\n      state: {state}"
+            )
+            .unwrap();
             match e % 4 {
-                0 => writeln!(y, "      from: [\"10.{}.0.0/16\", \"fd00:{e}::/64\"]", e % 250).unwrap(),
+                0 => writeln!(
+                    y,
+                    "      from: [\"10.{}.0.0/16\", \"fd00:{e}::/64\"]",
+                    e % 250
+                )
+                .unwrap(),
                 1 => writeln!(y, "      from: [\"192.168.{}.7\"]", e % 250).unwrap(),
                 _ => {}
             }
