@@ -1,0 +1,167 @@
+//! Causes: why a port drifted, as precisely as the evidence allows.
+//!
+//! Outside evidence (the scan) gives the symptom; the agent's [`InsideView`] turns it into a
+//! cause: a foreign rule that matches first (named by chain and position), portwarden's rules
+//! missing or stale, nothing listening, or — when the node's own rules would let the probe in —
+//! filtering upstream of the node. Without an inside view the symptom is reported with the
+//! reason the inside is unknown.
+
+use portwarden_policy::{Protocol, State};
+use portwarden_scan::PortState;
+
+use crate::inside::InsideView;
+
+/// What is known about the inside of a node when judging its ports.
+#[derive(Clone, Debug)]
+pub enum Inside<'a> {
+    /// The agent answered.
+    Known(&'a InsideView),
+    /// The agent could not be asked; the string says why.
+    Unknown(&'a str),
+}
+
+/// One drifted or indeterminate port to explain.
+#[derive(Clone, Copy, Debug)]
+pub struct Symptom<'a> {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: u16,
+    /// Intended state.
+    pub expected: State,
+    /// What the scan saw.
+    pub observed: PortState,
+    /// The entry that decides the port.
+    pub policy: &'a str,
+    /// Its index.
+    pub entry: usize,
+    /// The outside-only reading from `verdict::judge`.
+    pub outside: &'a str,
+}
+
+/// The cause of a drift, best evidence first.
+pub fn cause(s: &Symptom<'_>, inside: &Inside<'_>) -> String {
+    let view = match inside {
+        Inside::Known(v) => v,
+        Inside::Unknown(why) => return format!("{} (inside view unavailable: {why})", s.outside),
+    };
+    if let Some(shadow) = view.shadowing_entry(s.policy, s.entry) {
+        return format!("foreign rule {} matches first", shadow.describe());
+    }
+    if !view.converged {
+        return format!(
+            "portwarden's rules are missing or stale on the node ({} change{} pending)",
+            view.pending_changes,
+            if view.pending_changes == 1 { "" } else { "s" }
+        );
+    }
+    let answered = matches!(s.observed, PortState::Open | PortState::Closed);
+    match (s.expected, s.observed) {
+        (State::Open, PortState::Closed) | (State::Open, PortState::OpenFiltered) => {
+            match view.listening(s.protocol, s.port) {
+                None => format!("nothing is listening on {}/{}", s.port, s.protocol),
+                Some(l) if !l.reachable_from_outside() => {
+                    format!("the service listens on {} only", l.address)
+                }
+                Some(_) => s.outside.to_string(),
+            }
+        }
+        (State::Open | State::Closed, _) if !answered => format!(
+            "filtered upstream of the node: its own rules would let the probe in ({})",
+            s.outside
+        ),
+        (State::Closed | State::Filtered, PortState::Open) => format!(
+            "portwarden's rules are in place, yet a service answers: something accepts the probe before them (check the raw and mangle tables) — {}",
+            s.outside
+        ),
+        _ => s.outside.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inside::ShadowView;
+    use crate::listeners::Listener;
+
+    fn symptom(expected: State, observed: PortState) -> Symptom<'static> {
+        Symptom {
+            protocol: Protocol::Tcp,
+            port: 80,
+            expected,
+            observed,
+            policy: "web",
+            entry: 0,
+            outside: "outside reading",
+        }
+    }
+
+    fn view() -> InsideView {
+        InsideView {
+            node: "web-1".into(),
+            converged: true,
+            ..InsideView::default()
+        }
+    }
+
+    #[test]
+    fn foreign_rule_first() {
+        let mut v = view();
+        v.shadowing.push(ShadowView {
+            family: "ipv4".into(),
+            chain: "INPUT".into(),
+            position: 1,
+            rule: "-A INPUT -j DROP".into(),
+            entries: vec![("web".into(), 0)],
+        });
+        let c = cause(
+            &symptom(State::Open, PortState::Filtered),
+            &Inside::Known(&v),
+        );
+        assert_eq!(c, "foreign rule INPUT#1 (-j DROP) matches first");
+    }
+
+    #[test]
+    fn stale_rules_then_listeners_then_upstream() {
+        let mut v = view();
+        v.converged = false;
+        v.pending_changes = 1;
+        let c = cause(&symptom(State::Closed, PortState::Open), &Inside::Known(&v));
+        assert!(
+            c.contains("missing or stale") && c.contains("1 change pending"),
+            "{c}"
+        );
+
+        let v = view();
+        let c = cause(&symptom(State::Open, PortState::Closed), &Inside::Known(&v));
+        assert_eq!(c, "nothing is listening on 80/tcp");
+
+        let mut v = view();
+        v.listeners.push(Listener {
+            protocol: Protocol::Tcp,
+            address: "127.0.0.1".parse().unwrap(),
+            port: 80,
+        });
+        let c = cause(&symptom(State::Open, PortState::Closed), &Inside::Known(&v));
+        assert_eq!(c, "the service listens on 127.0.0.1 only");
+
+        let v = view();
+        let c = cause(
+            &symptom(State::Open, PortState::Filtered),
+            &Inside::Known(&v),
+        );
+        assert!(c.starts_with("filtered upstream of the node"), "{c}");
+    }
+
+    #[test]
+    fn unknown_inside_says_why() {
+        let c = cause(
+            &symptom(State::Open, PortState::Filtered),
+            &Inside::Unknown("connection refused"),
+        );
+        assert_eq!(
+            c,
+            "outside reading (inside view unavailable: connection refused)"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The inside view: what a node's agent can see that a scanner cannot — whether portwarden's
+//! rules are in place, foreign rules that shadow them, and which sockets listen. The agent
+//! serves it as JSON (`GET /v1/inside`); `verify` fetches it to explain drift precisely.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use portwarden_netfilter::Plan;
+use portwarden_policy::Protocol;
+use serde::{Deserialize, Serialize};
+
+use crate::listeners::Listener;
+
+/// The path the agent serves the inside view at.
+pub const INSIDE_PATH: &str = "/v1/inside";
+
+/// A foreign rule above portwarden's jump and the entries whose packets it decides first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowView {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// The chain (`INPUT`).
+    pub chain: String,
+    /// 1-based position in the chain.
+    pub position: usize,
+    /// The rule as `iptables-save` prints it.
+    pub rule: String,
+    /// `(policy, entry)` pairs it shadows.
+    pub entries: Vec<(String, usize)>,
+}
+
+impl ShadowView {
+    /// `INPUT#1 (-j DROP)`: the chain, position and the rule's matches and target.
+    pub fn describe(&self) -> String {
+        let prefix = format!("-A {} ", self.chain);
+        let body = self.rule.strip_prefix(&prefix).unwrap_or(&self.rule);
+        format!("{}#{} ({body})", self.chain, self.position)
+    }
+}
+
+/// What the agent on a node reports about it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InsideView {
+    /// The node's name.
+    pub node: String,
+    /// Whether the node's netfilter matches its intent (no change pending).
+    pub converged: bool,
+    /// Number of rule changes a reconcile would make now.
+    pub pending_changes: usize,
+    /// Foreign rules that shadow entries.
+    pub shadowing: Vec<ShadowView>,
+    /// Listening sockets.
+    pub listeners: Vec<Listener>,
+    /// The last policy load error, when the current documents are invalid (the last good
+    /// state stays applied).
+    pub policy_error: Option<String>,
+    /// The last apply error, if the last attempt failed.
+    pub apply_error: Option<String>,
+}
+
+impl InsideView {
+    /// Builds the view from a fresh plan and the listeners.
+    pub fn new(node: &str, plan: &Plan, listeners: Vec<Listener>) -> InsideView {
+        InsideView {
+            node: node.to_string(),
+            converged: plan.is_converged(),
+            pending_changes: plan.changes,
+            shadowing: plan
+                .shadowing
+                .iter()
+                .map(|s| ShadowView {
+                    family: s.family.to_string(),
+                    chain: s.chain.clone(),
+                    position: s.position,
+                    rule: s.rule.clone(),
+                    entries: s
+                        .entries
+                        .iter()
+                        .map(|e| (e.policy.to_string(), e.entry))
+                        .collect(),
+                })
+                .collect(),
+            listeners,
+            policy_error: None,
+            apply_error: None,
+        }
+    }
+
+    /// Whether some socket reachable from outside listens on this port.
+    pub fn listening(&self, protocol: Protocol, port: u16) -> Option<&Listener> {
+        self.listeners
+            .iter()
+            .filter(|l| l.protocol == protocol && l.port == port)
+            .max_by_key(|l| l.reachable_from_outside())
+    }
+
+    /// The foreign rule that shadows an entry, if any.
+    pub fn shadowing_entry(&self, policy: &str, entry: usize) -> Option<&ShadowView> {
+        self.shadowing
+            .iter()
+            .find(|s| s.entries.iter().any(|(p, e)| p == policy && *e == entry))
+    }
+}
+
+/// Fetches a node's inside view from its agent with a plain HTTP/1.0 GET.
+///
+/// # Errors
+///
+/// A message naming the address and what failed (connect, timeout, HTTP status, JSON).
+pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("agent at {addr}: {what}: {e}");
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("cannot connect", &e))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| fail("socket", &e))?;
+    let request =
+        format!("GET {INSIDE_PATH} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail("cannot send request", &e))?;
+    let mut response = Vec::new();
+    stream
+        .take(16 * 1024 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|e| fail("cannot read response", &e))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail("malformed HTTP response", &"no header end"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(fail("unexpected status", &status));
+    }
+    serde_json::from_str(body).map_err(|e| fail("invalid inside view", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_foreign_rule_like_the_cli_contract() {
+        let s = ShadowView {
+            family: "ipv4".into(),
+            chain: "INPUT".into(),
+            position: 1,
+            rule: "-A INPUT -j DROP".into(),
+            entries: vec![("web".into(), 0)],
+        };
+        assert_eq!(s.describe(), "INPUT#1 (-j DROP)");
+    }
+
+    #[test]
+    fn listening_prefers_outside_reachable_sockets() {
+        let v = InsideView {
+            listeners: vec![
+                Listener {
+                    protocol: Protocol::Tcp,
+                    address: "127.0.0.1".parse().unwrap(),
+                    port: 80,
+                },
+                Listener {
+                    protocol: Protocol::Tcp,
+                    address: "0.0.0.0".parse().unwrap(),
+                    port: 80,
+                },
+            ],
+            ..InsideView::default()
+        };
+        assert!(
+            v.listening(Protocol::Tcp, 80)
+                .unwrap()
+                .reachable_from_outside()
+        );
+        assert!(v.listening(Protocol::Udp, 80).is_none());
+    }
+}

@@ -1,0 +1,29 @@
+//! portwarden's loop: from intent and scans to drift reports with causes, and the standalone
+//! agent that keeps a node converged.
+//!
+//! A key design decision is that the expected state of a port is evaluated *per vantage*: a
+//! scan from source V is compared with the node's first-match rules evaluated for V, so
+//! source-specific entries (close 80 to one attacker, open 9090 to the bastion) are verified
+//! exactly, from wherever the scan runs.
+//!
+//! # Layout
+//!
+//! * [`expect`] — expected state per (node, vantage, port).
+//! * [`verdict`] — observed nmap state vs intended state → in sync / drift / indeterminate.
+//! * [`causes`] — why a port drifted, refined by the agent's [`inside`] view.
+//! * [`listeners`] — listening sockets from `/proc/net`.
+//! * [`report`] — the report shape and its table, JSON, JUnit and nmap XML outputs.
+//! * [`verify`] — scan, compare, explain: the `verify` command's engine.
+
+pub mod causes;
+pub mod expect;
+pub mod inside;
+pub mod listeners;
+pub mod report;
+pub mod verdict;
+pub mod verify;
+
+pub use inside::InsideView;
+pub use report::{Report, Row, Summary};
+pub use verdict::Verdict;
+pub use verify::{Target, Verification, VerifyOptions, verify};

@@ -1,0 +1,365 @@
+//! `verify`: scan every inventory node from here, compare with its intent for this vantage,
+//! and explain drift with the agents' inside views.
+//!
+//! # Guarantees
+//!
+//! Read-only: nothing on any node changes. Every managed (port, protocol) of every address
+//! gets exactly one row; failsafe ports are left out (they are accepted before any policy rule,
+//! so a policy cannot govern them — `plan` reports such entries as conflicts).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portwarden_netfilter::Failsafe;
+use portwarden_policy::{NodeIntent, Protocol};
+use portwarden_scan::{PortList, PortState, Reason, ScanError, ScanKind, ScanReport, Scanner};
+
+use crate::causes::{self, Inside, Symptom};
+use crate::expect::{Expectation, expectations};
+use crate::inside::{self, InsideView};
+use crate::report::{Report, Row};
+use crate::verdict::{Verdict, judge};
+
+/// One address of one node to verify.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Node name.
+    pub node: String,
+    /// Address to scan.
+    pub address: IpAddr,
+    /// The node's compiled intent.
+    pub intent: Arc<NodeIntent>,
+}
+
+/// How to verify.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Probe type for TCP: SYN (raw) or connect.
+    pub tcp_kind: ScanKind,
+    /// Upper bound on probes per second.
+    pub rate: Option<u32>,
+    /// Ports exempt from verification (accepted before any policy).
+    pub failsafe: Failsafe,
+    /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
+    pub agent_port: Option<u16>,
+    /// How long to wait for an agent.
+    pub agent_timeout: Duration,
+    /// TCP ports searched for undeclared open ports on nodes whose policies say
+    /// `unlisted: report`.
+    pub unlisted_ports: PortList,
+}
+
+/// A finished verification: the report and the scans behind it.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    /// The drift report.
+    pub report: Report,
+    /// The raw scans (for nmap XML).
+    pub scans: Vec<ScanReport>,
+}
+
+fn exempt(failsafe: &Failsafe) -> impl Fn(Protocol, u16) -> bool + '_ {
+    move |protocol, port| failsafe.ranges(protocol).any(|r| r.contains(port))
+}
+
+/// Scans and compares.
+///
+/// # Errors
+///
+/// A scan that cannot run at all (no route, socket failure). A SYN scan denied raw sockets
+/// falls back to a connect scan, and UDP entries that cannot be scanned become indeterminate
+/// rows; both are said in the report's notes.
+pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, ScanError> {
+    let mut notes = Vec::new();
+    let mut planned: Vec<(&Target, IpAddr, Vec<Expectation>)> = Vec::new();
+    for t in targets {
+        let vantage = portwarden_scan::source_for(t.address)?;
+        let exp = expectations(&t.intent, vantage, exempt(&opts.failsafe));
+        planned.push((t, vantage, exp));
+    }
+    let ports_of = |protocol: Protocol, with_unlisted: bool| {
+        let mut ports: Vec<u16> = planned
+            .iter()
+            .flat_map(|(t, _, exp)| {
+                let unlisted = if with_unlisted && t.intent.report_unlisted {
+                    opts.unlisted_ports.as_slice().to_vec()
+                } else {
+                    Vec::new()
+                };
+                exp.iter()
+                    .filter(move |e| e.protocol == protocol)
+                    .map(|e| e.port)
+                    .chain(unlisted)
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        PortList::from_ports(ports)
+    };
+    let addresses: Vec<IpAddr> = targets.iter().map(|t| t.address).collect();
+    let scanner = || {
+        let mut config = portwarden_scan::ScanConfig::default();
+        config.timing.max_rate = opts.rate;
+        Scanner::new(config)
+    };
+
+    let tcp_ports = ports_of(Protocol::Tcp, true);
+    let tcp = if tcp_ports.is_empty() {
+        None
+    } else {
+        Some(
+            match scanner().scan(&addresses, &tcp_ports, opts.tcp_kind) {
+                Err(ScanError::RawSocketDenied { .. }) => {
+                    notes.push(
+                        "raw sockets are not permitted: TCP was verified with a connect scan"
+                            .into(),
+                    );
+                    scanner().scan(&addresses, &tcp_ports, ScanKind::Connect)?
+                }
+                other => other?,
+            },
+        )
+    };
+    let udp_ports = ports_of(Protocol::Udp, false);
+    let udp = if udp_ports.is_empty() {
+        None
+    } else {
+        match scanner().scan(&addresses, &udp_ports, ScanKind::Udp) {
+            Err(ScanError::RawSocketDenied { .. }) => {
+                notes.push("raw sockets are not permitted: UDP entries could not be verified (indeterminate)".into());
+                None
+            }
+            other => Some(other?),
+        }
+    };
+
+    let insides = fetch_insides(targets, opts, &mut notes);
+    let mut rows = Vec::new();
+    for (t, vantage, exp) in &planned {
+        let inside = match insides.iter().find(|(n, _)| *n == t.node) {
+            Some((_, Ok(v))) => Inside::Known(v),
+            Some((_, Err(e))) => Inside::Unknown(e),
+            None => Inside::Unknown("agents not asked (--agent-port 0)"),
+        };
+        let ctx = Compare {
+            target: t,
+            vantage: *vantage,
+            inside: &inside,
+        };
+        rows.extend(ctx.rows(exp, tcp.as_ref(), udp.as_ref()));
+        if t.intent.report_unlisted {
+            rows.extend(ctx.unlisted(
+                exp,
+                tcp.as_ref(),
+                &opts.unlisted_ports,
+                &opts.failsafe,
+                opts.agent_port,
+            ));
+        }
+    }
+    let scans = tcp.into_iter().chain(udp).collect();
+    Ok(Verification {
+        report: Report::new(rows, notes),
+        scans,
+    })
+}
+
+/// Asks each node's agent (first address) for its inside view, in parallel.
+fn fetch_insides(
+    targets: &[Target],
+    opts: &VerifyOptions,
+    notes: &mut Vec<String>,
+) -> Vec<(String, Result<InsideView, String>)> {
+    let Some(port) = opts.agent_port else {
+        notes.push("agents were not asked: causes come from the outside view only".into());
+        return Vec::new();
+    };
+    let mut nodes: Vec<(&str, IpAddr)> = Vec::new();
+    for t in targets {
+        if !nodes.iter().any(|(n, _)| *n == t.node) {
+            nodes.push((&t.node, t.address));
+        }
+    }
+    let results: Vec<(String, Result<InsideView, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|(node, addr)| {
+                let addr = SocketAddr::new(*addr, port);
+                (
+                    node,
+                    s.spawn(move || inside::fetch(addr, opts.agent_timeout)),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(node, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err("agent query thread panicked".into()));
+                (node.to_string(), r)
+            })
+            .collect()
+    });
+    for (node, r) in &results {
+        if let Err(e) = r {
+            notes.push(format!("{node}: inside view unavailable: {e}"));
+        }
+    }
+    results
+}
+
+/// Comparison of one target's scan results with its expectations.
+struct Compare<'a> {
+    target: &'a Target,
+    vantage: IpAddr,
+    inside: &'a Inside<'a>,
+}
+
+impl Compare<'_> {
+    fn row(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        expected: String,
+        observed: PortState,
+        verdict: Verdict,
+    ) -> Row {
+        Row {
+            node: self.target.node.clone(),
+            address: self.target.address,
+            port,
+            protocol: protocol.as_str().to_string(),
+            from: self.vantage,
+            expected,
+            observed: observed.as_str().to_string(),
+            verdict,
+            cause: None,
+            policy: None,
+            entry: None,
+        }
+    }
+
+    /// Whether the node answered nothing at all over TCP: then it is unreachable (or down),
+    /// whatever each port's intent.
+    fn silent(&self, tcp: Option<&ScanReport>) -> bool {
+        let Some(host) =
+            tcp.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
+        else {
+            return false;
+        };
+        !host.ports.is_empty()
+            && host
+                .ports
+                .iter()
+                .all(|p| p.state == PortState::Filtered && p.reason == Reason::NoResponse)
+    }
+
+    fn rows(
+        &self,
+        exp: &[Expectation],
+        tcp: Option<&ScanReport>,
+        udp: Option<&ScanReport>,
+    ) -> Vec<Row> {
+        let silent = self.silent(tcp);
+        let lookup = |scan: Option<&ScanReport>, port: u16| {
+            scan.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
+                .and_then(|h| h.port(port))
+                .map(|p| p.state)
+        };
+        exp.iter()
+            .map(|e| {
+                let scan = match e.protocol {
+                    Protocol::Tcp => tcp,
+                    Protocol::Udp => udp,
+                };
+                let Some(observed) = lookup(scan, e.port) else {
+                    let mut r = self.row(e.port, e.protocol, e.state.to_string(), PortState::OpenFiltered, Verdict::Indeterminate);
+                    r.observed = "not scanned".into();
+                    r.cause = Some("this protocol could not be scanned from here".into());
+                    r.policy = Some(e.policy.to_string());
+                    r.entry = Some(e.entry);
+                    return r;
+                };
+                let (verdict, outside) = judge(e.protocol, e.state, observed);
+                let mut r = self.row(e.port, e.protocol, e.state.to_string(), observed, verdict);
+                r.policy = Some(e.policy.to_string());
+                r.entry = Some(e.entry);
+                if verdict != Verdict::InSync {
+                    let outside = outside.unwrap_or("unexpected state");
+                    r.cause = Some(if silent && e.protocol == Protocol::Tcp {
+                        match self.inside {
+                            Inside::Known(_) => format!("no answer on any port from {}: filtered upstream of the node (its agent answers)", self.vantage),
+                            Inside::Unknown(why) => format!("node unreachable: no answer on any port, and its agent does not answer ({why})"),
+                        }
+                    } else {
+                        causes::cause(
+                            &Symptom {
+                                protocol: e.protocol,
+                                port: e.port,
+                                expected: e.state,
+                                observed,
+                                policy: &e.policy,
+                                entry: e.entry,
+                                outside,
+                            },
+                            self.inside,
+                        )
+                    });
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// Open TCP ports that no entry governs, on a node with `unlisted: report`.
+    fn unlisted(
+        &self,
+        exp: &[Expectation],
+        tcp: Option<&ScanReport>,
+        range: &PortList,
+        failsafe: &Failsafe,
+        agent_port: Option<u16>,
+    ) -> Vec<Row> {
+        let Some(host) =
+            tcp.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
+        else {
+            return Vec::new();
+        };
+        let governed = |port: u16| {
+            exp.iter()
+                .any(|e| e.protocol == Protocol::Tcp && e.port == port)
+        };
+        let exempt = exempt(failsafe);
+        host.ports
+            .iter()
+            .filter(|p| {
+                p.state == PortState::Open && range.as_slice().binary_search(&p.port).is_ok()
+            })
+            .filter(|p| {
+                !governed(p.port) && !exempt(Protocol::Tcp, p.port) && Some(p.port) != agent_port
+            })
+            .map(|p| {
+                let mut r = self.row(
+                    p.port,
+                    Protocol::Tcp,
+                    "unlisted".into(),
+                    p.state,
+                    Verdict::Drift,
+                );
+                let listener = match self.inside {
+                    Inside::Known(v) => v
+                        .listening(Protocol::Tcp, p.port)
+                        .map(|l| format!(" (a socket listens on {}:{})", l.address, l.port))
+                        .unwrap_or_default(),
+                    Inside::Unknown(_) => String::new(),
+                };
+                r.cause = Some(format!(
+                    "open port that no policy declares (unlisted: report){listener}"
+                ));
+                r
+            })
+            .collect()
+    }
+}
