@@ -76,9 +76,18 @@ fn proto_tag(protocol: Protocol) -> &'static str {
     }
 }
 
-/// The comment on a rule rendered from `policy`'s entry `entry` (0-based): at most 255 bytes,
-/// restricted to characters every iptables version saves and restores unchanged.
-pub fn entry_comment(policy: &str, entry: usize, state: &str) -> String {
+/// The comment on a rule rendered from `policy`'s entries `entries` (0-based; several when
+/// adjacent entries of one policy with the same action share a multiport rule): at most 255
+/// bytes (the kernel's limit), restricted to characters every iptables version saves and
+/// restores unchanged.
+pub fn entry_comment(policy: &str, entries: &[usize], state: &str) -> String {
+    let list: Vec<String> = entries.iter().map(ToString::to_string).collect();
+    let word = if entries.len() == 1 {
+        "entry"
+    } else {
+        "entries"
+    };
+    let tail = format!(" {word} {}: {state}", list.join(","));
     let clean: String = policy
         .chars()
         .map(|c| {
@@ -88,9 +97,9 @@ pub fn entry_comment(policy: &str, entry: usize, state: &str) -> String {
                 '_'
             }
         })
-        .take(200)
+        .take(255usize.saturating_sub(tail.len()))
         .collect();
-    format!("{clean} entry {entry}: {state}")
+    format!("{clean}{tail}")
 }
 
 #[cfg(test)]
@@ -111,8 +120,14 @@ mod tests {
     #[test]
     fn comments_are_bounded_and_plain() {
         let long = "a".repeat(300);
-        let c = entry_comment(&long, 3, "closed");
+        let c = entry_comment(&long, &[3], "closed");
+        assert!(c.len() <= 255 && c.ends_with(" entry 3: closed"));
+        let c = entry_comment(&long, &[10000, 10003, 10006], "open");
+        assert!(
+            c.len() <= 255 && c.ends_with(" entries 10000,10003,10006: open"),
+            "{c}"
+        );
         assert!(c.len() <= 255);
-        assert_eq!(entry_comment("we\"b", 0, "open"), "we_b entry 0: open");
+        assert_eq!(entry_comment("we\"b", &[0], "open"), "we_b entry 0: open");
     }
 }

@@ -164,7 +164,7 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
                 && c.rules
                     .iter()
                     .zip(rules)
-                    .all(|(a, b)| tokens(&a.spec) == tokens(b))
+                    .all(|(a, b)| same_rule(&a.spec, b))
         });
         match same {
             Some(true) => continue,
@@ -218,7 +218,7 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         }
     }
     let jump_ok = match (&desired.jump, refs.as_slice()) {
-        (Some(want), [(chain, 0, spec)]) => *chain == HOOK_CHAIN && tokens(spec) == tokens(want),
+        (Some(want), [(chain, 0, spec)]) => *chain == HOOK_CHAIN && same_rule(spec, want),
         (None, []) => true,
         _ => false,
     };
@@ -292,6 +292,12 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         restore,
         desired: desired.clone(),
     }
+}
+
+/// Whether two rule specifications are the same rule: byte-equal (the common case, since
+/// rules are rendered in iptables-save's form) or equal argument by argument.
+fn same_rule(a: &str, b: &str) -> bool {
+    a == b || tokens(a) == tokens(b)
 }
 
 /// Rules in `want` but not `have`, and in `have` but not `want`, compared by tokens, counting

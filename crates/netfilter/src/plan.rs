@@ -5,7 +5,7 @@ use serde::{Serialize, Serializer};
 
 use crate::diff::{FamilyPlan, Shadowing, diff};
 use crate::failsafe::Failsafe;
-use crate::render::{Conflict, Desired, Family, render};
+use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 
 /// The changes that bring a node's netfilter to its intent, per family.
@@ -39,12 +39,20 @@ impl Plan {
         failsafe: &Failsafe,
         current: &[(Family, &Ruleset)],
     ) -> Plan {
-        let rendered = render(intent, failsafe);
+        Plan::from_rendered(&render(intent, failsafe), intent, current)
+    }
+
+    /// As [`Plan::compute`], with `rendered` = `render(intent, failsafe)` already at hand.
+    pub fn from_rendered(
+        rendered: &Rendered,
+        intent: &NodeIntent,
+        current: &[(Family, &Ruleset)],
+    ) -> Plan {
         let families = current
             .iter()
             .map(|(f, rs)| diff(rendered.family(*f), rs, Some(intent)))
             .collect();
-        Plan::from_families(families, rendered.conflicts)
+        Plan::from_families(families, rendered.conflicts.clone())
     }
 
     /// A plan that removes everything of portwarden's (pure).

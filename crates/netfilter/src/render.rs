@@ -166,13 +166,16 @@ impl Rendered {
 #[derive(Clone, Debug)]
 struct LeafRule<'a> {
     rule: &'a Rule,
+    /// Entries of `rule.policy` this rule stands for, first first.
+    entries: Vec<usize>,
     ranges: Vec<PortRange>,
 }
 
 impl LeafRule<'_> {
+    /// Same policy, source and state (the protocol is the leaf's): the two rules differ only
+    /// in ports, so when adjacent they can be one multiport rule.
     fn same_action(&self, other: &LeafRule<'_>) -> bool {
         self.rule.policy == other.rule.policy
-            && self.rule.entry == other.rule.entry
             && self.rule.state == other.rule.state
             && self.rule.source == other.rule.source
     }
@@ -190,6 +193,9 @@ fn slots(ranges: &[PortRange]) -> usize {
 
 /// `range` minus every range in `cut`, in order.
 fn subtract(range: PortRange, cut: &[PortRange]) -> Vec<PortRange> {
+    if !cut.iter().any(|c| c.overlaps(&range)) {
+        return vec![range];
+    }
     let mut out = vec![range];
     for c in cut {
         out = out
@@ -233,9 +239,14 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
     // (family, protocol) -> leaf start -> rules in first-match order
     let mut leaves: BTreeMap<(Family, Protocol), BTreeMap<u32, Vec<LeafRule<'_>>>> =
         BTreeMap::new();
+    let cut_tcp: Vec<PortRange> = failsafe.ranges(Protocol::Tcp).collect();
+    let cut_udp: Vec<PortRange> = failsafe.ranges(Protocol::Udp).collect();
     for rule in &intent.rules {
-        let cut: Vec<PortRange> = failsafe.ranges(rule.protocol).collect();
-        let ranges = subtract(rule.ports, &cut);
+        let cut = match rule.protocol {
+            Protocol::Tcp => &cut_tcp,
+            Protocol::Udp => &cut_udp,
+        };
+        let ranges = subtract(rule.ports, cut);
         if rule.state != State::Open && ranges != [rule.ports] {
             let overlapped: Vec<FailsafePort> = failsafe
                 .ports()
@@ -283,15 +294,20 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
                 let list = buckets.entry(lo).or_default();
                 let next = LeafRule {
                     rule,
+                    entries: vec![rule.entry],
                     ranges: clipped,
                 };
-                // Adjacent rules of the same entry and action merge into one multiport rule:
-                // first-match order is unchanged because nothing sits between them.
+                // Adjacent rules of one policy with the same source and action merge into one
+                // multiport rule: first-match order is unchanged because nothing sits between
+                // them, and the rule count (restore time, per-packet walk) drops up to 15x.
                 if let Some(prev) = list.last_mut()
                     && prev.same_action(&next)
                     && slots(&prev.ranges) + slots(&next.ranges) <= MULTIPORT_SLOTS
                 {
                     prev.ranges.extend(next.ranges);
+                    if !prev.entries.contains(&rule.entry) {
+                        prev.entries.push(rule.entry);
+                    }
                     continue;
                 }
                 list.push(next);
@@ -443,7 +459,7 @@ fn leaf_rule(family: Family, r: &LeafRule<'_>) -> String {
     s.push_str(" -m comment --comment ");
     s.push_str(&quote(&chains::entry_comment(
         &rule.policy,
-        rule.entry,
+        &r.entries,
         rule.state.as_str(),
     )));
     s.push_str(" -j ");
