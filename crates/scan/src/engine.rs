@@ -22,8 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::classify::{self, Reply};
@@ -88,13 +88,20 @@ pub(crate) struct Shared {
     expired: AtomicU64,
     drops: AtomicU64,
     stop: AtomicBool,
-    sender_parked: AtomicBool,
+    sender_parked: Vec<AtomicBool>,
+    abort: AtomicBool,
     timing: Mutex<TimingState>,
     start: Instant,
 }
 
 impl Shared {
-    pub(crate) fn new(kind: ScanKind, nhosts: usize, nports: usize, timing: &Timing) -> Self {
+    pub(crate) fn new(
+        kind: ScanKind,
+        nhosts: usize,
+        nports: usize,
+        timing: &Timing,
+        nsenders: usize,
+    ) -> Self {
         let n = nhosts * nports;
         Shared {
             kind,
@@ -110,7 +117,10 @@ impl Shared {
             expired: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             stop: AtomicBool::new(false),
-            sender_parked: AtomicBool::new(false),
+            sender_parked: (0..nsenders.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            abort: AtomicBool::new(false),
             timing: Mutex::new(TimingState {
                 rtt: RttEstimator::new(timing),
                 cong: Congestion::new(timing),
@@ -338,11 +348,20 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     // Open the receive socket first: it queues packets from the moment it exists, so no
     // reply can arrive before we listen.
     let rx = Receiver::open(kind_name)?;
-    let tx = RawSender::open(kind_name, want_v4, v6_source, proto)?;
+    // One sender per CPU (at most 4): on a local path most of the cost of a probe is the
+    // kernel's work for it and for its answer, done in the sending thread's context.
+    let nsenders = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(plan.targets.len() * plan.ports.len());
+    let txs = (0..nsenders)
+        .map(|_| RawSender::open(kind_name, want_v4, v6_source, proto))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let nhosts = plan.targets.len();
     let nports = plan.ports.len();
-    let shared = Arc::new(Shared::new(plan.kind, nhosts, nports, &plan.timing));
+    let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing, nsenders);
     let host_index: HashMap<IpAddr, usize> = plan
         .targets
         .iter()
@@ -357,34 +376,63 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     sources.sort();
     sources.dedup();
 
-    let sender_thread = std::thread::current();
-    let rx_shared = shared.clone();
-    let id = plan.id;
-    let receiver = std::thread::Builder::new()
-        .name("scan-recv".into())
-        .spawn(move || {
-            receive_loop(
-                &rx_shared,
-                &rx,
-                probe,
-                &id,
-                &host_index,
-                &port_pos,
-                &sources,
-                &sender_thread,
-            )
-        })
-        .map_err(|source| ScanError::Socket {
-            what: "starting the receive thread".into(),
-            source,
-        })?;
-
-    let sent = send_loop(&shared, &plan, &tx, probe);
-    shared.stop.store(true, Ordering::Release);
-    let joined = receiver.join();
-    let retransmissions = sent?;
-    joined.map_err(|_| ScanError::ThreadPanicked("scan-recv"))?;
-    let shared = Arc::try_unwrap(shared).map_err(|_| ScanError::ThreadPanicked("scan-recv"))?;
+    let spawn_err = |source| ScanError::Socket {
+        what: "starting a scan thread".into(),
+        source,
+    };
+    let retransmissions = std::thread::scope(|scope| -> Result<u64, ScanError> {
+        let mut senders = Vec::with_capacity(nsenders);
+        for (k, tx) in txs.iter().enumerate() {
+            let (shared, plan) = (&shared, &plan);
+            let h = std::thread::Builder::new()
+                .name(format!("scan-send-{k}"))
+                .spawn_scoped(scope, move || {
+                    send_loop(shared, plan, tx, probe, k, nsenders)
+                })
+                .map_err(spawn_err)?;
+            senders.push(h);
+        }
+        let threads: Vec<std::thread::Thread> =
+            senders.iter().map(|h| h.thread().clone()).collect();
+        let (shared_r, id) = (&shared, plan.id);
+        let (rx, host_index, port_pos, sources) = (&rx, &host_index, &port_pos, &sources);
+        let receiver = std::thread::Builder::new()
+            .name("scan-recv".into())
+            .spawn_scoped(scope, move || {
+                receive_loop(
+                    shared_r, rx, probe, &id, host_index, port_pos, sources, &threads,
+                )
+            });
+        let mut total = 0u64;
+        let mut first_err = None;
+        for h in senders {
+            match h.join() {
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(ScanError::ThreadPanicked("scan-send"));
+                }
+            }
+            // Let the other senders finish promptly if one failed.
+            if first_err.is_some() {
+                shared.abort.store(true, Ordering::Release);
+            }
+        }
+        shared.stop.store(true, Ordering::Release);
+        let receiver = receiver.map_err(spawn_err)?;
+        receiver
+            .join()
+            .map_err(|_| ScanError::ThreadPanicked("scan-recv"))?;
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    })?;
+    if let Some(cb) = &plan.progress {
+        cb(&shared.progress((nhosts * nports) as u64));
+    }
     Ok(shared.into_outcome(retransmissions))
 }
 
@@ -397,35 +445,50 @@ fn receive_loop(
     host_index: &HashMap<IpAddr, usize>,
     port_pos: &[u32],
     sources: &[IpAddr],
-    sender: &std::thread::Thread,
+    senders: &[std::thread::Thread],
 ) {
-    let mut buf = vec![0u8; 2048];
+    // Poll without blocking and nap when the queue is empty: a reader blocked on the socket
+    // would have to be woken by the sending thread for every reply (a cross-CPU wake-up per
+    // packet), which costs more than the naps.
+    let mut batch = crate::net::RecvBatch::new(64);
     let mut since_check = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
-        let got = rx.recv(&mut buf).and_then(packet::decode);
+        let n = rx.recv_batch(&mut batch);
         since_check += 1;
-        if got.is_none() || since_check >= 4096 {
+        if n == 0 || since_check >= 256 {
             since_check = 0;
             if rx.drops() > 0 {
                 shared.on_local_drop();
             }
         }
-        let Some(pkt) = got else {
-            continue;
-        };
-        let Some(m) = probe.interpret(id, &pkt, |a| sources.contains(&a)) else {
-            continue;
-        };
-        let Some(&host) = host_index.get(&m.target) else {
-            continue;
-        };
-        let pos = port_pos[usize::from(m.port)];
-        if pos == u32::MAX {
+        if n == 0 {
+            std::thread::sleep(Duration::from_micros(100));
             continue;
         }
-        shared.on_reply(host, pos as usize, m.tryno, m.reply);
-        if shared.sender_parked.swap(false, Ordering::AcqRel) {
-            sender.unpark();
+        let mut any = false;
+        for i in 0..n {
+            let Some(pkt) = packet::decode(batch.packet(i)) else {
+                continue;
+            };
+            let Some(m) = probe.interpret(id, &pkt, |a| sources.contains(&a)) else {
+                continue;
+            };
+            let Some(&host) = host_index.get(&m.target) else {
+                continue;
+            };
+            let pos = port_pos[usize::from(m.port)];
+            if pos == u32::MAX {
+                continue;
+            }
+            shared.on_reply(host, pos as usize, m.tryno, m.reply);
+            any = true;
+        }
+        if any {
+            for (k, t) in senders.iter().enumerate() {
+                if shared.sender_parked[k].swap(false, Ordering::AcqRel) {
+                    t.unpark();
+                }
+            }
         }
     }
 }
@@ -436,6 +499,8 @@ fn send_loop(
     plan: &Plan,
     tx: &RawSender,
     probe: RawProbe,
+    me: usize,
+    nsenders: usize,
 ) -> Result<u64, ScanError> {
     let nhosts = plan.targets.len();
     let nports = plan.ports.len();
@@ -444,7 +509,8 @@ fn send_loop(
     let max_retries = plan.timing.max_retries;
     let rate = RateCap::new(plan.timing.max_rate);
     let mut buf = [0u8; 128];
-    let mut fresh = 0usize;
+    // Sender `me` owns fresh indexes me, me + n, me + 2n, ... and their retransmissions.
+    let mut fresh = me;
     let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
     let mut outstanding: VecDeque<(usize, u8, u64)> = VecDeque::new();
     let mut retransmissions = 0u64;
@@ -453,7 +519,8 @@ fn send_loop(
         let now = shared.now_us();
         let (timeout_us, window) = shared.timing_now();
         while let Some(&(idx, tryno, sent_us)) = outstanding.front() {
-            if now < sent_us + timeout_us {
+            // Answered probes leave the queue at once; unanswered ones when they time out.
+            if now < sent_us + timeout_us && !shared.has_result(idx) {
                 break;
             }
             outstanding.pop_front();
@@ -476,7 +543,7 @@ fn send_loop(
                 r
             } else if fresh < total_fresh {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
-                fresh += 1;
+                fresh += nsenders;
                 (h * nports + p, 0)
             } else {
                 break;
@@ -505,13 +572,20 @@ fn send_loop(
             outstanding.push_back((idx, tryno, t));
             burst += 1;
         }
-        if let Some(cb) = &plan.progress
+        if me == 0
+            && let Some(cb) = &plan.progress
             && now >= last_progress + 100_000
         {
             last_progress = now;
             cb(&shared.progress(total));
         }
-        if fresh >= total_fresh && retrans.is_empty() && outstanding.is_empty() {
+        if (fresh >= total_fresh
+            && retrans.is_empty()
+            && outstanding
+                .iter()
+                .all(|&(idx, _, _)| shared.has_result(idx)))
+            || shared.abort.load(Ordering::Acquire)
+        {
             break;
         }
         if burst == 0 {
@@ -529,13 +603,10 @@ fn send_loop(
                 until_expiry
             }
             .clamp(20, 2_000);
-            shared.sender_parked.store(true, Ordering::Release);
+            shared.sender_parked[me].store(true, Ordering::Release);
             std::thread::park_timeout(Duration::from_micros(wait));
-            shared.sender_parked.store(false, Ordering::Release);
+            shared.sender_parked[me].store(false, Ordering::Release);
         }
-    }
-    if let Some(cb) = &plan.progress {
-        cb(&shared.progress(total));
     }
     Ok(retransmissions)
 }

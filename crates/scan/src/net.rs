@@ -9,10 +9,8 @@
 //! * Replies are read from one `AF_PACKET`/`SOCK_DGRAM` socket (link header stripped, both
 //!   families, our own outgoing packets ignored with `PACKET_IGNORE_OUTGOING`).
 
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -212,17 +210,29 @@ impl Receiver {
         if setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).is_err() {
             let _ = sock.set_recv_buffer_size(32 << 20);
         }
-        sock.set_read_timeout(Some(Duration::from_millis(5)))
-            .map_err(sock_err("setting the receive timeout"))?;
         Ok(Receiver { sock })
     }
 
-    /// Reads one packet into `buf`; `None` on timeout.
-    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> Option<&'a [u8]> {
-        match (&self.sock).read(buf) {
-            Ok(n) => Some(&buf[..n]),
-            Err(_) => None,
+    /// Reads up to `batch.len()` queued packets without blocking (recvmmsg(2)); returns how
+    /// many were read. Never blocks, so the sending thread never has to wake us per packet.
+    pub fn recv_batch(&self, batch: &mut RecvBatch) -> usize {
+        for (m, iov) in batch.msgs.iter_mut().zip(batch.iovs.iter_mut()) {
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m.msg_len = 0;
         }
+        // SAFETY: `msgs` holds `len` initialised mmsghdr structs whose single iovec points
+        // into `bufs`, which lives as long as `batch`.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.sock.as_raw_fd(),
+                batch.msgs.as_mut_ptr(),
+                batch.msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        usize::try_from(n).unwrap_or(0)
     }
 
     /// Packets the kernel dropped because our receive queue was full, since the last call.
@@ -240,5 +250,38 @@ impl Receiver {
             )
         };
         if rc == 0 { st[1] } else { 0 }
+    }
+}
+
+/// Buffers for [`Receiver::recv_batch`].
+pub(crate) struct RecvBatch {
+    bufs: Vec<[u8; 2048]>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside only point into `bufs`, owned by the same struct.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    /// Room for `n` packets.
+    pub fn new(n: usize) -> Self {
+        let mut bufs = vec![[0u8; 2048]; n];
+        let iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: an all-zero mmsghdr is a valid empty header.
+        let msgs = (0..n).map(|_| unsafe { std::mem::zeroed() }).collect();
+        RecvBatch { bufs, iovs, msgs }
+    }
+
+    /// Packet `i` of the last batch.
+    pub fn packet(&self, i: usize) -> &[u8] {
+        let len = (self.msgs[i].msg_len as usize).min(self.bufs[i].len());
+        &self.bufs[i][..len]
     }
 }

@@ -135,7 +135,7 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
     let nhosts = plan.targets.len();
     let nports = plan.ports.len();
     let total_fresh = nhosts * nports;
-    let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing);
+    let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing, 1);
     let rate = RateCap::new(plan.timing.max_rate);
     let max_retries = plan.timing.max_retries;
     let mut fresh = 0usize;
