@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::classify::{self, Reply};
 use crate::model::{PortState, Reason, ScanKind, ScanStats};
-use crate::net::{RawSender, Receiver};
+use crate::net::{RawSender, Receiver, Sent};
 use crate::packet;
 use crate::probe::{Identity, MAX_TRYNO, RawProbe};
 use crate::timing::{Congestion, RttEstimator, Timing, allowed_tryno};
@@ -560,7 +560,7 @@ fn send_loop(
             );
             let t = shared.now_us();
             shared.mark_sent(idx, tryno, t);
-            if !tx.send(&buf[..len], dst)? {
+            if tx.send(&buf[..len], dst)? == Sent::Busy {
                 // Local buffer full: the kernel is congested; treat it as loss and retry.
                 shared.on_local_drop();
                 outstanding.push_back((idx, tryno, t));

@@ -158,9 +158,12 @@ impl RawSender {
         Ok(RawSender { v4, v6 })
     }
 
-    /// Sends one packet. Transient buffer exhaustion (ENOBUFS/EAGAIN) is reported as `false`
-    /// so the engine can back off and retry later.
-    pub fn send(&self, pkt: &[u8], dst: IpAddr) -> Result<bool, ScanError> {
+    /// Sends one packet.
+    ///
+    /// # Errors
+    /// Only for failures that make scanning pointless (bad socket, no socket for the family).
+    /// Local congestion and per-destination failures are reported as [`Sent`] variants.
+    pub fn send(&self, pkt: &[u8], dst: IpAddr) -> Result<Sent, ScanError> {
         let (sock, addr) = match dst {
             IpAddr::V4(a) => (&self.v4, SockAddr::from(SocketAddrV4::new(a, 0))),
             IpAddr::V6(a) => (&self.v6, SockAddr::from(SocketAddrV6::new(a, 0, 0, 0))),
@@ -171,21 +174,38 @@ impl RawSender {
             )));
         };
         match sock.send_to(pkt, &addr) {
-            Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::ENOMEM)
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(ScanError::Socket {
-                what: format!("sending a probe to {dst}"),
-                source: e,
-            }),
+            Ok(_) => Ok(Sent::Yes),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::ENOMEM) => Ok(Sent::Busy),
+                // Neighbour resolution failed, no route, or a local OUTPUT rule refused it:
+                // the probe is lost like any other; the port ends up silent.
+                Some(
+                    libc::EHOSTUNREACH
+                    | libc::ENETUNREACH
+                    | libc::EHOSTDOWN
+                    | libc::ENETDOWN
+                    | libc::EPERM
+                    | libc::EACCES
+                    | libc::EINVAL,
+                ) => Ok(Sent::Refused),
+                _ => Err(ScanError::Socket {
+                    what: format!("sending a probe to {dst}"),
+                    source: e,
+                }),
+            },
         }
     }
+}
+
+/// What happened to one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Handed to the kernel.
+    Yes,
+    /// Local buffers full: back off and send it again.
+    Busy,
+    /// Refused locally for this destination (no neighbour, no route, local firewall).
+    Refused,
 }
 
 /// Receives every packet that arrives on any interface of the current namespace.
