@@ -37,6 +37,16 @@ enum Command {
     Explain(cmd::explain::Args),
     /// Scan ports the way nmap does (SYN, connect, ACK, UDP) and print nmap's states.
     Scan(cmd::scan::Args),
+    /// Scan every inventory node and report drift from intent, with causes (exit 2 on drift).
+    Verify(cmd::verify::Args),
+    /// Run the standalone agent: apply on change, repair drift, scan peers, serve metrics.
+    Agent(cmd::agent::Args),
+    /// Show what `apply` would change in this namespace's netfilter (exit 2 when changes pend).
+    Plan(cmd::plan::Args),
+    /// Make this namespace's netfilter say what the policies say: one transaction per family.
+    Apply(cmd::apply::Args),
+    /// Remove every chain and jump of portwarden's; leave everything else as it is.
+    Reset(cmd::reset::Args),
 }
 
 /// What a command reports back to `main`: the process exit code.
@@ -56,6 +66,11 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Explain(a) => cmd::explain::run(a),
         Command::Scan(a) => cmd::scan::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Apply(a) => cmd::apply::run(a),
+        Command::Reset(a) => cmd::reset::run(a),
     };
     match result {
         Ok(code) => code,

@@ -14,14 +14,22 @@
 //! * [`listeners`] — listening sockets from `/proc/net`.
 //! * [`report`] — the report shape and its table, JSON, JUnit and nmap XML outputs.
 //! * [`verify`] — scan, compare, explain: the `verify` command's engine.
+//! * [`agent`] — the standalone agent's loop: watch, apply, repair, scan peers.
+//! * [`http`] — the agent's endpoints; [`metrics`] — every metric name.
 
+pub mod agent;
 pub mod causes;
 pub mod expect;
+pub mod http;
 pub mod inside;
 pub mod listeners;
+pub mod metrics;
 pub mod report;
 pub mod verdict;
 pub mod verify;
+
+/// The agent's default HTTP port (metrics, health, inside view, report).
+pub const DEFAULT_AGENT_PORT: u16 = 9750;
 
 pub use inside::InsideView;
 pub use report::{Report, Row, Summary};

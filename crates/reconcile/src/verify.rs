@@ -7,13 +7,16 @@
 //! gets exactly one row; failsafe ports are left out (they are accepted before any policy rule,
 //! so a policy cannot govern them — `plan` reports such entries as conflicts).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use portwarden_netfilter::Failsafe;
 use portwarden_policy::{NodeIntent, Protocol};
-use portwarden_scan::{PortList, PortState, Reason, ScanError, ScanKind, ScanReport, Scanner};
+use portwarden_scan::{
+    HostReport, PortList, PortState, Reason, ScanError, ScanKind, ScanReport, Scanner,
+};
 
 use crate::causes::{self, Inside, Symptom};
 use crate::expect::{Expectation, expectations};
@@ -78,63 +81,74 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
         let exp = expectations(&t.intent, vantage, exempt(&opts.failsafe));
         planned.push((t, vantage, exp));
     }
-    let ports_of = |protocol: Protocol, with_unlisted: bool| {
-        let mut ports: Vec<u16> = planned
+    // The inside views first: they must describe the nodes as the scan finds them, and an
+    // agent may repair rule drift while a long scan runs.
+    let insides = fetch_insides(targets, opts, &mut notes);
+    let ports_for = |t: &Target, exp: &[Expectation], protocol: Protocol| {
+        let mut ports: Vec<u16> = exp
             .iter()
-            .flat_map(|(t, _, exp)| {
-                let unlisted = if with_unlisted && t.intent.report_unlisted {
-                    opts.unlisted_ports.as_slice().to_vec()
-                } else {
-                    Vec::new()
-                };
-                exp.iter()
-                    .filter(move |e| e.protocol == protocol)
-                    .map(|e| e.port)
-                    .chain(unlisted)
-            })
+            .filter(|e| e.protocol == protocol)
+            .map(|e| e.port)
             .collect();
+        if protocol == Protocol::Tcp && t.intent.report_unlisted {
+            ports.extend_from_slice(opts.unlisted_ports.as_slice());
+        }
         ports.sort_unstable();
         ports.dedup();
-        PortList::from_ports(ports)
+        ports
     };
-    let addresses: Vec<IpAddr> = targets.iter().map(|t| t.address).collect();
     let scanner = || {
         let mut config = portwarden_scan::ScanConfig::default();
         config.timing.max_rate = opts.rate;
         Scanner::new(config)
     };
-
-    let tcp_ports = ports_of(Protocol::Tcp, true);
-    let tcp = if tcp_ports.is_empty() {
-        None
-    } else {
-        Some(
-            match scanner().scan(&addresses, &tcp_ports, opts.tcp_kind) {
-                Err(ScanError::RawSocketDenied { .. }) => {
-                    notes.push(
-                        "raw sockets are not permitted: TCP was verified with a connect scan"
-                            .into(),
-                    );
-                    scanner().scan(&addresses, &tcp_ports, ScanKind::Connect)?
-                }
-                other => other?,
-            },
-        )
-    };
-    let udp_ports = ports_of(Protocol::Udp, false);
-    let udp = if udp_ports.is_empty() {
-        None
-    } else {
-        match scanner().scan(&addresses, &udp_ports, ScanKind::Udp) {
-            Err(ScanError::RawSocketDenied { .. }) => {
-                notes.push("raw sockets are not permitted: UDP entries could not be verified (indeterminate)".into());
-                None
+    let mut tcp_kind = opts.tcp_kind;
+    let mut udp_denied = false;
+    let mut scans: Vec<ScanReport> = Vec::new();
+    let mut results: Vec<(Protocol, HostReport)> = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        // Targets that need the same ports are scanned together, each group once.
+        let mut groups: BTreeMap<Vec<u16>, Vec<IpAddr>> = BTreeMap::new();
+        for (t, _, exp) in &planned {
+            let ports = ports_for(t, exp, protocol);
+            if !ports.is_empty() {
+                groups.entry(ports).or_default().push(t.address);
             }
-            other => Some(other?),
         }
+        for (ports, addresses) in groups {
+            let ports = PortList::from_ports(ports);
+            let report = match protocol {
+                Protocol::Tcp => {
+                    match scanner().scan(&addresses, &ports, tcp_kind) {
+                        Err(ScanError::RawSocketDenied { .. }) if tcp_kind != ScanKind::Connect => {
+                            notes.push("raw sockets are not permitted: TCP was verified with a connect scan".into());
+                            tcp_kind = ScanKind::Connect;
+                            scanner().scan(&addresses, &ports, tcp_kind)?
+                        }
+                        other => other?,
+                    }
+                }
+                Protocol::Udp if udp_denied => continue,
+                Protocol::Udp => match scanner().scan(&addresses, &ports, ScanKind::Udp) {
+                    Err(ScanError::RawSocketDenied { .. }) => {
+                        notes.push("raw sockets are not permitted: UDP entries could not be verified (indeterminate)".into());
+                        udp_denied = true;
+                        continue;
+                    }
+                    other => other?,
+                },
+            };
+            results.extend(report.hosts.iter().cloned().map(|h| (protocol, h)));
+            scans.push(report);
+        }
+    }
+    let host = |protocol: Protocol, address: IpAddr| {
+        results
+            .iter()
+            .find(|(p, h)| *p == protocol && h.address == address)
+            .map(|(_, h)| h)
     };
 
-    let insides = fetch_insides(targets, opts, &mut notes);
     let mut rows = Vec::new();
     for (t, vantage, exp) in &planned {
         let inside = match insides.iter().find(|(n, _)| *n == t.node) {
@@ -147,18 +161,19 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
             vantage: *vantage,
             inside: &inside,
         };
-        rows.extend(ctx.rows(exp, tcp.as_ref(), udp.as_ref()));
+        let tcp = host(Protocol::Tcp, t.address);
+        let udp = host(Protocol::Udp, t.address);
+        rows.extend(ctx.rows(exp, tcp, udp));
         if t.intent.report_unlisted {
             rows.extend(ctx.unlisted(
                 exp,
-                tcp.as_ref(),
+                tcp,
                 &opts.unlisted_ports,
                 &opts.failsafe,
                 opts.agent_port,
             ));
         }
     }
-    let scans = tcp.into_iter().chain(udp).collect();
     Ok(Verification {
         report: Report::new(rows, notes),
         scans,
@@ -243,10 +258,8 @@ impl Compare<'_> {
 
     /// Whether the node answered nothing at all over TCP: then it is unreachable (or down),
     /// whatever each port's intent.
-    fn silent(&self, tcp: Option<&ScanReport>) -> bool {
-        let Some(host) =
-            tcp.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
-        else {
+    fn silent(&self, tcp: Option<&HostReport>) -> bool {
+        let Some(host) = tcp else {
             return false;
         };
         !host.ports.is_empty()
@@ -259,15 +272,12 @@ impl Compare<'_> {
     fn rows(
         &self,
         exp: &[Expectation],
-        tcp: Option<&ScanReport>,
-        udp: Option<&ScanReport>,
+        tcp: Option<&HostReport>,
+        udp: Option<&HostReport>,
     ) -> Vec<Row> {
         let silent = self.silent(tcp);
-        let lookup = |scan: Option<&ScanReport>, port: u16| {
-            scan.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
-                .and_then(|h| h.port(port))
-                .map(|p| p.state)
-        };
+        let lookup =
+            |host: Option<&HostReport>, port: u16| host.and_then(|h| h.port(port)).map(|p| p.state);
         exp.iter()
             .map(|e| {
                 let scan = match e.protocol {
@@ -317,14 +327,12 @@ impl Compare<'_> {
     fn unlisted(
         &self,
         exp: &[Expectation],
-        tcp: Option<&ScanReport>,
+        tcp: Option<&HostReport>,
         range: &PortList,
         failsafe: &Failsafe,
         agent_port: Option<u16>,
     ) -> Vec<Row> {
-        let Some(host) =
-            tcp.and_then(|s| s.hosts.iter().find(|h| h.address == self.target.address))
-        else {
+        let Some(host) = tcp else {
             return Vec::new();
         };
         let governed = |port: u16| {

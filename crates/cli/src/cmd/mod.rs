@@ -1,5 +1,10 @@
 //! One module per command; each has an `Args` (clap) and a `run(Args) -> Outcome`.
 
+pub mod agent;
+pub mod apply;
 pub mod explain;
+pub mod plan;
+pub mod reset;
 pub mod scan;
 pub mod validate;
+pub mod verify;

@@ -1,0 +1,116 @@
+//! `portwarden agent`: keep this node's rules equal to its intent, repair rule drift, scan
+//! peers, and serve metrics, health and the inside view over HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Options};
+use portwarden_reconcile::DEFAULT_AGENT_PORT;
+use portwarden_reconcile::agent::{self, AgentConfig};
+
+use crate::Outcome;
+use crate::args::host_name;
+
+/// Arguments of `agent`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example (standalone, one agent per host; as root or with CAP_NET_ADMIN and CAP_NET_RAW):\n  portwarden agent --policy-dir /etc/portwarden/policies --inventory /etc/portwarden/inventory.yaml \\\n      --refresh 10 --scan-interval 60\n\nEndpoints on --metrics-addr: /metrics /healthz /readyz /v1/inside /v1/report"
+)]
+pub struct Args {
+    /// Directory of policy documents, e.g. a git checkout (read recursively).
+    #[arg(long, value_name = "DIR", required_unless_present = "kube")]
+    policy_dir: Option<PathBuf>,
+    /// The inventory file.
+    #[arg(long, value_name = "FILE", required_unless_present = "kube")]
+    inventory: Option<PathBuf>,
+    /// Kubernetes mode: policies are PortPolicy custom resources.
+    #[arg(long, conflicts_with_all = ["policy_dir", "inventory"])]
+    kube: bool,
+    /// This node's name in the inventory (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// Seconds between re-reading netfilter and repairing rule drift.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    refresh: u64,
+    /// Seconds between scans of the inventory's other nodes; 0 disables peer scans.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    scan_interval: u64,
+    /// Milliseconds between checks of the policy directory for changes.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    poll_ms: u64,
+    /// Address of the HTTP endpoint (metrics, health, inside view, report).
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_AGENT_PORT)))]
+    metrics_addr: SocketAddr,
+    /// Failsafe ports, accepted before any policy rule (the agent's own port is added).
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
+    failsafe: String,
+    /// iptables backend: auto, nft or legacy.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    backend: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+pub fn run(a: Args) -> Outcome {
+    if a.kube {
+        bail!("Kubernetes mode (--kube) is not built yet; run with --policy-dir and --inventory");
+    }
+    let (Some(policy_dir), Some(inventory)) = (a.policy_dir, a.inventory) else {
+        bail!("pass --policy-dir DIR and --inventory FILE");
+    };
+    if a.refresh == 0 {
+        bail!("--refresh must be at least 1 second");
+    }
+    let failsafe: Failsafe = a
+        .failsafe
+        .parse()
+        .with_context(|| format!("invalid --failsafe \"{}\"", a.failsafe))?;
+    let backend: BackendChoice = a
+        .backend
+        .parse()
+        .with_context(|| format!("invalid --backend \"{}\"", a.backend))?;
+    let node = match a.node {
+        Some(n) => n,
+        None => host_name()?,
+    };
+    init_logging(a.log_format);
+    let config = AgentConfig {
+        policy_dir,
+        inventory,
+        node,
+        refresh: Duration::from_secs(a.refresh),
+        scan_interval: (a.scan_interval > 0).then(|| Duration::from_secs(a.scan_interval)),
+        poll: Duration::from_millis(a.poll_ms.max(10)),
+        listen: a.metrics_addr,
+        failsafe,
+        netfilter: Options {
+            backend,
+            ..Options::default()
+        },
+    };
+    agent::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! `portwarden plan`: what `apply` would change in this network namespace's netfilter, without
+//! changing it. Exit 0 when converged, 2 when changes are pending. Also home of the netfilter
+//! flags `plan`, `apply` and `reset` share.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Netfilter, Options, Plan};
+use portwarden_policy::NodeIntent;
+use serde::Serialize;
+
+use crate::Outcome;
+use crate::args::{Format, PolicyArgs};
+
+/// `[--failsafe LIST] [--backend nft|legacy|auto]`
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetfilterArgs {
+    /// iptables backend: auto (whichever holds the host's rules), nft or legacy.
+    #[arg(long, value_name = "BACKEND", default_value = "auto")]
+    pub backend: String,
+}
+
+impl NetfilterArgs {
+    /// Detects the backend and finds its tools.
+    pub fn netfilter(&self) -> anyhow::Result<Netfilter> {
+        let backend: BackendChoice = self
+            .backend
+            .parse()
+            .with_context(|| format!("invalid --backend \"{}\"", self.backend))?;
+        Ok(Netfilter::detect(&Options {
+            backend,
+            ..Options::default()
+        })?)
+    }
+}
+
+/// The policy and netfilter arguments of `plan` and `apply`.
+#[derive(clap::Args, Debug)]
+pub struct IntentArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub netfilter: NetfilterArgs,
+    /// Failsafe ports no policy may block (left to the host's own rules): `tcp:22,udp:68,...`
+    /// or `none`.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
+    pub failsafe: String,
+}
+
+/// What `plan` and `apply` work from.
+pub struct Resolved {
+    pub node: String,
+    pub intent: NodeIntent,
+    pub failsafe: Failsafe,
+    pub netfilter: Netfilter,
+}
+
+impl IntentArgs {
+    /// Loads the policies, compiles the node's intent, parses the failsafe list, detects the
+    /// backend. Everything that can be wrong with the input fails here, before any read.
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let failsafe: Failsafe = self
+            .failsafe
+            .parse()
+            .with_context(|| format!("invalid --failsafe \"{}\"", self.failsafe))?;
+        let (loaded, node) = self.policy.load()?;
+        let intent = loaded.policies.compile(&node.labels);
+        Ok(Resolved {
+            node: node.name,
+            intent,
+            failsafe,
+            netfilter: self.netfilter.netfilter()?,
+        })
+    }
+}
+
+/// Arguments of `plan`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Example (in a lab namespace: ip netns exec NS portwarden plan ...):\n  portwarden plan -f examples/ --inventory examples/inventory.yaml --node web-1 -o json\n\nExit codes: 0 no changes, 2 changes pending, 1 error."
+)]
+pub struct Args {
+    #[command(flatten)]
+    intent: IntentArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+}
+
+/// `plan -o json`: the CLI.md shape (`changes`, `add`, `delete`) and the details.
+#[derive(Serialize)]
+struct PlanOutput<'a> {
+    node: &'a str,
+    backend: &'a str,
+    #[serde(flatten)]
+    plan: &'a Plan,
+}
+
+/// Prints conflicts and shadowing, which matter to `plan` and `apply` alike.
+pub fn print_findings(plan: &Plan, to_stderr: bool) {
+    let print = |s: String| {
+        if to_stderr {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+    for c in &plan.conflicts {
+        print(format!("conflict: {c}"));
+    }
+    for s in &plan.shadowing {
+        print(format!("shadowed: {s}"));
+    }
+}
+
+pub fn run(a: Args) -> Outcome {
+    let r = a.intent.resolve()?;
+    let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
+    match a.output {
+        Format::Json => {
+            let out = PlanOutput {
+                node: &r.node,
+                backend: r.netfilter.backend().as_str(),
+                plan: &plan,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Table => {
+            println!(
+                "node {} ({} policies, {} rules), backend {} ({})",
+                r.node,
+                r.intent.policies.len(),
+                r.intent.rules.len(),
+                r.netfilter.backend(),
+                r.netfilter.detection().reason
+            );
+            for d in &plan.delete {
+                println!("- {d}");
+            }
+            for a in &plan.add {
+                println!("+ {a}");
+            }
+            print_findings(&plan, false);
+            if plan.is_converged() {
+                println!("no changes: netfilter already says what the policies say");
+            } else {
+                println!(
+                    "{} change(s) pending ({} to add, {} to delete); `portwarden apply` with the same arguments makes them",
+                    plan.changes,
+                    plan.add.len(),
+                    plan.delete.len()
+                );
+            }
+        }
+    }
+    Ok(if plan.is_converged() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,134 @@
+//! `portwarden verify`: scan every inventory node from here and report drift with causes.
+//! Exit 0 when everything is in sync, 2 on drift, 1 on error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+use portwarden_netfilter::{DEFAULT_FAILSAFE, Failsafe};
+use portwarden_reconcile::{DEFAULT_AGENT_PORT, Target, VerifyOptions, report, verify};
+use portwarden_scan::{PortList, ScanKind};
+
+use crate::Outcome;
+use crate::args;
+
+/// Arguments of `verify`.
+#[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Examples:\n  portwarden verify -f examples --inventory examples/inventory.yaml\n  portwarden verify -f policies/ --inventory inventory.yaml -o junit > portwarden.xml\n\nExit codes: 0 in sync, 2 drift, 1 error."
+)]
+pub struct Args {
+    /// Policy files or directories.
+    #[arg(short = 'f', long = "file", value_name = "PATH", required = true, num_args = 1..)]
+    files: Vec<PathBuf>,
+    /// The inventory (nodes, addresses, labels); an Inventory among the -f files also works.
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
+    /// TCP probe type: syn (raw; falls back to connect when not permitted) or connect.
+    #[arg(long = "scan", value_enum, default_value_t = TcpScan::Syn)]
+    scan: TcpScan,
+    /// Upper bound on probes per second.
+    #[arg(long, value_name = "PPS")]
+    rate: Option<u32>,
+    /// Failsafe ports (never enforced, so not verified), as the agents use them.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
+    failsafe: String,
+    /// Port of the agents' HTTP endpoint for the inside view; 0 to not ask agents.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_AGENT_PORT)]
+    agent_port: u16,
+    /// How long to wait for each agent, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    agent_timeout_ms: u64,
+    /// TCP ports searched for undeclared open ports when a policy says `unlisted: report`.
+    #[arg(
+        long,
+        value_name = "PORTS",
+        default_value = "-",
+        allow_hyphen_values = true
+    )]
+    unlisted_ports: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TcpScan {
+    Syn,
+    Connect,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+    Junit,
+    Xml,
+}
+
+pub fn run(a: Args) -> Outcome {
+    let loaded = args::load(&a.files)?;
+    let inventory = match &a.inventory {
+        Some(path) => {
+            let inv = args::load(std::slice::from_ref(path))?;
+            if inv.inventories == 0 {
+                bail!("{}: no Inventory document in this file", path.display());
+            }
+            inv.nodes
+        }
+        None if loaded.inventories > 0 => loaded.nodes.clone(),
+        None => bail!("verify needs an inventory: pass --inventory FILE"),
+    };
+    let intents = loaded.policies.compile_nodes(&inventory);
+    let targets: Vec<Target> = inventory
+        .iter()
+        .flat_map(|n| {
+            let intent = Arc::clone(&intents[&n.name]);
+            n.addresses.iter().map(move |&address| Target {
+                node: n.name.clone(),
+                address,
+                intent: Arc::clone(&intent),
+            })
+        })
+        .collect();
+    if targets.is_empty() {
+        bail!("the inventory has no node addresses to scan");
+    }
+    let failsafe: Failsafe = a
+        .failsafe
+        .parse()
+        .with_context(|| format!("invalid --failsafe \"{}\"", a.failsafe))?;
+    let options = VerifyOptions {
+        tcp_kind: match a.scan {
+            TcpScan::Syn => ScanKind::Syn,
+            TcpScan::Connect => ScanKind::Connect,
+        },
+        rate: a.rate,
+        failsafe,
+        agent_port: (a.agent_port != 0).then_some(a.agent_port),
+        agent_timeout: Duration::from_millis(a.agent_timeout_ms),
+        unlisted_ports: a.unlisted_ports.parse::<PortList>()?,
+    };
+    let v = verify(&targets, &options)?;
+    match a.output {
+        Output::Table => print!(
+            "{}",
+            report::to_table(&v.report, std::io::stdout().is_terminal())
+        ),
+        Output::Json => println!("{}", report::to_json(&v.report)),
+        Output::Junit => print!("{}", report::to_junit(&v.report)),
+        Output::Xml => {
+            let args: Vec<String> = std::env::args().collect();
+            print!("{}", report::to_nmap_xml(&v.scans, &args.join(" ")));
+        }
+    }
+    Ok(if v.report.has_drift() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

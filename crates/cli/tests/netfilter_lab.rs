@@ -1,0 +1,87 @@
+//! `portwarden plan` / `apply` / `reset` end to end in a namespace lab: the binary runs inside
+//! the node namespace (`ip netns exec`), on both iptables backends. Exit codes follow CLI.md:
+//! plan 2 while changes are pending, 0 once converged; apply writes nothing the second time;
+//! reset restores the node's own rules byte for byte; bad input changes nothing and exits 1.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::process::Output;
+
+use portwarden_lab::{Lab, Netns, skip_unless_lab};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
+
+fn root() -> String {
+    format!("{}/../..", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pw(node: &Netns, args: &[&str]) -> Output {
+    let mut v = vec![BIN];
+    v.extend_from_slice(args);
+    node.output(&v).unwrap()
+}
+
+fn save(node: &Netns, backend: &str) -> String {
+    let mut all = String::new();
+    for tool in ["iptables", "ip6tables"] {
+        let text = node.exec(&[&format!("{tool}-{backend}-save")]).unwrap();
+        all.extend(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n")),
+        );
+    }
+    all
+}
+
+#[test]
+fn plan_apply_reset_exit_codes_and_output() {
+    skip_unless_lab!();
+    let examples = format!("{}/examples", root());
+    let inventory = format!("{}/examples/inventory.yaml", root());
+    for backend in ["nft", "legacy"] {
+        let lab = Lab::builder("clinf").nodes(1).scanners(1).build().unwrap();
+        let node = lab.node(0);
+        // the node's own rules, which must survive everything below
+        node.exec(&[&format!("iptables-{backend}"), "-w", "-A", "INPUT", "-s", "192.0.2.0/24", "-j", "DROP"]).unwrap();
+        node.exec(&[&format!("ip6tables-{backend}"), "-w", "-A", "INPUT", "-s", "2001:db8::/32", "-j", "DROP"]).unwrap();
+        let before = save(node, backend);
+        let common = ["-f", &examples, "--inventory", &inventory, "--node", "web-1", "--backend", backend];
+
+        let mut plan_json = vec!["plan", "-o", "json"];
+        plan_json.extend_from_slice(&common);
+        let out = pw(node, &plan_json);
+        assert_eq!(out.status.code(), Some(2), "{backend}: changes pending: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let adds = v["add"].as_array().unwrap();
+        assert_eq!(v["changes"].as_u64().unwrap() as usize, adds.len());
+        assert!(adds.iter().any(|a| a.as_str().unwrap().contains("quarantine entry 0: closed")));
+        assert_eq!(v["backend"], backend);
+        assert_eq!(save(node, backend), before, "{backend}: plan wrote nothing");
+
+        let mut apply = vec!["apply"];
+        apply.extend_from_slice(&common);
+        let out = pw(node, &apply);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("read back and confirmed"));
+        let after = save(node, backend);
+        assert!(after.contains("-A INPUT -m comment --comment \"portwarden: port exposure policies, managed (do not edit)\" -j PORTWARDEN-INPUT\n-A INPUT -s 192.0.2.0/24 -j DROP"), "{backend}: jump first, own rule kept: {after}");
+
+        let mut plan = vec!["plan"];
+        plan.extend_from_slice(&common);
+        let out = pw(node, &plan);
+        assert_eq!(out.status.code(), Some(0), "{backend}: converged: {out:?}");
+        let out = pw(node, &apply);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("nothing written"), "{out:?}");
+
+        // bad input: exit 1, nothing changed
+        let out = pw(node, &["apply", "-f", &examples, "--labels", "role=web", "--failsafe", "tcp:0", "--backend", backend]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --failsafe"), "{out:?}");
+        assert_eq!(save(node, backend), after);
+
+        let out = pw(node, &["reset", "--backend", backend]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(save(node, backend), before, "{backend}: reset restores the node's own rules exactly");
+    }
+}

@@ -1,0 +1,323 @@
+//! The lab scenario behind `make demo` and the end-to-end tests.
+//!
+//! Three nodes — `web-1`, `web-2`, `db-1`, the nodes of `examples/inventory.yaml` at
+//! 10.213.0.11-13 — and one scanner (10.213.1.2, with a second address 10.213.2.2 on the
+//! bastion network), joined by a bridge; services listening on every node; one
+//! `portwarden agent` per node on `examples/`; and the three ways life breaks things:
+//! a foreign DROP inserted above portwarden's jump, a service that stops, and one of
+//! portwarden's own rules deleted.
+//!
+//! Everything is torn down when the [`Scenario`] is dropped, also when a test fails.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use portwarden_lab::{Lab, LabChild, Netns, TcpListenerGuard, UdpListenerGuard};
+use portwarden_reconcile::{DEFAULT_AGENT_PORT, InsideView, Report, inside};
+
+/// The inventory names of the lab's nodes, in lab order.
+pub const NODES: [&str; 3] = ["web-1", "web-2", "db-1"];
+
+/// Errors of the scenario: a message that says which step failed.
+pub type Result<T> = std::result::Result<T, String>;
+
+fn lab_err(step: &str) -> impl Fn(portwarden_lab::LabError) -> String + '_ {
+    move |e| format!("{step}: {e}")
+}
+
+/// Services of one node, kept alive while the guard is held.
+pub struct Services {
+    tcp: Vec<(u16, TcpListenerGuard)>,
+    _udp: Vec<UdpListenerGuard>,
+}
+
+/// A running lab with agents.
+pub struct Scenario {
+    /// The lab (namespaces; removed on drop).
+    pub lab: Lab,
+    /// The `portwarden` binary.
+    pub bin: PathBuf,
+    /// The repository root (where `examples/` is).
+    pub root: PathBuf,
+    /// The policy directory the agents watch.
+    pub policy_dir: PathBuf,
+    services: Vec<Services>,
+    agents: Vec<Option<LabChild>>,
+}
+
+/// TCP ports each node serves: the web tier everything its policies mention (the quarantined
+/// 8080 service is still running — the policy hides it), the database PostgreSQL.
+fn tcp_ports(node: &str) -> &'static [u16] {
+    match node {
+        "db-1" => &[5432],
+        _ => &[80, 443, 8080, 9090],
+    }
+}
+
+impl Scenario {
+    /// Builds the lab and starts the services; agents are started by [`Scenario::start_agents`].
+    ///
+    /// `policy_dir` is what the agents watch (the tests pass a copy they can edit).
+    pub fn new(bin: &Path, root: &Path, policy_dir: &Path) -> Result<Scenario> {
+        let lab = Lab::builder("demo")
+            .nodes(NODES.len())
+            .scanners(1)
+            .scanner_addresses(2)
+            .build()
+            .map_err(lab_err("building the lab"))?;
+        let mut services = Vec::new();
+        for (i, name) in NODES.iter().enumerate() {
+            let ns = lab.node(i);
+            let mut tcp = Vec::new();
+            for &port in tcp_ports(name) {
+                tcp.push((
+                    port,
+                    ns.tcp_listener(port)
+                        .map_err(lab_err("starting a listener"))?,
+                ));
+            }
+            let udp = vec![
+                ns.udp_silent(161)
+                    .map_err(lab_err("starting a UDP socket"))?,
+            ];
+            services.push(Services { tcp, _udp: udp });
+        }
+        Ok(Scenario {
+            lab,
+            bin: bin.to_path_buf(),
+            root: root.to_path_buf(),
+            policy_dir: policy_dir.to_path_buf(),
+            services,
+            agents: (0..NODES.len()).map(|_| None).collect(),
+        })
+    }
+
+    /// The node namespace of an inventory name.
+    pub fn node(&self, name: &str) -> &Netns {
+        let i = NODES.iter().position(|n| *n == name).unwrap_or(0);
+        self.lab.node(i)
+    }
+
+    /// The scanner namespace.
+    pub fn scanner(&self) -> &Netns {
+        self.lab.scanner(0)
+    }
+
+    fn inventory(&self) -> PathBuf {
+        self.root.join("examples/inventory.yaml")
+    }
+
+    /// Starts (or restarts) the agent of one node, with a short refresh so repairs are quick.
+    pub fn start_agent(&mut self, name: &str, refresh_secs: u64) -> Result<()> {
+        let i = NODES
+            .iter()
+            .position(|n| *n == name)
+            .ok_or("unknown node")?;
+        self.agents[i] = None; // stop the old one first
+        let bin = self.bin.to_string_lossy().into_owned();
+        let policy_dir = self.policy_dir.to_string_lossy().into_owned();
+        let inventory = self.inventory().to_string_lossy().into_owned();
+        let refresh = refresh_secs.to_string();
+        let child = self
+            .lab
+            .node(i)
+            .spawn(&[
+                &bin,
+                "agent",
+                "--policy-dir",
+                &policy_dir,
+                "--inventory",
+                &inventory,
+                "--node",
+                name,
+                "--refresh",
+                &refresh,
+                "--log-format",
+                "json",
+            ])
+            .map_err(lab_err("starting an agent"))?;
+        self.agents[i] = Some(child);
+        Ok(())
+    }
+
+    /// Starts every node's agent.
+    pub fn start_agents(&mut self, refresh_secs: u64) -> Result<()> {
+        for name in NODES {
+            self.start_agent(name, refresh_secs)?;
+        }
+        Ok(())
+    }
+
+    /// Stops one node's agent (SIGKILL; its rules stay in place).
+    pub fn stop_agent(&mut self, name: &str) {
+        if let Some(i) = NODES.iter().position(|n| *n == name) {
+            self.agents[i] = None;
+        }
+    }
+
+    /// The address of a node.
+    pub fn address(&self, name: &str) -> IpAddr {
+        IpAddr::V4(self.node(name).v4())
+    }
+
+    /// Asks a node's agent for its inside view, from the scanner namespace.
+    pub fn inside(&self, name: &str) -> Result<InsideView> {
+        let addr = SocketAddr::new(self.address(name), DEFAULT_AGENT_PORT);
+        self.scanner()
+            .run(move || inside::fetch(addr, Duration::from_millis(500)))
+            .map_err(lab_err("asking an agent"))?
+    }
+
+    /// Waits until `ready(view)` holds for the node's agent, or the deadline passes.
+    pub fn wait_for(
+        &self,
+        name: &str,
+        deadline: Duration,
+        ready: impl Fn(&InsideView) -> bool,
+    ) -> Result<InsideView> {
+        let until = Instant::now() + deadline;
+        let mut last;
+        loop {
+            match self.inside(name) {
+                Ok(v) if ready(&v) => return Ok(v),
+                Ok(v) => last = format!("{v:?}"),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "{name}: condition not reached within {deadline:?}; last: {last}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every agent has applied its intent.
+    pub fn wait_converged(&self, deadline: Duration) -> Result<()> {
+        for name in NODES {
+            self.wait_for(name, deadline, |v| v.converged && v.policy_error.is_none())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `portwarden verify` from the scanner; returns (exit code, stdout, stderr).
+    pub fn verify(&self, format: &str) -> Result<(i32, String, String)> {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let policy_dir = self.policy_dir.to_string_lossy().into_owned();
+        let inventory = self.inventory().to_string_lossy().into_owned();
+        let out = self
+            .scanner()
+            .output(&[
+                &bin,
+                "verify",
+                "-f",
+                &policy_dir,
+                "--inventory",
+                &inventory,
+                "-o",
+                format,
+            ])
+            .map_err(lab_err("running verify"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `verify -o json`, parsed.
+    pub fn verify_report(&self) -> Result<(i32, Report)> {
+        let (code, out, err) = self.verify("json")?;
+        let report =
+            serde_json::from_str(&out).map_err(|e| format!("verify JSON: {e}; stderr: {err}"))?;
+        Ok((code, report))
+    }
+
+    // --- the ways life breaks things ---
+
+    /// A foreign tool inserts a DROP for 443 above portwarden's jump on `name`.
+    pub fn insert_foreign_drop(&self, name: &str) -> Result<()> {
+        self.node(name)
+            .iptables(&[
+                "-I", "INPUT", "1", "-p", "tcp", "--dport", "443", "-j", "DROP",
+            ])
+            .map(|_| ())
+            .map_err(lab_err("inserting a foreign rule"))
+    }
+
+    /// The service on `port` of `name` stops.
+    pub fn stop_service(&mut self, name: &str, port: u16) {
+        let i = NODES.iter().position(|n| *n == name).unwrap_or(0);
+        self.services[i].tcp.retain(|(p, _)| *p != port);
+    }
+
+    /// Someone deletes portwarden's DROP for 5432 on `name`.
+    pub fn delete_own_rule(&self, name: &str) -> Result<String> {
+        let ns = self.node(name);
+        let save = ns
+            .exec(&["iptables-save", "-t", "filter"])
+            .map_err(lab_err("reading rules"))?;
+        let rule = save
+            .lines()
+            .find(|l| {
+                l.starts_with("-A PORTWARDEN")
+                    && l.contains("--dport 5432")
+                    && l.ends_with("-j DROP")
+            })
+            .ok_or("no portwarden DROP rule for 5432 found")?
+            .to_string();
+        let mut args: Vec<String> = vec!["-D".into()];
+        args.extend(split_rule(&rule[3..]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ns.iptables(&args).map_err(lab_err("deleting a rule"))?;
+        Ok(rule)
+    }
+}
+
+/// Splits an `iptables-save` rule into arguments, honouring double quotes.
+fn split_rule(rule: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in rule.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_split_like_a_shell() {
+        assert_eq!(
+            split_rule(
+                "PORTWARDEN-TCP-0 -p tcp -m comment --comment \"db entry 0: filtered\" -j DROP"
+            ),
+            vec![
+                "PORTWARDEN-TCP-0",
+                "-p",
+                "tcp",
+                "-m",
+                "comment",
+                "--comment",
+                "db entry 0: filtered",
+                "-j",
+                "DROP"
+            ]
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! `make demo`: the whole job on a lab of namespaces, narrated.
+//!
+//! 1. A lab of three nodes and a scanner; services on every node.
+//! 2. One `portwarden agent` per node on `examples/`; wait until every node has applied.
+//! 3. `portwarden verify` from the scanner: everything in sync.
+//! 4. Break things the way life does: a foreign DROP above portwarden's jump on web-1, the
+//!    web server on web-2 stops, one of portwarden's rules deleted on db-1.
+//! 5. `verify` again: drift, with causes, exit code 2.
+//! 6. The agents repair rule drift at their next refresh; `verify` shows only the genuine
+//!    drift left (the stopped service).
+//!
+//! The lab is removed on exit, also on failure. Colors only on a terminal.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use portwarden_demo::{NODES, Result, Scenario};
+
+struct Narrator {
+    color: bool,
+    started: Instant,
+}
+
+impl Narrator {
+    fn step(&self, text: &str) {
+        let t = self.started.elapsed().as_secs_f64();
+        if self.color {
+            println!("\n\x1b[1;36m==> {text}\x1b[0m \x1b[2m({t:.1}s)\x1b[0m");
+        } else {
+            println!("\n==> {text} ({t:.1}s)");
+        }
+    }
+    fn say(&self, text: &str) {
+        if self.color {
+            println!("\x1b[2m{text}\x1b[0m");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
+fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
+    n.step("Build a lab: web-1, web-2, db-1 and a scanner, in network namespaces");
+    let policy_dir = root.join("examples");
+    let mut s = Scenario::new(&bin, &root, &policy_dir)?;
+    n.say(&format!(
+        "nodes {} · scanner {} (and {} on the bastion network) · no default route anywhere",
+        NODES
+            .iter()
+            .map(|name| format!("{name}={}", s.address(name)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        s.scanner().v4(),
+        s.scanner()
+            .ipv4
+            .get(1)
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    ));
+
+    n.step("Start one agent per node on examples/ (refresh every 5 s)");
+    s.start_agents(5)?;
+    s.wait_converged(Duration::from_secs(20))?;
+    n.say("every node applied its intent");
+
+    n.step("portwarden verify (from the scanner)");
+    let (code, out, err) = s.verify("table")?;
+    print!("{out}{err}");
+    if code != 0 {
+        return Err(format!(
+            "expected everything in sync (exit 0), got exit {code}"
+        ));
+    }
+
+    n.step("Break things the way life does");
+    s.insert_foreign_drop("web-1")?;
+    n.say("web-1: a foreign tool inserts `iptables -I INPUT 1 -p tcp --dport 443 -j DROP`");
+    s.stop_service("web-2", 80);
+    n.say("web-2: the web server on port 80 stops");
+    let rule = s.delete_own_rule("db-1")?;
+    n.say(&format!("db-1: someone deletes portwarden's rule `{rule}`"));
+
+    n.step("portwarden verify: drift, with causes");
+    let (code, out, err) = s.verify("table")?;
+    print!("{out}{err}");
+    println!("(exit code {code})");
+    if code != 2 {
+        return Err(format!("expected drift (exit 2), got exit {code}"));
+    }
+
+    n.step("Wait for the agents to repair rule drift (next refresh)");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, report) = s.verify_report()?;
+        let drifting: Vec<String> = report
+            .results
+            .iter()
+            .filter(|r| r.verdict == portwarden_reconcile::Verdict::Drift)
+            .map(|r| format!("{} {}/{}", r.node, r.port, r.protocol))
+            .collect();
+        if drifting == ["web-2 80/tcp"] {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "agents did not repair in time; still drifting: {drifting:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    n.say("the jump is back at INPUT position 1 on web-1 and the deleted rule is back on db-1");
+
+    n.step("portwarden verify: only the genuine drift remains");
+    let (code, out, err) = s.verify("table")?;
+    print!("{out}{err}");
+    println!("(exit code {code})");
+
+    n.step("Tear down the lab");
+    drop(s);
+    n.say(&format!(
+        "done in {:.1}s",
+        n.started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let bin = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/release/portwarden"));
+    let root = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let bin = if bin.is_absolute() {
+        bin
+    } else {
+        root.join(bin)
+    };
+    let n = Narrator {
+        color: std::io::stdout().is_terminal(),
+        started: Instant::now(),
+    };
+    if let Err(e) = portwarden_lab::Lab::check_environment() {
+        eprintln!("demo: cannot build a lab here: {e}\n(run `make demo` as root on Linux)");
+        return ExitCode::from(1);
+    }
+    match demo(&n, bin, root) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

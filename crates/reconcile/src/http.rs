@@ -1,0 +1,96 @@
+//! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/v1/inside` (the inside view, computed on request) and `/v1/report` (the last peer scan).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+
+use crate::agent::Shared;
+use crate::inside::INSIDE_PATH;
+
+/// The loop counts as alive while it has completed an iteration this recently.
+const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The router over the agent's shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(INSIDE_PATH, get(inside))
+        .route("/v1/report", get(report))
+        .with_state(shared)
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    let alive = s.with_state(|st| st.heartbeat.is_some_and(|h| h.elapsed() < HEARTBEAT_LIMIT));
+    if alive {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reconcile loop is not running\n",
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let (ready, policy_error, apply_error) =
+        s.with_state(|st| (st.ready, st.policy_error.clone(), st.apply_error.clone()));
+    match (ready, apply_error, policy_error) {
+        (true, None, _) => (StatusCode::OK, "ready\n").into_response(),
+        (_, Some(e), _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("apply failed: {e}\n"),
+        )
+            .into_response(),
+        (false, None, Some(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no valid policy yet: {e}\n"),
+        )
+            .into_response(),
+        (false, None, None) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "intent not applied yet\n").into_response()
+        }
+    }
+}
+
+async fn inside(State(s): State<Arc<Shared>>) -> Response {
+    // Reading netfilter shells out to iptables-save: keep it off the async workers.
+    match tokio::task::spawn_blocking(move || s.inside_view()).await {
+        Ok(view) => Json(view).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("inside view failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn report(State(s): State<Arc<Shared>>) -> Response {
+    match s.with_state(|st| st.report.clone()) {
+        Some(r) => Json(r).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "no peer scan yet (is --scan-interval set?)\n",
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,173 @@
+//! Every Prometheus metric portwarden exports, in one place, and their text encoding.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a drifting port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// Node name.
+    pub node: String,
+    /// Port number.
+    pub port: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+/// Labels of a per-verdict count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// `in_sync`, `drift` or `indeterminate`.
+    pub verdict: String,
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Time to plan and apply one reconcile.
+    pub reconcile_duration: Histogram,
+    /// Reconciles that failed (apply or netfilter read errors).
+    pub reconcile_errors: Counter,
+    /// Rules and chains added or deleted by applies.
+    pub rules_changed: Counter,
+    /// Refreshes that found rule drift and repaired it.
+    pub drift_repairs: Counter,
+    /// Policy loads that failed validation (the last good state stays applied).
+    pub policy_load_errors: Counter,
+    /// 1 when the current policy documents are valid, 0 when the last load failed.
+    pub policy_valid: Gauge,
+    /// Rules in the node's compiled intent.
+    pub intent_rules: Gauge,
+    /// Time of one peer scan.
+    pub scan_duration: Histogram,
+    /// Probes sent by peer scans, retransmissions included.
+    pub scan_probes: Counter,
+    /// 1 for each port of a peer that drifts, by node, port and protocol.
+    pub drift_ports: Family<PortLabels, Gauge>,
+    /// Ports of the last peer scan by verdict.
+    pub ports_by_verdict: Family<VerdictLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `portwarden_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("portwarden");
+        let m = Metrics {
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            reconcile_errors: Counter::default(),
+            rules_changed: Counter::default(),
+            drift_repairs: Counter::default(),
+            policy_load_errors: Counter::default(),
+            policy_valid: Gauge::default(),
+            intent_rules: Gauge::default(),
+            scan_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
+            scan_probes: Counter::default(),
+            drift_ports: Family::default(),
+            ports_by_verdict: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to plan and apply one reconcile",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "rules_changed",
+            "Rules and chains added or deleted by applies",
+            m.rules_changed.clone(),
+        );
+        registry.register(
+            "rule_drift_repairs",
+            "Refreshes that found rule drift and repaired it",
+            m.drift_repairs.clone(),
+        );
+        registry.register(
+            "policy_load_errors",
+            "Policy loads that failed validation",
+            m.policy_load_errors.clone(),
+        );
+        registry.register(
+            "policy_valid",
+            "1 when the current policy documents are valid",
+            m.policy_valid.clone(),
+        );
+        registry.register(
+            "intent_rules",
+            "Rules in this node's compiled intent",
+            m.intent_rules.clone(),
+        );
+        registry.register(
+            "scan_duration_seconds",
+            "Time of one peer scan",
+            m.scan_duration.clone(),
+        );
+        registry.register(
+            "scan_probes",
+            "Probes sent by peer scans",
+            m.scan_probes.clone(),
+        );
+        registry.register(
+            "drift_ports",
+            "1 for each peer port that drifts",
+            m.drift_ports.clone(),
+        );
+        registry.register(
+            "ports",
+            "Ports of the last peer scan by verdict",
+            m.ports_by_verdict.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            Ok(()) => out,
+            Err(e) => format!("# encoding failed: {e}\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_format() {
+        let m = Metrics::new();
+        m.rules_changed.inc_by(3);
+        m.drift_ports
+            .get_or_create(&PortLabels {
+                node: "web-1".into(),
+                port: "8080".into(),
+                protocol: "tcp".into(),
+            })
+            .set(1);
+        let text = m.encode();
+        assert!(text.contains("portwarden_rules_changed_total 3"), "{text}");
+        assert!(
+            text.contains(
+                "portwarden_drift_ports{node=\"web-1\",port=\"8080\",protocol=\"tcp\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE portwarden_reconcile_duration_seconds histogram"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
