@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use portwarden_lab::{Lab, Netns};
 use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, report};
@@ -233,6 +233,8 @@ fn full_range() {
         let (t_m, out) = timed(
             scanner,
             &[
+                "timeout",
+                "60",
                 "masscan",
                 &t,
                 "-p1-65535",
@@ -331,7 +333,12 @@ fn main() {
             return;
         }
     }
-    let _ = Duration::ZERO;
+    println!(
+        "Load average at start: {}\n",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     full_range();
     ten_nodes();
 }

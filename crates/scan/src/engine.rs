@@ -610,3 +610,65 @@ fn send_loop(
     }
     Ok(retransmissions)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_cap_is_an_upper_bound() {
+        let r = RateCap::new(Some(1000));
+        // Burst of one probe, then one per millisecond.
+        assert_eq!(r.wait_us(0, 0), 0);
+        assert!(r.wait_us(1, 0) > 0);
+        assert_eq!(r.wait_us(10, 10_000), 0);
+        assert!(r.wait_us(20, 10_000) >= 9_000);
+        let none = RateCap::new(None);
+        assert_eq!(none.wait_us(1_000_000, 0), 0);
+    }
+
+    #[test]
+    fn results_encode_roundtrip() {
+        for s in [
+            PortState::Open,
+            PortState::OpenFiltered,
+            PortState::Unfiltered,
+        ] {
+            for r in [Reason::SynAck, Reason::NoResponse, Reason::DestUnreach] {
+                assert_eq!(decode_result(encode(s, r)), Some((s, r)));
+            }
+        }
+        assert_eq!(decode_result(0), None);
+    }
+
+    #[test]
+    fn expiry_retransmits_then_goes_silent() {
+        let t = Timing::default();
+        let sh = Shared::new(ScanKind::Syn, 1, 1, &t, 1);
+        sh.mark_sent(0, 0, 0);
+        // Lossless so far: one retransmission allowed.
+        assert_eq!(sh.on_expiry(0, 0, t.max_retries), Some(1));
+        sh.mark_sent(0, 1, 10);
+        assert_eq!(sh.on_expiry(0, 1, t.max_retries), None);
+        let out = sh.into_outcome(1);
+        assert_eq!(out.results[0], (PortState::Filtered, Reason::NoResponse));
+    }
+
+    #[test]
+    fn answer_to_a_retransmission_is_loss_and_allows_more_tries() {
+        let t = Timing::default();
+        let sh = Shared::new(ScanKind::Syn, 1, 2, &t, 1);
+        sh.mark_sent(0, 0, 0);
+        sh.on_expiry(0, 0, t.max_retries);
+        sh.mark_sent(0, 1, 5);
+        sh.on_reply(0, 0, 1, Reply::Tcp { flags: 0x14 });
+        // Port 1 now gets three probes (tries 0, 1, 2) before it is declared silent.
+        sh.mark_sent(1, 0, 10);
+        assert_eq!(sh.on_expiry(1, 0, t.max_retries), Some(1));
+        sh.mark_sent(1, 1, 20);
+        assert_eq!(sh.on_expiry(1, 1, t.max_retries), Some(2));
+        let out = sh.into_outcome(2);
+        assert_eq!(out.results[0], (PortState::Closed, Reason::Reset));
+        assert_eq!(out.stats.drops_detected, 1);
+    }
+}

@@ -243,21 +243,24 @@ pub(crate) fn build_tcp(buf: &mut [u8], f: &ProbeFields) -> usize {
     end
 }
 
-/// Builds an empty-payload UDP probe (IPv4: with IP header; IPv6: UDP header only).
-pub(crate) fn build_udp(buf: &mut [u8], f: &ProbeFields) -> usize {
+/// Builds a UDP probe carrying `payload` (IPv4: with IP header; IPv6: UDP header and payload
+/// only).
+pub(crate) fn build_udp(buf: &mut [u8], f: &ProbeFields, payload: &[u8]) -> usize {
     let off = if f.dst.is_ipv4() { IP4_LEN } else { 0 };
-    let end = off + UDP_LEN;
+    let ulen = UDP_LEN + payload.len();
+    let end = off + ulen;
     if buf.len() < end {
         return 0;
     }
-    buf[..end].fill(0);
+    buf[..off + UDP_LEN].fill(0);
+    buf[off + UDP_LEN..end].copy_from_slice(payload);
     {
         let Some(mut u) = MutableUdpPacket::new(&mut buf[off..end]) else {
             return 0;
         };
         u.set_source(f.sport);
         u.set_destination(f.dport);
-        u.set_length(UDP_LEN as u16);
+        u.set_length(u16::try_from(ulen).unwrap_or(u16::MAX));
         let c = match (f.src, f.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => udp::ipv4_checksum(&u.to_immutable(), &s, &d),
             (IpAddr::V6(s), IpAddr::V6(d)) => udp::ipv6_checksum(&u.to_immutable(), &s, &d),
@@ -266,7 +269,7 @@ pub(crate) fn build_udp(buf: &mut [u8], f: &ProbeFields) -> usize {
         u.set_checksum(c);
     }
     if let (IpAddr::V4(s), IpAddr::V4(d)) = (f.src, f.dst) {
-        ipv4_header(buf, s, d, PROTO_UDP, UDP_LEN, f.dport ^ f.sport);
+        ipv4_header(buf, s, d, PROTO_UDP, ulen, f.dport ^ f.sport);
     }
     end
 }
@@ -339,8 +342,8 @@ mod tests {
             ack: 0,
             flags: 0,
         };
-        let mut buf = [0u8; 64];
-        assert_eq!(build_udp(&mut buf, &f), 8);
+        let mut buf = [0u8; 128];
+        assert_eq!(build_udp(&mut buf, &f, &[]), 8);
         assert_ne!(&buf[6..8], &[0, 0], "checksum set");
     }
 }

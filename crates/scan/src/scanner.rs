@@ -217,3 +217,36 @@ impl Scanner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_requests_are_config_errors() {
+        let s = Scanner::default();
+        let ports = PortList::parse("22").expect("ports");
+        let e = s.scan(&[], &ports, ScanKind::Syn).expect_err("no targets");
+        assert!(matches!(e, ScanError::Config(_)), "{e}");
+        let e = s
+            .scan(
+                &["10.213.0.11".parse().expect("ip")],
+                &PortList::default(),
+                ScanKind::Syn,
+            )
+            .expect_err("no ports");
+        assert!(e.to_string().contains("nothing to scan"), "{e}");
+    }
+
+    #[test]
+    fn eta_is_linear() {
+        let p = Progress {
+            done: 25,
+            total: 100,
+            elapsed: Duration::from_secs(1),
+            probes_sent: 30,
+        };
+        assert_eq!(p.eta(), Some(Duration::from_secs(3)));
+        assert_eq!(Progress { done: 0, ..p }.eta(), None);
+    }
+}

@@ -148,11 +148,20 @@ fn mixed_families_in_one_scan() {
     let _l = node.tcp_listener(22).expect("listener");
     let targets: Vec<IpAddr> = vec![node.v4().into(), node.v6().into()];
     let ports = PortList::parse("21-23").expect("ports");
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
     let report = lab
         .scanner(0)
-        .run(move || Scanner::new(ScanConfig::default()).scan(&targets, &ports, ScanKind::Syn))
+        .run(move || {
+            Scanner::new(ScanConfig::default())
+                .on_progress(move |p| seen.lock().expect("lock").push((p.done, p.total)))
+                .scan(&targets, &ports, ScanKind::Syn)
+        })
         .expect("thread")
         .expect("scan");
+    // The progress callback ran, and its last call says everything is done.
+    let calls = calls.lock().expect("lock");
+    assert_eq!(calls.last(), Some(&(6, 6)), "{calls:?}");
     for h in &report.hosts {
         let states: Vec<&str> = h.ports.iter().map(|p| p.state.as_str()).collect();
         assert_eq!(states, ["closed", "open", "closed"], "{}", h.address);

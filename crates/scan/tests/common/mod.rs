@@ -29,7 +29,8 @@ pub const UDP_DROP: u16 = 5003;
 pub const UDP_HOST_UNREACH: u16 = 5004;
 pub const UDP_ADMIN: u16 = 5005;
 pub const UDP_SRC_DROP: u16 = 5006; // echo; DROP from the second address only
-pub const UDP_PORTS: &str = "5000-5006";
+pub const UDP_DNS: u16 = 53; // echo; probed with a DNS query payload
+pub const UDP_PORTS: &str = "53,5000-5006";
 
 /// A lab with the matrix applied to node 0; listeners live as long as this.
 pub struct Matrix {
@@ -199,6 +200,7 @@ impl Matrix {
             node.udp_echo(UDP_ECHO).expect("udp echo"),
             node.udp_silent(UDP_SILENT).expect("udp silent"),
             node.udp_echo(UDP_SRC_DROP).expect("udp echo"),
+            node.udp_echo(UDP_DNS).expect("udp echo"),
         ];
         Matrix {
             lab,
