@@ -8,7 +8,7 @@ BIN := target/release/portwarden
 .PHONY: demo test lint fmt bench build deps clean
 
 build:
-	$(CARGO) build --release -p portwarden
+	$(CARGO) build --release -p portwarden -p portwarden-demo
 
 demo: build
 	scripts/deps.sh demo

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: portwarden on the examples. Today: validate the policies, show what a mistake
-# looks like, and explain the seed story's decisions. The lab part (apply, scan, drift) grows
-# here as the netfilter, scanner and agent land.
+# `make demo`: portwarden on the examples. First the policy layer (validate, a mistake, explain
+# the seed story's decisions), then the whole job on a lab of network namespaces: agents apply
+# the policies, verify scans from outside, things break, the report names the causes, the
+# agents repair rule drift (crates/demo). Run as root; nothing outside the lab is touched.
 set -euo pipefail
 bin="${1:-target/release/portwarden}"
 cd "$(dirname "$0")/.."
@@ -32,3 +33,7 @@ run "$bin" explain -f examples --node web-1 --port 9090/tcp --from 10.213.2.2
 
 step "The same answer as JSON, for scripts"
 run "$bin" explain -f examples --node web-1 --port 80/tcp --from 172.16.7.80 -o json
+
+step "The whole job on a lab: apply, verify, break, explain, repair"
+demo_bin="$(dirname "$bin")/portwarden-demo"
+"$demo_bin" "$bin"

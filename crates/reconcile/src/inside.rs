@@ -103,12 +103,12 @@ impl InsideView {
     }
 }
 
-/// Fetches a node's inside view from its agent with a plain HTTP/1.0 GET.
+/// A plain HTTP/1.0 GET of `path` on an agent; returns the body of a 200 response.
 ///
 /// # Errors
 ///
-/// A message naming the address and what failed (connect, timeout, HTTP status, JSON).
-pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> {
+/// A message naming the address and what failed (connect, timeout, HTTP status).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("agent at {addr}: {what}: {e}");
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("cannot connect", &e))?;
@@ -116,8 +116,7 @@ pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> 
         .set_read_timeout(Some(timeout))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| fail("socket", &e))?;
-    let request =
-        format!("GET {INSIDE_PATH} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .map_err(|e| fail("cannot send request", &e))?;
@@ -132,9 +131,19 @@ pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> 
         .ok_or_else(|| fail("malformed HTTP response", &"no header end"))?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        return Err(fail("unexpected status", &status));
+        return Err(fail("unexpected status", &format!("{status}: {}", body.trim())));
     }
-    serde_json::from_str(body).map_err(|e| fail("invalid inside view", &e))
+    Ok(body.to_string())
+}
+
+/// Fetches a node's inside view from its agent.
+///
+/// # Errors
+///
+/// As [`http_get`], or when the body is not an inside view.
+pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> {
+    let body = http_get(addr, INSIDE_PATH, timeout)?;
+    serde_json::from_str(&body).map_err(|e| format!("agent at {addr}: invalid inside view: {e}"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,281 @@
+//! End to end on a lab of namespaces: agents apply the examples, `verify` judges from the
+//! scanner, things break, causes are named, agents repair; the agent follows policy edits,
+//! keeps the last good state on invalid ones, restarts without writing, and serves Prometheus
+//! text. Every scenario of `make demo` is asserted here from the JSON report.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use portwarden_demo::Scenario;
+use portwarden_lab::skip_unless_lab;
+use portwarden_reconcile::inside::http_get;
+use portwarden_reconcile::{DEFAULT_AGENT_PORT, Report, Verdict};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
+/// Long enough that no periodic refresh happens during a test: repairs are triggered on purpose.
+const NO_REFRESH: u64 = 3600;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn drift(report: &Report) -> Vec<(String, u16, String)> {
+    report
+        .results
+        .iter()
+        .filter(|r| r.verdict == Verdict::Drift)
+        .map(|r| (r.node.clone(), r.port, r.cause.clone().unwrap_or_default()))
+        .collect()
+}
+
+/// The node's filter table without packet counters, for byte-for-byte comparisons.
+fn rules(s: &Scenario, node: &str) -> String {
+    let save = s
+        .node(node)
+        .exec(&["iptables-save", "-t", "filter"])
+        .unwrap();
+    save.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.split_once("] ") {
+            Some((counters, rest)) if counters.starts_with('[') => rest,
+            _ => l.split(" [").next().unwrap_or(l),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn metrics(s: &Scenario, node: &str) -> String {
+    let addr = SocketAddr::new(s.address(node), DEFAULT_AGENT_PORT);
+    s.scanner()
+        .run(move || http_get(addr, "/metrics", Duration::from_secs(2)))
+        .unwrap()
+        .unwrap()
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn demo_scenarios_from_the_json_report() {
+    skip_unless_lab!();
+    let root = root();
+    let mut s = Scenario::new(Path::new(BIN), &root, &root.join("examples")).unwrap();
+    s.start_agents(NO_REFRESH).unwrap();
+    s.wait_converged(DEADLINE).unwrap();
+
+    // Everything in sync, every managed port of every node judged from the scanner.
+    let (code, report) = s.verify_report().unwrap();
+    assert_eq!(code, 0, "{report:#?}");
+    assert_eq!(report.summary.drift, 0);
+    assert_eq!(report.summary.in_sync, 12, "{report:#?}");
+    let row = |r: &Report, node: &str, port: u16, proto: &str| {
+        r.results
+            .iter()
+            .find(|x| x.node == node && x.port == port && x.protocol == proto)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {node} {port}/{proto}"))
+    };
+    let admin = row(&report, "web-1", 9090, "tcp");
+    assert_eq!(
+        (admin.expected.as_str(), admin.observed.as_str()),
+        ("filtered", "filtered")
+    );
+    assert_eq!(admin.from.to_string(), "10.213.1.2");
+    let quarantined = row(&report, "web-2", 8080, "tcp");
+    assert_eq!(
+        quarantined.observed, "closed",
+        "a listener runs on 8080, the policy makes it look closed"
+    );
+    assert_eq!(row(&report, "web-1", 161, "udp").observed, "closed");
+    assert_eq!(row(&report, "db-1", 5432, "tcp").observed, "filtered");
+
+    // Metrics parse as Prometheus text and say what the agent did.
+    let text = metrics(&s, "web-1");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|m| m.metric == "portwarden_reconcile_duration_seconds_count")
+    );
+    assert!(
+        metric_value(&text, "portwarden_rules_changed_total").unwrap() > 0.0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, "portwarden_policy_valid"), Some(1.0));
+
+    // Break things the way life does.
+    let web1_before = rules(&s, "web-1");
+    s.insert_foreign_drop("web-1").unwrap();
+    s.stop_service("web-2", 80);
+    let deleted = s.delete_own_rule("db-1").unwrap();
+    let (code, report) = s.verify_report().unwrap();
+    assert_eq!(code, 2);
+    assert_eq!(
+        drift(&report),
+        vec![
+            (
+                "db-1".into(),
+                5432,
+                "portwarden's rules are missing or stale on the node (1 change pending)".into()
+            ),
+            (
+                "web-1".into(),
+                443,
+                "foreign rule INPUT#1 (-p tcp -m tcp --dport 443 -j DROP) matches first".into()
+            ),
+            ("web-2".into(), 80, "nothing is listening on 80/tcp".into()),
+        ],
+        "deleted {deleted}"
+    );
+
+    // Restarting the agents repairs rule drift (they converge at start); the foreign rule
+    // stays, below portwarden's jump, and only the genuine drift remains.
+    s.start_agents(NO_REFRESH).unwrap();
+    s.wait_converged(DEADLINE).unwrap();
+    let (code, report) = s.verify_report().unwrap();
+    assert_eq!(code, 2);
+    assert_eq!(
+        drift(&report),
+        vec![("web-2".into(), 80, "nothing is listening on 80/tcp".into())]
+    );
+    let web1_after = rules(&s, "web-1");
+    assert!(
+        web1_after.contains("-A INPUT -p tcp -m tcp --dport 443 -j DROP"),
+        "{web1_after}"
+    );
+    let first_input = web1_after
+        .lines()
+        .find(|l| l.starts_with("-A INPUT"))
+        .unwrap();
+    assert!(
+        first_input.contains("PORTWARDEN"),
+        "jump back at position 1: {web1_after}"
+    );
+    assert_eq!(
+        web1_after.replace("-A INPUT -p tcp -m tcp --dport 443 -j DROP\n", ""),
+        web1_before,
+        "only the foreign rule differs"
+    );
+
+    // A restart of a converged agent writes nothing.
+    let before = rules(&s, "web-2");
+    s.start_agent("web-2", NO_REFRESH).unwrap();
+    s.wait_for("web-2", DEADLINE, |v| v.converged).unwrap();
+    let until = Instant::now() + DEADLINE;
+    let text = loop {
+        let text = metrics(&s, "web-2");
+        if metric_value(&text, "portwarden_reconcile_duration_seconds_count").unwrap_or(0.0) >= 1.0
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < until,
+            "the restarted agent never reconciled: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric_value(&text, "portwarden_rules_changed_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(rules(&s, "web-2"), before);
+}
+
+#[test]
+fn agent_follows_edits_keeps_last_good_state_and_repairs_on_refresh() {
+    skip_unless_lab!();
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["quarantine", "web", "db"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for entry in std::fs::read_dir(root.join("examples").join(sub)).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, dir.path().join(sub).join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut s = Scenario::new(Path::new(BIN), &root, dir.path()).unwrap();
+    s.start_agent("db-1", 1).unwrap();
+    s.wait_for("db-1", DEADLINE, |v| v.converged).unwrap();
+
+    // A policy edit reaches the kernel: 6379 closed -> filtered.
+    let db = dir.path().join("db/db.yaml");
+    let text = std::fs::read_to_string(&db).unwrap();
+    let edited = text.replace(
+        "    - ports: \"6379\"\n      state: closed",
+        "    - ports: \"6379\"\n      state: filtered",
+    );
+    assert_ne!(text, edited);
+    let started = Instant::now();
+    std::fs::write(&db, &edited).unwrap();
+    loop {
+        let r = rules(&s, "db-1");
+        if r.lines()
+            .any(|l| l.contains("--dport 6379") && l.ends_with("-j DROP"))
+        {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "edit not applied: {r}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("policy edit -> rule in the kernel: {:?}", started.elapsed());
+
+    // An invalid edit changes nothing and is reported; the last good state stays.
+    let good = rules(&s, "db-1");
+    std::fs::write(&db, edited.replace("state: filtered", "state: blocked")).unwrap();
+    let view = s
+        .wait_for("db-1", DEADLINE, |v| v.policy_error.is_some())
+        .unwrap();
+    let error = view.policy_error.unwrap();
+    assert!(
+        error.contains("db.yaml:") && error.contains("unknown state \"blocked\""),
+        "{error}"
+    );
+    assert!(view.converged, "the last good intent is still applied");
+    assert_eq!(rules(&s, "db-1"), good);
+    let text = metrics(&s, "db-1");
+    assert_eq!(
+        metric_value(&text, "portwarden_policy_valid"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(metric_value(&text, "portwarden_policy_load_errors_total").unwrap() >= 1.0);
+
+    // Rule drift is repaired at the next refresh (every second here), even while the
+    // documents are invalid.
+    let started = Instant::now();
+    s.delete_own_rule("db-1").unwrap();
+    let deleted_at = Instant::now();
+    s.wait_for("db-1", DEADLINE, |v| v.converged).unwrap();
+    let repaired = loop {
+        if rules(&s, "db-1") == good {
+            break deleted_at.elapsed();
+        }
+        assert!(started.elapsed() < DEADLINE, "not repaired");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("deleted rule -> repaired (refresh 1 s): {repaired:?}");
+    let text = metrics(&s, "db-1");
+    assert!(
+        metric_value(&text, "portwarden_rule_drift_repairs_total").unwrap() >= 1.0,
+        "{text}"
+    );
+
+    // Fixing the document clears the error.
+    std::fs::write(&db, &edited).unwrap();
+    s.wait_for("db-1", DEADLINE, |v| v.policy_error.is_none())
+        .unwrap();
+}
