@@ -62,6 +62,8 @@ impl LabBuilder {
                 "at most 200 nodes, 200 scanners and 1-200 addresses per scanner".into(),
             ));
         }
+        // Remove what killed runs with this tag left behind (their processes are gone).
+        let _ = cleanup_stale(&format!("pw-{}-", self.tag));
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("pw-{}-{}-{}", self.tag, std::process::id(), n);
         let mut lab = Lab {
@@ -308,8 +310,8 @@ impl Drop for Lab {
     }
 }
 
-/// Deletes lab namespaces whose name starts with `prefix` (which must start with `pw-`) and
-/// whose creating process is no longer alive — what a killed test run left behind. Labs of
+/// Deletes lab namespaces whose name starts with `prefix` (which must start with `pw-`), has
+/// the lab's shape `pw-TAG-PID-N-ROLE`, and whose creating process is no longer alive — what a killed test run left behind. Labs of
 /// running processes (parallel tests) are left alone. Returns how many were deleted.
 ///
 /// # Errors
@@ -330,10 +332,18 @@ pub fn cleanup_stale(prefix: &str) -> Result<usize, LabError> {
         if !name.starts_with(prefix) {
             continue;
         }
-        // pw-TAG-PID-N-ROLE
-        let pid = name.split('-').nth(2).and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
+        // pw-TAG-PID-N-ROLE; names in any other shape are not ours and are left alone.
+        let fields: Vec<&str> = name.split('-').collect();
+        let (Some(pid), Some(_n)) = (
+            fields.get(2).and_then(|p| p.parse::<u32>().ok()),
+            fields.get(3).and_then(|n| n.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        if fields.len() != 5 {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             delete_ns(name);
             deleted += 1;
         }

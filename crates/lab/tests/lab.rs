@@ -135,3 +135,25 @@ fn cleanup_stale_rejects_foreign_prefix_and_spares_live_labs() {
     cleanup_stale("pw-labstale-").expect("cleanup");
     assert!(ns_exists(&lab.node(0).name), "live lab untouched");
 }
+
+#[test]
+fn cleanup_stale_removes_labs_of_dead_processes_only() {
+    skip_unless_lab!();
+    // A namespace in the lab's shape whose "creator" (pid 999999999) cannot exist.
+    let stale = "pw-labdead-999999999-0-n0";
+    let foreign = "pw-labdead-notalab";
+    for n in [stale, foreign] {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", n])
+            .status()
+            .expect("ip");
+        assert!(st.success());
+    }
+    let removed = cleanup_stale("pw-labdead-").expect("cleanup");
+    assert_eq!(removed, 1);
+    assert!(!ns_exists(stale));
+    assert!(ns_exists(foreign), "names in another shape are not ours");
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "delete", foreign])
+        .status();
+}
