@@ -76,8 +76,11 @@ pub struct Tools {
 
 const EXTRA_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin"];
 
-/// Finds a program on PATH or in the usual sbin directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
+/// Finds a program in `dir` when given, else on PATH or in the usual sbin directories.
+pub fn find_program(name: &str, dir: Option<&Path>) -> Option<PathBuf> {
+    if let Some(dir) = dir {
+        return Some(dir.join(name)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
@@ -85,14 +88,16 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The tools of `backend` for `family`, or [`Error::ToolMissing`].
+/// The tools of `backend` for `family` (looked up only in `dir` when given), or
+/// [`Error::ToolMissing`]. Both are required: without `*-restore` portwarden refuses to run
+/// rather than fall back to per-rule calls, which are neither atomic nor fast.
 ///
 /// # Errors
 /// [`Error::ToolMissing`] naming the first missing program.
-pub fn tools(backend: Backend, family: Family) -> Result<Tools, Error> {
+pub fn tools(backend: Backend, family: Family, dir: Option<&Path>) -> Result<Tools, Error> {
     let find = |what: &str, purpose| {
         let name = format!("{}-{}-{what}", family.tool(), backend.as_str());
-        find_program(&name).ok_or(Error::ToolMissing {
+        find_program(&name, dir).ok_or(Error::ToolMissing {
             tool: name,
             purpose,
         })
@@ -119,8 +124,8 @@ fn count_rules(save: &Path) -> Option<usize> {
 }
 
 /// Which backend the plain `iptables` command uses, from `iptables --version`.
-fn host_default() -> Option<Backend> {
-    let prog = find_program("iptables")?;
+fn host_default(dir: Option<&Path>) -> Option<Backend> {
+    let prog = find_program("iptables", dir)?;
     let out = Command::new(prog)
         .arg("--version")
         .stdin(Stdio::null())
@@ -147,13 +152,14 @@ pub struct Detection {
 }
 
 /// Picks the backend: the fixed one, or the one holding more rules (IPv4 and IPv6 together),
-/// or on a tie the one the host's `iptables` command uses (nft when that says nothing).
+/// or on a tie the one the host's `iptables` command uses (nft when that says nothing). Tools
+/// are looked up only in `dir` when given.
 ///
 /// # Errors
 /// [`Error::ToolMissing`] when neither backend's tools are installed (or the fixed one's).
-pub fn detect(choice: BackendChoice) -> Result<Detection, Error> {
+pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Error> {
     if let BackendChoice::Fixed(b) = choice {
-        tools(b, Family::Ipv4)?;
+        tools(b, Family::Ipv4, dir)?;
         return Ok(Detection {
             backend: b,
             reason: "chosen with --backend".into(),
@@ -163,7 +169,7 @@ pub fn detect(choice: BackendChoice) -> Result<Detection, Error> {
         let mut n = 0;
         let mut any = false;
         for f in Family::ALL {
-            if let Ok(t) = tools(b, f)
+            if let Ok(t) = tools(b, f, dir)
                 && let Some(c) = count_rules(&t.save)
             {
                 n += c;
@@ -193,7 +199,7 @@ pub fn detect(choice: BackendChoice) -> Result<Detection, Error> {
             (Backend::Legacy, format!("legacy holds {l} rules, nft {n}"))
         }
         (Some(n), Some(_)) => {
-            let b = host_default().unwrap_or(Backend::Nft);
+            let b = host_default(dir).unwrap_or(Backend::Nft);
             (
                 b,
                 format!("both backends hold {n} rules; `iptables` uses {b}"),
@@ -226,7 +232,7 @@ mod tests {
 
     #[test]
     fn missing_tool_is_named_with_the_fix() {
-        let e = find_program("portwarden-no-such-tool-save");
+        let e = find_program("portwarden-no-such-tool-save", None);
         assert!(e.is_none());
         let err = Error::ToolMissing {
             tool: "iptables-nft-restore".into(),
@@ -234,5 +240,26 @@ mod tests {
         }
         .to_string();
         assert!(err.contains("apt-get install iptables") && err.contains("iptables-nft-restore"));
+    }
+
+    #[test]
+    fn missing_restore_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pw-nf-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // a save tool alone is not enough: no fallback to per-rule calls
+        std::fs::write(dir.join("iptables-nft-save"), "").unwrap();
+        let e = tools(Backend::Nft, Family::Ipv4, Some(&dir)).unwrap_err();
+        assert!(
+            matches!(&e, Error::ToolMissing { tool, .. } if tool == "iptables-nft-restore"),
+            "{e}"
+        );
+        let e = detect(BackendChoice::Fixed(Backend::Nft), Some(&dir)).unwrap_err();
+        assert!(
+            e.to_string().contains("`iptables-nft-restore` not found"),
+            "{e}"
+        );
+        let e = detect(BackendChoice::Auto, Some(&dir)).unwrap_err();
+        assert!(matches!(e, Error::ToolMissing { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

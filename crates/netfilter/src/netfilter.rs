@@ -2,6 +2,7 @@
 //! `iptables-restore --noflush` transaction per family, reads back to confirm.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +26,9 @@ pub struct Options {
     pub families: Vec<Family>,
     /// Seconds `iptables-restore` waits for the xtables lock held by another program.
     pub lock_wait_secs: u32,
+    /// Look for the iptables tools only in this directory (default: PATH, then /usr/sbin,
+    /// /sbin, /usr/local/sbin).
+    pub tool_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -33,6 +37,7 @@ impl Default for Options {
             backend: BackendChoice::Auto,
             families: Family::ALL.to_vec(),
             lock_wait_secs: 10,
+            tool_dir: None,
         }
     }
 }
@@ -75,11 +80,12 @@ impl Netfilter {
     /// [`Error::ToolMissing`] when a needed `*-save` or `*-restore` program is not installed:
     /// portwarden refuses to run rather than fall back to per-rule `iptables` calls.
     pub fn detect(options: &Options) -> Result<Netfilter, Error> {
-        let detection = backend::detect(options.backend)?;
+        let dir = options.tool_dir.as_deref();
+        let detection = backend::detect(options.backend, dir)?;
         let families = options
             .families
             .iter()
-            .map(|&f| backend::tools(detection.backend, f).map(|t| (f, t)))
+            .map(|&f| backend::tools(detection.backend, f, dir).map(|t| (f, t)))
             .collect::<Result<_, _>>()?;
         Ok(Netfilter {
             detection,

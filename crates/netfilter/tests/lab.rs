@@ -87,6 +87,15 @@ fn examples_look_as_intended_to_nmap() {
                 );
             }
             if source == IpAddr::from(scanner.ipv4[0]) || source == IpAddr::from(scanner.ipv6[0]) {
+                // ACK scan: only a DROP hides the port (DESIGN.md "Intent -> rule")
+                let seen = nmap(&scanner, "-sA", target, &tcp_list, Some(source));
+                for port in tcp_ports {
+                    let filtered = intent
+                        .first_match(Protocol::Tcp, port, source)
+                        .is_some_and(|r| r.state == portwarden_policy::State::Filtered);
+                    let want = if filtered { "filtered" } else { "unfiltered" };
+                    assert_eq!(seen[&port], want, "{backend}: ACK tcp/{port} from {source}");
+                }
                 let seen = nmap(&scanner, "-sU", target, "161,5353,5354,5355", Some(source));
                 for port in [161u16, 5353, 5354, 5355] {
                     let r = intent
