@@ -279,3 +279,125 @@ fn agent_follows_edits_keeps_last_good_state_and_repairs_on_refresh() {
     s.wait_for("db-1", DEADLINE, |v| v.policy_error.is_none())
         .unwrap();
 }
+
+#[test]
+fn backdoors_upstream_filtering_unreachable_nodes_and_peer_scans() {
+    skip_unless_lab!();
+    let root = root();
+    let mut s = Scenario::new(Path::new(BIN), &root, &root.join("examples")).unwrap();
+    s.start_agents(NO_REFRESH).unwrap();
+    s.start_agent_with("db-1", NO_REFRESH, &["--scan-interval", "1"])
+        .unwrap();
+    s.wait_converged(DEADLINE).unwrap();
+    assert_eq!(s.agent_get("web-1", "/healthz").unwrap(), "ok\n");
+    assert_eq!(s.agent_get("web-1", "/readyz").unwrap(), "ready\n");
+
+    // A backdoor listener on the database, whose policy says `unlisted: report`.
+    s.start_service("db-1", 31337).unwrap();
+    let (code, report) = s.verify_report().unwrap();
+    assert_eq!(code, 2);
+    let backdoor = report
+        .results
+        .iter()
+        .find(|r| r.node == "db-1" && r.port == 31337)
+        .expect("backdoor reported");
+    assert_eq!(
+        (backdoor.expected.as_str(), backdoor.observed.as_str()),
+        ("unlisted", "open")
+    );
+    let cause = backdoor.cause.clone().unwrap();
+    assert!(
+        cause.starts_with("open port that no policy declares (unlisted: report)"),
+        "{cause}"
+    );
+    assert!(cause.contains("a socket listens on"), "{cause}");
+    assert_eq!(drift(&report).len(), 1, "{report:#?}");
+
+    // The db-1 agent scans its peers and serves the report.
+    let until = Instant::now() + DEADLINE;
+    let peer_report: Report = loop {
+        if let Ok(body) = s.agent_get("db-1", "/v1/report") {
+            break serde_json::from_str(&body).unwrap();
+        }
+        assert!(Instant::now() < until, "no peer report");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!peer_report.results.is_empty());
+    assert!(
+        peer_report
+            .results
+            .iter()
+            .all(|r| r.node == "web-1" || r.node == "web-2")
+    );
+    assert!(
+        peer_report
+            .results
+            .iter()
+            .all(|r| r.from.to_string() == "10.213.0.13")
+    );
+    assert_eq!(peer_report.summary.drift, 0, "{peer_report:#?}");
+    let text = metrics(&s, "db-1");
+    assert!(
+        metric_value(&text, "portwarden_scan_probes_total").unwrap() > 0.0,
+        "{text}"
+    );
+
+    // Filtering between scanner and node: the node's own rules would let the probe in.
+    let web2 = s.address("web-2").to_string();
+    let upstream = [
+        "OUTPUT", "-d", &web2, "-p", "tcp", "--dport", "443", "-j", "DROP",
+    ];
+    let mut add = vec!["-A"];
+    add.extend_from_slice(&upstream);
+    s.scanner().iptables(&add).unwrap();
+    let (_, report) = s.verify_report().unwrap();
+    let row = report
+        .results
+        .iter()
+        .find(|r| r.node == "web-2" && r.port == 443)
+        .unwrap();
+    assert_eq!(row.verdict, Verdict::Drift);
+    let cause = row.cause.clone().unwrap();
+    assert!(
+        cause.starts_with("filtered upstream of the node: its own rules would let the probe in"),
+        "{cause}"
+    );
+    let mut del = vec!["-D"];
+    del.extend_from_slice(&upstream);
+    s.scanner().iptables(&del).unwrap();
+
+    // SIGTERM stops the agent and leaves its rules in place.
+    let before = rules(&s, "web-2");
+    let status = s.terminate_agent("web-2").unwrap();
+    assert!(status.success(), "agent exit: {status:?}");
+    assert_eq!(rules(&s, "web-2"), before);
+
+    // A node that answers nothing, whose agent does not answer either: unreachable.
+    s.node("web-2")
+        .iptables(&["-I", "INPUT", "1", "-j", "DROP"])
+        .unwrap();
+    let (_, report) = s.verify_report().unwrap();
+    let tcp_rows: Vec<_> = report
+        .results
+        .iter()
+        .filter(|r| r.node == "web-2" && r.protocol == "tcp" && r.verdict == Verdict::Drift)
+        .collect();
+    assert!(!tcp_rows.is_empty());
+    for r in tcp_rows {
+        let cause = r.cause.as_deref().unwrap();
+        assert!(
+            cause.starts_with(
+                "node unreachable: no answer on any port, and its agent does not answer"
+            ),
+            "{cause}"
+        );
+    }
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.starts_with("web-2: inside view unavailable")),
+        "{:?}",
+        report.notes
+    );
+}

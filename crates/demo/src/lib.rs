@@ -110,6 +110,16 @@ impl Scenario {
 
     /// Starts (or restarts) the agent of one node, with a short refresh so repairs are quick.
     pub fn start_agent(&mut self, name: &str, refresh_secs: u64) -> Result<()> {
+        self.start_agent_with(name, refresh_secs, &[])
+    }
+
+    /// Starts (or restarts) the agent of one node with extra arguments.
+    pub fn start_agent_with(
+        &mut self,
+        name: &str,
+        refresh_secs: u64,
+        extra: &[&str],
+    ) -> Result<()> {
         let i = NODES
             .iter()
             .position(|n| *n == name)
@@ -119,26 +129,50 @@ impl Scenario {
         let policy_dir = self.policy_dir.to_string_lossy().into_owned();
         let inventory = self.inventory().to_string_lossy().into_owned();
         let refresh = refresh_secs.to_string();
+        let mut args = vec![
+            bin.as_str(),
+            "agent",
+            "--policy-dir",
+            &policy_dir,
+            "--inventory",
+            &inventory,
+            "--node",
+            name,
+            "--refresh",
+            &refresh,
+            "--log-format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
         let child = self
             .lab
             .node(i)
-            .spawn(&[
-                &bin,
-                "agent",
-                "--policy-dir",
-                &policy_dir,
-                "--inventory",
-                &inventory,
-                "--node",
-                name,
-                "--refresh",
-                &refresh,
-                "--log-format",
-                "json",
-            ])
+            .spawn(&args)
             .map_err(lab_err("starting an agent"))?;
         self.agents[i] = Some(child);
         Ok(())
+    }
+
+    /// Sends SIGTERM to a node's agent and waits for it to exit; returns its exit status.
+    pub fn terminate_agent(&mut self, name: &str) -> Result<std::process::ExitStatus> {
+        let i = NODES
+            .iter()
+            .position(|n| *n == name)
+            .ok_or("unknown node")?;
+        let child = self.agents[i].as_mut().ok_or("agent not running")?;
+        let pid = child.id().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if !status.success() {
+            return Err(format!("kill -TERM {pid} failed"));
+        }
+        let exit = child
+            .wait()
+            .map_err(|e| format!("waiting for the agent: {e}"))?;
+        self.agents[i] = None;
+        Ok(exit)
     }
 
     /// Starts every node's agent.
@@ -159,6 +193,15 @@ impl Scenario {
     /// The address of a node.
     pub fn address(&self, name: &str) -> IpAddr {
         IpAddr::V4(self.node(name).v4())
+    }
+
+    /// A plain GET of `path` on a node's agent, from the scanner namespace.
+    pub fn agent_get(&self, name: &str, path: &str) -> Result<String> {
+        let addr = SocketAddr::new(self.address(name), DEFAULT_AGENT_PORT);
+        let path = path.to_string();
+        self.scanner()
+            .run(move || inside::http_get(addr, &path, Duration::from_secs(2)))
+            .map_err(lab_err("asking an agent"))?
     }
 
     /// Asks a node's agent for its inside view, from the scanner namespace.
@@ -244,6 +287,21 @@ impl Scenario {
             ])
             .map(|_| ())
             .map_err(lab_err("inserting a foreign rule"))
+    }
+
+    /// A new service starts listening on `port` of `name` (a backdoor, say).
+    pub fn start_service(&mut self, name: &str, port: u16) -> Result<()> {
+        let i = NODES
+            .iter()
+            .position(|n| *n == name)
+            .ok_or("unknown node")?;
+        let guard = self
+            .lab
+            .node(i)
+            .tcp_listener(port)
+            .map_err(lab_err("starting a listener"))?;
+        self.services[i].tcp.push((port, guard));
+        Ok(())
     }
 
     /// The service on `port` of `name` stops.
