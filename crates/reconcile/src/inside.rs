@@ -131,7 +131,10 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Strin
         .ok_or_else(|| fail("malformed HTTP response", &"no header end"))?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        return Err(fail("unexpected status", &format!("{status}: {}", body.trim())));
+        return Err(fail(
+            "unexpected status",
+            &format!("{status}: {}", body.trim()),
+        ));
     }
     Ok(body.to_string())
 }
