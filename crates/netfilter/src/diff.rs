@@ -122,6 +122,10 @@ pub struct FamilyPlan {
     /// What the family converges to, for the read-back check.
     #[serde(skip)]
     pub desired: Desired,
+    /// portwarden's part of the family as it was when planned, to roll back to when a later
+    /// family's transaction fails.
+    #[serde(skip)]
+    pub before: Desired,
 }
 
 impl FamilyPlan {
@@ -291,6 +295,23 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         shadowing,
         restore,
         desired: desired.clone(),
+        before: Desired {
+            family: desired.family,
+            chains: filter_chains
+                .iter()
+                .filter(|c| chains::is_owned(&c.name))
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.rules.iter().map(|r| r.spec.clone()).collect(),
+                    )
+                })
+                .collect(),
+            jump: refs
+                .iter()
+                .find(|(c, _, _)| *c == HOOK_CHAIN)
+                .map(|(_, _, spec)| spec.to_string()),
+        },
     }
 }
 

@@ -66,7 +66,7 @@ pub enum Error {
         stderr: String,
         /// ` (line N: TEXT)` when the tool named the failing line of the transaction.
         failed_line: String,
-        /// Note about families written before this one.
+        /// What happened to families written before this one (rolled back or not).
         earlier: String,
     },
     /// The transaction succeeded but reading back shows a different state.

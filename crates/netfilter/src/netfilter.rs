@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
-use crate::diff::diff;
+use crate::diff::{FamilyPlan, diff};
 use crate::failsafe::Failsafe;
 use crate::plan::Plan;
 use crate::render::{Family, Rendered, render};
@@ -214,6 +214,9 @@ impl Netfilter {
     ///   position, so a foreign rule that appeared since the plan was made cannot be hit.
     /// * **Confirmed**: after each transaction the family is read back (one `iptables-save`)
     ///   and must match the plan's target exactly.
+    /// * **All families or none**: when a family's transaction fails after an earlier family's
+    ///   succeeded, the earlier one is rolled back to portwarden's rules as they were at plan
+    ///   time (one more transaction), and the error says so.
     ///
     /// # Errors
     /// * [`Error::Restore`] when a transaction is refused (a rule the kernel rejects, the
@@ -224,12 +227,13 @@ impl Netfilter {
     /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
     ///
     /// # Caveats
-    /// Families are written one after the other (IPv4 first). When the IPv6 transaction fails
-    /// after IPv4 succeeded, IPv4 stays at the new state and the error says so; running
-    /// `apply` again once the cause is fixed completes the change. Plans are computed from a
-    /// read: apply soon after planning (the CLI and the agent plan and apply in one go).
+    /// Families are written one after the other (IPv4 first), so for a moment IPv4 can be new
+    /// while IPv6 is old. A rollback restores portwarden's chains exactly but puts the jump at
+    /// position 1 even if it had been pushed down. Plans are computed from a read: apply soon
+    /// after planning (the CLI and the agent plan and apply in one go).
     pub fn apply(&self, plan: &Plan) -> Result<Applied, Error> {
         let mut applied = Applied::default();
+        let mut done: Vec<&FamilyPlan> = Vec::new();
         for fp in &plan.families {
             if fp.is_converged() {
                 continue;
@@ -237,7 +241,10 @@ impl Netfilter {
             let Some(t) = self.tools(fp.family) else {
                 continue;
             };
-            self.restore(fp.family, t, &fp.restore, &applied)?;
+            if let Err(e) = self.restore(fp.family, t, &fp.restore) {
+                return Err(self.roll_back(e, &done));
+            }
+            done.push(fp);
             applied.transactions += 1;
             applied.changes += fp.add.len() + fp.delete.len();
             applied.families.push(fp.family);
@@ -259,6 +266,46 @@ impl Netfilter {
         Ok(applied)
     }
 
+    /// After a failed transaction, returns the families already written to how they were
+    /// (one more transaction each), and says in the error what happened to them.
+    fn roll_back(&self, error: Error, done: &[&FamilyPlan]) -> Error {
+        let Error::Restore {
+            family,
+            command,
+            stderr,
+            failed_line,
+            ..
+        } = error
+        else {
+            return error;
+        };
+        let mut notes = Vec::new();
+        for fp in done.iter().rev() {
+            let outcome = self.tools(fp.family).ok_or(()).and_then(|t| {
+                let now = self.read(fp.family).map_err(|_| ())?;
+                let back = diff(&fp.before, &now, None);
+                if back.is_converged() {
+                    return Ok(());
+                }
+                self.restore(fp.family, t, &back.restore).map_err(|_| ())
+            });
+            notes.push(match outcome {
+                Ok(()) => format!("{} was rolled back to its previous rules", fp.family),
+                Err(()) => format!(
+                    "{} was applied and could not be rolled back; rerun apply once the cause is fixed",
+                    fp.family
+                ),
+            });
+        }
+        Error::Restore {
+            family,
+            command,
+            stderr,
+            failed_line,
+            earlier: notes.iter().map(|n| format!("; {n}")).collect(),
+        }
+    }
+
     /// Removes every chain of portwarden's and every rule that jumps into one, in every managed
     /// family: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
     ///
@@ -273,7 +320,7 @@ impl Netfilter {
         self.apply(&plan)
     }
 
-    fn restore(&self, family: Family, t: &Tools, input: &str, done: &Applied) -> Result<(), Error> {
+    fn restore(&self, family: Family, t: &Tools, input: &str) -> Result<(), Error> {
         let wait = format!("--wait={}", self.lock_wait_secs);
         let command = format!("{} --noflush {wait}", t.restore.display());
         let mut child = Command::new(&t.restore)
@@ -317,15 +364,6 @@ impl Netfilter {
                 }
             })
             .unwrap_or_default();
-        let earlier = if done.families.is_empty() {
-            String::new()
-        } else {
-            let f: Vec<String> = done.families.iter().map(ToString::to_string).collect();
-            format!(
-                "; {} was already applied and stays so; rerun apply once the cause is fixed",
-                f.join(", ")
-            )
-        };
         Err(Error::Restore {
             family,
             command,
@@ -335,7 +373,7 @@ impl Netfilter {
                 stderr
             },
             failed_line,
-            earlier,
+            earlier: String::new(),
         })
     }
 }

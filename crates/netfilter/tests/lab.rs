@@ -13,6 +13,7 @@
 //! 6. `drift_is_planned_and_repaired`.
 //! 7. `failed_transactions_change_nothing`.
 //! 8. `auto_detection_follows_the_host_rules`.
+//! 9. `a_failing_family_rolls_back_the_ones_before_it`.
 
 mod support;
 
@@ -524,4 +525,56 @@ fn auto_detection_follows_the_host_rules() {
     let e = "nope".parse::<BackendChoice>().unwrap_err();
     assert!(e.to_string().contains("nft, legacy or auto"));
     let _ = Backend::Nft;
+}
+
+#[test]
+fn a_failing_family_rolls_back_the_ones_before_it() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfrollback");
+        let node = lab.node(0).clone();
+        install_foreign_state(&node, backend);
+        let web = intent(&WEB, &[("role", "web")]);
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&web, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| normalized(&save(&node, backend, f)))
+            .collect();
+        let lockdown = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
+        let err = inside(&node, move || {
+            let nf = netfilter(backend);
+            let mut plan = nf.plan(&lockdown, &Failsafe::default()).unwrap();
+            assert_eq!(plan.families[1].family, Family::Ipv6);
+            let r = &mut plan.families[1].restore;
+            let at = r.find("\nCOMMIT").unwrap() + 1;
+            r.insert_str(
+                at,
+                "-A PORTWARDEN-INPUT -p udp -m udp --dport 9 -j REJECT --reject-with tcp-reset\n",
+            );
+            nf.apply(&plan).unwrap_err()
+        });
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                Error::Restore {
+                    family: Family::Ipv6,
+                    ..
+                }
+            ),
+            "{backend}: {msg}"
+        );
+        assert!(msg.contains("IPv4 was rolled back"), "{backend}: {msg}");
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            assert_eq!(
+                normalized(&save(&node, backend, f)),
+                before[i],
+                "{backend} {f}: as before"
+            );
+        }
+    }
 }
