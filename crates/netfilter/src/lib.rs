@@ -3,11 +3,11 @@
 //!
 //! The pipeline is pure until the last step, like the policy crate's:
 //!
-//! 1. [`render`] turns a [`NodeIntent`](portwarden_policy::NodeIntent) and the [`Failsafe`]
+//! 1. [`render()`] turns a [`NodeIntent`](portwarden_policy::NodeIntent) and the [`Failsafe`]
 //!    ports into the [`Desired`] chains of each family, in the exact text `iptables-save`
 //!    prints, and reports [`Conflict`]s (entries that would block a failsafe port).
 //! 2. [`Ruleset::parse`] reads `iptables-save` output of either backend.
-//! 3. [`diff`] / [`Plan::compute`] compare the two for portwarden's chains only and produce a
+//! 3. [`diff()`] / [`Plan::compute`] compare the two for portwarden's chains only and produce a
 //!    [`Plan`]: the rules to add and delete, the `iptables-restore --noflush` transaction per
 //!    family, and foreign rules that [shadow](Shadowing) an entry.
 //! 4. [`Netfilter`] is the I/O edge: detects the backend, reads, applies one transaction per
@@ -30,9 +30,9 @@
 //!
 //! * [`chains`] — every chain name and comment; ownership test; bucket layout.
 //! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
-//! * [`render`] — intent → desired chains (pure).
+//! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
-//! * [`diff`] — desired vs current → per-family change and restore input (pure).
+//! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
