@@ -5,6 +5,12 @@
 //! other are invisible to the host's own tools. Like kube-proxy's iptables wrapper and Calico
 //! Felix, [`detect`] asks both and picks the one that holds more rules; on a tie (a fresh host)
 //! it follows what the host's plain `iptables` command uses.
+//!
+//! # Caveats
+//!
+//! Auto-detection runs both backends' `*-save` tools; on a host that never used the legacy
+//! backend, `iptables-legacy-save` loads the `ip_tables` modules (kube-proxy's wrapper does the
+//! same). Pass `--backend nft|legacy` to avoid probing.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -396,6 +396,11 @@ struct ForeignMatch {
     reject_with: Option<String>,
     /// A protocol other than tcp/udp (e.g. icmp): can never hit an entry.
     other_protocol: bool,
+    /// Matches only loopback (`-i lo`), which portwarden does not govern.
+    loopback_only: bool,
+    /// Matches only packets of existing connections (`--ctstate`/`--state` of ESTABLISHED
+    /// and/or RELATED): never a probe or a new connection.
+    existing_only: bool,
 }
 
 fn parse_ports(list: &str) -> Option<Vec<PortRange>> {
@@ -434,6 +439,12 @@ fn analyse(spec: &str) -> ForeignMatch {
             {
                 m.ports = parse_ports(p);
             }
+            ("-i" | "--in-interface", Some("lo")) if !negated => m.loopback_only = true,
+            ("--ctstate" | "--state", Some(states)) if !negated => {
+                m.existing_only = states
+                    .split(',')
+                    .all(|s| s == "ESTABLISHED" || s == "RELATED");
+            }
             ("-j" | "-g" | "--jump" | "--goto", Some(j)) => m.target = Some(j.to_string()),
             ("--reject-with", Some(r)) => m.reject_with = Some(r.to_string()),
             _ => {}
@@ -451,7 +462,7 @@ fn shadowed_entries(family: Family, spec: &str, intent: &NodeIntent) -> Vec<Entr
     let Some(target) = m.target.as_deref() else {
         return Vec::new();
     };
-    if NON_TERMINATING.contains(&target) || m.other_protocol {
+    if NON_TERMINATING.contains(&target) || m.other_protocol || m.loopback_only || m.existing_only {
         return Vec::new();
     }
     let effect = |protocol: Protocol| -> Option<State> {

@@ -19,6 +19,12 @@
 //! packets conntrack cannot classify (`INVALID`, e.g. a FIN scan) still meet the policy, so a
 //! filtered port looks filtered to every probe type. Loopback is returned as well: portwarden
 //! governs what the network sees, and blocking `lo` would break node-local services.
+//!
+//! # Caveats
+//!
+//! The reply rule needs connection tracking: applying loads `nf_conntrack` for the namespace if
+//! nothing had yet. Packets of flows exempted from tracking (`-t raw ... -j NOTRACK`/`CT
+//! --notrack`) are never "replies", so they meet the policy like any inbound packet.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
