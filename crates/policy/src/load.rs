@@ -49,11 +49,7 @@ impl Loaded {
 ///
 /// Every problem in every file, located; see the module's guarantees.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut diags = Vec::new();
-    let mut files = Vec::new();
-    for p in paths {
-        collect_files(p.as_ref(), true, &mut files, &mut diags);
-    }
+    let (files, mut diags) = policy_files(paths);
     let mut accepted = Vec::new();
     for file in &files {
         load_file(file, &mut accepted, &mut diags);
@@ -64,6 +60,17 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>
     } else {
         Err(diags)
     }
+}
+
+/// The files [`load_paths`] reads for these paths, in the order it reads them, and problems
+/// with paths that cannot be read. Watchers use it to notice changes.
+pub fn policy_files<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut files = Vec::new();
+    for p in paths {
+        collect_files(p.as_ref(), true, &mut files, &mut diags);
+    }
+    (files, diags)
 }
 
 /// A document that passed decoding and validation, with what is needed to locate it later.

@@ -168,42 +168,23 @@ impl Shared {
     }
 }
 
-/// A cheap fingerprint of a set of files: path, size, modification time and inode of each.
-/// A git checkout that swaps the directory atomically changes inodes, so it is seen too.
-fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, u64, Option<SystemTime>, u64)> {
-    fn walk(p: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>, u64)>) {
-        let Ok(meta) = std::fs::metadata(p) else {
-            out.push((p.to_path_buf(), u64::MAX, None, 0));
-            return;
-        };
-        use std::os::unix::fs::MetadataExt;
-        out.push((
-            p.to_path_buf(),
-            meta.len(),
-            meta.modified().ok(),
-            meta.ino(),
-        ));
-        if meta.is_dir()
-            && let Ok(rd) = std::fs::read_dir(p)
-        {
-            let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            children.sort();
-            for c in children {
-                let hidden = c
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'));
-                if !hidden {
-                    walk(&c, out);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        walk(p, &mut out);
-    }
-    out
+/// A cheap fingerprint of what [`load_paths`] would read: path, size, modification time and
+/// inode of the given roots and of every policy file under them. A git checkout that swaps the
+/// directory or replaces files by rename changes inodes, so it is seen too.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u64)>;
+
+fn fingerprint(roots: &[&Path]) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let (files, _) = portwarden_policy::load::policy_files(roots);
+    roots
+        .iter()
+        .map(|p| p.to_path_buf())
+        .chain(files)
+        .map(|p| match std::fs::metadata(&p) {
+            Ok(m) => (p, m.len(), m.modified().ok(), m.ino()),
+            Err(_) => (p, u64::MAX, None, 0),
+        })
+        .collect()
 }
 
 /// The loop. Returns when `shutdown` receives a message or its sender is dropped.
