@@ -75,16 +75,25 @@ pub struct Netfilter {
 
 impl Netfilter {
     /// Picks the backend (see [`backend::detect`]) and finds its tools for every family.
+    /// IPv6 is left out (and [`Detection::reason`] says so) when the kernel has IPv6 disabled.
     ///
     /// # Errors
     /// [`Error::ToolMissing`] when a needed `*-save` or `*-restore` program is not installed:
     /// portwarden refuses to run rather than fall back to per-rule `iptables` calls.
     pub fn detect(options: &Options) -> Result<Netfilter, Error> {
         let dir = options.tool_dir.as_deref();
-        let detection = backend::detect(options.backend, dir)?;
+        let mut detection = backend::detect(options.backend, dir)?;
+        // A kernel without IPv6 has nothing to expose over it, and ip6tables cannot run there.
+        let ipv6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
+        if !ipv6 && options.families.contains(&Family::Ipv6) {
+            detection
+                .reason
+                .push_str("; IPv6 skipped: this kernel has IPv6 disabled");
+        }
         let families = options
             .families
             .iter()
+            .filter(|&&f| f == Family::Ipv4 || ipv6)
             .map(|&f| backend::tools(detection.backend, f, dir).map(|t| (f, t)))
             .collect::<Result<_, _>>()?;
         Ok(Netfilter {
