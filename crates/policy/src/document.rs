@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// The API group and version of every portwarden document.
@@ -16,6 +16,13 @@ pub const API_VERSION: &str = "portwarden.io/v1alpha1";
 
 /// The default `priority` of a policy; lower wins.
 pub const DEFAULT_PRIORITY: u32 = 1000;
+
+/// At most this many entries in one policy's `ports` (a bound the CRD schema enforces, so the
+/// API server's CEL cost estimate stays finite; the YAML loader does not impose it).
+pub const MAX_ENTRIES: u32 = 256;
+
+/// At most this many sources in one entry's `from` (CRD schema bound, as [`MAX_ENTRIES`]).
+pub const MAX_SOURCES: u32 = 64;
 
 /// A policy: which ports on the selected nodes must look open, closed or filtered, and to whom.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -56,6 +63,7 @@ pub struct PortPolicySpec {
     #[serde(default)]
     pub unlisted: Unlisted,
     /// The port entries, evaluated by precedence (not by order).
+    #[schemars(length(min = 1, max = MAX_ENTRIES))]
     pub ports: Vec<PortEntry>,
 }
 
@@ -76,14 +84,41 @@ pub struct PortEntry {
     pub state: State,
     /// Source CIDRs (IPv4 or IPv6; a bare address means one host). Empty means any source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "sources_schema")]
     pub from: Vec<String>,
     /// Why the entry exists; shown in explanations and rule comments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub reason: Option<String>,
 }
 
+/// The schema of `from`: a bounded list of addresses or networks without host bits, checked by
+/// a CEL rule (`isIP`/`isCIDR`, Kubernetes 1.31+) so the API server refuses a bad source at
+/// `kubectl apply` time, with the same meaning as [`crate::validate`].
+fn sources_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": MAX_SOURCES,
+        "items": {
+            "type": "string",
+            "maxLength": 64,
+            "x-kubernetes-validations": [{
+                "rule": "isIP(self) || (isCIDR(self) && cidr(self) == cidr(self).masked())",
+                "message": "must be an IP address or a network without host bits, e.g. 172.16.7.80 or 10.0.0.0/24"
+            }]
+        }
+    })
+}
+
 /// The `ports` field as written: a number, a string, or a list of either.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// Its schema is hand-written: a structural schema (what a CRD needs) can type a value as
+/// int-or-string but not as "number, string or list", so the field is declared with
+/// `x-kubernetes-preserve-unknown-fields` and no type. The price is that CEL cannot see it
+/// (the API server compiles no rule on an untyped field), so port syntax and range order
+/// (`start <= end`) are checked by [`crate::validate`], which the agents and the controller run on
+/// every object: a bad value is reported in the policy's status and an Event, never applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Ports {
     /// `ports: 80`
@@ -92,6 +127,19 @@ pub enum Ports {
     Text(String),
     /// `ports: [22, "8000-8100"]`
     List(Vec<PortItem>),
+}
+
+impl JsonSchema for Ports {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ports".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Ports: a number (80), a string (\"80\", \"8000-8100\", \"22,80\"), or a list of those.",
+            "x-kubernetes-preserve-unknown-fields": true
+        })
+    }
 }
 
 /// One item of a `ports` list.
@@ -212,6 +260,10 @@ pub struct LabelSelector {
 /// One set-based selector requirement.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+    "message": "In and NotIn need at least one value; Exists and DoesNotExist take none"
+}]))]
 pub struct LabelSelectorRequirement {
     /// The label key.
     pub key: String,
@@ -219,6 +271,7 @@ pub struct LabelSelectorRequirement {
     pub operator: SelectorOperator,
     /// Values for `In`/`NotIn` (non-empty); must be empty for `Exists`/`DoesNotExist`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     pub values: Vec<String>,
 }
 

@@ -5,13 +5,17 @@
 //! and semantic checks that run later on typed values can still point at the exact token by
 //! looking their path up here.
 //!
-//! Parsing goes through `serde-saphyr` with a tight [`serde_saphyr::Budget`]: alias bombs, deep
-//! nesting and oversized inputs are refused quickly and in bounded memory.
+//! The tree is built straight from the events of `granit-parser` (the YAML parser under
+//! `serde-saphyr`), without a serde round trip: that halves the cost of loading large policy
+//! sets. Scalars resolve by the YAML 1.2 core schema (so `no` stays a string). Hostile input is
+//! refused quickly and in bounded memory: nesting deeper than [`MAX_DEPTH`], alias expansion
+//! beyond [`MAX_ALIAS_NODES`] nodes (a "billion laughs" document), more than [`MAX_NODES`] nodes.
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_saphyr::Spanned;
+use std::collections::HashMap;
+
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
 /// Where a token starts in its file: 1-based line and column (in characters), and its length in
 /// characters (0 when unknown), so a caret can underline it.
@@ -27,16 +31,6 @@ pub struct Loc {
 
 fn clamp(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
-}
-
-impl Loc {
-    fn from_spanned<T>(s: &Spanned<T>) -> Loc {
-        Loc {
-            line: clamp(s.referenced.line()),
-            column: clamp(s.referenced.column()),
-            len: u32::try_from(s.referenced.span().len()).unwrap_or(0),
-        }
-    }
 }
 
 /// A YAML node with its location.
@@ -154,173 +148,272 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Limits that keep hostile documents cheap: no policy file legitimately comes near them.
-const MAX_DEPTH: usize = 32;
-const MAX_NODES: usize = 2_000_000;
-const MAX_ALIASES: usize = 1_000;
-const MAX_REPLAYED_EVENTS: usize = 10_000;
+/// Deepest nesting of collections accepted.
+pub const MAX_DEPTH: usize = 32;
+/// Most nodes one file may hold.
+pub const MAX_NODES: usize = 1_000_000;
+/// Most nodes that aliases may copy in one file.
+pub const MAX_ALIAS_NODES: usize = 10_000;
+
+fn loc_of(span: &Span) -> Loc {
+    let (start, end) = (&span.start, &span.end);
+    let len = if end.line() == start.line() {
+        end.index().saturating_sub(start.index())
+    } else {
+        0
+    };
+    Loc {
+        line: clamp(start.line() as u64),
+        column: clamp(start.col() as u64 + 1),
+        len: u32::try_from(len).unwrap_or(0),
+    }
+}
+
+/// Resolves a plain scalar by the YAML 1.2 core schema.
+fn resolve_plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    let digits = |s: &str, radix: u32| !s.is_empty() && s.chars().all(|c| c.is_digit(radix));
+    let int = if let Some(hex) = text.strip_prefix("0x") {
+        digits(hex, 16).then(|| i64::from_str_radix(hex, 16))
+    } else if let Some(oct) = text.strip_prefix("0o") {
+        digits(oct, 8).then(|| i64::from_str_radix(oct, 8))
+    } else {
+        let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+        digits(unsigned, 10).then(|| text.parse::<i64>())
+    };
+    match int {
+        Some(Ok(i)) => return Value::Int(i),
+        // Out of i64 range: keep the text; the decoder reports it as an invalid value.
+        Some(Err(_)) => return Value::Str(text.to_string()),
+        None => {}
+    }
+    let float_shaped = text
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        && text.chars().any(|c| c.is_ascii_digit());
+    match text.parse::<f64>() {
+        Ok(f) if float_shaped => Value::Float(f),
+        _ => Value::Str(text.to_string()),
+    }
+}
+
+/// A collection being built.
+enum Open {
+    Seq(Loc, usize, Vec<Node>),
+    Map(Loc, usize, Vec<(Key, Node)>, Option<Key>),
+}
+
+/// Builds located trees from parser events, enforcing the limits.
+struct Builder {
+    stack: Vec<Open>,
+    anchors: HashMap<usize, Node>,
+    docs: Vec<Node>,
+    nodes: usize,
+    alias_nodes: usize,
+}
+
+fn refuse(loc: Loc, message: String) -> SyntaxError {
+    SyntaxError {
+        loc: Some(loc),
+        message,
+    }
+}
+
+fn count(node: &Node) -> usize {
+    match &node.value {
+        Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        Value::Map(entries) => 1 + entries.iter().map(|(_, v)| count(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+impl Builder {
+    fn count_nodes(&mut self, n: usize, loc: Loc) -> Result<(), SyntaxError> {
+        self.nodes += n;
+        if self.nodes > MAX_NODES {
+            return Err(refuse(
+                loc,
+                format!("more than {MAX_NODES} nodes in one file; split it"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Places a finished node in its parent (or as a document), remembering its anchor.
+    fn push(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => self.docs.push(node),
+            Some(Open::Seq(_, _, items)) => items.push(node),
+            Some(Open::Map(_, _, entries, pending)) => match pending.take() {
+                None => {
+                    let name = match &node.value {
+                        Value::Str(s) => s.clone(),
+                        Value::Int(i) => i.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => String::new(),
+                        Value::Float(f) => f.to_string(),
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(refuse(node.loc, "a mapping key must be a scalar".into()));
+                        }
+                    };
+                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
+                        return Err(refuse(
+                            node.loc,
+                            format!(
+                                "duplicate key \"{name}\" (first at line {})",
+                                first.loc.line
+                            ),
+                        ));
+                    }
+                    *pending = Some(Key {
+                        loc: node.loc,
+                        name,
+                    });
+                }
+                Some(key) => entries.push((key, node)),
+            },
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, collection: Open, loc: Loc) -> Result<(), SyntaxError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(refuse(
+                loc,
+                format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        self.count_nodes(1, loc)?;
+        self.stack.push(collection);
+        Ok(())
+    }
+
+    fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), SyntaxError> {
+        let loc = loc_of(span);
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                self.count_nodes(1, loc)?;
+                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix() == "str");
+                let value = if style == ScalarStyle::Plain && !is_str_tag {
+                    resolve_plain(&text)
+                } else {
+                    Value::Str(text.into_owned())
+                };
+                self.push(Node { loc, value }, anchor)
+            }
+            Event::SequenceStart(_, anchor, _) => {
+                self.open(Open::Seq(loc, anchor, Vec::new()), loc)
+            }
+            Event::MappingStart(_, anchor, _) => {
+                self.open(Open::Map(loc, anchor, Vec::new(), None), loc)
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Open::Seq(loc, anchor, items)) => (
+                        Node {
+                            loc,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    ),
+                    Some(Open::Map(loc, anchor, entries, _)) => (
+                        Node {
+                            loc,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    ),
+                    None => return Err(refuse(loc, "unbalanced collection end".into())),
+                };
+                self.push(node.0, node.1)
+            }
+            Event::Alias(id) => {
+                let Some(target) = self.anchors.get(&id) else {
+                    return Err(refuse(loc, "alias to an unknown anchor".into()));
+                };
+                let size = count(target);
+                self.alias_nodes += size;
+                if self.alias_nodes > MAX_ALIAS_NODES {
+                    return Err(refuse(
+                        loc,
+                        format!(
+                            "aliases expand to more than {MAX_ALIAS_NODES} nodes (the document expands too much, like a \"billion laughs\" attack)"
+                        ),
+                    ));
+                }
+                let mut node = target.clone();
+                node.loc = loc;
+                self.count_nodes(size, loc)?;
+                self.push(node, 0)
+            }
+            Event::DocumentStart(..) => {
+                self.anchors.clear();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Parses every document of a YAML stream into located trees. Empty documents (only comments)
 /// are dropped.
 ///
 /// # Errors
 ///
-/// The first syntax error, or a refusal when the input exceeds the parser budget (nesting deeper
-/// than 32 levels, too many aliases or alias expansions — a "billion laughs" document — or too
-/// many nodes).
+/// The first syntax error, or a refusal when the input exceeds the limits (nesting deeper than
+/// [`MAX_DEPTH`], aliases expanding beyond [`MAX_ALIAS_NODES`] nodes, more than [`MAX_NODES`]
+/// nodes, duplicate keys).
 pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_depth: MAX_DEPTH,
-            max_nodes: MAX_NODES,
-            max_aliases: MAX_ALIASES,
-        },
-        alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: MAX_REPLAYED_EVENTS,
-        },
-        strict_booleans: true,
-        with_snippet: false,
+    let mut b = Builder {
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        docs: Vec::new(),
+        nodes: 0,
+        alias_nodes: 0,
     };
-    let docs: Vec<Option<Spanned<Tree>>> = serde_saphyr::from_multiple_with_options(text, options)
-        .map_err(|e| {
-            let loc = e.location().map(|l| Loc {
-                line: clamp(l.line()),
-                column: clamp(l.column()),
-                len: 0,
-            });
-            SyntaxError {
-                loc,
-                message: clean_message(&e.without_snippet().to_string()),
+    for item in Parser::new_from_str(text) {
+        match item {
+            Ok((event, span)) => b.event(event, &span)?,
+            Err(e) => {
+                let m = e.marker();
+                return Err(SyntaxError {
+                    loc: Some(Loc {
+                        line: clamp(m.line() as u64),
+                        column: clamp(m.col() as u64 + 1),
+                        len: 0,
+                    }),
+                    message: clean_message(&e.info()),
+                });
             }
-        })?;
-    Ok(docs
+        }
+    }
+    Ok(b.docs
         .into_iter()
-        .flatten()
-        .map(Tree::into_node)
         .filter(|n| n.value != Value::Null)
         .collect())
 }
 
-/// serde-saphyr prefixes messages with "line N column M: " and may append notes; we print the
-/// location ourselves, so keep only the sentence that says what is wrong.
+/// The parser's messages may carry several lines ("while parsing ..."); keep the sentence that
+/// says what is wrong, and the context on the same line.
 fn clean_message(raw: &str) -> String {
-    let first = raw.lines().next().unwrap_or(raw);
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let without_loc = match first.find(": ") {
-        Some(i) if first.starts_with("line ") => &first[i + 2..],
-        _ => first,
-    };
-    // Positions repeated inside the sentence (" at line 5, column 5", "(used at line ...)").
-    let msg = without_loc
-        .split(" at line ")
-        .next()
-        .unwrap_or(without_loc)
-        .trim()
-        .trim_end_matches(['(', ' ']);
-    if msg.contains("budget breached") || msg.contains("alias replay") {
-        format!(
-            "{msg} (the document expands too much: aliases, nesting or size exceed what a policy file needs)"
-        )
-    } else {
-        msg.to_string()
-    }
-}
-
-/// The serde-facing shape of the tree: what serde-saphyr fills in, turned into [`Node`]s after.
-enum Tree {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    Seq(Vec<Spanned<Tree>>),
-    Map(Vec<(Spanned<String>, Spanned<Tree>)>),
-}
-
-impl Tree {
-    fn into_node(s: Spanned<Tree>) -> Node {
-        let loc = Loc::from_spanned(&s);
-        let value = match s.value {
-            Tree::Null => Value::Null,
-            Tree::Bool(b) => Value::Bool(b),
-            Tree::Int(i) => Value::Int(i),
-            Tree::Float(f) => Value::Float(f),
-            Tree::Str(t) => Value::Str(t),
-            Tree::Seq(items) => Value::Seq(items.into_iter().map(Tree::into_node).collect()),
-            Tree::Map(entries) => Value::Map(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let key = Key {
-                            loc: Loc::from_spanned(&k),
-                            name: k.value,
-                        };
-                        (key, Tree::into_node(v))
-                    })
-                    .collect(),
-            ),
-        };
-        Node { loc, value }
-    }
-}
-
-struct TreeVisitor;
-
-impl<'de> Visitor<'de> for TreeVisitor {
-    type Value = Tree;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_unit<E>(self) -> Result<Tree, E> {
-        Ok(Tree::Null)
-    }
-    fn visit_none<E>(self) -> Result<Tree, E> {
-        Ok(Tree::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
-        Tree::deserialize(d)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Tree, E> {
-        Ok(Tree::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Tree, E> {
-        Ok(Tree::Int(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Tree, E> {
-        // Numbers beyond i64 are out of range for every field we have; keep them as text so
-        // the decoder reports them as invalid values instead of silently wrapping.
-        Ok(i64::try_from(v).map_or_else(|_| Tree::Str(v.to_string()), Tree::Int))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Tree, E> {
-        Ok(Tree::Float(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
-        Ok(Tree::Str(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Tree, E> {
-        Ok(Tree::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Tree>>()? {
-            items.push(item);
-        }
-        Ok(Tree::Seq(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<Spanned<String>>()? {
-            let value = map.next_value::<Spanned<Tree>>()?;
-            entries.push((key, value));
-        }
-        Ok(Tree::Map(entries))
-    }
-}
-
-impl<'de> Deserialize<'de> for Tree {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tree, D::Error> {
-        d.deserialize_any(TreeVisitor)
+    let mut lines = raw.lines();
+    let first = lines.next().unwrap_or(raw).trim();
+    match lines.next() {
+        Some(context) => format!("{}, {first}", context.trim()),
+        None => first.to_string(),
     }
 }
 
