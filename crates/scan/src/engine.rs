@@ -80,6 +80,9 @@ pub(crate) struct Shared {
     results: Vec<AtomicU16>,
     tries: Vec<AtomicU8>,
     sent_at: Vec<AtomicU32>,
+    first_sent: Vec<AtomicU32>,
+    latest_answered_sent: AtomicU64,
+    max_retries: u8,
     max_ok_tryno: Vec<AtomicU8>,
     responded: AtomicU64,
     resolved: AtomicU64,
@@ -109,6 +112,9 @@ impl Shared {
             results: (0..n).map(|_| AtomicU16::new(0)).collect(),
             tries: (0..n).map(|_| AtomicU8::new(0)).collect(),
             sent_at: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            first_sent: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            latest_answered_sent: AtomicU64::new(0),
+            max_retries: timing.max_retries,
             max_ok_tryno: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
             responded: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
@@ -160,9 +166,60 @@ impl Shared {
 
     /// Records that try `tryno` of `idx` is being sent now.
     pub(crate) fn mark_sent(&self, idx: usize, tryno: u8, now_us: u64) {
+        if tryno == 0 {
+            self.first_sent[idx].store(now_us as u32, Ordering::Release);
+        }
         self.sent_at[idx].store(now_us as u32, Ordering::Release);
         self.tries[idx].store(OUTSTANDING | tryno, Ordering::Release);
         self.sent.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Try `tryno` of `idx` is presumed lost (a later probe was answered): it leaves the
+    /// congestion window, though its port keeps waiting for the full timeout.
+    pub(crate) fn mark_lost(&self, idx: usize, tryno: u8) {
+        let cur = self.tries[idx].load(Ordering::Acquire);
+        if cur == OUTSTANDING | tryno
+            && self.tries[idx]
+                .compare_exchange(cur, tryno, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.expired.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// If `idx` was called silent with fewer tries than its host now allows (loss was seen
+    /// after the verdict), withdraws the verdict and returns the next try number.
+    pub(crate) fn reopen_if_undertried(&self, idx: usize) -> Option<u8> {
+        let (s, r) = classify::silent(self.kind);
+        let silent = encode(s, r);
+        if self.results[idx].load(Ordering::Acquire) != silent {
+            return None;
+        }
+        let tryno = self.tries[idx].load(Ordering::Acquire) & TRY_MASK;
+        if tryno >= self.allowed_tryno(idx / self.nports) {
+            return None;
+        }
+        self.results[idx]
+            .compare_exchange(silent, 0, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.resolved.fetch_sub(1, Ordering::AcqRel);
+        Some(tryno + 1)
+    }
+
+    /// The highest try number a silent probe of `host` may reach now (nmap's `allowedTryno`).
+    pub(crate) fn allowed_tryno(&self, host: usize) -> u8 {
+        let max_ok = self.max_ok_tryno[host].load(Ordering::Acquire);
+        allowed_tryno(max_ok, self.max_retries).min(MAX_TRYNO)
+    }
+
+    /// Send time (µs) of the latest-sent probe that has been answered.
+    pub(crate) fn latest_answered_sent(&self) -> u64 {
+        self.latest_answered_sent.load(Ordering::Acquire)
+    }
+
+    /// Smoothed RTT in µs (0 before the first sample).
+    pub(crate) fn srtt_us(&self) -> u64 {
+        self.lock().rtt.srtt_us().unwrap_or(0)
     }
 
     /// The send timeout of try `tryno` of `idx` expired. Returns `Some(next_tryno)` when the
@@ -216,11 +273,13 @@ impl Shared {
         {
             self.responded.fetch_add(1, Ordering::AcqRel);
             let sent = u64::from(self.sent_at[idx].load(Ordering::Acquire));
+            self.latest_answered_sent.fetch_max(sent, Ordering::AcqRel);
             rtt = Some(now.wrapping_sub(sent) & 0xffff_ffff);
         }
         // Merge as nmap's ultrascan_port_pspec_update(); the reason always follows the latest
         // reply (nmap calls setStateReason() after every update).
         let mut old = self.results[idx].load(Ordering::Acquire);
+        let mut first_answer = false;
         loop {
             let merged = classify::merge(self.kind, decode_result(old).map(|x| x.0), state);
             match self.results[idx].compare_exchange(
@@ -231,6 +290,7 @@ impl Shared {
             ) {
                 Ok(_) => {
                     if old == 0 {
+                        first_answer = true;
                         self.resolved.fetch_add(1, Ordering::AcqRel);
                     }
                     break;
@@ -243,13 +303,19 @@ impl Shared {
             t.rtt.sample(i64::try_from(r).unwrap_or(i64::MAX));
         }
         if classify::counts_for_timing(self.kind, state, tryno) {
-            if tryno > 0 {
+            if first_answer {
+                t.cong.observe(tryno > 0);
+            }
+            if tryno > 0 && first_answer {
+                // The port's first answer came to a retransmission: an earlier probe or its
+                // answer was lost. One back-off per loss event: losses of probes first sent
+                // before the last back-off belong to the event already handled.
                 self.max_ok_tryno[host].fetch_max(tryno, Ordering::AcqRel);
-                let sent = u64::from(self.sent_at[idx].load(Ordering::Acquire));
-                if t.cong.drop_seen(sent, now, self.in_flight()) {
+                let first = u64::from(self.first_sent[idx].load(Ordering::Acquire));
+                if t.cong.drop_seen(first, now, self.in_flight(), false) {
                     self.drops.fetch_add(1, Ordering::AcqRel);
                 }
-            } else {
+            } else if tryno == 0 {
                 t.cong.ack();
             }
         }
@@ -259,7 +325,7 @@ impl Shared {
     pub(crate) fn on_local_drop(&self) {
         let now = self.now_us();
         let mut t = self.lock();
-        if t.cong.drop_seen(now, now, self.in_flight()) {
+        if t.cong.drop_seen(now, now, self.in_flight(), true) {
             self.drops.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -512,18 +578,53 @@ fn send_loop(
     // Sender `me` owns fresh indexes me, me + n, me + 2n, ... and their retransmissions.
     let mut fresh = me;
     let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
+    // Probes that may still be retransmitted, and last tries. A probe that may be retransmitted
+    // is declared lost early once a probe sent `rack` later has been answered (as TCP's RACK
+    // does), so a lost probe does not hold a window slot for a whole timeout. A last try always
+    // waits the full timeout before the port is called silent, exactly like nmap.
     let mut outstanding: VecDeque<(usize, u8, u64)> = VecDeque::new();
+    let mut last_tries: VecDeque<(usize, u8, u64)> = VecDeque::new();
+    let mut lost_waiting: VecDeque<(usize, u8, u64)> = VecDeque::new();
     let mut retransmissions = 0u64;
     let mut last_progress = 0u64;
     loop {
         let now = shared.now_us();
         let (timeout_us, window) = shared.timing_now();
+        let rack_us = (2 * shared.srtt_us()).clamp(1_000, timeout_us.max(1_000));
+        let latest_answered = shared.latest_answered_sent();
         while let Some(&(idx, tryno, sent_us)) = outstanding.front() {
-            // Answered probes leave the queue at once; unanswered ones when they time out.
-            if now < sent_us + timeout_us && !shared.has_result(idx) {
+            // Answered probes leave the queue at once; unanswered ones when they time out or
+            // are overtaken by an answered later probe.
+            let lost = latest_answered > sent_us + rack_us;
+            if now < sent_us + timeout_us && !shared.has_result(idx) && !lost {
                 break;
             }
             outstanding.pop_front();
+            if let Some(next) = shared.on_expiry(idx, tryno, max_retries) {
+                retrans.push_back((idx, next));
+            }
+        }
+        while let Some(&(idx, tryno, sent_us)) = last_tries.front() {
+            if now < sent_us + timeout_us && !shared.has_result(idx) {
+                if latest_answered > sent_us + rack_us {
+                    // Presumed lost: out of the window, still waiting for its verdict.
+                    last_tries.pop_front();
+                    shared.mark_lost(idx, tryno);
+                    lost_waiting.push_back((idx, tryno, sent_us));
+                    continue;
+                }
+                break;
+            }
+            last_tries.pop_front();
+            if let Some(next) = shared.on_expiry(idx, tryno, max_retries) {
+                retrans.push_back((idx, next));
+            }
+        }
+        while let Some(&(idx, tryno, sent_us)) = lost_waiting.front() {
+            if now < sent_us + timeout_us && !shared.has_result(idx) {
+                break;
+            }
+            lost_waiting.pop_front();
             if let Some(next) = shared.on_expiry(idx, tryno, max_retries) {
                 retrans.push_back((idx, next));
             }
@@ -560,16 +661,21 @@ fn send_loop(
             );
             let t = shared.now_us();
             shared.mark_sent(idx, tryno, t);
+            let queue = if tryno < shared.allowed_tryno(h) {
+                &mut outstanding
+            } else {
+                &mut last_tries
+            };
             if tx.send(&buf[..len], dst)? == Sent::Busy {
                 // Local buffer full: the kernel is congested; treat it as loss and retry.
                 shared.on_local_drop();
-                outstanding.push_back((idx, tryno, t));
+                queue.push_back((idx, tryno, t));
                 break;
             }
             if tryno > 0 {
                 retransmissions += 1;
             }
-            outstanding.push_back((idx, tryno, t));
+            queue.push_back((idx, tryno, t));
             burst += 1;
         }
         if me == 0
@@ -579,14 +685,28 @@ fn send_loop(
             last_progress = now;
             cb(&shared.progress(total));
         }
-        if (fresh >= total_fresh
+        if shared.abort.load(Ordering::Acquire) {
+            break;
+        }
+        if fresh >= total_fresh
             && retrans.is_empty()
             && outstanding
                 .iter()
-                .all(|&(idx, _, _)| shared.has_result(idx)))
-            || shared.abort.load(Ordering::Acquire)
+                .chain(last_tries.iter())
+                .chain(lost_waiting.iter())
+                .all(|&(idx, _, _)| shared.has_result(idx))
         {
-            break;
+            // Before finishing: ports called silent before loss was seen on their host get
+            // the extra tries the host now allows (nmap would leave them filtered).
+            retrans.extend(
+                (me..total_fresh)
+                    .step_by(nsenders)
+                    .map(|i| (i % nhosts) * nports + i / nhosts)
+                    .filter_map(|idx| shared.reopen_if_undertried(idx).map(|t| (idx, t))),
+            );
+            if retrans.is_empty() {
+                break;
+            }
         }
         if burst == 0 {
             // Blocked on the window, the rate cap or the next expiry. The receive thread
@@ -594,7 +714,11 @@ fn send_loop(
             let now = shared.now_us();
             let until_expiry = outstanding
                 .front()
+                .into_iter()
+                .chain(last_tries.front())
+                .chain(lost_waiting.front())
                 .map(|&(_, _, s)| (s + timeout_us).saturating_sub(now))
+                .min()
                 .unwrap_or(1_000);
             let until_rate = rate.wait_us(shared.sent.load(Ordering::Acquire), now);
             let wait = if until_rate > 0 {
@@ -669,6 +793,7 @@ mod tests {
         assert_eq!(sh.on_expiry(1, 1, t.max_retries), Some(2));
         let out = sh.into_outcome(2);
         assert_eq!(out.results[0], (PortState::Closed, Reason::Reset));
-        assert_eq!(out.stats.drops_detected, 1);
+        // One lost probe is below the loss tolerance: no back-off, but more tries.
+        assert_eq!(out.stats.drops_detected, 0);
     }
 }

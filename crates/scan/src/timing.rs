@@ -29,6 +29,11 @@ pub struct Timing {
     pub max_cwnd: u32,
     /// Smallest congestion window after back-off.
     pub min_cwnd: u32,
+    /// Fraction of probes that may be lost (recent average) before loss is taken as
+    /// congestion and the window is cut. Loss below it is treated as noise of the path (a
+    /// lossy link, a random-drop rule) that retransmission already handles; cutting the
+    /// window for it would only slow the scan without reducing the loss.
+    pub loss_tolerance: f64,
 }
 
 impl Default for Timing {
@@ -42,6 +47,7 @@ impl Default for Timing {
             initial_cwnd: 10,
             max_cwnd: 4096,
             min_cwnd: 4,
+            loss_tolerance: 0.10,
         }
     }
 }
@@ -122,7 +128,13 @@ impl RttEstimator {
 }
 
 /// Congestion window: slow start up to `ssthresh`, then additive increase; halved on loss at
-/// most once per round trip.
+/// most once per loss event.
+///
+/// Every cut is also an experiment: if the loss fraction over the next
+/// [`Congestion::EXPERIMENT`] answers is not clearly lower than before the cut, the loss was
+/// not caused by our sending rate (a lossy link, a random-drop rule). The window is then
+/// restored and the tolerance raised to that loss level, so the scan keeps the fastest rate
+/// the path sustains and lets retransmission handle the path's own loss.
 #[derive(Debug, Clone)]
 pub struct Congestion {
     cwnd: f64,
@@ -133,6 +145,15 @@ pub struct Congestion {
     /// the same congestion event and do not cut again.
     last_drop_us: u64,
     drops: u64,
+    /// Recent fraction of first answers that came to a retransmission (EWMA, weight 1/100).
+    loss_ewma: f64,
+    /// Long-run loss fraction (EWMA, weight 1/1000): the path's usual loss.
+    loss_baseline: f64,
+    tolerance: f64,
+    /// While a cut is being evaluated: (loss before the cut, window before the cut).
+    experiment: Option<(f64, f64)>,
+    epoch_answers: u32,
+    epoch_losses: u32,
 }
 
 impl Congestion {
@@ -145,8 +166,17 @@ impl Congestion {
             max: f64::from(t.max_cwnd),
             last_drop_us: 0,
             drops: 0,
+            loss_ewma: 0.0,
+            loss_baseline: 0.0,
+            tolerance: t.loss_tolerance,
+            experiment: None,
+            epoch_answers: 0,
+            epoch_losses: 0,
         }
     }
+
+    /// Answers over which a cut is evaluated.
+    pub const EXPERIMENT: u32 = 200;
 
     /// A probe was answered.
     pub fn ack(&mut self) {
@@ -158,11 +188,49 @@ impl Congestion {
         self.cwnd = self.cwnd.min(self.max);
     }
 
-    /// Loss was seen for a probe sent at `sent_us`; `in_flight` probes were outstanding.
-    /// Returns whether the window was cut (once per congestion event).
-    pub fn drop_seen(&mut self, sent_us: u64, now_us: u64, in_flight: u64) -> bool {
-        if sent_us < self.last_drop_us {
+    /// A port got its first answer; `lost` when it answered a retransmission only.
+    pub fn observe(&mut self, lost: bool) {
+        let x = if lost { 1.0 } else { 0.0 };
+        self.loss_ewma += (x - self.loss_ewma) / 100.0;
+        self.loss_baseline += (x - self.loss_baseline) / 1000.0;
+        let Some((before, cwnd_before)) = self.experiment else {
+            return;
+        };
+        self.epoch_answers += 1;
+        self.epoch_losses += u32::from(lost);
+        if self.epoch_answers >= Self::EXPERIMENT {
+            let after = f64::from(self.epoch_losses) / f64::from(self.epoch_answers);
+            if after >= 0.75 * before {
+                // Slowing down did not reduce the loss: it is the path's, not ours.
+                self.tolerance = self.tolerance.max(after * 1.5 + 0.01);
+                self.cwnd = self.cwnd.max(cwnd_before);
+                self.ssthresh = self.ssthresh.max(cwnd_before);
+            }
+            self.experiment = None;
+        }
+    }
+
+    /// The recent loss fraction.
+    pub fn loss_rate(&self) -> f64 {
+        self.loss_ewma
+    }
+
+    /// Loss was seen for a probe first sent at `sent_us`; `in_flight` probes were
+    /// outstanding. Cuts the window once per congestion event, and only when the recent loss
+    /// fraction is above the tolerance or `force` is set (loss we caused for certain, such as
+    /// our own receive queue overflowing). Returns whether the window was cut.
+    pub fn drop_seen(&mut self, sent_us: u64, now_us: u64, in_flight: u64, force: bool) -> bool {
+        if sent_us < self.last_drop_us
+            || (!force && (self.loss_ewma <= self.tolerance || self.experiment.is_some()))
+        {
             return false;
+        }
+        if !force {
+            // Judge the cut against the path's usual loss, not against the spike that
+            // triggered it (a spike is usually followed by less loss anyway).
+            self.experiment = Some((self.loss_baseline.max(self.tolerance / 2.0), self.cwnd));
+            self.epoch_answers = 0;
+            self.epoch_losses = 0;
         }
         let in_flight = in_flight as f64;
         self.ssthresh = (in_flight / 2.0).max(self.min);
@@ -233,10 +301,57 @@ mod tests {
             c.ack();
         }
         assert_eq!(c.window(), 110);
-        assert!(c.drop_seen(10, 20, 100));
+        // Occasional loss (below the tolerance) does not cut the window.
+        c.observe(true);
+        assert!(!c.drop_seen(10, 20, 100, false));
+        assert_eq!(c.window(), 110);
+        // Sustained loss does.
+        for _ in 0..20 {
+            c.observe(true);
+        }
+        assert!(c.loss_rate() > 0.1);
+        assert!(c.drop_seen(10, 20, 100, false));
         assert_eq!(c.window(), 55);
         // A probe sent before the cut is the same event.
-        assert!(!c.drop_seen(15, 30, 100));
-        assert_eq!(c.drops(), 1);
+        assert!(!c.drop_seen(15, 30, 100, false));
+        assert!(c.drop_seen(25, 30, 100, true));
+        assert_eq!(c.drops(), 2);
+    }
+
+    #[test]
+    fn loss_that_does_not_fall_when_slowing_down_is_the_paths() {
+        let t = Timing::default();
+        let mut c = Congestion::new(&t);
+        for _ in 0..300 {
+            c.ack();
+        }
+        let w = c.window();
+        // 20 % loss, before and after the cut: the window comes back, and the same loss no
+        // longer cuts it.
+        for i in 0..100 {
+            c.observe(i % 5 == 0);
+        }
+        assert!(c.drop_seen(10, 20, w, false));
+        assert!(c.window() < w);
+        for i in 0..Congestion::EXPERIMENT {
+            c.observe(i % 5 == 0);
+        }
+        assert_eq!(c.window(), w);
+        assert!(!c.drop_seen(30, 40, w, false));
+
+        // Loss that stops once we slow down is ours: the cut stays.
+        let mut c = Congestion::new(&t);
+        for _ in 0..300 {
+            c.ack();
+        }
+        for i in 0..100 {
+            c.observe(i % 5 == 0);
+        }
+        assert!(c.drop_seen(10, 20, w, false));
+        let cut = c.window();
+        for _ in 0..Congestion::EXPERIMENT {
+            c.observe(false);
+        }
+        assert!(c.window() <= cut + 1);
     }
 }
