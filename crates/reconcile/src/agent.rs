@@ -84,6 +84,8 @@ pub struct State {
     pub heartbeat: Option<Instant>,
     /// The last peer scan report.
     pub report: Option<Report>,
+    /// Peer scans completed (a new `report` each time).
+    pub scans_completed: u64,
 }
 
 /// Everything the loop and the HTTP handlers share.
@@ -116,6 +118,19 @@ impl Shared {
     /// Reads state under the lock.
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.lock())
+    }
+
+    /// Records that the loop is alive (`/healthz`), for loops other than [`run_loop`].
+    pub fn heartbeat(&self) {
+        self.lock().heartbeat = Some(Instant::now());
+    }
+
+    /// Sets the intent and the policy error from another source of policies (the Kubernetes
+    /// agent in `portwarden-kube`); [`converge`] then applies it.
+    pub fn set_intent(&self, intent: Option<Arc<NodeIntent>>, policy_error: Option<String>) {
+        let mut state = self.lock();
+        state.intent = intent;
+        state.policy_error = policy_error;
     }
 
     fn netfilter(&self) -> Result<Netfilter, String> {
@@ -298,8 +313,9 @@ fn reload(shared: &Shared) -> Option<Vec<Target>> {
     Some(peers)
 }
 
-/// Plans against the kernel's rules and applies when anything differs.
-fn converge(shared: &Shared, reason: &'static str) {
+/// Plans against the kernel's rules and applies when anything differs. The outcome is left in
+/// the shared state (`ready`, `apply_error`) and the metrics.
+pub fn converge(shared: &Shared, reason: &'static str) {
     let Some(intent) = shared.with_state(|s| s.intent.clone()) else {
         return;
     };
@@ -357,8 +373,8 @@ fn converge(shared: &Shared, reason: &'static str) {
     }
 }
 
-/// Scans the peers and stores the report.
-fn scan_peers(shared: &Shared, peers: &[Target]) {
+/// Scans the peers and stores the report in the shared state.
+pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     if peers.is_empty() {
         return;
     }
@@ -410,7 +426,9 @@ fn scan_peers(shared: &Shared, peers: &[Target]) {
                 indeterminate = s.indeterminate,
                 "peer scan done"
             );
-            shared.lock().report = Some(v.report);
+            let mut state = shared.lock();
+            state.report = Some(v.report);
+            state.scans_completed += 1;
         }
         Err(e) => error!(error = %e, "peer scan failed"),
     }

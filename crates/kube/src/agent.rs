@@ -1,0 +1,811 @@
+//! `portwarden agent --kube`: the node agent in a cluster. Policies are `PortPolicy` objects,
+//! the node's labels and addresses come from its `Node`, peers from the node list, and the
+//! outcome goes to the node's `PortReport`.
+//!
+//! A key design decision is that the netfilter side is exactly the standalone agent's: the same
+//! [`Shared`] state, [`converge`] and [`scan_peers`] from `portwarden-reconcile`, on a plain
+//! thread that does one thing at a time, and the same HTTP endpoints. Only the *source* differs:
+//! a tokio task keeps kube-runtime reflectors of PortPolicies and Nodes (the watcher lists,
+//! watches, restarts with backoff and relists after `410 Gone`), recomputes the node's plan
+//! with the pure [`plan_node`] on every change, and hands the thread a new plan only when it
+//! differs. The thread hands back outcomes (applied, scanned), and the task writes them to the
+//! `PortReport` by server-side apply ([`apply_report`]) when the report's content changed.
+//!
+//! # Guarantees
+//!
+//! * A policy that the schema admitted but [`portwarden_policy::validate`] refuses is never
+//!   applied, not even in part. If an earlier generation of it was valid, that generation stays
+//!   applied (a typo does not lift a quarantine); the report's `applied` list keeps the old
+//!   generation, so the controller shows the policy as not applied at its current generation.
+//! * Nothing is applied before both watches have listed once (an empty cache is not "no
+//!   policies"), nor while the node's own Node object is unknown.
+//! * Peers are those [`crate::assign::peers`] gives over the ready nodes; each peer's expected
+//!   state is its own intent evaluated for this node's address (the vantage), as in `verify`.
+//! * Shutdown leaves the rules in place.
+//!
+//! # Caveats
+//!
+//! Every agent watches every Node (labels and addresses of its peers); `docs/scaling.md`
+//! estimates what that costs at 1,000 nodes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use portwarden_policy::validate::Issue;
+use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
+use portwarden_reconcile::Target;
+use portwarden_reconcile::agent::{AgentConfig, Shared, converge, scan_peers};
+use tracing::{error, info, warn};
+
+use crate::crd::{AppliedPolicy, PortPolicy, PortReport, PortReportSpec};
+use crate::report::{self, Applied, Scan};
+use crate::{AGENT_MANAGER, Error};
+
+/// How the agent runs in a cluster.
+#[derive(Clone, Debug)]
+pub struct KubeAgentConfig {
+    /// The standalone agent's settings (node name, refresh, scan interval, HTTP address,
+    /// failsafe, netfilter); the policy directory and inventory are unused.
+    pub agent: AgentConfig,
+    /// How many peers each node scans (each ready node is scanned by this many others).
+    pub peers_per_node: usize,
+}
+
+/// The standalone document of a `PortPolicy` object, for the one validator.
+pub fn document(p: &PortPolicy) -> portwarden_policy::PortPolicy {
+    portwarden_policy::PortPolicy {
+        api_version: portwarden_policy::API_VERSION.to_string(),
+        kind: "PortPolicy".to_string(),
+        metadata: portwarden_policy::document::Metadata {
+            name: p.name_any(),
+            labels: p.labels().clone(),
+        },
+        spec: p.spec.0.clone(),
+    }
+}
+
+/// Validates a `PortPolicy` object with the same rules as a file.
+///
+/// # Errors
+///
+/// Every semantic problem of the object.
+pub fn validate(p: &PortPolicy) -> Result<Policy, Vec<Issue>> {
+    portwarden_policy::validate::policy(&document(p))
+}
+
+/// What the agent needs of a Node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeInfo {
+    /// Name.
+    pub name: String,
+    /// UID (for the PortReport's owner reference).
+    pub uid: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `InternalIP` addresses, or `ExternalIP` ones when it has none.
+    pub addresses: Vec<IpAddr>,
+    /// Whether its `Ready` condition is `True`.
+    pub ready: bool,
+}
+
+/// Reads the parts of a Node the agent uses.
+pub fn node_info(n: &Node) -> NodeInfo {
+    let status = n.status.as_ref();
+    let addresses_of = |kind: &str| -> Vec<IpAddr> {
+        status
+            .and_then(|s| s.addresses.as_ref())
+            .map(|a| {
+                a.iter()
+                    .filter(|a| a.type_ == kind)
+                    .filter_map(|a| a.address.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut addresses = addresses_of("InternalIP");
+    if addresses.is_empty() {
+        addresses = addresses_of("ExternalIP");
+    }
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    NodeInfo {
+        name: n.name_any(),
+        uid: n.metadata.uid.clone(),
+        labels: n.labels().clone(),
+        addresses,
+        ready,
+    }
+}
+
+/// The last good version of every policy, and the problems of the current ones.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyCache {
+    good: BTreeMap<String, (i64, Policy)>,
+    invalid: BTreeMap<String, String>,
+}
+
+impl PolicyCache {
+    /// Brings the cache in line with the current objects: a valid object replaces its entry,
+    /// an invalid one keeps the last good version (if any) and is recorded as invalid, a
+    /// vanished one is dropped.
+    pub fn update(&mut self, objects: &[Arc<PortPolicy>]) {
+        let mut invalid = BTreeMap::new();
+        let mut good = BTreeMap::new();
+        for o in objects {
+            let name = o.name_any();
+            let generation = o.metadata.generation.unwrap_or_default();
+            match validate(o) {
+                Ok(p) => {
+                    good.insert(name, (generation, p));
+                }
+                Err(issues) => {
+                    if let Some(previous) = self.good.remove(&name) {
+                        good.insert(name.clone(), previous);
+                    }
+                    invalid.insert(name, crate::aggregate::issues_text(&issues));
+                }
+            }
+        }
+        self.good = good;
+        self.invalid = invalid;
+    }
+
+    /// Names of invalid policies with their problems.
+    pub fn invalid(&self) -> &BTreeMap<String, String> {
+        &self.invalid
+    }
+}
+
+/// What the node must do: its intent, and whom to scan with what expectations.
+#[derive(Clone, Debug, Default)]
+pub struct NodePlan {
+    /// The node's intent; `None` while its Node object is unknown.
+    pub intent: Option<Arc<NodeIntent>>,
+    /// The policies in the intent, with their generations.
+    pub applied: Vec<AppliedPolicy>,
+    /// Invalid policies, one line each (kept out of the intent).
+    pub policy_error: Option<String>,
+    /// The peers' addresses with their intents.
+    pub peers: Vec<Target>,
+    /// The peers' names.
+    pub peer_names: Vec<String>,
+    /// For each peer, its `unlisted: report` policies.
+    pub unlisted: BTreeMap<String, Vec<String>>,
+    /// The node's UID, for the report's owner reference.
+    pub uid: Option<String>,
+}
+
+impl NodePlan {
+    /// Whether two plans would make the loop do the same thing.
+    fn same_as(&self, other: &NodePlan) -> bool {
+        let targets = |p: &NodePlan| -> Vec<(String, IpAddr, Arc<NodeIntent>)> {
+            p.peers
+                .iter()
+                .map(|t| (t.node.clone(), t.address, t.intent.clone()))
+                .collect()
+        };
+        self.intent == other.intent
+            && self.applied == other.applied
+            && self.policy_error == other.policy_error
+            && targets(self) == targets(other)
+            && self.unlisted == other.unlisted
+    }
+}
+
+/// The plan of node `me`: its intent from the cached policies and its Node's labels, and its
+/// assigned ready peers with their intents.
+pub fn plan_node(
+    me: &str,
+    cache: &PolicyCache,
+    nodes: &[NodeInfo],
+    peers_per_node: usize,
+) -> NodePlan {
+    let policy_error = (!cache.invalid.is_empty()).then(|| {
+        cache
+            .invalid
+            .iter()
+            .map(|(n, e)| format!("PortPolicy {n}: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let Some(own) = nodes.iter().find(|n| n.name == me) else {
+        return NodePlan {
+            policy_error,
+            ..NodePlan::default()
+        };
+    };
+    let generations: BTreeMap<&str, i64> = cache
+        .good
+        .iter()
+        .map(|(n, (g, _))| (n.as_str(), *g))
+        .collect();
+    let set = PolicySet::new(cache.good.values().map(|(_, p)| p.clone()).collect());
+    let ready: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.ready)
+        .map(|n| n.name.clone())
+        .collect();
+    let peer_names = crate::assign::peers(&ready, me, peers_per_node);
+    let wanted: Vec<portwarden_policy::Node> = nodes
+        .iter()
+        .filter(|n| n.name == me || peer_names.contains(&n.name))
+        .map(|n| portwarden_policy::Node {
+            name: n.name.clone(),
+            addresses: n.addresses.clone(),
+            labels: n.labels.clone(),
+        })
+        .collect();
+    let intents = set.compile_nodes(&wanted);
+    let intent = intents.get(me).cloned().unwrap_or_default();
+    let report_policies: Vec<&str> = set
+        .policies()
+        .iter()
+        .filter(|p| p.unlisted == Unlisted::Report)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut peers = Vec::new();
+    let mut unlisted = BTreeMap::new();
+    for name in &peer_names {
+        let Some(node) = wanted.iter().find(|n| &n.name == name) else {
+            continue;
+        };
+        let peer_intent = intents.get(name).cloned().unwrap_or_default();
+        let u: Vec<String> = peer_intent
+            .policies
+            .iter()
+            .filter(|p| report_policies.contains(&&***p))
+            .map(|p| p.to_string())
+            .collect();
+        if !u.is_empty() {
+            unlisted.insert(name.clone(), u);
+        }
+        peers.extend(node.addresses.iter().map(|&address| Target {
+            node: name.clone(),
+            address,
+            intent: peer_intent.clone(),
+        }));
+    }
+    NodePlan {
+        applied: intent
+            .policies
+            .iter()
+            .map(|p| AppliedPolicy {
+                name: p.to_string(),
+                generation: generations.get(&**p).copied().unwrap_or_default(),
+            })
+            .collect(),
+        intent: Some(intent),
+        policy_error,
+        peers,
+        peer_names,
+        unlisted,
+        uid: own.uid.clone(),
+    }
+}
+
+/// The server-side apply body of a node's report: the whole spec, owned by the node (so the
+/// report goes when the Node goes).
+pub fn report_object(spec: &PortReportSpec, node_uid: Option<&str>) -> serde_json::Value {
+    let mut metadata = serde_json::json!({ "name": spec.node });
+    if let Some(uid) = node_uid {
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: spec.node.clone(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        };
+        metadata["ownerReferences"] = serde_json::json!([owner]);
+    }
+    serde_json::json!({
+        "apiVersion": "portwarden.io/v1alpha1",
+        "kind": "PortReport",
+        "metadata": metadata,
+        "spec": spec,
+    })
+}
+
+/// Writes a node's report by server-side apply with the agent's field manager, creating it if
+/// needed.
+///
+/// # Errors
+///
+/// [`Error::ApplyReport`] when the API server refuses or cannot be reached.
+pub async fn apply_report(
+    api: &Api<PortReport>,
+    spec: &PortReportSpec,
+    node_uid: Option<&str>,
+) -> Result<PortReport, Error> {
+    let params = PatchParams::apply(AGENT_MANAGER).force();
+    api.patch(
+        &spec.node,
+        &params,
+        &Patch::Apply(report_object(spec, node_uid)),
+    )
+    .await
+    .map_err(|source| Error::ApplyReport {
+        name: spec.node.clone(),
+        source,
+    })
+}
+
+/// What the reconcile thread tells the watch task.
+#[derive(Debug)]
+enum Outcome {
+    Applied(Applied),
+    Scanned(Scan),
+}
+
+/// The reconcile thread: applies each new plan, repairs every `refresh`, scans every
+/// `scan_interval`. Returns when the plan sender is dropped.
+fn reconcile_loop(
+    shared: Arc<Shared>,
+    plans: Receiver<NodePlan>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) {
+    let cfg = shared.config.clone();
+    let mut plan: Option<NodePlan> = None;
+    let start = Instant::now();
+    let mut next_refresh = start + cfg.refresh;
+    let mut next_scan = cfg.scan_interval.map(|i| start + i);
+    let applied = |shared: &Shared, plan: &NodePlan| {
+        let error = shared.with_state(|s| s.apply_error.clone());
+        Outcome::Applied(Applied {
+            policies: plan.applied.clone(),
+            rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
+            error,
+        })
+    };
+    loop {
+        shared.heartbeat();
+        let wake = [Some(next_refresh), next_scan]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_refresh);
+        match plans.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(p) => {
+                shared.set_intent(p.intent.clone(), p.policy_error.clone());
+                if let Some(e) = &p.policy_error {
+                    warn!(problems = %e, "invalid PortPolicies are not applied (their last good generation stays)");
+                }
+                shared
+                    .metrics
+                    .policy_valid
+                    .set(i64::from(p.policy_error.is_none()));
+                shared
+                    .metrics
+                    .intent_rules
+                    .set(p.intent.as_ref().map_or(0, |i| i.rules.len() as i64));
+                converge(&shared, "policy change");
+                let _ = outcomes.send(applied(&shared, &p));
+                plan = Some(p);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                info!("agent loop stopped; rules stay in place (portwarden reset removes them)");
+                return;
+            }
+        }
+        let now = Instant::now();
+        if now >= next_refresh {
+            converge(&shared, "refresh");
+            if let Some(p) = &plan {
+                let _ = outcomes.send(applied(&shared, p));
+            }
+            next_refresh = now + cfg.refresh;
+        }
+        if let (Some(at), Some(interval)) = (next_scan, cfg.scan_interval)
+            && now >= at
+        {
+            if let Some(p) = &plan {
+                let report = if p.peers.is_empty() {
+                    Some(portwarden_reconcile::Report::default())
+                } else {
+                    let before = shared.with_state(|s| s.scans_completed);
+                    scan_peers(&shared, &p.peers);
+                    shared
+                        .with_state(|s| (s.scans_completed > before).then(|| s.report.clone()))
+                        .flatten()
+                };
+                if let Some(report) = report {
+                    let _ = outcomes.send(Outcome::Scanned(Scan {
+                        report,
+                        at: Time(Timestamp::now()),
+                        peers: p.peer_names.clone(),
+                        unlisted: p.unlisted.clone(),
+                    }));
+                }
+            }
+            next_scan = Some(Instant::now() + interval);
+        }
+    }
+}
+
+/// Which watch an event came from, and whether it completed a (re)list.
+enum Change {
+    Policies(bool),
+    Nodes(bool),
+    Failed(String),
+}
+
+fn change<K>(r: Result<Event<K>, watcher::Error>, tag: fn(bool) -> Change) -> Change {
+    match r {
+        Ok(Event::InitDone) => tag(true),
+        Ok(_) => tag(false),
+        Err(e) => Change::Failed(e.to_string()),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// # Errors
+///
+/// When no Kubernetes client can be configured, the HTTP address cannot be bound, or the
+/// runtime cannot start. API errors while running are retried, not returned.
+pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Start)?;
+    runtime.block_on(async move {
+        let client = Client::try_default().await.map_err(Error::Client)?;
+        let addr = cfg.agent.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Serve { addr, source })?;
+        info!(node = %cfg.agent.node, listen = %addr, "agent started in Kubernetes mode");
+        let shared = Shared::new(cfg.agent.clone());
+        let (plan_tx, plan_rx) = std::sync::mpsc::channel();
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        let loop_shared = shared.clone();
+        let worker = std::thread::Builder::new()
+            .name("reconcile".into())
+            .spawn(move || reconcile_loop(loop_shared, plan_rx, out_tx))
+            .map_err(Error::Start)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app = portwarden_reconcile::http::router(shared.clone());
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        watch_and_report(
+            client,
+            &cfg,
+            plan_tx,
+            out_rx,
+            crate::controller::shutdown_signal(),
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        if let Ok(Err(source)) = server.await {
+            error!(error = %source, "HTTP server failed");
+        }
+        if worker.join().is_err() {
+            error!("reconcile loop panicked");
+        }
+        Ok(())
+    })
+}
+
+/// The watch task: reflectors in, plans to the loop, reports out. Returns when `shutdown`
+/// completes (dropping `plans`, which stops the loop).
+async fn watch_and_report(
+    client: Client,
+    cfg: &KubeAgentConfig,
+    plans: std::sync::mpsc::Sender<NodePlan>,
+    mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let me = cfg.agent.node.clone();
+    let reports: Api<PortReport> = Api::all(client.clone());
+    let (policies, policy_writer) = reflector::store::<PortPolicy>();
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let policy_events = reflector::reflector(
+        policy_writer,
+        watcher::watcher(
+            Api::<PortPolicy>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        ),
+    )
+    .default_backoff()
+    .map(|r| change(r, Change::Policies));
+    // Managed fields and images are most of a Node's bytes and none of our business.
+    let node_events = reflector::reflector(
+        node_writer,
+        watcher::watcher(Api::<Node>::all(client), watcher::Config::default()).modify(
+            |n: &mut Node| {
+                n.managed_fields_mut().clear();
+                if let Some(s) = n.status.as_mut() {
+                    s.images = None;
+                }
+            },
+        ),
+    )
+    .default_backoff()
+    .map(|r| change(r, Change::Nodes));
+    let mut changes = std::pin::pin!(futures::stream::select(policy_events, node_events));
+    let mut state = AgentState::new(me, cfg.peers_per_node);
+    let mut retry: Option<tokio::time::Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            Some(c) = changes.next() => {
+                if let Some(plan) = state.on_change(c, &policies, &nodes) {
+                    if plans.send(plan).is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(o) = outcomes.recv() => {
+                state.on_outcome(o);
+                retry = Some(tokio::time::Instant::now());
+            }
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {
+                retry = state.write(&reports).await;
+            }
+        }
+    }
+}
+
+/// The watch task's state: readiness, the policy cache, the last plan, and the report.
+struct AgentState {
+    me: String,
+    peers_per_node: usize,
+    policies_listed: bool,
+    nodes_listed: bool,
+    cache: PolicyCache,
+    last: Option<NodePlan>,
+    applied: Applied,
+    scan: Option<Scan>,
+    written: Option<PortReportSpec>,
+    failures: u32,
+}
+
+impl AgentState {
+    fn new(me: String, peers_per_node: usize) -> AgentState {
+        AgentState {
+            me,
+            peers_per_node,
+            policies_listed: false,
+            nodes_listed: false,
+            cache: PolicyCache::default(),
+            last: None,
+            applied: Applied::default(),
+            scan: None,
+            written: None,
+            failures: 0,
+        }
+    }
+
+    /// A watch event: recompute the plan; return it when it differs from the last one.
+    fn on_change(
+        &mut self,
+        c: Change,
+        policies: &Store<PortPolicy>,
+        nodes: &Store<Node>,
+    ) -> Option<NodePlan> {
+        match c {
+            Change::Policies(done) => self.policies_listed |= done,
+            Change::Nodes(done) => self.nodes_listed |= done,
+            Change::Failed(e) => {
+                warn!(error = %e, "watch failed; retrying with backoff");
+                return None;
+            }
+        }
+        if !(self.policies_listed && self.nodes_listed) {
+            return None;
+        }
+        self.cache.update(&policies.state());
+        let infos: Vec<NodeInfo> = nodes.state().iter().map(|n| node_info(n)).collect();
+        let plan = plan_node(&self.me, &self.cache, &infos, self.peers_per_node);
+        if plan.intent.is_none() {
+            warn!(node = %self.me, "this node's Node object is not in the cluster (yet); nothing applied");
+        }
+        if self.last.as_ref().is_some_and(|l| l.same_as(&plan)) {
+            return None;
+        }
+        self.last = Some(plan.clone());
+        Some(plan)
+    }
+
+    fn on_outcome(&mut self, o: Outcome) {
+        match o {
+            Outcome::Applied(a) => self.applied = a,
+            Outcome::Scanned(s) => self.scan = Some(s),
+        }
+    }
+
+    /// Writes the report if it changed; returns when to retry after a failure.
+    async fn write(&mut self, api: &Api<PortReport>) -> Option<tokio::time::Instant> {
+        let spec = report::build(&self.me, &self.applied, self.scan.as_ref());
+        if self.written.as_ref() == Some(&spec) {
+            return None;
+        }
+        let uid = self.last.as_ref().and_then(|p| p.uid.clone());
+        match apply_report(api, &spec, uid.as_deref()).await {
+            Ok(_) => {
+                self.failures = 0;
+                self.written = Some(spec);
+                None
+            }
+            Err(e) => {
+                self.failures += 1;
+                let delay = crate::controller::backoff(self.failures);
+                warn!(error = %e, retry_in = ?delay, "PortReport not written");
+                Some(tokio::time::Instant::now() + delay)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{node, policy};
+
+    fn infos(nodes: &[Node]) -> Vec<NodeInfo> {
+        nodes.iter().map(node_info).collect()
+    }
+
+    #[test]
+    fn node_info_reads_addresses_labels_and_readiness() {
+        let n = node("web-1", "web", "10.0.0.11", true);
+        let i = node_info(&n);
+        assert_eq!(i.addresses, vec!["10.0.0.11".parse::<IpAddr>().unwrap()]);
+        assert_eq!(i.labels["role"], "web");
+        assert!(i.ready);
+        assert!(!node_info(&node("x", "web", "10.0.0.9", false)).ready);
+    }
+
+    #[test]
+    fn plan_uses_own_labels_and_peer_intents_for_this_vantage() {
+        let mut cache = PolicyCache::default();
+        cache.update(&[
+            Arc::new(policy("quarantine", 4, "web")),
+            Arc::new(policy("db", 1, "db")),
+        ]);
+        let nodes = infos(&[
+            node("web-1", "web", "10.0.0.11", true),
+            node("web-2", "web", "10.0.0.12", true),
+            node("db-1", "db", "10.0.0.13", true),
+        ]);
+        let plan = plan_node("web-1", &cache, &nodes, 2);
+        let intent = plan.intent.as_ref().unwrap();
+        assert_eq!(
+            intent
+                .policies
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+            vec!["quarantine"]
+        );
+        assert_eq!(
+            plan.applied,
+            vec![AppliedPolicy {
+                name: "quarantine".into(),
+                generation: 4
+            }]
+        );
+        assert_eq!(plan.peer_names.len(), 2);
+        assert!(!plan.peer_names.contains(&"web-1".to_string()));
+        for t in &plan.peers {
+            let expected_policy = if t.node == "db-1" { "db" } else { "quarantine" };
+            assert_eq!(&*t.intent.policies[0], expected_policy);
+        }
+        // Not in the cluster yet: no intent, nothing applied.
+        assert!(plan_node("ghost", &cache, &nodes, 2).intent.is_none());
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_good_generation() {
+        let mut cache = PolicyCache::default();
+        let good = policy("quarantine", 1, "web");
+        cache.update(&[Arc::new(good.clone())]);
+        let mut bad = good.clone();
+        bad.metadata.generation = Some(2);
+        bad.spec.0.ports[0].ports = portwarden_policy::document::Ports::Text("99999".into());
+        cache.update(&[Arc::new(bad)]);
+        let nodes = infos(&[node("web-1", "web", "10.0.0.11", true)]);
+        let plan = plan_node("web-1", &cache, &nodes, 1);
+        assert_eq!(
+            plan.applied,
+            vec![AppliedPolicy {
+                name: "quarantine".into(),
+                generation: 1
+            }]
+        );
+        assert!(
+            plan.policy_error
+                .as_deref()
+                .unwrap()
+                .contains("PortPolicy quarantine: spec.ports[0].ports")
+        );
+        assert_eq!(plan.intent.unwrap().rules.len(), 2);
+        // A policy that was never valid contributes nothing.
+        let mut never = policy("never", 1, "web");
+        never.spec.0.ports[0].from = vec!["10.0.0.5/24".into()];
+        cache.update(&[Arc::new(never)]);
+        let plan = plan_node("web-1", &cache, &nodes, 1);
+        assert!(plan.applied.is_empty());
+        assert!(plan.intent.unwrap().rules.is_empty());
+    }
+
+    /// Watch events as the reflector sees them: the initial list, an add, a modify, a delete,
+    /// and a relist (after a `410 Gone`) that no longer holds an object.
+    #[test]
+    fn watch_events_add_modify_delete_relist() {
+        let (policies, mut pw) = reflector::store::<PortPolicy>();
+        let (nodes, mut nw) = reflector::store::<Node>();
+        let mut state = AgentState::new("web-1".into(), 1);
+        let mut feed_p = |e: Event<PortPolicy>, state: &mut AgentState| {
+            pw.apply_watcher_event(&e);
+            state.on_change(
+                Change::Policies(matches!(e, Event::InitDone)),
+                &policies,
+                &nodes,
+            )
+        };
+        // Nothing before both lists complete.
+        assert!(feed_p(Event::Init, &mut state).is_none());
+        assert!(feed_p(Event::InitApply(policy("quarantine", 1, "web")), &mut state).is_none());
+        assert!(feed_p(Event::InitDone, &mut state).is_none());
+        for e in [
+            Event::Init,
+            Event::InitApply(node("web-1", "web", "10.0.0.11", true)),
+            Event::InitApply(node("web-2", "web", "10.0.0.12", true)),
+        ] {
+            nw.apply_watcher_event(&e);
+            assert!(
+                state
+                    .on_change(Change::Nodes(false), &policies, &nodes)
+                    .is_none()
+            );
+        }
+        nw.apply_watcher_event(&Event::InitDone);
+        let first = state
+            .on_change(Change::Nodes(true), &policies, &nodes)
+            .expect("first plan");
+        assert_eq!(first.applied.len(), 1);
+        // A status-only update changes nothing the node does: no new plan.
+        let mut with_status = policy("quarantine", 1, "web");
+        with_status.status = Some(Default::default());
+        assert!(feed_p(Event::Apply(with_status), &mut state).is_none());
+        // Add.
+        let added = feed_p(Event::Apply(policy("web", 1, "web")), &mut state).expect("add");
+        assert_eq!(added.applied.len(), 2);
+        // Modify (new generation).
+        let modified = feed_p(Event::Apply(policy("web", 2, "web")), &mut state).expect("modify");
+        assert!(modified.applied.contains(&AppliedPolicy {
+            name: "web".into(),
+            generation: 2
+        }));
+        // Delete.
+        let deleted = feed_p(Event::Delete(policy("web", 2, "web")), &mut state).expect("delete");
+        assert_eq!(deleted.applied.len(), 1);
+        // Relist without "quarantine" (deleted while the watch was down): it goes.
+        assert!(feed_p(Event::Init, &mut state).is_none());
+        let relisted = feed_p(Event::InitDone, &mut state).expect("relist");
+        assert!(relisted.applied.is_empty());
+        assert!(relisted.intent.unwrap().rules.is_empty());
+    }
+}

@@ -1,0 +1,700 @@
+//! `portwarden controller`: aggregates the nodes' `PortReport`s into each `PortPolicy`'s status,
+//! publishes Events when drift appears and clears, and exports metrics. One replica works at a
+//! time: the one holding the `Lease` (kube-lease-manager).
+//!
+//! A key design decision is that [`reconcile`] is thin — validate, [`aggregate::status`],
+//! [`aggregate::events`], publish, patch — and the decisions are pure functions, so the tests
+//! script the API server and assert the exact requests (method, path, query, body, field
+//! manager) while the aggregation is tested on plain values.
+//!
+//! # Guarantees
+//!
+//! * The status is written by server-side apply on the status subresource with the field
+//!   manager [`CONTROLLER_MANAGER`], and only when it changed: a quiet cluster costs no writes.
+//! * An Event is published once per transition (not per reconcile): the previous status the
+//!   controller wrote is remembered, so a stale watch cache cannot repeat an Event.
+//! * API errors requeue the policy with exponential backoff ([`backoff`]: 1 s doubling to
+//!   5 min), reset on success; every policy is also resynced every `resync`.
+//! * Watches restart by themselves (kube-runtime's watcher with its default backoff, relisting
+//!   after `410 Gone`); reconciles start only after the report and node caches have listed once.
+//! * Losing the Lease stops the controller at once; gaining it starts a fresh one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use portwarden_reconcile::metrics::{
+    ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels,
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::aggregate::{self, NodeLabels};
+use crate::crd::{PortPolicy, PortPolicyStatus, PortReport};
+use crate::{CONTROLLER_MANAGER, Error};
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+    /// Namespace of the leader Lease (the controller's own).
+    pub lease_namespace: String,
+    /// Name of the leader Lease.
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    pub identity: String,
+    /// Every policy is reconciled at least this often.
+    pub resync: Duration,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Every PortReport, from a reflector.
+    pub reports: Store<PortReport>,
+    /// Every Node's metadata (labels), from a reflector.
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<ControllerMetrics>,
+    /// Consecutive failures per policy, for the backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// The last status this replica wrote per policy (the watch cache may lag behind it).
+    written: Mutex<HashMap<String, PortPolicyStatus>>,
+    /// How often every policy is reconciled.
+    resync: Duration,
+}
+
+impl Context {
+    /// A context over these caches.
+    pub fn new(
+        client: Client,
+        reports: Store<PortReport>,
+        nodes: Store<PartialObjectMeta<Node>>,
+        metrics: Arc<ControllerMetrics>,
+        identity: &str,
+        resync: Duration,
+    ) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_MANAGER.into(),
+                instance: Some(identity.to_string()),
+            },
+        );
+        Context {
+            client,
+            reports,
+            nodes,
+            recorder,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+            resync,
+        }
+    }
+}
+
+/// The retry delay after `failures` consecutive failures: 1 s, 2 s, 4 s, ... up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reconciles one policy: computes its status from the caches, publishes the Events its
+/// transitions deserve, and writes the status if it changed.
+///
+/// # Errors
+///
+/// [`Error::PatchStatus`] when the status write fails; the caller requeues with backoff. A
+/// failed Event is logged and counted, not an error (the status carries the same facts).
+pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = policy.name_any();
+    ctx.metrics.reconciles.inc();
+    let validated = crate::agent::validate(&policy);
+    let nodes: Vec<NodeLabels> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| NodeLabels {
+            name: n.name_any(),
+            labels: n.labels().clone(),
+        })
+        .collect();
+    let reports = ctx.reports.state();
+    let now = Time(Timestamp::now());
+    let previous = lock(&ctx.written)
+        .get(&name)
+        .cloned()
+        .or_else(|| policy.status.clone());
+    let mut base = (*policy).clone();
+    base.status = previous.clone();
+    let status = aggregate::status(&base, &validated, &nodes, &reports, &now);
+
+    for e in aggregate::events(previous.as_ref(), &status) {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.into(),
+            note: Some(crate::report::truncate(&e.note, 1024)),
+            action: e.action.into(),
+            secondary: None,
+        };
+        match ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            Ok(()) => {
+                ctx.metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        reason: e.reason.into(),
+                    })
+                    .inc();
+            }
+            Err(err) => {
+                ctx.metrics.event_errors.inc();
+                warn!(policy = %name, reason = e.reason, error = %err, "failed to publish Event");
+            }
+        }
+    }
+
+    if policy.status.as_ref() != Some(&status) {
+        let api: Api<PortPolicy> = Api::all(ctx.client.clone());
+        let body = serde_json::json!({
+            "apiVersion": "portwarden.io/v1alpha1",
+            "kind": "PortPolicy",
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|source| Error::PatchStatus {
+            name: name.clone(),
+            source,
+        })?;
+        ctx.metrics.status_patches.inc();
+    }
+    record_metrics(&ctx.metrics, &name, &status);
+    lock(&ctx.written).insert(name.clone(), status);
+    lock(&ctx.failures).remove(&name);
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Action::requeue(ctx.resync))
+}
+
+fn record_metrics(m: &ControllerMetrics, name: &str, status: &PortPolicyStatus) {
+    let policy = PolicyLabels {
+        policy: name.to_string(),
+    };
+    m.policy_drift
+        .get_or_create(&policy)
+        .set(status.ports.drift as i64);
+    m.policy_nodes
+        .get_or_create(&policy)
+        .set(i64::from(status.matched_nodes));
+    for c in &status.conditions {
+        for s in ["True", "False", "Unknown"] {
+            m.policy_condition
+                .get_or_create(&ConditionLabels {
+                    policy: name.to_string(),
+                    condition: c.type_.clone(),
+                    status: s.into(),
+                })
+                .set(i64::from(c.status == s));
+        }
+    }
+}
+
+/// Requeues a failed policy with exponential backoff.
+pub fn error_policy(policy: Arc<PortPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = policy.name_any();
+    let failures = {
+        let mut f = lock(&ctx.failures);
+        let n = f.entry(name.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(failures);
+    ctx.metrics.reconcile_errors.inc();
+    warn!(policy = %name, error = %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The policies a report speaks about: a change to it may change their status.
+pub fn policies_of(report: &PortReport) -> Vec<ObjectRef<PortPolicy>> {
+    let mut names: Vec<&str> = report
+        .spec
+        .applied
+        .iter()
+        .map(|a| a.name.as_str())
+        .chain(report.spec.policies.iter().map(|p| p.policy.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.into_iter().map(ObjectRef::new).collect()
+}
+
+/// Runs the controller until `stop` completes: report and node reflectors, then the
+/// kube-runtime `Controller` over PortPolicies, triggered by their changes, by the reports
+/// that mention them, and every `resync`.
+pub async fn run_controller(
+    client: Client,
+    metrics: Arc<ControllerMetrics>,
+    identity: String,
+    resync: Duration,
+) {
+    let policies: Api<PortPolicy> = Api::all(client.clone());
+    let reports: Api<PortReport> = Api::all(client.clone());
+    // Metadata only: the controller needs the nodes' labels, not their status.
+    let nodes: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+    let (report_store, report_writer) = reflector::store();
+    let (node_store, node_writer) = reflector::store();
+    let report_cache = reflector::reflector(
+        report_writer,
+        watcher::watcher(reports.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|r| {
+        if let Err(e) = r {
+            warn!(error = %e, "PortReport watch failed; retrying with backoff");
+        }
+        std::future::ready(())
+    });
+    let node_cache = reflector::reflector(
+        node_writer,
+        watcher::watcher(nodes, watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|r| {
+        if let Err(e) = r {
+            warn!(error = %e, "Node watch failed; retrying with backoff");
+        }
+        std::future::ready(())
+    });
+    let ctx = Arc::new(Context::new(
+        client,
+        report_store.clone(),
+        node_store.clone(),
+        metrics,
+        &identity,
+        resync,
+    ));
+    let controller = async move {
+        if report_store.wait_until_ready().await.is_err()
+            || node_store.wait_until_ready().await.is_err()
+        {
+            return;
+        }
+        info!("caches ready; reconciling PortPolicies");
+        Controller::new(policies, watcher::Config::default().any_semantic())
+            .with_config(
+                kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)),
+            )
+            .watches(reports, watcher::Config::default(), |r| policies_of(&r))
+            .run(reconcile, error_policy, ctx)
+            .for_each(|r| {
+                if let Err(e) = r {
+                    warn!(error = %e, "controller");
+                }
+                std::future::ready(())
+            })
+            .await;
+    };
+    tokio::select! {
+        _ = report_cache => {}
+        _ = node_cache => {}
+        _ = controller => {}
+    }
+}
+
+/// Runs `work` while `leader` says `true`: starts it when leadership is gained, drops it (at its
+/// next await point) as soon as leadership is lost, and starts a fresh one when it is gained
+/// again. Returns when `stop` completes or the leadership channel closes.
+pub async fn while_leader<F, Fut>(
+    mut leader: watch::Receiver<bool>,
+    mut work: F,
+    stop: impl Future<Output = ()>,
+    metrics: Arc<ControllerMetrics>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    loop {
+        metrics.leader.set(0);
+        tokio::select! {
+            _ = &mut stop => return,
+            r = leader.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        info!("leader: starting the controller");
+        metrics.leader.set(1);
+        let job = work();
+        tokio::pin!(job);
+        tokio::select! {
+            _ = &mut stop => { metrics.leader.set(0); return }
+            r = leader.wait_for(|l| !*l) => {
+                warn!("lost the leader Lease: stopping the controller");
+                if r.is_err() { metrics.leader.set(0); return }
+            }
+            _ = &mut job => {
+                error!("the controller stopped by itself; waiting for leadership again");
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: shutting down"),
+                _ = int.recv() => info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// HTTP: `/metrics`, `/healthz` (the process serves), `/readyz` (ready to take over: always,
+/// since a standby is useful; leadership is the `portwarden_controller_leader` metric).
+fn router(metrics: Arc<ControllerMetrics>) -> axum::Router {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+}
+
+/// Runs `portwarden controller` until SIGTERM or SIGINT.
+///
+/// # Errors
+///
+/// When no client can be configured, the HTTP address cannot be bound, or the Lease manager
+/// cannot start. Errors while running are retried.
+pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Client)?;
+    let metrics = Arc::new(ControllerMetrics::new());
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| Error::Serve {
+            addr: cfg.listen,
+            source,
+        })?;
+    let app = router(metrics.clone());
+    let addr = cfg.listen;
+    tokio::spawn(async move {
+        if let Err(source) = axum::serve(listener, app).await {
+            error!(error = %Error::Serve { addr, source }, "HTTP stopped");
+        }
+    });
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &cfg.lease_name)
+        .with_namespace(&cfg.lease_namespace)
+        .with_identity(&cfg.identity)
+        .with_field_manager(format!("{CONTROLLER_MANAGER}-lease"))
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .map_err(|source| Error::LeaderElection {
+            namespace: cfg.lease_namespace.clone(),
+            name: cfg.lease_name.clone(),
+            source,
+        })?;
+    let (leader, lease_task) = manager.watch().await;
+    info!(identity = %cfg.identity, lease = %format!("{}/{}", cfg.lease_namespace, cfg.lease_name), "waiting for the leader Lease");
+    let identity = cfg.identity.clone();
+    while_leader(
+        leader,
+        || {
+            run_controller(
+                client.clone(),
+                metrics.clone(),
+                identity.clone(),
+                cfg.resync,
+            )
+        },
+        shutdown_signal(),
+        metrics.clone(),
+    )
+    .await;
+    // Dropping the channel ends the lease task; it releases the Lease on its way out.
+    lease_task.abort();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{ApiServer, node_meta, policy, report};
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn reports_map_to_the_policies_they_mention() {
+        let r = report(
+            "web-1",
+            &[("web", 1), ("quarantine", 2)],
+            &[("quarantine", 1, 0, "")],
+        );
+        let names: Vec<String> = policies_of(&r).into_iter().map(|o| o.name).collect();
+        assert_eq!(names, vec!["quarantine", "web"]);
+    }
+
+    fn stores(
+        reports: Vec<PortReport>,
+        nodes: Vec<PartialObjectMeta<Node>>,
+    ) -> (Store<PortReport>, Store<PartialObjectMeta<Node>>) {
+        let (rs, mut rw) = reflector::store();
+        for r in reports {
+            rw.apply_watcher_event(&watcher::Event::Apply(r));
+        }
+        let (ns, mut nw) = reflector::store();
+        for n in nodes {
+            nw.apply_watcher_event(&watcher::Event::Apply(n));
+        }
+        (rs, ns)
+    }
+
+    /// Drift appears: one Warning Event, then the status by server-side apply on /status with
+    /// the controller's field manager. Reconciling the same state again writes nothing.
+    #[tokio::test]
+    async fn drift_publishes_an_event_and_applies_the_status() {
+        let (client, server) = ApiServer::new();
+        let (reports, nodes) = stores(
+            vec![
+                report(
+                    "web-1",
+                    &[("quarantine", 2)],
+                    &[("quarantine", 0, 1, "web-2")],
+                ),
+                report("web-2", &[("quarantine", 2)], &[]),
+            ],
+            vec![
+                node_meta("web-1", "web"),
+                node_meta("web-2", "web"),
+                node_meta("db-1", "db"),
+            ],
+        );
+        let ctx = Arc::new(Context::new(
+            client,
+            reports,
+            nodes,
+            Arc::new(ControllerMetrics::new()),
+            "controller-0",
+            Duration::from_secs(300),
+        ));
+        let p = Arc::new(policy("quarantine", 2, "web"));
+        let script = server.run(|mut s| async move {
+            s.expect_event_post("Applied", "Normal", "quarantine").await;
+            let event = s
+                .expect_event_post("DriftDetected", "Warning", "quarantine")
+                .await;
+            assert!(event["note"].as_str().unwrap().contains("web-2 8080/tcp"));
+            let status = s.expect_status_apply("quarantine").await;
+            assert_eq!(status["matchedNodes"], 2);
+            assert_eq!(status["appliedNodes"], 2);
+            assert_eq!(status["ports"]["drift"], 1);
+            assert_eq!(status["observedGeneration"], 2);
+            let conds = status["conditions"].as_array().unwrap();
+            assert_eq!(conds[0]["type"], "Applied");
+            assert_eq!(conds[0]["status"], "True");
+            assert_eq!(conds[1]["type"], "InSync");
+            assert_eq!(conds[1]["status"], "False");
+            assert_eq!(conds[1]["reason"], "DriftDetected");
+            assert_eq!(conds[1]["observedGeneration"], 2);
+            assert!(conds[1]["lastTransitionTime"].is_string());
+            s
+        });
+        let action = reconcile(p.clone(), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        let server = script.await.unwrap();
+        // The watch cache now shows what we wrote: same state, no request at all.
+        let mut written = (*p).clone();
+        written.status = lock(&ctx.written).get("quarantine").cloned();
+        reconcile(Arc::new(written), ctx.clone()).await.unwrap();
+        server.done().await;
+        let text = ctx.metrics.encode();
+        assert!(
+            text.contains("portwarden_controller_events_total{reason=\"DriftDetected\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portwarden_controller_status_patches_total 1"),
+            "{text}"
+        );
+    }
+
+    /// A policy the schema admits but the validator refuses: status and a Warning Event, no crash.
+    #[tokio::test]
+    async fn invalid_policy_gets_status_and_event() {
+        let (client, server) = ApiServer::new();
+        let (reports, nodes) = stores(vec![], vec![node_meta("web-1", "web")]);
+        let ctx = Arc::new(Context::new(
+            client,
+            reports,
+            nodes,
+            Arc::new(ControllerMetrics::new()),
+            "controller-0",
+            Duration::from_secs(300),
+        ));
+        let mut p = policy("bad", 7, "web");
+        p.spec.0.ports[0].ports = portwarden_policy::document::Ports::Text("9000-8000".into());
+        let script = server.run(|mut s| async move {
+            let event = s.expect_event_post("InvalidSpec", "Warning", "bad").await;
+            assert!(
+                event["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("spec.ports[0].ports"),
+                "{event}"
+            );
+            let status = s.expect_status_apply("bad").await;
+            assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
+            assert_eq!(status["conditions"][0]["status"], "False");
+            assert_eq!(status["conditions"][1]["status"], "Unknown");
+            s
+        });
+        reconcile(Arc::new(p), ctx).await.unwrap();
+        script.await.unwrap().done().await;
+    }
+
+    /// The API server refuses the status write: the error names the step, and the policy is
+    /// requeued with a growing delay.
+    #[tokio::test]
+    async fn api_errors_requeue_with_backoff() {
+        let (client, server) = ApiServer::new();
+        let (reports, nodes) = stores(vec![], vec![]);
+        let ctx = Arc::new(Context::new(
+            client,
+            reports,
+            nodes,
+            Arc::new(ControllerMetrics::new()),
+            "controller-0",
+            Duration::from_secs(300),
+        ));
+        let p = Arc::new(policy("lonely", 1, "web"));
+        let script = server.run(|mut s| async move {
+            s.refuse_status_apply("lonely", 500).await;
+            s
+        });
+        let err = reconcile(p.clone(), ctx.clone()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("failed to patch the status of PortPolicy lonely"),
+            "{err}"
+        );
+        script.await.unwrap().done().await;
+        assert_eq!(
+            error_policy(p.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(1))
+        );
+        assert_eq!(
+            error_policy(p.clone(), &err, ctx.clone()),
+            Action::requeue(Duration::from_secs(2))
+        );
+        assert_eq!(
+            error_policy(p, &err, ctx),
+            Action::requeue(Duration::from_secs(4))
+        );
+    }
+
+    #[tokio::test]
+    async fn leadership_starts_and_stops_the_work() {
+        let (tx, rx) = watch::channel(false);
+        let metrics = Arc::new(ControllerMetrics::new());
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (dropped_tx, mut dropped) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        struct Guard(tokio::sync::mpsc::UnboundedSender<()>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let m = metrics.clone();
+        let task = tokio::spawn(while_leader(
+            rx,
+            move || {
+                let started = started_tx.clone();
+                let dropped = dropped_tx.clone();
+                async move {
+                    let _guard = Guard(dropped);
+                    let _ = started.send(());
+                    std::future::pending::<()>().await;
+                }
+            },
+            async move {
+                let _ = stop_rx.await;
+            },
+            m,
+        ));
+        tx.send(true).unwrap();
+        started.recv().await.unwrap();
+        assert_eq!(metrics.leader.get(), 1);
+        tx.send(false).unwrap();
+        dropped.recv().await.unwrap();
+        tx.send(true).unwrap();
+        started.recv().await.unwrap();
+        stop_tx.send(()).unwrap();
+        task.await.unwrap();
+        dropped.recv().await.unwrap();
+        assert_eq!(metrics.leader.get(), 0);
+    }
+}

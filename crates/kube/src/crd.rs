@@ -1,0 +1,316 @@
+//! The custom resources: `PortPolicy` (what users write) and `PortReport` (what each node's
+//! agent observes), both cluster-scoped in `portwarden.io/v1alpha1`.
+//!
+//! A key design decision is that `PortPolicy`'s spec *is* the standalone document's spec
+//! ([`portwarden_policy::PortPolicySpec`], wrapped in a transparent newtype so kube's derive
+//! can hang the resource on it): one format, one schema, one semantic validator
+//! ([`portwarden_policy::validate::policy`]) for files and for the cluster. The CRD's schema is
+//! generated from those types by schemars; `portwarden crd` prints it and the chart ships the
+//! generated copy (a test fails when the copy is stale).
+//!
+//! A `PortReport` is a record that one agent writes about its node and the peers it scans; no
+//! one reconciles it towards a desired state, so (like an Event) it has no status subresource
+//! and its content lives in `spec`, written by server-side apply with the agent's own field
+//! manager. Its size is bounded by construction ([`MAX_FINDINGS`] and the schema's
+//! `maxItems`), however many ports drift.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every portwarden resource.
+pub const GROUP: &str = "portwarden.io";
+
+/// At most this many not-in-sync ports are listed in one `PortReport` (drift first); the rest
+/// are counted in `omittedFindings`. Keeps a report well under 100 KiB whatever happens.
+pub const MAX_FINDINGS: usize = 100;
+
+/// At most this many per-policy counters in one `PortReport`.
+pub const MAX_POLICY_COUNTS: usize = 1024;
+
+/// At most this many peers listed in one `PortReport`.
+pub const MAX_PEERS: usize = 64;
+
+/// At most this many notes in one `PortReport`.
+pub const MAX_NOTES: usize = 16;
+
+/// The spec of a [`PortPolicy`]: exactly the standalone document's spec.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "portwarden.io",
+    version = "v1alpha1",
+    kind = "PortPolicy",
+    plural = "portpolicies",
+    singular = "portpolicy",
+    shortname = "ppol",
+    category = "portwarden",
+    status = "PortPolicyStatus",
+    derive = "PartialEq",
+    doc = "Which ports on the selected nodes must look open, closed or filtered, and to which sources.",
+    printcolumn(
+        name = "Priority",
+        type_ = "integer",
+        json_path = ".spec.priority",
+        description = "Lower wins when policies overlap"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        json_path = ".status.matchedNodes",
+        description = "Nodes the selector matches"
+    ),
+    printcolumn(
+        name = "Applied",
+        type_ = "integer",
+        json_path = ".status.appliedNodes",
+        description = "Matched nodes whose agent applied this generation"
+    ),
+    printcolumn(
+        name = "In sync",
+        type_ = "integer",
+        json_path = ".status.ports.inSync",
+        description = "Ports that look as intended from the scanning peers"
+    ),
+    printcolumn(
+        name = "Drift",
+        type_ = "integer",
+        json_path = ".status.ports.drift",
+        description = "Ports that do not"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"InSync\")].reason",
+        description = "Reason of the InSync condition"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(transparent)]
+pub struct PolicySpec(pub portwarden_policy::PortPolicySpec);
+
+/// Port counts by verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Ports that look as intended.
+    #[serde(default)]
+    pub in_sync: u64,
+    /// Ports that do not.
+    #[serde(default)]
+    pub drift: u64,
+    /// Ports a scan cannot decide (a silent UDP service).
+    #[serde(default)]
+    pub indeterminate: u64,
+}
+
+impl Counts {
+    /// Adds another count.
+    pub fn add(&mut self, other: &Counts) {
+        self.in_sync += other.in_sync;
+        self.drift += other.drift;
+        self.indeterminate += other.indeterminate;
+    }
+
+    /// All ports counted.
+    pub fn total(&self) -> u64 {
+        self.in_sync + self.drift + self.indeterminate
+    }
+}
+
+/// What the controller observed about a [`PortPolicy`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes the selector matches.
+    #[serde(default)]
+    pub matched_nodes: u32,
+    /// Matched nodes whose agent reports this generation applied.
+    #[serde(default)]
+    pub applied_nodes: u32,
+    /// Ports decided by this policy, by verdict, summed over the latest peer scans.
+    #[serde(default)]
+    pub ports: Counts,
+    /// Nodes with at least one drifting port (at most 20, sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub drift_nodes: Vec<String>,
+    /// `Applied` and `InSync`, following the Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A policy an agent has applied, at the generation it applied.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicy {
+    /// The policy's name.
+    pub name: String,
+    /// Its `metadata.generation` when applied.
+    #[serde(default)]
+    pub generation: i64,
+}
+
+/// Port counts of one policy in one report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyCounts {
+    /// The policy that decides the ports.
+    pub policy: String,
+    /// The counts.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Peers with at least one drifting port of this policy (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub drift_nodes: Vec<String>,
+}
+
+/// One port of one peer that is not in sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    /// The scanned node.
+    pub node: String,
+    /// The address scanned.
+    pub address: String,
+    /// The port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// The vantage: the probes' source address.
+    pub from: String,
+    /// Intended state, or `unlisted`.
+    pub expected: String,
+    /// nmap's word for what the scan saw.
+    pub observed: String,
+    /// `drift` or `indeterminate`.
+    pub verdict: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub cause: Option<String>,
+    /// The policy that decides the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Its entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<u32>,
+}
+
+/// The spec of a [`PortReport`]: what one node's agent applied and what its peer scans saw.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "portwarden.io",
+    version = "v1alpha1",
+    kind = "PortReport",
+    plural = "portreports",
+    singular = "portreport",
+    shortname = "prep",
+    category = "portwarden",
+    derive = "PartialEq",
+    doc = "What one node's portwarden agent applied and what its scans of its peers saw. Written by the agent; named after the node.",
+    printcolumn(name = "Rules", type_ = "integer", json_path = ".spec.rules"),
+    printcolumn(
+        name = "In sync",
+        type_ = "integer",
+        json_path = ".spec.summary.inSync"
+    ),
+    printcolumn(name = "Drift", type_ = "integer", json_path = ".spec.summary.drift"),
+    printcolumn(
+        name = "Indeterminate",
+        type_ = "integer",
+        json_path = ".spec.summary.indeterminate",
+        priority = 1
+    ),
+    printcolumn(name = "Scanned", type_ = "date", json_path = ".spec.scannedAt"),
+    printcolumn(
+        name = "Error",
+        type_ = "string",
+        json_path = ".spec.applyError",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PortReportSpec {
+    /// The node whose agent writes the report (also the object's name).
+    pub node: String,
+    /// Policies applied on the node, with the generation applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub applied: Vec<AppliedPolicy>,
+    /// Rules in the node's compiled intent.
+    #[serde(default)]
+    pub rules: u32,
+    /// Why the node's rules could not be made to match its intent, if they could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub apply_error: Option<String>,
+    /// When the peers were last scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned_at: Option<Time>,
+    /// The peers this node is assigned to scan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub peers: Vec<String>,
+    /// Port counts over all scanned peers.
+    #[serde(default)]
+    pub summary: Counts,
+    /// Port counts per deciding policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub policies: Vec<PolicyCounts>,
+    /// Ports not in sync, drift first, at most 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub findings: Vec<Finding>,
+    /// Not-in-sync ports left out of `findings` by the bound.
+    #[serde(default)]
+    pub omitted_findings: u32,
+    /// Remarks on the scan (agents unreachable, fallbacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 512)))]
+    pub notes: Vec<String>,
+}
+
+/// Both CustomResourceDefinitions, PortPolicy first.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![PortPolicy::crd(), PortReport::crd()]
+}
+
+/// The CustomResourceDefinitions as a multi-document YAML stream: what `portwarden crd` prints
+/// and what the chart ships under `charts/portwarden/crds/`.
+///
+/// # Errors
+///
+/// Only if serialization fails, which would be a bug in the types.
+pub fn crds_yaml() -> Result<String, crate::Error> {
+    let mut out = String::from(
+        "# Generated by `portwarden crd` from the Rust types in crates/kube; do not edit.\n",
+    );
+    for crd in crds() {
+        let value = serde_json::to_value(&crd).map_err(crate::Error::SerializeCrd)?;
+        let yaml = serde_saphyr::to_string(&value)
+            .map_err(|e| crate::Error::SerializeCrdYaml(e.to_string()))?;
+        out.push_str("---\n");
+        out.push_str(&yaml);
+        if !yaml.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,48 @@
+//! portwarden on Kubernetes: the `PortPolicy` and `PortReport` custom resources, the agent's
+//! cluster mode and the leader-elected controller.
+//!
+//! A key design decision is that everything that decides something is a pure function over
+//! snapshots of the watched objects, and the I/O around it is thin and scripted in tests:
+//!
+//! * the agent's [`agent::plan_node`] turns (policies, nodes, this node) into the node's intent,
+//!   its assigned peers and their intents; [`report::build`] turns a drift report into a bounded
+//!   `PortReport`; [`agent::apply_report`] writes it by server-side apply;
+//! * the controller's [`aggregate::status`] turns (policy, nodes, reports) into the policy's
+//!   status, and [`aggregate::events`] the transitions into Events; [`controller::reconcile`]
+//!   patches the status subresource and publishes the Events.
+//!
+//! Watching (list, watch, restarts with backoff, relists after `410 Gone`) is kube-runtime's
+//! `watcher` and `reflector`; leader election is `kube-lease-manager` on a `Lease`.
+//!
+//! # Layout
+//!
+//! * [`crd`] — the resources, their schema (with CEL rules) and `portwarden crd`'s output.
+//! * [`assign`] — which peers each node scans.
+//! * [`agent`] — `portwarden agent --kube`.
+//! * [`report`] — drift report → bounded `PortReport`.
+//! * [`conditions`] — conditions per the Kubernetes API conventions.
+//! * [`aggregate`] — reports → policy status and Events.
+//! * [`controller`] — `portwarden controller`.
+
+pub mod agent;
+pub mod aggregate;
+pub mod assign;
+pub mod conditions;
+pub mod controller;
+pub mod crd;
+mod error;
+pub mod report;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use crd::{
+    PolicySpec, PortPolicy, PortPolicyStatus, PortReport, PortReportSpec, crds, crds_yaml,
+};
+pub use error::Error;
+
+/// The field manager of the agents' server-side applies.
+pub const AGENT_MANAGER: &str = "portwarden-agent";
+
+/// The field manager of the controller's status applies.
+pub const CONTROLLER_MANAGER: &str = "portwarden-controller";
