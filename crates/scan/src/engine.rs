@@ -1,24 +1,29 @@
-//! The raw-socket timing engine: one send thread and one receive thread sharing flat arrays.
+//! The raw-socket timing engine: one send thread per CPU and one receive thread, sharing flat
+//! arrays.
 //!
 //! # Design
 //!
-//! Every (target, port) pair has an index `host * nports + port_position`, and three small
+//! Every (target, port) pair has an index `host * nports + port_position`, and a few small
 //! atomics per index: the merged result (state and reason), the latest try number with an
-//! "outstanding" bit, and the send time of that try. Because a reply names its target, port
-//! and try number (see [`crate::probe`]), the receive thread turns a packet into an index with
-//! two array reads — no search through outstanding probes, no lock on the hot path except
-//! the small timing state.
+//! "outstanding" bit, and send times. Because a reply names its target, port and try number
+//! (see `probe`), the receive thread turns a packet into an index with two array reads — no
+//! search through outstanding probes, no lock on the hot path except the small timing state.
+//! It drains the packet socket in batches without blocking on it, so senders never pay a
+//! wake-up per reply.
 //!
-//! The send thread owns the schedule: fresh probes in port-major order (so several targets
-//! are interleaved), retransmissions of probes whose timeout expired without an answer, and a
-//! FIFO of outstanding probes. Probes leave the congestion window either when answered
-//! (the receive thread clears the outstanding bit) or when they time out (the send thread
-//! clears it); exactly one of the two wins the compare-and-swap, so the in-flight count stays
-//! exact without a shared queue.
+//! Each send thread owns a stripe of the indexes (`me, me + n, ...`): fresh probes in
+//! port-major order (so several targets are interleaved), retransmissions, and FIFOs of
+//! outstanding probes. Probes leave the congestion window when answered (the receive thread
+//! clears the outstanding bit), when they time out, or when they are presumed lost because a
+//! probe sent noticeably later was already answered (TCP's RACK idea) — the send thread clears
+//! the bit then; exactly one side wins the compare-and-swap, so the in-flight count stays exact
+//! without a shared queue. Presumed loss only speeds up retransmission: a port is called silent
+//! only after its last try has waited the full nmap timeout, so the verdicts are nmap's.
 //!
 //! A silent probe is retransmitted until nmap's allowance (`allowedTryno`, which grows once a
 //! retransmission has been answered, i.e. once loss is proven) is used up; then the port
-//! gets the scan's silent state (filtered, or open|filtered for UDP).
+//! gets the scan's silent state (filtered, or open|filtered for UDP). Ports called silent
+//! before loss showed up on their host are reopened for the extra tries before the scan ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -83,7 +88,17 @@ pub(crate) struct Shared {
     first_sent: Vec<AtomicU32>,
     latest_answered_sent: AtomicU64,
     max_retries: u8,
+    /// nmap's scan delay (µs between probes), boosted when probes need many tries.
+    scan_delay_us: AtomicU64,
+    /// Earliest time (µs) the next probe may go out under the scan delay.
+    next_send_us: AtomicU64,
     max_ok_tryno: Vec<AtomicU8>,
+    /// Per host: highest try number sent so far, and until when (µs) retransmissions to it
+    /// pause (nmap's rate-limit detection, `rld`).
+    max_tryno_sent: Vec<AtomicU8>,
+    rld_until: Vec<AtomicU64>,
+    /// More than one probe in the scan (nmap only pauses then).
+    several: bool,
     responded: AtomicU64,
     resolved: AtomicU64,
     replies: AtomicU64,
@@ -115,7 +130,12 @@ impl Shared {
             first_sent: (0..n).map(|_| AtomicU32::new(0)).collect(),
             latest_answered_sent: AtomicU64::new(0),
             max_retries: timing.max_retries,
+            scan_delay_us: AtomicU64::new(0),
+            next_send_us: AtomicU64::new(0),
             max_ok_tryno: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
+            max_tryno_sent: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
+            rld_until: (0..nhosts).map(|_| AtomicU64::new(0)).collect(),
+            several: n > 1,
             responded: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
             replies: AtomicU64::new(0),
@@ -310,7 +330,10 @@ impl Shared {
                 // The port's first answer came to a retransmission: an earlier probe or its
                 // answer was lost. One back-off per loss event: losses of probes first sent
                 // before the last back-off belong to the event already handled.
-                self.max_ok_tryno[host].fetch_max(tryno, Ordering::AcqRel);
+                let before = self.max_ok_tryno[host].fetch_max(tryno, Ordering::AcqRel);
+                if tryno > 4 && tryno > before {
+                    self.boost_scan_delay();
+                }
                 let first = u64::from(self.first_sent[idx].load(Ordering::Acquire));
                 if t.cong.drop_seen(first, now, self.in_flight(), false) {
                     self.drops.fetch_add(1, Ordering::AcqRel);
@@ -319,6 +342,79 @@ impl Shared {
                 t.cong.ack();
             }
         }
+    }
+
+    /// nmap's `boostScanDelay()` (at `-T4`, triggered when a port first answers its fifth
+    /// try): start at 5 ms (TCP) or 50 ms (UDP), then double, up to 10 ms (TCP) or 1 s (UDP).
+    /// This is what keeps UDP scans correct against hosts that rate-limit ICMP errors.
+    fn boost_scan_delay(&self) {
+        let (start, max) = if self.kind == ScanKind::Udp {
+            (50_000, 1_000_000)
+        } else {
+            (5_000, 10_000)
+        };
+        let _ = self
+            .scan_delay_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some(if d == 0 { start } else { (d * 2).min(max) })
+            });
+    }
+
+    /// Microseconds until the scan delay lets the next probe go (0 = now); when 0, the
+    /// slot is taken.
+    pub(crate) fn scan_delay_wait(&self, now_us: u64) -> u64 {
+        let delay = self.scan_delay_us.load(Ordering::Acquire);
+        if delay == 0 {
+            return 0;
+        }
+        let next = self.next_send_us.load(Ordering::Acquire);
+        if now_us < next {
+            return next - now_us;
+        }
+        match self.next_send_us.compare_exchange(
+            next,
+            now_us + delay,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => 0,
+            Err(_) => 1,
+        }
+    }
+
+    /// nmap's rate-limit detection: the first time a host is about to get try `tryno`,
+    /// retransmissions to it pause for one second, so a target that rate-limits its answers
+    /// (ICMP port-unreachable above all: Linux sends about one per second after a burst of six)
+    /// has refilled its budget. Returns µs to wait before try `tryno` may go to `host`.
+    ///
+    /// nmap pauses for every scan type; we pause always for UDP, and for TCP only once the
+    /// host has answered a retransmission (loss or rate limiting is proven). A TCP port that is
+    /// simply dropped never answers, and pausing for it would only cost a second per scan.
+    pub(crate) fn rld_wait(&self, host: usize, tryno: u8, now_us: u64) -> u64 {
+        if tryno == 0 || !self.several {
+            return 0;
+        }
+        let until = self.rld_until[host].load(Ordering::Acquire);
+        if now_us < until {
+            return until - now_us;
+        }
+        let applies =
+            self.kind == ScanKind::Udp || self.max_ok_tryno[host].load(Ordering::Acquire) > 0;
+        if applies && self.max_tryno_sent[host].fetch_max(tryno, Ordering::AcqRel) < tryno {
+            self.rld_until[host].fetch_max(now_us + 1_000_000, Ordering::AcqRel);
+            return 1_000_000;
+        }
+        0
+    }
+
+    /// Like [`Shared::scan_delay_wait`] without taking the slot.
+    pub(crate) fn scan_delay_wait_peek(&self, now_us: u64) -> u64 {
+        if self.scan_delay_us.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.next_send_us
+            .load(Ordering::Acquire)
+            .saturating_sub(now_us)
     }
 
     /// Loss seen outside any one probe (our receive queue overflowed).
@@ -637,7 +733,15 @@ fn send_loop(
             if rate.wait_us(shared.sent.load(Ordering::Acquire), shared.now_us()) > 0 {
                 break;
             }
-            let (idx, tryno) = if let Some(r) = retrans.pop_front() {
+            if (!retrans.is_empty() || fresh < total_fresh)
+                && shared.scan_delay_wait(shared.now_us()) > 0
+            {
+                break;
+            }
+            let rld_blocked = retrans.front().is_some_and(|&(idx, tryno)| {
+                !shared.has_result(idx) && shared.rld_wait(idx / nports, tryno, shared.now_us()) > 0
+            });
+            let (idx, tryno) = if !rld_blocked && let Some(r) = retrans.pop_front() {
                 if shared.has_result(r.0) {
                     continue;
                 }
@@ -720,7 +824,18 @@ fn send_loop(
                 .map(|&(_, _, s)| (s + timeout_us).saturating_sub(now))
                 .min()
                 .unwrap_or(1_000);
-            let until_rate = rate.wait_us(shared.sent.load(Ordering::Acquire), now);
+            let until_rld = retrans
+                .front()
+                .map(|&(idx, _)| {
+                    shared.rld_until[idx / nports]
+                        .load(Ordering::Acquire)
+                        .saturating_sub(now)
+                })
+                .unwrap_or(0);
+            let until_rate = rate
+                .wait_us(shared.sent.load(Ordering::Acquire), now)
+                .max(shared.scan_delay_wait_peek(now))
+                .max(until_rld);
             let wait = if until_rate > 0 {
                 until_rate.min(until_expiry)
             } else {

@@ -91,3 +91,43 @@ fn syn_and_udp_with_five_percent_loss_match_nmap() {
         compare(&m, ScanKind::Udp, v6, 0, UDP_PORTS, true);
     }
 }
+
+#[test]
+fn udp_scan_against_icmp_rate_limiting_matches_nmap() {
+    // Linux answers closed UDP ports with at most ~1 ICMP error per second per destination
+    // after a burst of 6 (net.ipv4.icmp_ratelimit, left at its default here). nmap copes by
+    // retrying and boosting its scan delay; so must we. nmap and we probe from different
+    // scanner addresses so each gets its own token bucket.
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("udprl")
+        .scanner_addresses(2)
+        .build()
+        .expect("lab");
+    let node = lab.node(0);
+    let scanner = lab.scanner(0);
+    let _echo = node.udp_echo(6000).expect("udp echo");
+    let target: IpAddr = node.v4().into();
+    let ports = "6000-6009";
+    let theirs = nmap(
+        scanner,
+        ScanKind::Udp,
+        scanner.ipv4[0].into(),
+        target,
+        ports,
+        &[],
+    );
+    let report = ours(
+        scanner,
+        ScanKind::Udp,
+        scanner.ipv4[1].into(),
+        target,
+        ports,
+        ScanConfig::default(),
+    );
+    let mine = states_of(&report);
+    eprintln!(
+        "rate-limited UDP: {:?} {:?}\n nmap {theirs:?}\n ours {mine:?}",
+        report.elapsed, report.stats
+    );
+    assert_same_states("UDP under ICMP rate limiting", &theirs, &mine);
+}
