@@ -47,6 +47,10 @@ enum Command {
     Apply(cmd::apply::Args),
     /// Remove every chain and jump of portwarden's; leave everything else as it is.
     Reset(cmd::reset::Args),
+    /// Kubernetes: aggregate PortReports into PortPolicy status, Events and metrics (leader-elected).
+    Controller(cmd::controller::Args),
+    /// Print the CustomResourceDefinitions (PortPolicy, PortReport) as YAML.
+    Crd(cmd::crd::Args),
 }
 
 /// What a command reports back to `main`: the process exit code.
@@ -71,6 +75,8 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(a),
         Command::Apply(a) => cmd::apply::run(a),
         Command::Reset(a) => cmd::reset::run(a),
+        Command::Controller(a) => cmd::controller::run(a),
+        Command::Crd(a) => cmd::crd::run(a),
     };
     match result {
         Ok(code) => code,

@@ -36,8 +36,9 @@ pub const MAX_PEERS: usize = 64;
 /// At most this many notes in one `PortReport`.
 pub const MAX_NOTES: usize = 16;
 
-/// The spec of a [`PortPolicy`]: exactly the standalone document's spec.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// What the policy says: which nodes it selects, its priority, and for each entry which ports
+/// must look open, closed or filtered to which sources.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[kube(
     group = "portwarden.io",
     version = "v1alpha1",
@@ -94,6 +95,46 @@ pub const MAX_NOTES: usize = 16;
 #[serde(transparent)]
 pub struct PolicySpec(pub portwarden_policy::PortPolicySpec);
 
+/// Decodes a spec so that *any* value the schema admits decodes: a `ports` value that is not
+/// a number, a string or a list of those (the schema cannot type the union, see
+/// [`portwarden_policy::document::Ports`]) becomes its JSON text, which the validator then
+/// refuses with a message. Without this, one object with `ports: true` would fail to decode,
+/// fail the watcher's whole list, and stall every agent and the controller.
+impl<'de> Deserialize<'de> for PolicySpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut v = serde_json::Value::deserialize(d)?;
+        if let Some(entries) = v.get_mut("ports").and_then(|p| p.as_array_mut()) {
+            for entry in entries {
+                if let Some(ports) = entry.get_mut("ports") {
+                    tolerate_ports(ports);
+                }
+            }
+        }
+        serde_json::from_value(v)
+            .map(PolicySpec)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Rewrites a `ports` value the wire type cannot hold into its JSON text.
+fn tolerate_ports(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let fits = |v: &Value| match v {
+        Value::Number(n) => n.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)),
+        Value::String(_) => true,
+        _ => false,
+    };
+    match v {
+        Value::Array(items) => {
+            for item in items.iter_mut().filter(|i| !fits(i)) {
+                *item = Value::String(item.to_string());
+            }
+        }
+        other if !fits(other) => *other = Value::String(other.to_string()),
+        _ => {}
+    }
+}
+
 /// Port counts by verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -123,7 +164,8 @@ impl Counts {
     }
 }
 
-/// What the controller observed about a [`PortPolicy`].
+/// What the controller observed about the policy: matched and applied nodes, port counts from
+/// the peer scans, and the Applied and InSync conditions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortPolicyStatus {
@@ -207,7 +249,7 @@ pub struct Finding {
     pub entry: Option<u32>,
 }
 
-/// The spec of a [`PortReport`]: what one node's agent applied and what its peer scans saw.
+/// What one node's agent applied and what its scans of its peers saw.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "portwarden.io",

@@ -58,6 +58,7 @@ pub struct PortPolicySpec {
     pub node_selector: LabelSelector,
     /// Lower wins when policies overlap. Default 1000.
     #[serde(default = "default_priority")]
+    #[schemars(range(max = u32::MAX))]
     pub priority: u32,
     /// Whether open ports that no policy declares open are reported as drift.
     #[serde(default)]

@@ -18,7 +18,7 @@ use crate::args::host_name;
 /// Arguments of `agent`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Example (standalone, one agent per host; as root or with CAP_NET_ADMIN and CAP_NET_RAW):\n  portwarden agent --policy-dir /etc/portwarden/policies --inventory /etc/portwarden/inventory.yaml \\\n      --refresh 10 --scan-interval 60\n\nEndpoints on --metrics-addr: /metrics /healthz /readyz /v1/inside /v1/report"
+    after_help = "Example (standalone, one agent per host; as root or with CAP_NET_ADMIN and CAP_NET_RAW):\n  portwarden agent --policy-dir /etc/portwarden/policies --inventory /etc/portwarden/inventory.yaml \\\n      --refresh 10 --scan-interval 60\n\nExample (Kubernetes, from the chart's DaemonSet; NODE_NAME from the downward API):\n  portwarden agent --kube --scan-interval 60 --peers 2\n\nEndpoints on --metrics-addr: /metrics /healthz /readyz /v1/inside /v1/report"
 )]
 pub struct Args {
     /// Directory of policy documents, e.g. a git checkout (read recursively).
@@ -27,9 +27,13 @@ pub struct Args {
     /// The inventory file.
     #[arg(long, value_name = "FILE", required_unless_present = "kube")]
     inventory: Option<PathBuf>,
-    /// Kubernetes mode: policies are PortPolicy custom resources.
+    /// Kubernetes mode: policies are PortPolicy custom resources, the node's labels and
+    /// addresses come from its Node, and results go to its PortReport.
     #[arg(long, conflicts_with_all = ["policy_dir", "inventory"])]
     kube: bool,
+    /// Kubernetes mode: how many peers each node scans (each ready node is scanned by this many).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "kube")]
+    peers: usize,
     /// This node's name in the inventory (default: the host name).
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
@@ -57,12 +61,12 @@ pub struct Args {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -75,11 +79,10 @@ fn init_logging(format: LogFormat) {
 }
 
 pub fn run(a: Args) -> Outcome {
-    if a.kube {
-        bail!("Kubernetes mode (--kube) is not built yet; run with --policy-dir and --inventory");
-    }
-    let (Some(policy_dir), Some(inventory)) = (a.policy_dir, a.inventory) else {
-        bail!("pass --policy-dir DIR and --inventory FILE");
+    let (policy_dir, inventory) = match (a.kube, a.policy_dir, a.inventory) {
+        (true, _, _) => (PathBuf::new(), PathBuf::new()),
+        (false, Some(p), Some(i)) => (p, i),
+        (false, _, _) => bail!("pass --policy-dir DIR and --inventory FILE, or --kube"),
     };
     if a.refresh == 0 {
         bail!("--refresh must be at least 1 second");
@@ -92,7 +95,11 @@ pub fn run(a: Args) -> Outcome {
         .backend
         .parse()
         .with_context(|| format!("invalid --backend \"{}\"", a.backend))?;
-    let node = match a.node {
+    // In a DaemonSet, NODE_NAME comes from the downward API (spec.nodeName).
+    let node = match a
+        .node
+        .or_else(|| a.kube.then(|| std::env::var("NODE_NAME").ok()).flatten())
+    {
         Some(n) => n,
         None => host_name()?,
     };
@@ -111,6 +118,13 @@ pub fn run(a: Args) -> Outcome {
             ..Options::default()
         },
     };
-    agent::run(config)?;
+    if a.kube {
+        portwarden_kube::agent::run(portwarden_kube::agent::KubeAgentConfig {
+            agent: config,
+            peers_per_node: a.peers,
+        })?;
+    } else {
+        agent::run(config)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

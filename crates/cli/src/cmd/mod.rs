@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod apply;
+pub mod controller;
+pub mod crd;
 pub mod explain;
 pub mod plan;
 pub mod reset;
