@@ -54,10 +54,8 @@ pub(crate) fn run_checked(program: &str, args: &[&str]) -> Result<String, LabErr
 }
 
 impl Netns {
-    /// The primary IPv4 address.
-    ///
-    /// # Panics
-    /// Never for namespaces made by [`Lab`](crate::Lab), which always assigns one.
+    /// The primary IPv4 address (`0.0.0.0` if none; namespaces made by [`Lab`](crate::Lab)
+    /// always have one).
     pub fn v4(&self) -> Ipv4Addr {
         self.ipv4.first().copied().unwrap_or(Ipv4Addr::UNSPECIFIED)
     }

@@ -263,7 +263,7 @@ fn full_range() {
         );
     }
     println!();
-    println!(
+    let summary = format!(
         "portwarden: peak memory (VmHWM) {:.1} MB, {} probes, {} retransmissions, {} loss events; \
          {:.1}x faster than nmap -T4, {:.1}x faster than nmap --min-rate 100000.\n",
         median.hwm_kb as f64 / 1024.0,
@@ -272,6 +272,43 @@ fn full_range() {
         median.drops,
         t_nmap / median.secs,
         t_fast / median.secs
+    );
+    println!("{summary}");
+
+    // The same node with 5 % of its incoming packets dropped at random.
+    node.add_random_loss(0.05).expect("loss rule");
+    println!(
+        "### With 5 % random loss on the node (`iptables -m statistic --probability 0.05 -j DROP`)\n"
+    );
+    println!("| scanner | wall time | states vs lossless `nmap -T4` |");
+    println!("|---|---|---|");
+    if std::env::var_os("PW_BENCH_LOSS_NMAP").is_some() {
+        let (t_l, xml) = timed(
+            scanner,
+            &[
+                "timeout", "900", "nmap", "-n", "-Pn", "-sS", "-T4", "-p-", "-oX", "-", &t,
+            ],
+        );
+        println!(
+            "| `nmap -n -Pn -sS -T4 -p-` | {t_l:.1} s | {} ports differ |",
+            diff(&reference, &nmap_states(&xml))
+        );
+    }
+    let mut lossy: Vec<Ours> = (0..3)
+        .map(|_| run_ours(scanner, "syn", "-", &[target]))
+        .collect();
+    lossy.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    let m = &lossy[1];
+    println!(
+        "| portwarden (3 runs, median) | {:.2} s | {} ports differ (worst of 3); {} probes, {} retransmissions |\n",
+        m.secs,
+        lossy
+            .iter()
+            .map(|o| diff(&reference, &o.states))
+            .max()
+            .unwrap_or(0),
+        m.probes,
+        m.retrans
     );
 }
 
