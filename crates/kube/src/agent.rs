@@ -550,10 +550,10 @@ async fn watch_and_report(
         tokio::select! {
             _ = &mut shutdown => return,
             Some(c) = changes.next() => {
-                if let Some(plan) = state.on_change(c, &policies, &nodes) {
-                    if plans.send(plan).is_err() {
-                        return;
-                    }
+                if let Some(plan) = state.on_change(c, &policies, &nodes)
+                    && plans.send(plan).is_err()
+                {
+                    return;
                 }
             }
             Some(o) = outcomes.recv() => {
@@ -748,6 +748,167 @@ mod tests {
         let plan = plan_node("web-1", &cache, &nodes, 1);
         assert!(plan.applied.is_empty());
         assert!(plan.intent.unwrap().rules.is_empty());
+    }
+
+    /// The report goes out by server-side apply with the agent's field manager and the Node as
+    /// owner; an unchanged report is not rewritten; a refused write is retried with backoff.
+    #[tokio::test]
+    async fn report_is_applied_once_per_change_and_retried_on_errors() {
+        let (client, server) = crate::fixtures::ApiServer::new();
+        let api: Api<PortReport> = Api::all(client);
+        let mut state = AgentState::new("web-1".into(), 2);
+        state.last = Some(NodePlan {
+            uid: Some("uid-web-1".into()),
+            ..NodePlan::default()
+        });
+        state.on_outcome(Outcome::Applied(Applied {
+            policies: vec![AppliedPolicy {
+                name: "quarantine".into(),
+                generation: 3,
+            }],
+            rules: 2,
+            error: None,
+        }));
+        let script = server.run(|mut s| async move {
+            s.refuse_report_apply("web-1", 503).await;
+            let body = s.expect_report_apply("web-1").await;
+            assert_eq!(
+                body,
+                serde_json::json!({
+                    "apiVersion": "portwarden.io/v1alpha1",
+                    "kind": "PortReport",
+                    "metadata": {
+                        "name": "web-1",
+                        "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "web-1", "uid": "uid-web-1"}]
+                    },
+                    "spec": {
+                        "node": "web-1",
+                        "applied": [{"name": "quarantine", "generation": 3}],
+                        "rules": 2,
+                        "summary": {"inSync": 0, "drift": 0, "indeterminate": 0},
+                        "omittedFindings": 0
+                    }
+                })
+            );
+            s
+        });
+        assert!(
+            state.write(&api).await.is_some(),
+            "a refused write is retried"
+        );
+        assert_eq!(state.failures, 1);
+        assert!(state.write(&api).await.is_none());
+        assert_eq!(state.failures, 0);
+        let server = script.await.unwrap();
+        // Nothing changed: no request.
+        assert!(state.write(&api).await.is_none());
+        server.done().await;
+    }
+
+    /// kube-runtime's real watcher over the scripted API server: the initial list, a watch
+    /// stream with an add, a modify and a delete, the stream ending (the watcher re-watches from
+    /// the last resourceVersion), `410 Gone` (it relists), and the relist that drops an object
+    /// deleted meanwhile. Each step reaches the node's plan.
+    #[tokio::test]
+    async fn real_watcher_add_modify_delete_restart_and_relist() {
+        let (client, server) = crate::fixtures::ApiServer::new();
+        let list = |items: Vec<PortPolicy>, rv: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "portwarden.io/v1alpha1", "kind": "PortPolicyList",
+                "metadata": {"resourceVersion": rv}, "items": items,
+            }))
+            .unwrap()
+        };
+        let at = |mut p: PortPolicy, rv: &str| {
+            p.metadata.resource_version = Some(rv.into());
+            p
+        };
+        let events = |evs: Vec<(&str, PortPolicy)>| {
+            let mut out = Vec::new();
+            for (t, o) in evs {
+                out.extend(
+                    serde_json::to_vec(&serde_json::json!({"type": t, "object": o})).unwrap(),
+                );
+                out.push(b'\n');
+            }
+            out
+        };
+        const BASE: &str = "/apis/portwarden.io/v1alpha1/portpolicies";
+        let base = BASE;
+        let watch = move |rv: &str| {
+            format!(
+                "{base}?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion={rv}"
+            )
+        };
+        let script = server.run(move |mut s| async move {
+            s.expect_get(
+                &format!("{base}?&limit=500"),
+                list(vec![at(policy("quarantine", 1, "web"), "10")], "10"),
+            )
+            .await;
+            s.expect_get(
+                &watch("10"),
+                events(vec![
+                    ("ADDED", at(policy("web", 1, "web"), "11")),
+                    ("MODIFIED", at(policy("web", 2, "web"), "12")),
+                    ("DELETED", at(policy("web", 2, "web"), "13")),
+                ]),
+            )
+            .await;
+            let gone = serde_json::json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                "reason": "Expired", "message": "too old resource version: 13 (20)"}});
+            s.expect_get(&watch("13"), serde_json::to_vec(&gone).unwrap())
+                .await;
+            s.expect_get(&format!("{base}?&limit=500"), list(vec![], "20"))
+                .await;
+            s
+        });
+        let (policies, writer) = reflector::store::<PortPolicy>();
+        let (nodes, mut nw) = reflector::store::<Node>();
+        nw.apply_watcher_event(&Event::Init);
+        nw.apply_watcher_event(&Event::InitApply(node("web-1", "web", "10.0.0.11", true)));
+        nw.apply_watcher_event(&Event::InitDone);
+        let mut state = AgentState::new("web-1".into(), 1);
+        state.on_change(Change::Nodes(true), &policies, &nodes);
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(
+                Api::<PortPolicy>::all(client),
+                watcher::Config::default().any_semantic(),
+            ),
+        );
+        let mut stream = std::pin::pin!(stream);
+        let mut plans: Vec<Vec<AppliedPolicy>> = Vec::new();
+        let mut errors = 0;
+        while plans.len() < 5 {
+            let c = change(
+                stream.next().await.expect("the watch goes on"),
+                Change::Policies,
+            );
+            if matches!(c, Change::Failed(_)) {
+                errors += 1;
+            }
+            if let Some(plan) = state.on_change(c, &policies, &nodes) {
+                plans.push(plan.applied);
+            }
+        }
+        let p = |n: &str, g| AppliedPolicy {
+            name: n.into(),
+            generation: g,
+        };
+        assert_eq!(
+            plans,
+            vec![
+                vec![p("quarantine", 1)],
+                vec![p("quarantine", 1), p("web", 1)],
+                vec![p("quarantine", 1), p("web", 2)],
+                vec![p("quarantine", 1)],
+                vec![],
+            ]
+        );
+        assert_eq!(errors, 1, "the 410 surfaces once, then the watcher relists");
+        script.await.unwrap().done().await;
     }
 
     /// Watch events as the reflector sees them: the initial list, an add, a modify, a delete,

@@ -38,6 +38,8 @@ pub const MAX_NOTES: usize = 16;
 
 /// What the policy says: which nodes it selects, its priority, and for each entry which ports
 /// must look open, closed or filtered to which sources.
+// Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[kube(
     group = "portwarden.io",
@@ -250,6 +252,7 @@ pub struct Finding {
 }
 
 /// What one node's agent applied and what its scans of its peers saw.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "portwarden.io",

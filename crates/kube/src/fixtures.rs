@@ -276,6 +276,31 @@ impl ApiServer {
         body
     }
 
+    /// Answers the next PortReport apply with an API error.
+    pub async fn refuse_report_apply(&mut self, node: &str, code: u16) {
+        let (request, send) = self.next().await;
+        Self::assert_apply(
+            &request,
+            &format!("/apis/portwarden.io/v1alpha1/portreports/{node}"),
+            "portwarden-agent",
+        );
+        let status = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "the server is currently unable to handle the request",
+            "reason": "ServiceUnavailable", "code": code
+        });
+        Self::reply(send, StatusCode::from_u16(code).unwrap(), &status);
+    }
+
+    /// Expects a GET of exactly `uri`; answers with `body` (a JSON value, or for a watch the
+    /// newline-separated events, then the end of the stream).
+    pub async fn expect_get(&mut self, uri: &str, body: Vec<u8>) {
+        let (request, send) = self.next().await;
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri().to_string(), uri);
+        send.send_response(Response::builder().body(Body::from(body)).unwrap());
+    }
+
     /// Asserts that the client asked nothing more.
     pub async fn done(mut self) {
         use futures::FutureExt;
