@@ -509,7 +509,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     };
     // Open the receive socket first: it queues packets from the moment it exists, so no
     // reply can arrive before we listen.
-    let rx = Receiver::open(kind_name)?;
+    let rx = Receiver::open(kind_name, plan.id.base_sport)?;
     // One sender per CPU (at most 4): on a local path most of the cost of a probe is the
     // kernel's work for it and for its answer, done in the sending thread's context.
     let nsenders = std::thread::available_parallelism()

@@ -92,6 +92,69 @@ fn attach_drop_all(s: &Socket) -> std::io::Result<()> {
     }
 }
 
+/// The classic BPF program of [`Receiver::open`]. The socket is `SOCK_DGRAM`, so offset 0 is
+/// the IP header.
+fn reply_filter(base_sport: u16) -> Vec<libc::sock_filter> {
+    let lo = u32::from(base_sport);
+    let hi = lo + 15;
+    let i = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    const LDB: u16 = 0x30; // A = byte at k
+    const LDH: u16 = 0x28; // A = half at k
+    const LDH_IND: u16 = 0x48; // A = half at X + k
+    const LDX_MSH: u16 = 0xb1; // X = 4 * (byte at k & 0xf)
+    const AND: u16 = 0x54;
+    const JEQ: u16 = 0x15;
+    const JGE: u16 = 0x35;
+    const JGT: u16 = 0x25;
+    const RET: u16 = 0x06;
+    vec![
+        i(LDB, 0, 0, 0),        // 0: version nibble
+        i(AND, 0, 0, 0xf0),     // 1
+        i(JEQ, 0, 8, 0x40),     // 2: IPv4 → 3, else → 11
+        i(LDB, 0, 0, 9),        // 3: protocol
+        i(JEQ, 14, 0, 1),       // 4: ICMP → accept
+        i(JEQ, 1, 0, 6),        // 5: TCP → 7
+        i(JEQ, 0, 13, 17),      // 6: UDP → 7, else reject
+        i(LDX_MSH, 0, 0, 0),    // 7: X = IPv4 header length
+        i(LDH_IND, 0, 0, 2),    // 8: destination port
+        i(JGE, 0, 10, lo),      // 9
+        i(JGT, 9, 8, hi),       // 10: in range → accept, else reject
+        i(JEQ, 0, 8, 0x60),     // 11: IPv6 → 12, else reject
+        i(LDB, 0, 0, 6),        // 12: next header
+        i(JEQ, 5, 0, 58),       // 13: ICMPv6 → accept
+        i(JEQ, 1, 0, 6),        // 14: TCP → 16
+        i(JEQ, 0, 4, 17),       // 15: UDP → 16, else reject
+        i(LDH, 0, 0, 42),       // 16: destination port
+        i(JGE, 0, 2, lo),       // 17
+        i(JGT, 1, 0, hi),       // 18: in range → accept, else reject
+        i(RET, 0, 0, 0x4_0000), // 19: accept
+        i(RET, 0, 0, 0),        // 20: reject
+    ]
+}
+
+fn attach_reply_filter(s: &Socket, base_sport: u16) -> std::io::Result<()> {
+    let mut prog = reply_filter(base_sport);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: passing a pointer to a live i32 and its size.
     let rc = unsafe {
@@ -218,11 +281,14 @@ const PACKET_STATISTICS: i32 = 6;
 const PACKET_IGNORE_OUTGOING: i32 = 23;
 
 impl Receiver {
-    /// Opens the packet socket; it starts queueing packets at once.
-    pub fn open(kind: &'static str) -> Result<Self, ScanError> {
+    /// Opens the packet socket; it starts queueing packets at once. A BPF filter keeps only
+    /// what can answer a probe of this scan: ICMP/ICMPv6, and TCP/UDP to our source ports
+    /// `base_sport..=base_sport + 15`; a busy host's other traffic never reaches us.
+    pub fn open(kind: &'static str, base_sport: u16) -> Result<Self, ScanError> {
         let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
         let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(proto)))
             .map_err(raw_err(kind, "opening the packet receive socket"))?;
+        attach_reply_filter(&sock, base_sport).map_err(sock_err("filtering the packet socket"))?;
         // Best effort: older kernels lack PACKET_IGNORE_OUTGOING; the probes then simply fail
         // to match our own outgoing packets.
         let _ = setsockopt_int(&sock, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
