@@ -20,8 +20,23 @@
 //!
 //! The second is that **speed comes from not looking things up**: each probe carries its
 //! identity (target, port, try number) in the packet, so the receive thread maps a reply to a
-//! flat array slot in O(1), while the send thread paces itself with nmap's RTT estimator and
-//! a congestion window that grows until loss appears (see `engine` and [`timing`]).
+//! flat array slot in O(1), while the send threads (one per CPU) pace themselves with nmap's
+//! RTT estimator and a congestion window that grows until loss appears — loss the sending
+//! rate causes, not the path's own random loss, which retransmission handles (see `engine`
+//! and [`timing`]). Figures and command lines: `crates/scan/BENCHMARKS.md`.
+//!
+//! # API at a glance
+//!
+//! ```text
+//! PortList::parse("22,80,8000-8100" | "1-1024" | "-") -> Result<PortList, ScanError>
+//! Scanner::new(ScanConfig { timing, source_v4, source_v6, source_port })
+//!     .on_progress(|p: &Progress| ...)              done/total/elapsed/eta()
+//!     .scan(&[IpAddr], &PortList, ScanKind::{Syn, Connect, Ack, Udp})
+//!         -> Result<ScanReport, ScanError>          hosts[].ports[] {port, protocol, state, reason}
+//! report::to_json / to_json_pretty / to_nmap_xml(&report, args) / to_table
+//! classify::{classify, merge, silent}               nmap's tables as pure functions
+//! source_for(IpAddr) -> Result<IpAddr>              the source address a target is reached from
+//! ```
 //!
 //! # Layout
 //!
