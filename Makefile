@@ -4,8 +4,11 @@
 
 CARGO ?= cargo
 BIN := target/release/portwarden
+# The image `make image` builds; IMAGE=registry.example.com/portwarden:0.1.0 to tag for a push.
+IMAGE ?= portwarden:latest
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo test lint fmt bench build deps clean
+.PHONY: demo test lint fmt bench build deps clean image chart-test
 
 build:
 	$(CARGO) build --release -p portwarden -p portwarden-demo
@@ -19,6 +22,20 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+	$(MAKE) --no-print-directory chart-test
+
+# The Helm chart (render, lint, Kubernetes 1.33 schemas, RBAC, CRDs, GitOps examples) and the
+# container image, built and run on a Docker network (skipped without a Docker engine, except
+# under CI=true). The image gets the release binary, as `make image` does.
+chart-test:
+	scripts/deps.sh test
+	$(CARGO) build --release -p portwarden
+	PORTWARDEN_BIN=$(TARGET_DIR)/release/portwarden .venv/bin/pytest -q -p no:cacheprovider charts/tests
+
+# The container image, without a registry: debootstrap base (cached), then docker build.
+image:
+	$(CARGO) build --release -p portwarden
+	scripts/image.sh $(TARGET_DIR)/release/portwarden $(IMAGE)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -13,6 +13,13 @@ declare -A pkgs=(
   [ndiff]=ndiff
   [tc]=iproute2
 )
+if [ "$want" = test ]; then
+  # The chart tests' Python (a venv below) and the container image's base (debootstrap); the
+  # image test borrows busybox's httpd as the nodes' web servers.
+  pkgs[debootstrap]=debootstrap
+  pkgs[busybox]=busybox-static
+  /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs[pw-python3-venv]=python3-venv
+fi
 if [ "$want" = bench ]; then
   pkgs[masscan]=masscan
   pkgs[hyperfine]=hyperfine
@@ -32,6 +39,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The chart tests' venv (.venv, git-ignored): Helm's Go SDK in a wheel, Kubernetes' schemas,
+# pytest. Pinned, so every machine renders and validates alike; rebuilt only when they change.
+if [ "$want" = test ]; then
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  venv="$root/.venv"
+  reqs="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 jsonschema==4.26.0 pytest==9.2.0 PyYAML==6.0.4"
+  if [ "$(cat "$venv/.portwarden-reqs" 2>/dev/null)" != "$reqs" ]; then
+    echo "deps: creating $venv ($reqs)" >&2
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q --disable-pip-version-check $reqs >/dev/null
+    echo "$reqs" >"$venv/.portwarden-reqs"
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
