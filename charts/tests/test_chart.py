@@ -7,6 +7,7 @@ Helm itself runs in-process through helm-python-sdk (Helm's Go SDK); no helm bin
 cluster are needed.
 """
 
+import copy
 import json
 import re
 import subprocess
@@ -78,7 +79,8 @@ def chart():
     return helm.Chart.load(str(CHART))
 
 
-_rendered = {}
+_rendered, _parsed = {}, {}
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def render(chart, values=None):
@@ -86,13 +88,13 @@ def render(chart, values=None):
     key = json.dumps(values or {}, sort_keys=True)
     if key not in _rendered:
         _rendered[key] = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    out = _rendered[key]
-    docs = []
-    for path, text in sorted(out.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
+    if key not in _parsed:
+        docs = []
+        for path, text in sorted(_rendered[key].items()):
+            if not path.endswith("NOTES.txt"):
+                docs += [d for d in yaml.load_all(text, Loader=LOADER) if d]
+        _parsed[key] = docs
+    return copy.deepcopy(_parsed[key])
 
 
 def notes(chart, values=None):
@@ -512,8 +514,8 @@ def test_gitops_manifests_install_the_chart_and_sync_the_example_policies(chart)
         ("argoproj.io/v1alpha1", "Application"),
     }
     kubernetes_validate.validate(docs["flux/release/namespace.json"], KUBE_VERSION, strict=True)
-    repo_files = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
-                  if p.is_file() and ".git" not in p.parts and not p.parts[len(ROOT.parts)].startswith("target")]
+    repo_files = [p.relative_to(ROOT).as_posix() for top in ("charts", "examples")
+                  for p in (ROOT / top).rglob("*") if p.is_file()]
 
     # Flux: the release Kustomization applies flux/release/ from a source that keeps it and the chart.
     repos = {d["metadata"]["name"]: d for d in docs.values() if d["kind"] == "GitRepository"}
