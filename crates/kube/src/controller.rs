@@ -288,7 +288,9 @@ pub async fn run_controller(
     });
     let node_cache = reflector::reflector(
         node_writer,
-        watcher::watcher(nodes, watcher::Config::default()),
+        // Labels are all the controller reads; managed fields are most of the bytes.
+        watcher::watcher(nodes, watcher::Config::default())
+            .modify(|n: &mut PartialObjectMeta<Node>| n.managed_fields_mut().clear()),
     )
     .default_backoff()
     .for_each(|r| {
@@ -468,8 +470,16 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
         metrics.clone(),
     )
     .await;
-    // Dropping the channel ends the lease task; it releases the Lease on its way out.
-    lease_task.abort();
+    // `while_leader` dropped the channel: the lease task releases the Lease (so a standby
+    // takes over at once instead of after the lease expires) and ends.
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader Lease"),
+        Ok(Ok(Err(e))) => {
+            warn!(error = %e, "could not release the leader Lease; it expires by itself")
+        }
+        Ok(Err(e)) => warn!(error = %e, "the lease task failed"),
+        Err(_) => warn!("the Lease was not released within 5 s; it expires by itself"),
+    }
     Ok(())
 }
 
