@@ -686,6 +686,8 @@ impl AgentState {
 mod tests {
     use super::*;
     use crate::fixtures::{node, policy};
+    use portwarden_reconcile::Verdict;
+    use std::time::Duration;
 
     fn infos(nodes: &[Node]) -> Vec<NodeInfo> {
         nodes.iter().map(node_info).collect()
@@ -956,6 +958,106 @@ mod tests {
         );
         assert_eq!(errors, 1, "the 410 surfaces once, then the watcher relists");
         script.await.unwrap().done().await;
+    }
+
+    /// The cluster-mode loop for real, in a lab: node 0 gets a plan from `plan_node`, applies
+    /// it to its own netfilter (inside its network namespace, never the root one), reports what
+    /// it applied, scans node 1 with node 1's intent for node 0's address, and the report
+    /// carries the verdicts. Node 1 runs no agent, so its "filtered" port shows as drift.
+    #[test]
+    fn lab_loop_applies_scans_and_reports() {
+        portwarden_lab::skip_unless_lab!();
+        let lab = portwarden_lab::Lab::builder("kubeagent")
+            .nodes(2)
+            .build()
+            .unwrap();
+        let (n0, n1) = (lab.node(0).clone(), lab.node(1).clone());
+        let mut p = policy("quarantine", 1, "web");
+        p.spec.0.ports.push(portwarden_policy::PortEntry {
+            ports: portwarden_policy::document::Ports::Text("9090".into()),
+            protocol: portwarden_policy::Protocol::Tcp,
+            state: portwarden_policy::State::Filtered,
+            from: vec![],
+            reason: None,
+        });
+        let mut cache = PolicyCache::default();
+        cache.update(&[Arc::new(p)]);
+        let nodes = infos(&[
+            node("n0", "web", &n0.v4().to_string(), true),
+            node("n1", "web", &n1.v4().to_string(), true),
+        ]);
+        let plan = plan_node("n0", &cache, &nodes, 1);
+        assert_eq!(plan.peer_names, vec!["n1".to_string()]);
+
+        let config = AgentConfig {
+            policy_dir: std::path::PathBuf::new(),
+            inventory: std::path::PathBuf::new(),
+            node: "n0".into(),
+            refresh: Duration::from_secs(3600),
+            scan_interval: Some(Duration::from_millis(50)),
+            poll: Duration::from_secs(1),
+            listen: "127.0.0.1:9750".parse().unwrap(),
+            failsafe: portwarden_netfilter::Failsafe::default(),
+            netfilter: portwarden_netfilter::Options::default(),
+        };
+        let shared = Shared::new(config);
+        let (plan_tx, plan_rx) = std::sync::mpsc::channel();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel();
+        plan_tx.send(plan).unwrap();
+        let ns = n0.clone();
+        let worker = std::thread::spawn(move || {
+            ns.enter_current_thread().unwrap();
+            reconcile_loop(shared, plan_rx, out_tx);
+        });
+        let Some(Outcome::Applied(applied)) = out_rx.blocking_recv() else {
+            panic!("first outcome is the apply");
+        };
+        assert_eq!(applied.error, None);
+        assert_eq!(
+            applied.policies,
+            vec![AppliedPolicy {
+                name: "quarantine".into(),
+                generation: 1
+            }]
+        );
+        assert_eq!(applied.rules, 3);
+        let rules = n0.exec(&["iptables-save", "-t", "filter"]).unwrap();
+        assert!(rules.contains("-j PORTWARDEN"), "{rules}");
+        assert!(rules.contains("quarantine"), "{rules}");
+        let scan = loop {
+            match out_rx.blocking_recv() {
+                Some(Outcome::Scanned(s)) => break s,
+                Some(Outcome::Applied(_)) => continue,
+                None => panic!("the loop ended before scanning"),
+            }
+        };
+        drop(plan_tx);
+        worker.join().unwrap();
+        let rows: Vec<(u16, &str, &str, Verdict)> = scan
+            .report
+            .results
+            .iter()
+            .map(|r| (r.port, r.expected.as_str(), r.observed.as_str(), r.verdict))
+            .collect();
+        assert!(
+            rows.contains(&(8080, "closed", "closed", Verdict::InSync)),
+            "{rows:?}"
+        );
+        assert!(
+            rows.contains(&(9090, "filtered", "closed", Verdict::Drift)),
+            "{rows:?}"
+        );
+        assert!(
+            scan.report
+                .results
+                .iter()
+                .all(|r| r.node == "n1" && r.from == IpAddr::from(n0.v4()))
+        );
+        let spec = report::build("n0", &applied, Some(&scan));
+        assert_eq!(spec.peers, vec!["n1".to_string()]);
+        assert_eq!(spec.policies[0].policy, "quarantine");
+        assert_eq!(spec.policies[0].counts.drift, 1);
+        assert_eq!(spec.findings[0].port, 9090);
     }
 
     /// Watch events as the reflector sees them: the initial list, an add, a modify, a delete,
