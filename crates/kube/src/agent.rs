@@ -47,6 +47,7 @@ use portwarden_policy::validate::Issue;
 use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
 use portwarden_reconcile::Target;
 use portwarden_reconcile::agent::{AgentConfig, Shared, converge, scan_peers};
+use prometheus_client::metrics::counter::Counter;
 use tracing::{error, info, warn};
 
 use crate::crd::{AppliedPolicy, PortPolicy, PortReport, PortReportSpec};
@@ -490,8 +491,13 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
                 })
                 .await
         });
+        let counters = (
+            shared.metrics.report_writes.clone(),
+            shared.metrics.report_write_errors.clone(),
+        );
         watch_and_report(
             client,
+            counters,
             &cfg,
             plan_tx,
             out_rx,
@@ -513,6 +519,7 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
 /// completes (dropping `plans`, which stops the loop).
 async fn watch_and_report(
     client: Client,
+    (writes, write_errors): (Counter, Counter),
     cfg: &KubeAgentConfig,
     plans: std::sync::mpsc::Sender<NodePlan>,
     mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome>,
@@ -551,6 +558,8 @@ async fn watch_and_report(
     .map(|r| change(r, Change::Nodes));
     let mut changes = std::pin::pin!(futures::stream::select(policy_events, node_events));
     let mut state = AgentState::new(me, cfg.peers_per_node);
+    state.writes = writes;
+    state.write_errors = write_errors;
     let mut retry: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -586,6 +595,8 @@ struct AgentState {
     scan: Option<Scan>,
     written: Option<PortReportSpec>,
     failures: u32,
+    writes: Counter,
+    write_errors: Counter,
 }
 
 impl AgentState {
@@ -601,6 +612,8 @@ impl AgentState {
             scan: None,
             written: None,
             failures: 0,
+            writes: Counter::default(),
+            write_errors: Counter::default(),
         }
     }
 
@@ -668,12 +681,14 @@ impl AgentState {
         let uid = self.last.as_ref().and_then(|p| p.uid.clone());
         match apply_report(api, &spec, uid.as_deref()).await {
             Ok(_) => {
+                self.writes.inc();
                 self.failures = 0;
                 self.written = Some(spec);
                 None
             }
             Err(e) => {
                 self.failures += 1;
+                self.write_errors.inc();
                 let delay = crate::controller::backoff(self.failures);
                 warn!(error = %e, retry_in = ?delay, "PortReport not written");
                 Some(tokio::time::Instant::now() + delay)
@@ -825,6 +840,7 @@ mod tests {
         assert_eq!(state.failures, 1);
         assert!(state.write(&api).await.is_none());
         assert_eq!(state.failures, 0);
+        assert_eq!((state.writes.get(), state.write_errors.get()), (1, 1));
         let server = script.await.unwrap();
         // Nothing changed: no request.
         assert!(state.write(&api).await.is_none());

@@ -14,6 +14,17 @@
 //! Watching (list, watch, restarts with backoff, relists after `410 Gone`) is kube-runtime's
 //! `watcher` and `reflector`; leader election is `kube-lease-manager` on a `Lease`.
 //!
+//! # RBAC
+//!
+//! What each side needs (the chart's ClusterRoles):
+//!
+//! * agent: `get`, `list`, `watch` on `portpolicies.portwarden.io` and `nodes`; `get`, `create`,
+//!   `patch` on `portreports.portwarden.io` (server-side apply creates or patches).
+//! * controller: `get`, `list`, `watch` on `portpolicies`, `portreports` and `nodes` (metadata);
+//!   `patch` on `portpolicies/status`; `create`, `patch` on `events.k8s.io` `events` in
+//!   `default` (where Events of cluster-scoped objects live); `get`, `create`, `patch`,
+//!   `update` on `coordination.k8s.io` `leases` in its own namespace.
+//!
 //! # Layout
 //!
 //! * [`crd`] — the resources, their schema (with CEL rules) and `portwarden crd`'s output.

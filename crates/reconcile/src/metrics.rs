@@ -50,6 +50,10 @@ pub struct Metrics {
     pub drift_ports: Family<PortLabels, Gauge>,
     /// Ports of the last peer scan by verdict.
     pub ports_by_verdict: Family<VerdictLabels, Gauge>,
+    /// Kubernetes mode: PortReport writes (server-side applies) that succeeded.
+    pub report_writes: Counter,
+    /// Kubernetes mode: PortReport writes that failed (retried with backoff).
+    pub report_write_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +78,8 @@ impl Metrics {
             scan_probes: Counter::default(),
             drift_ports: Family::default(),
             ports_by_verdict: Family::default(),
+            report_writes: Counter::default(),
+            report_write_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -130,6 +136,16 @@ impl Metrics {
             "ports",
             "Ports of the last peer scan by verdict",
             m.ports_by_verdict.clone(),
+        );
+        registry.register(
+            "report_writes",
+            "Kubernetes mode: PortReport writes that succeeded",
+            m.report_writes.clone(),
+        );
+        registry.register(
+            "report_write_errors",
+            "Kubernetes mode: PortReport writes that failed",
+            m.report_write_errors.clone(),
         );
         Metrics { registry, ..m }
     }
