@@ -577,7 +577,7 @@ async fn watch_and_report(
                 retry = Some(tokio::time::Instant::now());
             }
             _ = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => {
-                retry = state.write(&reports).await;
+                retry = state.write(&reports, Time(Timestamp::now())).await;
             }
         }
     }
@@ -655,20 +655,23 @@ impl AgentState {
         }
     }
 
-    /// Writes the report if its content changed, or if only `scannedAt` moved and the
-    /// written one is older than [`REPORT_HEARTBEAT`]; returns when to retry after a failure.
+    /// Writes the report (stamped `reportedAt: now`) if its content changed, or if the written
+    /// one is older than [`REPORT_HEARTBEAT`]; returns when to retry after a failure.
     ///
     /// A scan that sees what the last one saw therefore costs no API write (at 1,000 nodes
     /// scanning every minute that is 17 writes/s saved, and as many controller reconciles),
-    /// while `scannedAt` still tells a live agent from a dead one.
-    async fn write(&mut self, api: &Api<PortReport>) -> Option<tokio::time::Instant> {
-        let spec = report::build(&self.me, &self.applied, self.scan.as_ref());
+    /// while `reportedAt` still tells a live agent from a dead one (the controller calls a
+    /// report older than [`crate::aggregate::SILENT_AFTER`] silent).
+    async fn write(&mut self, api: &Api<PortReport>, now: Time) -> Option<tokio::time::Instant> {
+        let mut spec = report::build(&self.me, &self.applied, self.scan.as_ref());
+        spec.reported_at = Some(now);
         if let Some(written) = &self.written {
             let undated = |s: &PortReportSpec| PortReportSpec {
                 scanned_at: None,
+                reported_at: None,
                 ..s.clone()
             };
-            let age = match (&spec.scanned_at, &written.scanned_at) {
+            let age = match (&spec.reported_at, &written.reported_at) {
                 (Some(new), Some(old)) => new.0.duration_since(old.0),
                 _ => k8s_openapi::jiff::SignedDuration::ZERO,
             };
@@ -810,6 +813,7 @@ mod tests {
             rules: 2,
             error: None,
         }));
+        let at = |secs: i64| Time(Timestamp::from_second(secs).unwrap());
         let script = server.run(|mut s| async move {
             s.refuse_report_apply("web-1", 503).await;
             let body = s.expect_report_apply("web-1").await;
@@ -827,23 +831,24 @@ mod tests {
                         "applied": [{"name": "quarantine", "generation": 3}],
                         "rules": 2,
                         "summary": {"inSync": 0, "drift": 0, "indeterminate": 0},
-                        "omittedFindings": 0
+                        "omittedFindings": 0,
+                        "reportedAt": "1970-01-01T00:00:10Z"
                     }
                 })
             );
             s
         });
         assert!(
-            state.write(&api).await.is_some(),
+            state.write(&api, at(5)).await.is_some(),
             "a refused write is retried"
         );
         assert_eq!(state.failures, 1);
-        assert!(state.write(&api).await.is_none());
+        assert!(state.write(&api, at(10)).await.is_none());
         assert_eq!(state.failures, 0);
         assert_eq!((state.writes.get(), state.write_errors.get()), (1, 1));
         let server = script.await.unwrap();
         // Nothing changed: no request.
-        assert!(state.write(&api).await.is_none());
+        assert!(state.write(&api, at(20)).await.is_none());
         // A scan that saw nothing new a minute later: still no request.
         let scan = |secs: i64| Scan {
             report: portwarden_reconcile::Report::default(),
@@ -855,18 +860,26 @@ mod tests {
         let script = server.run(|mut s| async move {
             let body = s.expect_report_apply("web-1").await;
             assert_eq!(body["spec"]["scannedAt"], "1970-01-01T00:16:40Z");
+            assert_eq!(body["spec"]["reportedAt"], "1970-01-01T00:16:41Z");
             let body = s.expect_report_apply("web-1").await;
             assert_eq!(body["spec"]["scannedAt"], "1970-01-01T00:27:40Z");
+            assert_eq!(body["spec"]["reportedAt"], "1970-01-01T00:27:41Z");
             s
         });
-        assert!(state.write(&api).await.is_none(), "new peers: written");
+        assert!(
+            state.write(&api, at(1_001)).await.is_none(),
+            "new peers: written"
+        );
         state.on_outcome(Outcome::Scanned(scan(1_060)));
         assert!(
-            state.write(&api).await.is_none(),
+            state.write(&api, at(1_061)).await.is_none(),
             "same content: not written"
         );
         state.on_outcome(Outcome::Scanned(scan(1_000 + 660)));
-        assert!(state.write(&api).await.is_none(), "heartbeat: written");
+        assert!(
+            state.write(&api, at(1_661)).await.is_none(),
+            "heartbeat: written"
+        );
         script.await.unwrap().done().await;
     }
 

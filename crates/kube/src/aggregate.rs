@@ -28,6 +28,22 @@ use crate::conditions::{self, APPLIED, Decided, IN_SYNC, Status};
 use crate::crd::{Counts, PortPolicy, PortPolicyStatus, PortReport};
 use crate::report::truncate;
 
+/// A report whose `reportedAt` is older than this is silent: its agent is gone (it confirms its
+/// report at least every [`crate::agent::REPORT_HEARTBEAT`]), so its node counts as not
+/// applied and its observations are not counted.
+pub const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// Whether a report is silent at `now`.
+pub fn is_silent(report: &PortReport, now: &Time) -> bool {
+    let limit = k8s_openapi::jiff::SignedDuration::try_from(SILENT_AFTER)
+        .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+    report
+        .spec
+        .reported_at
+        .as_ref()
+        .is_some_and(|at| now.0.duration_since(at.0) > limit)
+}
+
 /// A node as the controller needs it: name and labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeLabels {
@@ -77,6 +93,12 @@ pub fn status(
         .iter()
         .filter(|n| selects(&policy.spec.0.node_selector, &n.labels))
         .collect();
+    let (silent_reports, reports): (Vec<&Arc<PortReport>>, Vec<&Arc<PortReport>>) =
+        reports.iter().partition(|r| is_silent(r, now));
+    let silent_nodes: BTreeSet<&str> = silent_reports
+        .iter()
+        .map(|r| r.spec.node.as_str())
+        .collect();
     let by_node: BTreeMap<&str, &PortReport> = reports
         .iter()
         .map(|r| (r.spec.node.as_str(), r.as_ref()))
@@ -85,7 +107,12 @@ pub fn status(
     let mut applied = 0u32;
     let mut failed: Vec<(&str, &str)> = Vec::new();
     let mut pending: Vec<&str> = Vec::new();
+    let mut silent: Vec<&str> = Vec::new();
     for n in &matched {
+        if silent_nodes.contains(n.name.as_str()) {
+            silent.push(n.name.as_str());
+            continue;
+        }
         let report = by_node.get(n.name.as_str());
         let has = report.is_some_and(|r| {
             r.spec
@@ -102,7 +129,7 @@ pub fn status(
 
     let mut ports = Counts::default();
     let mut drift_nodes: BTreeSet<&str> = BTreeSet::new();
-    for r in reports {
+    for r in &reports {
         for pc in r.spec.policies.iter().filter(|pc| pc.policy == name) {
             ports.add(&pc.counts);
             drift_nodes.extend(pc.drift_nodes.iter().map(String::as_str));
@@ -172,6 +199,17 @@ pub fn status(
                             detail.join("; ")
                         ),
                         1024,
+                    ),
+                }
+            } else if !silent.is_empty() {
+                Decided {
+                    type_: APPLIED,
+                    status: Status::False,
+                    reason: "AgentSilent",
+                    message: format!(
+                        "applied on {applied} of {matched_n} matched nodes; no report for over {} min from {} (is the agent running?)",
+                        SILENT_AFTER.as_secs() / 60,
+                        list(&silent, 5)
                     ),
                 }
             } else if pending.is_empty() {
@@ -415,6 +453,30 @@ mod tests {
         assert!(ev[0].warning && ev[0].reason == "InvalidSpec");
         // The same generation again: no repeated Event.
         assert!(events(Some(&s), &s).is_empty());
+    }
+
+    #[test]
+    fn a_silent_agent_is_not_counted_as_applied() {
+        let p = policy("quarantine", 2, "web");
+        let v = crate::agent::validate(&p);
+        let mut old = report(
+            "web-1",
+            &[("quarantine", 2)],
+            &[("quarantine", 3, 1, "web-2")],
+        );
+        old.spec.reported_at = Some(now(0));
+        let mut fresh = report("web-2", &[("quarantine", 2)], &[("quarantine", 4, 0, "")]);
+        fresh.spec.reported_at = Some(now(3_000));
+        let reports = vec![Arc::new(old), Arc::new(fresh)];
+        // 50 minutes after web-1's last word: silent; its drift observation is not counted.
+        let s = status(&p, &v, &nodes(), &reports, &now(3_000));
+        assert_eq!(cond(&s, APPLIED), ("False", "AgentSilent"));
+        assert_eq!((s.applied_nodes, s.ports.drift, s.ports.in_sync), (1, 0, 4));
+        let msg = &conditions::find(&s.conditions, APPLIED).unwrap().message;
+        assert!(msg.contains("web-1 (is the agent running?)"), "{msg}");
+        // 10 minutes after: still alive.
+        let s = status(&p, &v, &nodes(), &reports, &now(600));
+        assert_eq!(cond(&s, APPLIED), ("True", "Applied"));
     }
 
     #[test]

@@ -278,6 +278,7 @@ pub struct Finding {
         priority = 1
     ),
     printcolumn(name = "Scanned", type_ = "date", json_path = ".spec.scannedAt"),
+    printcolumn(name = "Reported", type_ = "date", json_path = ".spec.reportedAt"),
     printcolumn(
         name = "Error",
         type_ = "string",
@@ -308,6 +309,10 @@ pub struct PortReportSpec {
     /// When the peers were last scanned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanned_at: Option<Time>,
+    /// When the agent last wrote or confirmed the report: at least every 10 minutes while it
+    /// runs, so an old one means the agent is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<Time>,
     /// The peers this node is assigned to scan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
