@@ -79,6 +79,8 @@ pub struct Context {
     written: Mutex<HashMap<String, PortPolicyStatus>>,
     /// How often every policy is reconciled.
     resync: Duration,
+    /// The controller's own cache of policies, to forget the deleted ones.
+    policies: Option<Store<PortPolicy>>,
 }
 
 impl Context {
@@ -107,6 +109,41 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
             resync,
+            policies: None,
+        }
+    }
+
+    /// Uses the controller's cache of policies to forget deleted ones.
+    pub fn with_policies(mut self, policies: Store<PortPolicy>) -> Context {
+        self.policies = Some(policies);
+        self
+    }
+
+    /// Forgets every policy not in `existing`: its remembered status, its failure count, and
+    /// its metric series (so a deleted policy does not stay on dashboards as drifting).
+    pub fn forget_deleted(&self, existing: &[String]) {
+        let gone: Vec<String> = lock(&self.written)
+            .keys()
+            .filter(|k| !existing.contains(k))
+            .cloned()
+            .collect();
+        for name in gone {
+            lock(&self.written).remove(&name);
+            lock(&self.failures).remove(&name);
+            let policy = PolicyLabels {
+                policy: name.clone(),
+            };
+            self.metrics.policy_drift.remove(&policy);
+            self.metrics.policy_nodes.remove(&policy);
+            for condition in [crate::conditions::APPLIED, crate::conditions::IN_SYNC] {
+                for status in ["True", "False", "Unknown"] {
+                    self.metrics.policy_condition.remove(&ConditionLabels {
+                        policy: name.clone(),
+                        condition: condition.into(),
+                        status: status.into(),
+                    });
+                }
+            }
         }
     }
 }
@@ -132,6 +169,10 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
     let started = Instant::now();
     let name = policy.name_any();
     ctx.metrics.reconciles.inc();
+    if let Some(store) = &ctx.policies {
+        let existing: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
+        ctx.forget_deleted(&existing);
+    }
     let validated = crate::agent::validate(&policy);
     let nodes: Vec<NodeLabels> = ctx
         .nodes
@@ -299,14 +340,14 @@ pub async fn run_controller(
         }
         std::future::ready(())
     });
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client,
         report_store.clone(),
         node_store.clone(),
         metrics,
         &identity,
         resync,
-    ));
+    );
     let controller = async move {
         if report_store.wait_until_ready().await.is_err()
             || node_store.wait_until_ready().await.is_err()
@@ -314,7 +355,9 @@ pub async fn run_controller(
             return;
         }
         info!("caches ready; reconciling PortPolicies");
-        Controller::new(policies, watcher::Config::default().any_semantic())
+        let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+        let ctx = Arc::new(ctx.with_policies(controller.store()));
+        controller
             .with_config(
                 kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)),
             )
@@ -662,6 +705,39 @@ mod tests {
         assert_eq!(
             error_policy(p, &err, ctx),
             Action::requeue(Duration::from_secs(4))
+        );
+    }
+
+    /// A deleted policy's remembered status and metric series go at the next reconcile.
+    #[tokio::test]
+    async fn deleted_policies_are_forgotten() {
+        let (client, _server) = ApiServer::new();
+        let (reports, nodes) = stores(vec![], vec![]);
+        let metrics = Arc::new(ControllerMetrics::new());
+        let ctx = Context::new(
+            client,
+            reports,
+            nodes,
+            metrics.clone(),
+            "controller-0",
+            Duration::from_secs(300),
+        );
+        let status = aggregate::status(
+            &policy("gone", 1, "web"),
+            &crate::agent::validate(&policy("gone", 1, "web")),
+            &[],
+            &[],
+            &Time(Timestamp::UNIX_EPOCH),
+        );
+        record_metrics(&metrics, "gone", &status);
+        lock(&ctx.written).insert("gone".into(), status);
+        assert!(metrics.encode().contains("policy=\"gone\""));
+        ctx.forget_deleted(&["other".to_string()]);
+        assert!(lock(&ctx.written).is_empty());
+        assert!(
+            !metrics.encode().contains("policy=\"gone\""),
+            "{}",
+            metrics.encode()
         );
     }
 
