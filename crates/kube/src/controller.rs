@@ -741,6 +741,64 @@ mod tests {
         );
     }
 
+    /// The whole controller wiring over the scripted API server: the report and node caches
+    /// list first, the Controller lists and watches PortPolicies, reconciles the policy, and
+    /// applies its status.
+    #[tokio::test]
+    async fn run_controller_lists_watches_and_applies_status() {
+        let (client, server) = ApiServer::new();
+        let server = tokio::spawn(server.serve_until_status(
+            vec![policy("quarantine", 1, "web")],
+            vec![report(
+                "web-1",
+                &[("quarantine", 1)],
+                &[("quarantine", 2, 0, "")],
+            )],
+            vec![node_meta("web-1", "web"), node_meta("db-1", "db")],
+        ));
+        let metrics = Arc::new(ControllerMetrics::new());
+        let run = run_controller(
+            client,
+            metrics.clone(),
+            "controller-0".into(),
+            Duration::from_secs(300),
+        );
+        let (body, seen) = tokio::select! {
+            _ = run => panic!("the controller stopped"),
+            r = server => r.unwrap(),
+        };
+        let status = &body["status"];
+        assert_eq!(status["matchedNodes"], 1);
+        assert_eq!(status["appliedNodes"], 1);
+        assert_eq!(status["conditions"][0]["reason"], "Applied");
+        assert_eq!(status["conditions"][1]["reason"], "InSync");
+        let lists = |path: &str| {
+            seen.iter()
+                .filter(|l| l.starts_with(&format!("GET {path}?&limit=")))
+                .count()
+        };
+        assert!(
+            lists("/apis/portwarden.io/v1alpha1/portreports") >= 1,
+            "{seen:#?}"
+        );
+        assert_eq!(lists("/api/v1/nodes"), 1, "{seen:#?}");
+        assert_eq!(
+            lists("/apis/portwarden.io/v1alpha1/portpolicies"),
+            1,
+            "{seen:#?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with("POST /apis/events.k8s.io/v1/namespaces/default/events")),
+            "{seen:#?}"
+        );
+        assert!(
+            seen.last()
+                .unwrap()
+                .starts_with("PATCH /apis/portwarden.io/v1alpha1/portpolicies/quarantine/status?")
+        );
+    }
+
     #[tokio::test]
     async fn leadership_starts_and_stops_the_work() {
         let (tx, rx) = watch::channel(false);

@@ -301,6 +301,87 @@ impl ApiServer {
         send.send_response(Response::builder().body(Body::from(body)).unwrap());
     }
 
+    /// Plays a whole API server for a controller run: answers every list from the given
+    /// objects (PortPolicies, PortReports, Node metadata), holds every watch open, accepts
+    /// Events, and returns at the first status apply with its body and every request seen
+    /// (`METHOD URI`), in order.
+    pub async fn serve_until_status(
+        mut self,
+        policies: Vec<crate::crd::PortPolicy>,
+        reports: Vec<PortReport>,
+        nodes: Vec<PartialObjectMeta<Node>>,
+    ) -> (Value, Vec<String>) {
+        let list = |kind: &str, items: Value| {
+            serde_json::to_vec(&serde_json::json!({
+                "apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items,
+            }))
+            .unwrap()
+        };
+        let node_items: Vec<Value> = nodes
+            .iter()
+            .map(|n| serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": n.metadata}))
+            .collect();
+        let mut seen = Vec::new();
+        let mut open_watches = Vec::new();
+        loop {
+            let (request, send) = self.next().await;
+            let line = format!("{} {}", request.method(), request.uri());
+            seen.push(line.clone());
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            if query.contains("watch=true") {
+                open_watches.push(send);
+                continue;
+            }
+            match (request.method().clone(), path.as_str()) {
+                (Method::GET, "/apis/portwarden.io/v1alpha1/portpolicies") => send.send_response(
+                    Response::builder()
+                        .body(Body::from(list(
+                            "PortPolicyList",
+                            serde_json::to_value(&policies).unwrap(),
+                        )))
+                        .unwrap(),
+                ),
+                (Method::GET, "/apis/portwarden.io/v1alpha1/portreports") => send.send_response(
+                    Response::builder()
+                        .body(Body::from(list(
+                            "PortReportList",
+                            serde_json::to_value(&reports).unwrap(),
+                        )))
+                        .unwrap(),
+                ),
+                (Method::GET, "/api/v1/nodes") => {
+                    assert!(
+                        request.headers()["accept"]
+                            .to_str()
+                            .unwrap()
+                            .contains("PartialObjectMetadata"),
+                        "the controller reads node metadata only"
+                    );
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(list(
+                                "PartialObjectMetadataList",
+                                Value::Array(node_items.clone()),
+                            )))
+                            .unwrap(),
+                    )
+                }
+                (Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                    let body = Self::body(request).await;
+                    Self::reply(send, StatusCode::CREATED, &body);
+                }
+                (Method::PATCH, p) if p.ends_with("/status") => {
+                    Self::assert_apply(&request, p, "portwarden-controller");
+                    let body = Self::body(request).await;
+                    Self::reply(send, StatusCode::OK, &body);
+                    return (body, seen);
+                }
+                _ => panic!("unexpected request {line}"),
+            }
+        }
+    }
+
     /// Asserts that the client asked nothing more.
     pub async fn done(mut self) {
         use futures::FutureExt;
