@@ -883,6 +883,78 @@ mod tests {
         script.await.unwrap().done().await;
     }
 
+    /// The agent's whole watch task over the scripted API server: it lists and watches
+    /// PortPolicies and Nodes, sends the loop (played by the test) the node's plan, and writes
+    /// the loop's outcome to the node's PortReport by server-side apply.
+    #[tokio::test]
+    async fn watch_task_plans_and_reports() {
+        let (client, server) = crate::fixtures::ApiServer::new();
+        let server = tokio::spawn(server.serve_until_apply(
+            vec![policy("quarantine", 3, "web")],
+            vec![],
+            vec![
+                node("web-1", "web", "10.0.0.11", true),
+                node("web-2", "web", "10.0.0.12", true),
+            ],
+        ));
+        let (plan_tx, plan_rx) = std::sync::mpsc::channel::<NodePlan>();
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = KubeAgentConfig {
+            agent: AgentConfig {
+                policy_dir: std::path::PathBuf::new(),
+                inventory: std::path::PathBuf::new(),
+                node: "web-1".into(),
+                refresh: Duration::from_secs(10),
+                scan_interval: None,
+                poll: Duration::from_secs(1),
+                listen: "127.0.0.1:9750".parse().unwrap(),
+                failsafe: portwarden_netfilter::Failsafe::default(),
+                netfilter: portwarden_netfilter::Options::default(),
+            },
+            peers_per_node: 1,
+        };
+        // The loop's part: take the plan, answer with what it applied.
+        let looper = std::thread::spawn(move || {
+            let plan = plan_rx.recv().unwrap();
+            out_tx
+                .send(Outcome::Applied(Applied {
+                    policies: plan.applied.clone(),
+                    rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
+                    error: None,
+                }))
+                .unwrap();
+            plan
+        });
+        let task = watch_and_report(
+            client,
+            (Counter::default(), Counter::default()),
+            &cfg,
+            plan_tx,
+            out_rx,
+            std::future::pending(),
+        );
+        let (body, seen) = tokio::select! {
+            _ = task => panic!("the watch task stopped"),
+            r = server => r.unwrap(),
+        };
+        let plan = looper.join().unwrap();
+        assert_eq!(plan.peer_names, vec!["web-2".to_string()]);
+        assert_eq!(body["metadata"]["name"], "web-1");
+        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-web-1");
+        assert_eq!(
+            body["spec"]["applied"],
+            serde_json::json!([{"name": "quarantine", "generation": 3}])
+        );
+        assert_eq!(body["spec"]["rules"], 2);
+        let lists = seen.iter().filter(|l| l.contains("limit=500")).count();
+        assert_eq!(lists, 2, "{seen:#?}");
+        assert!(
+            seen.last()
+                .unwrap()
+                .starts_with("PATCH /apis/portwarden.io/v1alpha1/portreports/web-1?")
+        );
+    }
+
     /// kube-runtime's real watcher over the scripted API server: the initial list, a watch
     /// stream with an add, a modify and a delete, the stream ending (the watcher re-watches from
     /// the last resourceVersion), `410 Gone` (it relists), and the relist that drops an object

@@ -529,7 +529,7 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{ApiServer, node_meta, policy, report};
+    use crate::fixtures::{ApiServer, node, node_meta, policy, report};
 
     #[test]
     fn backoff_doubles_and_caps() {
@@ -747,14 +747,17 @@ mod tests {
     #[tokio::test]
     async fn run_controller_lists_watches_and_applies_status() {
         let (client, server) = ApiServer::new();
-        let server = tokio::spawn(server.serve_until_status(
+        let server = tokio::spawn(server.serve_until_apply(
             vec![policy("quarantine", 1, "web")],
             vec![report(
                 "web-1",
                 &[("quarantine", 1)],
                 &[("quarantine", 2, 0, "")],
             )],
-            vec![node_meta("web-1", "web"), node_meta("db-1", "db")],
+            vec![
+                node("web-1", "web", "10.0.0.11", true),
+                node("db-1", "db", "10.0.0.13", true),
+            ],
         ));
         let metrics = Arc::new(ControllerMetrics::new());
         let run = run_controller(

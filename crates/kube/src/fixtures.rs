@@ -301,15 +301,15 @@ impl ApiServer {
         send.send_response(Response::builder().body(Body::from(body)).unwrap());
     }
 
-    /// Plays a whole API server for a controller run: answers every list from the given
-    /// objects (PortPolicies, PortReports, Node metadata), holds every watch open, accepts
-    /// Events, and returns at the first status apply with its body and every request seen
-    /// (`METHOD URI`), in order.
-    pub async fn serve_until_status(
+    /// Plays a whole API server for a controller or agent run: answers every list from the
+    /// given objects (PortPolicies, PortReports, Nodes — as metadata when asked so), holds every
+    /// watch open, accepts Events, and returns at the first server-side apply (a policy's
+    /// status or a report) with its body and every request seen (`METHOD URI`), in order.
+    pub async fn serve_until_apply(
         mut self,
         policies: Vec<crate::crd::PortPolicy>,
         reports: Vec<PortReport>,
-        nodes: Vec<PartialObjectMeta<Node>>,
+        nodes: Vec<Node>,
     ) -> (Value, Vec<String>) {
         let list = |kind: &str, items: Value| {
             serde_json::to_vec(&serde_json::json!({
@@ -317,10 +317,11 @@ impl ApiServer {
             }))
             .unwrap()
         };
-        let node_items: Vec<Value> = nodes
+        let meta_items: Vec<Value> = nodes
             .iter()
             .map(|n| serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": n.metadata}))
             .collect();
+        let node_items = serde_json::to_value(&nodes).unwrap();
         let mut seen = Vec::new();
         let mut open_watches = Vec::new();
         loop {
@@ -333,46 +334,45 @@ impl ApiServer {
                 open_watches.push(send);
                 continue;
             }
+            let answer = |body: Vec<u8>| Response::builder().body(Body::from(body)).unwrap();
             match (request.method().clone(), path.as_str()) {
-                (Method::GET, "/apis/portwarden.io/v1alpha1/portpolicies") => send.send_response(
-                    Response::builder()
-                        .body(Body::from(list(
-                            "PortPolicyList",
-                            serde_json::to_value(&policies).unwrap(),
-                        )))
-                        .unwrap(),
-                ),
-                (Method::GET, "/apis/portwarden.io/v1alpha1/portreports") => send.send_response(
-                    Response::builder()
-                        .body(Body::from(list(
-                            "PortReportList",
-                            serde_json::to_value(&reports).unwrap(),
-                        )))
-                        .unwrap(),
-                ),
+                (Method::GET, "/apis/portwarden.io/v1alpha1/portpolicies") => {
+                    send.send_response(answer(list(
+                        "PortPolicyList",
+                        serde_json::to_value(&policies).unwrap(),
+                    )))
+                }
+                (Method::GET, "/apis/portwarden.io/v1alpha1/portreports") => {
+                    send.send_response(answer(list(
+                        "PortReportList",
+                        serde_json::to_value(&reports).unwrap(),
+                    )))
+                }
                 (Method::GET, "/api/v1/nodes") => {
-                    assert!(
-                        request.headers()["accept"]
-                            .to_str()
-                            .unwrap()
-                            .contains("PartialObjectMetadata"),
-                        "the controller reads node metadata only"
-                    );
-                    send.send_response(
-                        Response::builder()
-                            .body(Body::from(list(
-                                "PartialObjectMetadataList",
-                                Value::Array(node_items.clone()),
-                            )))
-                            .unwrap(),
-                    )
+                    let metadata = request
+                        .headers()
+                        .get("accept")
+                        .is_some_and(|a| a.to_str().unwrap().contains("PartialObjectMetadata"));
+                    send.send_response(answer(if metadata {
+                        list(
+                            "PartialObjectMetadataList",
+                            Value::Array(meta_items.clone()),
+                        )
+                    } else {
+                        list("NodeList", node_items.clone())
+                    }))
                 }
                 (Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
                     let body = Self::body(request).await;
                     Self::reply(send, StatusCode::CREATED, &body);
                 }
-                (Method::PATCH, p) if p.ends_with("/status") => {
-                    Self::assert_apply(&request, p, "portwarden-controller");
+                (Method::PATCH, p) => {
+                    let manager = if p.ends_with("/status") {
+                        "portwarden-controller"
+                    } else {
+                        "portwarden-agent"
+                    };
+                    Self::assert_apply(&request, p, manager);
                     let body = Self::body(request).await;
                     Self::reply(send, StatusCode::OK, &body);
                     return (body, seen);
