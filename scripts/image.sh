@@ -50,9 +50,12 @@ fi
 # The build context holds the binary only, stripped (the release profile keeps debug info:
 # ~140 MB with it, a fraction without).
 ctx="$(mktemp -d)"
-trap 'rm -rf "$ctx"' EXIT
+trap 'rm -rf "$ctx" "$ctx.log"' EXIT
 cp "$bin" "$ctx/portwarden"
 if command -v strip >/dev/null; then strip "$ctx/portwarden"; fi
-DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q -f "$root/Dockerfile" \
-  --build-arg BASE="$BASE" --build-arg BIN=portwarden -t "$tag" "$ctx" >/dev/null
+# The classic builder: it is in every engine (BuildKit needs the buildx plugin); its output is
+# shown only when the build fails.
+DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -f "$root/Dockerfile" \
+  --build-arg BASE="$BASE" --build-arg BIN=portwarden -t "$tag" "$ctx" >"$ctx.log" 2>&1 \
+  || { cat "$ctx.log" >&2; rm -f "$ctx.log"; exit 1; }
 echo "image: built $tag on $BASE ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))" >&2
