@@ -56,8 +56,22 @@ pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
         .map(|(_, c)| c)
 }
 
+/// Whether a document belongs to another tool: an `apiVersion` of another API group and a kind
+/// that is not one of ours (a Flux `Kustomization`, an Argo CD `Application`, a ConfigMap...).
+/// A policy folder in a GitOps repository sits among such documents; they are skipped. Anything
+/// that claims a portwarden group or kind is decoded, so typos there are still reported.
+fn is_foreign(node: &Node) -> bool {
+    let text = |key: &str| match node.get(key).map(|n| &n.value) {
+        Some(Value::Str(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let theirs = matches!(text("kind"), Some(k) if k != "PortPolicy" && k != "Inventory");
+    matches!(text("apiVersion"), Some(v) if !v.starts_with("portwarden.")) && theirs
+}
+
 /// Decodes one document. Returns the document (with placeholders where values were unusable)
-/// and the problems found; the document is only trustworthy when there are none.
+/// and the problems found; the document is only trustworthy when there are none. Another
+/// tool's document (see `is_foreign`) gives neither a document nor problems.
 pub fn decode(node: &Node) -> (Option<Document>, Vec<Problem>) {
     let mut d = Decoder {
         path: Vec::new(),
@@ -297,6 +311,9 @@ impl Decoder {
             );
             return None;
         };
+        if is_foreign(node) {
+            return None;
+        }
         let kind = match node.get("kind") {
             None => {
                 self.problem(
@@ -697,6 +714,27 @@ mod tests {
         assert!(p[0].2.contains("expected a document"));
         let p = problems("apiVersion: x\n");
         assert!(p[0].2.contains("missing field \"kind\""));
+    }
+
+    #[test]
+    fn other_tools_documents_are_skipped_ours_are_not() {
+        let skipped = |text: &str| {
+            let docs = parse_stream(text).unwrap();
+            let (doc, p) = decode(&docs[0]);
+            doc.is_none() && p.is_empty()
+        };
+        assert!(skipped(
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nspec: {}\n"
+        ));
+        assert!(skipped(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\n"
+        ));
+        assert!(skipped("apiVersion: v1\nkind: ConfigMap\n"));
+        // A typo in our group, or our kind under another group, is still reported.
+        assert!(!skipped(
+            "apiVersion: portwarden.io/v1\nkind: PortPolicy\nmetadata: {name: p}\nspec: {ports: []}\n"
+        ));
+        assert!(!skipped("apiVersion: example.com/v1\nkind: PortPolicy\n"));
     }
 
     #[test]

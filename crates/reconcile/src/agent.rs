@@ -9,7 +9,8 @@
 //! # Guarantees
 //!
 //! * A policy change (any file under the directory, or the inventory, changes size, time, or
-//!   inode) is loaded, planned and applied within one poll interval plus the apply itself.
+//!   inode) is loaded, planned and applied once it has held still for one poll interval: within
+//!   two polls plus the apply itself.
 //! * Invalid documents never change a rule: the error is logged, counted and served, and the
 //!   last good intent stays applied (and keeps being repaired).
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
@@ -206,6 +207,7 @@ fn fingerprint(roots: &[&Path]) -> Fingerprint {
 pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
     let cfg = shared.config.clone();
     let mut last_fingerprint = None;
+    let mut pending_fingerprint = None;
     let mut peers: Vec<Target> = Vec::new();
     let start = Instant::now();
     let mut next_poll = start;
@@ -214,13 +216,20 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
     loop {
         let now = Instant::now();
         if now >= next_poll {
+            // A change is loaded once the files have held still for one poll: an editor or a
+            // copy that writes a file in several steps must not have its half-written state
+            // (an empty file, say) taken for the new intent. The first load is immediate.
             let fp = fingerprint(&[&cfg.policy_dir, &cfg.inventory]);
-            if last_fingerprint.as_ref() != Some(&fp) {
+            let settled = pending_fingerprint.as_ref() == Some(&fp) || last_fingerprint.is_none();
+            if last_fingerprint.as_ref() != Some(&fp) && settled {
                 last_fingerprint = Some(fp);
+                pending_fingerprint = None;
                 if let Some(p) = reload(&shared) {
                     peers = p;
                 }
                 converge(&shared, "policy change");
+            } else if last_fingerprint.as_ref() != Some(&fp) {
+                pending_fingerprint = Some(fp);
             }
             next_poll = now + cfg.poll;
         }
