@@ -60,6 +60,7 @@ TOGGLES = {
         },
     },
     "no-failsafe": {"agent": {"failsafe": []}},
+    "scan-rate": {"agent": {"scanRate": 5000}},
     "image-digest-and-pull-secret": {
         "image": {"repository": "registry.example/portwarden", "digest": "sha256:" + "a" * 64,
                   "pullPolicy": "Always"},
@@ -246,6 +247,9 @@ def test_agent_flags_follow_the_values(chart):
     assert c["ports"][0]["containerPort"] == 19750
     no_failsafe = one(render(chart, TOGGLES["no-failsafe"]), "DaemonSet")
     assert "--failsafe=none" in no_failsafe["spec"]["template"]["spec"]["containers"][0]["args"]
+    rated = one(render(chart, TOGGLES["scan-rate"]), "DaemonSet")
+    assert "--scan-rate=5000" in rated["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--scan-rate") for a in c["args"]), "0 means no flag"
     assert "scans are disabled" in notes(chart, v)
 
 

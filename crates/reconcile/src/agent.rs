@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub refresh: Duration,
     /// How often peers are scanned; `None` disables peer scans.
     pub scan_interval: Option<Duration>,
+    /// Upper bound on the probes per second of peer scans; `None` leaves the rate to the
+    /// scanner's adaptive timing alone.
+    pub scan_rate: Option<u32>,
     /// How often the policy directory is checked for changes.
     pub poll: Duration,
     /// Address of the HTTP endpoint (metrics, health, inside view, report).
@@ -389,7 +392,7 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     }
     let options = VerifyOptions {
         tcp_kind: ScanKind::Syn,
-        rate: None,
+        rate: shared.config.scan_rate,
         failsafe: shared.config.effective_failsafe(),
         agent_port: Some(shared.config.listen.port()),
         agent_timeout: Duration::from_secs(1),
@@ -533,6 +536,7 @@ mod tests {
             node: "n".into(),
             refresh: Duration::from_secs(10),
             scan_interval: None,
+            scan_rate: None,
             poll: Duration::from_millis(200),
             listen: "0.0.0.0:9750".parse().unwrap(),
             failsafe: Failsafe::none(),

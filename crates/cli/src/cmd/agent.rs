@@ -43,6 +43,9 @@ pub struct Args {
     /// Seconds between scans of the inventory's other nodes; 0 disables peer scans.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     scan_interval: u64,
+    /// Upper bound on probes per second of peer scans (default: adaptive timing only).
+    #[arg(long, value_name = "PPS")]
+    scan_rate: Option<u32>,
     /// Milliseconds between checks of the policy directory for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -110,6 +113,7 @@ pub fn run(a: Args) -> Outcome {
         node,
         refresh: Duration::from_secs(a.refresh),
         scan_interval: (a.scan_interval > 0).then(|| Duration::from_secs(a.scan_interval)),
+        scan_rate: a.scan_rate.filter(|&r| r > 0),
         poll: Duration::from_millis(a.poll_ms.max(10)),
         listen: a.metrics_addr,
         failsafe,
