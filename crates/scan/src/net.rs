@@ -155,7 +155,8 @@ fn attach_reply_filter(s: &Socket, base_sport: u16) -> std::io::Result<()> {
     }
 }
 
-fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
+/// `setsockopt` of an integer option; the one place the scanner does it.
+pub(crate) fn setsockopt_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
     // SAFETY: passing a pointer to a live i32 and its size.
     let rc = unsafe {
         libc::setsockopt(

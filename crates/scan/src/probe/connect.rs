@@ -48,7 +48,7 @@ fn start(src: IpAddr, dst: SocketAddr) -> Result<Result<Socket, i32>, ScanError>
     } else {
         (libc::SOL_IPV6, libc::IPV6_RECVERR)
     };
-    let _ = set_int(&sock, level, name, 1);
+    let _ = crate::net::setsockopt_int(&sock, level, name, 1);
     sock.set_nonblocking(true)
         .map_err(|source| ScanError::Socket {
             what: "making a connect probe non-blocking".into(),
@@ -65,24 +65,6 @@ fn start(src: IpAddr, dst: SocketAddr) -> Result<Result<Socket, i32>, ScanError>
         Ok(()) => Ok(Err(0)),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Ok(sock)),
         Err(e) => Ok(Err(e.raw_os_error().unwrap_or(libc::EIO))),
-    }
-}
-
-fn set_int(s: &Socket, level: i32, name: i32, value: i32) -> std::io::Result<()> {
-    // SAFETY: pointer to a live i32 and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
