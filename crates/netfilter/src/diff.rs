@@ -23,6 +23,7 @@
 //! whole transaction with it.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -132,6 +133,71 @@ impl FamilyPlan {
     /// Whether the family needs a write.
     pub fn is_converged(&self) -> bool {
         self.restore.is_empty()
+    }
+
+    /// What kinds of difference the plan repairs, each once, in [`DriftKind`] order: the
+    /// labels an agent counts drift repairs by.
+    pub fn drift_kinds(&self) -> Vec<DriftKind> {
+        let mut kinds = Vec::new();
+        match self.jump {
+            JumpState::InPlace => {}
+            JumpState::Missing => kinds.push(DriftKind::JumpMissing),
+            JumpState::Displaced { .. } => kinds.push(DriftKind::JumpDisplaced),
+            JumpState::Unwanted => kinds.push(DriftKind::JumpUnwanted),
+        }
+        let had = |name: &str| self.before.chains.iter().any(|(n, _)| n == name);
+        let wanted = |name: &str| self.desired.chains.iter().any(|(n, _)| n == name);
+        let rewritten = self.chains.iter().map(String::as_str);
+        if rewritten.clone().any(|c| wanted(c) && !had(c)) {
+            kinds.push(DriftKind::ChainMissing);
+        }
+        if rewritten.clone().any(|c| wanted(c) && had(c)) {
+            kinds.push(DriftKind::RulesChanged);
+        }
+        if rewritten.clone().any(|c| !wanted(c)) {
+            kinds.push(DriftKind::ChainUnwanted);
+        }
+        kinds
+    }
+}
+
+/// A kind of difference between portwarden's rules in the kernel and the desired ones; when an
+/// agent finds one at a refresh, someone else changed the rules (a flush, a table reload, an
+/// edit of our chains).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// No jump to portwarden's chains (`iptables -F INPUT`, a table reload).
+    JumpMissing,
+    /// The jump is not (only) at `INPUT` position 1.
+    JumpDisplaced,
+    /// A jump exists but none is wanted.
+    JumpUnwanted,
+    /// A chain of portwarden's is gone (a table reload, `iptables -X`).
+    ChainMissing,
+    /// A chain of portwarden's holds other rules than it should.
+    RulesChanged,
+    /// A `PORTWARDEN-` chain that should not exist.
+    ChainUnwanted,
+}
+
+impl DriftKind {
+    /// The metric label: `jump_missing`, `chain_missing`, `rules_changed`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::JumpMissing => "jump_missing",
+            DriftKind::JumpDisplaced => "jump_displaced",
+            DriftKind::JumpUnwanted => "jump_unwanted",
+            DriftKind::ChainMissing => "chain_missing",
+            DriftKind::RulesChanged => "rules_changed",
+            DriftKind::ChainUnwanted => "chain_unwanted",
+        }
+    }
+}
+
+impl fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -590,6 +656,35 @@ mod tests {
         }
         assert_eq!(p.add.len(), r.v4.rule_count() + r.v4.chains.len());
         assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn drift_kinds_name_what_a_foreign_tool_did() {
+        let r = render(&intent(), &Failsafe::default());
+        let kinds = |text: &str| diff(&r.v4, &Ruleset::parse(text).unwrap(), None).drift_kinds();
+        let ours = saved(&r.v4, &[]);
+        assert_eq!(kinds(&ours), []);
+        // `iptables -F INPUT`: only the jump is gone
+        let jump = format!("[3:180] -A INPUT {}\n", r.v4.jump.clone().unwrap());
+        assert_eq!(kinds(&ours.replace(&jump, "")), [DriftKind::JumpMissing]);
+        // a whole-table reload (firewalld, iptables-restore without --noflush): nothing of ours
+        let reloaded = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
+        assert_eq!(
+            kinds(reloaded),
+            [DriftKind::JumpMissing, DriftKind::ChainMissing]
+        );
+        // one of our rules deleted, and a stray chain of ours
+        let (name, rules) = &r.v4.chains[1];
+        let edited = ours.replacen(&format!("[1:60] -A {name} {}\n", rules[0]), "", 1);
+        let stray = edited.replace(
+            ":DOCKER-USER - [0:0]\n",
+            ":DOCKER-USER - [0:0]\n:PORTWARDEN-OLD - [0:0]\n",
+        );
+        assert_eq!(
+            kinds(&stray),
+            [DriftKind::RulesChanged, DriftKind::ChainUnwanted]
+        );
+        assert_eq!(DriftKind::ChainMissing.to_string(), "chain_missing");
     }
 
     #[test]

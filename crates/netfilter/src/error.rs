@@ -69,6 +69,24 @@ pub enum Error {
         /// What happened to families written before this one (rolled back or not).
         earlier: String,
     },
+    /// The `iptables-restore` child was killed by a signal (the OOM killer, an operator, a
+    /// supervisor's timeout) before it exited.
+    #[error(
+        "the {family} transaction was interrupted: `{command}` was killed by signal {signal}; \
+         iptables-restore commits a table in one step, so {family} holds either its previous \
+         rules or the new ones, never a mix{earlier}; the next apply (the agent's next \
+         reconcile) reads the rules back and finishes the change"
+    )]
+    Killed {
+        /// Family.
+        family: Family,
+        /// The command line.
+        command: String,
+        /// The signal number (9 for SIGKILL).
+        signal: i32,
+        /// Families written before this one (left applied).
+        earlier: String,
+    },
     /// The transaction succeeded but reading back shows a different state.
     #[error(
         "applied the {family} transaction, but reading it back differs in {pending} place(s), \

@@ -35,6 +35,7 @@
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
+//! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
 
@@ -43,13 +44,14 @@ pub mod chains;
 pub mod diff;
 mod error;
 pub mod failsafe;
+pub mod lockwait;
 mod netfilter;
 pub mod plan;
 pub mod render;
 pub mod save;
 
 pub use backend::{Backend, BackendChoice, Detection};
-pub use diff::{EntryRef, FamilyPlan, JumpState, Shadowing, diff};
+pub use diff::{DriftKind, EntryRef, FamilyPlan, JumpState, Shadowing, diff};
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};

@@ -2,20 +2,28 @@
 //! `iptables-restore --noflush` transaction per family, reads back to confirm.
 
 use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use portwarden_policy::NodeIntent;
 use serde::Serialize;
+use tracing::{info, warn};
 
 use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
 use crate::diff::{FamilyPlan, diff};
 use crate::failsafe::Failsafe;
+use crate::lockwait;
 use crate::plan::Plan;
 use crate::render::{Family, Rendered, render};
 use crate::save::Ruleset;
+
+/// How long an `iptables-restore` child runs before the lock table is consulted (most
+/// transactions are done by then and pay nothing for the check).
+const LOCK_CHECK: Duration = Duration::from_millis(200);
 
 /// How to drive netfilter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +249,8 @@ impl Netfilter {
     ///   deletes/inserts only rules whose target is one; other chains, rules, tables and
     ///   counters are untouched (`--noflush`). Rules to delete are named by specification, not
     ///   position, so a foreign rule that appeared since the plan was made cannot be hit.
+    /// * **Lock waits are logged**: when the xtables lock (legacy backend) is held by another
+    ///   program, the transaction waits up to `lock_wait_secs` and a warning names the holder.
     /// * **Confirmed**: after the transactions every family written is read back (one
     ///   `iptables-save` each) and must match the plan's target exactly.
     /// * **All families or none**: when a family's transaction fails after an earlier family's
@@ -251,6 +261,8 @@ impl Netfilter {
     /// * [`Error::Restore`] when a transaction is refused (a rule the kernel rejects, the
     ///   xtables lock not released within the wait, a stale plan whose deletes no longer
     ///   match): that family is exactly as before. The message quotes the failing line.
+    /// * [`Error::Killed`] when an `iptables-restore` child dies by a signal: that family is
+    ///   as before or fully applied, never a mix; earlier families stay applied.
     /// * [`Error::Verify`] when the read-back differs (someone else edited our chains at the
     ///   same moment).
     /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
@@ -302,16 +314,36 @@ impl Netfilter {
 
     /// After a failed transaction, returns the families already written to how they were
     /// (one more transaction each), and says in the error what happened to them.
+    ///
+    /// A child killed by a signal is different: its family may hold the new rules (a table is
+    /// committed in one step, and the kill may have come after it), so the earlier families are
+    /// left applied — going forward, not back — and the error says which they are.
     fn roll_back(&self, error: Error, done: &[&FamilyPlan]) -> Error {
-        let Error::Restore {
-            family,
-            command,
-            stderr,
-            failed_line,
-            ..
-        } = error
-        else {
-            return error;
+        let (family, command, stderr, failed_line) = match error {
+            Error::Restore {
+                family,
+                command,
+                stderr,
+                failed_line,
+                ..
+            } => (family, command, stderr, failed_line),
+            Error::Killed {
+                family,
+                command,
+                signal,
+                ..
+            } => {
+                return Error::Killed {
+                    family,
+                    command,
+                    signal,
+                    earlier: done
+                        .iter()
+                        .map(|fp| format!("; {} was applied", fp.family))
+                        .collect(),
+                };
+            }
+            other => return other,
         };
         let mut notes = Vec::new();
         for fp in done.iter().rev() {
@@ -354,6 +386,11 @@ impl Netfilter {
         self.apply(&plan)
     }
 
+    /// Runs one `iptables-restore --noflush --wait` transaction. Its standard input is written
+    /// from a second thread so that a child blocked on the xtables lock (before it reads all of
+    /// a large input) cannot block this one; meanwhile, once the child has run for
+    /// [`LOCK_CHECK`], the kernel's lock table is consulted and a child waiting for the lock is
+    /// logged with the holder, once, and again when it got through.
     fn restore(&self, family: Family, t: &Tools, input: &str) -> Result<(), Error> {
         let wait = format!("--wait={}", self.lock_wait_secs);
         let command = format!("{} --noflush {wait}", t.restore.display());
@@ -367,14 +404,65 @@ impl Netfilter {
                 command: command.clone(),
                 source,
             })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A write error means the tool exited early; its status and stderr say why.
-            let _ = stdin.write_all(input.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(|source| Error::Spawn {
+        let pid = child.id();
+        let stdin = child.stdin.take();
+        let started = Instant::now();
+        let out = std::thread::scope(|scope| {
+            let (done, finished) = mpsc::channel();
+            scope.spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    // A write error means the tool exited early; its status and stderr say why.
+                    let _ = stdin.write_all(input.as_bytes());
+                }
+                let _ = done.send(child.wait_with_output());
+            });
+            let mut waited_for: Option<lockwait::Holder> = None;
+            loop {
+                match finished.recv_timeout(LOCK_CHECK) {
+                    Ok(out) => break out,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break Err(std::io::Error::other("the waiting thread ended early"));
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if waited_for.is_none()
+                            && let Some(h) = lockwait::lock_holder(pid)
+                        {
+                            warn!(
+                                %family,
+                                holder_pid = h.pid,
+                                holder = %lockwait::command_name(h.pid),
+                                lock = %lockwait::lock_file(),
+                                wait_secs = self.lock_wait_secs,
+                                "waiting for the xtables lock held by another process;                                  iptables-restore gives up after --wait seconds"
+                            );
+                            waited_for = Some(h);
+                        }
+                    }
+                }
+            }
+            .map(|out| (out, waited_for))
+        });
+        let (out, waited_for) = out.map_err(|source| Error::Spawn {
             command: command.clone(),
             source,
         })?;
+        if let Some(h) = waited_for {
+            info!(
+                %family,
+                holder_pid = h.pid,
+                after_ms = started.elapsed().as_millis() as u64,
+                ok = out.status.success(),
+                "xtables lock wait over"
+            );
+        }
+        if let Some(signal) = out.status.signal() {
+            return Err(Error::Killed {
+                family,
+                command,
+                signal,
+                earlier: String::new(),
+            });
+        }
         if out.status.success() {
             return Ok(());
         }

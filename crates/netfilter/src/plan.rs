@@ -3,7 +3,7 @@
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::{Serialize, Serializer};
 
-use crate::diff::{FamilyPlan, Shadowing, diff};
+use crate::diff::{DriftKind, FamilyPlan, Shadowing, diff};
 use crate::failsafe::Failsafe;
 use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
@@ -80,6 +80,18 @@ impl Plan {
     /// Whether nothing needs writing.
     pub fn is_converged(&self) -> bool {
         self.families.iter().all(FamilyPlan::is_converged)
+    }
+
+    /// The kinds of difference of every family, each once, in [`DriftKind`] order.
+    pub fn drift_kinds(&self) -> Vec<DriftKind> {
+        let mut kinds: Vec<DriftKind> = self
+            .families
+            .iter()
+            .flat_map(FamilyPlan::drift_kinds)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
     }
 }
 

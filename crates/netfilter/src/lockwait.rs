@@ -1,0 +1,106 @@
+//! Telling that an `iptables-restore` child is waiting for the xtables lock, and who holds it.
+//!
+//! The legacy backend serialises every iptables program on one `flock(2)` lock
+//! (`/run/xtables.lock`, or `$XTABLES_LOCKFILE`); with `--wait=N` a blocked
+//! `iptables-restore` waits silently for up to N seconds. iptables-nft takes no lock at all.
+//! So that a slow apply is not a mystery, [`Netfilter`](crate::Netfilter) asks the kernel's
+//! lock table (`/proc/locks`, read-only) whether its child is a blocked waiter and logs the
+//! holder. Nothing here takes or tests a lock.
+
+/// Another process's lock that a process is waiting for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's process id (as this process's PID namespace sees it; 0 when unknown).
+    pub pid: u32,
+    /// The lock type (`FLOCK`, `POSIX`, `OFDLCK`).
+    pub kind: String,
+    /// `major:minor:inode` of the locked file, as `/proc/locks` prints it.
+    pub file: String,
+}
+
+/// In the text of `/proc/locks`, the lock `pid` is blocked on (a `->` line with its pid) and
+/// the process holding that lock (the line with the same number, without `->`).
+pub fn blocked_on(locks: &str, pid: u32) -> Option<Holder> {
+    // "7: -> FLOCK  ADVISORY  WRITE 18134 fe:00:10010915 0 EOF"
+    let fields = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let waiting = locks.lines().map(fields).find(|f| {
+        f.get(1).is_some_and(|a| a == "->") && f.get(5).and_then(|p| p.parse().ok()) == Some(pid)
+    })?;
+    let (number, file) = (waiting.first()?.clone(), waiting.get(6)?.clone());
+    let holder = locks.lines().map(fields).find(|f| {
+        f.first() == Some(&number) && f.get(1).is_some_and(|a| a != "->") && f.get(5) == Some(&file)
+    });
+    Some(match holder {
+        Some(h) => Holder {
+            pid: h.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
+            kind: h.get(1).cloned().unwrap_or_default(),
+            file,
+        },
+        None => Holder {
+            pid: 0,
+            kind: waiting.get(2).cloned().unwrap_or_default(),
+            file,
+        },
+    })
+}
+
+/// [`blocked_on`] for the live `/proc/locks`; `None` when `pid` waits for no lock (or the
+/// table cannot be read).
+pub fn lock_holder(pid: u32) -> Option<Holder> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    blocked_on(&locks, pid)
+}
+
+/// The command name of a process (`/proc/PID/comm`), or `?`.
+pub fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The lock file iptables uses: `$XTABLES_LOCKFILE` when set and not empty, else
+/// `/run/xtables.lock` (as iptables 1.8 decides).
+pub fn lock_file() -> String {
+    std::env::var("XTABLES_LOCKFILE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "/run/xtables.lock".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCKS: &str = "\
+1: POSIX  ADVISORY  WRITE 18143 fe:00:382078 0 EOF
+2: FLOCK  ADVISORY  WRITE 18100 fe:00:10010915 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 18134 fe:00:10010915 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 18135 fe:00:10010915 0 EOF
+3: OFDLCK ADVISORY  READ -1 00:06:3 0 EOF
+";
+
+    #[test]
+    fn finds_the_holder_of_a_blocked_waiter() {
+        let h = blocked_on(LOCKS, 18135).unwrap();
+        assert_eq!(
+            h,
+            Holder {
+                pid: 18100,
+                kind: "FLOCK".into(),
+                file: "fe:00:10010915".into()
+            }
+        );
+        assert_eq!(blocked_on(LOCKS, 18134).unwrap().pid, 18100);
+    }
+
+    #[test]
+    fn holders_and_strangers_wait_for_nothing() {
+        assert_eq!(blocked_on(LOCKS, 18100), None);
+        assert_eq!(blocked_on(LOCKS, 18143), None);
+        assert_eq!(blocked_on(LOCKS, 1), None);
+        assert_eq!(blocked_on("", 1), None);
+        // a waiter whose holder line vanished between the two reads of the kernel
+        let h = blocked_on("4: -> FLOCK  ADVISORY  WRITE 7 fe:00:1 0 EOF\n", 7).unwrap();
+        assert_eq!((h.pid, h.kind.as_str()), (0, "FLOCK"));
+    }
+}
