@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::inside::InsideView;
 use crate::listeners::read_listeners;
-use crate::metrics::{Metrics, PortLabels, VerdictLabels};
+use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
 use crate::verify::{Target, VerifyOptions, verify};
 
@@ -355,12 +355,28 @@ pub fn converge(shared: &Shared, reason: &'static str) {
         Ok(Some((plan, applied))) => {
             shared.metrics.rules_changed.inc_by(applied.changes as u64);
             if reason == "refresh" {
+                // Someone else changed our rules since the last reconcile: say what, not every
+                // rule (a table reload brings back thousands).
+                let kinds = plan.drift_kinds();
                 shared.metrics.drift_repairs.inc();
+                for k in &kinds {
+                    shared
+                        .metrics
+                        .drift_by_kind
+                        .get_or_create(&DriftLabels {
+                            kind: k.as_str().into(),
+                        })
+                        .inc();
+                }
+                let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
                 warn!(
+                    kinds = %kinds.join(","),
                     changes = applied.changes,
-                    added = ?plan.add,
-                    deleted = ?plan.delete,
-                    "repaired rule drift"
+                    added = plan.add.len(),
+                    deleted = plan.delete.len(),
+                    first_added = plan.add.first().map_or("", String::as_str),
+                    first_deleted = plan.delete.first().map_or("", String::as_str),
+                    "repaired rule drift: portwarden's rules were changed by someone else"
                 );
             } else {
                 info!(

@@ -25,6 +25,14 @@ pub struct VerdictLabels {
     pub verdict: String,
 }
 
+/// Labels of a drift repair count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// What was found ([`portwarden_netfilter::DriftKind`]): `jump_missing`,
+    /// `jump_displaced`, `jump_unwanted`, `chain_missing`, `rules_changed`, `chain_unwanted`.
+    pub kind: String,
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +44,8 @@ pub struct Metrics {
     pub rules_changed: Counter,
     /// Refreshes that found rule drift and repaired it.
     pub drift_repairs: Counter,
+    /// Repaired rule drift by kind: one per kind found at each repair.
+    pub drift_by_kind: Family<DriftLabels, Counter>,
     /// Policy loads that failed validation (the last good state stays applied).
     pub policy_load_errors: Counter,
     /// 1 when the current policy documents are valid, 0 when the last load failed.
@@ -71,6 +81,7 @@ impl Metrics {
             reconcile_errors: Counter::default(),
             rules_changed: Counter::default(),
             drift_repairs: Counter::default(),
+            drift_by_kind: Family::default(),
             policy_load_errors: Counter::default(),
             policy_valid: Gauge::default(),
             intent_rules: Gauge::default(),
@@ -101,6 +112,11 @@ impl Metrics {
             "rule_drift_repairs",
             "Refreshes that found rule drift and repaired it",
             m.drift_repairs.clone(),
+        );
+        registry.register(
+            "rule_drift",
+            "Repaired rule drift by kind (jump_missing, chain_missing, rules_changed, ...)",
+            m.drift_by_kind.clone(),
         );
         registry.register(
             "policy_load_errors",
@@ -303,8 +319,17 @@ mod tests {
                 protocol: "tcp".into(),
             })
             .set(1);
+        m.drift_by_kind
+            .get_or_create(&DriftLabels {
+                kind: "jump_missing".into(),
+            })
+            .inc();
         let text = m.encode();
         assert!(text.contains("portwarden_rules_changed_total 3"), "{text}");
+        assert!(
+            text.contains("portwarden_rule_drift_total{kind=\"jump_missing\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "portwarden_drift_ports{node=\"web-1\",port=\"8080\",protocol=\"tcp\"} 1"
