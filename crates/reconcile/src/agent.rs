@@ -187,10 +187,11 @@ impl Shared {
     }
 }
 
-/// A cheap fingerprint of what [`load_paths`] would read: path, size, modification time and
-/// inode of the given roots and of every policy file under them. A git checkout that swaps the
-/// directory or replaces files by rename changes inodes, so it is seen too.
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u64)>;
+/// A cheap fingerprint of what [`load_paths`] would read: path, size, modification time,
+/// inode, and mode and owner of the given roots and of every policy file under them. A git
+/// checkout that swaps the directory or replaces files by rename changes inodes, so it is seen
+/// too; mode and owner cover a `chmod`/`chown` that makes an unreadable file readable again.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u64, (u32, u32, u32))>;
 
 fn fingerprint(roots: &[&Path]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
@@ -200,8 +201,14 @@ fn fingerprint(roots: &[&Path]) -> Fingerprint {
         .map(|p| p.to_path_buf())
         .chain(files)
         .map(|p| match std::fs::metadata(&p) {
-            Ok(m) => (p, m.len(), m.modified().ok(), m.ino()),
-            Err(_) => (p, u64::MAX, None, 0),
+            Ok(m) => (
+                p,
+                m.len(),
+                m.modified().ok(),
+                m.ino(),
+                (m.mode(), m.uid(), m.gid()),
+            ),
+            Err(_) => (p, u64::MAX, None, 0, (0, 0, 0)),
         })
         .collect()
 }
@@ -534,7 +541,12 @@ mod tests {
         // Replace a file by rename (what git does): the inode changes.
         std::fs::write(dir.join(".tmp"), "xy").unwrap();
         std::fs::rename(dir.join(".tmp"), &a).unwrap();
-        assert_ne!(f3, fingerprint(&[&dir]));
+        let f4 = fingerprint(&[&dir]);
+        assert_ne!(f3, f4);
+        // A chmod alone (an unreadable file made readable) changes no size, time or inode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(f4, fingerprint(&[&dir]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
