@@ -8,13 +8,17 @@
 //! 2. `agent_killed_mid_apply_converges_without_duplicates` — the agent SIGKILLed while its
 //!    IPv4 `iptables-restore`, its IPv6 one, or its read-back runs, then restarted: it
 //!    converges, and every rule of ours is in the kernel exactly once. Both backends.
-//! 3. `xtables_lock_held_by_another_process_is_waited_for_and_logged` — legacy (iptables-nft
+//! 3. `a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs` — the agent's
+//!    reconcile (in process) runs an `iptables-restore` that is SIGKILLed halfway (a
+//!    fault-injecting wrapper, `Options::tool_dir`): the error is recorded, served and counted,
+//!    nothing was written, and the next reconcile applies everything. Both backends.
+//! 4. `xtables_lock_held_by_another_process_is_waited_for_and_logged` — legacy (iptables-nft
 //!    has no lock): the agent's first apply waits while another process holds the (private)
 //!    xtables lock, logs that it waits and for whom, and completes after the release.
-//! 4. `symlinked_policy_dir_swaps_apply_each_change_once` — the policy directory is a symlink
+//! 5. `symlinked_policy_dir_swaps_apply_each_change_once` — the policy directory is a symlink
 //!    swapped atomically to new checkouts (git-sync style); each swap is loaded and applied
 //!    once, no other rule count is ever loaded.
-//! 5. `truncated_or_unreadable_policy_keeps_the_last_good_state` — a file cut short as a full
+//! 6. `truncated_or_unreadable_policy_keeps_the_last_good_state` — a file cut short as a full
 //!    disk leaves it, then a file the agent cannot read (the agent runs without
 //!    CAP_DAC_OVERRIDE): rules kept, error served and counted, recovery once fixed.
 
@@ -799,4 +803,121 @@ fn truncated_or_unreadable_policy_keeps_the_last_good_state() {
     agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
     let logged = agent.logged("invalid policy documents");
     assert!(logged.len() >= 2, "{logged:?}");
+}
+
+/// A tool directory for `backend`: the real save and restore tools (symlinks; xtables-multi
+/// goes by its name), except `iptables-*-restore`, a script whose first run passes 1,000 bytes
+/// of its input to the real tool, then SIGKILLs it and itself.
+fn dying_restore_tools(dir: &Path, backend: Backend) -> PathBuf {
+    let dir = dir.join(format!("tools-{backend}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for family in Family::ALL {
+        for what in ["save", "restore"] {
+            let name = tool(backend, family, what);
+            let real = portwarden_netfilter::backend::find_program(&name, None).unwrap();
+            let path = dir.join(&name);
+            if family == Family::Ipv4 && what == "restore" {
+                let script = format!(
+                    "#!/bin/sh\n# fault injection in front of {real}\n\
+                     if [ ! -e \"$0.fired\" ]; then\n\
+                     \x20 : > \"$0.fired\"\n\
+                     \x20 fifo=\"$0.fifo\"; rm -f \"$fifo\"; mkfifo \"$fifo\"\n\
+                     \x20 \"{real}\" \"$@\" < \"$fifo\" & pid=$!\n\
+                     \x20 exec 3> \"$fifo\"\n\
+                     \x20 head -c 1000 >&3\n\
+                     \x20 kill -KILL $pid; wait $pid; rm -f \"$fifo\"\n\
+                     \x20 kill -KILL $$\n\
+                     fi\n\
+                     exec \"{real}\" \"$@\"\n",
+                    real = real.display()
+                );
+                std::fs::write(&path, script).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            } else {
+                std::os::unix::fs::symlink(&real, &path).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
+    use portwarden_netfilter::{BackendChoice, Failsafe, Options};
+    use portwarden_reconcile::agent::{AgentConfig, Shared, converge};
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("fdying");
+        let node = lab.node(0).clone();
+        let s = Setup::new(&node);
+        std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
+        let loaded = portwarden_policy::load_paths(&[s.path("policies")]).unwrap();
+        let labels = [("role".to_string(), "web".to_string())].into();
+        let intent = std::sync::Arc::new(loaded.policies.compile(&labels));
+        let shared = Shared::new(AgentConfig {
+            policy_dir: s.path("policies"),
+            inventory: s.path("inventory.yaml"),
+            node: "n1".into(),
+            refresh: Duration::from_secs(1),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(100),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT)),
+            failsafe: Failsafe::default(),
+            netfilter: Options {
+                backend: BackendChoice::Fixed(backend),
+                tool_dir: Some(dying_restore_tools(s.dir.path(), backend)),
+                ..Options::default()
+            },
+        });
+        shared.set_intent(Some(intent), None);
+        let sh = shared.clone();
+        let first = node
+            .run(move || {
+                converge(&sh, "policy change");
+                sh.with_state(|st| (st.ready, st.apply_error.clone()))
+            })
+            .unwrap();
+        let error = first.1.unwrap_or_default();
+        assert!(!first.0, "{backend}: not ready after a failed apply");
+        assert!(
+            error.contains("IPv4 transaction was interrupted") && error.contains("signal 9"),
+            "{backend}: {error}"
+        );
+        let text = shared.metrics.encode();
+        assert!(
+            text.contains("portwarden_reconcile_errors_total 1\n"),
+            "{text}"
+        );
+        for f in Family::ALL {
+            assert!(
+                !save(&node, backend, f).contains("PORTWARDEN"),
+                "{backend} {f}: nothing written"
+            );
+        }
+        // the next reconcile (the agent's next refresh) runs the real tool and applies it all
+        let sh = shared.clone();
+        let second = node
+            .run(move || {
+                converge(&sh, "refresh");
+                sh.with_state(|st| (st.ready, st.apply_error.clone()))
+            })
+            .unwrap();
+        assert_eq!(second, (true, None), "{backend}");
+        let text = shared.metrics.encode();
+        assert!(
+            text.contains("portwarden_rule_drift_repairs_total 0\n"),
+            "finishing our own change is not drift: {text}"
+        );
+        for f in Family::ALL {
+            let now = save(&node, backend, f);
+            assert!(
+                input_chain(&now)[0].contains("-j PORTWARDEN-INPUT"),
+                "{backend} {f}"
+            );
+        }
+        let sh = shared.clone();
+        let view = node.run(move || sh.inside_view()).unwrap();
+        assert!(view.converged && view.apply_error.is_none(), "{view:?}");
+    }
 }

@@ -338,6 +338,14 @@ pub fn converge(shared: &Shared, reason: &'static str) {
     let Some(intent) = shared.with_state(|s| s.intent.clone()) else {
         return;
     };
+    // After a failed apply, what the next refresh finds is our own unfinished change, not
+    // someone else's drift.
+    let retry = shared.with_state(|s| s.apply_error.is_some());
+    let reason = if retry && reason == "refresh" {
+        "retry after a failed apply"
+    } else {
+        reason
+    };
     let started = Instant::now();
     let result = shared.netfilter().and_then(|nf| {
         let plan = nf
