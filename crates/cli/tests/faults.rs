@@ -18,9 +18,10 @@
 //! 5. `symlinked_policy_dir_swaps_apply_each_change_once` — the policy directory is a symlink
 //!    swapped atomically to new checkouts (git-sync style); each swap is loaded and applied
 //!    once, no other rule count is ever loaded.
-//! 6. `truncated_or_unreadable_policy_keeps_the_last_good_state` — a file cut short as a full
-//!    disk leaves it, then a file the agent cannot read (the agent runs without
-//!    CAP_DAC_OVERRIDE): rules kept, error served and counted, recovery once fixed.
+//! 6. `full_disk_or_unreadable_policy_keeps_the_last_good_state` — a file cut short by a real
+//!    ENOSPC (an 8 KiB tmpfs in the agent's private mount namespace), then a file the agent
+//!    cannot read (the agent runs without CAP_DAC_OVERRIDE): rules kept, error served and
+//!    counted, recovery once fixed (also by a chmod alone).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -695,32 +696,60 @@ fn symlinked_policy_dir_swaps_apply_each_change_once() {
     assert_eq!(agent.metric("portwarden_reconcile_errors_total"), 0.0);
 }
 
+/// Runs `script` (`sh -c`) in the agent's mount namespace, where its policy directory is a
+/// small tmpfs, with `input` on standard input.
+fn in_agent_mounts(agent: &Agent, script: &str, input: &str) -> std::process::Output {
+    let pid = agent.pid().to_string();
+    let mut child = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nsenter (util-linux)");
+    // a write error means the script stopped reading; its status says why
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 #[test]
-fn truncated_or_unreadable_policy_keeps_the_last_good_state() {
+fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
     skip_unless_lab!();
     // What a policy file looks like to the agent does not depend on the backend: nft only.
     let backend = Backend::Nft;
     let lab = lab("fdisk");
     let node = lab.node(0).clone();
     let s = Setup::new(&node);
-    let file = s.path("policies/web.yaml");
     let good = web_policy();
-    std::fs::write(&file, &good).unwrap();
-    // Without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH root is bound by file modes, like an
-    // agent running as a non-root user with CAP_NET_ADMIN.
-    let agent = Agent::start(
-        &node,
-        &s,
-        &s.path("policies"),
-        backend,
-        1,
-        &[
-            "setpriv",
-            "--bounding-set",
-            "-dac_override,-dac_read_search",
-            "--",
-        ],
+    std::fs::write(s.path("policies/web.yaml"), &good).unwrap();
+    // The agent's policy directory is an 8 KiB tmpfs in a private mount namespace of its own
+    // (nothing is mounted where anyone else sees it); the agent runs without
+    // CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so file modes bind it like a non-root agent
+    // with CAP_NET_ADMIN.
+    let mnt = s.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (mnt_s, src) = (
+        mnt.display().to_string(),
+        s.path("policies").display().to_string(),
     );
+    let setup = format!(
+        "mount -t tmpfs -o size=8k pw-faults '{mnt_s}' && cp '{src}/web.yaml' '{mnt_s}/' && exec \"$@\""
+    );
+    let wrap = [
+        "setpriv",
+        "--bounding-set",
+        "-dac_override,-dac_read_search",
+        "--",
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &setup,
+        "sh",
+    ];
+    let agent = Agent::start(&node, &s, &mnt, backend, 1, &wrap);
     agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
@@ -730,48 +759,79 @@ fn truncated_or_unreadable_policy_keeps_the_last_good_state() {
         0,
         "CAP_DAC_OVERRIDE/READ_SEARCH dropped: {eff}"
     );
+    let df = in_agent_mounts(&agent, &format!("df -k '{mnt_s}' | tail -1"), "");
+    assert!(
+        String::from_utf8_lossy(&df.stdout).starts_with("pw-faults "),
+        "{df:?}"
+    );
+
     let rules = || {
         Family::ALL
             .iter()
             .map(|&f| save(&node, backend, f))
             .collect::<Vec<_>>()
     };
-    let last_good = rules();
     let mut errors = 0.0;
-    let mut check_kept = |what: &str, message: &str| {
+    let mut check_kept = |what: &str, message: &str, last_good: &[String]| {
         let view = agent.wait_for(what, |v| v.policy_error.is_some());
         let error = view.policy_error.clone().unwrap();
         assert!(
             error.contains("web.yaml") && error.contains(message),
             "{what}: {error}"
         );
+        eprintln!("{what}: served as {error:?}");
         assert!(
             view.converged,
             "{what}: the last good rules are still applied"
         );
         assert_eq!(rules(), last_good, "{what}: rules kept");
-        let now = wait("load error counted", || {
+        errors = wait("load error counted", || {
             let n = agent.metric("portwarden_policy_load_errors_total");
             (n > errors).then_some(n)
         });
-        errors = now;
         assert_eq!(agent.metric("portwarden_policy_valid"), 0.0);
         // still ready: the last good state is applied; the error is served by /v1/inside
         assert_eq!(agent.get("/readyz").unwrap(), "ready\n");
     };
 
-    // (1) a full disk: the writer got ENOSPC partway and left the file cut short — here in
-    // the middle of a value (`state: clo`). (A cut that happens to leave a valid document is
-    // indistinguishable from an edit, and is applied like one.)
-    let cut = good.find("state: closed").unwrap() + "state: clo".len();
-    std::fs::write(&file, &good[..cut]).unwrap();
-    check_kept("a truncated file", "unknown state \"clo\"");
-    // fixed: the file is written whole (a new entry, so the change is visible in the rules)
+    // (1) the disk fills up while a new version is written in place (as `git checkout` and
+    // `cat >` do): the write fails with ENOSPC and leaves the file cut at 8 KiB. The new
+    // version is written in YAML's flow style, so a cut anywhere leaves it unterminated. (A
+    // cut that happens to leave a valid document is indistinguishable from an edit.)
+    let last_good = rules();
+    let mut big = String::from(
+        "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {name: web}\n\
+         spec: {nodeSelector: {matchLabels: {role: web}}, ports: [\n",
+    );
+    for p in 0..600 {
+        let _ = writeln!(big, "  {{ports: \"{}\", state: closed}},", 30_000 + p);
+    }
+    big.push_str("]}\n");
+    let out = in_agent_mounts(&agent, &format!("cat > '{mnt_s}/web.yaml'"), &big);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("No space left on device"),
+        "{out:?}"
+    );
+    let size = in_agent_mounts(&agent, &format!("wc -c < '{mnt_s}/web.yaml'"), "");
+    let size: usize = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        size > 0 && size < big.len(),
+        "cut at {size} of {}",
+        big.len()
+    );
+    eprintln!("ENOSPC left {size} of {} bytes", big.len());
+    check_kept("a file cut short by a full disk", "web.yaml", &last_good);
+    // fixed: space freed, the file written whole (a new entry, visible in the rules)
     let fixed = good.replace(
         "      state: filtered\n",
         "      state: filtered\n    - ports: \"7777\"\n      state: closed\n",
     );
-    std::fs::write(&file, &fixed).unwrap();
+    let out = in_agent_mounts(&agent, &format!("cat > '{mnt_s}/web.yaml'"), &fixed);
+    assert!(out.status.success(), "{out:?}");
     wait("the fixed file applied", || {
         save(&node, backend, Family::Ipv4)
             .contains("--dport 7777 ")
@@ -779,22 +839,19 @@ fn truncated_or_unreadable_policy_keeps_the_last_good_state() {
     });
     agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
     assert_eq!(agent.metric("portwarden_policy_valid"), 1.0);
-    let last_good_after = rules();
 
     // (2) unreadable: the file is replaced by one with mode 000 (a checkout by another user
     // with a strict umask)
-    let tmp = s.path("policies/.web.yaml.tmp");
-    std::fs::write(&tmp, good.replace("9090", "9191")).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o000)).unwrap();
-    std::fs::rename(&tmp, &file).unwrap();
-    let last_good = last_good_after;
-    let view = agent.wait_for("unreadable reported", |v| v.policy_error.is_some());
-    let error = view.policy_error.unwrap();
-    assert!(error.contains("Permission denied"), "{error}");
-    assert_eq!(rules(), last_good, "rules kept");
-    assert!(agent.metric("portwarden_policy_load_errors_total") > errors);
+    let last_good = rules();
+    let replace = format!(
+        "cd '{mnt_s}' && cat > .web.yaml.tmp && chmod 000 .web.yaml.tmp && mv .web.yaml.tmp web.yaml"
+    );
+    let out = in_agent_mounts(&agent, &replace, &good.replace("9090", "9191"));
+    assert!(out.status.success(), "{out:?}");
+    check_kept("an unreadable file", "Permission denied", &last_good);
     // fixed by a chmod alone (no new content, no new inode)
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = in_agent_mounts(&agent, &format!("chmod 644 '{mnt_s}/web.yaml'"), "");
+    assert!(out.status.success(), "{out:?}");
     wait("the readable file applied", || {
         save(&node, backend, Family::Ipv4)
             .contains("--dport 9191 ")
@@ -803,6 +860,8 @@ fn truncated_or_unreadable_policy_keeps_the_last_good_state() {
     agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
     let logged = agent.logged("invalid policy documents");
     assert!(logged.len() >= 2, "{logged:?}");
+    // nothing of the tmpfs is visible outside the agent's mount namespace
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
 }
 
 /// A tool directory for `backend`: the real save and restore tools (symlinks; xtables-multi
