@@ -15,6 +15,8 @@
 //!
 //! Everything runs inside lab namespaces; see `support`.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod support;
 
 use std::collections::BTreeMap;
