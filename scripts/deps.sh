@@ -12,6 +12,11 @@ declare -A pkgs=(
   [nmap]=nmap
   [ndiff]=ndiff
   [tc]=iproute2
+  # the fault-injection tests: hold an xtables lock, drop capabilities, a private tmpfs
+  [flock]=util-linux
+  [setpriv]=util-linux
+  [unshare]=util-linux
+  [nsenter]=util-linux
 )
 if [ "$want" = test ]; then
   # The chart tests' Python (a venv below) and the container image's base (debootstrap); the
