@@ -433,7 +433,7 @@ impl Netfilter {
                                 holder = %lockwait::command_name(h.pid),
                                 lock = %lockwait::lock_file(),
                                 wait_secs = self.lock_wait_secs,
-                                "waiting for the xtables lock held by another process;                                  iptables-restore gives up after --wait seconds"
+                                "waiting for the xtables lock held by another process (iptables-restore gives up after wait_secs)"
                             );
                             waited_for = Some(h);
                         }
