@@ -481,6 +481,11 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
             "{}",
             reference[0].len()
         );
+        eprintln!(
+            "{backend}: {} IPv4 and {} IPv6 rules of ours",
+            reference[0].len(),
+            reference[1].len()
+        );
         agent.kill();
         for (point, reached) in points {
             // from a node without our rules, so that the agent's first reconcile applies them all
