@@ -38,6 +38,8 @@ use portwarden_reconcile::inside::http_get;
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 /// 200 changes a minute.
 const CHANGE_EVERY: Duration = Duration::from_millis(300);
+/// The agent's policy poll (its default).
+const POLL: Duration = Duration::from_millis(200);
 /// How often the observer lists the marker chain: the resolution of the latencies.
 const OBSERVE_EVERY: Duration = Duration::from_millis(50);
 /// How often the agent's memory and CPU are sampled.
@@ -55,6 +57,10 @@ const ENTRIES_PER_FILE: usize = 100;
 struct LoadConfig {
     files: usize,
     entries: usize,
+    /// One change this often.
+    every: Duration,
+    /// Every fourth change written in place (truncate, half, pause, rest) rather than renamed.
+    in_place: bool,
     /// Stop after this many changes, or after `duration`, whichever comes first.
     changes: usize,
     duration: Duration,
@@ -402,7 +408,15 @@ fn ms(d: Duration) -> String {
 
 // --- the run ----------------------------------------------------------------------------
 
-fn run_load(cfg: &LoadConfig) {
+/// What a run's callers check beyond what [`run_load`] asserts itself.
+struct Outcome {
+    /// Loads the agent made while the files were still changing (metric).
+    forced_loads: f64,
+    /// Changes the kernel showed while the stream of changes was still going on.
+    applied_during_stream: usize,
+}
+
+fn run_load(cfg: &LoadConfig) -> Outcome {
     assert!(
         (1..=MAX_FILES).contains(&cfg.files),
         "1 to {MAX_FILES} files of {ENTRIES_PER_FILE} entries: lower PW_LOAD_RULES"
@@ -468,10 +482,10 @@ fn run_load(cfg: &LoadConfig) {
             break;
         }
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        next += CHANGE_EVERY;
+        next += cfg.every;
         let k = rng.below(files.len());
         files[k].mutate(n, &mut rng);
-        if n % 4 == 0 {
+        if cfg.in_place && n % 4 == 0 {
             files[k].write_in_place(&dir);
             in_place += 1;
         } else {
@@ -480,6 +494,7 @@ fn run_load(cfg: &LoadConfig) {
         writes.push((n, k, Instant::now()));
     }
     let changing = run_start.elapsed();
+    let stream_end = Instant::now();
 
     // The final state: every marker at its file's last change, and nothing left to plan.
     let last: BTreeMap<usize, u32> = files.iter().map(|f| (f.file, f.marker)).collect();
@@ -522,6 +537,16 @@ fn run_load(cfg: &LoadConfig) {
         Some(1.0),
         "{metrics}"
     );
+    for name in [
+        "portwarden_policy_loads_total",
+        "portwarden_policy_apply_latency_seconds_count",
+        "portwarden_policy_applied_timestamp_seconds",
+    ] {
+        assert!(
+            metric_value(&metrics, name).is_some_and(|v| v > 0.0),
+            "{name}: {metrics}"
+        );
+    }
 
     // Latency of every change: write -> first listing that shows its file at it or later.
     let o = observed.lock().unwrap();
@@ -537,6 +562,11 @@ fn run_load(cfg: &LoadConfig) {
         .collect();
     latencies.sort();
     let applied_states = o.events.iter().filter(|e| e.0 >= run_start).count();
+    let applied_during_stream = o
+        .events
+        .iter()
+        .filter(|&&(at, _, change)| change > 0 && at < stream_end)
+        .count();
 
     // Memory: no growth from the first half of the run to the second.
     let samples = samples.lock().unwrap();
@@ -571,7 +601,7 @@ fn run_load(cfg: &LoadConfig) {
         "  changes               {} in {:.0} s (one every {}; {} in place, rest renamed)",
         writes.len(),
         changing.as_secs_f64(),
-        ms(CHANGE_EVERY),
+        ms(cfg.every),
         in_place
     );
     let _ = writeln!(
@@ -635,6 +665,10 @@ fn run_load(cfg: &LoadConfig) {
         "memory grew: max RSS {first_half} KiB in the first half, {second_half} KiB in the second (bound {bound} KiB)"
     );
     drop(agent);
+    Outcome {
+        forced_loads: m("portwarden_policy_loads_forced_total"),
+        applied_during_stream,
+    }
 }
 
 fn tail_str(text: &str, lines: usize) -> String {
@@ -646,14 +680,45 @@ fn tail_str(text: &str, lines: usize) -> String {
 #[test]
 fn agent_keeps_up_with_200_changes_per_minute() {
     skip_unless_lab!();
-    run_load(&LoadConfig {
+    let _ = run_load(&LoadConfig {
         files: 20,
         entries: ENTRIES_PER_FILE,
+        every: CHANGE_EVERY,
+        in_place: true,
         changes: 100,
         duration: Duration::from_secs(60),
         settle: Duration::from_secs(30),
         rss_growth: 0.5,
     });
+}
+
+/// A stream of changes faster than the agent's poll (one every 100 ms, poll 200 ms): every
+/// poll sees the files changing, so "held still for one poll" alone would never load. The
+/// debounce's bound (10 polls) loads the latest state anyway, several times while the stream
+/// lasts, and the final state once it stops.
+#[test]
+fn a_stream_faster_than_the_poll_is_still_applied_while_it_lasts() {
+    skip_unless_lab!();
+    let bound = POLL * portwarden_reconcile::agent::DEBOUNCE_MAX_POLLS;
+    let out = run_load(&LoadConfig {
+        files: 5,
+        entries: 20,
+        every: POLL / 2,
+        in_place: false,
+        changes: 100,
+        duration: Duration::from_secs(60),
+        settle: Duration::from_secs(30),
+        rss_growth: 0.5,
+    });
+    // 10 s of changes, five times the bound: loads happen during the stream, not only after.
+    assert!(
+        out.forced_loads >= 1.0,
+        "no forced load in 10 s (bound {bound:?})"
+    );
+    assert!(
+        out.applied_during_stream >= 1,
+        "nothing reached the kernel while the changes went on"
+    );
 }
 
 /// The long version (`make soak-load`): `PW_LOAD_SECONDS` (600) of changes on `PW_LOAD_RULES`
@@ -670,9 +735,11 @@ fn soak_agent_under_load() {
     };
     let seconds = env("PW_LOAD_SECONDS", 600);
     let rules = env("PW_LOAD_RULES", 10_000) as usize;
-    run_load(&LoadConfig {
+    let _ = run_load(&LoadConfig {
         files: rules.div_ceil(ENTRIES_PER_FILE).max(1),
         entries: ENTRIES_PER_FILE,
+        every: CHANGE_EVERY,
+        in_place: true,
         changes: usize::MAX,
         duration: Duration::from_secs(seconds),
         settle: Duration::from_secs(60),
