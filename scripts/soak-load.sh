@@ -7,7 +7,7 @@
 # touched. The short version runs in `make test` (crates/cli/tests/load.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh test
+scripts/deps.sh demo  # iproute2 and iptables: what the lab needs
 export PW_LOAD_SECONDS="${PW_LOAD_SECONDS:-600}" PW_LOAD_RULES="${PW_LOAD_RULES:-10000}"
 report="$(mktemp)"
 trap 'rm -f "$report"' EXIT
