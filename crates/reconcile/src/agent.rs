@@ -9,8 +9,10 @@
 //! # Guarantees
 //!
 //! * A policy change (any file under the directory, or the inventory, changes size, time, or
-//!   inode) is loaded, planned and applied once it has held still for one poll interval: within
-//!   two polls plus the apply itself.
+//!   inode) is loaded, planned and applied once it has held still for one poll interval, or at
+//!   the latest `debounce_max` after it was first seen even while edits keep coming (see
+//!   [`Debounce`]): within `debounce_max` plus one poll plus the apply itself, whatever the
+//!   rate of changes. The last state written is always loaded.
 //! * Invalid documents never change a rule: the error is logged, counted and served, and the
 //!   last good intent stays applied (and keeps being repaired).
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
@@ -213,11 +215,120 @@ fn fingerprint(roots: &[&Path]) -> Fingerprint {
         .collect()
 }
 
+/// A pending change is loaded at the latest this many poll intervals after it was first seen,
+/// even while edits keep coming (a CI job rewriting files every few hundred milliseconds, a
+/// slow copy): 2 s with the default 200 ms poll.
+pub const DEBOUNCE_MAX_POLLS: u32 = 10;
+
+/// What [`Debounce::observe`] decided for one poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing changed since the last load.
+    Unchanged,
+    /// A change is pending; the files have not held still yet.
+    Wait,
+    /// Load the documents now.
+    Load {
+        /// When the oldest change of this load was first seen (`None` for the first load).
+        first_seen: Option<Instant>,
+        /// The files were still changing: loaded because the change waited `max_wait`.
+        forced: bool,
+    },
+}
+
+/// When to load a changed policy directory: once its fingerprint held still for one poll, so
+/// that an editor or a copy that writes a file in several steps is not caught half-way — or,
+/// when edits keep coming faster than the poll, once the oldest unloaded change has waited
+/// `max_wait`, so that a stream of changes cannot postpone loading forever.
+///
+/// A forced load can catch a file half-written. That is harmless: a half-written document is
+/// invalid (the last good state stays, see [`reload`]) or, if it happens to parse, is
+/// replaced by the complete one at the next load — the completed write changes the fingerprint
+/// again, so the last state written is always loaded.
+///
+/// Pure: the caller passes the fingerprint and the time, so tests drive it without sleeping.
+#[derive(Debug)]
+pub struct Debounce<F> {
+    max_wait: Duration,
+    loaded: Option<F>,
+    /// The fingerprint of the last poll that saw a change, and when the oldest unloaded
+    /// change was first seen.
+    pending: Option<(F, Instant)>,
+}
+
+impl<F: PartialEq> Debounce<F> {
+    /// A debounce that has loaded nothing yet: the first observation loads at once.
+    pub fn new(max_wait: Duration) -> Debounce<F> {
+        Debounce {
+            max_wait,
+            loaded: None,
+            pending: None,
+        }
+    }
+
+    /// Records the fingerprint seen at `now` and says whether to load. After
+    /// [`Step::Load`] the fingerprint counts as loaded.
+    pub fn observe(&mut self, fp: F, now: Instant) -> Step {
+        let Some(loaded) = &self.loaded else {
+            self.loaded = Some(fp);
+            return Step::Load {
+                first_seen: None,
+                forced: false,
+            };
+        };
+        if *loaded == fp {
+            // Unchanged, or changed and changed back before it was loaded.
+            self.pending = None;
+            return Step::Unchanged;
+        }
+        let (settled, first_seen) = match self.pending.take() {
+            Some((pending, first_seen)) => (pending == fp, first_seen),
+            None => (false, now),
+        };
+        let forced = !settled && now.saturating_duration_since(first_seen) >= self.max_wait;
+        if settled || forced {
+            self.loaded = Some(fp);
+            return Step::Load {
+                first_seen: Some(first_seen),
+                forced,
+            };
+        }
+        self.pending = Some((fp, first_seen));
+        Step::Wait
+    }
+
+    /// The fingerprint of the last load.
+    pub fn loaded(&self) -> Option<&F> {
+        self.loaded.as_ref()
+    }
+}
+
+/// When the oldest change from `old` to `new` was made, for the change-to-applied latency:
+/// the oldest modification time among the files that are new or changed, but no later than
+/// `first_seen` (a rename or a deletion can be older than its file's time) and no earlier than
+/// `floor` (when `old` was read: a file copied with its old time, `rsync -t` say, changed
+/// after that).
+fn change_time(
+    old: &Fingerprint,
+    new: &Fingerprint,
+    first_seen: SystemTime,
+    floor: SystemTime,
+) -> SystemTime {
+    new.iter()
+        .filter(|entry| !old.contains(entry))
+        .filter_map(|(_, _, mtime, _)| *mtime)
+        .chain([first_seen])
+        .min()
+        .unwrap_or(first_seen)
+        .max(floor)
+}
+
 /// The loop. Returns when `shutdown` receives a message or its sender is dropped.
 pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
     let cfg = shared.config.clone();
-    let mut last_fingerprint = None;
-    let mut pending_fingerprint = None;
+    let mut debounce: Debounce<Fingerprint> = Debounce::new(cfg.poll * DEBOUNCE_MAX_POLLS);
+    // When the fingerprint of the last load was taken (wall clock, for the latency metric).
+    let mut loaded_at = SystemTime::now();
     let mut peers: Vec<Target> = Vec::new();
     let start = Instant::now();
     let mut next_poll = start;
@@ -226,20 +337,18 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
     loop {
         let now = Instant::now();
         if now >= next_poll {
-            // A change is loaded once the files have held still for one poll: an editor or a
-            // copy that writes a file in several steps must not have its half-written state
-            // (an empty file, say) taken for the new intent. The first load is immediate.
             let fp = fingerprint(&[&cfg.policy_dir, &cfg.inventory]);
-            let settled = pending_fingerprint.as_ref() == Some(&fp) || last_fingerprint.is_none();
-            if last_fingerprint.as_ref() != Some(&fp) && settled {
-                last_fingerprint = Some(fp);
-                pending_fingerprint = None;
-                if let Some(p) = reload(&shared) {
-                    peers = p;
-                }
-                converge(&shared, "policy change");
-            } else if last_fingerprint.as_ref() != Some(&fp) {
-                pending_fingerprint = Some(fp);
+            let taken = SystemTime::now();
+            let old = debounce.loaded().cloned().unwrap_or_default();
+            if let Step::Load { first_seen, forced } = debounce.observe(fp, now) {
+                load_and_apply(&shared, &mut peers, forced);
+                let since = first_seen.zip(debounce.loaded()).map(|(seen, new)| {
+                    let ago = now.saturating_duration_since(seen);
+                    let seen_wall = taken.checked_sub(ago).unwrap_or(taken);
+                    change_time(&old, new, seen_wall, loaded_at)
+                });
+                record_applied(&shared, since);
+                loaded_at = taken;
             }
             next_poll = now + cfg.poll;
         }
@@ -266,6 +375,43 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
                 return;
             }
         }
+    }
+}
+
+/// Loads changed documents and converges to them (or, when they are invalid, keeps converging
+/// to the last good intent).
+fn load_and_apply(shared: &Shared, peers: &mut Vec<Target>, forced: bool) {
+    shared.metrics.policy_loads.inc();
+    if forced {
+        shared.metrics.policy_loads_forced.inc();
+        info!(
+            waited_polls = DEBOUNCE_MAX_POLLS,
+            "policy files still changing; loading anyway (the next change is loaded after it)"
+        );
+    }
+    if let Some(p) = reload(shared) {
+        *peers = p;
+    }
+    converge(shared, "policy change");
+}
+
+/// After a load: when the documents were valid and their rules are now in the kernel, records
+/// when, and the time from the change (`since`; `None` for the first load) to now.
+fn record_applied(shared: &Shared, since: Option<SystemTime>) {
+    let applied = shared.with_state(|s| s.policy_error.is_none() && s.apply_error.is_none());
+    if !applied {
+        return;
+    }
+    let now = SystemTime::now();
+    if let Some(since) = since {
+        let latency = now.duration_since(since).unwrap_or_default();
+        shared
+            .metrics
+            .policy_apply_latency
+            .observe(latency.as_secs_f64());
+    }
+    if let Ok(t) = now.duration_since(SystemTime::UNIX_EPOCH) {
+        shared.metrics.policy_applied_time.set(t.as_secs_f64());
     }
 }
 
@@ -556,6 +702,117 @@ mod tests {
         std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_ne!(f4, fingerprint(&[&dir]));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const POLL: Duration = Duration::from_millis(200);
+
+    fn load(forced: bool) -> impl Fn(&Step) -> bool {
+        move |s| matches!(s, Step::Load { forced: f, .. } if *f == forced)
+    }
+
+    #[test]
+    fn debounce_loads_the_first_state_at_once_then_waits_for_one_quiet_poll() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(POLL * DEBOUNCE_MAX_POLLS);
+        assert_eq!(
+            d.observe(1, t0),
+            Step::Load {
+                first_seen: None,
+                forced: false
+            }
+        );
+        assert_eq!(d.observe(1, t0 + POLL), Step::Unchanged);
+        // A change is seen, then holds still for one poll: loaded, timed from the first sight.
+        assert_eq!(d.observe(2, t0 + POLL * 2), Step::Wait);
+        assert_eq!(
+            d.observe(2, t0 + POLL * 3),
+            Step::Load {
+                first_seen: Some(t0 + POLL * 2),
+                forced: false
+            }
+        );
+        assert_eq!(d.loaded(), Some(&2));
+        assert_eq!(d.observe(2, t0 + POLL * 4), Step::Unchanged);
+    }
+
+    #[test]
+    fn debounce_ignores_a_change_reverted_before_it_settled() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(POLL * DEBOUNCE_MAX_POLLS);
+        d.observe(1, t0);
+        assert_eq!(d.observe(2, t0 + POLL), Step::Wait);
+        assert_eq!(d.observe(1, t0 + POLL * 2), Step::Unchanged);
+        // A later change starts a fresh wait: its first sight is its own.
+        assert_eq!(d.observe(3, t0 + POLL * 3), Step::Wait);
+        assert_eq!(
+            d.observe(3, t0 + POLL * 4),
+            Step::Load {
+                first_seen: Some(t0 + POLL * 3),
+                forced: false
+            }
+        );
+    }
+
+    #[test]
+    fn debounce_bounds_the_wait_under_a_stream_of_changes() {
+        // Every poll sees a new state: with "held still for one poll" alone nothing would
+        // ever load. The oldest change waits at most max_wait, then the latest state loads.
+        let t0 = Instant::now();
+        let max_wait = POLL * DEBOUNCE_MAX_POLLS;
+        let mut d = Debounce::new(max_wait);
+        d.observe(0u32, t0);
+        let mut loads = Vec::new();
+        for i in 1..=100u32 {
+            let now = t0 + POLL * i;
+            let step = d.observe(i, now);
+            if let Step::Load { first_seen, forced } = step {
+                assert!(forced, "poll {i}: {step:?}");
+                let first_seen = first_seen.unwrap();
+                assert_eq!(now - first_seen, max_wait, "poll {i}");
+                assert_eq!(d.loaded(), Some(&i), "the latest state is the one loaded");
+                loads.push(i);
+            } else {
+                assert_eq!(step, Step::Wait, "poll {i}");
+            }
+        }
+        // One load per max_wait + one poll (the poll after a load starts the next wait).
+        let period = DEBOUNCE_MAX_POLLS + 1;
+        let expected: Vec<u32> = (1..=100).filter(|i| i % period == 0).collect();
+        assert_eq!(loads, expected);
+        // When the stream stops, the final state loads one quiet poll later.
+        let last = t0 + POLL * 100;
+        let settle = d.observe(100, last + POLL);
+        assert!(load(false)(&settle), "{settle:?}");
+        assert_eq!(d.loaded(), Some(&100));
+        assert_eq!(d.observe(100, last + POLL * 2), Step::Unchanged);
+    }
+
+    #[test]
+    fn debounce_bound_counts_time_not_polls() {
+        // Polls are late when an apply takes long: the bound is still the time since the
+        // change was first seen.
+        let t0 = Instant::now();
+        let mut d = Debounce::new(Duration::from_secs(2));
+        d.observe(0, t0);
+        assert_eq!(d.observe(1, t0 + Duration::from_millis(100)), Step::Wait);
+        let step = d.observe(2, t0 + Duration::from_millis(2100));
+        assert!(load(true)(&step), "{step:?}");
+    }
+
+    #[test]
+    fn change_time_is_the_oldest_changed_file_within_bounds() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let entry = |name: &str, size: u64, t: u64| (PathBuf::from(name), size, Some(at(t)), 1);
+        let old = vec![entry("a", 1, 10), entry("b", 1, 10), entry("c", 1, 10)];
+        let new = vec![entry("a", 2, 105), entry("b", 1, 10), entry("c", 3, 103)];
+        // c changed first (103), a later (105); both after the last load (100).
+        assert_eq!(change_time(&old, &new, at(107), at(100)), at(103));
+        // A file renamed into place with an old time: no earlier than the last load.
+        let copied = vec![entry("a", 2, 50), entry("b", 1, 10), entry("c", 1, 10)];
+        assert_eq!(change_time(&old, &copied, at(107), at(100)), at(100));
+        // Only a deletion: when it was first seen.
+        let deleted = vec![entry("a", 1, 10), entry("b", 1, 10)];
+        assert_eq!(change_time(&old, &deleted, at(107), at(100)), at(107));
     }
 
     fn tempfile_dir() -> PathBuf {

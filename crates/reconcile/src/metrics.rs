@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of a drifting port.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,15 @@ pub struct Metrics {
     pub drift_ports: Family<PortLabels, Gauge>,
     /// Ports of the last peer scan by verdict.
     pub ports_by_verdict: Family<VerdictLabels, Gauge>,
+    /// Loads of changed policy documents (valid or not); several changes can share one load.
+    pub policy_loads: Counter,
+    /// Loads made while the files were still changing, because the oldest change had waited
+    /// the debounce's upper bound.
+    pub policy_loads_forced: Counter,
+    /// Time from a policy file change to its rules being in the kernel (read back).
+    pub policy_apply_latency: Histogram,
+    /// Unix time when valid policy documents were last loaded and applied.
+    pub policy_applied_time: Gauge<f64, AtomicU64>,
     /// Kubernetes mode: PortReport writes (server-side applies) that succeeded.
     pub report_writes: Counter,
     /// Kubernetes mode: PortReport writes that failed (retried with backoff).
@@ -89,6 +99,10 @@ impl Metrics {
             scan_probes: Counter::default(),
             drift_ports: Family::default(),
             ports_by_verdict: Family::default(),
+            policy_loads: Counter::default(),
+            policy_loads_forced: Counter::default(),
+            policy_apply_latency: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+            policy_applied_time: Gauge::default(),
             report_writes: Counter::default(),
             report_write_errors: Counter::default(),
             registry: Registry::default(),
@@ -152,6 +166,26 @@ impl Metrics {
             "ports",
             "Ports of the last peer scan by verdict",
             m.ports_by_verdict.clone(),
+        );
+        registry.register(
+            "policy_loads",
+            "Loads of changed policy documents",
+            m.policy_loads.clone(),
+        );
+        registry.register(
+            "policy_loads_forced",
+            "Loads made while the policy files were still changing",
+            m.policy_loads_forced.clone(),
+        );
+        registry.register(
+            "policy_apply_latency_seconds",
+            "Time from a policy file change to its rules being in the kernel",
+            m.policy_apply_latency.clone(),
+        );
+        registry.register(
+            "policy_applied_timestamp_seconds",
+            "Unix time when valid policy documents were last loaded and applied",
+            m.policy_applied_time.clone(),
         );
         registry.register(
             "report_writes",
