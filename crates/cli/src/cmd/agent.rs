@@ -43,7 +43,9 @@ pub struct Args {
     /// Seconds between scans of the inventory's other nodes; 0 disables peer scans.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     scan_interval: u64,
-    /// Upper bound on probes per second of peer scans (default: adaptive timing only).
+    /// Upper bound on probes per second of peer scans, all peers together; so also to any one
+    /// peer (enforced per peer too). Default: adaptive timing only. Only inventory nodes are
+    /// ever scanned.
     #[arg(long, value_name = "PPS")]
     scan_rate: Option<u32>,
     /// Milliseconds between checks of the policy directory for changes.
