@@ -14,6 +14,7 @@ use portwarden_reconcile::agent::{self, AgentConfig};
 
 use crate::Outcome;
 use crate::args::host_name;
+use crate::caps::{self, Cap};
 
 /// Arguments of `agent`.
 #[derive(clap::Args, Debug)]
@@ -108,7 +109,14 @@ pub fn run(a: Args) -> Outcome {
         Some(n) => n,
         None => host_name()?,
     };
+    caps::require(Cap::NetAdmin, "read and write this node's netfilter rules")?;
     init_logging(a.log_format);
+    if a.scan_interval > 0 && caps::has(Cap::NetRaw) == Some(false) {
+        tracing::warn!(
+            "missing capability CAP_NET_RAW: peer scans fall back to TCP connect scans and UDP \
+             entries stay unverified; grant CAP_NET_RAW for SYN and UDP probes"
+        );
+    }
     let config = AgentConfig {
         policy_dir,
         inventory,
