@@ -337,7 +337,8 @@ fn without_net_admin_the_error_names_the_capability() {
 }
 
 /// Under the legacy backend iptables serialises on a lock file that root usually owns with
-/// mode 0600; an unprivileged agent cannot open it. The error says so and how to fix it.
+/// mode 0600; an unprivileged agent cannot open it. The error says so and how to fix it. The
+/// nft backend does not need the lock.
 /// (A private lock file stands in for /run/xtables.lock.)
 #[test]
 fn a_lock_file_nobody_may_open_is_explained() {
@@ -368,4 +369,22 @@ fn a_lock_file_nobody_may_open_is_explained() {
             && err.contains("least-privilege.md"),
         "{err}"
     );
+    // The nft backend does not use the lock: the same works there.
+    let (code, out, err) = run_as(
+        lab.node(0),
+        &s.lock,
+        "+net_admin,+net_raw",
+        &[
+            "apply",
+            "-f",
+            &s.policies,
+            "--inventory",
+            &s.inventory,
+            "--node",
+            "node-a",
+            "--backend",
+            "nft",
+        ],
+    );
+    assert_eq!(code, Some(0), "nft with an unopenable lock: {out}{err}");
 }
