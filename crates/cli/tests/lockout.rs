@@ -7,8 +7,10 @@
 //! ports (`1-65535`, a list covering every port), at priorities 0 and 1, then several of them
 //! combined. Port syntaxes that cover port 0 or nothing (`-`, `0-65535`) are not valid policy
 //! syntax: those cases check that validation refuses them and nothing is applied. Each case is
-//! applied with `portwarden apply`, and a selection again through a running agent. Failure
-//! messages name the case.
+//! applied with `portwarden apply`, and a selection again through a running agent. `validate`,
+//! `plan` and `apply` must each report every accepted case as a conflict (DESIGN.md: "a policy
+//! that tries is reported as a conflict"). A control applies the first case with `--failsafe
+//! none` and expects SSH to be cut, so the checks can fail. Failure messages name the case.
 //!
 //! Node A (node 0) gets the hostile policies and runs listeners on every failsafe port; node B
 //! (node 1) is A's peer; the scanner namespace plays the operator and the API server.
@@ -461,6 +463,19 @@ fn no_accepted_policy_locks_the_node_out() {
         assert!(
             verr.contains("conflict:") && verr.contains("never blocks"),
             "case {}: validate did not report the conflict: {verr}",
+            case.name
+        );
+        let (code, out, err) = run(
+            a,
+            &[
+                "plan", "-f", file, "--node", "node-a", "--labels", "role=a", "-o", "json",
+            ],
+        );
+        assert_eq!(code, Some(2), "case {}: plan: {err}", case.name);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(
+            !v["conflicts"].as_array().unwrap().is_empty(),
+            "case {}: plan reported no conflict: {out}",
             case.name
         );
         let (code, out, err) = run(
