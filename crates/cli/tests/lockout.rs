@@ -581,7 +581,7 @@ fn no_accepted_policy_locks_the_node_out() {
                 .as_deref()
                 .is_ok_and(|t| t.contains("\"converged\":true"));
             if r.contains(&first_policy)
-                && (previous == "peer-b" || !r.contains(&format!("{previous}:")))
+                && (previous == "peer-b" || !r.contains(&format!("{previous} entr")))
                 && converged
             {
                 break;
