@@ -167,8 +167,9 @@ def lab(tmp_path_factory):
 
 
 def scan(lab, node, ports, kind="syn"):
-    r = docker("exec", lab["names"]["scanner"], "/usr/local/bin/portwarden", "scan", lab["ip"][node],
-               "-p", ports, "--scan", kind, "-o", "json")
+    # By node name: the scanner refuses targets that are not in an inventory.
+    r = docker("exec", lab["names"]["scanner"], "/usr/local/bin/portwarden", "scan",
+               "--inventory", "/inventory.yaml", node, "-p", ports, "--scan", kind, "-o", "json")
     [host] = json.loads(r.stdout)["hosts"]
     return {p["port"]: p["state"] for p in host["ports"]}
 

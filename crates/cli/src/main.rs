@@ -6,6 +6,7 @@
 //! 2 always means "drift or changes".
 
 mod args;
+mod caps;
 mod cmd;
 
 use std::process::ExitCode;

@@ -1,10 +1,13 @@
 //! `portwarden scan` end to end in a namespace lab: the binary runs inside the scanner
 //! namespace, its JSON has CLI.md's shape with nmap's state words, its XML is accepted by
-//! `ndiff`, and its states equal those of the real nmap run beside it.
+//! `ndiff`, and its states equal those of the real nmap run beside it. Also: targets outside
+//! the inventory are refused unless `--any-target` is given, and `--max-rate-per-target` holds
+//! for each target as the target's own kernel measures it.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use portwarden_lab::{Lab, skip_unless_lab};
 
@@ -49,9 +52,22 @@ fn scan_json_xml_and_nmap_agree() {
         .unwrap();
     let target = node.v4().to_string();
     let ports = "79-81,8080,9000";
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = write_inventory(dir.path(), &[("web-1", &target)]);
 
+    // By node name, through the inventory.
     let json = scanner
-        .exec(&[BIN, "scan", &target, "-p", ports, "-o", "json"])
+        .exec(&[
+            BIN,
+            "scan",
+            "--inventory",
+            &inventory,
+            "web-1",
+            "-p",
+            ports,
+            "-o",
+            "json",
+        ])
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let host = &v["hosts"][0];
@@ -81,13 +97,22 @@ fn scan_json_xml_and_nmap_agree() {
     // nmap's normal output hides nothing for five ports; compare every one.
     assert_eq!(ours, theirs, "nmap said:\n{nmap}");
 
-    // Two XML files of the same scan: ndiff accepts both and finds no difference.
-    let dir = tempfile::tempdir().unwrap();
+    // Two XML files of the same scan: ndiff accepts both and finds no difference. The
+    // address is not given through an inventory this time: --any-target says so explicitly.
     let a = dir.path().join("a.xml");
     let b = dir.path().join("b.xml");
     for f in [&a, &b] {
         let xml = scanner
-            .exec(&[BIN, "scan", &target, "-p", ports, "-o", "xml"])
+            .exec(&[
+                BIN,
+                "scan",
+                "--any-target",
+                &target,
+                "-p",
+                ports,
+                "-o",
+                "xml",
+            ])
             .unwrap();
         std::fs::write(f, xml).unwrap();
     }
@@ -102,6 +127,190 @@ fn scan_json_xml_and_nmap_agree() {
         "ndiff: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes an inventory of `(name, address)` nodes; returns its path.
+fn write_inventory(dir: &Path, nodes: &[(&str, &str)]) -> String {
+    let mut text = String::from("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n");
+    for (name, address) in nodes {
+        text.push_str(&format!(
+            "  - name: {name}\n    addresses: [\"{address}\"]\n"
+        ));
+    }
+    let path = dir.join("inventory.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Targets outside an inventory are refused before anything is sent; the message names the
+/// target, the reason and the flags. Loopback needs no flag. (No lab: nothing is sent.)
+#[test]
+fn scan_refuses_targets_outside_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = write_inventory(dir.path(), &[("web-1", "10.213.0.11")]);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["scan", "192.0.2.7", "-p", "80", "--scan", "connect"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refusing to scan 192.0.2.7")
+            && err.contains("not in an inventory")
+            && err.contains("--inventory FILE")
+            && err.contains("--any-target"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "scan",
+        "--inventory",
+        &inventory,
+        "10.213.0.12",
+        "-p",
+        "80",
+        "--scan",
+        "connect",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("refusing to scan 10.213.0.12")
+            && err.contains("inventory.yaml")
+            && err.contains("--any-target"),
+        "{err}"
+    );
+    let (code, err) = run(&["scan", "--inventory", &inventory, "web-9", "-p", "80"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("neither a node of"), "{err}");
+    // --inventory and --any-target contradict each other.
+    let (code, _) = run(&[
+        "scan",
+        "--inventory",
+        &inventory,
+        "--any-target",
+        "web-1",
+        "-p",
+        "80",
+    ]);
+    assert_eq!(code, Some(1));
+    // Loopback is allowed without flags: its packets never leave this host.
+    let (code, err) = run(&[
+        "scan",
+        "127.0.0.1",
+        "::1",
+        "-p",
+        "1",
+        "--scan",
+        "connect",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// SYN counters in one node's INPUT: (within the kernel's own limit, over it).
+fn syn_counters(node: &portwarden_lab::Netns) -> (u64, u64) {
+    let out = node
+        .exec(&["iptables", "-L", "INPUT", "-v", "-x", "-n"])
+        .unwrap();
+    let counts: Vec<u64> = out
+        .lines()
+        .filter(|l| l.contains("pw-rate"))
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "{out}");
+    (counts[0], counts[1])
+}
+
+/// The per-target cap measured where it matters, at each target: every node counts the SYNs
+/// it receives with the kernel's own token bucket (`-m limit`, twice our cap, a burst of 20)
+/// and counts those over it separately. With `--max-rate-per-target` nothing is ever over the
+/// kernel's limit at either node, though both are scanned at once and no total `--rate` is
+/// set; every probe arrives (the totals add up). Without the cap the same scan overruns the
+/// limit at once, which shows the measurement can fail.
+#[test]
+fn max_rate_per_target_holds_at_each_target() {
+    skip_unless_lab!();
+    const CAP: u32 = 100;
+    const PORTS: &str = "1001-1200";
+    let lab = Lab::builder("pertarget")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let scanner = lab.scanner(0);
+    let limit = format!("{}/second", 2 * CAP);
+    for node in lab.nodes() {
+        node.iptables(&[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "-m",
+            "limit",
+            "--limit",
+            &limit,
+            "--limit-burst",
+            "20",
+            "-m",
+            "comment",
+            "--comment",
+            "pw-rate-within",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+        node.iptables(&[
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "-m",
+            "comment",
+            "--comment",
+            "pw-rate-over",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    }
+    let targets: Vec<String> = lab.nodes().iter().map(|n| n.v4().to_string()).collect();
+    let scan = |extra: &[&str]| {
+        let mut args = vec![BIN, "scan", "--any-target"];
+        args.extend(targets.iter().map(String::as_str));
+        args.extend(["-p", PORTS, "-o", "json"]);
+        args.extend_from_slice(extra);
+        let json = scanner.exec(&args).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for host in v["hosts"].as_array().unwrap() {
+            let ports = host["ports"].as_array().unwrap();
+            assert_eq!(ports.len(), 200);
+            assert!(ports.iter().all(|p| p["state"] == "closed"), "{json}");
+        }
+    };
+    let cap = CAP.to_string();
+    scan(&["--max-rate-per-target", &cap]);
+    for (i, node) in lab.nodes().iter().enumerate() {
+        let (within, over) = syn_counters(node);
+        assert!(within >= 200, "node {i}: only {within} probes arrived");
+        assert_eq!(
+            over, 0,
+            "node {i}: {over} SYNs came faster than {limit} (burst 20) with a cap of {CAP}/s"
+        );
+    }
+    for node in lab.nodes() {
+        node.exec(&["iptables", "-Z", "INPUT"]).unwrap();
+    }
+    scan(&[]);
+    let overs: Vec<u64> = lab.nodes().iter().map(|n| syn_counters(n).1).collect();
+    assert!(
+        overs.iter().any(|&o| o > 0),
+        "without a cap the scan should overrun {limit} at a node: {overs:?}"
     );
 }
 

@@ -4,13 +4,19 @@
 //! it (and points each issue at its token through the located tree); the Kubernetes layer runs
 //! it on custom resources the API server admitted. Every issue in a document is collected, not
 //! only the first.
+//!
+//! [`failsafe_conflicts`] finds the valid entries that try to close or filter a failsafe port
+//! (one portwarden never blocks, so a policy cannot lock operators or the control plane out).
+//! Such an entry is not an error — the rest of it is enforced — but `validate` and `plan`
+//! report it as a conflict, so its author learns that part of it has no effect.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use crate::document::{
-    API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports, SelectorOperator,
+    API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports, Protocol,
+    SelectorOperator, State,
 };
 use crate::intent::{Entry, Node, Policy};
 use crate::ports::{self, PortRange};
@@ -153,6 +159,74 @@ pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
     } else {
         Err(c.issues)
     }
+}
+
+/// A policy entry that asks to close or filter failsafe ports; see [`failsafe_conflicts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailsafeConflict {
+    /// Policy name.
+    pub policy: String,
+    /// Entry index in `spec.ports` (0-based).
+    pub entry: usize,
+    /// The entry's protocol.
+    pub protocol: Protocol,
+    /// The blocking state the entry asks for.
+    pub state: State,
+    /// The failsafe ranges it covers (whole or in part), as given.
+    pub failsafe: Vec<PortRange>,
+}
+
+impl std::fmt::Display for FailsafeConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<String> = self
+            .failsafe
+            .iter()
+            .map(|r| format!("{}:{r}", self.protocol.to_string().to_ascii_lowercase()))
+            .collect();
+        write!(
+            f,
+            "policy {} entry {} (spec.ports[{}]) would make failsafe {} {}; portwarden never blocks \
+             failsafe ports, so that part of the entry has no effect (remove those ports from \
+             the entry, or change the agents' --failsafe list)",
+            self.policy,
+            self.entry,
+            self.entry,
+            ports.join(","),
+            self.state
+        )
+    }
+}
+
+/// The entries of `policies` that would close or filter a port of `failsafe` (protocol and
+/// port ranges; the agents' `--failsafe` list). Open entries never conflict, whatever their
+/// sources: failsafe ports are accepted anyway.
+pub fn failsafe_conflicts(
+    policies: &[Policy],
+    failsafe: &[(Protocol, PortRange)],
+) -> Vec<FailsafeConflict> {
+    let mut out = Vec::new();
+    for p in policies {
+        for e in &p.entries {
+            if e.state == State::Open {
+                continue;
+            }
+            let hit: Vec<PortRange> = failsafe
+                .iter()
+                .filter(|(proto, f)| *proto == e.protocol && e.ports.iter().any(|r| r.overlaps(f)))
+                .map(|(_, f)| *f)
+                .collect();
+            if !hit.is_empty() {
+                out.push(FailsafeConflict {
+                    policy: p.name.clone(),
+                    entry: e.index,
+                    protocol: e.protocol,
+                    state: e.state,
+                    failsafe: hit,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn check_api_version(c: &mut Checker, v: &str) {
@@ -544,6 +618,49 @@ mod tests {
         assert!(m.iter().any(|s| s.contains("invalid label value \"-web\"")));
         assert!(m.iter().any(|s| s.contains("In needs at least one value")));
         assert!(m.iter().any(|s| s.contains("Exists takes no values")));
+    }
+
+    #[test]
+    fn entries_that_block_failsafe_ports_are_conflicts() {
+        let failsafe = [
+            (Protocol::Tcp, PortRange::single(22)),
+            (
+                Protocol::Tcp,
+                PortRange {
+                    start: 2379,
+                    end: 2380,
+                },
+            ),
+            (Protocol::Udp, PortRange::single(68)),
+        ];
+        let mut all = entry(Ports::Text("1-65535".into()), &["0.0.0.0/0", "::/0"]);
+        all.state = State::Filtered;
+        let mut udp = entry(Ports::Text("1-65535".into()), &[]);
+        udp.protocol = Protocol::Udp;
+        let mut open = entry(Ports::Number(22), &[]);
+        open.state = State::Open;
+        let clear = entry(Ports::Text("80,443".into()), &[]);
+        let etcd = entry(Ports::Number(2380), &["10.0.0.5"]);
+        let p = policy(&doc(vec![all, udp, open, clear, etcd])).unwrap();
+        let c = failsafe_conflicts(std::slice::from_ref(&p), &failsafe);
+        let got: Vec<(usize, Vec<PortRange>)> =
+            c.iter().map(|c| (c.entry, c.failsafe.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, vec![failsafe[0].1, failsafe[1].1]),
+                (1, vec![failsafe[2].1]),
+                (4, vec![failsafe[1].1]),
+            ]
+        );
+        let text = c[0].to_string();
+        assert!(
+            text.contains("policy p entry 0")
+                && text.contains("tcp:22,tcp:2379-2380 filtered")
+                && text.contains("never blocks"),
+            "{text}"
+        );
+        assert!(failsafe_conflicts(&[p], &[]).is_empty());
     }
 
     #[test]

@@ -570,6 +570,7 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     let options = VerifyOptions {
         tcp_kind: ScanKind::Syn,
         rate: shared.config.scan_rate,
+        rate_per_target: shared.config.scan_rate,
         failsafe: shared.config.effective_failsafe(),
         agent_port: Some(shared.config.listen.port()),
         agent_timeout: Duration::from_secs(1),

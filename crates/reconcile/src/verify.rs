@@ -3,7 +3,10 @@
 //!
 //! # Guarantees
 //!
-//! Read-only: nothing on any node changes. Every managed (port, protocol) of every address
+//! Read-only: nothing on any node changes. Only the targets' addresses are probed: the scanner
+//! gets them as its `TargetPolicy` allowlist, so a probe to any other address is refused by the
+//! scan crate itself (the targets come from the inventory or the cluster's Node objects, never
+//! from anywhere else). Every managed (port, protocol) of every address
 //! gets exactly one row; failsafe ports are left out (they are accepted before any policy rule,
 //! so a policy cannot govern them — `plan` reports such entries as conflicts).
 
@@ -15,7 +18,8 @@ use std::time::Duration;
 use portwarden_netfilter::Failsafe;
 use portwarden_policy::{NodeIntent, Protocol};
 use portwarden_scan::{
-    HostReport, PortList, PortState, Reason, ScanError, ScanKind, ScanReport, Scanner,
+    HostReport, PortList, PortState, Reason, ScanConfig, ScanError, ScanKind, ScanReport, Scanner,
+    TargetPolicy,
 };
 
 use crate::causes::{self, Inside, Symptom};
@@ -40,8 +44,10 @@ pub struct Target {
 pub struct VerifyOptions {
     /// Probe type for TCP: SYN (raw) or connect.
     pub tcp_kind: ScanKind,
-    /// Upper bound on probes per second.
+    /// Upper bound on probes per second, all targets together.
     pub rate: Option<u32>,
+    /// Upper bound on probes per second to each target separately.
+    pub rate_per_target: Option<u32>,
     /// Ports exempt from verification (accepted before any policy).
     pub failsafe: Failsafe,
     /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
@@ -97,11 +103,7 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
         ports.dedup();
         ports
     };
-    let scanner = || {
-        let mut config = portwarden_scan::ScanConfig::default();
-        config.timing.max_rate = opts.rate;
-        Scanner::new(config)
-    };
+    let scanner = || Scanner::new(scan_config(targets, opts));
     let mut tcp_kind = opts.tcp_kind;
     let mut udp_denied = false;
     let mut scans: Vec<ScanReport> = Vec::new();
@@ -178,6 +180,18 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
         report: Report::new(rows, notes),
         scans,
     })
+}
+
+/// The scanner settings of a verification: its rate caps, and the targets' addresses as the
+/// only ones the scanner may probe.
+fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
+    let mut config = ScanConfig {
+        targets: TargetPolicy::only(targets.iter().map(|t| t.address)),
+        ..ScanConfig::default()
+    };
+    config.timing.max_rate = opts.rate;
+    config.timing.max_rate_per_target = opts.rate_per_target;
+    config
 }
 
 /// Asks each node's agent (first address) for its inside view, in parallel.
@@ -369,5 +383,45 @@ impl Compare<'_> {
                 r
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> VerifyOptions {
+        VerifyOptions {
+            tcp_kind: ScanKind::Connect,
+            rate: Some(500),
+            rate_per_target: Some(50),
+            failsafe: Failsafe::default(),
+            agent_port: None,
+            agent_timeout: Duration::from_millis(10),
+            unlisted_ports: PortList::default(),
+        }
+    }
+
+    #[test]
+    fn the_scanner_may_probe_the_targets_and_nothing_else() {
+        let target = |address: &str| Target {
+            node: "web-1".into(),
+            address: address.parse().expect("address"),
+            intent: Arc::default(),
+        };
+        let targets = [target("10.213.0.11"), target("fd00:213::11")];
+        let config = scan_config(&targets, &options());
+        assert_eq!(config.timing.max_rate, Some(500));
+        assert_eq!(config.timing.max_rate_per_target, Some(50));
+        for t in &targets {
+            assert!(config.targets.allows(t.address));
+        }
+        let other: IpAddr = "10.213.0.12".parse().expect("address");
+        assert!(!config.targets.allows(other));
+        // The scanner itself refuses it, before any socket: no lab needed.
+        let e = Scanner::new(config)
+            .scan(&[other], &PortList::from_ports(vec![22]), ScanKind::Connect)
+            .expect_err("refused");
+        assert!(matches!(e, ScanError::TargetRefused { .. }), "{e}");
     }
 }

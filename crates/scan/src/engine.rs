@@ -36,7 +36,7 @@ use crate::model::{PortState, Reason, ScanKind, ScanStats};
 use crate::net::{RawSender, Receiver, Sent};
 use crate::packet;
 use crate::probe::{Identity, MAX_TRYNO, RawProbe};
-use crate::timing::{Congestion, RttEstimator, Timing, allowed_tryno};
+use crate::timing::{Congestion, RttEstimator, TargetPacer, Timing, allowed_tryno};
 use crate::{Progress, ProgressFn, ScanError};
 
 const OUTSTANDING: u8 = 0x80;
@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     sender_parked: Vec<AtomicBool>,
     abort: AtomicBool,
     timing: Mutex<TimingState>,
+    /// Per-target rate cap (`Timing::max_rate_per_target`), shared by every sender.
+    pacer: Option<TargetPacer>,
     start: Instant,
 }
 
@@ -151,6 +153,7 @@ impl Shared {
                 rtt: RttEstimator::new(timing),
                 cong: Congestion::new(timing),
             }),
+            pacer: TargetPacer::new(timing.max_rate_per_target, nhosts),
             start: Instant::now(),
         }
     }
@@ -182,6 +185,15 @@ impl Shared {
 
     pub(crate) fn has_result(&self, idx: usize) -> bool {
         self.results[idx].load(Ordering::Acquire) != 0
+    }
+
+    /// The per-target rate cap: takes a token for `host` and returns 0 when a probe may go to
+    /// it now, else the microseconds to wait (nothing taken).
+    pub(crate) fn pace(&self, host: usize, now_us: u64) -> u64 {
+        match &self.pacer {
+            None => 0,
+            Some(p) => p.take(host, now_us.saturating_mul(1_000)).div_ceil(1_000),
+        }
     }
 
     /// Records that try `tryno` of `idx` is being sent now.
@@ -726,6 +738,7 @@ fn send_loop(
             }
         }
         let mut burst = 0;
+        let mut paced_us = 0;
         while burst < 64 {
             if shared.in_flight() >= window {
                 break;
@@ -741,19 +754,30 @@ fn send_loop(
             let rld_blocked = retrans.front().is_some_and(|&(idx, tryno)| {
                 !shared.has_result(idx) && shared.rld_wait(idx / nports, tryno, shared.now_us()) > 0
             });
-            let (idx, tryno) = if !rld_blocked && let Some(r) = retrans.pop_front() {
+            let (idx, tryno, retransmit) = if !rld_blocked && let Some(&r) = retrans.front() {
                 if shared.has_result(r.0) {
+                    retrans.pop_front();
                     continue;
                 }
-                r
+                (r.0, r.1, true)
             } else if fresh < total_fresh {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
-                fresh += nsenders;
-                (h * nports + p, 0)
+                (h * nports + p, 0, false)
             } else {
                 break;
             };
             let (h, p) = (idx / nports, idx % nports);
+            // The per-target cap, in the send path itself: no probe leaves without a token
+            // from its target's bucket.
+            paced_us = shared.pace(h, shared.now_us());
+            if paced_us > 0 {
+                break;
+            }
+            if retransmit {
+                retrans.pop_front();
+            } else {
+                fresh += nsenders;
+            }
             let dst = plan.targets[h];
             let len = probe.build(
                 &plan.id,
@@ -835,7 +859,8 @@ fn send_loop(
             let until_rate = rate
                 .wait_us(shared.sent.load(Ordering::Acquire), now)
                 .max(shared.scan_delay_wait_peek(now))
-                .max(until_rld);
+                .max(until_rld)
+                .max(paced_us);
             let wait = if until_rate > 0 {
                 until_rate.min(until_expiry)
             } else {

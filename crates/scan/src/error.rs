@@ -44,6 +44,14 @@ pub enum ScanError {
         /// The error from the routing lookup.
         source: io::Error,
     },
+    /// A target is not allowed by the scan's [`TargetPolicy`](crate::TargetPolicy).
+    #[error("refusing to scan {target}: {why}; nothing was sent (allow it in ScanConfig::targets)")]
+    TargetRefused {
+        /// The refused address.
+        target: std::net::IpAddr,
+        /// Why it is not allowed.
+        why: String,
+    },
     /// The configuration is inconsistent.
     #[error("invalid scan configuration: {0}")]
     Config(String),

@@ -1,11 +1,13 @@
 //! nmap-identical port scanning for portwarden, usable on its own: no policy knowledge.
 //!
 //! ```no_run
-//! use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, report};
+//! use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, TargetPolicy, report};
 //!
 //! let ports: PortList = "22,80,8000-8100".parse()?;
 //! let targets = ["10.213.0.11".parse()?];
-//! let report = Scanner::new(ScanConfig::default())
+//! // Only these addresses may be probed (the default allows loopback only).
+//! let config = ScanConfig { targets: TargetPolicy::only(targets), ..ScanConfig::default() };
+//! let report = Scanner::new(config)
 //!     .on_progress(|p| eprintln!("{}/{}", p.done, p.total))
 //!     .scan(&targets, &ports, ScanKind::Syn)?;
 //! print!("{}", report::to_table(&report));
@@ -29,7 +31,7 @@
 //!
 //! ```text
 //! PortList::parse("22,80,8000-8100" | "1-1024" | "-") -> Result<PortList, ScanError>
-//! Scanner::new(ScanConfig { timing, source_v4, source_v6, source_port })
+//! Scanner::new(ScanConfig { timing, source_v4, source_v6, source_port, targets })
 //!     .on_progress(|p: &Progress| ...)              done/total/elapsed/eta()
 //!     .scan(&[IpAddr], &PortList, ScanKind::{Syn, Connect, Ack, Udp})
 //!         -> Result<ScanReport, ScanError>          hosts[].ports[] {port, protocol, state, reason}
@@ -50,6 +52,8 @@
 //! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
+//! * `targets` — [`TargetPolicy`]: which addresses a scan may probe (loopback only unless
+//!   told), checked by [`Scanner::scan`] before any socket is opened.
 //!
 //! # Privileges and namespaces
 //!
@@ -67,6 +71,7 @@ pub mod ports;
 mod probe;
 pub mod report;
 mod scanner;
+mod targets;
 pub mod timing;
 
 pub use error::ScanError;
@@ -76,4 +81,5 @@ pub use model::{
 pub use net::source_for;
 pub use ports::PortList;
 pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
+pub use targets::TargetPolicy;
 pub use timing::Timing;

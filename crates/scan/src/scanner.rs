@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::engine::{self, Plan};
 use crate::model::{HostReport, PortResult, ScanKind, ScanReport};
 use crate::probe::{self, Identity};
-use crate::{PortList, ScanError, Timing, net};
+use crate::{PortList, ScanError, TargetPolicy, Timing, net};
 
 /// How far a scan has come; passed to the progress callback about ten times a second.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +50,8 @@ pub struct ScanConfig {
     pub source_v6: Option<Ipv6Addr>,
     /// Source port of raw TCP probes (base port for UDP); `None` = random in 40000-59999.
     pub source_port: Option<u16>,
+    /// Which addresses may be probed; the default allows loopback only. See [`TargetPolicy`].
+    pub targets: TargetPolicy,
 }
 
 /// Scans targets; see the [crate documentation](crate).
@@ -112,9 +114,11 @@ impl Scanner {
     ///
     /// # Guarantees
     /// Every (target, port) pair gets exactly one entry, with nmap's state and reason words.
-    /// Duplicate targets are scanned once. Nothing is sent to any address but the targets.
+    /// Duplicate targets are scanned once. Nothing is sent to any address but the targets, and
+    /// nothing at all unless every target is allowed by [`ScanConfig::targets`].
     ///
     /// # Errors
+    /// [`ScanError::TargetRefused`] for a target [`ScanConfig::targets`] does not allow;
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
     /// [`ScanKind::Connect`] then); [`ScanError::NoRoute`] when a target has no route;
     /// [`ScanError::Config`] for an empty request; [`ScanError::Socket`] for other socket
@@ -136,6 +140,7 @@ impl Scanner {
                 "nothing to scan: no targets or no ports".into(),
             ));
         }
+        self.config.targets.check(&uniq)?;
         let mut sources = Vec::with_capacity(uniq.len());
         for t in &uniq {
             let s = match (t, self.config.source_v4, self.config.source_v6) {
@@ -236,6 +241,28 @@ mod tests {
             )
             .expect_err("no ports");
         assert!(e.to_string().contains("nothing to scan"), "{e}");
+    }
+
+    #[test]
+    fn targets_outside_the_policy_are_refused_before_any_socket() {
+        // No lab, no privileges needed: the refusal comes before the first socket.
+        let ports = PortList::parse("22").expect("ports");
+        let target: IpAddr = "192.0.2.7".parse().expect("ip");
+        let e = Scanner::default()
+            .scan(&[target], &ports, ScanKind::Syn)
+            .expect_err("refused by default");
+        assert!(
+            matches!(e, ScanError::TargetRefused { target: t, .. } if t == target),
+            "{e}"
+        );
+        let only = ScanConfig {
+            targets: TargetPolicy::only(["192.0.2.8".parse().expect("ip")]),
+            ..ScanConfig::default()
+        };
+        let e = Scanner::new(only)
+            .scan(&[target], &ports, ScanKind::Connect)
+            .expect_err("not in the list");
+        assert!(e.to_string().contains("refusing to scan 192.0.2.7"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Timing: nmap's round-trip-time estimator (`adjust_timeouts2()` in `timing.cc`), a congestion
 //! window with slow start and multiplicative back-off on loss (`ultra_timing_vals` in nmap),
-//! an optional rate cap, and nmap's retransmission allowance (`allowedTryno`).
+//! optional rate caps (in total, and per target with [`TargetPacer`]), and nmap's
+//! retransmission allowance (`allowedTryno`).
 //!
 //! Why a window rather than a fixed rate: a window self-clocks on the replies, so the engine
 //! sends as fast as the path answers and no faster; the fastest loss-free rate is found by
@@ -21,8 +22,11 @@ pub struct Timing {
     /// Most retransmissions of a silent probe (nmap -T4: 6). Two probes are sent on a lossless
     /// path; more only once loss has been seen (a retransmission that got an answer).
     pub max_retries: u8,
-    /// Upper bound on probes per second (`--rate`); `None` = no cap.
+    /// Upper bound on probes per second, all targets together (`--rate`); `None` = no cap.
     pub max_rate: Option<u32>,
+    /// Upper bound on probes per second to any one target (`--max-rate-per-target`), enforced
+    /// for each target separately by a [`TargetPacer`]; `None` = no cap. Retransmissions count.
+    pub max_rate_per_target: Option<u32>,
     /// Starting congestion window (probes in flight).
     pub initial_cwnd: u32,
     /// Largest congestion window.
@@ -44,6 +48,7 @@ impl Default for Timing {
             max_rtt_timeout: Duration::from_millis(1250),
             max_retries: 6,
             max_rate: None,
+            max_rate_per_target: None,
             initial_cwnd: 10,
             max_cwnd: 4096,
             min_cwnd: 4,
@@ -251,6 +256,86 @@ impl Congestion {
     }
 }
 
+/// A token bucket per target, shared by all send threads: at most `rate` probes per second to
+/// each target, after a burst of at most [`TargetPacer::burst`] probes.
+///
+/// It is the generic cell rate algorithm (a token bucket written as one "theoretical arrival
+/// time" per target), so taking a token is one compare-and-swap on an atomic and the send
+/// threads never share a lock. Times are nanoseconds on any monotonic clock the caller
+/// chooses; the engine passes time since the scan started, the tests a fake clock.
+///
+/// # Guarantees
+/// For every target and every interval of length `T` ns, the probes granted in it number at
+/// most `burst + T * rate / 1e9` (rounded up).
+#[derive(Debug)]
+pub struct TargetPacer {
+    interval_ns: u64,
+    /// How far ahead of real time a target's arrival time may run: `(burst - 1) * interval`.
+    tolerance_ns: u64,
+    burst: u64,
+    tat: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl TargetPacer {
+    /// A pacer for `targets` targets at `rate` probes per second each; `None` when there is
+    /// no cap (`rate` is `None` or 0).
+    pub fn new(rate: Option<u32>, targets: usize) -> Option<TargetPacer> {
+        let rate = u64::from(rate.filter(|r| *r > 0)?);
+        // A millisecond's worth of probes, at least one: smooth enough for a rate limiter
+        // on the target's side, and the send loop need not wake for every single probe.
+        let burst = (rate / 1000).clamp(1, 64);
+        let interval_ns = 1_000_000_000u64.div_ceil(rate);
+        Some(TargetPacer {
+            interval_ns,
+            tolerance_ns: (burst - 1) * interval_ns,
+            burst,
+            tat: (0..targets)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        })
+    }
+
+    /// The largest number of probes a target can get at once.
+    pub fn burst(&self) -> u64 {
+        self.burst
+    }
+
+    /// Takes a token for `target` at time `now_ns`: `0` when the probe may go now (the token
+    /// is taken), else the nanoseconds to wait (nothing taken). Targets out of range are
+    /// never paced.
+    pub fn take(&self, target: usize, now_ns: u64) -> u64 {
+        use std::sync::atomic::Ordering;
+        let Some(slot) = self.tat.get(target) else {
+            return 0;
+        };
+        let mut tat = slot.load(Ordering::Acquire);
+        loop {
+            let from = tat.max(now_ns);
+            if from > now_ns + self.tolerance_ns {
+                return (from - self.tolerance_ns - now_ns).max(1);
+            }
+            match slot.compare_exchange_weak(
+                tat,
+                from + self.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return 0,
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Like [`TargetPacer::take`] without taking: nanoseconds until `target` may get a probe.
+    pub fn wait(&self, target: usize, now_ns: u64) -> u64 {
+        let Some(slot) = self.tat.get(target) else {
+            return 0;
+        };
+        let tat = slot.load(std::sync::atomic::Ordering::Acquire);
+        tat.saturating_sub(now_ns + self.tolerance_ns)
+    }
+}
+
 /// nmap's retransmission allowance: the highest try number a silent probe may reach, given
 /// the highest try number that ever got an answer (`max_successful_tryno`).
 pub fn allowed_tryno(max_successful_tryno: u8, max_retries: u8) -> u8 {
@@ -283,6 +368,67 @@ mod tests {
         }
         // rttvar decays towards 0, srtt stays 1 ms: timeout → the 1 ms floor.
         assert!(e.timeout() < Duration::from_millis(3), "{:?}", e.timeout());
+    }
+
+    /// Most grants in any window of `window_ns` (windows starting at each grant).
+    fn max_in_window(grants: &[u64], window_ns: u64) -> u64 {
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..grants.len() {
+            while grants[hi] - grants[lo] >= window_ns {
+                lo += 1;
+            }
+            best = best.max((hi - lo + 1) as u64);
+        }
+        best
+    }
+
+    #[test]
+    fn target_pacer_bounds_every_window_for_each_target() {
+        // A fake clock: greedy senders ask for a token for one of three targets at irregular
+        // times (a deterministic pseudo-random walk), far more often than the rate allows.
+        for rate in [1u32, 50, 1_000, 20_000, 250_000] {
+            let pacer = TargetPacer::new(Some(rate), 3).expect("capped");
+            let mut grants: [Vec<u64>; 3] = Default::default();
+            let (mut now, mut x) = (0u64, 0x2545_f491_4f6c_dd1du64);
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let horizon = 2_000_000_000u64.min(20_000 * 1_000_000_000 / u64::from(rate));
+            // Requests come about 50 times as often as the rate allows, at random gaps.
+            let max_gap = 2 * 1_000_000_000 / u64::from(rate) / 50 + 1;
+            while now < horizon {
+                let target = (next() % 3) as usize;
+                if pacer.take(target, now) == 0 {
+                    grants[target].push(now);
+                } else {
+                    assert!(pacer.wait(target, now) > 0);
+                }
+                now += next() % max_gap;
+            }
+            for (t, g) in grants.iter().enumerate() {
+                for window in [1_000_000u64, 10_000_000, 100_000_000, 1_000_000_000] {
+                    let bound = pacer.burst() + (window * u64::from(rate)).div_ceil(1_000_000_000);
+                    let seen = max_in_window(g, window);
+                    assert!(
+                        seen <= bound,
+                        "rate {rate}, target {t}: {seen} probes in {window} ns, bound {bound}"
+                    );
+                }
+                // And the pacer is not stingy: over the run the target got close to the rate.
+                let expected = horizon as f64 * f64::from(rate) / 1e9;
+                assert!(
+                    g.len() as f64 >= expected * 0.85 - 2.0,
+                    "rate {rate}, target {t}: only {} probes, expected about {expected}",
+                    g.len()
+                );
+            }
+        }
+        assert!(TargetPacer::new(None, 3).is_none());
+        assert!(TargetPacer::new(Some(0), 3).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use common::*;
 use portwarden_lab::{Lab, skip_unless_lab};
-use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, report};
+use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, TargetPolicy, report};
 
 fn ndiff(a: &str, b: &str) -> (i32, String) {
     let dir = std::env::temp_dir();
@@ -32,6 +32,14 @@ fn ndiff(a: &str, b: &str) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A scan configuration that may probe the lab's nodes (and nothing else).
+fn lab_only(targets: &[IpAddr]) -> ScanConfig {
+    ScanConfig {
+        targets: TargetPolicy::only(targets.iter().copied()),
+        ..ScanConfig::default()
+    }
 }
 
 #[test]
@@ -114,7 +122,7 @@ fn several_targets_in_one_scan_match_nmap() {
     let ports = PortList::parse("1-100").expect("ports");
     let t2 = targets.clone();
     let report = scanner
-        .run(move || Scanner::new(ScanConfig::default()).scan(&t2, &ports, ScanKind::Syn))
+        .run(move || Scanner::new(lab_only(&t2)).scan(&t2, &ports, ScanKind::Syn))
         .expect("thread")
         .expect("scan");
     assert_eq!(report.hosts.len(), 3);
@@ -153,7 +161,7 @@ fn mixed_families_in_one_scan() {
     let report = lab
         .scanner(0)
         .run(move || {
-            Scanner::new(ScanConfig::default())
+            Scanner::new(lab_only(&targets))
                 .on_progress(move |p| seen.lock().expect("lock").push((p.done, p.total)))
                 .scan(&targets, &ports, ScanKind::Syn)
         })

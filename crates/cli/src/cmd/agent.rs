@@ -14,6 +14,7 @@ use portwarden_reconcile::agent::{self, AgentConfig};
 
 use crate::Outcome;
 use crate::args::host_name;
+use crate::caps::{self, Cap};
 
 /// Arguments of `agent`.
 #[derive(clap::Args, Debug)]
@@ -43,7 +44,9 @@ pub struct Args {
     /// Seconds between scans of the inventory's other nodes; 0 disables peer scans.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     scan_interval: u64,
-    /// Upper bound on probes per second of peer scans (default: adaptive timing only).
+    /// Upper bound on probes per second of peer scans, all peers together; so also to any one
+    /// peer (enforced per peer too). Default: adaptive timing only. Only inventory nodes are
+    /// ever scanned.
     #[arg(long, value_name = "PPS")]
     scan_rate: Option<u32>,
     /// Milliseconds between checks of the policy directory for changes.
@@ -106,7 +109,14 @@ pub fn run(a: Args) -> Outcome {
         Some(n) => n,
         None => host_name()?,
     };
+    caps::require(Cap::NetAdmin, "read and write this node's netfilter rules")?;
     init_logging(a.log_format);
+    if a.scan_interval > 0 && caps::has(Cap::NetRaw) == Some(false) {
+        tracing::warn!(
+            "missing capability CAP_NET_RAW: peer scans fall back to TCP connect scans and UDP \
+             entries stay unverified; grant CAP_NET_RAW for SYN and UDP probes"
+        );
+    }
     let config = AgentConfig {
         policy_dir,
         inventory,

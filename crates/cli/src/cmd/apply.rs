@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::Outcome;
 use crate::args::Format;
-use crate::cmd::plan::{IntentArgs, print_findings};
+use crate::cmd::plan::{IntentArgs, explain_lock_error, print_findings};
 
 /// Arguments of `apply`.
 #[derive(clap::Args, Debug)]
@@ -37,7 +37,7 @@ struct ApplyOutput<'a> {
 pub fn run(a: Args) -> Outcome {
     let r = a.intent.resolve()?;
     let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
-    let applied = r.netfilter.apply(&plan)?;
+    let applied = r.netfilter.apply(&plan).map_err(explain_lock_error)?;
     match a.output {
         Format::Json => {
             let out = ApplyOutput {

@@ -21,8 +21,10 @@ pub struct NetfilterArgs {
 }
 
 impl NetfilterArgs {
-    /// Detects the backend and finds its tools.
+    /// Detects the backend and finds its tools, after checking for CAP_NET_ADMIN (without
+    /// it the tools fail in ways that do not say why).
     pub fn netfilter(&self) -> anyhow::Result<Netfilter> {
+        crate::caps::require(crate::caps::Cap::NetAdmin, "read and write netfilter rules")?;
         let backend: BackendChoice = self
             .backend
             .parse()
@@ -32,6 +34,23 @@ impl NetfilterArgs {
             ..Options::default()
         })?)
     }
+}
+
+/// Adds the fix to an iptables error about the xtables lock file (legacy backend): the file is
+/// usually root's with mode 0600, so an agent running as another user with only its two
+/// capabilities cannot open it.
+pub fn explain_lock_error(e: portwarden_netfilter::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let e = anyhow::Error::new(e);
+    if text.contains("lock file") && text.contains("Permission denied") {
+        return e.context(
+            "the xtables lock file cannot be opened by this user: under the legacy backend every \
+             iptables writer serialises on it. Create it writable for portwarden's group before \
+             start (systemd-tmpfiles: `f /run/xtables.lock 0660 root portwarden`), or run as uid 0 \
+             with only CAP_NET_ADMIN and CAP_NET_RAW; see docs/least-privilege.md",
+        );
+    }
+    e
 }
 
 /// The policy and netfilter arguments of `plan` and `apply`.

@@ -1,26 +1,45 @@
 //! `portwarden scan TARGET... -p PORTS`: an nmap-identical port scan, printed as a table, JSON
 //! or nmap XML. A thin wrapper over the `portwarden-scan` crate; a progress bar on a terminal.
+//!
+//! # Which targets
+//!
+//! portwarden scans the machines it manages, not the Internet: a target must be a node of the
+//! inventory given with `--inventory FILE` (by name or address), or a loopback address (which
+//! never leaves this host), unless `--any-target` says explicitly that anything goes. The same
+//! rule is passed down to the scanner as its `TargetPolicy`, which checks it again before any
+//! packet is sent.
 
 use std::io::IsTerminal;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
-use portwarden_scan::{PortList, ScanConfig, ScanError, ScanKind, Scanner, report};
+use portwarden_policy::Node;
+use portwarden_scan::{PortList, ScanConfig, ScanError, ScanKind, Scanner, TargetPolicy, report};
 
 use crate::Outcome;
+use crate::args;
 
 /// Arguments of `scan`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  portwarden scan 10.213.0.11 -p-\n  portwarden scan 10.213.0.11 10.213.0.12 -p 22,80,8000-8100 --scan connect -o json\n  portwarden scan 10.213.0.11 -p 53,161 --scan udp -o xml > scan.xml   # ndiff-compatible"
+    after_help = "Examples:\n  portwarden scan --inventory inv.yaml web-1 -p-\n  portwarden scan --inventory inv.yaml 10.213.0.11 web-2 -p 22,80,8000-8100 --scan connect -o json\n  portwarden scan --inventory inv.yaml web-1 -p 53,161 --scan udp -o xml > scan.xml  # for ndiff\n  portwarden scan 127.0.0.1 -p 1-1024\n  portwarden scan --any-target 192.0.2.10 -p 443 --max-rate-per-target 100\n\nTargets: nodes of the --inventory (by name or address) and loopback addresses; anything\nelse is refused (exit 1, nothing sent) unless --any-target is given. Loopback needs no flag:\nits packets never leave this host.\n\nRates: --rate caps probes per second in total, --max-rate-per-target caps them for each\ntarget separately (retransmissions included); both are upper bounds, never targets."
 )]
 pub struct Args {
-    /// Target IP addresses (IPv4 or IPv6).
+    /// Targets: IP addresses (IPv4 or IPv6), or node names of the --inventory.
     #[arg(value_name = "TARGET", required = true)]
     targets: Vec<String>,
+    /// Inventory whose nodes may be scanned (targets may then be node names); other targets
+    /// are refused.
+    #[arg(long, value_name = "FILE", conflicts_with = "any_target")]
+    inventory: Option<PathBuf>,
+    /// Scan targets that are not in an inventory (anything but loopback needs --inventory or
+    /// this flag).
+    #[arg(long)]
+    any_target: bool,
     /// Ports, in nmap's syntax: 22 | 1-1024 | 22,80,8000-8100 | - (all 65535).
     #[arg(
         short = 'p',
@@ -32,9 +51,12 @@ pub struct Args {
     /// Probe type: syn (raw; the default when allowed), connect (no privileges), ack, udp.
     #[arg(long = "scan", value_enum)]
     kind: Option<Kind>,
-    /// Upper bound on probes per second.
+    /// Upper bound on probes per second, all targets together.
     #[arg(long, value_name = "PPS")]
     rate: Option<u32>,
+    /// Upper bound on probes per second to each target separately.
+    #[arg(long, value_name = "PPS")]
+    max_rate_per_target: Option<u32>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -66,14 +88,55 @@ impl From<Kind> for ScanKind {
     }
 }
 
-fn parse_targets(raw: &[String]) -> anyhow::Result<Vec<IpAddr>> {
-    raw.iter()
-        .map(|t| {
-            t.parse::<IpAddr>().with_context(|| {
-                format!("target \"{t}\" is not an IP address (portwarden does not resolve names)")
-            })
-        })
-        .collect()
+/// Turns the command line's targets into addresses and the scanner's target policy.
+///
+/// With an inventory, a target is a node name (all its addresses) or one of the nodes'
+/// addresses; without one, an address. Loopback is always allowed; anything else needs the
+/// inventory or `any_target`.
+fn resolve_targets(
+    raw: &[String],
+    inventory: Option<(&Path, &[Node])>,
+    any_target: bool,
+) -> anyhow::Result<(Vec<IpAddr>, TargetPolicy)> {
+    let mut targets = Vec::new();
+    for t in raw {
+        if let Some((_, nodes)) = inventory
+            && let Some(node) = nodes.iter().find(|n| n.name == *t)
+        {
+            if node.addresses.is_empty() {
+                bail!("node \"{t}\" has no addresses in the inventory; nothing to scan");
+            }
+            targets.extend_from_slice(&node.addresses);
+            continue;
+        }
+        let address = t.parse::<IpAddr>().with_context(|| match inventory {
+            Some((path, _)) => format!(
+                "target \"{t}\" is neither a node of {} nor an IP address (portwarden does not resolve names)",
+                path.display()
+            ),
+            None => format!(
+                "target \"{t}\" is not an IP address (portwarden does not resolve names; pass --inventory FILE to scan nodes by name)"
+            ),
+        })?;
+        targets.push(address);
+    }
+    let policy = match inventory {
+        _ if any_target => TargetPolicy::Any,
+        Some((_, nodes)) => TargetPolicy::only(nodes.iter().flat_map(|n| n.addresses.clone())),
+        None => TargetPolicy::LoopbackOnly,
+    };
+    if let Some(refused) = targets.iter().find(|a| !policy.allows(**a)) {
+        match inventory {
+            Some((path, _)) => bail!(
+                "refusing to scan {refused}: it is not an address of any node in {} (portwarden scans only the nodes it manages, so a typo cannot probe somebody else's host); add the node to the inventory, or pass --any-target to scan it anyway",
+                path.display()
+            ),
+            None => bail!(
+                "refusing to scan {refused}: it is not in an inventory (portwarden scans only the nodes it manages, so a typo cannot probe somebody else's host); pass --inventory FILE listing the node, or --any-target to scan it anyway (loopback addresses need neither)"
+            ),
+        }
+    }
+    Ok((targets, policy))
 }
 
 fn progress_bar() -> Option<ProgressBar> {
@@ -87,11 +150,13 @@ fn progress_bar() -> Option<ProgressBar> {
     Some(bar)
 }
 
-fn scanner(a: &Args, bar: Option<ProgressBar>) -> Scanner {
-    let mut config = ScanConfig::default();
-    if let Some(rate) = a.rate {
-        config.timing.max_rate = Some(rate);
-    }
+fn scanner(a: &Args, policy: &TargetPolicy, bar: Option<ProgressBar>) -> Scanner {
+    let mut config = ScanConfig {
+        targets: policy.clone(),
+        ..ScanConfig::default()
+    };
+    config.timing.max_rate = a.rate;
+    config.timing.max_rate_per_target = a.max_rate_per_target;
     let scanner = Scanner::new(config);
     match bar {
         Some(bar) => scanner.on_progress(move |p| {
@@ -109,17 +174,31 @@ fn scanner(a: &Args, bar: Option<ProgressBar>) -> Scanner {
 }
 
 pub fn run(a: Args) -> Outcome {
-    let targets = parse_targets(&a.targets)?;
+    let inventory = match &a.inventory {
+        Some(path) => {
+            let loaded = args::load(std::slice::from_ref(path))?;
+            if loaded.inventories == 0 {
+                bail!("{}: no Inventory document in this file", path.display());
+            }
+            Some((path.as_path(), loaded.nodes))
+        }
+        None => None,
+    };
+    let (targets, policy) = resolve_targets(
+        &a.targets,
+        inventory.as_ref().map(|(p, n)| (*p, n.as_slice())),
+        a.any_target,
+    )?;
     let ports: PortList = a.ports.parse()?;
     let kind = a.kind.map_or(ScanKind::Syn, ScanKind::from);
     let bar = progress_bar();
-    let result = scanner(&a, bar.clone()).scan(&targets, &ports, kind);
+    let result = scanner(&a, &policy, bar.clone()).scan(&targets, &ports, kind);
     let report = match result {
         Err(ScanError::RawSocketDenied { .. }) if a.kind.is_none() => {
             eprintln!(
                 "notice: raw sockets are not permitted here; using a connect scan instead (run as root or with CAP_NET_RAW for a SYN scan)"
             );
-            scanner(&a, progress_bar()).scan(&targets, &ports, ScanKind::Connect)?
+            scanner(&a, &policy, progress_bar()).scan(&targets, &ports, ScanKind::Connect)?
         }
         other => other?,
     };
@@ -138,4 +217,74 @@ pub fn run(a: Args) -> Outcome {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addresses: &[&str]) -> Node {
+        Node {
+            name: name.into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            labels: Default::default(),
+        }
+    }
+
+    fn raw(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn without_an_inventory_only_loopback_is_allowed() {
+        let (t, p) = resolve_targets(&raw(&["127.0.0.1", "::1"]), None, false).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(p, TargetPolicy::LoopbackOnly);
+        let e = resolve_targets(&raw(&["127.0.0.1", "10.213.0.11"]), None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refusing to scan 10.213.0.11")
+                && e.contains("not in an inventory")
+                && e.contains("--inventory FILE")
+                && e.contains("--any-target"),
+            "{e}"
+        );
+        let (t, p) = resolve_targets(&raw(&["10.213.0.11"]), None, true).unwrap();
+        assert_eq!((t.len(), p), (1, TargetPolicy::Any));
+        let e = resolve_targets(&raw(&["web-1"]), None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--inventory FILE"), "{e}");
+    }
+
+    #[test]
+    fn with_an_inventory_names_and_node_addresses_are_allowed() {
+        let nodes = [
+            node("web-1", &["10.213.0.11", "fd00:213::11"]),
+            node("db-1", &["10.213.0.13"]),
+        ];
+        let inv = Some((Path::new("inv.yaml"), &nodes[..]));
+        let (t, p) = resolve_targets(&raw(&["web-1", "10.213.0.13", "::1"]), inv, false).unwrap();
+        assert_eq!(
+            t,
+            ["10.213.0.11", "fd00:213::11", "10.213.0.13", "::1"]
+                .map(|a| a.parse::<IpAddr>().unwrap())
+        );
+        assert!(p.allows("10.213.0.13".parse().unwrap()));
+        assert!(!p.allows("10.213.0.12".parse().unwrap()));
+        let e = resolve_targets(&raw(&["10.213.0.12"]), inv, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("refusing to scan 10.213.0.12")
+                && e.contains("inv.yaml")
+                && e.contains("--any-target"),
+            "{e}"
+        );
+        let e = resolve_targets(&raw(&["web-9"]), inv, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neither a node of inv.yaml"), "{e}");
+    }
 }

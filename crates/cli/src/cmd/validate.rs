@@ -1,7 +1,12 @@
-//! `portwarden validate PATH...`: check documents, print every problem, exit 1 on any.
+//! `portwarden validate PATH...`: check documents, print every problem, exit 1 on any. Entries
+//! that try to block a failsafe port are valid but reported as conflicts (on standard error).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use portwarden_netfilter::{DEFAULT_FAILSAFE, Failsafe};
+use portwarden_policy::validate::failsafe_conflicts;
 
 use crate::Outcome;
 use crate::args;
@@ -15,9 +20,17 @@ pub struct Args {
     /// Files or directories of YAML documents (directories are read recursively).
     #[arg(value_name = "PATH", required = true)]
     paths: Vec<PathBuf>,
+    /// Failsafe ports the agents use (`tcp:22,udp:68,...` or `none`): entries that would
+    /// block one are reported as conflicts.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
+    failsafe: String,
 }
 
 pub fn run(a: Args) -> Outcome {
+    let failsafe: Failsafe = a
+        .failsafe
+        .parse()
+        .with_context(|| format!("invalid --failsafe \"{}\"", a.failsafe))?;
     let loaded = args::load(&a.paths)?;
     let policies = loaded.policies.policies().len();
     if policies == 0 && loaded.inventories == 0 {
@@ -45,5 +58,13 @@ pub fn run(a: Args) -> Outcome {
         loaded.files,
         if loaded.files == 1 { "file" } else { "files" },
     );
+    let ranges: Vec<_> = failsafe
+        .ports()
+        .iter()
+        .map(|f| (f.protocol, f.ports))
+        .collect();
+    for c in failsafe_conflicts(loaded.policies.policies(), &ranges) {
+        eprintln!("conflict: {c}");
+    }
     Ok(ExitCode::SUCCESS)
 }

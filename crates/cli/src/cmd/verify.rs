@@ -1,5 +1,6 @@
 //! `portwarden verify`: scan every inventory node from here and report drift with causes.
-//! Exit 0 when everything is in sync, 2 on drift, 1 on error.
+//! Exit 0 when everything is in sync, 2 on drift, 1 on error. Only the inventory's node
+//! addresses are probed (the scanner refuses any other).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -31,9 +32,12 @@ pub struct Args {
     /// TCP probe type: syn (raw; falls back to connect when not permitted) or connect.
     #[arg(long = "scan", value_enum, default_value_t = TcpScan::Syn)]
     scan: TcpScan,
-    /// Upper bound on probes per second.
+    /// Upper bound on probes per second, all targets together.
     #[arg(long, value_name = "PPS")]
     rate: Option<u32>,
+    /// Upper bound on probes per second to each node address separately.
+    #[arg(long, value_name = "PPS")]
+    max_rate_per_target: Option<u32>,
     /// Failsafe ports (never enforced, so not verified), as the agents use them.
     #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
     failsafe: String,
@@ -108,6 +112,7 @@ pub fn run(a: Args) -> Outcome {
             TcpScan::Connect => ScanKind::Connect,
         },
         rate: a.rate,
+        rate_per_target: a.max_rate_per_target,
         failsafe,
         agent_port: (a.agent_port != 0).then_some(a.agent_port),
         agent_timeout: Duration::from_millis(a.agent_timeout_ms),

@@ -143,22 +143,33 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
             }
         }
         // Start new attempts.
+        let mut paced_us = 0;
         while (active.len() as u64) < window
             && rate.wait_us(shared.progress(0).probes_sent, shared.now_us()) == 0
         {
-            let (idx, tryno) = if let Some(r) = retrans.pop_front() {
+            let (idx, tryno, retransmit) = if let Some(&r) = retrans.front() {
                 if shared.has_result(r.0) {
+                    retrans.pop_front();
                     continue;
                 }
-                r
+                (r.0, r.1, true)
             } else if fresh < total_fresh {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
-                fresh += 1;
-                (h * nports + p, 0)
+                (h * nports + p, 0, false)
             } else {
                 break;
             };
             let (h, p) = (idx / nports, idx % nports);
+            // Per-target cap: no connection attempt without a token from its target's bucket.
+            paced_us = shared.pace(h, shared.now_us());
+            if paced_us > 0 {
+                break;
+            }
+            if retransmit {
+                retrans.pop_front();
+            } else {
+                fresh += 1;
+            }
             let dst = SocketAddr::new(plan.targets[h], plan.ports[p]);
             let t = shared.now_us();
             shared.mark_sent(idx, tryno, t);
@@ -197,6 +208,7 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
             .map(|a| (a.sent_us + timeout_us).saturating_sub(now))
             .min()
             .unwrap_or(1_000)
+            .min(if paced_us > 0 { paced_us } else { u64::MAX })
             .div_ceil(1_000)
             .clamp(1, 50);
         // SAFETY: `pollfds` is a valid, initialised array of `len` pollfd structs.

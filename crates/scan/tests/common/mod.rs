@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use portwarden_lab::{Lab, Netns, TcpListenerGuard, UdpListenerGuard};
-use portwarden_scan::{PortList, ScanConfig, ScanKind, ScanReport, Scanner};
+use portwarden_scan::{PortList, ScanConfig, ScanKind, ScanReport, Scanner, TargetPolicy};
 
 /// TCP ports of the matrix and what is behind them.
 pub const TCP_OPEN: u16 = 22; // listener, accepted
@@ -313,7 +313,11 @@ pub fn ours(
     let ports = PortList::parse(ports).expect("ports");
     scanner
         .run(move || {
-            let mut config = config;
+            // The lab's node is the one target this helper may probe.
+            let mut config = ScanConfig {
+                targets: TargetPolicy::only([target]),
+                ..config
+            };
             match src {
                 IpAddr::V4(a) => config.source_v4 = Some(a),
                 IpAddr::V6(a) => config.source_v6 = Some(a),
