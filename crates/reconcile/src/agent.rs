@@ -316,7 +316,7 @@ fn change_time(
 ) -> SystemTime {
     new.iter()
         .filter(|entry| !old.contains(entry))
-        .filter_map(|(_, _, mtime, _)| *mtime)
+        .filter_map(|(_, _, mtime, _, _)| *mtime)
         .chain([first_seen])
         .min()
         .unwrap_or(first_seen)
@@ -341,7 +341,16 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
             let taken = SystemTime::now();
             let old = debounce.loaded().cloned().unwrap_or_default();
             if let Step::Load { first_seen, forced } = debounce.observe(fp, now) {
-                load_and_apply(&shared, &mut peers, forced);
+                let roots = [cfg.policy_dir.as_path(), cfg.inventory.as_path()];
+                let read = debounce.loaded().cloned().unwrap_or_default();
+                // A checkout swapped in while the files were being read could mix old and new
+                // files; such a read is dropped (unless forced: then the bound wins) and the
+                // next poll sees the new fingerprint and loads it once it holds still.
+                let unchanged = || forced || fingerprint(&roots) == read;
+                if !load_and_apply(&shared, &mut peers, forced, unchanged) {
+                    next_poll = now + cfg.poll;
+                    continue;
+                }
                 let since = first_seen.zip(debounce.loaded()).map(|(seen, new)| {
                     let ago = now.saturating_duration_since(seen);
                     let seen_wall = taken.checked_sub(ago).unwrap_or(taken);
@@ -380,7 +389,15 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
 
 /// Loads changed documents and converges to them (or, when they are invalid, keeps converging
 /// to the last good intent).
-fn load_and_apply(shared: &Shared, peers: &mut Vec<Target>, forced: bool) {
+///
+/// Returns false, changing nothing, when `unchanged` says the files changed while they were
+/// being read.
+fn load_and_apply(
+    shared: &Shared,
+    peers: &mut Vec<Target>,
+    forced: bool,
+    unchanged: impl Fn() -> bool,
+) -> bool {
     shared.metrics.policy_loads.inc();
     if forced {
         shared.metrics.policy_loads_forced.inc();
@@ -389,10 +406,28 @@ fn load_and_apply(shared: &Shared, peers: &mut Vec<Target>, forced: bool) {
             "policy files still changing; loading anyway (the next change is loaded after it)"
         );
     }
-    if let Some(p) = reload(shared) {
-        *peers = p;
+    match reload(shared, unchanged) {
+        Reload::Loaded(p) => *peers = p,
+        Reload::Invalid => {}
+        Reload::ChangedWhileRead => {
+            info!(
+                "policy files changed while they were read; reading them again once they hold still"
+            );
+            return false;
+        }
     }
     converge(shared, "policy change");
+    true
+}
+
+/// What [`reload`] found.
+enum Reload {
+    /// Valid documents: the node's intent is stored; these are its peers.
+    Loaded(Vec<Target>),
+    /// Invalid documents: the last good intent stays, the error is recorded.
+    Invalid,
+    /// The files changed during the read: nothing was stored.
+    ChangedWhileRead,
 }
 
 /// After a load: when the documents were valid and their rules are now in the kernel, records
@@ -416,11 +451,15 @@ fn record_applied(shared: &Shared, since: Option<SystemTime>) {
 }
 
 /// Loads the documents. On success stores the node's intent and returns its peers; on failure
-/// keeps the last good intent and records the error.
-fn reload(shared: &Shared) -> Option<Vec<Target>> {
+/// keeps the last good intent and records the error; when `unchanged` says the files changed
+/// during the read, stores nothing.
+fn reload(shared: &Shared, unchanged: impl Fn() -> bool) -> Reload {
     let cfg = &shared.config;
     let result = load_paths(&[&cfg.policy_dir])
         .and_then(|policies| load_paths(&[&cfg.inventory]).map(|inventory| (policies, inventory)));
+    if !unchanged() {
+        return Reload::ChangedWhileRead;
+    }
     let (policies, inventory) = match result {
         Ok(ok) => ok,
         Err(diags) => {
@@ -431,7 +470,7 @@ fn reload(shared: &Shared) -> Option<Vec<Target>> {
             shared.metrics.policy_load_errors.inc();
             shared.metrics.policy_valid.set(0);
             shared.lock().policy_error = Some(summary.join("\n"));
-            return None;
+            return Reload::Invalid;
         }
     };
     if inventory.node(&cfg.node).is_none() {
@@ -444,7 +483,7 @@ fn reload(shared: &Shared) -> Option<Vec<Target>> {
         shared.metrics.policy_load_errors.inc();
         shared.metrics.policy_valid.set(0);
         shared.lock().policy_error = Some(msg);
-        return None;
+        return Reload::Invalid;
     }
     let intents: BTreeMap<String, Arc<NodeIntent>> =
         policies.policies.compile_nodes(&inventory.nodes);
@@ -475,7 +514,7 @@ fn reload(shared: &Shared) -> Option<Vec<Target>> {
     let mut state = shared.lock();
     state.policy_error = None;
     state.intent = mine;
-    Some(peers)
+    Reload::Loaded(peers)
 }
 
 /// Plans against the kernel's rules and applies when anything differs. The outcome is left in
@@ -803,7 +842,9 @@ mod tests {
     #[test]
     fn change_time_is_the_oldest_changed_file_within_bounds() {
         let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-        let entry = |name: &str, size: u64, t: u64| (PathBuf::from(name), size, Some(at(t)), 1);
+        let entry = |name: &str, size: u64, t: u64| {
+            (PathBuf::from(name), size, Some(at(t)), 1, (0o100644, 0, 0))
+        };
         let old = vec![entry("a", 1, 10), entry("b", 1, 10), entry("c", 1, 10)];
         let new = vec![entry("a", 2, 105), entry("b", 1, 10), entry("c", 3, 103)];
         // c changed first (103), a later (105); both after the last load (100).
