@@ -67,6 +67,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if matches!(
+        cli.command,
+        Command::Plan(_) | Command::Apply(_) | Command::Reset(_)
+    ) {
+        // One-shot netfilter commands say on stderr what the library warns about (a wait for
+        // the xtables lock held by another process); RUST_LOG=info shows more.
+        cmd::agent::init_logging_default(cmd::agent::LogFormat::Text, "warn");
+    }
     let result = match cli.command {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Explain(a) => cmd::explain::run(a),

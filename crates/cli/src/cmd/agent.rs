@@ -73,8 +73,13 @@ pub(crate) enum LogFormat {
 }
 
 pub(crate) fn init_logging(format: LogFormat) {
+    init_logging_default(format, "info");
+}
+
+/// Logs to stderr at `RUST_LOG`'s level, or `default` when it is unset.
+pub(crate) fn init_logging_default(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
