@@ -8,7 +8,7 @@ BIN := target/release/portwarden
 IMAGE ?= portwarden:latest
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo test lint fmt bench build deps clean image chart-test
+.PHONY: demo test lint fmt bench bench-quick build deps clean image chart-test
 
 build:
 	$(CARGO) build --release -p portwarden -p portwarden-demo
@@ -45,9 +45,21 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# The benchmark suite (crates/bench, as root): portwarden's release binary against nmap, masscan
+# and iptables on a namespace lab; writes docs/benchmarks.md and docs/img/bench-*.png (about
+# 10 minutes on 2 cores). QUICK=1, or `make bench-quick`: every workload with fewer runs and
+# sizes in under two minutes, written under the target directory so a development run never
+# overwrites the committed report.
+BENCH_OUT = $(if $(QUICK),$(TARGET_DIR)/bench-quick/benchmarks.md,docs/benchmarks.md)
 bench:
 	scripts/deps.sh bench
-	$(CARGO) bench --workspace
+	$(CARGO) build --release -p portwarden -p portwarden-bench
+	mkdir -p $(dir $(BENCH_OUT))
+	$(TARGET_DIR)/release/portwarden-bench $(if $(QUICK),--quick) \
+	    --portwarden $(TARGET_DIR)/release/portwarden --out $(BENCH_OUT)
+
+bench-quick:
+	$(MAKE) --no-print-directory bench QUICK=1
 
 clean:
 	$(CARGO) clean
