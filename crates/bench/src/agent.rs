@@ -33,7 +33,11 @@ fn get(node: &Netns, path: &'static str) -> Result<String> {
 
 /// Polls `check` every `every` until it returns `Some`, or fails after `limit` with the last
 /// error.
-fn wait_for<T>(limit: Duration, every: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_for<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let until = Instant::now() + limit;
     loop {
         let last = match check() {
@@ -81,7 +85,13 @@ fn sample(node: &Netns, pid: u32) -> Result<Sample> {
 ///
 /// # Errors
 /// When the agent does not start, converge, or report its metrics in time.
-pub fn steady(ctx: &Ctx, node: &Netns, policy_dir: &Path, inventory: &Path, backend: &str) -> Result<Workload> {
+pub fn steady(
+    ctx: &Ctx,
+    node: &Netns,
+    policy_dir: &Path,
+    inventory: &Path,
+    backend: &str,
+) -> Result<Workload> {
     let s = &ctx.settings;
     progress("agent: steady state");
     let listen = format!("127.0.0.1:{DEFAULT_AGENT_PORT}");
@@ -116,20 +126,21 @@ pub fn steady(ctx: &Ctx, node: &Netns, policy_dir: &Path, inventory: &Path, back
     );
     // Start the window right after a refresh has been counted.
     let first = sample(node, pid)?;
-    let start = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+    let start = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
         let x = sample(node, pid)?;
         Ok((x.count > first.count).then_some(x))
     })?;
     let cycles = f64::from(s.agent_cycles);
     let end = wait_for(
         Duration::from_secs(u64::from(s.agent_cycles) * 5 + 30),
-        Duration::from_millis(50),
+        Duration::from_millis(100),
         || {
             let x = sample(node, pid)?;
             Ok((x.count >= start.count + cycles).then_some(x))
         },
     )?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's status")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading the agent's status")?;
     let rss = proc_status_kb(&status, "VmRSS").context("VmRSS")? as f64 / 1024.0;
     let hwm = proc_status_kb(&status, "VmHWM").unwrap_or(0) as f64 / 1024.0;
     drop(agent);
@@ -145,9 +156,12 @@ pub fn steady(ctx: &Ctx, node: &Netns, policy_dir: &Path, inventory: &Path, back
     for _ in 0..s.runs_peer.max(3) {
         let mut c = 0.0;
         for t in ["iptables", "ip6tables"] {
-            c += run_in(node, Job::new(&[format!("{t}-{backend}-save"), "-t".into(), "filter".into()]))?
-                .check("iptables-save")?
-                .cpu();
+            c += run_in(
+                node,
+                Job::new(&[format!("{t}-{backend}-save"), "-t".into(), "filter".into()]),
+            )?
+            .check("iptables-save")?
+            .cpu();
         }
         floor.push(c);
     }
@@ -177,14 +191,24 @@ pub fn steady(ctx: &Ctx, node: &Netns, policy_dir: &Path, inventory: &Path, back
                     secs(cpu / refreshes.max(1.0)),
                     secs(per_refresh)
                 ),
-                ..Row::timed("portwarden agent", "portwarden agent --policy-dir DIR --inventory FILE --node bench --refresh 1", true, vec![])
+                ..Row::timed(
+                    "portwarden agent",
+                    "portwarden agent --policy-dir DIR --inventory FILE --node bench --refresh 1",
+                    true,
+                    vec![],
+                )
             },
             Row {
                 value: Value::Text(format!("{:.1} % CPU", floor_cpu * 100.0)),
-                detail: format!("{} CPU per read of both families, once a second", secs(floor_cpu)),
+                detail: format!(
+                    "{} CPU per read of both families, once a second",
+                    secs(floor_cpu)
+                ),
                 ..Row::timed(
                     "iptables-save per refresh",
-                    &format!("iptables-{backend}-save -t filter; ip6tables-{backend}-save -t filter"),
+                    &format!(
+                        "iptables-{backend}-save -t filter; ip6tables-{backend}-save -t filter"
+                    ),
                     false,
                     vec![],
                 )

@@ -4,6 +4,16 @@
 //! Pure functions.
 
 use crate::report::{Point, Series, count, ratio, secs};
+
+/// `1,000 ports`, `1 node`: a size with its unit, singular for one.
+fn sized(x: f64, unit: &str) -> String {
+    let unit = if x == 1.0 {
+        unit.strip_suffix('s').unwrap_or(unit)
+    } else {
+        unit
+    };
+    format!("{} {unit}", count(x))
+}
 use crate::stats::local_exponents;
 
 /// A local exponent at or above this means each size step costs about proportionally: the
@@ -37,12 +47,12 @@ fn fit_sentence(s: &Series, unit: &str) -> Option<String> {
     let pts = measured(s);
     let (lo, hi) = (pts.first()?, pts.last()?);
     Some(format!(
-        "{}: time grows as {unit}^**{:.2}** (R² {:.3}) from {} to {} {unit} ({} → {}).",
+        "{}: time grows as {unit}^**{:.2}** (R² {:.3}) from {} to {} ({} → {}).",
         s.name,
         f.exponent,
         f.r_squared,
         count(lo.x),
-        count(hi.x),
+        sized(hi.x, unit),
         secs(lo.y),
         secs(hi.y)
     ))
@@ -63,17 +73,17 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize) -> Vec<String
     let rate = |p: &Point| p.x * per / p.y;
     let xy: Vec<(f64, f64)> = pts.iter().map(|p| (p.x, p.y)).collect();
     let mut s = format!(
-        "Throughput goes from {} ports/s at {} {unit} to {} ports/s at {} {unit}",
+        "Throughput goes from {} ports/s at {} to {} ports/s at {}",
         count(rate(lo)),
-        count(lo.x),
+        sized(lo.x, unit),
         count(rate(hi)),
-        count(hi.x)
+        sized(hi.x, unit)
     );
     match knee(&xy) {
         Some(k) if k < hi.x => s.push_str(&format!(
-            "; from {} {unit} on each step costs about proportionally (local exponent ≥ {LINEAR}), \
+            "; from {} on each step costs about proportionally (local exponent ≥ {LINEAR}), \
              so that is where it stops scaling on this machine",
-            count(k)
+            sized(k, unit)
         )),
         _ => s.push_str(
             "; it still improves at the largest size measured, so the limit lies beyond it",
@@ -85,19 +95,19 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize) -> Vec<String
         let used = cpu / hi.y;
         let why = if used >= 0.7 * cores as f64 {
             format!(
-                "At {} {unit} the scan keeps {used:.2} of the {cores} cores busy (user + system \
+                "At {} the scan keeps {used:.2} of the {cores} cores busy (user + system \
                  CPU ÷ wall time): it is CPU-bound, and most of that is kernel work per probe \
                  (the SYN's trip through the veth, the node's RST, the reply's receive), which no \
                  scanner avoids; more cores or fewer probes are the only ways further.",
-                count(hi.x)
+                sized(hi.x, unit)
             )
         } else {
             format!(
-                "At {} {unit} the scan keeps only {used:.2} of the {cores} cores busy: it is not \
+                "At {} the scan keeps only {used:.2} of the {cores} cores busy: it is not \
                  CPU-bound; the rest is waiting — the timeouts before silent (filtered) ports are \
                  called filtered (nmap's -T4 timing, retransmitted once) and the wait for late \
                  replies at the end — a fixed cost that larger scans amortise.",
-                count(hi.x)
+                sized(hi.x, unit)
             )
         };
         out.push(why);
@@ -204,7 +214,12 @@ mod tests {
             ours,
             points: pts
                 .iter()
-                .map(|&(x, y, cpu)| Point { x, y, cpu, extrapolated: false })
+                .map(|&(x, y, cpu)| Point {
+                    x,
+                    y,
+                    cpu,
+                    extrapolated: false,
+                })
                 .collect(),
         }
     }
@@ -225,34 +240,71 @@ mod tests {
         let ours = series(
             "portwarden",
             true,
-            &[(1e3, 0.2, Some(0.05)), (16e3, 0.4, Some(0.5)), (64e3, 1.6, Some(3.0))],
+            &[
+                (1e3, 0.2, Some(0.05)),
+                (16e3, 0.4, Some(0.5)),
+                (64e3, 1.6, Some(3.0)),
+            ],
         );
-        let nmap = series("nmap -sS -T4", false, &[(1e3, 0.5, None), (64e3, 5.0, None)]);
+        let nmap = series(
+            "nmap -sS -T4",
+            false,
+            &[(1e3, 0.5, None), (64e3, 5.0, None)],
+        );
         let text = scan(&[ours, nmap], "ports", 1.0, 2).join("\n");
-        assert!(text.contains("portwarden: time grows as ports^**"), "{text}");
+        assert!(
+            text.contains("portwarden: time grows as ports^**"),
+            "{text}"
+        );
         assert!(text.contains("from 16,000 ports on"), "{text}");
         assert!(text.contains("keeps 1.88 of the 2 cores busy"), "{text}");
         assert!(text.contains("CPU-bound"), "{text}");
-        assert!(text.contains("nmap -sS -T4: exponent 0.55; its time ÷ portwarden's at each size: 2.5x, 3.1x."), "{text}");
+        assert!(
+            text.contains(
+                "nmap -sS -T4: exponent 0.55; its time ÷ portwarden's at each size: 2.5x, 3.1x."
+            ),
+            "{text}"
+        );
     }
 
     #[test]
     fn scan_analysis_of_a_waiting_scan() {
-        let ours = series("portwarden", true, &[(1.0, 0.3, Some(0.01)), (10.0, 0.35, Some(0.05))]);
+        let ours = series(
+            "portwarden",
+            true,
+            &[(1.0, 0.3, Some(0.01)), (10.0, 0.35, Some(0.05))],
+        );
         let text = scan(&[ours], "nodes", 1000.0, 2).join("\n");
         assert!(text.contains("not CPU-bound"), "{text}");
         assert!(text.contains("the limit lies beyond it"), "{text}");
-        assert!(text.contains("3,333 ports/s at 1 nodes"), "{text}");
+        assert!(text.contains("3,333 ports/s at 1 node to"), "{text}");
     }
 
     #[test]
     fn apply_analysis_reports_the_kernel_share_and_superlinearity() {
-        let ours = series("portwarden", true, &[(1e3, 0.05, None), (1e4, 0.3, None), (5e4, 2.5, None)]);
-        let kernel = series("restore own", false, &[(1e3, 0.01, None), (1e4, 0.1, None), (5e4, 1.5, None)]);
+        let ours = series(
+            "portwarden",
+            true,
+            &[(1e3, 0.05, None), (1e4, 0.3, None), (5e4, 2.5, None)],
+        );
+        let kernel = series(
+            "restore own",
+            false,
+            &[(1e3, 0.01, None), (1e4, 0.1, None), (5e4, 1.5, None)],
+        );
         let text = apply(&[ours, kernel], "restore own").join("\n");
-        assert!(text.contains("takes 20 % of its apply time at 1,000 entries and 60 % at 50,000"), "{text}");
+        assert!(
+            text.contains("takes 20 % of its apply time at 1,000 entries and 60 % at 50,000"),
+            "{text}"
+        );
         assert!(text.contains("the kernel's side"), "{text}");
-        assert!(text.contains("last step's local exponent is 1.32"), "{text}");
-        assert!(text.contains("Per entry: 50.0 µs at 1,000 entries, 50.0 µs at 50,000 entries."), "{text}");
+        assert!(
+            text.contains("last step's local exponent is 1.32"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Per entry: 50.0 µs at 1,000 entries, 50.0 µs at 50,000 entries."),
+            "{text}"
+        );
     }
 }

@@ -150,7 +150,10 @@ pub fn compare_hand(ruleset: &Ruleset, n: usize) -> usize {
         .and_then(|t| t.chain(HAND_CHAIN))
         .map(|c| c.rules.iter().map(|r| tokens(&r.spec)).collect())
         .unwrap_or_default();
-    (0..n).filter(|&i| have.get(i) != Some(&hand_rule(i))).count() + have.len().saturating_sub(n)
+    (0..n)
+        .filter(|&i| have.get(i) != Some(&hand_rule(i)))
+        .count()
+        + have.len().saturating_sub(n)
 }
 
 fn tool(backend: Backend, family: Family, what: &str) -> String {
@@ -191,9 +194,13 @@ fn read_all(backend: Backend) -> Result<Vec<(Family, Ruleset)>> {
 
 /// Refuses to write unless this thread is in another network namespace than the process.
 fn in_lab() -> Result<()> {
-    let me = std::fs::read_link("/proc/thread-self/ns/net").context("reading this thread's netns")?;
+    let me =
+        std::fs::read_link("/proc/thread-self/ns/net").context("reading this thread's netns")?;
     let main = std::fs::read_link("/proc/self/ns/net").context("reading the process's netns")?;
-    ensure!(me != main, "refusing to touch netfilter outside a lab namespace");
+    ensure!(
+        me != main,
+        "refusing to touch netfilter outside a lab namespace"
+    );
     Ok(())
 }
 
@@ -301,7 +308,8 @@ fn measure(input: &Input) -> Result<Results> {
                 let t = Instant::now();
                 for f in Family::ALL {
                     run(
-                        Job::new(&[tool(backend, f, "restore"), "--noflush".into()]).stdin(hand.clone()),
+                        Job::new(&[tool(backend, f, "restore"), "--noflush".into()])
+                            .stdin(hand.clone()),
                         "hand-written iptables-restore",
                     )?;
                 }
@@ -321,7 +329,8 @@ fn measure(input: &Input) -> Result<Results> {
                 let t = Instant::now();
                 for (f, text) in &own {
                     run(
-                        Job::new(&[tool(backend, *f, "restore"), "--noflush".into()]).stdin(text.clone()),
+                        Job::new(&[tool(backend, *f, "restore"), "--noflush".into()])
+                            .stdin(text.clone()),
                         "replaying portwarden's transaction",
                     )?;
                 }
@@ -331,15 +340,21 @@ fn measure(input: &Input) -> Result<Results> {
                 clear(backend)?;
                 let m = run(apply_job(input, policy), "portwarden apply")?;
                 size.ours.push(m.wall);
-                let v: serde_json::Value = serde_json::from_str(&m.stdout)
-                    .context("portwarden apply -o json output")?;
+                let v: serde_json::Value =
+                    serde_json::from_str(&m.stdout).context("portwarden apply -o json output")?;
                 size.rules_written = v["changes"].as_u64().unwrap_or(0) as usize;
                 if i == 0 {
                     let (differ, total) = compare_expected(&expected, &read_all(backend)?);
                     size.ours_agree = if differ == 0 {
-                        format!("iptables-save = expected ruleset ({} rules)", count(total as f64))
+                        format!(
+                            "iptables-save = expected ruleset ({} rules)",
+                            count(total as f64)
+                        )
                     } else {
-                        format!("**{differ} of {} rules differ from the expected ruleset**", count(total as f64))
+                        format!(
+                            "**{differ} of {} rules differ from the expected ruleset**",
+                            count(total as f64)
+                        )
                     };
                 }
             }
@@ -352,10 +367,16 @@ fn measure(input: &Input) -> Result<Results> {
     for &n in &s.per_rule_sizes {
         progress(&format!("apply: {n} iptables -A calls"));
         let ipt = format!("{}-{backend}", Family::Ipv4.tool());
-        let mut pr = PerRule { n, ..PerRule::default() };
+        let mut pr = PerRule {
+            n,
+            ..PerRule::default()
+        };
         for i in 0..s.runs_peer {
             clear(backend)?;
-            run(Job::new(&[ipt.clone(), "-w".into(), "-N".into(), HAND_CHAIN.into()]), "iptables -N")?;
+            run(
+                Job::new(&[ipt.clone(), "-w".into(), "-N".into(), HAND_CHAIN.into()]),
+                "iptables -N",
+            )?;
             let t = Instant::now();
             for r in 0..n {
                 let mut argv = vec![ipt.clone(), "-w".into(), "-A".into(), HAND_CHAIN.into()];
@@ -373,7 +394,13 @@ fn measure(input: &Input) -> Result<Results> {
     Ok(out)
 }
 
-fn noop(input: &Input, policy: &Path, intent: &NodeIntent, failsafe: &Failsafe, backend: Backend) -> Result<Noop> {
+fn noop(
+    input: &Input,
+    policy: &Path,
+    intent: &NodeIntent,
+    failsafe: &Failsafe,
+    backend: Backend,
+) -> Result<Noop> {
     let s = &input.settings;
     progress("apply: no-op reconcile");
     // The rules are in place from the last apply; the agent's handle renders once, then
@@ -388,7 +415,11 @@ fn noop(input: &Input, policy: &Path, intent: &NodeIntent, failsafe: &Failsafe, 
             let t = Instant::now();
             let plan = nf.plan(intent, failsafe)?;
             out.refresh.push(t.elapsed().as_secs_f64());
-            ensure!(plan.is_converged(), "no-op refresh found changes: {:?}", plan.add);
+            ensure!(
+                plan.is_converged(),
+                "no-op refresh found changes: {:?}",
+                plan.add
+            );
             let m = run(apply_job(input, policy), "portwarden apply (no-op)")?;
             let v: serde_json::Value = serde_json::from_str(&m.stdout).context("apply -o json")?;
             ensure!(
@@ -416,7 +447,9 @@ fn noop(input: &Input, policy: &Path, intent: &NodeIntent, failsafe: &Failsafe, 
 /// node with the steady-state policy.
 pub fn run_all(ctx: &Ctx) -> Result<Part> {
     let s = ctx.settings.clone();
-    let lab = Lab::builder("bapply").build().context("building the apply lab")?;
+    let lab = Lab::builder("bapply")
+        .build()
+        .context("building the apply lab")?;
     let node: Netns = lab.node(0).clone();
     let inventory = ctx.work.join("inventory.yaml");
     std::fs::write(&inventory, inventory_yaml(&node.v4().to_string()))
@@ -440,8 +473,13 @@ pub fn run_all(ctx: &Ctx) -> Result<Part> {
         .context("measuring inside the lab node")??;
     let mut part = build(&s, &results);
     let steady_dir = ctx.work.join(format!("policy-{}", s.steady_entries));
-    part.workloads
-        .push(agent::steady(ctx, &node, &steady_dir, &inventory, &results.backend)?);
+    part.workloads.push(agent::steady(
+        ctx,
+        &node,
+        &steady_dir,
+        &inventory,
+        &results.backend,
+    )?);
     drop(lab);
     Ok(part)
 }
@@ -470,12 +508,17 @@ fn build(s: &Settings, r: &Results) -> Part {
         let mut rows = vec![
             Row::timed(
                 "portwarden apply",
-                &format!("portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"),
+                &format!(
+                    "portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"
+                ),
                 true,
                 size.ours.clone(),
             )
             .agreement(size.ours_agree.clone())
-            .detail(format!("{} rules and chains written", count(size.rules_written as f64))),
+            .detail(format!(
+                "{} rules and chains written",
+                count(size.rules_written as f64)
+            )),
             Row::timed(
                 "hand-written iptables-restore",
                 &format!("{restore} --noflush < hand.rules (+ ip6tables)"),
@@ -501,17 +544,40 @@ fn build(s: &Settings, r: &Results) -> Part {
                 if estimated {
                     vec![t]
                 } else {
-                    r.per_rule.iter().find(|p| p.n == size.n).map(|p| p.times.clone()).unwrap_or_default()
+                    r.per_rule
+                        .iter()
+                        .find(|p| p.n == size.n)
+                        .map(|p| p.times.clone())
+                        .unwrap_or_default()
                 },
             );
             row.estimated = estimated;
-            let measured = r.per_rule.iter().map(|p| count(p.n as f64)).collect::<Vec<_>>().join(", ");
+            let measured = r
+                .per_rule
+                .iter()
+                .map(|p| count(p.n as f64))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let differ: usize = r.per_rule.iter().map(|p| p.differ).sum();
             row = if estimated {
-                row.detail(format!("measured at {measured} calls, extrapolated as calls^{k:.2}; IPv4 only, so a lower bound"))
+                row.agreement(if differ == 0 {
+                    format!("same rules as the hand-written text (checked at {measured} calls)")
+                } else {
+                    format!("**{differ} rules differ at the measured sizes**")
+                })
+                .detail(format!("measured at {measured} calls, extrapolated as calls^{k:.2}; IPv4 only, so a lower bound"))
             } else {
-                let differ = r.per_rule.iter().find(|p| p.n == size.n).map_or(0, |p| p.differ);
-                row.agreement(if differ == 0 { "same rules as the hand-written text".to_string() } else { format!("**{differ} rules differ**") })
-                    .detail("IPv4 only: a lower bound for both families")
+                let differ = r
+                    .per_rule
+                    .iter()
+                    .find(|p| p.n == size.n)
+                    .map_or(0, |p| p.differ);
+                row.agreement(if differ == 0 {
+                    "same rules as the hand-written text".to_string()
+                } else {
+                    format!("**{differ} rules differ**")
+                })
+                .detail("IPv4 only: a lower bound for both families")
             };
             rows.push(row);
         }
@@ -542,18 +608,28 @@ fn build(s: &Settings, r: &Results) -> Part {
              `iptables-save` of both families."
         ),
         rows: vec![
-            Row::timed("portwarden agent refresh", "Netfilter::plan on the agent's handle (library)", true, r.noop.refresh.clone())
-                .agreement("converged: 0 changes, 0 writes"),
+            Row::timed(
+                "portwarden agent refresh",
+                "Netfilter::plan on the agent's handle (library)",
+                true,
+                r.noop.refresh.clone(),
+            )
+            .agreement("converged: 0 changes, 0 writes"),
             Row::timed(
                 "portwarden apply (fresh process)",
-                &format!("portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"),
+                &format!(
+                    "portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"
+                ),
                 true,
                 r.noop.fresh.clone(),
             )
             .agreement("0 transactions"),
             Row::timed(
                 "iptables-save, both families",
-                &format!("iptables-{0}-save -t filter; ip6tables-{0}-save -t filter", r.backend),
+                &format!(
+                    "iptables-{0}-save -t filter; ip6tables-{0}-save -t filter",
+                    r.backend
+                ),
                 false,
                 r.noop.save.clone(),
             ),
@@ -579,20 +655,46 @@ fn build(s: &Settings, r: &Results) -> Part {
         .per_rule
         .iter()
         .filter_map(|p| {
-            Some(Point { x: p.n as f64, y: median(&p.times)?, cpu: None, extrapolated: false })
+            Some(Point {
+                x: p.n as f64,
+                y: median(&p.times)?,
+                cpu: None,
+                extrapolated: false,
+            })
         })
         .collect();
     let largest = r.per_rule.iter().map(|p| p.n).max().unwrap_or(0);
     for z in r.sizes.iter().filter(|z| z.n > largest) {
         if let Some((t, true, _)) = per_rule_estimate(&r.per_rule, z.n) {
-            per_rule_points.push(Point { x: z.n as f64, y: t, cpu: None, extrapolated: true });
+            per_rule_points.push(Point {
+                x: z.n as f64,
+                y: t,
+                cpu: None,
+                extrapolated: true,
+            });
         }
     }
     let series = vec![
-        Series { name: "portwarden apply".into(), ours: true, points: pts(&|z| &z.ours) },
-        Series { name: "hand-written iptables-restore".into(), ours: false, points: pts(&|z| &z.hand) },
-        Series { name: own_name.into(), ours: false, points: pts(&|z| &z.own) },
-        Series { name: "one iptables -A per rule (IPv4)".into(), ours: false, points: per_rule_points },
+        Series {
+            name: "portwarden apply".into(),
+            ours: true,
+            points: pts(&|z| &z.ours),
+        },
+        Series {
+            name: "hand-written iptables-restore".into(),
+            ours: false,
+            points: pts(&|z| &z.hand),
+        },
+        Series {
+            name: own_name.into(),
+            ours: false,
+            points: pts(&|z| &z.own),
+        },
+        Series {
+            name: "one iptables -A per rule (IPv4)".into(),
+            ours: false,
+            points: per_rule_points,
+        },
     ];
     let analysis = analysis::apply(&series, own_name);
     part.scaling.push(Scaling {
@@ -628,7 +730,10 @@ mod tests {
         let text = hand_restore(3);
         assert!(text.contains("-A BENCH -p tcp -m tcp --dport 10001 -m comment --comment \"bench entry 1\" -j REJECT --reject-with tcp-reset"), "{text}");
         // What iptables-save prints for these rules is what compare_hand expects.
-        let saved = text.replace("-I INPUT 1 -j BENCH\n", ":INPUT ACCEPT [0:0]\n-A INPUT -j BENCH\n");
+        let saved = text.replace(
+            "-I INPUT 1 -j BENCH\n",
+            ":INPUT ACCEPT [0:0]\n-A INPUT -j BENCH\n",
+        );
         let rs = Ruleset::parse(&saved).expect("parses");
         assert_eq!(compare_hand(&rs, 3), 0);
         assert_eq!(compare_hand(&rs, 4), 1);
@@ -657,7 +762,11 @@ mod tests {
                 let _ = writeln!(s, "-A INPUT {j}");
             }
             for (c, rules) in &d.chains {
-                let keep = if drop_last { rules.len().saturating_sub(1) } else { rules.len() };
+                let keep = if drop_last {
+                    rules.len().saturating_sub(1)
+                } else {
+                    rules.len()
+                };
                 for r in &rules[..keep] {
                     let _ = writeln!(s, "-A {c} {r}");
                 }
@@ -665,11 +774,17 @@ mod tests {
             s.push_str("COMMIT\n");
             Ruleset::parse(&s).expect("parses")
         };
-        let exact = vec![(Family::Ipv4, save(&want.v4, false, false)), (Family::Ipv6, save(&want.v6, false, false))];
+        let exact = vec![
+            (Family::Ipv4, save(&want.v4, false, false)),
+            (Family::Ipv6, save(&want.v6, false, false)),
+        ];
         let (differ, total) = compare_expected(&want, &exact);
         assert_eq!(differ, 0);
         assert_eq!(total, want.v4.rule_count() + want.v6.rule_count());
-        let broken = vec![(Family::Ipv4, save(&want.v4, true, true)), (Family::Ipv6, save(&want.v6, false, false))];
+        let broken = vec![
+            (Family::Ipv4, save(&want.v4, true, true)),
+            (Family::Ipv6, save(&want.v6, false, false)),
+        ];
         let (differ, _) = compare_expected(&want, &broken);
         assert_eq!(differ, want.v4.chains.len() + 1);
     }
@@ -677,22 +792,46 @@ mod tests {
     #[test]
     fn per_rule_extrapolation_is_at_least_linear() {
         let pr = vec![
-            PerRule { n: 100, times: vec![1.0], differ: 0 },
-            PerRule { n: 200, times: vec![2.0], differ: 0 },
+            PerRule {
+                n: 100,
+                times: vec![1.0],
+                differ: 0,
+            },
+            PerRule {
+                n: 200,
+                times: vec![2.0],
+                differ: 0,
+            },
         ];
         assert_eq!(per_rule_estimate(&pr, 100), Some((1.0, false, 1.0)));
         let (t, est, k) = per_rule_estimate(&pr, 1000).expect("estimate");
         assert!(est && (k - 1.0).abs() < 1e-9 && (t - 10.0).abs() < 1e-9);
         let sub = vec![
-            PerRule { n: 100, times: vec![1.0], differ: 0 },
-            PerRule { n: 400, times: vec![2.0], differ: 0 },
+            PerRule {
+                n: 100,
+                times: vec![1.0],
+                differ: 0,
+            },
+            PerRule {
+                n: 400,
+                times: vec![2.0],
+                differ: 0,
+            },
         ];
         let (t, _, k) = per_rule_estimate(&sub, 800).expect("estimate");
         assert_eq!(k, 1.0);
         assert!((t - 4.0).abs() < 1e-9);
         let sup = vec![
-            PerRule { n: 100, times: vec![1.0], differ: 0 },
-            PerRule { n: 200, times: vec![4.0], differ: 0 },
+            PerRule {
+                n: 100,
+                times: vec![1.0],
+                differ: 0,
+            },
+            PerRule {
+                n: 200,
+                times: vec![4.0],
+                differ: 0,
+            },
         ];
         let (t, _, k) = per_rule_estimate(&sup, 400).expect("estimate");
         assert!((k - 2.0).abs() < 1e-9 && (t - 16.0).abs() < 1e-6);

@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn proc_fields() {
         let t = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nMemTotal:       24634300 kB\n";
-        assert_eq!(proc_field(t, "model name").as_deref(), Some("AMD EPYC 7B13"));
+        assert_eq!(
+            proc_field(t, "model name").as_deref(),
+            Some("AMD EPYC 7B13")
+        );
         assert_eq!(proc_field(t, "MemTotal").as_deref(), Some("24634300 kB"));
         assert_eq!(proc_field(t, "flags"), None);
     }
@@ -101,7 +104,13 @@ mod tests {
     #[test]
     fn facts_name_every_tool() {
         let f = facts();
-        for key in ["CPUs (nproc)", "kernel", "nmap", "masscan", "iptables (default backend)"] {
+        for key in [
+            "CPUs (nproc)",
+            "kernel",
+            "nmap",
+            "masscan",
+            "iptables (default backend)",
+        ] {
             assert!(f.iter().any(|(k, _)| k == key), "{key} missing: {f:?}");
         }
     }

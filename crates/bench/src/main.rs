@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use portwarden_bench::report::{Report, render};
 use portwarden_bench::suite::{Ctx, Settings, progress};
-use portwarden_bench::{Part, apply, clock, machine, plot, policy, scan};
+use portwarden_bench::{Part, apply, clock, machine, plot, policy, process, scan};
 use portwarden_lab::Lab;
 
 /// Runs portwarden's benchmark suite on a namespace lab and writes a Markdown report with PNG
@@ -47,7 +47,10 @@ fn commit() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
     match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(h) if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) => {
+        Some(h)
+            if git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty()) =>
+        {
             format!("{h}+dirty")
         }
         Some(h) => h,
@@ -62,12 +65,20 @@ fn check_tools(names: &[&str]) -> Result<()> {
         .filter(|t| Command::new(t).arg("--version").output().is_err())
         .collect();
     if !missing.is_empty() {
-        bail!("missing {}: run `scripts/deps.sh bench` (as root) first", missing.join(", "));
+        bail!(
+            "missing {}: run `scripts/deps.sh bench` (as root) first",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(process::HELPER_FLAG) {
+        let code = process::helper_main(&argv[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -80,7 +91,10 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<()> {
     for p in &args.only {
         if !PARTS.contains(&p.as_str()) {
-            bail!("unknown part {p:?} in --only (expected some of {})", PARTS.join(", "));
+            bail!(
+                "unknown part {p:?} in --only (expected some of {})",
+                PARTS.join(", ")
+            );
         }
     }
     Lab::check_environment().context("the suite runs on namespace labs")?;
@@ -97,8 +111,15 @@ fn run(args: Args) -> Result<()> {
             bin.display()
         );
     }
-    let bin = bin.canonicalize().context("resolving the portwarden binary")?;
-    let settings = if args.quick { Settings::quick() } else { Settings::full() };
+    let bin = bin
+        .canonicalize()
+        .context("resolving the portwarden binary")?;
+    process::use_helper(std::env::current_exe().context("locating this program")?);
+    let settings = if args.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
     let work = tempfile::Builder::new()
         .prefix("pw-bench-")
         .tempdir()
@@ -112,12 +133,19 @@ fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let generated = clock::now();
     let load_start = machine::load_average();
-    progress(&format!("{} run, portwarden = {}", settings.mode, ctx.bin.display()));
+    progress(&format!(
+        "{} run, portwarden = {}",
+        settings.mode,
+        ctx.bin.display()
+    ));
 
     let wanted = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
     let mut parts: Vec<(&str, Result<Part>)> = Vec::new();
     if wanted("scan-one") {
-        parts.push(("Scans of one node (full range, port counts, UDP)", scan::one_node(&ctx)));
+        parts.push((
+            "Scans of one node (full range, port counts, UDP)",
+            scan::one_node(&ctx),
+        ));
     }
     if wanted("scan-nodes") {
         parts.push(("Scans of several nodes", scan::nodes(&ctx)));
@@ -158,7 +186,10 @@ fn run(args: Args) -> Result<()> {
         }
     }
     order(&mut report);
-    let out_dir = args.out.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let out_dir = args
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let img = out_dir.join("img");
     std::fs::create_dir_all(&img).with_context(|| format!("creating {}", img.display()))?;
     for s in &mut report.scaling {
@@ -179,7 +210,10 @@ fn run(args: Args) -> Result<()> {
         report.duration
     ));
     if !report.failures.is_empty() {
-        bail!("{} part(s) failed; see the report's \"Not measured\" section", report.failures.len());
+        bail!(
+            "{} part(s) failed; see the report's \"Not measured\" section",
+            report.failures.len()
+        );
     }
     Ok(())
 }
@@ -187,8 +221,20 @@ fn run(args: Args) -> Result<()> {
 /// Workloads in the order, whatever order the parts ran in.
 fn order(r: &mut Report) {
     let rank = |title: &str| -> usize {
-        const ORDER: [&str; 8] = ["Full-range", "1,000 ports", "UDP", "Apply", "No-op", "Policy", "Agent", ""];
-        ORDER.iter().position(|p| title.starts_with(p)).unwrap_or(ORDER.len())
+        const ORDER: [&str; 8] = [
+            "Full-range",
+            "1,000 ports",
+            "UDP",
+            "Apply",
+            "No-op",
+            "Policy",
+            "Agent",
+            "",
+        ];
+        ORDER
+            .iter()
+            .position(|p| title.starts_with(p))
+            .unwrap_or(ORDER.len())
     };
     r.workloads.sort_by_key(|w| rank(&w.title));
     r.scaling.sort_by_key(|s| {
@@ -205,5 +251,11 @@ fn chart_name(title: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    format!("bench-{}.png", slug.split('-').filter(|s| !s.is_empty()).collect::<Vec<_>>().join("-"))
+    format!(
+        "bench-{}.png",
+        slug.split('-')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    )
 }

@@ -190,15 +190,18 @@ pub fn state_counts(states: &States) -> String {
     parts.join(", ")
 }
 
-/// User plus system CPU time in clock ticks from `/proc/PID/stat` (fields 14 and 15, counted
-/// after the parenthesised command name, which may itself contain spaces and parentheses).
+/// CPU time in clock ticks from `/proc/PID/stat`: user and system time of the process and of
+/// the children it has waited for (fields 14-17: utime, stime, cutime, cstime), so the
+/// `iptables-save` processes an agent runs count as its cost. Fields are counted after the
+/// parenthesised command name, which may itself contain spaces and parentheses.
 pub fn proc_stat_ticks(stat: &str) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // rest starts at field 3 (state), so field n is f[n - 3].
+    (11..=14).try_fold(0u64, |sum, i| {
+        let v: i64 = f.get(i)?.parse().ok()?;
+        Some(sum + u64::try_from(v).ok()?)
+    })
 }
 
 /// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...), in kB.
@@ -212,12 +215,10 @@ pub fn proc_status_kb(status: &str, field: &str) -> Option<u64> {
 
 /// The value of an unlabelled sample in Prometheus / OpenMetrics text (`name value`).
 pub fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.split_whitespace().next()?.parse().ok())?
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.split_whitespace().next()?.parse().ok())?
+    })
 }
 
 #[cfg(test)]
@@ -265,8 +266,14 @@ mod tests {
 
     #[test]
     fn attributes_match_whole_names_only() {
-        assert_eq!(attr(r#"addrtype="ipv4" addr="10.0.0.1""#, "addr"), Some("10.0.0.1"));
-        assert_eq!(attr(r#"state="open" reason="syn-ack""#, "state"), Some("open"));
+        assert_eq!(
+            attr(r#"addrtype="ipv4" addr="10.0.0.1""#, "addr"),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            attr(r#"state="open" reason="syn-ack""#, "state"),
+            Some("open")
+        );
         assert_eq!(attr(r#"xstate="a""#, "state"), None);
     }
 
@@ -308,7 +315,13 @@ mod tests {
         o.insert((a("10.0.0.1"), 2), "filtered".into());
         o.insert((a("10.0.0.1"), 3), "closed".into());
         let ag = Agreement::of(&r, &o);
-        assert_eq!(ag, Agreement { differ: 2, total: 3 });
+        assert_eq!(
+            ag,
+            Agreement {
+                differ: 2,
+                total: 3
+            }
+        );
         assert_eq!(ag.describe(), "**2 of 3 ports differ**");
     }
 
@@ -316,6 +329,8 @@ mod tests {
     fn proc_files() {
         let stat = "4242 (portwarden (x) y) S 1 4242 4242 0 -1 4194560 600 0 0 0 123 45 0 0 20 0 3 0 100 1000 200";
         assert_eq!(proc_stat_ticks(stat), Some(168));
+        let with_children = "7 (a) S 1 7 7 0 -1 0 0 0 0 0 10 20 30 40 20 0 1 0";
+        assert_eq!(proc_stat_ticks(with_children), Some(100));
         assert_eq!(proc_stat_ticks("garbage"), None);
         let status = "Name:\tportwarden\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(proc_status_kb(status, "VmRSS"), Some(10240));

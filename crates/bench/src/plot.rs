@@ -79,7 +79,10 @@ fn paint<DB: DrawingBackend>(
     let (y0, y1) = bounds(points().map(|p| p.y)).ok_or("no points to draw")?;
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(&s.title, ("sans-serif", 26).into_font().style(FontStyle::Bold))
+        .caption(
+            &s.title,
+            ("sans-serif", 26).into_font().style(FontStyle::Bold),
+        )
         .margin(16)
         .x_label_area_size(52)
         .y_label_area_size(84)
@@ -129,7 +132,12 @@ fn paint<DB: DrawingBackend>(
             .map(|p| (p.x, p.y))
             .collect();
         if !estimated.is_empty() {
-            let path: Vec<(f64, f64)> = measured.last().into_iter().copied().chain(estimated.clone()).collect();
+            let path: Vec<(f64, f64)> = measured
+                .last()
+                .into_iter()
+                .copied()
+                .chain(estimated.clone())
+                .collect();
             chart
                 .draw_series(DashedLineSeries::new(path, 8, 6, style))
                 .map_err(|e| err(&e))?;
@@ -163,7 +171,12 @@ mod tests {
         let pts = |k: f64, extra: bool| {
             let mut v: Vec<Point> = [1000.0, 10000.0, 50000.0]
                 .iter()
-                .map(|&x: &f64| Point { x, y: 1e-4 * x.powf(k), cpu: None, extrapolated: false })
+                .map(|&x: &f64| Point {
+                    x,
+                    y: 1e-4 * x.powf(k),
+                    cpu: None,
+                    extrapolated: false,
+                })
                 .collect();
             if extra {
                 v[2].extrapolated = true;
@@ -174,8 +187,16 @@ mod tests {
             title: "Apply time against rule count".into(),
             unit: "entries".into(),
             series: vec![
-                Series { name: "portwarden".into(), ours: true, points: pts(0.9, false) },
-                Series { name: "iptables -A per rule".into(), ours: false, points: pts(1.2, true) },
+                Series {
+                    name: "portwarden".into(),
+                    ours: true,
+                    points: pts(0.9, false),
+                },
+                Series {
+                    name: "iptables -A per rule".into(),
+                    ours: false,
+                    points: pts(1.2, true),
+                },
             ],
             chart: None,
             analysis: vec![],

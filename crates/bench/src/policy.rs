@@ -25,7 +25,10 @@ const ZONES: usize = 3;
 pub fn write_fixture(dir: &Path, policies: usize, entries: usize, nodes: usize) -> Result<()> {
     for p in 0..policies {
         let mut y = String::new();
-        let _ = writeln!(y, "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: policy-{p}\nspec:");
+        let _ = writeln!(
+            y,
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: policy-{p}\nspec:"
+        );
         let _ = writeln!(
             y,
             "  priority: {}\n  nodeSelector:\n    matchLabels:\n      role: role-{}",
@@ -33,7 +36,11 @@ pub fn write_fixture(dir: &Path, policies: usize, entries: usize, nodes: usize) 
             p % ROLES
         );
         if p % 4 == 0 {
-            let _ = writeln!(y, "    matchExpressions:\n      - key: zone\n        operator: In\n        values: [zone-{}]", p % ZONES);
+            let _ = writeln!(
+                y,
+                "    matchExpressions:\n      - key: zone\n        operator: In\n        values: [zone-{}]",
+                p % ZONES
+            );
         }
         let _ = writeln!(y, "  ports:");
         for e in 0..entries {
@@ -45,10 +52,17 @@ pub fn write_fixture(dir: &Path, policies: usize, entries: usize, nodes: usize) 
             };
             let state = ["open", "closed", "filtered"][e % 3];
             let proto = if e % 7 == 0 { "UDP" } else { "TCP" };
-            let _ = writeln!(y, "    - ports: {ports}\n      protocol: {proto}\n      state: {state}");
+            let _ = writeln!(
+                y,
+                "    - ports: {ports}\n      protocol: {proto}\n      state: {state}"
+            );
             match e % 4 {
                 0 => {
-                    let _ = writeln!(y, "      from: [\"10.{}.0.0/16\", \"fd00:{e}::/64\"]", e % 250);
+                    let _ = writeln!(
+                        y,
+                        "      from: [\"10.{}.0.0/16\", \"fd00:{e}::/64\"]",
+                        e % 250
+                    );
                 }
                 1 => {
                     let _ = writeln!(y, "      from: [\"192.168.{}.7\"]", e % 250);
@@ -80,13 +94,25 @@ pub fn write_fixture(dir: &Path, policies: usize, entries: usize, nodes: usize) 
 pub fn run(ctx: &Ctx) -> Result<Part> {
     let s = &ctx.settings;
     let (policies, entries, nodes) = s.policy_shape;
-    progress(&format!("policy: {policies} x {entries} entries, {nodes} nodes"));
+    progress(&format!(
+        "policy: {policies} x {entries} entries, {nodes} nodes"
+    ));
     let dir = ctx.work.join("policy-scale");
     std::fs::create_dir_all(&dir).context("creating the fixture directory")?;
     write_fixture(&dir, policies, entries, nodes)?;
-    let load = || load_paths(&[&dir]).map_err(|d| anyhow!("fixture does not load: {}", d.first().map(|d| d.headline()).unwrap_or_default()));
+    let load = || {
+        load_paths(&[&dir]).map_err(|d| {
+            anyhow!(
+                "fixture does not load: {}",
+                d.first().map(|d| d.headline()).unwrap_or_default()
+            )
+        })
+    };
     let loaded = load()?;
-    ensure!(loaded.policies.policies().len() == policies && loaded.nodes.len() == nodes, "fixture loaded partially");
+    ensure!(
+        loaded.policies.policies().len() == policies && loaded.nodes.len() == nodes,
+        "fixture loaded partially"
+    );
     let (mut l, mut c, mut both) = (Vec::new(), Vec::new(), Vec::new());
     let mut intents = 0;
     let mut rules = 0;
@@ -105,7 +131,10 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
         both.push(t.elapsed().as_secs_f64());
         drop(x);
     }
-    let shape = format!("{policies} policies x {entries} entries, inventory of {} nodes", count(nodes as f64));
+    let shape = format!(
+        "{policies} policies x {entries} entries, inventory of {} nodes",
+        count(nodes as f64)
+    );
     Ok(Part {
         workloads: vec![Workload {
             title: "Policy load and compile at 100 x 100 x 1,000".into(),
@@ -116,8 +145,17 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
                  goal is well under a second for everything."
             ),
             rows: vec![
-                Row::timed("load + compile (end to end)", "load_paths(dir) + compile_nodes(nodes)", true, both)
-                    .agreement(format!("{} node intents, up to {} rules each", count(intents as f64), count(rules as f64))),
+                Row::timed(
+                    "load + compile (end to end)",
+                    "load_paths(dir) + compile_nodes(nodes)",
+                    true,
+                    both,
+                )
+                .agreement(format!(
+                    "{} node intents, up to {} rules each",
+                    count(intents as f64),
+                    count(rules as f64)
+                )),
                 Row::timed("load (parse, validate)", "load_paths(dir)", true, l),
                 Row::timed("compile for every node", "compile_nodes(nodes)", true, c),
             ],

@@ -47,7 +47,9 @@ impl Samples {
     fn push(&mut self, m: &Measured) {
         self.wall.push(m.wall);
         self.cpu.push(m.cpu());
-        self.rss_kb.push(m.max_rss_kb as f64);
+        if let Some(kb) = m.max_rss_kb {
+            self.rss_kb.push(kb as f64);
+        }
     }
 
     fn point(&self, x: f64) -> Option<Point> {
@@ -61,11 +63,10 @@ impl Samples {
 
     fn detail(&self) -> String {
         match (median(&self.rss_kb), median(&self.cpu)) {
-            (Some(rss), Some(cpu)) => format!(
-                "peak RSS {:.1} MB, CPU {:.2} s (median)",
-                rss / 1024.0,
-                cpu
-            ),
+            (Some(rss), Some(cpu)) => {
+                format!("peak RSS {:.1} MB, CPU {:.2} s (median)", rss / 1024.0, cpu)
+            }
+            (None, Some(cpu)) => format!("CPU {cpu:.2} s (median)"),
             _ => String::new(),
         }
     }
@@ -78,7 +79,9 @@ impl Samples {
             .map(|s| Agreement::of(reference, s))
             .max_by_key(|a| a.differ);
         let mut s = match worst {
-            Some(a) if self.states.len() > 1 => format!("{} (worst of {} runs)", a.describe(), self.states.len()),
+            Some(a) if self.states.len() > 1 => {
+                format!("{} (worst of {} runs)", a.describe(), self.states.len())
+            }
             Some(a) => a.describe(),
             None => "no result".into(),
         };
@@ -111,7 +114,12 @@ impl Samples {
             .iter()
             .map(|o| o.intersection(truth).count())
             .collect();
-        let wrong: usize = self.open.iter().map(|o| o.difference(truth).count()).max().unwrap_or(0);
+        let wrong: usize = self
+            .open
+            .iter()
+            .map(|o| o.difference(truth).count())
+            .max()
+            .unwrap_or(0);
         let (lo, hi) = (
             found.iter().min().copied().unwrap_or(0),
             found.iter().max().copied().unwrap_or(0),
@@ -134,7 +142,14 @@ impl Samples {
     }
 }
 
-fn ours(ctx: &Ctx, scanner: &Netns, kind: &str, ports: &str, targets: &[IpAddr], into: &mut Samples) -> Result<()> {
+fn ours(
+    ctx: &Ctx,
+    scanner: &Netns,
+    kind: &str,
+    ports: &str,
+    targets: &[IpAddr],
+    into: &mut Samples,
+) -> Result<()> {
     let mut argv = vec![ctx.bin(), "scan".into()];
     argv.extend(targets.iter().map(IpAddr::to_string));
     argv.extend(["-p", ports, "--scan", kind, "-o", "json"].map(String::from));
@@ -146,7 +161,13 @@ fn ours(ctx: &Ctx, scanner: &Netns, kind: &str, ports: &str, targets: &[IpAddr],
     Ok(())
 }
 
-fn nmap(scanner: &Netns, flags: &[String], ports: &str, targets: &[IpAddr], into: &mut Samples) -> Result<()> {
+fn nmap(
+    scanner: &Netns,
+    flags: &[String],
+    ports: &str,
+    targets: &[IpAddr],
+    into: &mut Samples,
+) -> Result<()> {
     let mut argv: Vec<String> = ["nmap", "-n", "-Pn"].map(String::from).to_vec();
     argv.extend(flags.iter().cloned());
     argv.extend(["-p", ports, "-oX", "-"].map(String::from));
@@ -183,7 +204,10 @@ impl Waker {
                 }
             });
         });
-        Waker { stop, thread: Some(thread) }
+        Waker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -248,7 +272,16 @@ fn drop_ports(node: &Netns, proto: &str, ports: &[u16]) -> Result<()> {
     for chunk in ports.chunks(15) {
         let list: Vec<String> = chunk.iter().map(u16::to_string).collect();
         node.iptables(&[
-            "-A", "INPUT", "-p", proto, "-m", "multiport", "--dports", &list.join(","), "-j", "DROP",
+            "-A",
+            "INPUT",
+            "-p",
+            proto,
+            "-m",
+            "multiport",
+            "--dports",
+            &list.join(","),
+            "-j",
+            "DROP",
         ])
         .with_context(|| format!("filtering {proto} ports in {}", node.name))?;
     }
@@ -256,7 +289,9 @@ fn drop_ports(node: &Netns, proto: &str, ports: &[u16]) -> Result<()> {
 }
 
 fn filtered_up_to(max: u16) -> Vec<u16> {
-    (FILTER_EVERY..=max).step_by(usize::from(FILTER_EVERY)).collect()
+    (FILTER_EVERY..=max)
+        .step_by(usize::from(FILTER_EVERY))
+        .collect()
 }
 
 struct TcpNode {
@@ -270,7 +305,9 @@ fn tcp_node(node: &Netns, up_to: u16) -> Result<TcpNode> {
         .collect::<Result<Vec<_>, _>>()
         .context("starting listeners")?;
     drop_ports(node, "tcp", &filtered_up_to(up_to))?;
-    Ok(TcpNode { _listeners: listeners })
+    Ok(TcpNode {
+        _listeners: listeners,
+    })
 }
 
 fn tcp_truth(targets: &[IpAddr]) -> BTreeSet<(IpAddr, u16)> {
@@ -285,14 +322,22 @@ fn t4() -> Vec<String> {
 }
 
 fn t5(rate: u32) -> Vec<String> {
-    ["-sS".to_string(), "-T5".into(), "--min-rate".into(), rate.to_string()].to_vec()
+    [
+        "-sS".to_string(),
+        "-T5".into(),
+        "--min-rate".into(),
+        rate.to_string(),
+    ]
+    .to_vec()
 }
 
 /// One node: the full range (the workload) and `1-N` for each port count (the scaling series),
 /// then UDP 1-100.
 pub fn one_node(ctx: &Ctx) -> Result<Part> {
     let s = &ctx.settings;
-    let lab = Lab::builder("bscan").build().context("building the scan lab")?;
+    let lab = Lab::builder("bscan")
+        .build()
+        .context("building the scan lab")?;
     let (node, scanner) = (lab.node(0), lab.scanner(0));
     let _services = tcp_node(node, u16::MAX)?;
     let target: IpAddr = node.v4().into();
@@ -302,7 +347,11 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
         .context("reading the node's MAC address")?
         .trim()
         .to_string();
-    let mc = Masscan { scanner, node, router_mac };
+    let mc = Masscan {
+        scanner,
+        node,
+        router_mac,
+    };
     let truth = tcp_truth(&[target]);
     let min_rate = s.nmap_min_rate;
 
@@ -314,7 +363,11 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
     let mut notes = Vec::new();
     for &n in &s.port_counts {
         let full = n == 65_535;
-        let ports = if full { "-".to_string() } else { format!("1-{n}") };
+        let ports = if full {
+            "-".to_string()
+        } else {
+            format!("1-{n}")
+        };
         let mc_ports = format!("1-{n}");
         let rates: Vec<u32> = if full {
             s.masscan_rates.clone()
@@ -360,17 +413,35 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
             notes.push(format!(
                 "1-{n}: portwarden {} against nmap -T4 ({}).",
                 o.agreement(&reference),
-                if agree.differ == 0 { "states as in the full range" } else { "see the differences" }
+                if agree.differ == 0 {
+                    "states as in the full range"
+                } else {
+                    "see the differences"
+                }
             ));
             continue;
         }
         let mut rows = vec![
-            Row::timed("portwarden", &format!("portwarden scan {t} -p- --scan syn -o json"), true, o.wall.clone())
-                .agreement(o.agreement(&reference))
-                .detail(o.detail()),
-            Row::timed("nmap -sS -T4", &format!("nmap -n -Pn -sS -T4 -p- -oX - {t}"), false, a.wall.clone())
-                .agreement(format!("{}: {}", a.reference_agreement(), parse::state_counts(&reference)))
-                .detail(a.detail()),
+            Row::timed(
+                "portwarden",
+                &format!("portwarden scan {t} -p- --scan syn -o json"),
+                true,
+                o.wall.clone(),
+            )
+            .agreement(o.agreement(&reference))
+            .detail(o.detail()),
+            Row::timed(
+                "nmap -sS -T4",
+                &format!("nmap -n -Pn -sS -T4 -p- -oX - {t}"),
+                false,
+                a.wall.clone(),
+            )
+            .agreement(format!(
+                "{}: {}",
+                a.reference_agreement(),
+                parse::state_counts(&reference)
+            ))
+            .detail(a.detail()),
             Row::timed(
                 &format!("nmap -sS -T5 --min-rate {min_rate}"),
                 &format!("nmap -n -Pn -sS -T5 --min-rate {min_rate} -p- -oX - {t}"),
@@ -384,7 +455,9 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
             rows.push(
                 Row::timed(
                     &format!("masscan --rate {rate}"),
-                    &mc.argv(target, &mc_ports, *rate).join(" ").replace(&mc.router_mac, "<node MAC>"),
+                    &mc.argv(target, &mc_ports, *rate)
+                        .join(" ")
+                        .replace(&mc.router_mac, "<node MAC>"),
                     false,
                     sm.wall.clone(),
                 )
@@ -409,10 +482,26 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
         title: "Scan time against port count".into(),
         unit: "ports".into(),
         series: vec![
-            Series { name: "portwarden".into(), ours: true, points: series_ours },
-            Series { name: "nmap -sS -T4".into(), ours: false, points: series_t4 },
-            Series { name: format!("nmap -sS -T5 --min-rate {min_rate}"), ours: false, points: series_t5 },
-            Series { name: format!("masscan --rate {}", s.masscan_scaling_rate), ours: false, points: series_mc },
+            Series {
+                name: "portwarden".into(),
+                ours: true,
+                points: series_ours,
+            },
+            Series {
+                name: "nmap -sS -T4".into(),
+                ours: false,
+                points: series_t4,
+            },
+            Series {
+                name: format!("nmap -sS -T5 --min-rate {min_rate}"),
+                ours: false,
+                points: series_t5,
+            },
+            Series {
+                name: format!("masscan --rate {}", s.masscan_scaling_rate),
+                ours: false,
+                points: series_mc,
+            },
         ],
         chart: None,
         analysis: Vec::new(),
@@ -448,7 +537,13 @@ fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
     let t = target.to_string();
     let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
     let udp_t4: Vec<String> = ["-sU", "-T4"].map(String::from).to_vec();
-    let udp_t5: Vec<String> = ["-sU".to_string(), "-T5".into(), "--min-rate".into(), s.nmap_min_rate.to_string()].to_vec();
+    let udp_t5: Vec<String> = [
+        "-sU".to_string(),
+        "-T5".into(),
+        "--min-rate".into(),
+        s.nmap_min_rate.to_string(),
+    ]
+    .to_vec();
     for i in 0..s.runs_ours.max(s.runs_peer) {
         if i < s.runs_ours {
             ours(ctx, scanner, "udp", "1-100", &[target], &mut o)?;
@@ -528,7 +623,10 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
         sa.extend(a.point(x));
         sb.extend(b.point(x));
         if n != 10 {
-            notes.push(format!("{n} node(s): portwarden {} against nmap -T4.", o.agreement(&reference)));
+            notes.push(format!(
+                "{n} node(s): portwarden {} against nmap -T4.",
+                o.agreement(&reference)
+            ));
             continue;
         }
         part.workloads.push(Workload {
@@ -563,9 +661,21 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
         title: "Scan time against node count".into(),
         unit: "nodes".into(),
         series: vec![
-            Series { name: "portwarden".into(), ours: true, points: so },
-            Series { name: "nmap -sS -T4".into(), ours: false, points: sa },
-            Series { name: format!("nmap -sS -T5 --min-rate {min_rate}"), ours: false, points: sb },
+            Series {
+                name: "portwarden".into(),
+                ours: true,
+                points: so,
+            },
+            Series {
+                name: "nmap -sS -T4".into(),
+                ours: false,
+                points: sa,
+            },
+            Series {
+                name: format!("nmap -sS -T5 --min-rate {min_rate}"),
+                ours: false,
+                points: sb,
+            },
         ],
         chart: None,
         analysis: Vec::new(),
@@ -598,7 +708,10 @@ mod tests {
         s.open.push([(a, 22)].into_iter().collect());
         assert_eq!(s.accuracy(&truth), "**found 1–3 of 3 open ports**");
         s.open.push([(a, 23)].into_iter().collect());
-        assert_eq!(s.accuracy(&truth), "**found 0–3 of 3 open ports**; 1 reported open that are not");
+        assert_eq!(
+            s.accuracy(&truth),
+            "**found 0–3 of 3 open ports**; 1 reported open that are not"
+        );
     }
 
     #[test]
@@ -613,7 +726,13 @@ mod tests {
         assert_eq!(s.reference_agreement(), "reference (2 runs agree)");
         st.insert((a, 1), "filtered".into());
         s.states.push(st);
-        assert_eq!(s.reference_agreement(), "reference (its own runs: **1 of 1 ports differ**)");
-        assert_eq!(s.agreement(&s.states[0].clone()), "**1 of 1 ports differ** (worst of 3 runs)");
+        assert_eq!(
+            s.reference_agreement(),
+            "reference (its own runs: **1 of 1 ports differ**)"
+        );
+        assert_eq!(
+            s.agreement(&s.states[0].clone()),
+            "**1 of 1 ports differ** (worst of 3 runs)"
+        );
     }
 }

@@ -53,7 +53,7 @@ impl Settings {
             apply_workloads: vec![1_000, 10_000, 50_000],
             per_rule_sizes: vec![250, 500, 1_000],
             steady_entries: 10_000,
-            agent_cycles: 10,
+            agent_cycles: 20,
             policy_shape: (100, 100, 1_000),
         }
     }
