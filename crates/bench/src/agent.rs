@@ -171,10 +171,11 @@ pub fn steady(
         title: format!("Agent steady state at {entries} entries"),
         setup: format!(
             "`portwarden agent --refresh 1` on a lab node with the {entries}-entry policy ({backend} \
-             backend), after it reported ready. CPU is user + system time from `/proc/PID/stat` \
-             over {refreshes:.0} whole refresh cycles ({:.1} s of wall time), which includes \
-             answering the suite's `/metrics` polls (every 50 ms); memory is `VmRSS` at the end \
-             of the window. The peer is the least any reconciler must do per refresh: one \
+             backend), after it reported ready. CPU is user + system time of the agent and of \
+             the `iptables-save` processes it runs (`/proc/PID/stat`: utime, stime, cutime, \
+             cstime) over {refreshes:.0} whole refresh cycles ({:.1} s of wall time), which \
+             includes answering the suite's `/metrics` polls (every 100 ms); memory is `VmRSS` \
+             at the end of the window. The peer is the least any reconciler must do per refresh: one \
              `iptables-save` per family.",
             wall
         ),

@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::report::{Scaling, count, secs};
+use crate::report::{Scaling, count};
 
 static FONTS: Once = Once::new();
 
@@ -41,6 +41,44 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(0.0, f64::max);
     (lo.is_finite() && hi > 0.0).then_some((lo, hi))
+}
+
+/// Tick values 1, 2 and 5 times a power of ten within `lo..=hi`; only the powers of ten when
+/// that would be more than `most` ticks.
+pub fn ticks_125(lo: f64, hi: f64, most: usize) -> Vec<f64> {
+    if !(lo > 0.0 && hi >= lo && lo.is_finite() && hi.is_finite()) {
+        return Vec::new();
+    }
+    let mut all = Vec::new();
+    for k in (lo.log10().floor() as i32)..=(hi.log10().ceil() as i32) {
+        for m in [1.0, 2.0, 5.0] {
+            let v = if k < 0 {
+                m / 10f64.powi(-k)
+            } else {
+                m * 10f64.powi(k)
+            };
+            if v >= lo * (1.0 - 1e-9) && v <= hi * (1.0 + 1e-9) {
+                all.push(v);
+            }
+        }
+    }
+    if all.len() > most {
+        all.retain(|v| (v.log10() - v.log10().round()).abs() < 1e-9);
+    }
+    all
+}
+
+/// A time axis label: `50 ms`, `1 s`, `2.5 s`, `200 s`.
+pub fn axis_secs(s: f64) -> String {
+    let trim = |x: f64| {
+        let t = format!("{x:.3}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    if s >= 1.0 {
+        format!("{} s", trim(s))
+    } else {
+        format!("{} ms", trim(s * 1e3))
+    }
 }
 
 /// Width and height of every chart in pixels.
@@ -77,6 +115,11 @@ fn paint<DB: DrawingBackend>(
     let points = || s.series.iter().flat_map(|x| x.points.iter());
     let (x0, x1) = bounds(points().map(|p| p.x)).ok_or("no points to draw")?;
     let (y0, y1) = bounds(points().map(|p| p.y)).ok_or("no points to draw")?;
+    // Label the sizes that were measured, and times at 1-2-5 steps.
+    let mut xs: Vec<f64> = points().map(|p| p.x).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let (ylo, yhi) = (y0 / 1.6, y1 * 1.6);
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -87,8 +130,10 @@ fn paint<DB: DrawingBackend>(
         .x_label_area_size(52)
         .y_label_area_size(84)
         .build_cartesian_2d(
-            (x0 / 1.3..x1 * 1.3).log_scale(),
-            (y0 / 1.6..y1 * 1.6).log_scale(),
+            (x0 / 1.3..x1 * 1.3).log_scale().with_key_points(xs),
+            (ylo..yhi)
+                .log_scale()
+                .with_key_points(ticks_125(ylo, yhi, 14)),
         )
         .map_err(|e| err(&e))?;
     chart
@@ -96,7 +141,7 @@ fn paint<DB: DrawingBackend>(
         .x_desc(format!("{} (log scale)", s.unit))
         .y_desc("median wall time (log scale)")
         .x_label_formatter(&|x| count(*x))
-        .y_label_formatter(&|y| secs(*y))
+        .y_label_formatter(&|y| axis_secs(*y))
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .light_line_style(RGBColor(235, 235, 235))
@@ -209,6 +254,17 @@ mod tests {
         rows.flat_map(|y| buf[y as usize * w..(y as usize + 1) * w].chunks(3))
             .filter(|px| px.iter().any(|&c| c < 200))
             .count()
+    }
+
+    #[test]
+    fn tick_values() {
+        assert_eq!(ticks_125(0.15, 12.0, 14), [0.2, 0.5, 1.0, 2.0, 5.0, 10.0]);
+        assert_eq!(ticks_125(0.009, 600.0, 14), [0.01, 0.1, 1.0, 10.0, 100.0]);
+        assert!(ticks_125(0.0, 1.0, 14).is_empty());
+        assert_eq!(axis_secs(0.05), "50 ms");
+        assert_eq!(axis_secs(0.0005), "0.5 ms");
+        assert_eq!(axis_secs(2.5), "2.5 s");
+        assert_eq!(axis_secs(200.0), "200 s");
     }
 
     #[test]
