@@ -789,51 +789,31 @@ mod tests {
         assert_eq!(differ, want.v4.chains.len() + 1);
     }
 
+    fn measured(points: &[(usize, f64)]) -> Vec<PerRule> {
+        points
+            .iter()
+            .map(|&(n, t)| PerRule {
+                n,
+                times: vec![t],
+                differ: 0,
+            })
+            .collect()
+    }
+
     #[test]
     fn per_rule_extrapolation_is_at_least_linear() {
-        let pr = vec![
-            PerRule {
-                n: 100,
-                times: vec![1.0],
-                differ: 0,
-            },
-            PerRule {
-                n: 200,
-                times: vec![2.0],
-                differ: 0,
-            },
-        ];
+        let pr = measured(&[(100, 1.0), (200, 2.0)]);
         assert_eq!(per_rule_estimate(&pr, 100), Some((1.0, false, 1.0)));
         let (t, est, k) = per_rule_estimate(&pr, 1000).expect("estimate");
         assert!(est && (k - 1.0).abs() < 1e-9 && (t - 10.0).abs() < 1e-9);
-        let sub = vec![
-            PerRule {
-                n: 100,
-                times: vec![1.0],
-                differ: 0,
-            },
-            PerRule {
-                n: 400,
-                times: vec![2.0],
-                differ: 0,
-            },
-        ];
-        let (t, _, k) = per_rule_estimate(&sub, 800).expect("estimate");
+        // sublinear measurements are extrapolated linearly (a lower bound)
+        let (t, _, k) =
+            per_rule_estimate(&measured(&[(100, 1.0), (400, 2.0)]), 800).expect("estimate");
         assert_eq!(k, 1.0);
         assert!((t - 4.0).abs() < 1e-9);
-        let sup = vec![
-            PerRule {
-                n: 100,
-                times: vec![1.0],
-                differ: 0,
-            },
-            PerRule {
-                n: 200,
-                times: vec![4.0],
-                differ: 0,
-            },
-        ];
-        let (t, _, k) = per_rule_estimate(&sup, 400).expect("estimate");
+        // superlinear ones with their exponent
+        let (t, _, k) =
+            per_rule_estimate(&measured(&[(100, 1.0), (200, 4.0)]), 400).expect("estimate");
         assert!((k - 2.0).abs() < 1e-9 && (t - 16.0).abs() < 1e-6);
     }
 }

@@ -317,18 +317,65 @@ fn tcp_truth(targets: &[IpAddr]) -> BTreeSet<(IpAddr, u16)> {
         .collect()
 }
 
-fn t4() -> Vec<String> {
-    ["-sS", "-T4"].map(String::from).to_vec()
+/// nmap's flags for a scan kind (`syn`/`udp`): `-T4`, or `-T5 --min-rate N` when `fast`.
+fn nmap_flags(kind: &str, fast: Option<u32>) -> Vec<String> {
+    let scan = if kind == "udp" { "-sU" } else { "-sS" };
+    match fast {
+        None => vec![scan.into(), "-T4".into()],
+        Some(rate) => vec![
+            scan.into(),
+            "-T5".into(),
+            "--min-rate".into(),
+            rate.to_string(),
+        ],
+    }
 }
 
-fn t5(rate: u32) -> Vec<String> {
-    [
-        "-sS".to_string(),
-        "-T5".into(),
-        "--min-rate".into(),
-        rate.to_string(),
+/// The rows every scan workload has: portwarden, `nmap -T4` (the reference, with its own
+/// consistency and the state counts) and `nmap -T5 --min-rate`. `targets` is shown as given.
+fn standard_rows(
+    kind: &str,
+    ports: &str,
+    targets: &str,
+    min_rate: u32,
+    runs: [&Samples; 3],
+    reference: &States,
+) -> Vec<Row> {
+    let [o, a, b] = runs;
+    let show = |fast| nmap_flags(kind, fast).join(" ");
+    vec![
+        Row::timed(
+            "portwarden",
+            &format!("portwarden scan {targets} -p {ports} --scan {kind} -o json"),
+            true,
+            o.wall.clone(),
+        )
+        .agreement(o.agreement(reference))
+        .detail(o.detail()),
+        Row::timed(
+            &format!("nmap {}", show(None)),
+            &format!("nmap -n -Pn {} -p {ports} -oX - {targets}", show(None)),
+            false,
+            a.wall.clone(),
+        )
+        .agreement(format!(
+            "{}: {}",
+            a.reference_agreement(),
+            parse::state_counts(reference)
+        ))
+        .detail(a.detail()),
+        Row::timed(
+            &format!("nmap {}", show(Some(min_rate))),
+            &format!(
+                "nmap -n -Pn {} -p {ports} -oX - {targets}",
+                show(Some(min_rate))
+            ),
+            false,
+            b.wall.clone(),
+        )
+        .agreement(b.agreement(reference))
+        .detail(b.detail()),
     ]
-    .to_vec()
 }
 
 /// One node: the full range (the workload) and `1-N` for each port count (the scaling series),
@@ -382,8 +429,14 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
                 ours(ctx, scanner, "syn", &ports, &[target], &mut o)?;
             }
             if i < s.runs_peer {
-                nmap(scanner, &t4(), &ports, &[target], &mut a)?;
-                nmap(scanner, &t5(min_rate), &ports, &[target], &mut b)?;
+                nmap(scanner, &nmap_flags("syn", None), &ports, &[target], &mut a)?;
+                nmap(
+                    scanner,
+                    &nmap_flags("syn", Some(min_rate)),
+                    &ports,
+                    &[target],
+                    &mut b,
+                )?;
                 for (rate, into) in rates.iter().zip(m.iter_mut()) {
                     mc.run(target, &mc_ports, *rate, into)?;
                 }
@@ -421,36 +474,7 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
             ));
             continue;
         }
-        let mut rows = vec![
-            Row::timed(
-                "portwarden",
-                &format!("portwarden scan {t} -p- --scan syn -o json"),
-                true,
-                o.wall.clone(),
-            )
-            .agreement(o.agreement(&reference))
-            .detail(o.detail()),
-            Row::timed(
-                "nmap -sS -T4",
-                &format!("nmap -n -Pn -sS -T4 -p- -oX - {t}"),
-                false,
-                a.wall.clone(),
-            )
-            .agreement(format!(
-                "{}: {}",
-                a.reference_agreement(),
-                parse::state_counts(&reference)
-            ))
-            .detail(a.detail()),
-            Row::timed(
-                &format!("nmap -sS -T5 --min-rate {min_rate}"),
-                &format!("nmap -n -Pn -sS -T5 --min-rate {min_rate} -p- -oX - {t}"),
-                false,
-                b.wall.clone(),
-            )
-            .agreement(b.agreement(&reference))
-            .detail(b.detail()),
-        ];
+        let mut rows = standard_rows("syn", "-", &t, min_rate, [&o, &a, &b], &reference);
         for (rate, sm) in rates.iter().zip(&m) {
             rows.push(
                 Row::timed(
@@ -536,21 +560,25 @@ fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
     let target: IpAddr = node.v4().into();
     let t = target.to_string();
     let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
-    let udp_t4: Vec<String> = ["-sU", "-T4"].map(String::from).to_vec();
-    let udp_t5: Vec<String> = [
-        "-sU".to_string(),
-        "-T5".into(),
-        "--min-rate".into(),
-        s.nmap_min_rate.to_string(),
-    ]
-    .to_vec();
     for i in 0..s.runs_ours.max(s.runs_peer) {
         if i < s.runs_ours {
             ours(ctx, scanner, "udp", "1-100", &[target], &mut o)?;
         }
         if i < s.runs_peer {
-            nmap(scanner, &udp_t4, "1-100", &[target], &mut a)?;
-            nmap(scanner, &udp_t5, "1-100", &[target], &mut b)?;
+            nmap(
+                scanner,
+                &nmap_flags("udp", None),
+                "1-100",
+                &[target],
+                &mut a,
+            )?;
+            nmap(
+                scanner,
+                &nmap_flags("udp", Some(s.nmap_min_rate)),
+                "1-100",
+                &[target],
+                &mut b,
+            )?;
         }
     }
     let reference = a.states.first().cloned().unwrap_or_default();
@@ -564,22 +592,7 @@ fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
              per second, any correct scan of 100 closed ports takes about 95 s, portwarden's \
              and nmap's alike, and measures the target, not the scanner."
         ),
-        rows: vec![
-            Row::timed("portwarden", &format!("portwarden scan {t} -p 1-100 --scan udp -o json"), true, o.wall.clone())
-                .agreement(o.agreement(&reference))
-                .detail(o.detail()),
-            Row::timed("nmap -sU -T4", &format!("nmap -n -Pn -sU -T4 -p 1-100 -oX - {t}"), false, a.wall.clone())
-                .agreement(format!("{}: {}", a.reference_agreement(), parse::state_counts(&reference)))
-                .detail(a.detail()),
-            Row::timed(
-                &format!("nmap -sU -T5 --min-rate {}", s.nmap_min_rate),
-                &format!("nmap -n -Pn -sU -T5 --min-rate {} -p 1-100 -oX - {t}", s.nmap_min_rate),
-                false,
-                b.wall.clone(),
-            )
-            .agreement(b.agreement(&reference))
-            .detail(b.detail()),
-        ],
+        rows: standard_rows("udp", "1-100", &t, s.nmap_min_rate, [&o, &a, &b], &reference),
         notes: vec!["masscan is left out: it finds UDP ports only through payloads of its own and reports no closed or filtered state to compare.".into()],
     })
 }
@@ -613,8 +626,14 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
                 ours(ctx, scanner, "syn", "1-1000", targets, &mut o)?;
             }
             if i < s.runs_peer {
-                nmap(scanner, &t4(), "1-1000", targets, &mut a)?;
-                nmap(scanner, &t5(min_rate), "1-1000", targets, &mut b)?;
+                nmap(scanner, &nmap_flags("syn", None), "1-1000", targets, &mut a)?;
+                nmap(
+                    scanner,
+                    &nmap_flags("syn", Some(min_rate)),
+                    "1-1000",
+                    targets,
+                    &mut b,
+                )?;
             }
         }
         let reference = a.states.first().cloned().unwrap_or_default();
@@ -637,22 +656,14 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
                 TCP_OPEN.len(),
                 filtered_up_to(1000).len()
             ),
-            rows: vec![
-                Row::timed("portwarden", "portwarden scan <10 nodes> -p 1-1000 --scan syn -o json", true, o.wall.clone())
-                    .agreement(o.agreement(&reference))
-                    .detail(o.detail()),
-                Row::timed("nmap -sS -T4", "nmap -n -Pn -sS -T4 -p 1-1000 -oX - <10 nodes>", false, a.wall.clone())
-                    .agreement(format!("{}: {}", a.reference_agreement(), parse::state_counts(&reference)))
-                    .detail(a.detail()),
-                Row::timed(
-                    &format!("nmap -sS -T5 --min-rate {min_rate}"),
-                    &format!("nmap -n -Pn -sS -T5 --min-rate {min_rate} -p 1-1000 -oX - <10 nodes>"),
-                    false,
-                    b.wall.clone(),
-                )
-                .agreement(b.agreement(&reference))
-                .detail(b.detail()),
-            ],
+            rows: standard_rows(
+                "syn",
+                "1-1000",
+                "<10 nodes>",
+                min_rate,
+                [&o, &a, &b],
+                &reference,
+            ),
             notes: vec!["masscan is left out here: it sends every probe to one `--router-mac`, so without a router it reaches only one host of a shared Ethernet segment.".into()],
         });
     }
