@@ -59,8 +59,9 @@ fn fit_sentence(s: &Series, unit: &str) -> Option<String> {
 }
 
 /// Analysis of a scan scaling study (`unit` = ports or nodes, `per` = ports per unit for the
-/// throughput). `cores` is the machine's CPU count.
-pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize) -> Vec<String> {
+/// throughput). `cores` is the machine's CPU count, `load` its 1-minute load average when the
+/// run started (other processes competing for the cores).
+pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize, load: f64) -> Vec<String> {
     let mut out = Vec::new();
     let Some(ours) = series.iter().find(|s| s.ours) else {
         return out;
@@ -111,6 +112,13 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize) -> Vec<String
             )
         };
         out.push(why);
+        if load >= 0.75 * cores as f64 {
+            out.push(format!(
+                "Other processes kept this machine busy during the run (load average {load:.1} \
+                 on {cores} cores), so no scanner got all the cores; absolute times here are \
+                 pessimistic for every tool, the ratios less so."
+            ));
+        }
     }
     for peer in series.iter().filter(|s| !s.ours) {
         let Some(f) = peer.fit() else { continue };
@@ -251,7 +259,8 @@ mod tests {
             false,
             &[(1e3, 0.5, None), (64e3, 5.0, None)],
         );
-        let text = scan(&[ours, nmap], "ports", 1.0, 2).join("\n");
+        let text = scan(&[ours, nmap], "ports", 1.0, 2, 0.5).join("\n");
+        assert!(!text.contains("Other processes"), "{text}");
         assert!(
             text.contains("portwarden: time grows as ports^**"),
             "{text}"
@@ -274,7 +283,8 @@ mod tests {
             true,
             &[(1.0, 0.3, Some(0.01)), (10.0, 0.35, Some(0.05))],
         );
-        let text = scan(&[ours], "nodes", 1000.0, 2).join("\n");
+        let text = scan(&[ours], "nodes", 1000.0, 2, 4.0).join("\n");
+        assert!(text.contains("load average 4.0 on 2 cores"), "{text}");
         assert!(text.contains("not CPU-bound"), "{text}");
         assert!(text.contains("the limit lies beyond it"), "{text}");
         assert!(text.contains("3,333 ports/s at 1 node to"), "{text}");

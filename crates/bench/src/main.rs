@@ -129,6 +129,11 @@ fn run(args: Args) -> Result<()> {
         bin,
         work: work.path().to_path_buf(),
         cores: std::thread::available_parallelism().map_or(1, usize::from),
+        load: machine::load_average()
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0.0),
     };
     let started = Instant::now();
     let generated = clock::now();

@@ -227,6 +227,16 @@ pub fn secs(s: f64) -> String {
     }
 }
 
+/// `1,000 ports`, `1 node`: a size with its unit (a plural noun), singular for one.
+pub fn sized(x: f64, unit: &str) -> String {
+    let unit = if x == 1.0 {
+        unit.strip_suffix('s').unwrap_or(unit)
+    } else {
+        unit
+    };
+    format!("{} {unit}", count(x))
+}
+
 /// `1 run`, `3 runs`.
 pub fn plural(n: usize, noun: &str) -> String {
     if n == 1 {
@@ -600,6 +610,8 @@ mod tests {
         assert_eq!(count(999.0), "999");
         assert_eq!(duration(83.4), "1 min 23 s");
         assert_eq!(plural(1, "run"), "1 run");
+        assert_eq!(sized(1.0, "nodes"), "1 node");
+        assert_eq!(sized(65535.0, "ports"), "65,535 ports");
         assert_eq!(plural(5, "run"), "5 runs");
         assert_eq!(
             anchor("Full-range SYN scan, one node"),

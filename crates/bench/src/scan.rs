@@ -19,7 +19,7 @@ use crate::Part;
 use crate::analysis;
 use crate::parse::{self, Agreement, States};
 use crate::process::{Job, Measured, run_in};
-use crate::report::{Point, Row, Scaling, Series, Workload, count};
+use crate::report::{Point, Row, Scaling, Series, Workload, count, sized};
 use crate::stats::median;
 use crate::suite::{Ctx, progress};
 
@@ -531,7 +531,7 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
         analysis: Vec::new(),
     });
     if let Some(sc) = part.scaling.last_mut() {
-        sc.analysis = analysis::scan(&sc.series, "ports", 1.0, ctx.cores);
+        sc.analysis = analysis::scan(&sc.series, "ports", 1.0, ctx.cores, ctx.load);
         sc.analysis.extend(notes);
     }
     part.workloads.push(udp(ctx, node, scanner)?);
@@ -643,7 +643,8 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
         sb.extend(b.point(x));
         if n != 10 {
             notes.push(format!(
-                "{n} node(s): portwarden {} against nmap -T4.",
+                "{}: portwarden {} against nmap -T4.",
+                sized(x, "nodes"),
                 o.agreement(&reference)
             ));
             continue;
@@ -691,7 +692,7 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
         chart: None,
         analysis: Vec::new(),
     };
-    sc.analysis = analysis::scan(&sc.series, "nodes", 1000.0, ctx.cores);
+    sc.analysis = analysis::scan(&sc.series, "nodes", 1000.0, ctx.cores, ctx.load);
     sc.analysis.extend(notes);
     part.scaling.push(sc);
     Ok(part)

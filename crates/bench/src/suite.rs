@@ -45,7 +45,7 @@ impl Settings {
             runs_ours: 5,
             runs_peer: 3,
             port_counts: vec![1_000, 4_000, 16_000, 65_535],
-            node_counts: vec![1, 3, 10, 30],
+            node_counts: vec![1, 3, 10, 30, 100],
             masscan_rates: vec![10_000, 100_000, 250_000],
             masscan_scaling_rate: 100_000,
             nmap_min_rate: 20_000,
@@ -89,6 +89,8 @@ pub struct Ctx {
     pub work: PathBuf,
     /// CPUs of this machine.
     pub cores: usize,
+    /// 1-minute load average when the run started.
+    pub load: f64,
 }
 
 impl Ctx {
