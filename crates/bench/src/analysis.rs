@@ -80,11 +80,20 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize, load: f64) ->
         count(rate(hi)),
         sized(hi.x, unit)
     );
+    let used = hi.cpu.map(|c| c / hi.y);
+    let cpu_bound = used.is_some_and(|u| u >= 0.7 * cores as f64);
     match knee(&xy) {
         Some(k) if k < hi.x => s.push_str(&format!(
             "; from {} on each step costs about proportionally (local exponent ≥ {LINEAR}), \
              so that is where it stops scaling on this machine",
             sized(k, unit)
+        )),
+        _ if cpu_bound => s.push_str(&format!(
+            "; it still rises only because the fixed waits are shared by more ports: the scan \
+             is already CPU-bound at {} (below), so about {} ports/s is this machine's ceiling \
+             — that is where it stops scaling",
+            sized(hi.x, unit),
+            count(rate(hi))
         )),
         _ => s.push_str(
             "; it still improves at the largest size measured, so the limit lies beyond it",
@@ -92,9 +101,8 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize, load: f64) ->
     }
     s.push('.');
     out.push(s);
-    if let Some(cpu) = hi.cpu {
-        let used = cpu / hi.y;
-        let why = if used >= 0.7 * cores as f64 {
+    if let Some(used) = used {
+        let why = if cpu_bound {
             format!(
                 "At {} the scan keeps {used:.2} of the {cores} cores busy (user + system \
                  CPU ÷ wall time): it is CPU-bound, and most of that is kernel work per probe \
@@ -274,6 +282,26 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cpu_bound_scan_without_a_knee_has_reached_its_ceiling() {
+        let ours = series(
+            "portwarden",
+            true,
+            &[
+                (1.0, 0.2, Some(0.1)),
+                (10.0, 0.4, Some(0.5)),
+                (100.0, 1.0, Some(1.6)),
+            ],
+        );
+        let text = scan(&[ours], "nodes", 1000.0, 2, 0.5).join("\n");
+        assert!(text.contains("already CPU-bound at 100 nodes"), "{text}");
+        assert!(
+            text.contains("about 100,000 ports/s is this machine's ceiling"),
+            "{text}"
+        );
+        assert!(!text.contains("limit lies beyond"), "{text}");
     }
 
     #[test]
