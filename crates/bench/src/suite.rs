@@ -38,7 +38,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// `make bench`: about 10 minutes on 2 cores.
+    /// `make bench`: about 6 minutes on 2 cores (plus the release build).
     pub fn full() -> Settings {
         Settings {
             mode: "full",
