@@ -8,7 +8,7 @@ BIN := target/release/portwarden
 IMAGE ?= portwarden:latest
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo test lint fmt bench build deps clean image chart-test
+.PHONY: demo test lint fmt bench build deps clean image chart-test soak-fuzz
 
 build:
 	$(CARGO) build --release -p portwarden -p portwarden-demo
@@ -37,6 +37,12 @@ chart-test:
 image:
 	$(CARGO) build --release -p portwarden
 	scripts/image.sh $(TARGET_DIR)/release/portwarden $(IMAGE)
+
+# Long fuzz runs of the parsers of untrusted input (fuzz/; nightly + cargo-fuzz, installed when
+# missing): FUZZ_SECONDS per target (default 600), fails on any crash, timeout or OOM. The
+# corpora in fuzz/corpus are replayed by `make test` already.
+soak-fuzz:
+	scripts/soak-fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
