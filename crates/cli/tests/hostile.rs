@@ -132,7 +132,11 @@ fn huge_port_lists_are_accepted_in_bounded_memory() {
     let commas = write(
         dir.path(),
         "commas.yaml",
-        policy(&format!("    - state: closed\n      ports: \"{}\"\n", list.join(","))).as_bytes(),
+        policy(&format!(
+            "    - state: closed\n      ports: \"{}\"\n",
+            list.join(",")
+        ))
+        .as_bytes(),
     );
     let r = assert_accepted(&commas, "ok: 1 policy (1 entries)");
     eprintln!("all 65535 ports in one string: peak {} MB", r.peak_mb);
@@ -166,22 +170,42 @@ fn huge_invalid_port_lists_report_the_first_problems() {
         policy(&format!("    - state: closed\n      ports: [{bad}]\n")).as_bytes(),
     );
     let r = assert_refused(&f, 8, "port 0 is not a valid port");
-    assert!(r.stderr.contains("899960 more problems in this document not shown"), "{}", &r.stderr[r.stderr.len() - 500..]);
-    assert!(r.stderr.lines().all(|l| l.len() < 300), "a snippet line is not cut");
+    assert!(
+        r.stderr
+            .contains("899960 more problems in this document not shown"),
+        "{}",
+        &r.stderr[r.stderr.len() - 500..]
+    );
+    assert!(
+        r.stderr.lines().all(|l| l.len() < 300),
+        "a snippet line is not cut"
+    );
     eprintln!("900k bad ports in a list: peak {} MB", r.peak_mb);
 }
 
 #[test]
 fn deep_nesting_is_refused_flow_and_block() {
     let dir = tempfile::tempdir().unwrap();
-    let flow = write(dir.path(), "flow.yaml", format!("a: {}\n", "[".repeat(1_000_000)).as_bytes());
+    let flow = write(
+        dir.path(),
+        "flow.yaml",
+        format!("a: {}\n", "[".repeat(1_000_000)).as_bytes(),
+    );
     let r = assert_refused(&flow, 1, "");
-    eprintln!("1M open brackets: peak {} MB: {}", r.peak_mb, r.stderr.lines().next().unwrap());
-    let block: String = (0..2_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+    eprintln!(
+        "1M open brackets: peak {} MB: {}",
+        r.peak_mb,
+        r.stderr.lines().next().unwrap()
+    );
+    let block: String = (0..2_000)
+        .map(|i| format!("{}k:\n", " ".repeat(i)))
+        .collect();
     let block = write(dir.path(), "block.yaml", block.as_bytes());
     let r = assert_refused(&block, 33, "nesting deeper than 32 levels");
     eprintln!("2,000 block levels: peak {} MB", r.peak_mb);
-    let seqs: String = (0..2_000).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+    let seqs: String = (0..2_000)
+        .map(|i| format!("{}-\n", " ".repeat(i)))
+        .collect();
     let seqs = write(dir.path(), "seqs.yaml", seqs.as_bytes());
     assert_refused(&seqs, 33, "nesting deeper than 32 levels");
 }
@@ -204,7 +228,11 @@ fn billion_laughs_are_refused() {
     for i in 0..30 {
         inner = format!("&a{i} [{inner}]");
     }
-    let f = write(dir.path(), "anchors.yaml", format!("x: {inner}\ny: *a29\n").as_bytes());
+    let f = write(
+        dir.path(),
+        "anchors.yaml",
+        format!("x: {inner}\ny: *a29\n").as_bytes(),
+    );
     let r = assert_refused(&f, 2, "billion laughs");
     eprintln!("nested anchors: peak {} MB", r.peak_mb);
 }
@@ -216,7 +244,11 @@ fn files_at_and_over_the_size_cap() {
     let big = write(dir.path(), "ten-mb.yaml", &vec![b'#'; 10 * 1024 * 1024]);
     let r = validate(&big);
     assert_eq!(r.code, Some(1));
-    assert!(r.stderr.contains("file is larger than 8 MiB"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("file is larger than 8 MiB"),
+        "{}",
+        r.stderr
+    );
     assert!(r.peak_mb < MAX_RSS_MB, "peak RSS {} MB", r.peak_mb);
     eprintln!("10 MB file: peak {} MB", r.peak_mb);
     // Just under 8 MiB of list items: more nodes than allowed.
@@ -240,7 +272,11 @@ fn files_at_and_over_the_size_cap() {
     let r = validate(&f);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(r.peak_mb < MAX_RSS_MB, "peak RSS {} MB", r.peak_mb);
-    eprintln!("8 MiB of keys: peak {} MB: {}", r.peak_mb, r.stderr.lines().next().unwrap());
+    eprintln!(
+        "8 MiB of keys: peak {} MB: {}",
+        r.peak_mb,
+        r.stderr.lines().next().unwrap()
+    );
 }
 
 #[test]
@@ -251,15 +287,24 @@ fn non_utf8_is_located() {
     let f = write(dir.path(), "latin1.yaml", &bytes);
     let r = assert_refused(&f, 10, "file is not valid UTF-8");
     // "      reason: caf" is 17 characters: the byte after it is column 18.
-    assert!(r.stderr.starts_with(&format!("{}:10:18:", f.display())), "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with(&format!("{}:10:18:", f.display())),
+        "{}",
+        r.stderr
+    );
     // Binary garbage.
-    let garbage: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let garbage: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let f = write(dir.path(), "garbage.yaml", &garbage);
     let r = validate(&f);
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("not valid UTF-8"), "{}", r.stderr);
     // UTF-16 (a BOM and NULs): also not UTF-8.
-    let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain("a: 1\n".bytes().flat_map(|b| [b, 0])).collect();
+    let utf16: Vec<u8> = [0xff, 0xfe]
+        .into_iter()
+        .chain("a: 1\n".bytes().flat_map(|b| [b, 0]))
+        .collect();
     let f = write(dir.path(), "utf16.yaml", &utf16);
     assert_refused(&f, 1, "file is not valid UTF-8");
 }
