@@ -40,6 +40,8 @@ fn validate(file: &Path) -> Run {
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || Ok(()));
     }
+    // Reaped below by wait4 (std's wait would not report the resource usage).
+    #[allow(clippy::zombie_processes)]
     let mut child = cmd.spawn().expect("run portwarden");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
