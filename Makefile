@@ -8,7 +8,7 @@ BIN := target/release/portwarden
 IMAGE ?= portwarden:latest
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: demo test lint fmt bench bench-quick build deps clean image chart-test soak soak-load
+.PHONY: demo test lint fmt bench bench-quick build deps clean image chart-test soak soak-load soak-fuzz
 
 build:
 	$(CARGO) build --release -p portwarden -p portwarden-demo
@@ -33,6 +33,10 @@ chart-test:
 	$(CARGO) build -p portwarden
 	PORTWARDEN_BIN=$(TARGET_DIR)/debug/portwarden .venv/bin/pytest -q -p no:cacheprovider charts/tests
 
+# The long runs `make test` only samples (about 30 minutes with the defaults): the load run, then
+# each fuzz target. Figures and how to read them: docs/reliability.md.
+soak: soak-load soak-fuzz
+
 # The agent under 200 policy changes a minute for 10 minutes on 10 000 rules (release build):
 # latency percentiles, final state, memory. PW_LOAD_SECONDS / PW_LOAD_RULES to change the size.
 soak-load:
@@ -42,6 +46,12 @@ soak-load:
 image:
 	$(CARGO) build --release -p portwarden
 	scripts/image.sh $(TARGET_DIR)/release/portwarden $(IMAGE)
+
+# Long fuzz runs of the parsers of untrusted input (fuzz/; nightly + cargo-fuzz, installed when
+# missing): FUZZ_SECONDS per target (default 600), fails on any crash, timeout or OOM. The
+# corpora in fuzz/corpus are replayed by `make test` already.
+soak-fuzz:
+	scripts/soak-fuzz.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

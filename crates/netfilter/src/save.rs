@@ -17,9 +17,22 @@
 //! delete it by specification), and compared with rendered rules token by token ([`tokens`]),
 //! which makes the comparison immune to quoting differences between iptables versions.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::Error;
+
+/// Longest line text an error quotes: a hostile dump can hold a line of megabytes.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// `line`, cut to [`MAX_QUOTED_CHARS`] characters (marked with `...`) for an error message.
+fn quoted_line(line: &str) -> String {
+    match line.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => line.to_string(),
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+    }
+}
 
 /// Packet and byte counters of a chain policy or rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -92,10 +105,13 @@ impl Ruleset {
     ///
     /// # Errors
     /// [`Error::Parse`] with the 1-based line number and text of the first line that does not
-    /// fit the grammar (a rule outside a table, a rule for an undeclared chain, a missing
-    /// `COMMIT`, ...).
+    /// fit the grammar (a rule outside a table, a rule for an undeclared chain, a chain declared
+    /// twice in a table, a missing `COMMIT`, ...).
     pub fn parse(text: &str) -> Result<Ruleset, Error> {
         let mut tables: Vec<Table> = Vec::new();
+        // The open table's chains by name: looking each rule's chain up by scanning the
+        // declarations made a dump with many chains quadratic.
+        let mut chain_index: HashMap<String, usize> = HashMap::new();
         let mut open = false;
         let mut last = 0;
         for (i, raw) in text.lines().enumerate() {
@@ -104,7 +120,7 @@ impl Ruleset {
             let line = raw.trim_end();
             let bad = |message: &str| Error::Parse {
                 line: n,
-                text: line.to_string(),
+                text: quoted_line(line),
                 message: message.to_string(),
             };
             if line.is_empty() || line.starts_with('#') {
@@ -118,6 +134,7 @@ impl Ruleset {
                     name: name.trim().to_string(),
                     chains: Vec::new(),
                 });
+                chain_index.clear();
                 open = true;
                 continue;
             }
@@ -131,6 +148,10 @@ impl Ruleset {
                 let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
                     return Err(bad("chain declaration without a policy"));
                 };
+                if chain_index.contains_key(name) {
+                    return Err(bad("chain declared twice in this table"));
+                }
+                chain_index.insert(name.to_string(), table.chains.len());
                 table.chains.push(Chain {
                     name: name.to_string(),
                     policy: (policy != "-").then(|| policy.to_string()),
@@ -142,7 +163,10 @@ impl Ruleset {
                     return Err(bad("expected a chain (:), a rule (-A) or COMMIT"));
                 };
                 let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-                let Some(c) = table.chains.iter_mut().rev().find(|c| c.name == chain) else {
+                let Some(c) = chain_index
+                    .get(chain)
+                    .and_then(|&i| table.chains.get_mut(i))
+                else {
                     return Err(bad("rule for a chain that was not declared"));
                 };
                 c.rules.push(SavedRule {
@@ -160,6 +184,86 @@ impl Ruleset {
         }
         Ok(Ruleset { tables })
     }
+}
+
+/// The ruleset in `iptables-save -c` form: what [`Ruleset::parse`] reads back to the same
+/// ruleset (chain policies' counters are not kept, so they print as `[0:0]`).
+pub fn to_save_text(rs: &Ruleset) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for t in &rs.tables {
+        let _ = writeln!(out, "*{}", t.name);
+        for c in &t.chains {
+            let _ = writeln!(
+                out,
+                ":{} {} [0:0]",
+                c.name,
+                c.policy.as_deref().unwrap_or("-")
+            );
+        }
+        for c in &t.chains {
+            for r in &c.rules {
+                if let Some(k) = r.counters {
+                    let _ = write!(out, "[{}:{}] ", k.packets, k.bytes);
+                }
+                let _ = writeln!(out, "-A {} {}", c.name, r.spec);
+            }
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The checks of the `iptables_save` fuzz target (`fuzz/`) and the corpus replay test, on one
+/// input; not part of the API. Panics when an invariant fails, which is how a fuzzer reports
+/// it: a parsed dump printed again parses to the same ruleset, and planning against it (for
+/// a fixture policy, and a reset) completes.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let rs = match Ruleset::parse(text) {
+        Ok(rs) => rs,
+        Err(e) => {
+            let Error::Parse {
+                line, text: quoted, ..
+            } = &e
+            else {
+                panic!("parse error of another kind: {e}");
+            };
+            assert!(*line >= 1, "line numbers are 1-based: {e}");
+            assert!(
+                quoted.chars().count() <= MAX_QUOTED_CHARS + 3,
+                "error quotes {} chars",
+                quoted.chars().count()
+            );
+            return;
+        }
+    };
+    let printed = to_save_text(&rs);
+    match Ruleset::parse(&printed) {
+        Ok(again) => assert_eq!(again, rs, "printed as:\n{printed}"),
+        Err(e) => panic!("printed ruleset does not parse: {e}\n{printed}"),
+    }
+    let intent = fuzz_intent();
+    let current = [(crate::Family::Ipv4, &rs), (crate::Family::Ipv6, &rs)];
+    let plan = crate::Plan::compute(intent, &crate::Failsafe::default(), &current);
+    assert_eq!(plan.changes, plan.add.len() + plan.delete.len());
+    let _ = crate::Plan::reset(&current);
+}
+
+/// The compiled intent of `tests/fixtures/mixed.yaml`, for [`fuzz_check`].
+fn fuzz_intent() -> &'static portwarden_policy::NodeIntent {
+    static INTENT: std::sync::OnceLock<portwarden_policy::NodeIntent> = std::sync::OnceLock::new();
+    INTENT.get_or_init(|| {
+        let loaded = portwarden_policy::load::load_source(
+            "mixed.yaml",
+            include_bytes!("../tests/fixtures/mixed.yaml"),
+        )
+        .expect("fixture policy loads");
+        loaded.policies.compile(&Default::default())
+    })
 }
 
 /// Splits an optional leading `[packets:bytes] ` off a rule line.

@@ -40,6 +40,10 @@ pub struct Problem {
 
 /// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.
 pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    // Edit distance costs length x length in time and memory; no typo of a field name is long.
+    if word.len() > 64 {
+        return None;
+    }
     let lower = word.to_ascii_lowercase();
     candidates
         .iter()
@@ -72,18 +76,38 @@ fn is_foreign(node: &Node) -> bool {
 /// Decodes one document. Returns the document (with placeholders where values were unusable)
 /// and the problems found; the document is only trustworthy when there are none. Another
 /// tool's document (see `is_foreign`) gives neither a document nor problems.
+/// At most [`MAX_PROBLEMS`] problems are kept; then a last one at the document's root counts
+/// the rest (and, its path being the root, hides every validation issue of the document).
 pub fn decode(node: &Node) -> (Option<Document>, Vec<Problem>) {
     let mut d = Decoder {
         path: Vec::new(),
         problems: Vec::new(),
+        more: 0,
     };
     let doc = d.document(node);
+    if d.more > 0 {
+        d.problems.push(Problem {
+            loc: node.loc,
+            path: Vec::new(),
+            message: format!(
+                "{} more problem{} in this document not shown",
+                d.more,
+                if d.more == 1 { "" } else { "s" }
+            ),
+            help: Some("fix the problems shown and validate again".into()),
+        });
+    }
     (doc, d.problems)
 }
+
+/// Most problems kept for one document (below the loader's limit per file, so the count of the
+/// rest is shown). Bounds the memory of a document full of mistakes.
+pub const MAX_PROBLEMS: usize = 40;
 
 struct Decoder {
     path: Vec<PathSegment>,
     problems: Vec<Problem>,
+    more: usize,
 }
 
 /// The fields of a mapping, after unknown keys have been reported.
@@ -109,6 +133,10 @@ impl Decoder {
         message: impl Into<String>,
         help: Option<String>,
     ) {
+        if self.problems.len() >= MAX_PROBLEMS {
+            self.more += 1;
+            return;
+        }
         self.problems.push(Problem {
             loc,
             path,

@@ -22,23 +22,85 @@ pub struct Diagnostic {
     pub message: String,
     /// A suggested fix.
     pub help: Option<String>,
-    /// The text of the line `loc` points at, for the snippet.
+    /// The text of the line `loc` points at, for the snippet; a line longer than
+    /// [`MAX_SNIPPET_CHARS`] is cut to a window around the column, marked with `...`.
     pub line_text: Option<String>,
+    /// How many characters of the line were cut before `line_text`'s window (0 when the line is
+    /// shown from its start).
+    pub line_skip: usize,
+}
+
+/// Longest snippet line shown. A hostile file can be one line of megabytes, and every problem
+/// on it would otherwise copy that line.
+pub const MAX_SNIPPET_CHARS: usize = 120;
+
+/// The lines of `text` as YAML counts them: a line ends at `\r\n`, `\n` or a lone `\r` (which
+/// `str::lines` does not split at, so a file with old Mac line ends got no snippet, or the
+/// wrong line).
+pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text).filter(|t| !t.is_empty());
+    std::iter::from_fn(move || {
+        let t = rest?;
+        match t.find(['\n', '\r']) {
+            Some(i) => {
+                let skip = if t[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&t[i + skip..]).filter(|r| !r.is_empty());
+                Some(&t[..i])
+            }
+            None => {
+                rest = None;
+                Some(t)
+            }
+        }
+    })
+}
+
+/// `...` marking a cut in a snippet line.
+const CUT: &str = "...";
+
+/// The snippet of `line` around 1-based `column`: the line itself when short, else a window of
+/// [`MAX_SNIPPET_CHARS`] characters; and how many characters were cut before the window.
+fn window(line: &str, column: u32) -> (String, usize) {
+    if line.len() <= MAX_SNIPPET_CHARS {
+        return (line.to_string(), 0);
+    }
+    let total = line.chars().count();
+    if total <= MAX_SNIPPET_CHARS {
+        return (line.to_string(), 0);
+    }
+    let col = column.saturating_sub(1) as usize;
+    let skip = col
+        .saturating_sub(MAX_SNIPPET_CHARS / 2)
+        .min(total - MAX_SNIPPET_CHARS);
+    let mut text = String::with_capacity(MAX_SNIPPET_CHARS + 2 * CUT.len());
+    if skip > 0 {
+        text.push_str(CUT);
+    }
+    text.extend(line.chars().skip(skip).take(MAX_SNIPPET_CHARS));
+    if skip + MAX_SNIPPET_CHARS < total {
+        text.push_str(CUT);
+    }
+    (text, skip)
 }
 
 impl Diagnostic {
     /// A diagnostic at `loc` in `file`, taking the snippet line from `source`.
     pub fn at(file: &str, source: &str, loc: Loc, message: String, help: Option<String>) -> Self {
-        let line_text = source
-            .lines()
-            .nth(loc.line.saturating_sub(1) as usize)
-            .map(str::to_string);
+        let line = yaml_lines(source).nth(loc.line.saturating_sub(1) as usize);
+        let (line_text, line_skip) = match line {
+            Some(l) => {
+                let (text, skip) = window(l, loc.column);
+                (Some(text), skip)
+            }
+            None => (None, 0),
+        };
         Diagnostic {
             file: file.to_string(),
             loc: Some(loc),
             message,
             help,
             line_text,
+            line_skip,
         }
     }
 
@@ -50,6 +112,7 @@ impl Diagnostic {
             message,
             help,
             line_text: None,
+            line_skip: 0,
         }
     }
 
@@ -75,6 +138,11 @@ impl fmt::Display for Diagnostic {
                 // Tabs would misalign the caret; show them as one space each.
                 let text = text.replace('\t', " ");
                 let col = loc.column.saturating_sub(1) as usize;
+                let col = if self.line_skip > 0 {
+                    col.saturating_sub(self.line_skip) + CUT.len()
+                } else {
+                    col
+                };
                 let remaining = text.chars().count().saturating_sub(col).max(1);
                 let width = (loc.len as usize).clamp(1, remaining);
                 writeln!(f, "{pad} |")?;
@@ -116,6 +184,68 @@ mod tests {
             text,
             "bad.yaml:2:8: error: unknown state \"blocked\"\n  |\n2 | state: blocked\n  |        ^^^^^^^ did you mean \"closed\"?\n"
         );
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_a_window_with_the_caret_on_the_token() {
+        let line = format!("{}TOKEN{}", "x".repeat(5000), "y".repeat(5000));
+        let source = format!("first\n{line}\n");
+        let d = Diagnostic::at(
+            "long.yaml",
+            &source,
+            Loc {
+                line: 2,
+                column: 5001,
+                len: 5,
+            },
+            "bad".into(),
+            None,
+        );
+        let text = d.line_text.clone().unwrap();
+        assert_eq!(text.chars().count(), MAX_SNIPPET_CHARS + 2 * CUT.len());
+        assert!(text.starts_with("...x") && text.ends_with("y..."), "{text}");
+        let shown = d.to_string();
+        let lines: Vec<&str> = shown.lines().collect();
+        let snippet = lines[2].split_once(" | ").unwrap().1;
+        let caret = lines[3].split_once(" | ").unwrap().1;
+        let at = caret.find('^').unwrap();
+        assert_eq!(&snippet[at..at + 5], "TOKEN", "{shown}");
+        assert_eq!(caret.trim_start(), "^^^^^");
+        // A short line is shown whole; the start of a long line has no leading cut.
+        let d = Diagnostic::at(
+            "s.yaml",
+            &line,
+            Loc {
+                line: 1,
+                column: 2,
+                len: 1,
+            },
+            "m".into(),
+            None,
+        );
+        assert!(d.line_text.unwrap().starts_with("xx"));
+    }
+
+    #[test]
+    fn lines_end_as_in_yaml() {
+        let lines: Vec<&str> = yaml_lines("a\r\nb\rc\n\nd").collect();
+        assert_eq!(lines, ["a", "b", "c", "", "d"]);
+        assert_eq!(yaml_lines("a\n").count(), 1);
+        assert_eq!(yaml_lines("").count(), 0);
+        // A syntax error after lone carriage returns shows the line YAML counted.
+        let source = "a: 1\rb: [\rc: 3\n";
+        let d = Diagnostic::at(
+            "cr.yaml",
+            source,
+            Loc {
+                line: 3,
+                column: 1,
+                len: 1,
+            },
+            "m".into(),
+            None,
+        );
+        assert_eq!(d.line_text.as_deref(), Some("c: 3"));
     }
 
     #[test]

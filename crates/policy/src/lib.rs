@@ -27,6 +27,8 @@
 pub mod decode;
 pub mod diagnostic;
 pub mod document;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod intent;
 pub mod load;
 pub mod model;
@@ -40,6 +42,6 @@ pub use document::{
     Protocol, State, Unlisted,
 };
 pub use intent::{Entry, Node, Policy, selects};
-pub use load::{Loaded, load_paths};
+pub use load::{Loaded, load_paths, load_source};
 pub use model::{NodeIntent, PolicySet, Rule};
 pub use ports::PortRange;

@@ -138,8 +138,21 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
     }
 }
 
-/// Reads a file as UTF-8 text within [`MAX_FILE_BYTES`].
-fn read_text(path: &Path, name: &str) -> Result<String, Diagnostic> {
+/// Most problems reported for one file; one last diagnostic says there were more. Together
+/// with the limits per document (`decode::MAX_PROBLEMS`, `validate::MAX_ISSUES`) this bounds
+/// the output and the memory of a file full of mistakes (a list of a million invalid ports).
+pub const MAX_DIAGNOSTICS_PER_FILE: usize = 100;
+
+fn too_large(name: &str) -> Diagnostic {
+    Diagnostic::file(
+        name,
+        format!("file is larger than {} MiB", MAX_FILE_BYTES / (1024 * 1024)),
+        Some("split the policies into several files".into()),
+    )
+}
+
+/// Reads a file's bytes within [`MAX_FILE_BYTES`] (never more is read into memory).
+fn read_bytes(path: &Path, name: &str) -> Result<Vec<u8>, Diagnostic> {
     let file = fs::File::open(path)
         .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
     let mut bytes = Vec::new();
@@ -147,17 +160,26 @@ fn read_text(path: &Path, name: &str) -> Result<String, Diagnostic> {
         .read_to_end(&mut bytes)
         .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Diagnostic::file(
-            name,
-            format!("file is larger than {} MiB", MAX_FILE_BYTES / (1024 * 1024)),
-            Some("split the policies into several files".into()),
-        ));
+        return Err(too_large(name));
     }
+    Ok(bytes)
+}
+
+/// The bytes as UTF-8 text, or a diagnostic at the first invalid byte.
+fn text_of(bytes: Vec<u8>, name: &str) -> Result<String, Diagnostic> {
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let text = String::from_utf8_lossy(good);
-        let line = text.matches('\n').count() as u32 + 1;
-        let column = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+        // Counted as YAML counts lines (`\r\n`, `\n` or `\r` ends one).
+        let lines: Vec<&str> = crate::diagnostic::yaml_lines(&text).collect();
+        let ends_at_break = text.ends_with(['\n', '\r']) || text.is_empty();
+        let (line, last) = if ends_at_break {
+            (lines.len() + 1, "")
+        } else {
+            (lines.len(), lines.last().copied().unwrap_or(""))
+        };
+        let line = u32::try_from(line).unwrap_or(u32::MAX);
+        let column = last.chars().count() as u32 + 1;
         Diagnostic {
             file: name.to_string(),
             loc: Some(Loc {
@@ -168,13 +190,72 @@ fn read_text(path: &Path, name: &str) -> Result<String, Diagnostic> {
             message: "file is not valid UTF-8".into(),
             help: Some("save the file as UTF-8".into()),
             line_text: None,
+            line_skip: 0,
         }
     })
 }
 
+/// Loads the documents of one file given as bytes, exactly as [`load_paths`] loads a file
+/// called `name` with this content (same limits, same checks, same diagnostics).
+///
+/// # Errors
+///
+/// Every problem in the content, located; see the module's guarantees.
+pub fn load_source(name: &str, bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut accepted = Vec::new();
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        diags.push(too_large(name));
+    } else {
+        load_text(
+            name,
+            text_of(bytes.to_vec(), name),
+            &mut accepted,
+            &mut diags,
+        );
+    }
+    let loaded = assemble(accepted, &mut diags, 1);
+    if diags.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(diags)
+    }
+}
+
 fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnostic>) {
     let name = display(path);
-    let source: std::sync::Arc<str> = match read_text(path, &name) {
+    let text = read_bytes(path, &name).and_then(|b| text_of(b, &name));
+    load_text(&name, text, accepted, diags);
+}
+
+/// Collects one file's diagnostics up to [`MAX_DIAGNOSTICS_PER_FILE`], noting whether there
+/// were more.
+struct FileDiags<'a> {
+    out: &'a mut Vec<Diagnostic>,
+    shown: usize,
+    more: usize,
+}
+
+impl FileDiags<'_> {
+    /// Adds the diagnostic `make` builds, unless the file has its share already (then `make`
+    /// is not run: finding the snippet line scans the file).
+    fn push(&mut self, make: impl FnOnce() -> Diagnostic) {
+        if self.shown < MAX_DIAGNOSTICS_PER_FILE {
+            self.out.push(make());
+            self.shown += 1;
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+fn load_text(
+    name: &str,
+    text: Result<String, Diagnostic>,
+    accepted: &mut Vec<Accepted>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let source: std::sync::Arc<str> = match text {
         Ok(s) => s.into(),
         Err(d) => {
             diags.push(d);
@@ -185,24 +266,22 @@ fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnost
         Ok(t) => t,
         Err(e) => {
             let d = match e.loc {
-                Some(loc) => Diagnostic::at(&name, &source, loc, e.message, None),
-                None => Diagnostic::file(&name, e.message, None),
+                Some(loc) => Diagnostic::at(name, &source, loc, e.message, None),
+                None => Diagnostic::file(name, e.message, None),
             };
             diags.push(d);
             return;
         }
     };
+    let mut file = FileDiags {
+        out: diags,
+        shown: 0,
+        more: 0,
+    };
     for tree in trees {
         let (doc, problems) = decode::decode(&tree);
-        let before = diags.len();
         for p in &problems {
-            diags.push(Diagnostic::at(
-                &name,
-                &source,
-                p.loc,
-                p.message.clone(),
-                p.help.clone(),
-            ));
+            file.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
         }
         let Some(doc) = doc else { continue };
         let validated = match &doc {
@@ -210,8 +289,8 @@ fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnost
             Document::Inventory(i) => validate::inventory(i).map(Valid::Nodes),
         };
         match validated {
-            Ok(value) if diags.len() == before => accepted.push(Accepted {
-                file: name.clone(),
+            Ok(value) if problems.is_empty() => accepted.push(Accepted {
+                file: name.to_string(),
                 source: source.clone(),
                 tree,
                 value,
@@ -222,10 +301,20 @@ fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnost
                     |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
                 for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
                     let loc = tree.locate(&i.path);
-                    diags.push(Diagnostic::at(&name, &source, loc, i.message, i.help));
+                    file.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
                 }
             }
         }
+    }
+    if file.more > 0 {
+        // Documents count what they leave out themselves, so this count is a lower bound.
+        file.out.push(Diagnostic::file(
+            name,
+            format!(
+                "more problems in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)"
+            ),
+            Some("fix the problems shown and validate again".into()),
+        ));
     }
 }
 
@@ -240,22 +329,35 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
         PathSegment::Key("metadata".into()),
         PathSegment::Key("name".into()),
     ];
+    // Duplicate names are reported up to the limit per file (in all), like other problems.
+    let mut duplicates = 0usize;
+    let mut unreported: Option<String> = None;
+    let mut report = |file: &str, make: &dyn Fn() -> Diagnostic| {
+        if duplicates < MAX_DIAGNOSTICS_PER_FILE {
+            diags.push(make());
+            duplicates += 1;
+        } else {
+            unreported = Some(file.to_string());
+        }
+    };
     for a in accepted {
         match a.value {
             Valid::Policy(p) => {
                 let loc = a.tree.locate(&name_path);
                 let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
                 if let Some(first) = first_policy.get(&p.name) {
-                    diags.push(Diagnostic::at(
-                        &a.file,
-                        &a.source,
-                        loc,
-                        format!(
-                            "duplicate policy name \"{}\" (first defined at {first})",
-                            p.name
-                        ),
-                        Some("policy names must be unique; rename one of them".into()),
-                    ));
+                    report(&a.file, &|| {
+                        Diagnostic::at(
+                            &a.file,
+                            &a.source,
+                            loc,
+                            format!(
+                                "duplicate policy name \"{}\" (first defined at {first})",
+                                p.name
+                            ),
+                            Some("policy names must be unique; rename one of them".into()),
+                        )
+                    });
                 } else {
                     first_policy.insert(p.name.clone(), here);
                     policies.push(p);
@@ -272,16 +374,18 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
                     let loc = a.tree.locate(&path);
                     let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
                     match first_node.get(&n.name) {
-                        Some(first) => diags.push(Diagnostic::at(
-                            &a.file,
-                            &a.source,
-                            loc,
-                            format!(
-                                "duplicate node name \"{}\" (first defined at {first})",
-                                n.name
-                            ),
-                            None,
-                        )),
+                        Some(first) => report(&a.file, &|| {
+                            Diagnostic::at(
+                                &a.file,
+                                &a.source,
+                                loc,
+                                format!(
+                                    "duplicate node name \"{}\" (first defined at {first})",
+                                    n.name
+                                ),
+                                None,
+                            )
+                        }),
                         None => {
                             first_node.insert(n.name.clone(), here);
                             nodes.push(n);
@@ -290,6 +394,15 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
                 }
             }
         }
+    }
+    if let Some(file) = unreported {
+        diags.push(Diagnostic::file(
+            &file,
+            format!(
+                "more duplicate names not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
+            ),
+            Some("fix the problems shown and validate again".into()),
+        ));
     }
     Loaded {
         policies: PolicySet::new(policies),
@@ -425,5 +538,80 @@ mod tests {
         let loaded = load_paths(&[dir.path()]).unwrap();
         assert_eq!(loaded.inventories, 1);
         assert_eq!(loaded.node("web-1").unwrap().labels["role"], "web");
+    }
+
+    #[test]
+    fn load_source_is_load_paths_without_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = POLICY.replace("NAME", "a").replace("80", "0");
+        let p = write(dir.path(), "p.yaml", text.as_bytes());
+        let from_file = load_paths(&[&p]).unwrap_err();
+        let from_bytes = load_source(&p.display().to_string(), text.as_bytes()).unwrap_err();
+        assert_eq!(from_file, from_bytes);
+        let ok = load_source("ok.yaml", POLICY.replace("NAME", "a").as_bytes()).unwrap();
+        assert_eq!((ok.files, ok.policies.policies().len()), (1, 1));
+        let big = vec![b' '; MAX_FILE_BYTES as usize + 1];
+        assert!(
+            load_source("big.yaml", &big).unwrap_err()[0]
+                .message
+                .contains("larger than")
+        );
+    }
+
+    #[test]
+    fn a_file_full_of_mistakes_reports_the_first_hundred() {
+        // 200,000 invalid ports on one line: each problem used to copy the whole line, and all
+        // of them were kept (gigabytes); now 100 are shown, with a short snippet, then a count.
+        let ports = vec!["0"; 200_000].join(",");
+        let text = format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {{name: a}}\nspec: {{ports: [{{ports: [{ports}], state: open}}]}}\n"
+        );
+        let d = load_source("many.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), validate::MAX_ISSUES + 1, "{:?}", &d[..3]);
+        assert!(d[0].message.contains("port 0"), "{}", d[0]);
+        assert_eq!(d[0].loc.unwrap().line, 4);
+        assert!(d[0].line_text.as_ref().unwrap().len() < 200);
+        let last = d.last().unwrap();
+        assert_eq!(
+            last.message,
+            format!(
+                "{} more problems in this document not shown",
+                200_000 - validate::MAX_ISSUES
+            )
+        );
+        // Structural problems (decoder) are limited the same way: 5,000 unknown fields.
+        let fields: String = (0..5_000).map(|i| format!("  f{i}: 1\n")).collect();
+        let text = format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: a\n{fields}spec:\n  ports: [{{ports: 1, state: open}}]\n"
+        );
+        let d = load_source("fields.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), decode::MAX_PROBLEMS + 1);
+        assert!(d[0].message.contains("unknown field \"f0\""), "{}", d[0]);
+        assert!(
+            d[decode::MAX_PROBLEMS]
+                .message
+                .contains("4960 more problems")
+        );
+        // Many small bad documents in one file, too.
+        let docs = "---\nkind: PortPolicy\n".repeat(10_000);
+        let d = load_source("docs.yaml", docs.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        let last = d.last().unwrap();
+        assert!(last.loc.is_none());
+        assert!(
+            last.message
+                .contains("more problems in this file not shown"),
+            "{last}"
+        );
+        // And 5,000 copies of one valid policy: 100 duplicate names, then a note.
+        let docs = format!("---\n{}", POLICY.replace("NAME", "a")).repeat(5_000);
+        let d = load_source("dups.yaml", docs.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        assert!(d[0].message.contains("duplicate policy name"), "{}", d[0]);
+        assert!(
+            d[100].message.contains("more duplicate names"),
+            "{}",
+            d[100]
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! Such an entry is not an error — the rest of it is enforced — but `validate` and `plan`
 //! report it as a conflict, so its author learns that part of it has no effect.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -33,10 +34,15 @@ pub struct Issue {
     pub help: Option<String>,
 }
 
+/// Most issues collected for one document; the rest are counted in one last issue (at the
+/// document's root). Bounds the memory of a document full of mistakes.
+pub const MAX_ISSUES: usize = 40;
+
 /// Collects issues under a moving path.
 struct Checker {
     path: Vec<PathSegment>,
     issues: Vec<Issue>,
+    more: usize,
 }
 
 impl Checker {
@@ -53,11 +59,39 @@ impl Checker {
         self.at(PathSegment::Index(i), f)
     }
     fn error(&mut self, message: impl Into<String>, help: Option<String>) {
+        if self.issues.len() >= MAX_ISSUES {
+            self.more += 1;
+            return;
+        }
         self.issues.push(Issue {
             path: self.path.clone(),
             message: message.into(),
             help,
         });
+    }
+
+    fn new() -> Checker {
+        Checker {
+            path: Vec::new(),
+            issues: Vec::new(),
+            more: 0,
+        }
+    }
+
+    /// The issues, with the count of those left out as a last one.
+    fn into_issues(mut self) -> Vec<Issue> {
+        if self.more > 0 {
+            self.issues.push(Issue {
+                path: Vec::new(),
+                message: format!(
+                    "{} more problem{} in this document not shown",
+                    self.more,
+                    if self.more == 1 { "" } else { "s" }
+                ),
+                help: Some("fix the problems shown and validate again".into()),
+            });
+        }
+        self.issues
     }
 }
 
@@ -68,10 +102,7 @@ impl Checker {
 /// Every issue found: bad apiVersion/kind, names, ports (syntax, range, empty), sources (syntax,
 /// host bits set), label selectors, empty entry lists.
 pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
-    let mut c = Checker {
-        path: Vec::new(),
-        issues: Vec::new(),
-    };
+    let mut c = Checker::new();
     c.key("apiVersion", |c| check_api_version(c, &doc.api_version));
     c.key("kind", |c| check_kind(c, &doc.kind, "PortPolicy"));
     c.key("metadata", |c| {
@@ -102,7 +133,7 @@ pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
         })
         .collect();
     if !c.issues.is_empty() {
-        return Err(c.issues);
+        return Err(c.into_issues());
     }
     Ok(Policy {
         name: doc.metadata.name.clone(),
@@ -119,23 +150,23 @@ pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
 ///
 /// Every issue found: bad apiVersion/kind, node names (empty, duplicate), addresses, labels.
 pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
-    let mut c = Checker {
-        path: Vec::new(),
-        issues: Vec::new(),
-    };
+    let mut c = Checker::new();
     c.key("apiVersion", |c| check_api_version(c, &doc.api_version));
     c.key("kind", |c| check_kind(c, &doc.kind, "Inventory"));
     let mut nodes = Vec::with_capacity(doc.nodes.len());
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
     c.key("nodes", |c| {
         for (i, n) in doc.nodes.iter().enumerate() {
             c.index(i, |c| {
                 c.key("name", |c| {
                     check_object_name(c, &n.name);
-                    if let Some(first) = doc.nodes[..i].iter().position(|m| m.name == n.name) {
+                    if let Some(&first) = first_index.get(n.name.as_str()) {
                         c.error(
                             format!("duplicate node name \"{}\" (also node {first})", n.name),
                             None,
                         );
+                    } else {
+                        first_index.insert(&n.name, i);
                     }
                 });
                 let addresses: Vec<IpAddr> = c.key("addresses", |c| {
@@ -157,7 +188,7 @@ pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
     if c.issues.is_empty() {
         Ok(nodes)
     } else {
-        Err(c.issues)
+        Err(c.into_issues())
     }
 }
 

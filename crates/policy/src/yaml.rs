@@ -154,6 +154,10 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_NODES: usize = 1_000_000;
 /// Most nodes that aliases may copy in one file.
 pub const MAX_ALIAS_NODES: usize = 10_000;
+/// Most nodes kept as copies of anchored nodes (for later aliases) in one file. An anchored
+/// node larger than [`MAX_ALIAS_NODES`] is never copied (an alias to it would be refused
+/// anyway); this bounds the copies of many or nested anchors (`&a [&b [&c [...]]]`).
+const MAX_ANCHOR_COPIES: usize = 10 * MAX_ALIAS_NODES;
 
 fn loc_of(span: &Span) -> Loc {
     let (start, end) = (&span.start, &span.end);
@@ -207,19 +211,34 @@ fn resolve_plain(text: &str) -> Value {
     }
 }
 
-/// A collection being built.
+/// A collection being built. A mapping keeps the index of its keys' names, so a duplicate is
+/// found in constant time (a linear search made a mapping of many keys quadratic).
 enum Open {
     Seq(Loc, usize, Vec<Node>),
-    Map(Loc, usize, Vec<(Key, Node)>, Option<Key>),
+    Map(
+        Loc,
+        usize,
+        Vec<(Key, Node)>,
+        Option<Key>,
+        HashMap<String, u32>,
+    ),
+}
+
+/// What an anchor refers to: a copy of its node, or only the node's size when it was too large
+/// to copy (an alias to it is refused).
+enum Anchored {
+    Copy(Node),
+    TooLarge(usize),
 }
 
 /// Builds located trees from parser events, enforcing the limits.
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     docs: Vec<Node>,
     nodes: usize,
     alias_nodes: usize,
+    anchor_copies: usize,
 }
 
 fn refuse(loc: Loc, message: String) -> SyntaxError {
@@ -252,12 +271,20 @@ impl Builder {
     /// Places a finished node in its parent (or as a document), remembering its anchor.
     fn push(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = count(&node);
+            let anchored =
+                if size <= MAX_ALIAS_NODES && self.anchor_copies + size <= MAX_ANCHOR_COPIES {
+                    self.anchor_copies += size;
+                    Anchored::Copy(node.clone())
+                } else {
+                    Anchored::TooLarge(size)
+                };
+            self.anchors.insert(anchor, anchored);
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
             Some(Open::Seq(_, _, items)) => items.push(node),
-            Some(Open::Map(_, _, entries, pending)) => match pending.take() {
+            Some(Open::Map(_, _, entries, pending, names)) => match pending.take() {
                 None => {
                     let name = match &node.value {
                         Value::Str(s) => s.clone(),
@@ -269,15 +296,13 @@ impl Builder {
                             return Err(refuse(node.loc, "a mapping key must be a scalar".into()));
                         }
                     };
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
+                    if let Some(first_line) = names.get(&name) {
                         return Err(refuse(
                             node.loc,
-                            format!(
-                                "duplicate key \"{name}\" (first at line {})",
-                                first.loc.line
-                            ),
+                            format!("duplicate key \"{name}\" (first at line {first_line})"),
                         ));
                     }
+                    names.insert(name.clone(), node.loc.line);
                     *pending = Some(Key {
                         loc: node.loc,
                         name,
@@ -317,9 +342,10 @@ impl Builder {
             Event::SequenceStart(_, anchor, _) => {
                 self.open(Open::Seq(loc, anchor, Vec::new()), loc)
             }
-            Event::MappingStart(_, anchor, _) => {
-                self.open(Open::Map(loc, anchor, Vec::new(), None), loc)
-            }
+            Event::MappingStart(_, anchor, _) => self.open(
+                Open::Map(loc, anchor, Vec::new(), None, HashMap::new()),
+                loc,
+            ),
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
                     Some(Open::Seq(loc, anchor, items)) => (
@@ -329,7 +355,7 @@ impl Builder {
                         },
                         anchor,
                     ),
-                    Some(Open::Map(loc, anchor, entries, _)) => (
+                    Some(Open::Map(loc, anchor, entries, _, _)) => (
                         Node {
                             loc,
                             value: Value::Map(entries),
@@ -341,10 +367,11 @@ impl Builder {
                 self.push(node.0, node.1)
             }
             Event::Alias(id) => {
-                let Some(target) = self.anchors.get(&id) else {
-                    return Err(refuse(loc, "alias to an unknown anchor".into()));
+                let (target, size) = match self.anchors.get(&id) {
+                    Some(Anchored::Copy(n)) => (Some(n), count(n)),
+                    Some(Anchored::TooLarge(size)) => (None, *size),
+                    None => return Err(refuse(loc, "alias to an unknown anchor".into())),
                 };
-                let size = count(target);
                 self.alias_nodes += size;
                 if self.alias_nodes > MAX_ALIAS_NODES {
                     return Err(refuse(
@@ -354,13 +381,21 @@ impl Builder {
                         ),
                     ));
                 }
-                let mut node = target.clone();
+                let Some(mut node) = target.cloned() else {
+                    return Err(refuse(
+                        loc,
+                        format!(
+                            "alias to a node of {size} nodes (at most {MAX_ALIAS_NODES} may be copied)"
+                        ),
+                    ));
+                };
                 node.loc = loc;
                 self.count_nodes(size, loc)?;
                 self.push(node, 0)
             }
             Event::DocumentStart(..) => {
                 self.anchors.clear();
+                self.anchor_copies = 0;
                 Ok(())
             }
             _ => Ok(()),
@@ -383,6 +418,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
         docs: Vec::new(),
         nodes: 0,
         alias_nodes: 0,
+        anchor_copies: 0,
     };
     for item in Parser::new_from_str(text) {
         match item {
@@ -474,5 +510,57 @@ mod tests {
             .map(|i| format!("{}k:\n", "  ".repeat(i)))
             .collect::<String>();
         assert!(parse_stream(&text).is_err());
+    }
+
+    #[test]
+    fn a_mapping_of_many_keys_is_linear() {
+        // 100,000 keys: the duplicate check compared each key with every earlier one.
+        let text: String = (0..100_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let docs = parse_stream(&text).unwrap();
+        let Value::Map(entries) = &docs[0].value else {
+            panic!("not a map")
+        };
+        assert_eq!(entries.len(), 100_000);
+        let err = parse_stream(&format!("{text}k7: again\n")).unwrap_err();
+        assert_eq!(err.message, "duplicate key \"k7\" (first at line 8)");
+        assert_eq!(err.loc.unwrap().line, 100_001);
+    }
+
+    #[test]
+    fn nested_anchors_are_not_copied_beyond_the_limits() {
+        // 30 nested anchored lists around 30,000 scalars: copying each anchored node took 30
+        // copies of the whole tree. Now only nodes an alias could use are copied.
+        let inner = vec!["1"; 30_000].join(",");
+        let mut text = inner.clone();
+        for i in 0..30 {
+            text = format!("&a{i} [{text}]");
+        }
+        let docs = parse_stream(&format!("x: {text}\n")).unwrap();
+        assert_eq!(count(&docs[0]), 1 + 30 + 30_000);
+        let err = parse_stream(&format!("x: {text}\ny: *a0\n")).unwrap_err();
+        assert!(err.message.contains("billion laughs"), "{}", err.message);
+        // Small anchors still work, also inside large ones.
+        let docs = parse_stream(&format!("x: [&s {{a: 1}}, {inner}]\ny: *s\n")).unwrap();
+        assert_eq!(
+            docs[0].get("y").unwrap().get("a").unwrap().value,
+            Value::Int(1)
+        );
+    }
+
+    #[test]
+    fn anchor_copies_are_bounded() {
+        // Many anchors of 5,000 nodes each: copies stop at MAX_ANCHOR_COPIES, and an alias to
+        // an anchor that was not copied is refused rather than wrong.
+        let item = format!("[{}]", vec!["1"; 4_999].join(","));
+        let n = MAX_ANCHOR_COPIES / 5_000 + 1;
+        let mut text = String::from("x:\n");
+        for i in 0..n {
+            text.push_str(&format!("  - &a{i} {item}\n"));
+        }
+        assert!(parse_stream(&text).is_ok());
+        let err = parse_stream(&format!("{text}y: *a{}\n", n - 1)).unwrap_err();
+        assert!(err.message.contains("at most"), "{}", err.message);
+        let ok = parse_stream(&format!("{text}y: *a0\n")).unwrap();
+        assert_eq!(count(ok[0].get("y").unwrap()), 5_000);
     }
 }

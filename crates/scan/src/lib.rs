@@ -79,6 +79,8 @@ pub use model::{
     HostReport, PortResult, PortState, Protocol, Reason, ScanKind, ScanReport, ScanStats,
 };
 pub use net::source_for;
+#[doc(hidden)]
+pub use packet::fuzz_check as fuzz_packet;
 pub use ports::PortList;
 pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
 pub use targets::TargetPolicy;
