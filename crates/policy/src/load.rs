@@ -132,7 +132,18 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| e == "yaml" || e == "yml");
-        if explicit || is_yaml {
+        if explicit && !meta.is_file() {
+            // Named on the command line: `/dev/stdin` or a pipe is what the user meant.
+            out.push(path.to_path_buf());
+        } else if is_yaml && !meta.is_file() {
+            // Found in a directory: reading a FIFO would block the agent forever, a device
+            // could be endless. Reported, so the last good state stays until it is removed.
+            diags.push(Diagnostic::file(
+                &display(path),
+                "not a regular file (a FIFO, socket or device); it is not read".into(),
+                Some("policy files must be regular files: remove it or replace it by one".into()),
+            ));
+        } else if explicit || is_yaml {
             out.push(path.to_path_buf());
         }
     }
@@ -528,6 +539,29 @@ mod tests {
         let missing = dir.path().join("nope.yaml");
         let d = load_paths(&[&missing]).unwrap_err();
         assert!(d[0].message.contains("cannot read"));
+    }
+
+    #[test]
+    fn a_fifo_in_a_policy_directory_is_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ok.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        let fifo = dir.path().join("pipe.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Would block forever if the FIFO were opened (nobody writes to it).
+        let d = load_paths(&[dir.path()]).err().unwrap();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("not a regular file"), "{d:?}");
+        let (files, diags) = policy_files(&[dir.path()]);
+        assert_eq!(files.len(), 1);
+        assert_eq!(diags.len(), 1);
     }
 
     #[test]
