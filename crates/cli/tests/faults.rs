@@ -26,14 +26,14 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fmt::Write as _;
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portwarden_lab::{Lab, LabChild, Netns, skip_unless_lab};
+use portwarden_lab::{Lab, LabChild, LockHolder, Netns, skip_unless_lab};
 use portwarden_netfilter::{Backend, Family};
 use portwarden_reconcile::inside::http_get;
 use portwarden_reconcile::{DEFAULT_AGENT_PORT, InsideView};
@@ -525,34 +525,6 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
     }
 }
 
-/// Holds `lock` with `flock(1)` until dropped; returns once it is held.
-struct LockHolder(std::process::Child);
-
-impl LockHolder {
-    fn hold(lock: &Path) -> LockHolder {
-        let mut child = Command::new("flock")
-            .arg(lock)
-            .args(["-c", "echo locked; read x"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("flock(1) (util-linux)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked");
-        LockHolder(child)
-    }
-}
-
-impl Drop for LockHolder {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     skip_unless_lab!();
@@ -566,7 +538,7 @@ fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     // a private lock, never /run/xtables.lock
     let lock = s.path("xtables.lock");
     std::fs::write(&lock, "").unwrap();
-    let holder = LockHolder::hold(&lock);
+    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
     let env = format!("XTABLES_LOCKFILE={}", lock.display());
     let agent = Agent::start(
         &node,
@@ -580,7 +552,7 @@ fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
         agent.logged("waiting for the xtables lock").pop()
     });
     assert_eq!(event["level"], "WARN", "{event}");
-    assert_eq!(event["fields"]["holder_pid"], holder.0.id(), "{event}");
+    assert_eq!(event["fields"]["holder_pid"], holder.pid(), "{event}");
     assert_eq!(event["fields"]["holder"], "flock", "{event}");
     assert_eq!(
         event["fields"]["lock"],

@@ -34,6 +34,7 @@
 //! netns.run(|| ...) -> Result<T>                          closure on a thread inside the namespace
 //! netns.enter_current_thread()                            setns(CLONE_NEWNET) for this thread
 //! cleanup_stale("pw-") -> Result<usize>                   remove labs of dead processes
+//! LockHolder::hold(path) -> Result<LockHolder>            a lock file held by flock(1) until drop
 //! ```
 //!
 //! # Addresses
@@ -49,16 +50,19 @@
 //! * `lab` — [`Lab`], [`LabBuilder`], topology, cleanup.
 //! * `netns` — [`Netns`]: commands, threads and helpers inside one namespace.
 //! * `listener` — TCP and UDP listeners bound inside a namespace.
+//! * `lock` — [`LockHolder`]: a file lock held by another process.
 //! * `error` — [`LabError`].
 
 mod error;
 mod lab;
 mod listener;
+mod lock;
 mod netns;
 
 pub use error::LabError;
 pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};
+pub use lock::LockHolder;
 pub use netns::{LabChild, Netns};
 
 /// Returns early from the current test, with a message on standard error, when the machine

@@ -21,14 +21,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use portwarden_lab::{Netns, skip_unless_lab};
+use portwarden_lab::{LockHolder, Netns, skip_unless_lab};
 use portwarden_netfilter::{
     Backend, BackendChoice, Desired, Error, Failsafe, Family, Netfilter, Options, render,
 };
@@ -437,34 +437,6 @@ fn a_killed_restore_child_is_reported_and_the_next_apply_finishes() {
     }
 }
 
-/// Holds `lock` with `flock(1)` until dropped (its stdin closed); returns once it is held.
-struct LockHolder(std::process::Child);
-
-impl LockHolder {
-    fn hold(lock: &Path) -> LockHolder {
-        let mut child = Command::new("flock")
-            .arg(lock)
-            .args(["-c", "echo locked; read x"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("flock(1) (util-linux)");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked");
-        LockHolder(child)
-    }
-}
-
-impl Drop for LockHolder {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
 /// Processes blocked on the lock of the file with inode `ino`, per `/proc/locks`.
 fn waiters(ino: u64) -> Vec<u32> {
     let suffix = format!(":{ino}");
@@ -494,7 +466,7 @@ fn apply_waits_for_the_xtables_lock_and_then_succeeds() {
         std::fs::write(&lock, "").unwrap();
         let ino = std::fs::metadata(&lock).unwrap().ino();
         let dir = tool_dir(&scratch.0, backend, false, Some(&lock));
-        let holder = LockHolder::hold(&lock);
+        let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
         let (done, finished) = mpsc::channel();
         let (n2, s2) = (node.clone(), small.clone());
         let worker = std::thread::spawn(move || {
