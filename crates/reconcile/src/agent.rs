@@ -864,6 +864,49 @@ mod tests {
     }
 
     #[test]
+    fn a_read_that_raced_a_change_stores_nothing() {
+        let dir = std::env::temp_dir().join(format!("pw-agent-race-{}", std::process::id()));
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("web.yaml"),
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {name: web}\nspec:\n  ports: [{ports: 80, state: closed}]\n",
+        )
+        .unwrap();
+        let inventory = dir.join("inventory.yaml");
+        std::fs::write(
+            &inventory,
+            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - {name: n, addresses: [10.213.0.11]}\n  - {name: peer, addresses: [10.213.0.12]}\n",
+        )
+        .unwrap();
+        let shared = Shared::new(AgentConfig {
+            policy_dir: policies,
+            inventory,
+            node: "n".into(),
+            refresh: Duration::from_secs(10),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(200),
+            listen: "127.0.0.1:9750".parse().unwrap(),
+            failsafe: Failsafe::none(),
+            netfilter: NetfilterOptions::default(),
+        });
+        // The files changed during the read: nothing is stored, no error either.
+        assert!(matches!(
+            reload(&shared, || false),
+            Reload::ChangedWhileRead
+        ));
+        shared.with_state(|s| assert!(s.intent.is_none() && s.policy_error.is_none()));
+        // The same read, unchanged: the intent and the peer are taken.
+        let Reload::Loaded(peers) = reload(&shared, || true) else {
+            panic!("valid documents not loaded");
+        };
+        assert_eq!(peers.len(), 1);
+        shared.with_state(|s| assert_eq!(s.intent.as_ref().unwrap().rules.len(), 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn failsafe_includes_agent_port() {
         let cfg = AgentConfig {
             policy_dir: "p".into(),
