@@ -2,7 +2,7 @@
 //! they are evaluated for, and output formats.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
@@ -73,6 +73,15 @@ pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
     load_paths(files).map_err(|d| report_diagnostics(&d))
 }
 
+/// Loads the file given with `--inventory`, which must hold an Inventory document.
+pub fn load_inventory(path: &Path) -> anyhow::Result<Loaded> {
+    let loaded = load(&[path.to_path_buf()])?;
+    if loaded.inventories == 0 {
+        bail!("{}: no Inventory document in this file", path.display());
+    }
+    Ok(loaded)
+}
+
 /// This host's name, the default for `--node`.
 pub fn host_name() -> anyhow::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -103,10 +112,7 @@ impl PolicyArgs {
         let from_file;
         let (inventory, source) = match &self.inventory {
             Some(path) => {
-                from_file = load(std::slice::from_ref(path))?;
-                if from_file.inventories == 0 {
-                    bail!("{}: no Inventory document in this file", path.display());
-                }
+                from_file = load_inventory(path)?;
                 (&from_file, path.display().to_string())
             }
             None if loaded.inventories > 0 => (loaded, "the -f files".to_string()),

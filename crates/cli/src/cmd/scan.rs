@@ -175,13 +175,7 @@ fn scanner(a: &Args, policy: &TargetPolicy, bar: Option<ProgressBar>) -> Scanner
 
 pub fn run(a: Args) -> Outcome {
     let inventory = match &a.inventory {
-        Some(path) => {
-            let loaded = args::load(std::slice::from_ref(path))?;
-            if loaded.inventories == 0 {
-                bail!("{}: no Inventory document in this file", path.display());
-            }
-            Some((path.as_path(), loaded.nodes))
-        }
+        Some(path) => Some((path.as_path(), args::load_inventory(path)?.nodes)),
         None => None,
     };
     let (targets, policy) = resolve_targets(

@@ -77,13 +77,7 @@ enum Output {
 pub fn run(a: Args) -> Outcome {
     let loaded = args::load(&a.files)?;
     let inventory = match &a.inventory {
-        Some(path) => {
-            let inv = args::load(std::slice::from_ref(path))?;
-            if inv.inventories == 0 {
-                bail!("{}: no Inventory document in this file", path.display());
-            }
-            inv.nodes
-        }
+        Some(path) => args::load_inventory(path)?.nodes,
         None if loaded.inventories > 0 => loaded.nodes.clone(),
         None => bail!("verify needs an inventory: pass --inventory FILE"),
     };
