@@ -272,7 +272,6 @@ pub struct TargetPacer {
     interval_ns: u64,
     /// How far ahead of real time a target's arrival time may run: `(burst - 1) * interval`.
     tolerance_ns: u64,
-    burst: u64,
     tat: Vec<std::sync::atomic::AtomicU64>,
 }
 
@@ -288,7 +287,6 @@ impl TargetPacer {
         Some(TargetPacer {
             interval_ns,
             tolerance_ns: (burst - 1) * interval_ns,
-            burst,
             tat: (0..targets)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
@@ -297,7 +295,7 @@ impl TargetPacer {
 
     /// The largest number of probes a target can get at once.
     pub fn burst(&self) -> u64 {
-        self.burst
+        self.tolerance_ns / self.interval_ns + 1
     }
 
     /// Takes a token for `target` at time `now_ns`: `0` when the probe may go now (the token
