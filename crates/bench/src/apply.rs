@@ -22,7 +22,7 @@ use portwarden_netfilter::save::tokens;
 use portwarden_netfilter::{
     Backend, DEFAULT_FAILSAFE, Failsafe, Family, Netfilter, Options, Rendered, Ruleset, render,
 };
-use portwarden_policy::{NodeIntent, load_paths};
+use portwarden_policy::NodeIntent;
 
 use crate::Part;
 use crate::agent;
@@ -177,21 +177,6 @@ fn clear(backend: Backend) -> Result<()> {
     Ok(())
 }
 
-fn read(backend: Backend, family: Family) -> Result<Ruleset> {
-    let m = run(
-        Job::new(&[tool(backend, family, "save"), "-t".into(), "filter".into()]),
-        "iptables-save",
-    )?;
-    Ruleset::parse(&m.stdout).map_err(|e| anyhow!("parsing iptables-save: {e}"))
-}
-
-fn read_all(backend: Backend) -> Result<Vec<(Family, Ruleset)>> {
-    Family::ALL
-        .iter()
-        .map(|f| Ok((*f, read(backend, *f)?)))
-        .collect()
-}
-
 /// Refuses to write unless this thread is in another network namespace than the process.
 fn in_lab() -> Result<()> {
     let me =
@@ -246,12 +231,7 @@ struct Input {
 }
 
 fn intent(policy: &Path, inventory: &Path) -> Result<NodeIntent> {
-    let loaded = load_paths(&[policy, inventory]).map_err(|d| {
-        anyhow!(
-            "bench policy does not load: {}",
-            d.first().map(|d| d.headline()).unwrap_or_default()
-        )
-    })?;
+    let loaded = crate::policy::load(&[policy, inventory], "bench policy")?;
     let node = loaded
         .node(NODE)
         .ok_or_else(|| anyhow!("node {NODE} missing from the bench inventory"))?;
@@ -315,7 +295,8 @@ fn measure(input: &Input) -> Result<Results> {
                 }
                 size.hand.push(t.elapsed().as_secs_f64());
                 if i == 0 {
-                    let differ: usize = read_all(backend)?
+                    let differ: usize = nf
+                        .read_all()?
                         .iter()
                         .map(|(_, r)| compare_hand(r, *n))
                         .sum();
@@ -344,7 +325,7 @@ fn measure(input: &Input) -> Result<Results> {
                     serde_json::from_str(&m.stdout).context("portwarden apply -o json output")?;
                 size.rules_written = v["changes"].as_u64().unwrap_or(0) as usize;
                 if i == 0 {
-                    let (differ, total) = compare_expected(&expected, &read_all(backend)?);
+                    let (differ, total) = compare_expected(&expected, &nf.read_all()?);
                     size.ours_agree = if differ == 0 {
                         format!(
                             "iptables-save = expected ruleset ({} rules)",
@@ -360,7 +341,7 @@ fn measure(input: &Input) -> Result<Results> {
             }
         }
         if *n == s.steady_entries {
-            out.noop = noop(input, policy, &intent, &failsafe, backend)?;
+            out.noop = noop(input, policy, &nf, &intent, &failsafe, backend)?;
         }
         out.sizes.push(size);
     }
@@ -385,7 +366,7 @@ fn measure(input: &Input) -> Result<Results> {
             }
             pr.times.push(t.elapsed().as_secs_f64());
             if i == 0 {
-                pr.differ = compare_hand(&read(backend, Family::Ipv4)?, n);
+                pr.differ = compare_hand(&nf.read(Family::Ipv4)?, n);
             }
         }
         out.per_rule.push(pr);
@@ -397,15 +378,15 @@ fn measure(input: &Input) -> Result<Results> {
 fn noop(
     input: &Input,
     policy: &Path,
+    nf: &Netfilter,
     intent: &NodeIntent,
     failsafe: &Failsafe,
     backend: Backend,
 ) -> Result<Noop> {
     let s = &input.settings;
     progress("apply: no-op reconcile");
-    // The rules are in place from the last apply; the agent's handle renders once, then
-    // reuses the rendering while the intent stays the same.
-    let nf = Netfilter::detect(&Options::default()).context("detecting the backend")?;
+    // The rules are in place from the last apply; the agent's handle (`nf`) renders once,
+    // then reuses the rendering while the intent stays the same.
     if !nf.plan(intent, failsafe)?.is_converged() {
         bail!("the node is not converged after portwarden apply");
     }
@@ -711,14 +692,19 @@ fn build(s: &Settings, r: &Results) -> Part {
 mod tests {
     use super::*;
 
-    #[test]
-    fn generated_policy_loads_and_compiles_every_entry() {
+    /// The intent the generated `n`-entry policy and the inventory compile to.
+    fn generated_intent(n: usize) -> NodeIntent {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("bench.yaml");
         let inv = dir.path().join("inventory.yaml");
-        std::fs::write(&p, policy_yaml(30)).expect("write");
+        std::fs::write(&p, policy_yaml(n)).expect("write");
         std::fs::write(&inv, inventory_yaml("10.213.0.11")).expect("write");
-        let intent = intent(&p, &inv).expect("loads");
+        intent(&p, &inv).expect("loads")
+    }
+
+    #[test]
+    fn generated_policy_loads_and_compiles_every_entry() {
+        let intent = generated_intent(30);
         assert_eq!(intent.rules.len(), 30);
         let failsafe: Failsafe = DEFAULT_FAILSAFE.parse().expect("failsafe");
         let r = render(&intent, &failsafe);
@@ -742,13 +728,8 @@ mod tests {
 
     #[test]
     fn expected_ruleset_comparison_counts_missing_and_foreign_rules() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("bench.yaml");
-        let inv = dir.path().join("inventory.yaml");
-        std::fs::write(&p, policy_yaml(5)).expect("write");
-        std::fs::write(&inv, inventory_yaml("10.213.0.11")).expect("write");
         let failsafe: Failsafe = DEFAULT_FAILSAFE.parse().expect("failsafe");
-        let want = render(&intent(&p, &inv).expect("loads"), &failsafe);
+        let want = render(&generated_intent(5), &failsafe);
         // Build the iptables-save text the kernel would print for exactly these rules.
         let save = |d: &portwarden_netfilter::Desired, drop_last: bool, extra: bool| {
             let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n");

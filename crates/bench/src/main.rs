@@ -124,12 +124,13 @@ fn run(args: Args) -> Result<()> {
         .prefix("pw-bench-")
         .tempdir()
         .context("creating a scratch directory")?;
+    let load_start = machine::load_average();
     let ctx = Ctx {
         settings: settings.clone(),
         bin,
         work: work.path().to_path_buf(),
         cores: std::thread::available_parallelism().map_or(1, usize::from),
-        load: machine::load_average()
+        load: load_start
             .split_whitespace()
             .next()
             .and_then(|l| l.parse().ok())
@@ -137,7 +138,6 @@ fn run(args: Args) -> Result<()> {
     };
     let started = Instant::now();
     let generated = clock::now();
-    let load_start = machine::load_average();
     progress(&format!(
         "{} run, portwarden = {}",
         settings.mode,

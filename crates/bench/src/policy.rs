@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use portwarden_policy::load_paths;
+use portwarden_policy::{Loaded, load_paths};
 
 use crate::Part;
 use crate::report::{Row, Workload, count};
@@ -87,6 +87,19 @@ pub fn write_fixture(dir: &Path, policies: usize, entries: usize, nodes: usize) 
     Ok(())
 }
 
+/// [`load_paths`], its first diagnostic as the error (`WHAT does not load: ...`).
+///
+/// # Errors
+/// When the documents do not load.
+pub fn load<P: AsRef<Path>>(paths: &[P], what: &str) -> Result<Loaded> {
+    load_paths(paths).map_err(|d| {
+        anyhow!(
+            "{what} does not load: {}",
+            d.first().map(|d| d.headline()).unwrap_or_default()
+        )
+    })
+}
+
 /// Times load, compile and both together.
 ///
 /// # Errors
@@ -100,14 +113,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
     let dir = ctx.work.join("policy-scale");
     std::fs::create_dir_all(&dir).context("creating the fixture directory")?;
     write_fixture(&dir, policies, entries, nodes)?;
-    let load = || {
-        load_paths(&[&dir]).map_err(|d| {
-            anyhow!(
-                "fixture does not load: {}",
-                d.first().map(|d| d.headline()).unwrap_or_default()
-            )
-        })
-    };
+    let load = || load(&[&dir], "fixture");
     let loaded = load()?;
     ensure!(
         loaded.policies.policies().len() == policies && loaded.nodes.len() == nodes,
