@@ -89,12 +89,8 @@ pub fn decode(node: &Node) -> (Option<Document>, Vec<Problem>) {
         d.problems.push(Problem {
             loc: node.loc,
             path: Vec::new(),
-            message: format!(
-                "{} more problem{} in this document not shown",
-                d.more,
-                if d.more == 1 { "" } else { "s" }
-            ),
-            help: Some("fix the problems shown and validate again".into()),
+            message: crate::diagnostic::more_in_document(d.more),
+            help: Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         });
     }
     (doc, d.problems)

@@ -55,6 +55,18 @@ pub fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The help of every "not shown" note that ends a capped list of problems.
+pub(crate) const NOT_SHOWN_HELP: &str = "fix the problems shown and validate again";
+
+/// The message of the note that ends a document's capped list of problems (the decoder's and
+/// the validator's alike).
+pub(crate) fn more_in_document(more: usize) -> String {
+    format!(
+        "{more} more problem{} in this document not shown",
+        if more == 1 { "" } else { "s" }
+    )
+}
+
 /// `...` marking a cut in a snippet line.
 const CUT: &str = "...";
 

@@ -132,12 +132,10 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| e == "yaml" || e == "yml");
-        if explicit && !meta.is_file() {
-            // Named on the command line: `/dev/stdin` or a pipe is what the user meant.
-            out.push(path.to_path_buf());
-        } else if is_yaml && !meta.is_file() {
+        if is_yaml && !explicit && !meta.is_file() {
             // Found in a directory: reading a FIFO would block the agent forever, a device
             // could be endless. Reported, so the last good state stays until it is removed.
+            // (Named on the command line, `/dev/stdin` or a pipe is what the user meant.)
             diags.push(Diagnostic::file(
                 &display(path),
                 "not a regular file (a FIFO, socket or device); it is not read".into(),
@@ -324,7 +322,7 @@ fn load_text(
             format!(
                 "more problems in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)"
             ),
-            Some("fix the problems shown and validate again".into()),
+            Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
     }
 }
@@ -412,7 +410,7 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
             format!(
                 "more duplicate names not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
             ),
-            Some("fix the problems shown and validate again".into()),
+            Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
     }
     Loaded {

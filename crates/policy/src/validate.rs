@@ -83,12 +83,8 @@ impl Checker {
         if self.more > 0 {
             self.issues.push(Issue {
                 path: Vec::new(),
-                message: format!(
-                    "{} more problem{} in this document not shown",
-                    self.more,
-                    if self.more == 1 { "" } else { "s" }
-                ),
-                help: Some("fix the problems shown and validate again".into()),
+                message: crate::diagnostic::more_in_document(self.more),
+                help: Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
             });
         }
         self.issues

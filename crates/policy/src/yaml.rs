@@ -224,17 +224,12 @@ enum Open {
     ),
 }
 
-/// What an anchor refers to: a copy of its node, or only the node's size when it was too large
-/// to copy (an alias to it is refused).
-enum Anchored {
-    Copy(Node),
-    TooLarge(usize),
-}
-
 /// Builds located trees from parser events, enforcing the limits.
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Anchored>,
+    /// Each anchor's node size, and a copy of the node unless it was too large to copy (an
+    /// alias to it is refused).
+    anchors: HashMap<usize, (usize, Option<Node>)>,
     docs: Vec<Node>,
     nodes: usize,
     alias_nodes: usize,
@@ -272,14 +267,12 @@ impl Builder {
     fn push(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
             let size = count(&node);
-            let anchored =
-                if size <= MAX_ALIAS_NODES && self.anchor_copies + size <= MAX_ANCHOR_COPIES {
+            let copy = (size <= MAX_ALIAS_NODES && self.anchor_copies + size <= MAX_ANCHOR_COPIES)
+                .then(|| {
                     self.anchor_copies += size;
-                    Anchored::Copy(node.clone())
-                } else {
-                    Anchored::TooLarge(size)
-                };
-            self.anchors.insert(anchor, anchored);
+                    node.clone()
+                });
+            self.anchors.insert(anchor, (size, copy));
         }
         match self.stack.last_mut() {
             None => self.docs.push(node),
@@ -367,11 +360,10 @@ impl Builder {
                 self.push(node.0, node.1)
             }
             Event::Alias(id) => {
-                let (target, size) = match self.anchors.get(&id) {
-                    Some(Anchored::Copy(n)) => (Some(n), count(n)),
-                    Some(Anchored::TooLarge(size)) => (None, *size),
-                    None => return Err(refuse(loc, "alias to an unknown anchor".into())),
+                let Some((size, target)) = self.anchors.get(&id) else {
+                    return Err(refuse(loc, "alias to an unknown anchor".into()));
                 };
+                let size = *size;
                 self.alias_nodes += size;
                 if self.alias_nodes > MAX_ALIAS_NODES {
                     return Err(refuse(
@@ -381,7 +373,7 @@ impl Builder {
                         ),
                     ));
                 }
-                let Some(mut node) = target.cloned() else {
+                let Some(mut node) = target.clone() else {
                     return Err(refuse(
                         loc,
                         format!(
