@@ -664,23 +664,23 @@ impl AgentState {
     /// report older than [`crate::aggregate::SILENT_AFTER`] silent).
     async fn write(&mut self, api: &Api<PortReport>, now: Time) -> Option<tokio::time::Instant> {
         let mut spec = report::build(&self.me, &self.applied, self.scan.as_ref());
-        spec.reported_at = Some(now);
         if let Some(written) = &self.written {
+            let heartbeat = k8s_openapi::jiff::SignedDuration::try_from(REPORT_HEARTBEAT)
+                .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+            let fresh = written
+                .reported_at
+                .as_ref()
+                .is_none_or(|old| now.0.duration_since(old.0) < heartbeat);
             let undated = |s: &PortReportSpec| PortReportSpec {
                 scanned_at: None,
                 reported_at: None,
                 ..s.clone()
             };
-            let age = match (&spec.reported_at, &written.reported_at) {
-                (Some(new), Some(old)) => new.0.duration_since(old.0),
-                _ => k8s_openapi::jiff::SignedDuration::ZERO,
-            };
-            let heartbeat = k8s_openapi::jiff::SignedDuration::try_from(REPORT_HEARTBEAT)
-                .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
-            if undated(written) == undated(&spec) && age < heartbeat {
+            if fresh && undated(written) == undated(&spec) {
                 return None;
             }
         }
+        spec.reported_at = Some(now);
         let uid = self.last.as_ref().and_then(|p| p.uid.clone());
         match apply_report(api, &spec, uid.as_deref()).await {
             Ok(_) => {

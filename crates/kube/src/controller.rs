@@ -119,16 +119,19 @@ impl Context {
         self
     }
 
-    /// Forgets every policy not in `existing`: its remembered status, its failure count, and
-    /// its metric series (so a deleted policy does not stay on dashboards as drifting).
-    pub fn forget_deleted(&self, existing: &[String]) {
-        let gone: Vec<String> = lock(&self.written)
-            .keys()
-            .filter(|k| !existing.contains(k))
-            .cloned()
-            .collect();
+    /// Forgets every remembered policy for which `exists` is false: its remembered status, its
+    /// failure count, and its metric series (so a deleted policy does not stay on dashboards as
+    /// drifting).
+    pub fn forget_deleted(&self, exists: impl Fn(&str) -> bool) {
+        let mut gone = Vec::new();
+        lock(&self.written).retain(|name, _| {
+            let keep = exists(name);
+            if !keep {
+                gone.push(name.clone());
+            }
+            keep
+        });
         for name in gone {
-            lock(&self.written).remove(&name);
             lock(&self.failures).remove(&name);
             let policy = PolicyLabels {
                 policy: name.clone(),
@@ -170,8 +173,8 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
     let name = policy.name_any();
     ctx.metrics.reconciles.inc();
     if let Some(store) = &ctx.policies {
-        let existing: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
-        ctx.forget_deleted(&existing);
+        // A lookup per remembered policy in the cache's index, not a copy of the cache.
+        ctx.forget_deleted(|name| store.get(&ObjectRef::new(name)).is_some());
     }
     let validated = crate::agent::validate(&policy);
     let nodes: Vec<NodeLabels> = ctx
@@ -732,7 +735,7 @@ mod tests {
         record_metrics(&metrics, "gone", &status);
         lock(&ctx.written).insert("gone".into(), status);
         assert!(metrics.encode().contains("policy=\"gone\""));
-        ctx.forget_deleted(&["other".to_string()]);
+        ctx.forget_deleted(|name| name == "other");
         assert!(lock(&ctx.written).is_empty());
         assert!(
             !metrics.encode().contains("policy=\"gone\""),
