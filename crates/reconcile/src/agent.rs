@@ -339,14 +339,19 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
         if now >= next_poll {
             let fp = fingerprint(&[&cfg.policy_dir, &cfg.inventory]);
             let taken = SystemTime::now();
-            let old = debounce.loaded().cloned().unwrap_or_default();
+            // The last load's fingerprint, for the change time: copied only when this poll's
+            // differs (a load can follow), not on every quiet poll.
+            let old = debounce
+                .loaded()
+                .filter(|loaded| **loaded != fp)
+                .cloned()
+                .unwrap_or_default();
             if let Step::Load { first_seen, forced } = debounce.observe(fp, now) {
                 let roots = [cfg.policy_dir.as_path(), cfg.inventory.as_path()];
-                let read = debounce.loaded().cloned().unwrap_or_default();
                 // A checkout swapped in while the files were being read could mix old and new
                 // files; such a read is dropped (unless forced: then the bound wins) and the
                 // next poll sees the new fingerprint and loads it once it holds still.
-                let unchanged = || forced || fingerprint(&roots) == read;
+                let unchanged = || forced || debounce.loaded() == Some(&fingerprint(&roots));
                 if !load_and_apply(&shared, &mut peers, forced, unchanged) {
                     next_poll = now + cfg.poll;
                     continue;
