@@ -35,6 +35,7 @@
 //! netns.enter_current_thread()                            setns(CLONE_NEWNET) for this thread
 //! cleanup_stale("pw-") -> Result<usize>                   remove labs of dead processes
 //! LockHolder::hold(path) -> Result<LockHolder>            a lock file held by flock(1) until drop
+//! replay_corpus(target, min_files, check)                 fuzz/corpus/TARGET through a check
 //! ```
 //!
 //! # Addresses
@@ -51,14 +52,17 @@
 //! * `netns` — [`Netns`]: commands, threads and helpers inside one namespace.
 //! * `listener` — TCP and UDP listeners bound inside a namespace.
 //! * `lock` — [`LockHolder`]: a file lock held by another process.
+//! * `corpus` — [`replay_corpus`]: a fuzz corpus replayed as a test.
 //! * `error` — [`LabError`].
 
+mod corpus;
 mod error;
 mod lab;
 mod listener;
 mod lock;
 mod netns;
 
+pub use corpus::replay_corpus;
 pub use error::LabError;
 pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};

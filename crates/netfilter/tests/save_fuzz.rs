@@ -4,29 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-
 use portwarden_netfilter::Ruleset;
 use portwarden_netfilter::save::{fuzz_check, to_save_text};
 
-fn corpus() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/iptables_save");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "{}: corpus missing", dir.display());
-    files
-}
-
 #[test]
 fn iptables_save_corpus() {
-    for file in corpus() {
-        let data = std::fs::read(&file).unwrap();
-        let outcome = std::panic::catch_unwind(|| fuzz_check(&data));
-        assert!(outcome.is_ok(), "{}: check failed", file.display());
-    }
+    portwarden_lab::replay_corpus("iptables_save", 5, fuzz_check);
 }
 
 #[test]
