@@ -22,24 +22,29 @@ pub struct Holder {
 /// the process holding that lock (the line with the same number, without `->`).
 pub fn blocked_on(locks: &str, pid: u32) -> Option<Holder> {
     // "7: -> FLOCK  ADVISORY  WRITE 18134 fe:00:10010915 0 EOF"
-    let fields = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    let waiting = locks.lines().map(fields).find(|f| {
-        f.get(1).is_some_and(|a| a == "->") && f.get(5).and_then(|p| p.parse().ok()) == Some(pid)
-    })?;
-    let (number, file) = (waiting.first()?.clone(), waiting.get(6)?.clone());
-    let holder = locks.lines().map(fields).find(|f| {
-        f.first() == Some(&number) && f.get(1).is_some_and(|a| a != "->") && f.get(5) == Some(&file)
+    let lines: Vec<Vec<&str>> = locks
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let waiting = lines
+        .iter()
+        .find(|f| f.get(1) == Some(&"->") && f.get(5).and_then(|p| p.parse().ok()) == Some(pid))?;
+    let (number, file) = (*waiting.first()?, *waiting.get(6)?);
+    let holder = lines.iter().find(|f| {
+        f.first() == Some(&number)
+            && f.get(1).is_some_and(|a| *a != "->")
+            && f.get(5) == Some(&file)
     });
     Some(match holder {
         Some(h) => Holder {
             pid: h.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
-            kind: h.get(1).cloned().unwrap_or_default(),
-            file,
+            kind: h.get(1).copied().unwrap_or_default().to_string(),
+            file: file.to_string(),
         },
         None => Holder {
             pid: 0,
-            kind: waiting.get(2).cloned().unwrap_or_default(),
-            file,
+            kind: waiting.get(2).copied().unwrap_or_default().to_string(),
+            file: file.to_string(),
         },
     })
 }
