@@ -188,11 +188,14 @@ impl Shared {
     }
 
     /// The per-target rate cap: takes a token for `host` and returns 0 when a probe may go to
-    /// it now, else the microseconds to wait (nothing taken).
-    pub(crate) fn pace(&self, host: usize, now_us: u64) -> u64 {
+    /// it now, else the microseconds to wait (nothing taken). Without a cap it returns at once,
+    /// without reading the clock: it runs once per probe in both send loops.
+    pub(crate) fn pace(&self, host: usize) -> u64 {
         match &self.pacer {
             None => 0,
-            Some(p) => p.take(host, now_us.saturating_mul(1_000)).div_ceil(1_000),
+            Some(p) => p
+                .take(host, self.now_us().saturating_mul(1_000))
+                .div_ceil(1_000),
         }
     }
 
@@ -769,7 +772,7 @@ fn send_loop(
             let (h, p) = (idx / nports, idx % nports);
             // The per-target cap, in the send path itself: no probe leaves without a token
             // from its target's bucket.
-            paced_us = shared.pace(h, shared.now_us());
+            paced_us = shared.pace(h);
             if paced_us > 0 {
                 break;
             }

@@ -161,7 +161,7 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
             };
             let (h, p) = (idx / nports, idx % nports);
             // Per-target cap: no connection attempt without a token from its target's bucket.
-            paced_us = shared.pace(h, shared.now_us());
+            paced_us = shared.pace(h);
             if paced_us > 0 {
                 break;
             }
