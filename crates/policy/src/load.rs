@@ -54,12 +54,7 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>
     for file in &files {
         load_file(file, &mut accepted, &mut diags);
     }
-    let loaded = assemble(accepted, &mut diags, files.len());
-    if diags.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(diags)
-    }
+    assemble(accepted, diags, files.len())
 }
 
 /// The files [`load_paths`] reads for these paths, in the order it reads them, and problems
@@ -223,12 +218,7 @@ pub fn load_source(name: &str, bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> 
             &mut diags,
         );
     }
-    let loaded = assemble(accepted, &mut diags, 1);
-    if diags.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(diags)
-    }
+    assemble(accepted, diags, 1)
 }
 
 fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnostic>) {
@@ -327,8 +317,13 @@ fn load_text(
     }
 }
 
-/// Cross-document checks (unique policy and node names), then the final set.
-fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) -> Loaded {
+/// Cross-document checks (unique policy and node names), then the final set, or all of the
+/// diagnostics (`diags` holds those of the files already).
+fn assemble(
+    accepted: Vec<Accepted>,
+    mut diags: Vec<Diagnostic>,
+    files: usize,
+) -> Result<Loaded, Vec<Diagnostic>> {
     let mut policies = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inventories = 0;
@@ -413,12 +408,15 @@ fn assemble(accepted: Vec<Accepted>, diags: &mut Vec<Diagnostic>, files: usize) 
             Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
     }
-    Loaded {
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    Ok(Loaded {
         policies: PolicySet::new(policies),
         nodes,
         inventories,
         files,
-    }
+    })
 }
 
 #[cfg(test)]
