@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,6 +15,8 @@ use portwarden_demo::Scenario;
 use portwarden_lab::skip_unless_lab;
 use portwarden_reconcile::inside::http_get;
 use portwarden_reconcile::{DEFAULT_AGENT_PORT, Report, Verdict};
+
+use common::metric_value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 /// Long enough that no periodic refresh happens during a test: repairs are triggered on purpose.
@@ -57,13 +61,6 @@ fn metrics(s: &Scenario, node: &str) -> String {
         .run(move || http_get(addr, "/metrics", Duration::from_secs(2)))
         .unwrap()
         .unwrap()
-}
-
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

@@ -21,6 +21,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -34,6 +36,8 @@ use portwarden_lab::{Lab, LabChild, Netns, skip_unless_lab};
 use portwarden_netfilter::DEFAULT_FAILSAFE;
 use portwarden_reconcile::DEFAULT_AGENT_PORT;
 use portwarden_reconcile::inside::http_get;
+
+use common::metric_value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 /// 200 changes a minute.
@@ -331,13 +335,6 @@ fn agent_metrics(node: &Netns) -> Result<String, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT));
     node.run(move || http_get(addr, "/metrics", Duration::from_secs(5)))
         .map_err(|e| e.to_string())?
-}
-
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
 }
 
 /// The agent's failsafe list: the default plus its own HTTP port, as the agent adds it.
