@@ -64,24 +64,30 @@ pub fn source_for(target: IpAddr) -> Result<IpAddr, ScanError> {
 
 /// Attaches a classic BPF program that accepts no packet.
 fn attach_drop_all(s: &Socket) -> std::io::Result<()> {
-    let mut insn = [libc::sock_filter {
-        code: 0x06, // BPF_RET | BPF_K
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: insn.as_mut_ptr(),
+    attach_filter(
+        s,
+        vec![libc::sock_filter {
+            code: 0x06, // BPF_RET | BPF_K
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }],
+    )
+}
+
+/// Attaches the classic BPF program `prog` to `s` (`SO_ATTACH_FILTER`).
+fn attach_filter(s: &Socket, mut prog: Vec<libc::sock_filter>) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
     };
-    // SAFETY: `prog` points at a valid one-instruction program for the duration of the call;
-    // the kernel copies it.
+    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies it.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
+            (&fprog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )
     };
@@ -130,29 +136,6 @@ fn reply_filter(base_sport: u16) -> Vec<libc::sock_filter> {
         i(RET, 0, 0, 0x4_0000), // 19: accept
         i(RET, 0, 0, 0),        // 20: reject
     ]
-}
-
-fn attach_reply_filter(s: &Socket, base_sport: u16) -> std::io::Result<()> {
-    let mut prog = reply_filter(base_sport);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `prog`, alive for the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// `setsockopt` of an integer option; the one place the scanner does it.
@@ -289,7 +272,8 @@ impl Receiver {
         let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
         let sock = Socket::new(Domain::PACKET, Type::DGRAM, Some(Protocol::from(proto)))
             .map_err(raw_err(kind, "opening the packet receive socket"))?;
-        attach_reply_filter(&sock, base_sport).map_err(sock_err("filtering the packet socket"))?;
+        attach_filter(&sock, reply_filter(base_sport))
+            .map_err(sock_err("filtering the packet socket"))?;
         // Best effort: older kernels lack PACKET_IGNORE_OUTGOING; the probes then simply fail
         // to match our own outgoing packets.
         let _ = setsockopt_int(&sock, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
