@@ -60,6 +60,15 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>
 /// The files [`load_paths`] reads for these paths, in the order it reads them, and problems
 /// with paths that cannot be read. Watchers use it to notice changes.
 pub fn policy_files<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let (files, diags) = policy_files_with_metadata(paths);
+    (files.into_iter().map(|(path, _)| path).collect(), diags)
+}
+
+/// [`policy_files`] with the metadata the walk read for each file (`stat`, following
+/// symlinks), so a watcher fingerprinting the files does not stat every one a second time.
+pub fn policy_files_with_metadata<P: AsRef<Path>>(
+    paths: &[P],
+) -> (Vec<(PathBuf, fs::Metadata)>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut files = Vec::new();
     for p in paths {
@@ -85,7 +94,12 @@ fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+fn collect_files(
+    path: &Path,
+    explicit: bool,
+    out: &mut Vec<(PathBuf, fs::Metadata)>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
@@ -137,7 +151,7 @@ fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>, diags: &mu
                 Some("policy files must be regular files: remove it or replace it by one".into()),
             ));
         } else if explicit || is_yaml {
-            out.push(path.to_path_buf());
+            out.push((path.to_path_buf(), meta));
         }
     }
 }

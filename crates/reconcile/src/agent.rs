@@ -197,20 +197,22 @@ type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u64, (u32, u32, u32))>
 
 fn fingerprint(roots: &[&Path]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
-    let (files, _) = portwarden_policy::load::policy_files(roots);
-    roots
+    // The walk already stat'ed every file; only the roots are stat'ed here.
+    let (files, _) = portwarden_policy::load::policy_files_with_metadata(roots);
+    let roots = roots
         .iter()
-        .map(|p| p.to_path_buf())
-        .chain(files)
-        .map(|p| match std::fs::metadata(&p) {
-            Ok(m) => (
+        .map(|p| (p.to_path_buf(), std::fs::metadata(p).ok()));
+    roots
+        .chain(files.into_iter().map(|(p, m)| (p, Some(m))))
+        .map(|(p, m)| match m {
+            Some(m) => (
                 p,
                 m.len(),
                 m.modified().ok(),
                 m.ino(),
                 (m.mode(), m.uid(), m.gid()),
             ),
-            Err(_) => (p, u64::MAX, None, 0, (0, 0, 0)),
+            None => (p, u64::MAX, None, 0, (0, 0, 0)),
         })
         .collect()
 }
