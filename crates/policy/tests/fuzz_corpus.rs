@@ -4,37 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-
-fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 10, "{}: corpus missing", dir.display());
-    files
-}
-
-fn replay(target: &str, check: impl Fn(&[u8])) {
-    for file in corpus(target) {
-        let data = std::fs::read(&file).unwrap();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&data)));
-        assert!(outcome.is_ok(), "{}: check failed", file.display());
-    }
-}
+use portwarden_lab::replay_corpus;
 
 #[test]
 fn policy_load_corpus() {
-    replay("policy_load", portwarden_policy::fuzzing::policy_load);
+    replay_corpus("policy_load", 10, portwarden_policy::fuzzing::policy_load);
 }
 
 #[test]
 fn port_list_corpus() {
-    replay("port_list", portwarden_policy::fuzzing::port_list);
+    replay_corpus("port_list", 10, portwarden_policy::fuzzing::port_list);
 }
 
 /// Found by the fuzzer: YAML ends a line at a lone `\r`, the snippet lookup did not, so a
