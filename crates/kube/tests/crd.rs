@@ -396,6 +396,9 @@ fn cel_refuses_bad_sources_and_selectors() {
         if !ok {
             assert!(errors[0].contains("spec.ports[0].from[0]"), "{errors:?}");
             assert!(errors[0].contains("without host bits"), "{errors:?}");
+            if source.starts_with("::ffff:") {
+                assert!(errors[0].contains("IPv4-mapped ::ffff:"), "{errors:?}");
+            }
         }
         // Same meaning as the semantic validator.
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
