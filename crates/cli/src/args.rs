@@ -54,23 +54,30 @@ fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-/// Prints diagnostics to standard error followed by a count, and returns the error to exit on.
+/// Prints diagnostics to standard error followed by a count of the errors (warnings are shown
+/// but not counted), and returns the error to exit on.
 pub fn report_diagnostics(diags: &[Diagnostic]) -> anyhow::Error {
     for d in diags {
         eprint!("{d}");
     }
-    let files: std::collections::BTreeSet<&str> = diags.iter().map(|d| d.file.as_str()).collect();
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    let files: std::collections::BTreeSet<&str> = errors.iter().map(|d| d.file.as_str()).collect();
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
     anyhow::anyhow!(
         "{} in {}; nothing was changed",
-        plural(diags.len(), "problem"),
+        plural(errors.len(), "problem"),
         plural(files.len(), "file")
     )
 }
 
-/// Loads and validates documents, or prints every problem and fails.
+/// Loads and validates documents, or prints every problem and fails. Warnings go to standard
+/// error either way.
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
-    load_paths(files).map_err(|d| report_diagnostics(&d))
+    let loaded = load_paths(files).map_err(|d| report_diagnostics(&d))?;
+    for w in &loaded.warnings {
+        eprint!("{w}");
+    }
+    Ok(loaded)
 }
 
 /// Loads the file given with `--inventory`, which must hold an Inventory document.

@@ -92,6 +92,41 @@ fn all_problems_of_several_files_in_one_run() {
     assert!(err.contains("2 problems in 2 files"), "{err}");
 }
 
+#[test]
+fn warnings_are_shown_and_do_not_fail_validate() {
+    // A node without addresses can be enforced by its agent but never verified: said, not
+    // refused.
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inv,
+        "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: web-1\n    addresses: []\n",
+    )
+    .unwrap();
+    let out = portwarden(&["validate", inv.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        text(&out.stdout).starts_with("ok: 0 policies"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:5:16: warning: node \"web-1\" has no addresses",
+            inv.display()
+        )),
+        "{err}"
+    );
+    // Beside an error, the warning is shown but not counted as a problem.
+    let bad = root().join("tests/fixtures/invalid/bad-state.yaml");
+    let out = portwarden(&["validate", inv.to_str().unwrap(), bad.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("warning: node \"web-1\""), "{err}");
+    assert!(err.contains("1 problem in 1 file"), "{err}");
+}
+
 fn explain_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["explain", "-o", "json"];
     all.extend_from_slice(args);

@@ -22,6 +22,11 @@
 //!    ENOSPC (an 8 KiB tmpfs in the agent's private mount namespace), then a file the agent
 //!    cannot read (the agent runs without CAP_DAC_OVERRIDE): rules kept, error served and
 //!    counted, recovery once fixed (also by a chmod alone).
+//! 7. `an_empty_render_or_an_emptied_directory_keeps_the_last_good_state` — a policy file
+//!    truncated to nothing (a failed render), then every file removed, then a restart on the
+//!    empty directory: the rules stay as they were (a quarantined port stays closed to the
+//!    scanner), the error is logged, served and counted; `--allow-empty-policy` does remove
+//!    every rule.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -103,6 +108,19 @@ impl Agent {
         refresh: u64,
         wrap: &[&str],
     ) -> Agent {
+        Agent::start_with(node, s, policy_dir, backend, refresh, wrap, &[])
+    }
+
+    /// [`Agent::start`] with `extra` arguments after the agent's own.
+    fn start_with(
+        node: &Netns,
+        s: &Setup,
+        policy_dir: &Path,
+        backend: Backend,
+        refresh: u64,
+        wrap: &[&str],
+        extra: &[&str],
+    ) -> Agent {
         let log = s.path("agent.log");
         let script = format!("exec \"$@\" 2>>'{}'", log.display());
         let policy_dir = policy_dir.to_string_lossy().into_owned();
@@ -131,6 +149,7 @@ impl Agent {
             "--log-format",
             "json",
         ]);
+        args.extend_from_slice(extra);
         Agent {
             child: Some(node.spawn(&args).unwrap()),
             log,
@@ -677,6 +696,117 @@ fn symlinked_policy_dir_swaps_apply_each_change_once() {
     assert_eq!(agent.metric("portwarden_reconcile_errors_total"), 0.0);
 }
 
+/// Whether a TCP connection from `from` to `to` is refused (the port looks closed), rather
+/// than accepted (open) or unanswered (filtered).
+fn refused(from: &Netns, to: SocketAddr) -> bool {
+    let r = from
+        .run(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+        .unwrap();
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+#[test]
+fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
+    skip_unless_lab!();
+    // What the policy files hold does not depend on the backend: nft only.
+    let backend = Backend::Nft;
+    let lab = lab("fempty");
+    let node = lab.node(0).clone();
+    let scanner = lab.scanner(0).clone();
+    let s = Setup::new(&node);
+    // 8080 is quarantined (closed) while a service listens on it: were the rules removed, the
+    // scanner would see it open.
+    let _service = node.tcp_listener(8080).unwrap();
+    let quarantined = SocketAddr::from((node.v4(), 8080));
+    let web = policy("web", &[(80, "open", None), (443, "open", None)]);
+    let quarantine = policy("quarantine", &[(8080, "closed", None)]);
+    std::fs::write(s.path("policies/web.yaml"), &web).unwrap();
+    std::fs::write(s.path("policies/quarantine.yaml"), &quarantine).unwrap();
+    let policies = s.path("policies");
+    let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
+    agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
+    assert!(refused(&scanner, quarantined), "8080 closed by the policy");
+    let rules = || {
+        Family::ALL
+            .iter()
+            .map(|&f| save(&node, backend, f))
+            .collect::<Vec<_>>()
+    };
+    let good = rules();
+    assert!(good[0].contains("\"quarantine entr"), "{}", good[0]);
+    let errors = std::cell::Cell::new(0.0);
+    let kept = |agent: &Agent, what: &str, message: &str| {
+        let view = agent.wait_for(what, |v| {
+            v.policy_error
+                .as_deref()
+                .is_some_and(|e| e.contains(message))
+        });
+        eprintln!("{what}: served as {:?}", view.policy_error.unwrap());
+        errors.set(wait("load error counted", || {
+            let n = agent.metric("portwarden_policy_load_errors_total");
+            (n > errors.get()).then_some(n)
+        }));
+        assert_eq!(agent.metric("portwarden_policy_valid"), 0.0, "{what}");
+        assert_eq!(rules(), good, "{what}: rules unchanged");
+        assert!(refused(&scanner, quarantined), "{what}: 8080 still closed");
+        let logged = agent.logged("invalid policy documents");
+        assert!(!logged.is_empty(), "{what}: not logged");
+    };
+
+    // (1) a render that failed: `cat /nonexistent > quarantine.yaml` leaves it empty
+    std::fs::File::create(s.path("policies/quarantine.yaml")).unwrap();
+    kept(
+        &agent,
+        "a truncated file",
+        "quarantine.yaml: error: file is empty",
+    );
+    // (2) the directory emptied (every file removed)
+    std::fs::remove_file(s.path("policies/quarantine.yaml")).unwrap();
+    std::fs::remove_file(s.path("policies/web.yaml")).unwrap();
+    kept(&agent, "an emptied directory", "no PortPolicy documents");
+
+    // (3) the agent restarted on the empty directory: its first load applies nothing, so the
+    // rules of the last run stay, and it is not ready
+    agent.kill();
+    let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
+    errors.set(0.0);
+    kept(
+        &agent,
+        "first start with no documents",
+        "no PortPolicy documents",
+    );
+    let ready = agent.get("/readyz").unwrap_err();
+    assert!(
+        ready.contains(" 503 ") && ready.contains("no valid policy yet: no PortPolicy documents"),
+        "{ready}"
+    );
+
+    // (4) said explicitly: an empty policy set is the intent, and every rule goes
+    agent.kill();
+    let agent = Agent::start_with(
+        &node,
+        &s,
+        &policies,
+        backend,
+        1,
+        &[],
+        &["--allow-empty-policy"],
+    );
+    agent.wait_for("converged on nothing", |v| {
+        v.converged && v.policy_error.is_none()
+    });
+    let left = ours(&save(&node, backend, Family::Ipv4));
+    assert!(
+        !left
+            .iter()
+            .any(|l| l.contains("\"web entr") || l.contains("\"quarantine entr")),
+        "no policy rule left: {left:#?}"
+    );
+    wait("8080 open once the rules are gone", || {
+        (!refused(&scanner, quarantined)).then_some(())
+    });
+}
+
 /// Runs `script` (`sh -c`) in the agent's mount namespace, where its policy directory is a
 /// small tmpfs, with `input` on standard input.
 fn in_agent_mounts(agent: &Agent, script: &str, input: &str) -> std::process::Output {
@@ -909,6 +1039,7 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
                 tool_dir: Some(dying_restore_tools(s.dir.path(), backend)),
                 ..Options::default()
             },
+            allow_empty_policy: false,
         });
         shared.set_intent(Some(intent), None);
         let sh = shared.clone();

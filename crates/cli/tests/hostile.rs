@@ -310,3 +310,32 @@ fn non_utf8_is_located() {
     let f = write(dir.path(), "utf16.yaml", &utf16);
     assert_refused(&f, 1, "file is not valid UTF-8");
 }
+
+#[test]
+fn symlink_loops_are_walked_once_in_bounded_memory() {
+    // `ln -s . a; ln -s . b` made the walk exponential (a/b/a/b/... until PATH_MAX): 100 % CPU
+    // and memory growing by megabytes a second, without end. Each directory is walked once.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "web.yaml",
+        policy("    - ports: 80\n      state: open\n").as_bytes(),
+    );
+    for link in ["a", "b", "c"] {
+        std::os::unix::fs::symlink(".", dir.path().join(link)).unwrap();
+    }
+    let run = assert_accepted(dir.path(), "ok: 1 policy (1 entries)");
+    eprintln!("three links to .: peak RSS {} MB", run.peak_mb);
+    // A link out of the tree is refused, and what it points to is never read.
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd.yaml")).unwrap();
+    let run = validate(dir.path());
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "passwd.yaml: error: symbolic link to /etc/passwd, outside the policy directory"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("root:"), "{}", run.stderr);
+}

@@ -911,6 +911,7 @@ mod tests {
                 listen: "127.0.0.1:9750".parse().unwrap(),
                 failsafe: portwarden_netfilter::Failsafe::default(),
                 netfilter: portwarden_netfilter::Options::default(),
+                allow_empty_policy: false,
             },
             peers_per_node: 1,
         };
@@ -1102,6 +1103,7 @@ mod tests {
             listen: "127.0.0.1:9750".parse().unwrap(),
             failsafe: portwarden_netfilter::Failsafe::default(),
             netfilter: portwarden_netfilter::Options::default(),
+            allow_empty_policy: false,
         };
         let shared = Shared::new(config);
         let (plan_tx, plan_rx) = std::sync::mpsc::channel();

@@ -381,6 +381,11 @@ fn cel_refuses_bad_sources_and_selectors() {
         ("2001:db8::1/32", false),
         ("not-an-address", false),
         ("10.0.0.0/33", false),
+        // IPv4-mapped IPv6: IPv4 packets never match it; the API server's isIP/isCIDR refuse
+        // it, and so must the validator (it used to accept it and compile it into ip6tables).
+        ("::ffff:10.240.1.2", false),
+        ("::ffff:10.0.0.0/104", false),
+        ("::ffff:0:0/96", false),
     ] {
         let p = policy_with(
             json!({"ports": "80", "state": "closed", "from": [source]}),
@@ -391,6 +396,9 @@ fn cel_refuses_bad_sources_and_selectors() {
         if !ok {
             assert!(errors[0].contains("spec.ports[0].from[0]"), "{errors:?}");
             assert!(errors[0].contains("without host bits"), "{errors:?}");
+            if source.starts_with("::ffff:") {
+                assert!(errors[0].contains("IPv4-mapped ::ffff:"), "{errors:?}");
+            }
         }
         // Same meaning as the semantic validator.
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();

@@ -530,7 +530,19 @@ impl Decoder {
     fn ports(&mut self, node: &Node) -> Option<Ports> {
         let item = |d: &mut Decoder, n: &Node| -> Option<PortItem> {
             match &n.value {
-                Value::Int(i) => Some(PortItem::Number(u32::try_from(*i).unwrap_or(u32::MAX))),
+                // Beyond the wire type (negative, or past 2^32): reported as written here, since
+                // clamping it would make the range check report another number.
+                Value::Int(i) => match u32::try_from(*i) {
+                    Ok(port) => Some(PortItem::Number(port)),
+                    Err(_) => {
+                        d.problem(
+                            n.loc,
+                            format!("port {i} is out of range (ports are 1-65535)"),
+                            None,
+                        );
+                        None
+                    }
+                },
                 Value::Str(s) => Some(PortItem::Text(s.clone())),
                 other => {
                     d.problem(
@@ -728,6 +740,27 @@ mod tests {
         assert!(p[0].2.contains("a port must be a number"));
         assert!(p[1].2.contains("state must be one of"));
         assert!(p[2].2.contains("must be a list"));
+    }
+
+    #[test]
+    fn ports_beyond_the_wire_type_are_reported_as_written() {
+        // -1 and 2^32 + 80 were clamped to 4294967295 before the range check saw them.
+        for (ports, col, written) in [
+            ("-1", 14, "-1"),
+            ("4294967376", 14, "4294967376"),
+            ("[80, -5]", 19, "-5"),
+        ] {
+            let p = problems(&format!(
+                "{HEADER}    - ports: {ports}\n      state: open\n"
+            ));
+            assert_eq!(p.len(), 1, "{ports}: {p:#?}");
+            assert_eq!((p[0].0, p[0].1), (7, col), "{ports}: {p:?}");
+            assert_eq!(
+                p[0].2,
+                format!("port {written} is out of range (ports are 1-65535)"),
+                "{ports}"
+            );
+        }
     }
 
     #[test]

@@ -6,14 +6,39 @@
 //! 7 |       state: blocked
 //!   |              ^^^^^^^ did you mean "closed"?
 //! ```
+//!
+//! A diagnostic is an error (the documents are not used) or a [`Severity::Warning`]: something
+//! worth saying that does not make the documents wrong (`validate` still exits 0, the agent
+//! applies them and logs the warning).
 
 use std::fmt;
 
 use crate::yaml::Loc;
 
+/// How bad a [`Diagnostic`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Severity {
+    /// The documents are invalid: nothing of them is used.
+    #[default]
+    Error,
+    /// Worth saying, but the documents are valid and used.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
 /// One problem in one file, with the source line it points at.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
+    /// Whether the problem makes the documents invalid.
+    pub severity: Severity,
     /// The file, as the user named it (or found under a directory they named).
     pub file: String,
     /// Where in the file, when known.
@@ -27,7 +52,7 @@ pub struct Diagnostic {
     pub line_text: Option<String>,
     /// How many characters of the line were cut before `line_text`'s window (0 when the line is
     /// shown from its start).
-    pub line_skip: usize,
+    pub line_skip: u32,
 }
 
 /// Longest snippet line shown. A hostile file can be one line of megabytes, and every problem
@@ -102,11 +127,12 @@ impl Diagnostic {
         let (line_text, line_skip) = match line {
             Some(l) => {
                 let (text, skip) = window(l, loc.column);
-                (Some(text), skip)
+                (Some(text), u32::try_from(skip).unwrap_or(u32::MAX))
             }
             None => (None, 0),
         };
         Diagnostic {
+            severity: Severity::Error,
             file: file.to_string(),
             loc: Some(loc),
             message,
@@ -119,6 +145,7 @@ impl Diagnostic {
     /// A diagnostic about a whole file (it cannot be read, is too large, ...).
     pub fn file(file: &str, message: String, help: Option<String>) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             file: file.to_string(),
             loc: None,
             message,
@@ -128,14 +155,27 @@ impl Diagnostic {
         }
     }
 
-    /// The first line alone: `FILE:LINE:COL: error: MESSAGE`.
+    /// The same diagnostic as a warning.
+    pub fn warning(self) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..self
+        }
+    }
+
+    /// Whether it makes the documents invalid (not a warning).
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// The first line alone: `FILE:LINE:COL: error: MESSAGE` (or `warning:`).
     pub fn headline(&self) -> String {
         match self.loc {
             Some(l) => format!(
-                "{}:{}:{}: error: {}",
-                self.file, l.line, l.column, self.message
+                "{}:{}:{}: {}: {}",
+                self.file, l.line, l.column, self.severity, self.message
             ),
-            None => format!("{}: error: {}", self.file, self.message),
+            None => format!("{}: {}: {}", self.file, self.severity, self.message),
         }
     }
 }
@@ -151,7 +191,7 @@ impl fmt::Display for Diagnostic {
                 let text = text.replace('\t', " ");
                 let col = loc.column.saturating_sub(1) as usize;
                 let col = if self.line_skip > 0 {
-                    col.saturating_sub(self.line_skip) + CUT.len()
+                    col.saturating_sub(self.line_skip as usize) + CUT.len()
                 } else {
                     col
                 };
@@ -258,6 +298,29 @@ mod tests {
             None,
         );
         assert_eq!(d.line_text.as_deref(), Some("c: 3"));
+    }
+
+    #[test]
+    fn warnings_render_as_warnings() {
+        let d = Diagnostic::at(
+            "inv.yaml",
+            "nodes:\n  - name: a\n",
+            Loc {
+                line: 2,
+                column: 11,
+                len: 1,
+            },
+            "node \"a\" has no addresses".into(),
+            None,
+        )
+        .warning();
+        assert!(!d.is_error());
+        assert_eq!(
+            d.to_string(),
+            "inv.yaml:2:11: warning: node \"a\" has no addresses\n  |\n2 |   - name: a\n  |           ^\n"
+        );
+        let f = Diagnostic::file("x.yaml", "m".into(), None).warning();
+        assert_eq!(f.headline(), "x.yaml: warning: m");
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub struct PortEntry {
 
 /// The schema of `from`: a bounded list of addresses or networks without host bits, checked by
 /// a CEL rule (`isIP`/`isCIDR`, Kubernetes 1.31+) so the API server refuses a bad source at
-/// `kubectl apply` time, with the same meaning as [`crate::validate`].
+/// `kubectl apply` time, with the same meaning as [`crate::validate`] (both refuse IPv4-mapped
+/// IPv6 sources such as `::ffff:10.0.0.1`).
 fn sources_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
@@ -105,7 +106,7 @@ fn sources_schema(_: &mut SchemaGenerator) -> Schema {
             "maxLength": 64,
             "x-kubernetes-validations": [{
                 "rule": "isIP(self) || (isCIDR(self) && cidr(self) == cidr(self).masked())",
-                "message": "must be an IP address or a network without host bits, e.g. 172.16.7.80 or 10.0.0.0/24"
+                "message": "must be an IP address or a network without host bits, e.g. 172.16.7.80 or 10.0.0.0/24 (IPv4 in its own form: IPv4-mapped ::ffff:a.b.c.d is refused)"
             }]
         }
     })

@@ -36,7 +36,7 @@ pub mod ports;
 pub mod validate;
 pub mod yaml;
 
-pub use diagnostic::Diagnostic;
+pub use diagnostic::{Diagnostic, Severity};
 pub use document::{
     API_VERSION, Inventory, InventoryNode, LabelSelector, PortEntry, PortPolicy, PortPolicySpec,
     Protocol, State, Unlisted,

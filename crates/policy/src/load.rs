@@ -2,13 +2,23 @@
 //!
 //! # Guarantees
 //!
-//! All or nothing: either every document in every file is valid and a [`Loaded`] comes back,
-//! or every problem found in every file comes back as [`Diagnostic`]s and nothing is returned
-//! to act on.
+//! All or nothing: either every document in every file is valid and a [`Loaded`] comes back
+//! (with its warnings), or every problem found in every file comes back as [`Diagnostic`]s and
+//! nothing is returned to act on.
+//!
+//! The walk of a directory reads each directory and each file once, by device and inode,
+//! however many links lead to it (a link to `.` is a loop walked once, not an exponential
+//! walk). The directory named is the policy tree: it may itself be a symbolic link (a git-sync
+//! checkout `current -> rev-123/`), and links inside it are followed while they lead to a
+//! place inside it. A link that leads out of the tree is reported and not followed, and its
+//! target is never opened (a `*.yaml` link to `/etc/shadow` is not read, so no line of it
+//! ends up in a message). A file named explicitly is read wherever it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::decode::{self, Document};
@@ -25,6 +35,10 @@ pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 /// A validated set of documents.
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
+    /// Warnings about the documents (valid, but worth saying; see [`Severity::Warning`]).
+    ///
+    /// [`Severity::Warning`]: crate::diagnostic::Severity::Warning
+    pub warnings: Vec<Diagnostic>,
     /// The policies, ready to evaluate and compile.
     pub policies: PolicySet,
     /// Nodes of every inventory found among the documents, in file order.
@@ -42,12 +56,14 @@ impl Loaded {
     }
 }
 
-/// Loads files and directories (recursively, `*.yaml`/`*.yml`, hidden entries such as `.git`
-/// skipped; a file named explicitly is read whatever its extension).
+/// Loads files and directories (recursively, `*.yaml`/`*.yml` in any case, hidden entries such
+/// as `.git` skipped; a file named explicitly is read whatever its extension).
 ///
 /// # Errors
 ///
-/// Every problem in every file, located; see the module's guarantees.
+/// Every problem in every file, located (with the warnings among them); see the module's
+/// guarantees. An empty file (nothing but white space) is one: it is what a render that failed
+/// leaves behind.
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>> {
     let (files, mut diags) = policy_files(paths);
     let mut accepted = Vec::new();
@@ -69,12 +85,11 @@ pub fn policy_files<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Diagnosti
 pub fn policy_files_with_metadata<P: AsRef<Path>>(
     paths: &[P],
 ) -> (Vec<(PathBuf, fs::Metadata)>, Vec<Diagnostic>) {
-    let mut diags = Vec::new();
-    let mut files = Vec::new();
+    let mut walk = Walk::default();
     for p in paths {
-        collect_files(p.as_ref(), true, &mut files, &mut diags);
+        walk.root(p.as_ref());
     }
-    (files, diags)
+    (walk.files, walk.diags)
 }
 
 /// A document that passed decoding and validation, with what is needed to locate it later.
@@ -94,35 +109,71 @@ fn display(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn collect_files(
-    path: &Path,
-    explicit: bool,
-    out: &mut Vec<(PathBuf, fs::Metadata)>,
-    diags: &mut Vec<Diagnostic>,
-) {
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => {
-            diags.push(Diagnostic::file(
-                &display(path),
-                format!("cannot read: {e}"),
-                Some(
-                    "check the path; directories are read recursively for *.yaml and *.yml".into(),
-                ),
-            ));
+/// Whether a file found in a directory is a policy file: `*.yaml` or `*.yml`, in any case
+/// (`WEB.YAML` is one; it used to be skipped without a word).
+fn is_policy_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+fn cannot_read(path: &Path, e: &std::io::Error) -> Diagnostic {
+    Diagnostic::file(
+        &display(path),
+        format!("cannot read: {e}"),
+        Some("check the path; directories are read recursively for *.yaml and *.yml".into()),
+    )
+}
+
+/// One walk over the paths given; see the module's guarantees.
+#[derive(Default)]
+struct Walk {
+    files: Vec<(PathBuf, fs::Metadata)>,
+    diags: Vec<Diagnostic>,
+    /// Directories walked and files taken, by device and inode.
+    seen: HashSet<(u64, u64)>,
+}
+
+impl Walk {
+    /// Whether this is the first visit of the directory or file (an inode of 0, which some
+    /// file systems report for everything, never counts as seen).
+    fn first_visit(&mut self, meta: &fs::Metadata) -> bool {
+        meta.ino() == 0 || self.seen.insert((meta.dev(), meta.ino()))
+    }
+
+    /// A path given: a directory is the root of a policy tree (followed if it is a link); a
+    /// file is read whatever it is.
+    fn root(&mut self, path: &Path) {
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) => return self.diags.push(cannot_read(path, &e)),
+        };
+        if !meta.is_dir() {
+            // Named on the command line, `/dev/stdin` or a pipe is what the user meant.
+            if self.first_visit(&meta) {
+                self.files.push((path.to_path_buf(), meta));
+            }
             return;
         }
-    };
-    if meta.is_dir() {
+        match fs::canonicalize(path) {
+            Ok(tree) => self.dir(path, &meta, &tree),
+            Err(e) => self.diags.push(cannot_read(path, &e)),
+        }
+    }
+
+    /// A directory of the tree whose canonical path is `tree`.
+    fn dir(&mut self, path: &Path, meta: &fs::Metadata, tree: &Path) {
+        if !self.first_visit(meta) {
+            return;
+        }
         let entries = match fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
-                diags.push(Diagnostic::file(
+                return self.diags.push(Diagnostic::file(
                     &display(path),
                     format!("cannot list directory: {e}"),
                     None,
                 ));
-                return;
             }
         };
         let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -133,26 +184,74 @@ fn collect_files(
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with('.'));
             if !hidden {
-                collect_files(&child, false, out, diags);
+                self.entry(&child, tree);
             }
         }
-    } else {
-        let is_yaml = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e == "yaml" || e == "yml");
-        if is_yaml && !explicit && !meta.is_file() {
-            // Found in a directory: reading a FIFO would block the agent forever, a device
-            // could be endless. Reported, so the last good state stays until it is removed.
-            // (Named on the command line, `/dev/stdin` or a pipe is what the user meant.)
-            diags.push(Diagnostic::file(
+    }
+
+    /// An entry found in a directory of the tree.
+    fn entry(&mut self, path: &Path, tree: &Path) {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => match self.link(path, tree) {
+                Some(target) => target,
+                None => return,
+            },
+            Ok(m) => m,
+            Err(e) => return self.diags.push(cannot_read(path, &e)),
+        };
+        if meta.is_dir() {
+            self.dir(path, &meta, tree);
+        } else if !is_policy_name(path) {
+        } else if !meta.is_file() {
+            // Reading a FIFO would block the agent forever, a device could be endless.
+            // Reported, so the last good state stays until it is removed.
+            self.diags.push(Diagnostic::file(
                 &display(path),
                 "not a regular file (a FIFO, socket or device); it is not read".into(),
                 Some("policy files must be regular files: remove it or replace it by one".into()),
             ));
-        } else if explicit || is_yaml {
-            out.push((path.to_path_buf(), meta));
+        } else if self.first_visit(&meta) {
+            self.files.push((path.to_path_buf(), meta));
         }
+    }
+
+    /// The metadata of what a link in the tree leads to, when that is inside the tree. A link
+    /// that leads out is reported when what it leads to would be read (a directory, or a
+    /// `*.yaml` link), and skipped silently otherwise (a `LICENSE` link is never read anyway);
+    /// a link that leads nowhere is reported.
+    fn link(&mut self, path: &Path, tree: &Path) -> Option<fs::Metadata> {
+        let target = match fs::canonicalize(path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diags.push(cannot_read(path, &e));
+                return None;
+            }
+        };
+        let meta = match fs::metadata(&target) {
+            Ok(m) => m,
+            Err(e) => {
+                self.diags.push(cannot_read(path, &e));
+                return None;
+            }
+        };
+        if target.starts_with(tree) {
+            return Some(meta);
+        }
+        if meta.is_dir() || is_policy_name(path) {
+            self.diags.push(Diagnostic::file(
+                &display(path),
+                format!(
+                    "symbolic link to {}, outside the policy directory {}; it is not followed",
+                    target.display(),
+                    tree.display()
+                ),
+                Some(
+                    "links in a policy directory may only lead inside it: copy what it points to into the directory, or remove the link"
+                        .into(),
+                ),
+            ));
+        }
+        None
     }
 }
 
@@ -199,6 +298,7 @@ fn text_of(bytes: Vec<u8>, name: &str) -> Result<String, Diagnostic> {
         let line = u32::try_from(line).unwrap_or(u32::MAX);
         let column = last.chars().count() as u32 + 1;
         Diagnostic {
+            severity: crate::diagnostic::Severity::Error,
             file: name.to_string(),
             loc: Some(Loc {
                 line,
@@ -275,6 +375,20 @@ fn load_text(
             return;
         }
     };
+    if source.trim().is_empty() {
+        // A file with comments only is deliberate; one with nothing at all is what
+        // `render > policy.yaml` leaves when the render fails. Taking it for "no policies"
+        // would drop the policies it held.
+        diags.push(Diagnostic::file(
+            name,
+            "file is empty: it holds no documents (a render that failed, or a write cut short?)"
+                .into(),
+            Some(
+                "write its documents again, or delete the file if it is meant to hold none".into(),
+            ),
+        ));
+        return;
+    }
     let trees = match yaml::parse_stream(&source) {
         Ok(t) => t,
         Err(e) => {
@@ -298,16 +412,23 @@ fn load_text(
         }
         let Some(doc) = doc else { continue };
         let validated = match &doc {
-            Document::Policy(p) => validate::policy(p).map(Valid::Policy),
-            Document::Inventory(i) => validate::inventory(i).map(Valid::Nodes),
+            Document::Policy(p) => validate::policy(p).map(|p| (Valid::Policy(p), Vec::new())),
+            Document::Inventory(i) => validate::inventory(i)
+                .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
         };
         match validated {
-            Ok(value) if problems.is_empty() => accepted.push(Accepted {
-                file: name.to_string(),
-                source: source.clone(),
-                tree,
-                value,
-            }),
+            Ok((value, warnings)) if problems.is_empty() => {
+                for w in warnings {
+                    let loc = tree.locate(&w.path);
+                    file.push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
+                }
+                accepted.push(Accepted {
+                    file: name.to_string(),
+                    source: source.clone(),
+                    tree,
+                    value,
+                })
+            }
             Ok(_) => {}
             Err(issues) => {
                 let below_problem =
@@ -343,6 +464,9 @@ fn assemble(
     let mut inventories = 0;
     let mut first_policy: BTreeMap<String, String> = BTreeMap::new();
     let mut first_node: BTreeMap<String, String> = BTreeMap::new();
+    // Each address belongs to one node: verify compares what it sees at an address with the
+    // intent of the node listed there, so two nodes at one address would be judged by one.
+    let mut first_address: HashMap<IpAddr, (String, String)> = HashMap::new();
     let name_path = [
         PathSegment::Key("metadata".into()),
         PathSegment::Key("name".into()),
@@ -406,6 +530,39 @@ fn assemble(
                         }),
                         None => {
                             first_node.insert(n.name.clone(), here);
+                            for (j, addr) in n.addresses.iter().enumerate() {
+                                let path = [
+                                    PathSegment::Key("nodes".into()),
+                                    PathSegment::Index(i),
+                                    PathSegment::Key("addresses".into()),
+                                    PathSegment::Index(j),
+                                ];
+                                let loc = a.tree.locate(&path);
+                                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                                match first_address.get(addr) {
+                                    Some((node, first)) => report(&a.file, &|| {
+                                        let message = if *node == n.name {
+                                            format!(
+                                                "address {addr} is listed twice for node \"{node}\" (first at {first})"
+                                            )
+                                        } else {
+                                            format!(
+                                                "address {addr} is also an address of node \"{node}\" ({first})"
+                                            )
+                                        };
+                                        Diagnostic::at(
+                                            &a.file,
+                                            &a.source,
+                                            loc,
+                                            message,
+                                            Some("an address belongs to one node (verify judges what it sees there by that node's intent): remove it from one of them".into()),
+                                        )
+                                    }),
+                                    None => {
+                                        first_address.insert(*addr, (n.name.clone(), here));
+                                    }
+                                }
+                            }
                             nodes.push(n);
                         }
                     }
@@ -422,10 +579,11 @@ fn assemble(
             Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
     }
-    if !diags.is_empty() {
+    if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
     Ok(Loaded {
+        warnings: diags,
         policies: PolicySet::new(policies),
         nodes,
         inventories,
@@ -572,6 +730,196 @@ mod tests {
         let (files, diags) = policy_files(&[dir.path()]);
         assert_eq!(files.len(), 1);
         assert_eq!(diags.len(), 1);
+    }
+
+    /// Runs `policy_files` on `dir` in a thread and waits for it with a deadline, so a walk
+    /// that never ends fails the test instead of hanging it.
+    fn walk_within_deadline(dir: &Path) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+        let dir = dir.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(policy_files(&[&dir]));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the walk did not finish within 20 s: a directory is walked more than once")
+    }
+
+    #[test]
+    fn a_symlink_loop_of_two_links_is_walked_once() {
+        // `ln -s . a; ln -s . b` made the walk exponential: a/b/a/b/... until paths hit
+        // PATH_MAX, at 100 % CPU and ~20 MB/s more memory.
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ok.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        std::os::unix::fs::symlink(".", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("b")).unwrap();
+        let (files, diags) = walk_within_deadline(dir.path());
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(files, vec![dir.path().join("ok.yaml")]);
+    }
+
+    #[test]
+    fn one_link_to_the_directory_itself_gives_no_duplicates() {
+        // `ln -s . a` gave 41 "duplicate policy name" errors (a/, a/a/, ... until ELOOP).
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ok.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        std::os::unix::fs::symlink(".", dir.path().join("a")).unwrap();
+        let loaded = load_paths(&[dir.path()]).unwrap();
+        assert_eq!(loaded.policies.policies().len(), 1);
+        assert_eq!(loaded.files, 1);
+        // A link to a file or directory inside the tree is followed, and each file read once.
+        write(
+            dir.path(),
+            "sub/b.yaml",
+            POLICY.replace("NAME", "b").as_bytes(),
+        );
+        std::os::unix::fs::symlink("sub", dir.path().join("also-sub")).unwrap();
+        std::os::unix::fs::symlink("ok.yaml", dir.path().join("same.yaml")).unwrap();
+        std::os::unix::fs::symlink("sub/b.yaml", dir.path().join("c.yaml")).unwrap();
+        let loaded = load_paths(&[dir.path()]).unwrap();
+        assert_eq!(loaded.policies.policies().len(), 2);
+        assert_eq!(loaded.files, 2);
+    }
+
+    #[test]
+    fn links_out_of_the_tree_are_reported_and_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Outside the policy directory: a secret whose first line is not YAML (a parse error
+        // used to print it as the snippet), and a directory of policies.
+        let secret = write(dir.path(), "secret", b"root:$6$SECRETHASH:19000:0:::\n");
+        write(
+            dir.path(),
+            "elsewhere/p.yaml",
+            POLICY.replace("NAME", "x").as_bytes(),
+        );
+        let policies = dir.path().join("policies");
+        write(&policies, "ok.yaml", POLICY.replace("NAME", "a").as_bytes());
+        std::os::unix::fs::symlink(&secret, policies.join("shadow.yaml")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere", policies.join("more")).unwrap();
+        // A non-policy file pointing out (a README, a licence) is never read: no problem.
+        std::os::unix::fs::symlink(&secret, policies.join("NOTES.txt")).unwrap();
+        let d = load_paths(&[&policies]).unwrap_err();
+        let text: String = d.iter().map(|d| d.to_string()).collect();
+        assert!(!text.contains("SECRETHASH"), "the content was read: {text}");
+        assert_eq!(d.len(), 2, "{text}");
+        assert!(d[0].file.ends_with("more"), "{text}");
+        assert!(d[1].file.ends_with("shadow.yaml"), "{text}");
+        for d in &d {
+            assert!(d.message.contains("outside the policy directory"), "{d}");
+            assert!(d.loc.is_none() && d.line_text.is_none(), "{d}");
+        }
+        // Named explicitly, a file is read wherever it is (the user asked for it).
+        let loaded = load_paths(&[policies.join("ok.yaml")]).unwrap();
+        assert_eq!(loaded.files, 1);
+    }
+
+    #[test]
+    fn a_symlinked_root_is_followed_and_links_inside_it_stay_inside() {
+        // git-sync: /etc/pw/current -> rev-123/, the checkout's own links are relative.
+        let dir = tempfile::tempdir().unwrap();
+        let rev = dir.path().join("rev-123");
+        write(&rev, "sub/a.yaml", POLICY.replace("NAME", "a").as_bytes());
+        std::os::unix::fs::symlink("sub", rev.join("link")).unwrap();
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("rev-123", &current).unwrap();
+        let (files, diags) = policy_files(&[&current]);
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(files, vec![current.join("link/a.yaml")]);
+    }
+
+    #[test]
+    fn upper_case_extensions_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "A.YAML", POLICY.replace("NAME", "a").as_bytes());
+        write(dir.path(), "b.Yml", POLICY.replace("NAME", "b").as_bytes());
+        write(dir.path(), "c.yaml.bak", b"ignored");
+        let loaded = load_paths(&[dir.path()]).unwrap();
+        assert_eq!(loaded.policies.policies().len(), 2);
+        assert_eq!(loaded.files, 2);
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error_a_comment_only_file_is_not() {
+        // `render > web.yaml` with a failing render leaves an empty file: it used to drop
+        // that file's policies silently.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", POLICY.replace("NAME", "a").as_bytes());
+        write(dir.path(), "b.yaml", b"");
+        write(dir.path(), "c.yaml", b"\n  \n");
+        write(dir.path(), "d.yaml", b"# nothing here yet\n");
+        let d = load_paths(&[dir.path()]).unwrap_err();
+        assert_eq!(d.len(), 2, "{d:?}");
+        for (d, name) in d.iter().zip(["b.yaml", "c.yaml"]) {
+            assert!(d.file.ends_with(name), "{d}");
+            assert!(d.message.contains("file is empty"), "{d}");
+        }
+        let explicit = load_paths(&[dir.path().join("b.yaml")]).unwrap_err();
+        assert!(
+            explicit[0].message.contains("file is empty"),
+            "{explicit:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_inventory_addresses_are_errors() {
+        let inv = |nodes: &str| {
+            format!("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n{nodes}")
+        };
+        // Two nodes at one address: verify would compare one host with two intents.
+        let text = inv(
+            "  - name: a\n    addresses: [\"10.0.0.1\"]\n  - name: b\n    addresses: [\"10.0.0.2\", \"10.0.0.1\"]\n",
+        );
+        let d = load_source("inv.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].headline(),
+            "inv.yaml:7:29: error: address 10.0.0.1 is also an address of node \"a\" (inv.yaml:5:17)"
+        );
+        // Across files, too.
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "one.yaml",
+            inv("  - {name: a, addresses: [\"fd00::1\"]}\n").as_bytes(),
+        );
+        write(
+            dir.path(),
+            "two.yaml",
+            inv("  - {name: b, addresses: [\"fd00:0::1\"]}\n").as_bytes(),
+        );
+        let d = load_paths(&[dir.path()]).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].file.ends_with("two.yaml") && d[0].message.contains("fd00::1"),
+            "{}",
+            d[0]
+        );
+    }
+
+    #[test]
+    fn a_node_without_addresses_is_a_warning() {
+        let inv = |nodes: &str| {
+            format!("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n{nodes}")
+        };
+        // A node without addresses is enforced by its agent but cannot be verified: a warning.
+        let text = inv("  - name: a\n    addresses: []\n  - name: b\n");
+        let loaded = load_source("inv.yaml", text.as_bytes()).unwrap();
+        assert_eq!(loaded.nodes.len(), 2);
+        let w: Vec<String> = loaded.warnings.iter().map(|w| w.headline()).collect();
+        assert_eq!(
+            w,
+            [
+                "inv.yaml:5:16: warning: node \"a\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
+                "inv.yaml:6:5: warning: node \"b\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
+            ]
+        );
     }
 
     #[test]

@@ -82,6 +82,15 @@ pub fn parse_port(text: &str) -> Result<u16, PortError> {
 /// Parses `"80"` or `"8000-8100"`.
 pub fn parse_range(text: &str) -> Result<PortRange, PortError> {
     let t = text.trim();
+    // `-1` is a negative number, not a range without a start: say so, with the number written.
+    if let Some(digits) = t.strip_prefix('-')
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(PortError(format!(
+            "port {t} is out of range (ports are 1-65535)"
+        )));
+    }
     match t.split_once('-') {
         None => parse_port(t).map(PortRange::single),
         Some((a, b)) => {
@@ -151,6 +160,11 @@ mod tests {
                 .contains("did you mean \"80-90\"")
         );
         assert!(parse_range("80-").is_err());
+        // A negative number (a Kubernetes object's `ports: -1` arrives as text) is one.
+        assert_eq!(
+            parse_list("-1").unwrap_err().0,
+            "port -1 is out of range (ports are 1-65535)"
+        );
         assert!(parse_list("").unwrap_err().0.contains("empty"));
         assert!(parse_list("80,,81").is_err());
     }

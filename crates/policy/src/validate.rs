@@ -188,6 +188,29 @@ pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
     }
 }
 
+/// What is valid in an inventory but worth a warning: a node without addresses. Its agent
+/// enforces its rules, but `verify` and peer scans have nowhere to probe it. The paths point at
+/// each node's `addresses` (or at the node, when the field is missing).
+pub fn inventory_warnings(doc: &Inventory) -> Vec<Issue> {
+    doc.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.addresses.is_empty())
+        .map(|(i, n)| Issue {
+            path: vec![
+                PathSegment::Key("nodes".into()),
+                PathSegment::Index(i),
+                PathSegment::Key("addresses".into()),
+            ],
+            message: format!(
+                "node \"{}\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
+                n.name
+            ),
+            help: Some("add the node's addresses so that it can be verified".into()),
+        })
+        .collect()
+}
+
 /// A policy entry that asks to close or filter failsafe ports; see [`failsafe_conflicts`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailsafeConflict {
@@ -369,10 +392,53 @@ fn check_ports(c: &mut Checker, p: &Ports) -> Option<Vec<PortRange>> {
     Some(ports::normalize(ranges))
 }
 
+/// When `t` is an IPv4-mapped IPv6 address or network (`::ffff:10.0.0.1`, `::ffff:10.0.0.0/104`):
+/// the message (`why` says what it breaks) and the IPv4 form as the fix.
+///
+/// Such a value is refused, not rewritten: the kernel hands IPv4 packets to iptables, so in a
+/// source it matches nothing (it only ever reached ip6tables), and as a node address it names
+/// the IPv4 host in a form scanners cannot use. Kubernetes' CEL `isIP`/`isCIDR` refuse it too,
+/// so a file and a custom resource mean the same; and a located error with the fix costs one
+/// edit, where a silent rewrite would leave the file saying something else than what is enforced.
+fn ipv4_mapped(t: &str, why: &str) -> Option<(String, Option<String>)> {
+    let (addr, prefix) = match t.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (t, None),
+    };
+    let IpAddr::V6(v6) = addr.parse::<IpAddr>().ok()? else {
+        return None;
+    };
+    let v4 = v6.to_ipv4_mapped()?;
+    let fix = match prefix.map(str::parse::<u8>) {
+        None => Some(v4.to_string()),
+        Some(Ok(p)) if (96..=128).contains(&p) => Some(format!("{v4}/{}", p - 96)),
+        Some(_) => None,
+    };
+    let kind = if prefix.is_some() {
+        "network"
+    } else {
+        "address"
+    };
+    Some((
+        format!("\"{t}\" is an IPv4-mapped IPv6 {kind}: {why}"),
+        Some(match fix {
+            Some(f) => format!("write the IPv4 form: \"{f}\""),
+            None => "write the network in IPv4 form (a.b.c.d/N)".into(),
+        }),
+    ))
+}
+
 /// Parses a source: a CIDR, or a bare address meaning one host. Host bits set is an error
-/// because it usually hides a typo (`10.0.0.5/24` meant `10.0.0.0/24` or `10.0.0.5/32`?).
+/// because it usually hides a typo (`10.0.0.5/24` meant `10.0.0.0/24` or `10.0.0.5/32`?); an
+/// IPv4-mapped IPv6 source is one because IPv4 packets never match it (see `ipv4_mapped`).
 pub(crate) fn parse_source(s: &str) -> Result<IpNet, (String, Option<String>)> {
     let t = s.trim();
+    if let Some(refused) = ipv4_mapped(
+        t,
+        "IPv4 packets never match it (only ip6tables would see it)",
+    ) {
+        return Err(refused);
+    }
     if let Ok(addr) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(addr));
     }
@@ -405,6 +471,13 @@ fn check_source(c: &mut Checker, s: &str) -> Option<IpNet> {
 }
 
 fn check_address(c: &mut Checker, a: &str) -> Option<IpAddr> {
+    if let Some((message, help)) = ipv4_mapped(
+        a.trim(),
+        "the node is reached over IPv4, at its IPv4 address",
+    ) {
+        c.error(message, help);
+        return None;
+    }
     match a.trim().parse::<IpAddr>() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -577,6 +650,53 @@ mod tests {
         );
         let (_, help) = parse_source("2001:db8::1/64").unwrap_err();
         assert!(help.unwrap().contains("2001:db8::/64"));
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_sources_are_refused_with_the_ipv4_form() {
+        // `::ffff:10.240.1.2` compiled only into ip6tables: the IPv4 host it names never matched.
+        for (source, suggestion) in [
+            ("::ffff:10.240.1.2", "10.240.1.2"),
+            ("::FFFF:10.240.1.2/128", "10.240.1.2/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            let (msg, help) = parse_source(source).unwrap_err();
+            assert!(msg.contains("IPv4-mapped IPv6"), "{source}: {msg}");
+            assert_eq!(
+                help.as_deref(),
+                Some(format!("write the IPv4 form: \"{suggestion}\"").as_str()),
+                "{source}"
+            );
+        }
+        // Other IPv6 sources are untouched, including networks that contain the mapped range.
+        for ok in ["::/0", "::1", "2001:db8::ffff:1", "::ffff:0:0:0/96"] {
+            assert!(parse_source(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_inventory_addresses_are_refused() {
+        use crate::document::InventoryNode;
+        let inv = Inventory {
+            api_version: API_VERSION.into(),
+            kind: "Inventory".into(),
+            metadata: None,
+            nodes: vec![InventoryNode {
+                name: "web-1".into(),
+                addresses: vec!["::ffff:10.213.0.11".into(), "fd00::11".into()],
+                labels: Default::default(),
+            }],
+        };
+        let issues = inventory(&inv).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        let path: String = issues[0].path.iter().map(|s| s.to_string()).collect();
+        assert_eq!(path, ".nodes[0].addresses[0]");
+        assert!(issues[0].message.contains("IPv4-mapped"), "{issues:?}");
+        assert_eq!(
+            issues[0].help.as_deref(),
+            Some("write the IPv4 form: \"10.213.0.11\"")
+        );
     }
 
     #[test]

@@ -7,15 +7,19 @@
 //!
 //! The tree is built straight from the events of `granit-parser` (the YAML parser under
 //! `serde-saphyr`), without a serde round trip: that halves the cost of loading large policy
-//! sets. Scalars resolve by the YAML 1.2 core schema (so `no` stays a string). Hostile input is
-//! refused quickly and in bounded memory: nesting deeper than [`MAX_DEPTH`], alias expansion
-//! beyond [`MAX_ALIAS_NODES`] nodes (a "billion laughs" document), more than [`MAX_NODES`] nodes.
+//! sets. Scalars resolve by the YAML 1.2 core schema (so `no` stays a string). Tags are the
+//! core schema's only (`!!str`, `!!int`, `!!float`, `!!bool`, `!!null`, `!!seq`, `!!map`), on
+//! values they fit; any other tag, or one that contradicts its value (`!!null open`), is
+//! refused rather than ignored, so a value is never read as something its author did not write.
+//! Hostile input is refused quickly and in bounded memory: nesting deeper than [`MAX_DEPTH`],
+//! alias expansion beyond [`MAX_ALIAS_NODES`] nodes (a "billion laughs" document), more than
+//! [`MAX_NODES`] nodes.
 
 use std::fmt;
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
+use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span, Tag};
 
 /// Where a token starts in its file: 1-based line and column (in characters), and its length in
 /// characters (0 when unknown), so a caret can underline it.
@@ -211,6 +215,67 @@ fn resolve_plain(text: &str) -> Value {
     }
 }
 
+/// The tags portwarden accepts, for messages.
+const CORE_TAGS: &str = "!!str, !!int, !!float, !!bool, !!null, !!seq and !!map";
+
+fn unsupported_tag(loc: Loc, tag: &Tag) -> SyntaxError {
+    refuse(
+        loc,
+        format!(
+            "unsupported tag {} (portwarden reads plain YAML: only the core schema's {CORE_TAGS} are accepted, on values they fit); remove it",
+            tag.original()
+        ),
+    )
+}
+
+/// A scalar's value under its tag: the core schema's resolution of its text when the tag agrees
+/// with it (`!!int "80"` is 80, `!!float 1` is 1.0, `!!str 80` is "80").
+///
+/// # Errors
+///
+/// A tag outside the core schema, or one the text does not fit (`!!null open`, `!!int http`).
+fn tagged_scalar(text: &str, tag: &Tag, loc: Loc) -> Result<Value, SyntaxError> {
+    let Some(core) = tag.core_suffix() else {
+        return Err(unsupported_tag(loc, tag));
+    };
+    let value = match (core, resolve_plain(text)) {
+        ("str", _) => Value::Str(text.to_string()),
+        ("null", v @ Value::Null)
+        | ("bool", v @ Value::Bool(_))
+        | ("int", v @ Value::Int(_))
+        | ("float", v @ Value::Float(_)) => v,
+        ("float", Value::Int(i)) => Value::Float(i as f64),
+        _ => {
+            return Err(refuse(
+                loc,
+                format!(
+                    "the tag {} does not fit the value \"{text}\"; remove the tag (a value is read as written, by YAML's core schema)",
+                    tag.original()
+                ),
+            ));
+        }
+    };
+    Ok(value)
+}
+
+/// Checks the tag of a collection: `!!seq` on a list, `!!map` on a mapping, nothing else.
+fn check_collection_tag(tag: Option<&Tag>, seq: bool, loc: Loc) -> Result<(), SyntaxError> {
+    let Some(tag) = tag else { return Ok(()) };
+    match tag.core_suffix() {
+        Some("seq") if seq => Ok(()),
+        Some("map") if !seq => Ok(()),
+        Some(_) => Err(refuse(
+            loc,
+            format!(
+                "the tag {} does not fit the value {}; remove the tag (a value is read as written, by YAML's core schema)",
+                tag.original(),
+                if seq { "a list" } else { "a mapping" }
+            ),
+        )),
+        None => Err(unsupported_tag(loc, tag)),
+    }
+}
+
 /// A collection being built. A mapping keeps the index of its keys' names, so a duplicate is
 /// found in constant time (a linear search made a mapping of many keys quadratic).
 enum Open {
@@ -324,21 +389,24 @@ impl Builder {
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 self.count_nodes(1, loc)?;
-                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix() == "str");
-                let value = if style == ScalarStyle::Plain && !is_str_tag {
-                    resolve_plain(&text)
-                } else {
-                    Value::Str(text.into_owned())
+                let value = match tag {
+                    Some(tag) => tagged_scalar(&text, &tag, loc)?,
+                    None if style == ScalarStyle::Plain => resolve_plain(&text),
+                    None => Value::Str(text.into_owned()),
                 };
                 self.push(Node { loc, value }, anchor)
             }
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(_, anchor, tag) => {
+                check_collection_tag(tag.as_deref(), true, loc)?;
                 self.open(Open::Seq(loc, anchor, Vec::new()), loc)
             }
-            Event::MappingStart(_, anchor, _) => self.open(
-                Open::Map(loc, anchor, Vec::new(), None, HashMap::new()),
-                loc,
-            ),
+            Event::MappingStart(_, anchor, tag) => {
+                check_collection_tag(tag.as_deref(), false, loc)?;
+                self.open(
+                    Open::Map(loc, anchor, Vec::new(), None, HashMap::new()),
+                    loc,
+                )
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
                     Some(Open::Seq(loc, anchor, items)) => (
@@ -402,7 +470,7 @@ impl Builder {
 ///
 /// The first syntax error, or a refusal when the input exceeds the limits (nesting deeper than
 /// [`MAX_DEPTH`], aliases expanding beyond [`MAX_ALIAS_NODES`] nodes, more than [`MAX_NODES`]
-/// nodes, duplicate keys).
+/// nodes, duplicate keys, tags outside the core schema or that do not fit their value).
 pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut b = Builder {
         stack: Vec::new(),
@@ -472,6 +540,58 @@ mod tests {
     fn yaml_11_booleans_stay_strings() {
         let docs = parse_stream("state: no\n").unwrap();
         assert_eq!(docs[0].get("state").unwrap().value, Value::Str("no".into()));
+    }
+
+    #[test]
+    fn tags_that_change_the_meaning_are_refused() {
+        // `!!null open` read as the string "open": a tag that says "no value" was ignored.
+        let err = parse_stream("a: 1\nstate: !!null open\n").unwrap_err();
+        let loc = err.loc.unwrap();
+        assert_eq!(loc.line, 2, "{err:?}");
+        assert!(
+            err.message.contains("!!null") && err.message.contains("\"open\""),
+            "{}",
+            err.message
+        );
+        for refused in [
+            "a: !!int open\n",
+            "a: !!bool 1\n",
+            "a: !!int 1.5\n",
+            "a: !!map [1]\n",
+            "a: !!seq {b: 1}\n",
+            "a: !!str [1]\n",
+            "a: !foo x\n",
+            "a: !!binary aGk=\n",
+            "a: !!timestamp 2001-12-14\n",
+            "a: !<tag:example.com,2000:x> y\n",
+            "a: ! 80\n",
+            "!!int k: v\n",
+        ] {
+            let err = parse_stream(refused).unwrap_err();
+            assert!(err.message.contains("tag"), "{refused:?}: {}", err.message);
+            assert_eq!(err.loc.unwrap().line, 1, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn core_tags_that_fit_their_value_are_read_as_the_tag_says() {
+        let value = |text: &str| {
+            parse_stream(text).unwrap()[0]
+                .get("a")
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(value("a: !!str 80\n"), Value::Str("80".into()));
+        assert_eq!(value("a: !!str open\n"), Value::Str("open".into()));
+        assert_eq!(value("a: !!int 80\n"), Value::Int(80));
+        assert_eq!(value("a: !!int \"80\"\n"), Value::Int(80));
+        assert_eq!(value("a: !!float 1\n"), Value::Float(1.0));
+        assert_eq!(value("a: !!bool true\n"), Value::Bool(true));
+        assert_eq!(value("a: !!null ~\n"), Value::Null);
+        assert_eq!(value("a: !!null\n"), Value::Null);
+        assert!(matches!(value("a: !!seq [1]\n"), Value::Seq(_)));
+        assert!(matches!(value("a: !!map {b: 1}\n"), Value::Map(_)));
     }
 
     #[test]

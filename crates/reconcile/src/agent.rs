@@ -14,7 +14,14 @@
 //!   [`Debounce`]): within `debounce_max` plus one poll plus the apply itself, whatever the
 //!   rate of changes. The last state written is always loaded.
 //! * Invalid documents never change a rule: the error is logged, counted and served, and the
-//!   last good intent stays applied (and keeps being repaired).
+//!   last good intent stays applied (and keeps being repaired). No PortPolicy document at all
+//!   (an emptied directory, every file truncated) counts as invalid, unless
+//!   [`AgentConfig::allow_empty_policy`] says an empty set is meant: otherwise a failed render
+//!   would remove every rule. At the first load, too: the agent then applies nothing, and the
+//!   rules a previous run left stay as they are.
+//! * Warnings about the documents (a node without addresses) are logged at each load.
+//! * A load or reconcile step that runs longer than [`STEP_LIMIT`] (a hung file system) makes
+//!   [`State::stuck`] name it, and `/healthz` fail with that message.
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
 //!   deleted or displaced jump); foreign rules are never touched.
 //! * Shutdown leaves the rules in place; `portwarden reset` removes them.
@@ -61,6 +68,9 @@ pub struct AgentConfig {
     pub failsafe: Failsafe,
     /// Netfilter backend and families.
     pub netfilter: NetfilterOptions,
+    /// Whether a policy directory without any PortPolicy document is an intent (remove every
+    /// rule) rather than invalid input (keep the last good state).
+    pub allow_empty_policy: bool,
 }
 
 impl AgentConfig {
@@ -92,6 +102,46 @@ pub struct State {
     pub report: Option<Report>,
     /// Peer scans completed (a new `report` each time).
     pub scans_completed: u64,
+    /// The step the loop is in (`policy load`, `reconcile`, ...) and since when; `None`
+    /// between steps.
+    pub step: Option<(&'static str, Instant)>,
+}
+
+/// A load or reconcile step running longer than this is taken as stuck: [`State::stuck`].
+/// Far above what either takes (milliseconds; a reconcile waiting for the xtables lock, 10 s
+/// per family).
+pub const STEP_LIMIT: Duration = Duration::from_secs(60);
+
+impl State {
+    /// Why the loop counts as stuck at `now`: the step it has been in for longer than
+    /// [`STEP_LIMIT`], or `None`.
+    ///
+    /// # Caveats
+    ///
+    /// What still can make a step never end is the kernel, not portwarden: a `stat` or `read`
+    /// on a hung network or FUSE file system waits uninterruptibly. Loops, links and FIFOs in
+    /// the policy directory no longer can (the walk visits each directory once and opens only
+    /// regular files).
+    pub fn stuck(&self, now: Instant) -> Option<String> {
+        let (what, since) = self.step?;
+        let running = now.saturating_duration_since(since);
+        (running > STEP_LIMIT).then(|| {
+            format!(
+                "the reconcile loop is stuck: its {what} has been running for {} s (limit {} s); a hung file system?",
+                running.as_secs(),
+                STEP_LIMIT.as_secs()
+            )
+        })
+    }
+}
+
+/// Marks a step of the loop in [`State::step`] while it lives.
+struct StepGuard<'a>(&'a Shared);
+
+impl Drop for StepGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().step = None;
+    }
 }
 
 /// Everything the loop and the HTTP handlers share.
@@ -124,6 +174,12 @@ impl Shared {
     /// Reads state under the lock.
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.lock())
+    }
+
+    /// Records in [`State::step`] that the loop is in step `what` until the guard is dropped.
+    fn step(&self, what: &'static str) -> StepGuard<'_> {
+        self.lock().step = Some((what, Instant::now()));
+        StepGuard(self)
     }
 
     /// Records that the loop is alive (`/healthz`), for loops other than [`run_loop`].
@@ -190,20 +246,23 @@ impl Shared {
 }
 
 /// A cheap fingerprint of what [`load_paths`] would read: path, size, modification time,
-/// inode, and mode and owner of the given roots and of every policy file under them. A git
-/// checkout that swaps the directory or replaces files by rename changes inodes, so it is seen
-/// too; mode and owner cover a `chmod`/`chown` that makes an unreadable file readable again.
+/// inode, and mode and owner of the given roots and of every policy file under them, and the
+/// problems of the walk (a FIFO, a link out of the tree: not read, but a change to report). A
+/// git checkout that swaps the directory or replaces files by rename changes inodes, so it is
+/// seen too; mode and owner cover a `chmod`/`chown` that makes an unreadable file readable again.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>, u64, (u32, u32, u32))>;
 
 fn fingerprint(roots: &[&Path]) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     // The walk already stat'ed every file; only the roots are stat'ed here.
-    let (files, _) = portwarden_policy::load::policy_files_with_metadata(roots);
+    let (files, problems) = portwarden_policy::load::policy_files_with_metadata(roots);
     let roots = roots
         .iter()
         .map(|p| (p.to_path_buf(), std::fs::metadata(p).ok()));
+    let problems = problems.iter().map(|d| (PathBuf::from(d.headline()), None));
     roots
         .chain(files.into_iter().map(|(p, m)| (p, Some(m))))
+        .chain(problems)
         .map(|(p, m)| match m {
             Some(m) => (
                 p,
@@ -339,7 +398,10 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
     loop {
         let now = Instant::now();
         if now >= next_poll {
-            let fp = fingerprint(&[&cfg.policy_dir, &cfg.inventory]);
+            let fp = {
+                let _step = shared.step("policy poll");
+                fingerprint(&[&cfg.policy_dir, &cfg.inventory])
+            };
             let taken = SystemTime::now();
             // The last load's fingerprint, for the change time: copied only when this poll's
             // differs (a load can follow), not on every quiet poll.
@@ -460,8 +522,16 @@ fn record_applied(shared: &Shared, since: Option<SystemTime>) {
 /// Loads the documents. On success stores the node's intent and returns its peers; on failure
 /// keeps the last good intent and records the error; when `unchanged` says the files changed
 /// during the read, stores nothing.
+///
+/// Invalid, besides documents the loader refuses: no PortPolicy document at all (unless
+/// [`AgentConfig::allow_empty_policy`]), this node missing from the inventory, and a root that
+/// is neither a directory nor a regular file (a FIFO would block the loop forever).
 fn reload(shared: &Shared, unchanged: impl Fn() -> bool) -> Reload {
+    let _step = shared.step("policy load");
     let cfg = &shared.config;
+    if let Some(msg) = irregular_root(&[&cfg.policy_dir, &cfg.inventory]) {
+        return invalid(shared, msg);
+    }
     let result = load_paths(&[&cfg.policy_dir])
         .and_then(|policies| load_paths(&[&cfg.inventory]).map(|inventory| (policies, inventory)));
     if !unchanged() {
@@ -474,23 +544,31 @@ fn reload(shared: &Shared, unchanged: impl Fn() -> bool) -> Reload {
                 error!(problem = %d.headline(), "invalid policy documents; keeping the last good state");
             }
             let summary: Vec<String> = diags.iter().map(|d| d.headline()).collect();
-            shared.metrics.policy_load_errors.inc();
-            shared.metrics.policy_valid.set(0);
-            shared.lock().policy_error = Some(summary.join("\n"));
-            return Reload::Invalid;
+            return invalid_logged(shared, summary.join("\n"));
         }
     };
-    if inventory.node(&cfg.node).is_none() {
-        let msg = format!(
-            "node \"{}\" is not in the inventory {}; keeping the last good state",
-            cfg.node,
-            cfg.inventory.display()
+    for w in policies.warnings.iter().chain(&inventory.warnings) {
+        warn!(problem = %w.headline(), "policy documents: warning");
+    }
+    if policies.policies.policies().is_empty() && !cfg.allow_empty_policy {
+        return invalid(
+            shared,
+            format!(
+                "no PortPolicy documents under {} ({} files read): taken for a failed render or checkout, not for \"remove every rule\"; keeping the last good state (to mean an empty policy set, start the agent with --allow-empty-policy, or keep a policy that selects no node)",
+                cfg.policy_dir.display(),
+                policies.files
+            ),
         );
-        error!("{msg}");
-        shared.metrics.policy_load_errors.inc();
-        shared.metrics.policy_valid.set(0);
-        shared.lock().policy_error = Some(msg);
-        return Reload::Invalid;
+    }
+    if inventory.node(&cfg.node).is_none() {
+        return invalid(
+            shared,
+            format!(
+                "node \"{}\" is not in the inventory {}; keeping the last good state",
+                cfg.node,
+                cfg.inventory.display()
+            ),
+        );
     }
     let intents: BTreeMap<String, Arc<NodeIntent>> =
         policies.policies.compile_nodes(&inventory.nodes);
@@ -524,12 +602,43 @@ fn reload(shared: &Shared, unchanged: impl Fn() -> bool) -> Reload {
     Reload::Loaded(peers)
 }
 
+/// The first of `roots` that exists but is neither a directory nor a regular file, as a
+/// message: reading a FIFO nobody writes to would block the loop forever. (The walk opens only
+/// regular files below a directory; a root is read whatever it is, as `validate` reads
+/// `/dev/stdin`.)
+fn irregular_root(roots: &[&Path]) -> Option<String> {
+    roots.iter().find_map(|root| {
+        let meta = std::fs::metadata(root).ok()?;
+        (!meta.is_dir() && !meta.is_file()).then(|| {
+            format!(
+                "{}: error: not a regular file or a directory (a FIFO, socket or device); the agent does not read it, since that could block it forever",
+                root.display()
+            )
+        })
+    })
+}
+
+/// Records invalid input: `msg` logged, counted, served; the last good intent stays.
+fn invalid(shared: &Shared, msg: String) -> Reload {
+    error!(problem = %msg, "invalid policy documents; keeping the last good state");
+    invalid_logged(shared, msg)
+}
+
+/// [`invalid`] for a message already logged.
+fn invalid_logged(shared: &Shared, msg: String) -> Reload {
+    shared.metrics.policy_load_errors.inc();
+    shared.metrics.policy_valid.set(0);
+    shared.lock().policy_error = Some(msg);
+    Reload::Invalid
+}
+
 /// Plans against the kernel's rules and applies when anything differs. The outcome is left in
 /// the shared state (`ready`, `apply_error`) and the metrics.
 pub fn converge(shared: &Shared, reason: &'static str) {
     let Some(intent) = shared.with_state(|s| s.intent.clone()) else {
         return;
     };
+    let _step = shared.step("reconcile");
     // After a failed apply, what the next refresh finds is our own unfinished change, not
     // someone else's drift.
     let retry = shared.with_state(|s| s.apply_error.is_some());
@@ -897,6 +1006,7 @@ mod tests {
             listen: "127.0.0.1:9750".parse().unwrap(),
             failsafe: Failsafe::none(),
             netfilter: NetfilterOptions::default(),
+            allow_empty_policy: false,
         });
         // The files changed during the read: nothing is stored, no error either.
         assert!(matches!(
@@ -913,6 +1023,212 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A policy directory with `files`, an inventory of node `n` and a peer, and the agent's
+    /// shared state over them (nothing runs; tests call [`reload`] themselves).
+    fn agent_on(tag: &str, files: &[(&str, &str)]) -> (PathBuf, Arc<Shared>) {
+        agent_allowing_empty(tag, files, false)
+    }
+
+    /// [`agent_on`] with `--allow-empty-policy` set to `allow`.
+    fn agent_allowing_empty(
+        tag: &str,
+        files: &[(&str, &str)],
+        allow: bool,
+    ) -> (PathBuf, Arc<Shared>) {
+        let dir = std::env::temp_dir().join(format!("pw-agent-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        for (name, text) in files {
+            std::fs::write(policies.join(name), text).unwrap();
+        }
+        let inventory = dir.join("inventory.yaml");
+        std::fs::write(
+            &inventory,
+            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - {name: n, addresses: [10.213.0.11]}\n  - {name: peer, addresses: [10.213.0.12]}\n",
+        )
+        .unwrap();
+        let shared = Shared::new(AgentConfig {
+            policy_dir: policies,
+            inventory,
+            node: "n".into(),
+            refresh: Duration::from_secs(10),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(200),
+            listen: "127.0.0.1:9750".parse().unwrap(),
+            failsafe: Failsafe::none(),
+            netfilter: NetfilterOptions::default(),
+            allow_empty_policy: allow,
+        });
+        (dir, shared)
+    }
+
+    fn web_policy(name: &str, port: u16) -> String {
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{ports: {port}, state: closed}}]\n"
+        )
+    }
+
+    #[test]
+    fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_intent() {
+        let (web, quarantine) = (web_policy("web", 80), web_policy("quarantine", 8080));
+        let (dir, shared) = agent_on(
+            "empty",
+            &[("web.yaml", &web), ("quarantine.yaml", &quarantine)],
+        );
+        let policies = shared.config.policy_dir.clone();
+        assert!(matches!(reload(&shared, || true), Reload::Loaded(_)));
+        let rules = || shared.with_state(|s| s.intent.as_ref().map(|i| i.rules.len()));
+        assert_eq!(rules(), Some(2));
+        let errors_before = shared.metrics.policy_load_errors.get();
+        let refused = |what: &str, message: &str| {
+            assert!(
+                matches!(reload(&shared, || true), Reload::Invalid),
+                "{what}: taken for the intent"
+            );
+            assert_eq!(rules(), Some(2), "{what}: the last good intent stays");
+            let error = shared
+                .with_state(|s| s.policy_error.clone())
+                .unwrap_or_default();
+            assert!(error.contains(message), "{what}: {error}");
+            assert_eq!(shared.metrics.policy_valid.get(), 0, "{what}");
+        };
+        // A render that failed (`cat /nonexistent > quarantine.yaml`): one file of two empty.
+        std::fs::write(policies.join("quarantine.yaml"), "").unwrap();
+        refused("a truncated file", "quarantine.yaml: error: file is empty");
+        // Every file emptied, then every file gone.
+        std::fs::write(policies.join("web.yaml"), "").unwrap();
+        refused("every file empty", "web.yaml: error: file is empty");
+        std::fs::remove_file(policies.join("web.yaml")).unwrap();
+        std::fs::remove_file(policies.join("quarantine.yaml")).unwrap();
+        refused("an emptied directory", "no PortPolicy documents");
+        assert_eq!(shared.metrics.policy_load_errors.get(), errors_before + 3);
+        // A policy that selects no node is a deliberate "nothing": taken.
+        std::fs::write(
+            policies.join("none.yaml"),
+            web.replace(
+                "spec:\n",
+                "spec:\n  nodeSelector: {matchLabels: {nothing: here}}\n",
+            ),
+        )
+        .unwrap();
+        assert!(matches!(reload(&shared, || true), Reload::Loaded(_)));
+        assert_eq!(rules(), Some(0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_policy_set_is_the_intent_when_allowed() {
+        let (dir, shared) =
+            agent_allowing_empty("allowed", &[("web.yaml", &web_policy("web", 80))], true);
+        assert!(matches!(reload(&shared, || true), Reload::Loaded(_)));
+        std::fs::remove_file(shared.config.policy_dir.join("web.yaml")).unwrap();
+        assert!(matches!(reload(&shared, || true), Reload::Loaded(_)));
+        shared.with_state(|s| {
+            assert_eq!(s.intent.as_ref().map(|i| i.rules.len()), Some(0));
+            assert!(s.policy_error.is_none());
+        });
+        // An empty file is still a failed render, allowed or not.
+        std::fs::write(shared.config.policy_dir.join("web.yaml"), "").unwrap();
+        assert!(matches!(reload(&shared, || true), Reload::Invalid));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_step_running_past_the_limit_is_stuck() {
+        let t0 = Instant::now();
+        let mut state = State {
+            step: Some(("policy load", t0)),
+            ..State::default()
+        };
+        assert_eq!(state.stuck(t0 + STEP_LIMIT), None, "at the limit: not yet");
+        let why = state
+            .stuck(t0 + STEP_LIMIT + Duration::from_secs(15))
+            .unwrap();
+        assert_eq!(
+            why,
+            "the reconcile loop is stuck: its policy load has been running for 75 s (limit 60 s); a hung file system?"
+        );
+        state.step = None;
+        assert_eq!(state.stuck(t0 + STEP_LIMIT * 10), None, "between steps");
+    }
+
+    #[test]
+    fn steps_are_recorded_while_they_run() {
+        let (dir, shared) = agent_on("steps", &[("web.yaml", &web_policy("web", 80))]);
+        let seen = std::cell::Cell::new(None);
+        // `unchanged` runs inside the load: the step is visible from there.
+        let _ = reload(&shared, || {
+            seen.set(shared.with_state(|s| s.step.map(|(what, _)| what)));
+            true
+        });
+        assert_eq!(seen.get(), Some("policy load"));
+        shared.with_state(|s| assert!(s.step.is_none(), "cleared after the step"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_first_load_of_no_documents_applies_nothing() {
+        let (dir, shared) = agent_on("first", &[]);
+        assert!(matches!(reload(&shared, || true), Reload::Invalid));
+        shared.with_state(|s| {
+            assert!(s.intent.is_none(), "no intent: converge touches nothing");
+            assert!(
+                s.policy_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("no PortPolicy documents")),
+                "{:?}",
+                s.policy_error
+            );
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+
+    #[test]
+    fn a_fifo_named_as_the_inventory_is_refused_not_opened() {
+        // Opening a FIFO nobody writes to blocks forever: the loop would stop repairing rules.
+        let (dir, shared) = agent_on("fifo", &[("web.yaml", &web_policy("web", 80))]);
+        let inventory = shared.config.inventory.clone();
+        std::fs::remove_file(&inventory).unwrap();
+        mkfifo(&inventory);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let loader = shared.clone();
+        std::thread::spawn(move || {
+            let invalid = matches!(reload(&loader, || true), Reload::Invalid);
+            let _ = tx.send(invalid);
+        });
+        let invalid = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the load did not finish within 20 s: the FIFO was opened");
+        assert!(invalid);
+        let error = shared.with_state(|s| s.policy_error.clone()).unwrap();
+        assert!(error.contains("not a regular file"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fingerprint_sees_entries_the_walk_refuses() {
+        // A FIFO (or a link out of the tree) is reported by the load, not read: it must still
+        // change the fingerprint, or the agent would not reload and never serve the error.
+        let (dir, shared) = agent_on("fp-refused", &[("web.yaml", &web_policy("web", 80))]);
+        let policies = shared.config.policy_dir.clone();
+        // In a subdirectory: an entry added to the root changes the root's own time already.
+        std::fs::create_dir(policies.join("sub")).unwrap();
+        let before = fingerprint(&[&policies]);
+        mkfifo(&policies.join("sub/pipe.yaml"));
+        assert_ne!(before, fingerprint(&[&policies]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn failsafe_includes_agent_port() {
         let cfg = AgentConfig {
@@ -926,6 +1242,7 @@ mod tests {
             listen: "0.0.0.0:9750".parse().unwrap(),
             failsafe: Failsafe::none(),
             netfilter: NetfilterOptions::default(),
+            allow_empty_policy: false,
         };
         let f = cfg.effective_failsafe();
         assert!(f.ranges(Protocol::Tcp).any(|r| r.contains(9750)));

@@ -39,7 +39,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let alive = s.with_state(|st| st.heartbeat.is_some_and(|h| h.elapsed() < HEARTBEAT_LIMIT));
+    let (alive, stuck) = s.with_state(|st| {
+        let alive = st.heartbeat.is_some_and(|h| h.elapsed() < HEARTBEAT_LIMIT);
+        (alive, st.stuck(std::time::Instant::now()))
+    });
+    if let Some(why) = stuck {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     if alive {
         (StatusCode::OK, "ok\n").into_response()
     } else {

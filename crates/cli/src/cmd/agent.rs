@@ -28,6 +28,12 @@ pub struct Args {
     /// The inventory file.
     #[arg(long, value_name = "FILE", required_unless_present = "kube")]
     inventory: Option<PathBuf>,
+    /// Take a policy directory without any PortPolicy document as the intent: remove every
+    /// rule. Without this flag that is invalid input (a render or checkout that failed): the
+    /// last good state stays applied, the error is served and counted, and at the first start
+    /// nothing is applied. A policy that selects no node says "nothing here" without the flag.
+    #[arg(long, conflicts_with = "kube")]
+    allow_empty_policy: bool,
     /// Kubernetes mode: policies are PortPolicy custom resources, the node's labels and
     /// addresses come from its Node, and results go to its PortReport.
     #[arg(long, conflicts_with_all = ["policy_dir", "inventory"])]
@@ -136,6 +142,7 @@ pub fn run(a: Args) -> Outcome {
             backend,
             ..Options::default()
         },
+        allow_empty_policy: a.allow_empty_policy,
     };
     if a.kube {
         portwarden_kube::agent::run(portwarden_kube::agent::KubeAgentConfig {
