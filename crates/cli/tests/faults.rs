@@ -22,6 +22,8 @@
 //!    ENOSPC (an 8 KiB tmpfs in the agent's private mount namespace), then a file the agent
 //!    cannot read (the agent runs without CAP_DAC_OVERRIDE): rules kept, error served and
 //!    counted, recovery once fixed (also by a chmod alone).
+//! 7. `the_inside_view_shows_listeners_of_managed_ports_only` — `/v1/inside` hides sockets on
+//!    ports no policy manages (loopback-only or not).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -281,6 +283,15 @@ fn web_policy() -> String {
             (9090, "filtered", None),
         ],
     )
+}
+
+/// A one-node lab whose agent setup holds [`web_policy`].
+fn web_lab(tag: &str) -> (Lab, Netns, Setup) {
+    let lab = lab(tag);
+    let node = lab.node(0).clone();
+    let s = Setup::new(&node);
+    std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
+    (lab, node, s)
 }
 
 /// Whether our jump is the first rule of INPUT, exactly once, and our rules are those of
@@ -959,5 +970,49 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         let sh = shared.clone();
         let view = node.run(move || sh.inside_view()).unwrap();
         assert!(view.converged && view.apply_error.is_none(), "{view:?}");
+    }
+}
+
+/// Issue 13 item 11: the inside view lists the sockets of the ports the node's policies manage
+/// (a loopback-only one included: verify's "listens on 127.0.0.1 only"), and nothing else —
+/// neither a loopback-only service on another port nor one on all addresses.
+#[test]
+fn the_inside_view_shows_listeners_of_managed_ports_only() {
+    skip_unless_lab!();
+    let (lab, node, s) = web_lab("finside");
+    let _web = node.tcp_listener(80).unwrap();
+    let _unmanaged = node.tcp_listener(7000).unwrap();
+    let loopback = |port: u16| {
+        node.run(move || std::net::TcpListener::bind(("127.0.0.1", port)))
+            .unwrap()
+            .unwrap()
+    };
+    let _managed_loopback = loopback(8080);
+    let _secret = loopback(6000);
+    let agent = Agent::start(&node, &s, &s.path("policies"), Backend::Nft, 3600, &[]);
+    agent.wait_for("converged", |v| v.converged);
+    // Asked from the scanner, as verify asks.
+    let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let body = lab
+        .scanner(0)
+        .run(move || http_get(addr, "/v1/inside", Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    let view: InsideView = serde_json::from_str(&body).unwrap();
+    let shown = |port: u16, outside: bool| {
+        view.listeners
+            .iter()
+            .any(|l| l.port == port && l.reachable_from_outside() == outside)
+    };
+    assert!(shown(80, true), "{body}");
+    assert!(
+        shown(8080, false),
+        "the loopback-only service of 8080: {body}"
+    );
+    for hidden in [6000, 7000, DEFAULT_AGENT_PORT] {
+        assert!(
+            view.listeners.iter().all(|l| l.port != hidden),
+            "port {hidden} is managed by no policy, yet its listener is shown: {body}"
+        );
     }
 }

@@ -31,7 +31,7 @@ use portwarden_policy::{NodeIntent, PortRange, Protocol, load_paths};
 use portwarden_scan::{PortList, ScanKind};
 use tracing::{error, info, warn};
 
-use crate::inside::InsideView;
+use crate::inside::{InsideView, exposed_listeners};
 use crate::listeners::read_listeners;
 use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
@@ -151,7 +151,7 @@ impl Shared {
     }
 
     /// The inside view, computed now: a fresh plan against the kernel's rules and the
-    /// listening sockets.
+    /// listening sockets of the ports the intent manages ([`exposed_listeners`]).
     pub fn inside_view(&self) -> InsideView {
         let (intent, policy_error, apply_error) = self.with_state(|s| {
             (
@@ -161,25 +161,25 @@ impl Shared {
             )
         });
         let listeners = read_listeners().unwrap_or_default();
-        let mut view = match (intent, self.netfilter()) {
-            (Some(intent), Ok(nf)) => match nf.plan(&intent, &self.config.effective_failsafe()) {
-                Ok(plan) => InsideView::new(&self.config.node, &plan, listeners),
+        let exposed = |listeners| exposed_listeners(intent.as_deref(), listeners);
+        let mut view = match (&intent, self.netfilter()) {
+            (Some(intent), Ok(nf)) => match nf.plan(intent, &self.config.effective_failsafe()) {
+                Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
                 Err(e) => InsideView {
                     node: self.config.node.clone(),
                     apply_error: Some(e.to_string()),
-                    listeners,
+                    listeners: exposed(listeners),
                     ..InsideView::default()
                 },
             },
             (_, Err(e)) => InsideView {
                 node: self.config.node.clone(),
                 apply_error: Some(e),
-                listeners,
+                listeners: exposed(listeners),
                 ..InsideView::default()
             },
             (None, Ok(_)) => InsideView {
                 node: self.config.node.clone(),
-                listeners,
                 ..InsideView::default()
             },
         };
