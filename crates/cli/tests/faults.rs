@@ -27,15 +27,27 @@
 //!    empty directory: the rules stay as they were (a quarantined port stays closed to the
 //!    scanner), the error is logged, served and counted; `--allow-empty-policy` does remove
 //!    every rule.
+//! 8. `an_http_flood_from_many_sources_does_not_stop_enforcement` — thousands of silent
+//!    partial-header connections from 24 addresses to an agent limited to 512 descriptors:
+//!    repairs and policy loads go on, `/healthz` answers a quiet source, the caps refuse and
+//!    count, the header timeout closes the rest.
+//! 9. `the_inside_view_shows_listeners_of_managed_ports_only` — `/v1/inside` hides sockets on
+//!    ports no policy manages (loopback-only or not).
+//! 10. `sighup_reloads_the_policy_directory_and_the_agent_keeps_running` — SIGHUP reloads at
+//!     once, is logged, and does not stop the agent.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portwarden_lab::{Lab, LabChild, LockHolder, Netns, skip_unless_lab};
@@ -108,10 +120,12 @@ impl Agent {
         refresh: u64,
         wrap: &[&str],
     ) -> Agent {
-        Agent::start_with(node, s, policy_dir, backend, refresh, wrap, &[])
+        Agent::start_with(node, s, policy_dir, backend, refresh, wrap, 100, &[])
     }
 
-    /// [`Agent::start`] with `extra` arguments after the agent's own.
+    /// [`Agent::start`], checking the policy directory every `poll_ms` milliseconds, with
+    /// `extra` arguments after the agent's own.
+    #[allow(clippy::too_many_arguments)]
     fn start_with(
         node: &Netns,
         s: &Setup,
@@ -119,6 +133,7 @@ impl Agent {
         backend: Backend,
         refresh: u64,
         wrap: &[&str],
+        poll_ms: u64,
         extra: &[&str],
     ) -> Agent {
         let log = s.path("agent.log");
@@ -126,6 +141,7 @@ impl Agent {
         let policy_dir = policy_dir.to_string_lossy().into_owned();
         let inventory = s.path("inventory.yaml").to_string_lossy().into_owned();
         let refresh = refresh.to_string();
+        let poll_ms = poll_ms.to_string();
         let mut args: Vec<&str> = wrap.to_vec();
         args.extend([
             "sh",
@@ -143,7 +159,7 @@ impl Agent {
             "--refresh",
             &refresh,
             "--poll-ms",
-            "100",
+            &poll_ms,
             "--backend",
             backend.as_str(),
             "--log-format",
@@ -215,13 +231,26 @@ impl Agent {
 }
 
 /// Polls `f` until it returns `Some`, or panics after [`DEADLINE`].
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_explained(what, String::new, f)
+}
+
+/// As [`wait`]; the panic message ends with what `explain` says then.
+fn wait_explained<T>(
+    what: &str,
+    explain: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let until = Instant::now() + DEADLINE;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out waiting for: {what}{}",
+            explain()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -300,6 +329,15 @@ fn web_policy() -> String {
             (9090, "filtered", None),
         ],
     )
+}
+
+/// A one-node lab whose agent setup holds [`web_policy`].
+fn web_lab(tag: &str) -> (Lab, Netns, Setup) {
+    let lab = lab(tag);
+    let node = lab.node(0).clone();
+    let s = Setup::new(&node);
+    std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
+    (lab, node, s)
 }
 
 /// Whether our jump is the first rule of INPUT, exactly once, and our rules are those of
@@ -790,6 +828,7 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
         backend,
         1,
         &[],
+        100,
         &["--allow-empty-policy"],
     );
     agent.wait_for("converged on nothing", |v| {
@@ -1091,4 +1130,328 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         let view = node.run(move || sh.inside_view()).unwrap();
         assert!(view.converged && view.apply_error.is_none(), "{view:?}");
     }
+}
+
+// --- hostile HTTP clients and signals (issue 13, items 6, 11 and 12) ---
+
+/// The agent's descriptor limit in the flood test: low, so that a flood is cheap.
+const AGENT_NOFILE: u64 = 512;
+/// Source addresses of the flood: more than the total connection cap divided by the
+/// per-source cap, so both caps are reached.
+const FLOOD_SOURCES: usize = 24;
+/// Connections each flooding source tries to hold at once.
+const FLOOD_HOLD: usize = 100;
+
+/// Raises this test process's soft descriptor limit to its hard limit: the flood holds a few
+/// thousand sockets.
+fn raise_own_nofile_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid, writable rlimit for the duration of both calls.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = r.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+    }
+}
+
+/// Descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Connects from `source` and sends the start of a request header that never ends.
+fn connect_partial(source: Ipv4Addr, target: SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).ok()?;
+    s.bind(&SocketAddr::new(source.into(), 0).into()).ok()?;
+    s.connect_timeout(&target.into(), Duration::from_millis(500))
+        .ok()?;
+    let mut s: TcpStream = s.into();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: flood\r\nX-Slow: ")
+        .ok()?;
+    s.set_nonblocking(true).ok()?;
+    Some(s)
+}
+
+/// Whether the other end has not closed a (non-blocking) connection.
+fn still_open(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The flood: round after round, each of `sources` in turn tops up to [`FLOOD_HOLD`] silent
+/// partial-header connections (those the agent closed are replaced), until `stop`. One
+/// thread, so every source gets its turn (parallel connectors would starve each other in the
+/// listen backlog) and the caps are met in a known order: the first sources reach the
+/// per-source cap, later ones the total. Returns the connections still held and how many
+/// were opened in all.
+fn flood(
+    sources: &[Ipv4Addr],
+    target: SocketAddr,
+    stop: &AtomicBool,
+    rounds: &AtomicUsize,
+) -> (Vec<TcpStream>, usize) {
+    let mut held: Vec<Vec<TcpStream>> = sources.iter().map(|_| Vec::new()).collect();
+    let mut opened = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for (&source, held) in sources.iter().zip(&mut held) {
+            held.retain(still_open);
+            while held.len() < FLOOD_HOLD && !stop.load(Ordering::Relaxed) {
+                match connect_partial(source, target) {
+                    Some(s) => {
+                        held.push(s);
+                        opened += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        rounds.fetch_add(1, Ordering::Relaxed);
+        // Pacing of the attack (a round four times a second at most), not a synchronisation.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    (held.into_iter().flatten().collect(), opened)
+}
+
+/// Issue 13 item 6: thousands of silent partial-header connections from 24 source addresses
+/// to an agent limited to 512 descriptors. While the flood goes on, a deleted INPUT jump is
+/// repaired, a new policy file is applied, `/healthz` answers from a source that is not
+/// flooding, and no descriptor error is logged; connections over the caps are refused and
+/// counted by reason; after the header timeout the agent has closed every flood connection
+/// the scanner still holds.
+#[test]
+fn an_http_flood_from_many_sources_does_not_stop_enforcement() {
+    skip_unless_lab!();
+    raise_own_nofile_limit();
+    let backend = Backend::Nft;
+    let lab = Lab::builder("fflood")
+        .nodes(1)
+        .scanners(1)
+        .scanner_addresses(FLOOD_SOURCES)
+        .build()
+        .unwrap();
+    let node = lab.node(0).clone();
+    let scanner = lab.scanner(0).clone();
+    let s = Setup::new(&node);
+    std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
+    let nofile = format!("--nofile={AGENT_NOFILE}");
+    let agent = Agent::start(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        1,
+        &["prlimit", &nofile],
+    );
+    agent.wait_for("converged", |v| v.converged);
+    let baseline = open_fds(agent.pid());
+
+    let target = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources = scanner.ipv4.clone();
+    assert_eq!(sources.len(), FLOOD_SOURCES);
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let flooding = {
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            scanner
+                .run(move || flood(&sources, target, &stop, &rounds))
+                .unwrap()
+        })
+    };
+    let flooded = wait("a first round of the flood, held by the agent", || {
+        let n = open_fds(agent.pid());
+        (rounds.load(Ordering::Relaxed) >= 1 && n > baseline + 150).then_some(n)
+    });
+    eprintln!("flooded: the agent holds {flooded} descriptors (baseline {baseline})");
+
+    // While flooded: a deleted jump is repaired at the next refresh (1 s).
+    let before = save(&node, backend, Family::Ipv4);
+    assert!(input_chain(&before)[0].contains("-j PORTWARDEN-INPUT"));
+    ipt(&node, backend, Family::Ipv4, &["-D", "INPUT", "1"]);
+    let deleted = Instant::now();
+    let last_error = || {
+        let errors = agent.logged("reconcile failed");
+        format!("; last reconcile error: {:?}", errors.last())
+    };
+    wait_explained(
+        "the deleted jump repaired while flooded",
+        last_error,
+        || {
+            let now = save(&node, backend, Family::Ipv4);
+            input_chain(&now)
+                .first()
+                .is_some_and(|l| l.contains("-j PORTWARDEN-INPUT"))
+                .then_some(())
+        },
+    );
+    eprintln!("jump repaired {:?} after its deletion", deleted.elapsed());
+    // ... a new policy file is loaded and applied ...
+    std::fs::write(
+        s.path("policies/extra.yaml"),
+        policy("extra", &[(7001, "closed", None)]),
+    )
+    .unwrap();
+    let written = Instant::now();
+    wait_explained("the new policy applied while flooded", last_error, || {
+        save(&node, backend, Family::Ipv4)
+            .contains("--dport 7001")
+            .then_some(())
+    });
+    eprintln!(
+        "new policy applied {:?} after it was written",
+        written.elapsed()
+    );
+    // ... and a source that is not flooding (the node's loopback) is served.
+    assert_eq!(agent.get("/healthz").as_deref(), Ok("ok\n"));
+    let metrics = agent.get("/metrics").unwrap();
+    let value = |name: &str| common::metric_value(&metrics, name).unwrap_or(0.0);
+    let limit = value("portwarden_http_connection_limit");
+    let open = value("portwarden_http_connections_open");
+    assert!(
+        limit >= 8.0 && limit + 64.0 < AGENT_NOFILE as f64,
+        "descriptors are kept for the reconcile path: {metrics}"
+    );
+    assert!(open <= limit, "{metrics}");
+    for reason in ["per_source", "total"] {
+        let name = format!("portwarden_http_connections_refused_total{{reason=\"{reason}\"}}");
+        assert!(
+            value(&name) > 0.0,
+            "no refusal counted as {reason}: {metrics}"
+        );
+    }
+    let evicted = "portwarden_http_connections_closed_total{reason=\"evicted\"}";
+    assert!(
+        value(evicted) > 0.0,
+        "later sources took the place of the heaviest: {metrics}"
+    );
+    assert!(open_fds(agent.pid()) < AGENT_NOFILE as usize);
+
+    // The flood stops sending (the scanner keeps its sockets): the agent closes them all.
+    stop.store(true, Ordering::Relaxed);
+    let (holding, opened) = flooding.join().unwrap();
+    eprintln!(
+        "the flood opened {opened} connections from {FLOOD_SOURCES} sources; {} still open \
+         when it stopped",
+        holding.iter().filter(|s| still_open(s)).count()
+    );
+    assert!(opened >= FLOOD_SOURCES * FLOOD_HOLD, "{opened}");
+    let stopped = Instant::now();
+    wait("every idle flood connection closed by the agent", || {
+        holding.iter().all(|s| !still_open(s)).then_some(())
+    });
+    eprintln!(
+        "idle connections closed {:?} after the flood stopped",
+        stopped.elapsed()
+    );
+    wait("the agent's descriptors back to the baseline", || {
+        (open_fds(agent.pid()) <= baseline + 2).then_some(())
+    });
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(
+        !log.contains("Too many open files") && !log.contains("os error 24"),
+        "the agent ran out of descriptors: {log}"
+    );
+    assert_eq!(agent.metric("portwarden_reconcile_errors_total"), 0.0);
+    assert!(agent.metric("portwarden_http_connections_closed_total{reason=\"timeout\"}") > 0.0);
+}
+
+/// Issue 13 item 11: the inside view lists the sockets of the ports the node's policies manage
+/// (a loopback-only one included: verify's "listens on 127.0.0.1 only"), and nothing else —
+/// neither a loopback-only service on another port nor one on all addresses.
+#[test]
+fn the_inside_view_shows_listeners_of_managed_ports_only() {
+    skip_unless_lab!();
+    let (lab, node, s) = web_lab("finside");
+    let _web = node.tcp_listener(80).unwrap();
+    let _unmanaged = node.tcp_listener(7000).unwrap();
+    let loopback = |port: u16| {
+        node.run(move || std::net::TcpListener::bind(("127.0.0.1", port)))
+            .unwrap()
+            .unwrap()
+    };
+    let _managed_loopback = loopback(8080);
+    let _secret = loopback(6000);
+    let agent = Agent::start(&node, &s, &s.path("policies"), Backend::Nft, 3600, &[]);
+    agent.wait_for("converged", |v| v.converged);
+    // Asked from the scanner, as verify asks.
+    let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let body = lab
+        .scanner(0)
+        .run(move || http_get(addr, "/v1/inside", Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    let view: InsideView = serde_json::from_str(&body).unwrap();
+    let shown = |port: u16, outside: bool| {
+        view.listeners
+            .iter()
+            .any(|l| l.port == port && l.reachable_from_outside() == outside)
+    };
+    assert!(shown(80, true), "{body}");
+    assert!(
+        shown(8080, false),
+        "the loopback-only service of 8080: {body}"
+    );
+    for hidden in [6000, 7000, DEFAULT_AGENT_PORT] {
+        assert!(
+            view.listeners.iter().all(|l| l.port != hidden),
+            "port {hidden} is managed by no policy, yet its listener is shown: {body}"
+        );
+    }
+}
+
+/// Issue 13 item 12: SIGHUP makes the standalone agent reload its policy directory at once
+/// (here it polls once an hour, so only the signal can make it see a new file), logged; the
+/// agent keeps running.
+#[test]
+fn sighup_reloads_the_policy_directory_and_the_agent_keeps_running() {
+    skip_unless_lab!();
+    let backend = Backend::Nft;
+    let (_lab, node, s) = web_lab("fhup");
+    let agent = Agent::start_with(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        3600,
+        &[],
+        3_600_000,
+        &[],
+    );
+    agent.wait_for("converged", |v| v.converged);
+    std::fs::write(
+        s.path("policies/extra.yaml"),
+        policy("extra", &[(7001, "closed", None)]),
+    )
+    .unwrap();
+    for round in 1..=2 {
+        let status = Command::new("kill")
+            .args(["-HUP", &agent.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let event = wait("SIGHUP logged", || {
+            let mut events = agent.logged("SIGHUP");
+            (events.len() >= round).then(|| events.pop().unwrap())
+        });
+        assert_eq!(event["level"], "INFO", "{event}");
+        wait("the new file applied after SIGHUP", || {
+            save(&node, backend, Family::Ipv4)
+                .contains("--dport 7001")
+                .then_some(())
+        });
+        assert_eq!(
+            agent.get("/healthz").as_deref(),
+            Ok("ok\n"),
+            "round {round}"
+        );
+    }
+    assert_eq!(
+        loads(&agent),
+        vec![4, 5, 5],
+        "one load at start, one per SIGHUP"
+    );
 }

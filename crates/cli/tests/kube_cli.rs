@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use portwarden_lab::{Lab, skip_unless_lab};
+use portwarden_lab::{Lab, Netns, skip_unless_lab};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -156,6 +156,39 @@ fn serve_errors(listener: TcpListener, seen_token: Arc<AtomicUsize>, requests: A
     });
 }
 
+/// A kubeconfig in `dir` for an API server at `127.0.0.1:PORT`, with the bearer [`TOKEN`].
+fn write_kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: lab\n  user:\n    token: {TOKEN}\ncontexts:\n- name: lab\n  context:\n    \
+             cluster: lab\n    user: lab\ncurrent-context: lab\n"
+        ),
+    )
+    .unwrap();
+    kubeconfig
+}
+
+/// `portwarden ARGS` in the lab namespace `node`, with `kubeconfig` and no in-cluster
+/// configuration; the caller sets the log level and the outputs.
+fn in_node(node: &Netns, args: &[&str], kubeconfig: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &node.name,
+        env!("CARGO_BIN_EXE_portwarden"),
+    ])
+    .args(args)
+    .env("KUBECONFIG", kubeconfig)
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .env_remove("KUBERNETES_SERVICE_PORT")
+    .stdin(Stdio::null());
+    c
+}
+
 /// A child process killed when dropped (also when an assertion fails).
 struct Killed(Option<Child>);
 
@@ -196,16 +229,7 @@ fn no_token_in_logs_on_api_errors_at_trace_level() {
     let requests = Arc::new(AtomicUsize::new(0));
     serve_errors(listener, seen_token.clone(), requests.clone());
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: lab\n  user:\n    token: {TOKEN}\ncontexts:\n- name: lab\n  context:\n    \
-             cluster: lab\n    user: lab\ncurrent-context: lab\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), port);
     for args in [
         vec![
             "agent",
@@ -220,19 +244,8 @@ fn no_token_in_logs_on_api_errors_at_trace_level() {
         vec!["controller", "--metrics-addr", "127.0.0.1:0"],
     ] {
         let before = requests.load(Ordering::SeqCst);
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.name,
-                env!("CARGO_BIN_EXE_portwarden"),
-            ])
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
+        let child = in_node(node, &args, &kubeconfig)
             .env("RUST_LOG", "trace")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("KUBERNETES_SERVICE_PORT")
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -267,4 +280,89 @@ fn no_token_in_logs_on_api_errors_at_trace_level() {
         seen_token.load(Ordering::SeqCst) > 0,
         "the API server never saw the token: the test would prove nothing"
     );
+}
+
+/// Issue 13 item 12: in Kubernetes mode there is nothing to reload (policies come from the API
+/// server's watch): SIGHUP is logged and ignored by the agent and by the controller, which
+/// keep running and serving.
+#[test]
+fn kube_agent_and_controller_log_and_ignore_sighup() {
+    use portwarden_reconcile::inside::http_get;
+    skip_unless_lab!();
+    let lab = Lab::builder("hup").nodes(1).scanners(1).build().unwrap();
+    let node = lab.node(0);
+    // An API server that takes connections and never answers: both commands stay at their
+    // first request, which is all this test needs.
+    let api = node
+        .run(|| TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let port = api.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), port);
+    let http = "127.0.0.1:19750";
+    for args in [
+        vec![
+            "agent",
+            "--kube",
+            "--node",
+            "web-1",
+            "--metrics-addr",
+            http,
+            "--refresh",
+            "3600",
+        ],
+        vec!["controller", "--metrics-addr", http],
+    ] {
+        let log = dir.path().join(format!("{}.log", args[0]));
+        let child = in_node(node, &args, &kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut child = Killed(Some(child));
+        let pid = child.0.as_ref().unwrap().id().to_string();
+        // Up once its HTTP endpoint answers (any status: the agent's loop has no intent yet).
+        let answers = || {
+            let addr = http.parse().unwrap();
+            match node.run(move || http_get(addr, "/healthz", Duration::from_secs(2))) {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => e.contains("unexpected status"),
+                Err(_) => false,
+            }
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while !answers() {
+            assert!(Instant::now() < until, "{args:?}: never served HTTP");
+            assert!(
+                child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "{args:?}: exited at start: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(status.success());
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if let Some(exit) = child.0.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{args:?}: exited on SIGHUP ({exit}); log:\n{text}");
+            }
+            if text.contains("SIGHUP") {
+                assert!(text.contains("ignored"), "{args:?}: {text}");
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "{args:?}: SIGHUP not logged: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(answers(), "{args:?}: stopped serving after SIGHUP");
+        assert!(child.0.as_mut().unwrap().try_wait().unwrap().is_none());
+        drop(child.finish());
+    }
+    drop(api);
 }

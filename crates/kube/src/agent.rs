@@ -47,6 +47,7 @@ use portwarden_policy::validate::Issue;
 use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
 use portwarden_reconcile::Target;
 use portwarden_reconcile::agent::{AgentConfig, Shared, converge, scan_peers};
+use portwarden_reconcile::server::{Limits, serve, shutdown_signal};
 use prometheus_client::metrics::counter::Counter;
 use tracing::{error, info, warn};
 
@@ -454,7 +455,8 @@ fn change<K>(r: Result<Event<K>, watcher::Error>, tag: fn(bool) -> Change) -> Ch
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT. SIGHUP is logged and ignored: the policies come
+/// from the API server's watch, there is nothing to reload.
 ///
 /// # Errors
 ///
@@ -467,6 +469,8 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
         .build()
         .map_err(Error::Start)?;
     runtime.block_on(async move {
+        // First thing: from here on a SIGHUP is logged instead of terminating the process.
+        let shutdown = shutdown_signal(|| info!("SIGHUP ignored: in Kubernetes mode policies come from the API server's watch, there is nothing to reload"));
         let client = Client::try_default().await.map_err(Error::Client)?;
         let addr = cfg.agent.listen;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -484,13 +488,15 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = portwarden_reconcile::http::router(shared.clone());
         let mut server_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            Limits::default(),
+            shared.metrics.http.clone(),
+            async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            },
+        ));
         let counters = (
             shared.metrics.report_writes.clone(),
             shared.metrics.report_write_errors.clone(),
@@ -501,12 +507,12 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
             &cfg,
             plan_tx,
             out_rx,
-            crate::controller::shutdown_signal(),
+            shutdown,
         )
         .await;
         let _ = stop_tx.send(true);
-        if let Ok(Err(source)) = server.await {
-            error!(error = %source, "HTTP server failed");
+        if let Err(e) = server.await {
+            error!(error = %e, "HTTP server task failed");
         }
         if worker.join().is_err() {
             error!("reconcile loop panicked");

@@ -39,6 +39,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portwarden_reconcile::metrics::{
     ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels,
 };
+use portwarden_reconcile::server::{Limits, serve, shutdown_signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -417,26 +418,6 @@ pub async fn while_leader<F, Fut>(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-            }
-        }
-        _ => {
-            error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// HTTP: `/metrics`, `/healthz` (the process serves), `/readyz` (ready to take over: always,
 /// since a standby is useful; leadership is the `portwarden_controller_leader` metric).
 fn router(metrics: Arc<ControllerMetrics>) -> axum::Router {
@@ -464,13 +445,18 @@ fn router(metrics: Arc<ControllerMetrics>) -> axum::Router {
         .route("/readyz", get(|| async { "ready\n" }))
 }
 
-/// Runs `portwarden controller` until SIGTERM or SIGINT.
+/// Runs `portwarden controller` until SIGTERM or SIGINT. SIGHUP is logged and ignored
+/// (there is no file to reload; every policy is resynced every `resync` anyway).
 ///
 /// # Errors
 ///
 /// When no client can be configured, the HTTP address cannot be bound, or the Lease manager
 /// cannot start. Errors while running are retried.
 pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
+    // First thing: from here on a SIGHUP is logged instead of terminating the process.
+    let shutdown = shutdown_signal(|| {
+        info!("SIGHUP ignored: the controller has no file to reload (it watches the API server)")
+    });
     let client = Client::try_default().await.map_err(Error::Client)?;
     let metrics = Arc::new(ControllerMetrics::new());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -480,12 +466,14 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
             source,
         })?;
     let app = router(metrics.clone());
-    let addr = cfg.listen;
-    tokio::spawn(async move {
-        if let Err(source) = axum::serve(listener, app).await {
-            error!(error = %Error::Serve { addr, source }, "HTTP stopped");
-        }
-    });
+    // Serves until the runtime stops, after the Lease is released.
+    tokio::spawn(serve(
+        listener,
+        app,
+        Limits::default(),
+        metrics.http.clone(),
+        std::future::pending(),
+    ));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &cfg.lease_name)
         .with_namespace(&cfg.lease_namespace)
         .with_identity(&cfg.identity)
@@ -512,7 +500,7 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
                 cfg.resync,
             )
         },
-        shutdown_signal(),
+        shutdown,
         metrics.clone(),
     )
     .await;

@@ -4,7 +4,8 @@
 //! A key design decision is that the loop is a plain thread that does one thing at a time —
 //! reload, reconcile, scan — because every step shells out to iptables or sends probes and must
 //! not interleave with another. Tokio only serves HTTP ([`crate::http`]). The loop waits on a
-//! shutdown channel with a timeout, so it reacts to SIGTERM at once and never sleeps blindly.
+//! control channel with a timeout, so it reacts to SIGTERM (stop) and SIGHUP (reload now) at
+//! once and never sleeps blindly.
 //!
 //! # Guarantees
 //!
@@ -38,10 +39,11 @@ use portwarden_policy::{NodeIntent, PortRange, Protocol, load_paths};
 use portwarden_scan::{PortList, ScanKind};
 use tracing::{error, info, warn};
 
-use crate::inside::InsideView;
+use crate::inside::{InsideView, exposed_listeners};
 use crate::listeners::read_listeners;
 use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
+use crate::server::{Limits, serve, shutdown_signal};
 use crate::verify::{Target, VerifyOptions, verify};
 
 /// How the agent runs.
@@ -207,7 +209,7 @@ impl Shared {
     }
 
     /// The inside view, computed now: a fresh plan against the kernel's rules and the
-    /// listening sockets.
+    /// listening sockets of the ports the intent manages ([`exposed_listeners`]).
     pub fn inside_view(&self) -> InsideView {
         let (intent, policy_error, apply_error) = self.with_state(|s| {
             (
@@ -217,25 +219,25 @@ impl Shared {
             )
         });
         let listeners = read_listeners().unwrap_or_default();
-        let mut view = match (intent, self.netfilter()) {
-            (Some(intent), Ok(nf)) => match nf.plan(&intent, &self.config.effective_failsafe()) {
-                Ok(plan) => InsideView::new(&self.config.node, &plan, listeners),
+        let exposed = |listeners| exposed_listeners(intent.as_deref(), listeners);
+        let mut view = match (&intent, self.netfilter()) {
+            (Some(intent), Ok(nf)) => match nf.plan(intent, &self.config.effective_failsafe()) {
+                Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
                 Err(e) => InsideView {
                     node: self.config.node.clone(),
                     apply_error: Some(e.to_string()),
-                    listeners,
+                    listeners: exposed(listeners),
                     ..InsideView::default()
                 },
             },
             (_, Err(e)) => InsideView {
                 node: self.config.node.clone(),
                 apply_error: Some(e),
-                listeners,
+                listeners: exposed(listeners),
                 ..InsideView::default()
             },
             (None, Ok(_)) => InsideView {
                 node: self.config.node.clone(),
-                listeners,
                 ..InsideView::default()
             },
         };
@@ -384,8 +386,19 @@ fn change_time(
         .max(floor)
 }
 
-/// The loop. Returns when `shutdown` receives a message or its sender is dropped.
-pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
+/// What the loop is told from outside (signals, via [`run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Stop; the rules stay in place.
+    Stop,
+    /// Load the policy documents and the inventory now, whether or not they changed
+    /// (SIGHUP), then go on as before.
+    Reload,
+}
+
+/// The loop. Returns when `control` receives [`Control::Stop`] or its senders are dropped;
+/// [`Control::Reload`] loads the documents at once.
+pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
     let cfg = shared.config.clone();
     let mut debounce: Debounce<Fingerprint> = Debounce::new(cfg.poll * DEBOUNCE_MAX_POLLS);
     // When the fingerprint of the last load was taken (wall clock, for the latency metric).
@@ -446,9 +459,15 @@ pub fn run_loop(shared: Arc<Shared>, shutdown: Receiver<()>) {
             .flatten()
             .min()
             .unwrap_or(next_poll);
-        match shutdown.recv_timeout(next.saturating_duration_since(Instant::now())) {
+        match control.recv_timeout(next.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+            Ok(Control::Reload) => {
+                // Forget the last load: the poll that follows at once loads whatever the
+                // files hold now, as the first load does.
+                debounce = Debounce::new(cfg.poll * DEBOUNCE_MAX_POLLS);
+                next_poll = Instant::now();
+            }
+            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 info!("agent loop stopped; rules stay in place (portwarden reset removes them)");
                 return;
             }
@@ -780,7 +799,8 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
 }
 
 /// Runs the agent until SIGTERM or SIGINT: binds the HTTP endpoint, starts the loop, and on a
-/// signal stops both. Rules stay in place.
+/// signal stops both. Rules stay in place. SIGHUP reloads the policy directory and the
+/// inventory at once (logged), whether or not they changed.
 ///
 /// # Errors
 ///
@@ -791,45 +811,37 @@ pub fn run(config: AgentConfig) -> std::io::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        let (control, commands) = std::sync::mpsc::channel();
+        // First thing: from here on a SIGHUP reloads instead of terminating the process.
+        let hangup = control.clone();
+        let shutdown = shutdown_signal(move || {
+            info!("SIGHUP: reloading the policy directory and the inventory now");
+            let _ = hangup.send(Control::Reload);
+        });
         let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         info!(node = %config.node, listen = %config.listen, policy_dir = %config.policy_dir.display(), "agent started");
         let shared = Shared::new(config);
-        let (stop_loop, stopped) = std::sync::mpsc::channel();
         let loop_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("reconcile".into())
-            .spawn(move || run_loop(loop_shared, stopped))?;
-        let app = crate::http::router(shared);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
-        let _ = stop_loop.send(());
+            .spawn(move || run_loop(loop_shared, commands))?;
+        let app = crate::http::router(shared.clone());
+        serve(
+            listener,
+            app,
+            Limits::default(),
+            shared.metrics.http.clone(),
+            shutdown,
+        )
+        .await;
+        let _ = control.send(Control::Stop);
         if worker.join().is_err() {
             error!("reconcile loop panicked");
         }
-        served
+        Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM: shutting down"),
-                _ = int.recv() => info!("SIGINT: shutting down"),
-            }
-        }
-        _ => {
-            error!("cannot install signal handlers; stop the agent with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 #[cfg(test)]

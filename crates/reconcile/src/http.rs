@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
 //! `/v1/inside` (the inside view, computed on request) and `/v1/report` (the last peer scan).
+//! [`crate::server::serve`] serves it within connection limits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,11 @@ use crate::inside::INSIDE_PATH;
 
 /// The loop counts as alive while it has completed an iteration this recently.
 const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Inside views computed at once: each runs `iptables-save` and a plan (children, pipes, CPU),
+/// so many clients asking together wait here (up to the request timeout) instead of taking
+/// the descriptors and the CPU the reconcile loop needs.
+static INSIDE_VIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The router over the agent's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -79,8 +85,17 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn inside(State(s): State<Arc<Shared>>) -> Response {
-    // Reading netfilter shells out to iptables-save: keep it off the async workers.
-    match tokio::task::spawn_blocking(move || s.inside_view()).await {
+    let Ok(permit) = INSIDE_VIEWS.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
+    // Reading netfilter shells out to iptables-save: keep it off the async workers. The permit
+    // goes with the work, so a request that timed out still counts until its view is done.
+    match tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        s.inside_view()
+    })
+    .await
+    {
         Ok(view) => Json(view).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,13 +1,22 @@
 //! The inside view: what a node's agent can see that a scanner cannot — whether portwarden's
-//! rules are in place, foreign rules that shadow them, and which sockets listen. The agent
-//! serves it as JSON (`GET /v1/inside`); `verify` fetches it to explain drift precisely.
+//! rules are in place, foreign rules that shadow them, and which sockets listen on the ports
+//! its policies manage. The agent serves it as JSON (`GET /v1/inside`) to any host; `verify`
+//! fetches it to explain drift precisely.
+//!
+//! A key design decision is that the view carries only what `verify` uses, because anyone who
+//! can reach the agent's port can read it: listeners on ports the node's entries cover (a
+//! loopback-only one too: "the service listens on 127.0.0.1 only"), and — when a policy of the
+//! node says `unlisted: report`, which puts every TCP port under review — TCP listeners
+//! reachable from outside (verify names the socket behind an unlisted open port). A service
+//! bound to loopback on a port no entry covers is never shown: that is exactly what a scanner
+//! cannot learn, and what an attacker would like to.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use portwarden_netfilter::Plan;
-use portwarden_policy::Protocol;
+use portwarden_policy::{NodeIntent, Protocol};
 use serde::{Deserialize, Serialize};
 
 use crate::listeners::Listener;
@@ -50,7 +59,7 @@ pub struct InsideView {
     pub pending_changes: usize,
     /// Foreign rules that shadow entries.
     pub shadowing: Vec<ShadowView>,
-    /// Listening sockets.
+    /// Listening sockets of the ports the node's policies manage (see [`exposed_listeners`]).
     pub listeners: Vec<Listener>,
     /// The last policy load error, when the current documents are invalid (the last good
     /// state stays applied).
@@ -59,9 +68,36 @@ pub struct InsideView {
     pub apply_error: Option<String>,
 }
 
+/// The listeners the inside view may show for a node with `intent` (none without one): those
+/// on a port some entry covers, for its protocol, whatever their address; and, when the intent
+/// reports unlisted ports, TCP listeners reachable from outside.
+pub fn exposed_listeners(intent: Option<&NodeIntent>, listeners: Vec<Listener>) -> Vec<Listener> {
+    let Some(intent) = intent else {
+        return Vec::new();
+    };
+    listeners
+        .into_iter()
+        .filter(|l| {
+            let managed = intent
+                .rules
+                .iter()
+                .any(|r| r.protocol == l.protocol && r.ports.contains(l.port));
+            let under_review =
+                intent.report_unlisted && l.protocol == Protocol::Tcp && l.reachable_from_outside();
+            managed || under_review
+        })
+        .collect()
+}
+
 impl InsideView {
-    /// Builds the view from a fresh plan and the listeners.
-    pub fn new(node: &str, plan: &Plan, listeners: Vec<Listener>) -> InsideView {
+    /// Builds the view from a fresh plan for `intent` and the node's listening sockets, of
+    /// which it keeps the [`exposed_listeners`].
+    pub fn new(
+        node: &str,
+        plan: &Plan,
+        intent: &NodeIntent,
+        listeners: Vec<Listener>,
+    ) -> InsideView {
         InsideView {
             node: node.to_string(),
             converged: plan.is_converged(),
@@ -81,7 +117,7 @@ impl InsideView {
                         .collect(),
                 })
                 .collect(),
-            listeners,
+            listeners: exposed_listeners(Some(intent), listeners),
             policy_error: None,
             apply_error: None,
         }
@@ -163,6 +199,76 @@ mod tests {
             entries: vec![("web".into(), 0)],
         };
         assert_eq!(s.describe(), "INPUT#1 (-j DROP)");
+    }
+
+    fn listener(address: &str, port: u16) -> Listener {
+        Listener {
+            protocol: Protocol::Tcp,
+            address: address.parse().unwrap(),
+            port,
+        }
+    }
+
+    /// An intent with one entry per `(protocol, first port, last port)`.
+    fn intent(entries: &[(Protocol, u16, u16)], report_unlisted: bool) -> NodeIntent {
+        NodeIntent {
+            policies: vec!["web".into()],
+            rules: entries
+                .iter()
+                .enumerate()
+                .map(|(entry, &(protocol, start, end))| portwarden_policy::Rule {
+                    priority: 100,
+                    policy: "web".into(),
+                    entry,
+                    protocol,
+                    ports: portwarden_policy::PortRange { start, end },
+                    source: None,
+                    state: portwarden_policy::State::Closed,
+                })
+                .collect(),
+            report_unlisted,
+        }
+    }
+
+    #[test]
+    fn the_view_shows_listeners_of_managed_ports_only() {
+        let listeners = vec![
+            listener("0.0.0.0", 80),     // managed, reachable
+            listener("127.0.0.1", 8080), // managed, loopback only
+            listener("127.0.0.1", 6000), // unmanaged, loopback only: secret
+            listener("0.0.0.0", 7000),   // unmanaged, reachable
+            listener("::", 8081),        // inside a managed range
+        ];
+        let ignore = intent(
+            &[(Protocol::Tcp, 80, 80), (Protocol::Tcp, 8080, 8081)],
+            false,
+        );
+        let plan = Plan::compute(&ignore, &portwarden_netfilter::Failsafe::none(), &[]);
+        let view = InsideView::new("n", &plan, &ignore, listeners.clone());
+        let ports: Vec<u16> = view.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80, 8080, 8081], "{view:?}");
+        // The causes still have what they need: the loopback-only service of a managed port.
+        assert!(
+            !view
+                .listening(Protocol::Tcp, 8080)
+                .unwrap()
+                .reachable_from_outside()
+        );
+        // A UDP entry on 6000 does not reveal the TCP socket on it.
+        let udp = intent(&[(Protocol::Udp, 6000, 6000)], false);
+        assert!(
+            InsideView::new("n", &plan, &udp, listeners.clone())
+                .listeners
+                .is_empty()
+        );
+        // `unlisted: report` puts every TCP port under review: reachable listeners are shown
+        // (verify names the socket behind an unlisted open port), loopback-only ones are not.
+        let report = intent(&[(Protocol::Tcp, 80, 80)], true);
+        let view = InsideView::new("n", &plan, &report, listeners.clone());
+        let ports: Vec<u16> = view.listeners.iter().map(|l| l.port).collect();
+        assert_eq!(ports, [80, 7000, 8081], "{view:?}");
+        // Without an intent, nothing is managed: nothing is shown.
+        assert!(exposed_listeners(None, listeners).is_empty());
     }
 
     #[test]

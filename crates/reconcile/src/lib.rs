@@ -16,6 +16,8 @@
 //! * [`verify`] — scan, compare, explain: the `verify` command's engine.
 //! * [`agent`] — the standalone agent's loop: watch, apply, repair, scan peers.
 //! * [`http`] — the agent's endpoints; [`metrics`] — every metric name.
+//! * [`server`] — the HTTP server of every long-running command (connection caps, timeouts,
+//!   descriptors kept for the reconcile path) and their signal handling.
 
 pub mod agent;
 pub mod causes;
@@ -25,6 +27,7 @@ pub mod inside;
 pub mod listeners;
 pub mod metrics;
 pub mod report;
+pub mod server;
 pub mod verdict;
 pub mod verify;
 

@@ -34,6 +34,87 @@ pub struct DriftLabels {
     pub kind: String,
 }
 
+/// Labels of a connection refused or closed by the HTTP server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// Refused: `per_source` or `total` (the cap that was reached). Closed: `evicted` (the
+    /// oldest connection of the heaviest source, to admit a quieter one), `timeout` (no
+    /// complete request header in time, also an idle keep-alive connection), `max_age`.
+    pub reason: String,
+}
+
+/// The HTTP server's metrics ([`crate::server::serve`]), registered by the agent's and the
+/// controller's registries under their prefixes (`portwarden_http_...`,
+/// `portwarden_controller_http_...`).
+#[derive(Clone, Debug, Default)]
+pub struct HttpMetrics {
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// The cap on open connections in force (lowered to fit the descriptor limit).
+    pub connection_limit: Gauge,
+    /// The cap on open connections from one source.
+    pub connection_limit_per_source: Gauge,
+    /// Connections closed at once because a cap was reached, by cap.
+    pub connections_refused: Family<ConnectionLabels, Counter>,
+    /// Connections the server closed before the client did, by reason.
+    pub connections_closed: Family<ConnectionLabels, Counter>,
+    /// Requests answered 503 because their handler took longer than the request timeout.
+    pub request_timeouts: Counter,
+}
+
+impl HttpMetrics {
+    /// Counts a connection refused because the `reason` cap was reached.
+    pub fn refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&ConnectionLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection the server closed for `reason`.
+    pub fn closed(&self, reason: &str) {
+        self.connections_closed
+            .get_or_create(&ConnectionLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "http_connection_limit",
+            "Cap on open HTTP connections (fitted to the descriptor limit)",
+            self.connection_limit.clone(),
+        );
+        registry.register(
+            "http_connection_limit_per_source",
+            "Cap on open HTTP connections from one source address (IPv6: one /64)",
+            self.connection_limit_per_source.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because a cap was reached (per_source, total)",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "http_connections_closed",
+            "HTTP connections closed by the server (evicted, timeout, max_age)",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "http_request_timeouts",
+            "HTTP requests answered 503 because they took longer than the request timeout",
+            self.request_timeouts.clone(),
+        );
+    }
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -74,6 +155,8 @@ pub struct Metrics {
     pub report_writes: Counter,
     /// Kubernetes mode: PortReport writes that failed (retried with backoff).
     pub report_write_errors: Counter,
+    /// The HTTP endpoint's connections.
+    pub http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -105,8 +188,10 @@ impl Metrics {
             policy_applied_time: Gauge::default(),
             report_writes: Counter::default(),
             report_write_errors: Counter::default(),
+            http: HttpMetrics::default(),
             registry: Registry::default(),
         };
+        m.http.register(&mut registry);
         registry.register(
             "reconcile_duration_seconds",
             "Time to plan and apply one reconcile",
@@ -258,6 +343,8 @@ pub struct ControllerMetrics {
     pub policy_nodes: Family<PolicyLabels, Gauge>,
     /// 1 for the current status of each condition of each policy.
     pub policy_condition: Family<ConditionLabels, Gauge>,
+    /// The HTTP endpoint's connections.
+    pub http: HttpMetrics,
 }
 
 impl Default for ControllerMetrics {
@@ -282,7 +369,9 @@ impl ControllerMetrics {
             policy_drift: Family::default(),
             policy_nodes: Family::default(),
             policy_condition: Family::default(),
+            http: HttpMetrics::default(),
         };
+        m.http.register(&mut registry);
         registry.register(
             "reconcile_duration_seconds",
             "Time of one PortPolicy reconcile",
@@ -371,6 +460,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE portwarden_reconcile_duration_seconds histogram"));
+        m.http.refused("per_source");
+        m.http.closed("timeout");
+        let text = m.encode();
+        assert!(
+            text.contains("portwarden_http_connections_refused_total{reason=\"per_source\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portwarden_http_connections_closed_total{reason=\"timeout\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portwarden_http_connections_open 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 
@@ -385,6 +489,10 @@ mod tests {
             .set(2);
         let text = m.encode();
         assert!(text.contains("portwarden_controller_leader 1"), "{text}");
+        assert!(
+            text.contains("portwarden_controller_http_connection_limit 0"),
+            "{text}"
+        );
         assert!(
             text.contains("portwarden_controller_policy_drift_ports{policy=\"quarantine\"} 2"),
             "{text}"
