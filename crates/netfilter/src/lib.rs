@@ -22,9 +22,12 @@
 //!
 //! # Ownership
 //!
-//! portwarden owns the filter-table chains named `PORTWARDEN-*` (IPv4 and IPv6) and the rules
-//! whose target is one of them — normally the single jump at `INPUT` position 1. It never
-//! edits, reorders or deletes anything else; see [`Netfilter::apply`] for the exact contract.
+//! portwarden owns exactly what it writes: the filter-table chains whose names its grammar
+//! generates (`PORTWARDEN-INPUT`, `PORTWARDEN-TCP-0`, `PORTWARDEN-TCP-0-255`, ...; IPv4 and
+//! IPv6) and its one jump, the `INPUT` rule to `PORTWARDEN-INPUT` carrying its comment — see
+//! [`chains`]. It never edits, reorders or deletes anything else, also not what merely looks
+//! like its own (a chain `PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`): plans report
+//! those as [`Lookalike`]s. See [`Netfilter::apply`] for the exact contract.
 //!
 //! # Layout
 //!
@@ -51,7 +54,9 @@ pub mod render;
 pub mod save;
 
 pub use backend::{Backend, BackendChoice, Detection};
-pub use diff::{DriftKind, EntryRef, FamilyPlan, JumpState, Shadowing, diff};
+pub use diff::{
+    DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
+};
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};

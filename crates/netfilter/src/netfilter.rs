@@ -245,10 +245,12 @@ impl Netfilter {
     ///   (no `iptables-restore` runs; counters and rule handles stay as they are).
     /// * **Atomic per family**: each family's change is a single transaction of the filter
     ///   table; it applies completely or not at all.
-    /// * **Only portwarden's rules**: the transaction declares only `PORTWARDEN-` chains and
-    ///   deletes/inserts only rules whose target is one; other chains, rules, tables and
-    ///   counters are untouched (`--noflush`). Rules to delete are named by specification, not
-    ///   position, so a foreign rule that appeared since the plan was made cannot be hit.
+    /// * **Only portwarden's rules**: the transaction declares only portwarden's chains (by
+    ///   their naming grammar, see [`crate::chains`]) and deletes/inserts only its jump; other
+    ///   chains, rules, tables and counters are untouched (`--noflush`), look-alikes
+    ///   (`PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`) included. Rules to delete are
+    ///   named by specification, not position, so a foreign rule that appeared since the plan
+    ///   was made cannot be hit.
     /// * **Lock waits are logged**: when the xtables lock (legacy backend) is held by another
     ///   program, the transaction waits up to `lock_wait_secs` and a warning names the holder.
     /// * **Confirmed**: after the transactions every family written is read back (one
@@ -372,12 +374,14 @@ impl Netfilter {
         }
     }
 
-    /// Removes every chain of portwarden's and every rule that jumps into one, in every managed
-    /// family: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
+    /// Removes every chain of portwarden's and its jump, in every managed family:
+    /// [`Netfilter::plan_reset`] then [`Netfilter::apply`].
     ///
     /// # Guarantees
     /// As [`Netfilter::apply`]; everything that is not portwarden's stays byte-identical
-    /// (counters aside, which keep counting). No write when nothing of ours is there.
+    /// (counters aside, which keep counting), look-alikes included; a chain of portwarden's
+    /// that a foreign rule jumps to stays, emptied ([`Plan::kept`]). No write when nothing of
+    /// ours is there.
     ///
     /// # Errors
     /// As [`Netfilter::apply`].

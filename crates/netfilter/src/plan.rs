@@ -3,7 +3,7 @@
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::{Serialize, Serializer};
 
-use crate::diff::{DriftKind, FamilyPlan, Shadowing, diff};
+use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
 use crate::failsafe::Failsafe;
 use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
@@ -11,7 +11,7 @@ use crate::save::Ruleset;
 /// The changes that bring a node's netfilter to its intent, per family.
 ///
 /// Serializes to the `plan -o json` shape of CLI.md, `{"changes": N, "add": [...], "delete":
-/// [...]}`, plus `conflicts`, `shadowing` and a per-family breakdown.
+/// [...]}`, plus `conflicts`, `shadowing`, `lookalikes`, `kept` and a per-family breakdown.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// Number of items in `add` and `delete`; 0 when the node is converged.
@@ -25,6 +25,10 @@ pub struct Plan {
     /// Foreign rules above the jump that shadow entries (the jump is moved back to position 1;
     /// the foreign rules themselves are never touched).
     pub shadowing: Vec<Shadowing>,
+    /// Chains and rules that look like portwarden's but are not (never written).
+    pub lookalikes: Vec<Lookalike>,
+    /// Chains of portwarden's that stay, emptied, because foreign rules jump to them.
+    pub kept: Vec<Kept>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
 }
@@ -73,6 +77,8 @@ impl Plan {
             delete,
             conflicts,
             shadowing: families.iter().flat_map(|f| f.shadowing.clone()).collect(),
+            lookalikes: families.iter().flat_map(|f| f.lookalikes.clone()).collect(),
+            kept: families.iter().flat_map(|f| f.kept.clone()).collect(),
             families,
         }
     }

@@ -217,7 +217,8 @@ pub fn to_save_text(rs: &Ruleset) -> String {
 /// The checks of the `iptables_save` fuzz target (`fuzz/`) and the corpus replay test, on one
 /// input; not part of the API. Panics when an invariant fails, which is how a fuzzer reports
 /// it: a parsed dump printed again parses to the same ruleset, and planning against it (for
-/// a fixture policy, and a reset) completes.
+/// a fixture policy, and a reset) completes and writes nothing but portwarden's own chains and
+/// jump (look-alikes are never written).
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -250,7 +251,38 @@ pub fn fuzz_check(data: &[u8]) {
     let current = [(crate::Family::Ipv4, &rs), (crate::Family::Ipv6, &rs)];
     let plan = crate::Plan::compute(intent, &crate::Failsafe::default(), &current);
     assert_eq!(plan.changes, plan.add.len() + plan.delete.len());
-    let _ = crate::Plan::reset(&current);
+    let reset = crate::Plan::reset(&current);
+    for fp in plan.families.iter().chain(&reset.families) {
+        writes_only_ours(&fp.restore);
+    }
+}
+
+/// Panics unless every line of a restore input touches only portwarden's chains and jump.
+fn writes_only_ours(restore: &str) {
+    use crate::chains::{HOOK_CHAIN, is_our_jump, is_owned};
+    for line in restore.lines() {
+        let ok = match line.split_once(' ') {
+            _ if line == "*filter" || line == "COMMIT" => true,
+            Some((decl, "- [0:0]")) => decl.strip_prefix(':').is_some_and(is_owned),
+            Some(("-X", chain)) => is_owned(chain),
+            Some((op @ ("-A" | "-D" | "-I"), rest)) => {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                let spec = match op {
+                    "-I" => spec.strip_prefix("1 ").unwrap_or(spec),
+                    _ => spec,
+                };
+                match op {
+                    "-A" => is_owned(chain),
+                    _ => is_owned(chain) || (chain == HOOK_CHAIN && is_our_jump(chain, spec)),
+                }
+            }
+            _ => false,
+        };
+        assert!(
+            ok,
+            "a plan writes what is not portwarden's: {line}\n{restore}"
+        );
+    }
 }
 
 /// The compiled intent of `tests/fixtures/mixed.yaml`, for [`fuzz_check`].

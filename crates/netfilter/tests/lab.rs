@@ -14,6 +14,9 @@
 //! 7. `failed_transactions_change_nothing`.
 //! 8. `auto_detection_follows_the_host_rules`.
 //! 9. `a_failing_family_rolls_back_the_ones_before_it`.
+//! 10. `lookalikes_are_reported_and_left_byte_identical` — a foreign FORWARD jump to
+//!     `PORTWARDEN-INPUT` and a foreign `PORTWARDEN-FOO` chain with its INPUT jump survive
+//!     apply and reset unchanged, and the plan reports them.
 
 mod support;
 
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use portwarden_lab::skip_unless_lab;
 use portwarden_netfilter::{
-    Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options,
+    Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options, render,
 };
 use portwarden_policy::Protocol;
 use support::*;
@@ -592,5 +595,129 @@ fn a_failing_family_rolls_back_the_ones_before_it() {
                 "{backend} {f}: as before"
             );
         }
+    }
+}
+
+/// Lines of portwarden's in [`normalized`] save output: the declarations and rules of `owned`
+/// chains and the jump from INPUT.
+fn without_ours(text: &str, owned: &[String]) -> String {
+    let jump = format!("-A INPUT {}", portwarden_netfilter::render::jump_spec());
+    normalized(text)
+        .lines()
+        .filter(|l| {
+            let chain = l
+                .strip_prefix(':')
+                .or_else(|| l.strip_prefix("-A "))
+                .and_then(|r| r.split_whitespace().next());
+            !(chain.is_some_and(|c| owned.iter().any(|o| o == c)) || *l == jump)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn lookalikes_are_reported_and_left_byte_identical() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nflook");
+        let node = lab.node(0).clone();
+        let web = intent(&WEB, &[("role", "web")]);
+        let lockdown = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
+        let mut owned: Vec<String> = Vec::new();
+        for i in [&web, &lockdown] {
+            let r = render(i, &Failsafe::default());
+            owned.extend(
+                r.v4.chains
+                    .iter()
+                    .chain(&r.v6.chains)
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        let w2 = web.clone();
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        for f in Family::ALL {
+            let run = |args: &[&str]| ipt(&node, backend, f, args);
+            run(&["-A", "FORWARD", "-j", "PORTWARDEN-INPUT"]);
+            run(&["-N", "PORTWARDEN-FOO"]);
+            run(&[
+                "-A",
+                "PORTWARDEN-FOO",
+                "-p",
+                "tcp",
+                "--dport",
+                "9000",
+                "-j",
+                "ACCEPT",
+            ]);
+            run(&[
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "9000",
+                "-j",
+                "PORTWARDEN-FOO",
+            ]);
+        }
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| without_ours(&save(&node, backend, f), &owned))
+            .collect();
+        for b in &before {
+            assert!(
+                b.contains("-A FORWARD -j PORTWARDEN-INPUT")
+                    && b.contains(":PORTWARDEN-FOO")
+                    && b.contains("-j PORTWARDEN-FOO"),
+                "{backend}: {b}"
+            );
+        }
+        let plan = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&lockdown, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+            plan
+        });
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            assert_eq!(
+                without_ours(&save(&node, backend, f), &owned),
+                before[i],
+                "{backend} {f}: look-alikes changed by apply"
+            );
+        }
+        let json = serde_json::to_value(&plan).unwrap();
+        let looks = json["lookalikes"].as_array().cloned().unwrap_or_default();
+        let text = serde_json::to_string(&looks).unwrap();
+        assert!(
+            looks.len() >= 6 && text.contains("PORTWARDEN-FOO") && text.contains("FORWARD"),
+            "{backend}: look-alikes reported: {json}"
+        );
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(applied.transactions, 2, "{backend}");
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            let now = save(&node, backend, f);
+            assert_eq!(
+                without_ours(&now, &owned),
+                before[i],
+                "{backend} {f}: look-alikes changed by reset"
+            );
+            // PORTWARDEN-INPUT stays, emptied: the foreign FORWARD rule still jumps to it
+            let ours: Vec<String> = normalized(&now)
+                .lines()
+                .filter(|l| {
+                    l.contains("PORTWARDEN-")
+                        && !l.contains("PORTWARDEN-FOO")
+                        && *l != "-A FORWARD -j PORTWARDEN-INPUT"
+                })
+                .map(String::from)
+                .collect();
+            assert_eq!(ours, [":PORTWARDEN-INPUT -"], "{backend} {f}");
+        }
+        let again = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(again.transactions, 0, "{backend}: reset is idempotent");
     }
 }

@@ -92,6 +92,9 @@ pub struct State {
     pub report: Option<Report>,
     /// Peer scans completed (a new `report` each time).
     pub scans_completed: u64,
+    /// The look-alikes and kept chains last logged, so each is logged when it appears, not at
+    /// every refresh.
+    pub reported_lookalikes: Vec<String>,
 }
 
 /// Everything the loop and the HTTP handlers share.
@@ -543,6 +546,7 @@ pub fn converge(shared: &Shared, reason: &'static str) {
         let plan = nf
             .plan(&intent, &shared.config.effective_failsafe())
             .map_err(|e| e.to_string())?;
+        report_lookalikes(shared, &plan);
         if plan.is_converged() {
             return Ok(None);
         }
@@ -606,6 +610,22 @@ pub fn converge(shared: &Shared, reason: &'static str) {
             shared.lock().apply_error = Some(e);
         }
     }
+}
+
+/// Logs the plan's look-alikes (chains and rules named like portwarden's that are not) and
+/// kept chains once each, when they appear.
+fn report_lookalikes(shared: &Shared, plan: &portwarden_netfilter::Plan) {
+    let now: Vec<String> = plan
+        .lookalikes
+        .iter()
+        .map(ToString::to_string)
+        .chain(plan.kept.iter().map(ToString::to_string))
+        .collect();
+    let mut s = shared.lock();
+    for l in now.iter().filter(|l| !s.reported_lookalikes.contains(l)) {
+        warn!(lookalike = %l, "not portwarden's, left alone");
+    }
+    s.reported_lookalikes = now;
 }
 
 /// Scans the peers and stores the report in the shared state.

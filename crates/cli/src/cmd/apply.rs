@@ -32,6 +32,8 @@ struct ApplyOutput<'a> {
     applied: &'a portwarden_netfilter::Applied,
     conflicts: &'a [portwarden_netfilter::Conflict],
     shadowing: &'a [portwarden_netfilter::Shadowing],
+    lookalikes: &'a [portwarden_netfilter::Lookalike],
+    kept: &'a [portwarden_netfilter::Kept],
 }
 
 pub fn run(a: Args) -> Outcome {
@@ -46,6 +48,8 @@ pub fn run(a: Args) -> Outcome {
                 applied: &applied,
                 conflicts: &plan.conflicts,
                 shadowing: &plan.shadowing,
+                lookalikes: &plan.lookalikes,
+                kept: &plan.kept,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

@@ -115,7 +115,8 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
 }
 
-/// Prints conflicts and shadowing, which matter to `plan` and `apply` alike.
+/// Prints conflicts, shadowing, look-alikes and kept chains, which matter to `plan`, `apply`
+/// and `reset` alike.
 pub fn print_findings(plan: &Plan, to_stderr: bool) {
     let print = |s: String| {
         if to_stderr {
@@ -129,6 +130,12 @@ pub fn print_findings(plan: &Plan, to_stderr: bool) {
     }
     for s in &plan.shadowing {
         print(format!("shadowed: {s}"));
+    }
+    for l in &plan.lookalikes {
+        print(format!("look-alike: {l}"));
+    }
+    for k in &plan.kept {
+        print(format!("kept: {k}"));
     }
 }
 
