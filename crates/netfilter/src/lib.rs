@@ -27,7 +27,8 @@
 //! IPv6) and its one jump, the `INPUT` rule to `PORTWARDEN-INPUT` carrying its comment — see
 //! [`chains`]. It never edits, reorders or deletes anything else, also not what merely looks
 //! like its own (a chain `PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`): plans report
-//! those as [`Lookalike`]s. See [`Netfilter::apply`] for the exact contract.
+//! those as [`Lookalike`]s. It refuses a table `iptables-save` cannot print ([`save`]). See
+//! [`Netfilter::apply`] for the exact contract.
 //!
 //! # Layout
 //!
@@ -39,6 +40,7 @@
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
+//! * [`native`] — removing portwarden's objects with `nft` from a table iptables cannot print.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
 
@@ -48,6 +50,7 @@ pub mod diff;
 mod error;
 pub mod failsafe;
 pub mod lockwait;
+pub mod native;
 mod netfilter;
 pub mod plan;
 pub mod render;
@@ -60,6 +63,6 @@ pub use diff::{
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};
-pub use plan::Plan;
+pub use plan::{Cleanup, Plan, Via};
 pub use render::{Conflict, Desired, Family, Rendered, render};
 pub use save::Ruleset;

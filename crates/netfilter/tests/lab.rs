@@ -17,6 +17,9 @@
 //! 10. `lookalikes_are_reported_and_left_byte_identical` — a foreign FORWARD jump to
 //!     `PORTWARDEN-INPUT` and a foreign `PORTWARDEN-FOO` chain with its INPUT jump survive
 //!     apply and reset unchanged, and the plan reports them.
+//! 11. `an_incompatible_table_is_refused_and_never_grows` — a native nftables rule (a meter)
+//!     makes iptables-nft-save print `filter` as incompatible: plan and apply refuse with the
+//!     reason, repeated applies add nothing, reset removes portwarden's chains through `nft`.
 
 mod support;
 
@@ -613,6 +616,58 @@ fn without_ours(text: &str, owned: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn an_incompatible_table_is_refused_and_never_grows() {
+    skip_unless_lab!();
+    let lab = lab("nfincompat");
+    let node = lab.node(0).clone();
+    let web = intent(&WEB, &[("role", "web")]);
+    let w2 = web.clone();
+    inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
+            .unwrap();
+    });
+    assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1);
+    // A native nftables rule iptables cannot express (issue 13).
+    node.add_native_nft_rule().unwrap();
+    assert!(
+        save(&node, Backend::Nft, Family::Ipv4).contains("is incompatible"),
+        "this iptables prints the table as incompatible"
+    );
+    let ruleset = || node.exec(&["nft", "-s", "list", "ruleset"]).unwrap();
+    let before = ruleset();
+    for round in 0..3 {
+        let w = web.clone();
+        let result = inside(&node, move || {
+            let nf = netfilter(Backend::Nft);
+            nf.plan(&w, &Failsafe::default())
+                .and_then(|plan| nf.apply(&plan))
+        });
+        let msg = match result {
+            Ok(applied) => panic!("round {round}: applied over an unreadable table: {applied:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("IPv4 filter table")
+                && msg.contains("incompatible")
+                && msg.contains("nft list table ip filter"),
+            "round {round}: {msg}"
+        );
+        assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1, "round {round}");
+        assert_eq!(ruleset(), before, "round {round}: nothing written");
+    }
+    // reset removes what it can see through nft; the native rule stays
+    let applied = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    assert!(applied.transactions >= 2, "{applied:?}");
+    let after = ruleset();
+    assert!(!after.contains("PORTWARDEN"), "reset left: {after}");
+    assert!(after.contains("meter m1"), "the native rule stays: {after}");
+    assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 0);
+    let again = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    assert_eq!(again.transactions, 0, "{again:?}");
 }
 
 #[test]
