@@ -2,7 +2,8 @@
 //! the node namespace (`ip netns exec`), on both iptables backends. Exit codes follow CLI.md:
 //! plan 2 while changes are pending, 0 once converged; apply writes nothing the second time;
 //! reset restores the node's own rules byte for byte; bad input changes nothing and exits 1.
-//! Issue 13: an agent facing a table iptables cannot print refuses at every refresh and never
+//! Issue 13: plan names look-alike chains and rules and portwarden's rules left in the other
+//! backend; an agent facing a table iptables cannot print refuses at every refresh and never
 //! adds a jump.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -174,6 +175,61 @@ fn pw_web1(node: &Netns, cmd: &str, backend: &str) -> Output {
             "web-1",
         ],
     )
+}
+
+#[test]
+fn plan_reports_lookalikes_and_rules_left_in_the_other_backend() {
+    skip_unless_lab!();
+    let lab = Lab::builder("clilook").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    let with = |cmd: &str, backend: &str| pw_web1(node, cmd, backend);
+    let out = with("apply", "nft");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // a foreign chain named like ours, and a foreign jump into ours
+    node.exec(&["iptables-legacy", "-w", "-N", "PORTWARDEN-FOO"])
+        .unwrap();
+    node.exec(&[
+        "iptables-nft",
+        "-w",
+        "-A",
+        "FORWARD",
+        "-j",
+        "PORTWARDEN-INPUT",
+    ])
+    .unwrap();
+    let out = with("plan", "legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stdout.contains("portwarden's rules also live in the nft backend: they will be removed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("look-alike") && stdout.contains("PORTWARDEN-FOO"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FORWARD#1"), "{stdout}");
+    let out = with("apply", "legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("nft"), "the move is reported: {stdout}");
+    let nft = node.exec(&["iptables-nft-save"]).unwrap();
+    assert!(
+        nft.contains("-A FORWARD -j PORTWARDEN-INPUT") && nft.contains(":PORTWARDEN-INPUT"),
+        "the foreign jump stays, and so does the (emptied) chain it needs: {nft}"
+    );
+    let out = pw(node, &["reset", "--backend", "legacy"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("kept") && stdout.contains("PORTWARDEN-INPUT"),
+        "reset says why a chain stays: {stdout}"
+    );
+    let legacy = node.exec(&["iptables-legacy-save"]).unwrap();
+    assert!(
+        legacy.contains(":PORTWARDEN-FOO") && !legacy.contains("PORTWARDEN-INPUT"),
+        "{legacy}"
+    );
 }
 
 #[test]

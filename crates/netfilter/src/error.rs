@@ -129,8 +129,8 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// Removing portwarden's rules from a place the main transactions do not write (a table
-    /// only `nft` can edit) failed.
+    /// Removing portwarden's rules from a place the main transactions do not write (the other
+    /// backend after a backend switch, or a table only `nft` can edit) failed.
     #[error(
         "removing portwarden's rules from the {backend} backend ({family}) failed{written}: \
          {source}"

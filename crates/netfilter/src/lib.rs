@@ -27,7 +27,8 @@
 //! IPv6) and its one jump, the `INPUT` rule to `PORTWARDEN-INPUT` carrying its comment — see
 //! [`chains`]. It never edits, reorders or deletes anything else, also not what merely looks
 //! like its own (a chain `PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`): plans report
-//! those as [`Lookalike`]s. It refuses a table `iptables-save` cannot print ([`save`]). See
+//! those as [`Lookalike`]s. It finds its rules in either iptables backend and moves them to the
+//! one in use ([`backend`]); it refuses a table `iptables-save` cannot print ([`save`]). See
 //! [`Netfilter::apply`] for the exact contract.
 //!
 //! # Layout

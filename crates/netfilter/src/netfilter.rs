@@ -1,14 +1,17 @@
 //! [`Netfilter`]: the I/O edge. Reads with `iptables-save`, writes with one
 //! `iptables-restore --noflush` transaction per family, reads back to confirm.
 //!
-//! A filter table `iptables-save` cannot print (see [`crate::save`]) is handled here too:
-//! `plan`/`apply` refuse it ([`Error::Incompatible`]), `reset` removes portwarden's objects
-//! from it with `nft` ([`crate::native`]).
+//! Two places outside the chosen backend's readable filter tables are handled here too: the
+//! other backend, when portwarden's rules are there (a backend switch, see [`crate::backend`]),
+//! and a filter table `iptables-save` cannot print (see [`crate::save`]): `plan`/`apply` refuse
+//! it ([`Error::Incompatible`]), `reset` removes portwarden's objects from it with `nft`
+//! ([`crate::native`]).
 
 use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,9 @@ pub struct Applied {
     pub changes: usize,
     /// Families written, in order.
     pub families: Vec<Family>,
+    /// Other backends portwarden's rules were removed from (a move after a backend switch, or
+    /// a reset of both).
+    pub other_backends: Vec<Backend>,
 }
 
 /// The last rendering, reused while the intent and failsafe list stay the same.
@@ -82,6 +88,12 @@ struct Memo {
 pub struct Netfilter {
     detection: Detection,
     families: Vec<(Family, Tools)>,
+    /// The other backend's tools, for the managed families whose tools are installed.
+    other: Vec<(Family, Tools)>,
+    /// Whether the other backend held portwarden's rules at the last look: only then does
+    /// [`Netfilter::plan`] read it (cleared once nothing of ours is there), so the agent's no-op
+    /// refresh reads one backend.
+    stray: Arc<AtomicBool>,
     /// nftables' `nft`, for filter tables iptables cannot print (reset only).
     nft: Option<PathBuf>,
     lock_wait_secs: u32,
@@ -115,9 +127,18 @@ impl Netfilter {
         let families = managed()
             .map(|f| backend::tools(detection.backend, f, dir).map(|t| (f, t)))
             .collect::<Result<_, _>>()?;
+        let other = managed()
+            .filter_map(|f| {
+                backend::tools(detection.backend.other(), f, dir)
+                    .ok()
+                    .map(|t| (f, t))
+            })
+            .collect();
         Ok(Netfilter {
+            stray: Arc::new(AtomicBool::new(detection.ours_elsewhere.is_some())),
             detection,
             families,
+            other,
             nft: backend::find_program("nft", dir),
             lock_wait_secs: options.lock_wait_secs,
             memo: Arc::new(Mutex::new(None)),
@@ -209,18 +230,46 @@ impl Netfilter {
         }
     }
 
-    /// What it takes to make this namespace's netfilter say `intent`.
+    /// What it takes to make this namespace's netfilter say `intent`: the chosen backend's
+    /// changes, and (in [`Plan::cleanup`]) the removal of portwarden's rules from the other
+    /// backend when they are there.
     ///
     /// # Guarantees
-    /// Read-only: one `iptables-save` per family, nothing written.
+    /// Read-only: one `iptables-save` per family, nothing written. The other backend is read
+    /// too (one more `*-save` per family) only while it holds portwarden's rules.
     ///
     /// # Errors
-    /// As [`Netfilter::read`].
+    /// As [`Netfilter::read`]; [`Error::Incompatible`] also when the other backend's table
+    /// holding portwarden's rules cannot be printed and `nft` is not installed.
     pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
-        Ok(Plan::from_rendered(&rendered, intent, &refs))
+        let plan = Plan::from_rendered(&rendered, intent, &refs);
+        if !self.stray.load(Ordering::Relaxed) {
+            return Ok(plan);
+        }
+        let (cleanup, kept) = self.other_cleanup()?;
+        if cleanup.is_empty() {
+            self.stray.store(false, Ordering::Relaxed);
+        }
+        Ok(plan.with_cleanup(cleanup, kept))
+    }
+
+    /// The removal of portwarden's rules from every family of the other backend.
+    fn other_cleanup(&self) -> Result<(Vec<Cleanup>, Vec<Kept>), Error> {
+        let other = self.backend().other();
+        let mut cleanup = Vec::new();
+        let mut kept = Vec::new();
+        for (family, t) in &self.other {
+            if other == Backend::Legacy && !backend::legacy_filter_exists(*family) {
+                continue; // no legacy table at all (reading one would create it)
+            }
+            let (c, k) = self.removal(other, *family, t)?;
+            cleanup.extend(c);
+            kept.extend(k);
+        }
+        Ok((cleanup, kept))
     }
 
     /// What removes portwarden's rules from one family of `backend` (read with `t`): an
@@ -285,8 +334,9 @@ impl Netfilter {
         rendered
     }
 
-    /// What it takes to remove everything of portwarden's: the families as
-    /// [`Plan::families`], a table iptables cannot print as [`Plan::cleanup`].
+    /// What it takes to remove everything of portwarden's, from both backends: the chosen
+    /// backend's families as [`Plan::families`], a table iptables cannot print and the other
+    /// backend (when its tools are installed) as [`Plan::cleanup`].
     ///
     /// # Errors
     /// As [`Netfilter::read`]; [`Error::Incompatible`] only when a table iptables cannot print
@@ -305,6 +355,9 @@ impl Netfilter {
             cleanup.extend(c);
             kept.extend(k);
         }
+        let (c, k) = self.other_cleanup()?;
+        cleanup.extend(c);
+        kept.extend(k);
         let refs: Vec<(Family, &Ruleset)> = readable.iter().map(|(f, r)| (*f, r)).collect();
         Ok(Plan::reset(&refs).with_cleanup(cleanup, kept))
     }
@@ -330,9 +383,10 @@ impl Netfilter {
     /// * **All families or none**: when a family's transaction fails after an earlier family's
     ///   succeeded, the earlier one is rolled back to portwarden's rules as they were at plan
     ///   time (one more transaction), and the error says so.
-    /// * **Cleanup last**: the plan's [`cleanup`](Plan::cleanup) — (reset) portwarden's rules in
-    ///   a table only `nft` can edit — runs only after every family's transaction is written
-    ///   and confirmed, one transaction per family, each read back.
+    /// * **Moves, never orphans**: the plan's [`cleanup`](Plan::cleanup) — portwarden's rules in
+    ///   the other backend, or (reset) in a table only `nft` can edit — runs only after every
+    ///   family's transaction is written and confirmed, one transaction per family, each read
+    ///   back; so after a backend switch the old rules go only once the new ones decide.
     ///
     /// # Errors
     /// * [`Error::Restore`] when a transaction is refused (a rule the kernel rejects, the
@@ -390,7 +444,8 @@ impl Netfilter {
         }
         let written = if applied.transactions > 0 {
             format!(
-                "; the {} backend's families were written and confirmed first",
+                "; the {} backend's rules were written and confirmed first, so both decide until \
+                 the next apply (or reset) removes the old ones",
                 self.backend()
             )
         } else {
@@ -405,9 +460,16 @@ impl Netfilter {
             })?;
             applied.transactions += 1;
             applied.changes += c.delete.len();
-            if !applied.families.contains(&c.family) {
-                applied.families.push(c.family);
+            if c.backend == self.backend() {
+                if !applied.families.contains(&c.family) {
+                    applied.families.push(c.family);
+                }
+            } else if !applied.other_backends.contains(&c.backend) {
+                applied.other_backends.push(c.backend);
             }
+        }
+        if !applied.other_backends.is_empty() {
+            self.stray.store(false, Ordering::Relaxed);
         }
         Ok(applied)
     }
@@ -415,7 +477,12 @@ impl Netfilter {
     /// Runs one [`Cleanup`] transaction and reads it back: nothing of portwarden's may remain
     /// there (chains kept for foreign rules aside, emptied).
     fn run_cleanup(&self, c: &Cleanup) -> Result<(), Error> {
-        let Some((_, t)) = self.families.iter().find(|(f, _)| *f == c.family) else {
+        let tools = if c.backend == self.backend() {
+            &self.families
+        } else {
+            &self.other
+        };
+        let Some((_, t)) = tools.iter().find(|(f, _)| *f == c.family) else {
             return Err(Error::ToolMissing {
                 tool: format!("{}-{}-restore", c.family.tool(), c.backend),
                 purpose: "remove portwarden's rules",
@@ -535,8 +602,8 @@ impl Netfilter {
         }
     }
 
-    /// Removes every chain of portwarden's and its jump, in every managed family:
-    /// [`Netfilter::plan_reset`] then [`Netfilter::apply`].
+    /// Removes every chain of portwarden's and its jump, in every managed family of both
+    /// backends: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
     ///
     /// # Guarantees
     /// As [`Netfilter::apply`]; everything that is not portwarden's stays byte-identical

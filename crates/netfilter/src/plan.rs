@@ -31,8 +31,8 @@ pub struct Plan {
     pub lookalikes: Vec<Lookalike>,
     /// Chains of portwarden's that stay, emptied, because foreign rules jump to them.
     pub kept: Vec<Kept>,
-    /// portwarden's rules outside the families' transactions, removed after them: in a table
-    /// only `nft` can edit (reset).
+    /// portwarden's rules outside the families' transactions, removed after them: in the
+    /// backend not in use (a backend switch), or in a table only `nft` can edit (reset).
     pub cleanup: Vec<Cleanup>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
@@ -151,6 +151,19 @@ impl Plan {
         self.cleanup.extend(cleanup);
         self.kept.extend(kept);
         self
+    }
+
+    /// The backends other than `current` that [`Plan::cleanup`] removes portwarden's rules
+    /// from, each once.
+    pub fn other_backends(&self, current: Backend) -> Vec<Backend> {
+        let mut v: Vec<Backend> = self
+            .cleanup
+            .iter()
+            .map(|c| c.backend)
+            .filter(|&b| b != current)
+            .collect();
+        v.dedup();
+        v
     }
 
     /// Whether nothing needs writing.

@@ -20,6 +20,9 @@
 //! 11. `an_incompatible_table_is_refused_and_never_grows` — a native nftables rule (a meter)
 //!     makes iptables-nft-save print `filter` as incompatible: plan and apply refuse with the
 //!     reason, repeated applies add nothing, reset removes portwarden's chains through `nft`.
+//! 12. `a_backend_switch_moves_portwarden_to_the_chosen_backend` — applied on nft, then 30 rules
+//!     in legacy flip detection: the next apply moves our chains (nft's removed once legacy's
+//!     are confirmed), `--backend nft` moves them back, and reset cleans both backends.
 
 mod support;
 
@@ -616,6 +619,119 @@ fn without_ours(text: &str, owned: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
+    skip_unless_lab!();
+    let lab = lab("nfswitch");
+    let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+    let _l = node.tcp_listener(80).unwrap();
+    let small = intent(&["crates/netfilter/tests/fixtures/filter80.yaml"], &[]);
+    inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        nf.apply(&nf.plan(&small, &Failsafe::default()).unwrap())
+            .unwrap();
+    });
+    let connect = |scanner: &portwarden_lab::Netns, to: std::net::SocketAddr| {
+        inside(scanner, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(|_| ())
+        })
+    };
+    let port80 = std::net::SocketAddr::new(node.v4().into(), 80);
+    assert!(connect(&scanner, port80).is_err(), "nft filters tcp/80");
+    // The host's own rules appear in legacy: 30 of them, more than portwarden's in nft.
+    for i in 1..=30 {
+        let src = format!("192.0.2.{i}/32");
+        ipt(
+            &node,
+            Backend::Legacy,
+            Family::Ipv4,
+            &["-A", "INPUT", "-s", &src, "-j", "DROP"],
+        );
+    }
+    let legacy_before = normalized(&save(&node, Backend::Legacy, Family::Ipv4));
+    let auto = || {
+        Netfilter::detect(&Options {
+            backend: BackendChoice::Auto,
+            ..Options::default()
+        })
+        .unwrap()
+    };
+    let web = intent(&WEB, &[("role", "web")]);
+    let w2 = web.clone();
+    let (backend, plan, applied, after) = inside(&node, move || {
+        let nf = auto();
+        let plan = nf.plan(&w2, &Failsafe::default()).unwrap();
+        let applied = nf.apply(&plan).unwrap();
+        let after = nf.plan(&w2, &Failsafe::default()).unwrap();
+        (nf.backend(), plan, applied, after)
+    });
+    assert_eq!(backend, Backend::Legacy, "the host's rules are in legacy");
+    assert!(after.is_converged(), "nothing left to do: {after:?}");
+    for f in Family::ALL {
+        let nft = save(&node, Backend::Nft, f);
+        assert!(!nft.contains("PORTWARDEN"), "{f}: nft keeps ours: {nft}");
+        let legacy = save(&node, Backend::Legacy, f);
+        assert!(
+            legacy.contains(":PORTWARDEN-INPUT"),
+            "{f}: legacy holds ours"
+        );
+    }
+    assert_eq!(
+        without_ours(
+            &save(&node, Backend::Legacy, Family::Ipv4),
+            &render(&web, &Failsafe::default())
+                .v4
+                .chains
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+        ),
+        legacy_before,
+        "the host's legacy rules are untouched"
+    );
+    connect(&scanner, port80).expect("tcp/80 is open: nft's old DROP is gone");
+    assert!(applied.transactions >= 3, "{applied:?}");
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(
+        json["cleanup"][0]["backend"], "nft",
+        "the plan shows portwarden's rules in nft: {json}"
+    );
+    assert_eq!(plan.other_backends(Backend::Legacy), [Backend::Nft]);
+    assert!(
+        plan.delete
+            .iter()
+            .any(|d| d.starts_with("iptables-nft -D INPUT ")),
+        "{:?}",
+        plan.delete
+    );
+
+    // `--backend nft` while ours are in legacy: moved back, and said so.
+    let (reason, plan) = inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        let plan = nf.plan(&web, &Failsafe::default()).unwrap();
+        nf.apply(&plan).unwrap();
+        (nf.detection().reason.clone(), plan)
+    });
+    assert!(reason.contains("legacy"), "{reason}");
+    assert_eq!(plan.other_backends(Backend::Nft), [Backend::Legacy]);
+    for f in Family::ALL {
+        assert!(save(&node, Backend::Nft, f).contains(":PORTWARDEN-INPUT"));
+        assert!(!save(&node, Backend::Legacy, f).contains("PORTWARDEN"));
+    }
+    // reset, from either backend, leaves neither
+    inside(&node, move || netfilter(Backend::Legacy).reset().unwrap());
+    for f in Family::ALL {
+        for b in BACKENDS {
+            let text = save(&node, b, f);
+            assert!(!text.contains("PORTWARDEN"), "{b} {f}: reset left {text}");
+        }
+    }
+    assert_eq!(
+        normalized(&save(&node, Backend::Legacy, Family::Ipv4)),
+        legacy_before
+    );
 }
 
 #[test]

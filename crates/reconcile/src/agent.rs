@@ -597,6 +597,12 @@ pub fn converge(shared: &Shared, reason: &'static str) {
                     "applied"
                 );
             }
+            for b in &applied.other_backends {
+                warn!(
+                    backend = %b,
+                    "removed portwarden's rules from the {b} backend (the other backend's are written and confirmed)"
+                );
+            }
             for s in &plan.shadowing {
                 warn!(rule = %s, "foreign rule above portwarden's jump");
             }

@@ -167,6 +167,13 @@ pub fn run(a: Args) -> Outcome {
                 println!("+ {a}");
             }
             print_findings(&plan, false);
+            let current = r.netfilter.backend();
+            for b in plan.other_backends(current) {
+                println!(
+                    "portwarden's rules also live in the {b} backend: they will be removed \
+                     (after the {current} backend's are written and confirmed)"
+                );
+            }
             if plan.is_converged() {
                 println!("no changes: netfilter already says what the policies say");
             } else {

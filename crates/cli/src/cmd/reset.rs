@@ -1,7 +1,7 @@
 //! `portwarden reset`: remove every chain and jump of portwarden's from this network
-//! namespace's netfilter (IPv4 and IPv6); everything else stays byte-identical, look-alikes
-//! included. A chain of portwarden's that a foreign rule jumps to is kept, emptied, and
-//! reported.
+//! namespace's netfilter (IPv4 and IPv6, both iptables backends); everything else stays
+//! byte-identical, look-alikes included. A chain of portwarden's that a foreign rule jumps to
+//! is kept, emptied, and reported.
 
 use std::process::ExitCode;
 
@@ -33,11 +33,24 @@ pub fn run(a: Args) -> Outcome {
         println!("nothing to remove: no portwarden chains or jumps (nothing written)");
     } else {
         let fams: Vec<String> = applied.families.iter().map(ToString::to_string).collect();
+        let mut from: Vec<String> = Vec::new();
+        if !fams.is_empty() {
+            from.push(format!(
+                "the {} backend ({})",
+                nf.backend(),
+                fams.join(", ")
+            ));
+        }
+        from.extend(
+            applied
+                .other_backends
+                .iter()
+                .map(|b| format!("the {b} backend")),
+        );
         println!(
-            "removed {} portwarden rule(s) and chain(s) ({}), backend {}; everything else untouched",
+            "removed {} portwarden rule(s) and chain(s) from {}; everything else untouched",
             applied.changes,
-            fams.join(", "),
-            nf.backend()
+            from.join(" and ")
         );
     }
     Ok(ExitCode::SUCCESS)
