@@ -2,12 +2,21 @@
 //! the node namespace (`ip netns exec`), on both iptables backends. Exit codes follow CLI.md:
 //! plan 2 while changes are pending, 0 once converged; apply writes nothing the second time;
 //! reset restores the node's own rules byte for byte; bad input changes nothing and exits 1.
+//! Issue 13: plan names look-alike chains and rules and portwarden's rules left in the other
+//! backend; an agent facing a table iptables cannot print refuses at every refresh and never
+//! adds a jump.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::net::SocketAddr;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use portwarden_lab::{Lab, Netns, skip_unless_lab};
+use portwarden_reconcile::DEFAULT_AGENT_PORT;
+use portwarden_reconcile::inside::http_get;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 
@@ -146,4 +155,159 @@ fn plan_apply_reset_exit_codes_and_output() {
             "{backend}: reset restores the node's own rules exactly"
         );
     }
+}
+
+/// `portwarden CMD --backend BACKEND` for node web-1 of the examples.
+fn pw_web1(node: &Netns, cmd: &str, backend: &str) -> Output {
+    let examples = format!("{}/examples", root());
+    let inventory = format!("{}/examples/inventory.yaml", root());
+    pw(
+        node,
+        &[
+            cmd,
+            "--backend",
+            backend,
+            "-f",
+            &examples,
+            "--inventory",
+            &inventory,
+            "--node",
+            "web-1",
+        ],
+    )
+}
+
+#[test]
+fn plan_reports_lookalikes_and_rules_left_in_the_other_backend() {
+    skip_unless_lab!();
+    let lab = Lab::builder("clilook").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    let with = |cmd: &str, backend: &str| pw_web1(node, cmd, backend);
+    let out = with("apply", "nft");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // a foreign chain named like ours, and a foreign jump into ours
+    node.exec(&["iptables-legacy", "-w", "-N", "PORTWARDEN-FOO"])
+        .unwrap();
+    node.exec(&[
+        "iptables-nft",
+        "-w",
+        "-A",
+        "FORWARD",
+        "-j",
+        "PORTWARDEN-INPUT",
+    ])
+    .unwrap();
+    let out = with("plan", "legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stdout.contains("portwarden's rules also live in the nft backend: they will be removed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("look-alike") && stdout.contains("PORTWARDEN-FOO"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FORWARD#1"), "{stdout}");
+    let out = with("apply", "legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("nft"), "the move is reported: {stdout}");
+    let nft = node.exec(&["iptables-nft-save"]).unwrap();
+    assert!(
+        nft.contains("-A FORWARD -j PORTWARDEN-INPUT") && nft.contains(":PORTWARDEN-INPUT"),
+        "the foreign jump stays, and so does the (emptied) chain it needs: {nft}"
+    );
+    let out = pw(node, &["reset", "--backend", "legacy"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("kept") && stdout.contains("PORTWARDEN-INPUT"),
+        "reset says why a chain stays: {stdout}"
+    );
+    let legacy = node.exec(&["iptables-legacy-save"]).unwrap();
+    assert!(
+        legacy.contains(":PORTWARDEN-FOO") && !legacy.contains("PORTWARDEN-INPUT"),
+        "{legacy}"
+    );
+}
+
+#[test]
+fn an_agent_never_adds_a_jump_to_a_table_iptables_cannot_print() {
+    skip_unless_lab!();
+    let examples = format!("{}/examples", root());
+    let inventory = format!("{}/examples/inventory.yaml", root());
+    let lab = Lab::builder("cliincompat").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    assert_eq!(pw_web1(node, "apply", "nft").status.code(), Some(0));
+    assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1);
+    node.add_native_nft_rule().unwrap();
+    let out = pw_web1(node, "apply", "nft");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "apply refuses: {out:?}");
+    assert!(
+        stderr.contains("nft list table ip filter"),
+        "says what to do: {stderr}"
+    );
+    assert_eq!(
+        node.nft_jumps("ip", "PORTWARDEN-INPUT"),
+        1,
+        "a refused apply adds no jump"
+    );
+
+    let _agent = node
+        .spawn(&[
+            BIN,
+            "agent",
+            "--policy-dir",
+            &examples,
+            "--inventory",
+            &inventory,
+            "--node",
+            "web-1",
+            "--refresh",
+            "1",
+            "--backend",
+            "nft",
+        ])
+        .unwrap();
+    let metric = |name: &str| -> f64 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT));
+        node.run(move || http_get(addr, "/metrics", Duration::from_secs(2)))
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|text| common::metric_value(&text, name))
+            .unwrap_or(0.0)
+    };
+    // the first reconcile and at least three refreshes, each of them refused
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("portwarden_reconcile_errors_total") < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not reconcile 4 times in 30 s"
+        );
+        assert_eq!(
+            node.nft_jumps("ip", "PORTWARDEN-INPUT"),
+            1,
+            "the agent added a jump"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // poll interval, not a synchronisation
+    }
+    assert_eq!(
+        node.nft_jumps("ip", "PORTWARDEN-INPUT"),
+        1,
+        "no jump added over four reconciles"
+    );
+
+    // reset removes portwarden's chains and jump through nft; the native rule stays
+    drop(_agent);
+    let out = pw(node, &["reset", "--backend", "nft"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let table = node
+        .exec(&["nft", "list", "table", "ip", "filter"])
+        .unwrap();
+    assert!(
+        !table.contains("PORTWARDEN") && table.contains("meter m1"),
+        "{table}"
+    );
 }

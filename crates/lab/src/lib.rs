@@ -33,6 +33,7 @@
 //! netns.udp_echo(port) / netns.udp_silent(port)           answering / silent UDP sockets
 //! netns.run(|| ...) -> Result<T>                          closure on a thread inside the namespace
 //! netns.enter_current_thread()                            setns(CLONE_NEWNET) for this thread
+//! netns.add_native_nft_rule() / netns.nft_jumps("ip", C)  a rule iptables cannot print; jumps
 //! cleanup_stale("pw-") -> Result<usize>                   remove labs of dead processes
 //! LockHolder::hold(path) -> Result<LockHolder>            a lock file held by flock(1) until drop
 //! replay_corpus(target, min_files, check)                 fuzz/corpus/TARGET through a check
@@ -52,6 +53,7 @@
 //! * `netns` — [`Netns`]: commands, threads and helpers inside one namespace.
 //! * `listener` — TCP and UDP listeners bound inside a namespace.
 //! * `lock` — [`LockHolder`]: a file lock held by another process.
+//! * `nft` — native nftables state: a rule iptables cannot print, jumps counted with `nft`.
 //! * `corpus` — [`replay_corpus`]: a fuzz corpus replayed as a test.
 //! * `error` — [`LabError`].
 
@@ -61,6 +63,7 @@ mod lab;
 mod listener;
 mod lock;
 mod netns;
+mod nft;
 
 pub use corpus::replay_corpus;
 pub use error::LabError;

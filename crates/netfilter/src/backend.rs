@@ -3,8 +3,24 @@
 //! Both backends can be installed side by side (Debian ships `iptables-nft-*` and
 //! `iptables-legacy-*`), but a host's rules live in only one of them, and rules written to the
 //! other are invisible to the host's own tools. Like kube-proxy's iptables wrapper and Calico
-//! Felix, [`detect`] asks both and picks the one that holds more rules; on a tie (a fresh host)
-//! it follows what the host's plain `iptables` command uses.
+//! Felix, [`detect`] asks both and picks the one that holds more of the host's rules
+//! (portwarden's own are not counted, so a large policy cannot outvote the host); on a tie it
+//! keeps the backend portwarden's rules are already in, and on a fresh host it follows what the
+//! host's plain `iptables` command uses.
+//!
+//! # portwarden's rules in the other backend
+//!
+//! The kernel evaluates both backends' rules, so portwarden's chains left in the backend not
+//! chosen keep deciding packets (a backend switch: the host's rules moved to legacy after an
+//! apply on nft). [`detect`] therefore also says whether the other backend holds (or may hold)
+//! portwarden's chains or jump ([`Detection::ours_elsewhere`]); [`crate::Netfilter`] then
+//! moves them: the plan lists their removal, `apply` removes them once the chosen backend's
+//! rules are written and confirmed, and `reset` cleans both backends. This costs nothing on the
+//! agent's no-op refresh: auto-detection reads both backends anyway, `--backend` probes the
+//! other one once (its filter table only, and a legacy table only when the kernel already has
+//! one: `/proc/net/ip_tables_names`), and the other backend is read again only while it held
+//! something of portwarden's. With only one backend's tools installed the other cannot be read
+//! and is not looked at.
 //!
 //! # Caveats
 //!
@@ -20,6 +36,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::Error;
+use crate::chains;
 use crate::render::Family;
 
 /// An iptables backend.
@@ -114,19 +131,107 @@ pub fn tools(backend: Backend, family: Family, dir: Option<&Path>) -> Result<Too
     })
 }
 
-/// How many rules a save tool prints (`-A` lines), or `None` when it cannot run.
-fn count_rules(save: &Path) -> Option<usize> {
+/// What one backend's save output holds, for [`detect`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Rules that are not portwarden's (`-A` lines of other chains, other than its jump).
+    pub foreign: usize,
+    /// Whether a chain or the jump of portwarden's is in the filter table.
+    pub ours: bool,
+    /// Whether the filter table could not be printed (so `ours` is unknown).
+    pub hidden: bool,
+}
+
+impl Census {
+    /// Whether portwarden's rules are, or may be (hidden), in this output.
+    pub fn may_hold_ours(&self) -> bool {
+        self.ours || self.hidden
+    }
+
+    /// Both families' census together.
+    fn add(&mut self, other: Census) {
+        self.foreign += other.foreign;
+        self.ours |= other.ours;
+        self.hidden |= other.hidden;
+    }
+
+    /// Counts the save output `text` (all tables, or `-t filter`) of one family.
+    pub fn of(text: &str) -> Census {
+        let mut c = Census::default();
+        let mut table = "";
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.trim();
+                continue;
+            }
+            if line.starts_with("# Table `filter' is incompatible") {
+                c.hidden = true;
+            }
+            let filter = table == "filter";
+            if let Some(decl) = line.strip_prefix(':') {
+                let name = decl.split_whitespace().next().unwrap_or("");
+                c.ours |= filter && chains::is_owned(name);
+                continue;
+            }
+            let rule = match line.strip_prefix('[') {
+                Some(rest) => rest.split_once("] ").map_or(line, |(_, r)| r),
+                None => line,
+            };
+            let Some(rest) = rule.strip_prefix("-A ") else {
+                continue;
+            };
+            let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+            if filter && (chains::is_owned(chain) || chains::is_our_jump(chain, spec)) {
+                c.ours = true;
+            } else {
+                c.foreign += 1;
+            }
+        }
+        c
+    }
+}
+
+/// Runs a save tool with `args`: its standard output, or `None` when it cannot run.
+fn run_save(save: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(save)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("-A ") || (l.starts_with('[') && l.contains("] -A ")))
-            .count()
-    })
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether the kernel already has a legacy (x_tables) `filter` table for `family` in the calling
+/// thread's network namespace. Reading `/proc` loads nothing; `iptables-legacy-save -t filter`
+/// would create the table (and load `iptable_filter`) just by asking.
+pub fn legacy_filter_exists(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "ip_tables_names",
+        Family::Ipv6 => "ip6_tables_names",
+    };
+    std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
+}
+
+/// The census of `backend`'s filter tables, in every family whose tools are installed (one
+/// `*-save -t filter` each; none for a legacy table the kernel does not have).
+pub fn probe(backend: Backend, dir: Option<&Path>) -> Census {
+    let mut census = Census::default();
+    for f in Family::ALL {
+        if backend == Backend::Legacy && !legacy_filter_exists(f) {
+            continue;
+        }
+        if let Some(text) = tools(backend, f, dir)
+            .ok()
+            .and_then(|t| run_save(&t.save, &["-t", "filter"]))
+        {
+            census.add(Census::of(&text));
+        }
+    }
+    census
 }
 
 /// Which backend the plain `iptables` command uses, from `iptables --version`.
@@ -155,36 +260,82 @@ pub struct Detection {
     pub backend: Backend,
     /// Why, for logs and `--verbose` output.
     pub reason: String,
+    /// The other backend, when it holds portwarden's chains or jump (or its filter table cannot
+    /// be printed, so it may): apply moves them to `backend`, reset removes them.
+    pub ours_elsewhere: Option<Backend>,
 }
 
-/// Picks the backend: the fixed one, or the one holding more rules (IPv4 and IPv6 together),
-/// or on a tie the one the host's `iptables` command uses (nft when that says nothing). Tools
-/// are looked up only in `dir` when given.
+impl Backend {
+    /// The other backend.
+    pub fn other(self) -> Backend {
+        match self {
+            Backend::Nft => Backend::Legacy,
+            Backend::Legacy => Backend::Nft,
+        }
+    }
+}
+
+/// Picks the backend: the fixed one, or the one holding more of the host's rules (IPv4 and IPv6
+/// together, portwarden's own not counted), on a tie the one holding portwarden's rules, else
+/// the one the host's `iptables` command uses (nft when that says nothing). Also says whether
+/// the other backend holds portwarden's rules (see the module docs). Tools are looked up only in
+/// `dir` when given.
 ///
 /// # Errors
 /// [`Error::ToolMissing`] when neither backend's tools are installed (or the fixed one's).
 pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Error> {
+    let elsewhere = |b: Backend, there: Census, reason: String| {
+        let other = b.other();
+        let (ours_elsewhere, reason) = if there.ours {
+            (
+                Some(other),
+                format!(
+                    "{reason}; portwarden's rules are also in the {other} backend: apply moves \
+                     them to {b}"
+                ),
+            )
+        } else if there.hidden {
+            (
+                Some(other),
+                format!(
+                    "{reason}; iptables cannot print the {other} backend's filter table: \
+                     portwarden looks for its rules there with `nft`"
+                ),
+            )
+        } else {
+            (None, reason)
+        };
+        Detection {
+            backend: b,
+            reason,
+            ours_elsewhere,
+        }
+    };
     if let BackendChoice::Fixed(b) = choice {
         tools(b, Family::Ipv4, dir)?;
-        return Ok(Detection {
-            backend: b,
-            reason: "chosen with --backend".into(),
-        });
+        let there = probe(b.other(), dir);
+        return Ok(elsewhere(b, there, "chosen with --backend".into()));
     }
-    let count = |b: Backend| -> Option<usize> {
-        let mut n = 0;
+    let count = |b: Backend| -> Option<Census> {
+        let mut n = Census::default();
         let mut any = false;
         for f in Family::ALL {
             if let Ok(t) = tools(b, f, dir)
-                && let Some(c) = count_rules(&t.save)
+                && let Some(text) = run_save(&t.save, &[])
             {
-                n += c;
+                n.add(Census::of(&text));
                 any = true;
             }
         }
         any.then_some(n)
     };
-    let (nft, legacy) = (count(Backend::Nft), count(Backend::Legacy));
+    let (nft_census, legacy_census) = (count(Backend::Nft), count(Backend::Legacy));
+    let nft = nft_census.map(|c| c.foreign);
+    let legacy = legacy_census.map(|c| c.foreign);
+    let ours_in = |b: Backend| match b {
+        Backend::Nft => nft_census.is_some_and(|c| c.may_hold_ours()),
+        Backend::Legacy => legacy_census.is_some_and(|c| c.may_hold_ours()),
+    };
     let (backend, reason) = match (nft, legacy) {
         (None, None) => {
             return Err(Error::ToolMissing {
@@ -200,19 +351,39 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
             Backend::Legacy,
             "only the legacy backend is installed".to_string(),
         ),
-        (Some(n), Some(l)) if n > l => (Backend::Nft, format!("nft holds {n} rules, legacy {l}")),
-        (Some(n), Some(l)) if l > n => {
-            (Backend::Legacy, format!("legacy holds {l} rules, nft {n}"))
-        }
+        (Some(n), Some(l)) if n > l => (
+            Backend::Nft,
+            format!("nft holds {n} of the host's rules, legacy {l}"),
+        ),
+        (Some(n), Some(l)) if l > n => (
+            Backend::Legacy,
+            format!("legacy holds {l} of the host's rules, nft {n}"),
+        ),
         (Some(n), Some(_)) => {
-            let b = host_default(dir).unwrap_or(Backend::Nft);
-            (
-                b,
-                format!("both backends hold {n} rules; `iptables` uses {b}"),
-            )
+            let with_ours = [Backend::Nft, Backend::Legacy]
+                .into_iter()
+                .filter(|&b| ours_in(b))
+                .collect::<Vec<_>>();
+            match with_ours.as_slice() {
+                [b] => (
+                    *b,
+                    format!("both backends hold {n} of the host's rules; portwarden's are in {b}"),
+                ),
+                _ => {
+                    let b = host_default(dir).unwrap_or(Backend::Nft);
+                    (
+                        b,
+                        format!("both backends hold {n} of the host's rules; `iptables` uses {b}"),
+                    )
+                }
+            }
         }
     };
-    Ok(Detection { backend, reason })
+    let there = match backend.other() {
+        Backend::Nft => nft_census,
+        Backend::Legacy => legacy_census,
+    };
+    Ok(elsewhere(backend, there.unwrap_or_default(), reason))
 }
 
 #[cfg(test)]
@@ -246,6 +417,23 @@ mod tests {
         }
         .to_string();
         assert!(err.contains("apt-get install iptables") && err.contains("iptables-nft-restore"));
+    }
+
+    #[test]
+    fn the_census_counts_the_hosts_rules_not_ours() {
+        let jump = crate::render::jump_spec();
+        let text = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-INPUT - [0:0]\n:PORTWARDEN-FOO - [0:0]\n\
+             [1:2] -A INPUT {jump}\n-A INPUT -j PORTWARDEN-INPUT\n-A PORTWARDEN-INPUT -j RETURN\n\
+             -A PORTWARDEN-FOO -j ACCEPT\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n\
+             -A PREROUTING -j ACCEPT\nCOMMIT\n"
+        );
+        let c = Census::of(&text);
+        assert_eq!((c.foreign, c.ours, c.hidden), (3, true, false));
+        let c = Census::of("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-FOO - [0:0]\nCOMMIT\n");
+        assert!(!c.may_hold_ours());
+        let c = Census::of("# Table `filter' is incompatible, use 'nft' tool.\n");
+        assert!(c.hidden && c.may_hold_ours() && c.foreign == 0);
     }
 
     #[test]

@@ -1,8 +1,31 @@
 //! Every chain name and rule comment portwarden writes, in one place: ownership is decided here.
 //!
-//! portwarden owns exactly the filter-table chains whose name starts with [`PREFIX`], and the
-//! rules (in chains it does not own) whose target is one of those chains — in practice the one
-//! jump from `INPUT` to [`INPUT_CHAIN`]. Everything else is foreign and never written.
+//! # Ownership
+//!
+//! portwarden owns exactly what it writes, recognised by its grammar — nothing is recorded on
+//! the host, so a fresh process (or another node's copy of the binary) decides the same way:
+//!
+//! * **Chains**: the filter-table chains whose name portwarden generates ([`is_owned`]):
+//!   [`INPUT_CHAIN`], a first-level bucket `PORTWARDEN-TCP-<start>` / `PORTWARDEN-UDP-<start>`
+//!   (`start` a multiple of [`LEVEL1_PORTS`]) or a leaf `PORTWARDEN-TCP-<start>-<end>`
+//!   (`start` a multiple of [`LEAF_PORTS`], `end = start + LEAF_PORTS - 1`), in canonical
+//!   decimal. Every rule inside such a chain is portwarden's (it rewrites the whole chain, so a
+//!   rule someone added there is drift, and repaired).
+//! * **The jump**: a rule in [`HOOK_CHAIN`] whose target is [`INPUT_CHAIN`] and that carries the
+//!   comment [`JUMP_COMMENT`] ([`is_our_jump`]) — the only rule portwarden writes outside its
+//!   chains. One that was moved down, duplicated or edited (same comment) is still portwarden's,
+//!   and is repaired.
+//!
+//! Everything else is foreign and never written, even when it looks like portwarden's
+//! ([`is_lookalike_chain`]): a chain `PORTWARDEN-FOO`, a rule in `FORWARD` or a user chain that
+//! jumps to `PORTWARDEN-INPUT`, an `INPUT` rule without the comment that jumps there. Plans
+//! report these look-alikes ([`crate::diff::Lookalike`]) and leave them byte-identical.
+//!
+//! A consequence: the kernel refuses to delete a chain while any rule jumps to it, so when a
+//! chain of portwarden's is no longer wanted (at `reset`, or a bucket that became empty) but a
+//! foreign rule still jumps to it, the chain is **kept, emptied** — an empty chain returns every
+//! packet to its caller, so the foreign jump decides nothing — and the plan says so
+//! ([`crate::diff::Kept`]); deleting the foreign rule and rerunning `reset` removes it.
 //!
 //! # Layout
 //!
@@ -50,9 +73,59 @@ pub const REPLIES_COMMENT: &str = "portwarden: replies to connections this node 
 /// Comment on failsafe rules.
 pub const FAILSAFE_COMMENT: &str = "portwarden failsafe: left to the host rules";
 
-/// Whether portwarden owns a chain of this name.
+/// Whether portwarden owns a chain of this name: one of the names it generates (see the
+/// module docs), not merely one that starts with [`PREFIX`].
 pub fn is_owned(chain: &str) -> bool {
-    chain.starts_with(PREFIX)
+    let Some(rest) = chain.strip_prefix(PREFIX) else {
+        return false;
+    };
+    if rest == "INPUT" {
+        return true;
+    }
+    let Some(ports) = rest
+        .strip_prefix("TCP-")
+        .or_else(|| rest.strip_prefix("UDP-"))
+    else {
+        return false;
+    };
+    match ports.split_once('-') {
+        None => port_number(ports).is_some_and(|s| s % LEVEL1_PORTS == 0),
+        Some((a, b)) => match (port_number(a), port_number(b)) {
+            (Some(s), Some(e)) => s % LEAF_PORTS == 0 && e == s + LEAF_PORTS - 1,
+            _ => false,
+        },
+    }
+}
+
+/// A port number in canonical decimal (no sign, no leading zero), as the chain names print it.
+fn port_number(s: &str) -> Option<u32> {
+    let canonical = !s.is_empty()
+        && s.len() <= 5
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    s.parse().ok().filter(|&n| canonical && n <= 65535)
+}
+
+/// A chain named like portwarden's ([`PREFIX`]) that portwarden does not write.
+pub fn is_lookalike_chain(chain: &str) -> bool {
+    chain.starts_with(PREFIX) && !is_owned(chain)
+}
+
+/// Whether the rule `spec` of chain `chain` (outside portwarden's chains) is portwarden's
+/// jump: in [`HOOK_CHAIN`], to [`INPUT_CHAIN`], with the comment [`JUMP_COMMENT`].
+pub fn is_our_jump(chain: &str, spec: &str) -> bool {
+    if chain != HOOK_CHAIN || !spec.contains(INPUT_CHAIN) {
+        return false;
+    }
+    let t = crate::save::tokens(spec);
+    let after = |flags: &[&str]| {
+        t.windows(2)
+            .filter(|w| flags.contains(&w[0].as_str()))
+            .map(|w| w[1].as_str())
+            .collect::<Vec<_>>()
+    };
+    after(&["-j", "--jump", "-g", "--goto"]).last() == Some(&INPUT_CHAIN)
+        && after(&["--comment"]).contains(&JUMP_COMMENT)
 }
 
 /// The first-level chain for `protocol` covering the bucket that starts at `start`.
@@ -115,6 +188,57 @@ mod tests {
         }
         assert_eq!(leaf_chain(Protocol::Tcp, 0), "PORTWARDEN-TCP-0-255");
         assert!(is_owned(INPUT_CHAIN) && !is_owned("INPUT") && !is_owned("DOCKER"));
+    }
+
+    #[test]
+    fn ownership_is_the_naming_grammar_not_the_prefix() {
+        for p in [Protocol::Tcp, Protocol::Udp] {
+            for start in (0..65536).step_by(LEAF_PORTS as usize) {
+                assert!(is_owned(&leaf_chain(p, start)), "{}", leaf_chain(p, start));
+            }
+            for start in (0..65536).step_by(LEVEL1_PORTS as usize) {
+                assert!(is_owned(&level1_chain(p, start)));
+            }
+        }
+        for foreign in [
+            "PORTWARDEN-FOO",
+            "PORTWARDEN-",
+            "PORTWARDEN-INPUT2",
+            "PORTWARDEN-TCP-5",
+            "PORTWARDEN-TCP-04096",
+            "PORTWARDEN-TCP-65536",
+            "PORTWARDEN-TCP-256-510",
+            "PORTWARDEN-TCP-100-355",
+            "PORTWARDEN-ICMP-0",
+            "PORTWARDEN-TCP-0-255-X",
+            "PORTWARDEN-TCP-+0",
+            "portwarden-input",
+        ] {
+            assert!(!is_owned(foreign), "{foreign}");
+        }
+        assert!(is_lookalike_chain("PORTWARDEN-FOO") && !is_lookalike_chain(INPUT_CHAIN));
+        assert!(!is_lookalike_chain("DOCKER"));
+    }
+
+    #[test]
+    fn our_jump_is_input_to_the_root_with_the_comment() {
+        let jump = crate::render::jump_spec();
+        assert!(is_our_jump(HOOK_CHAIN, &jump));
+        // moved or edited, the comment still says it is ours
+        assert!(is_our_jump(HOOK_CHAIN, &format!("-s 10.0.0.0/8 {jump}")));
+        assert!(
+            !is_our_jump("FORWARD", &jump),
+            "portwarden writes no jump there"
+        );
+        assert!(!is_our_jump(HOOK_CHAIN, "-j PORTWARDEN-INPUT"));
+        assert!(!is_our_jump(
+            HOOK_CHAIN,
+            "-m comment --comment \"portwarden: port exposure policies, managed (do not edit)\" -j PORTWARDEN-FOO"
+        ));
+        assert!(!is_our_jump(
+            HOOK_CHAIN,
+            "-m comment --comment \"mine: -j PORTWARDEN-INPUT\" -j PORTWARDEN-INPUT"
+        ));
     }
 
     #[test]

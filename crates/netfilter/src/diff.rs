@@ -2,8 +2,9 @@
 //!
 //! Pure: [`diff`] compares [`Desired`] with a parsed [`Ruleset`] and produces a [`FamilyPlan`]:
 //! the human-readable rule additions and deletions, and the `iptables-restore --noflush` input
-//! that makes the change in one transaction. Only chains portwarden owns and references to them
-//! are compared; foreign chains and rules are read (for shadowing) but never written.
+//! that makes the change in one transaction. Only the chains and the jump portwarden owns (see
+//! [`chains`] for the exact rule) are compared; foreign chains and rules are read — for
+//! shadowing, and to report [`Lookalike`]s — but never written.
 //!
 //! # The transaction
 //!
@@ -44,10 +45,11 @@ pub enum JumpState {
     InPlace,
     /// Not present.
     Missing,
-    /// Present, but not only once at position 1 as rendered (moved down, duplicated, edited, or
-    /// other rules jump into portwarden's chains). `positions` are 1-based `(chain, position)`.
+    /// Present, but not only once at position 1 as rendered (moved down, duplicated or edited).
+    /// Foreign rules that jump into portwarden's chains are not portwarden's jump: they are
+    /// [`Lookalike`]s and do not make it displaced.
     Displaced {
-        /// Every rule that jumps into a portwarden chain, as `CHAIN#POSITION`.
+        /// Every jump of portwarden's, as `INPUT#POSITION` (1-based).
         positions: Vec<String>,
     },
     /// Present but not wanted (reset).
@@ -101,6 +103,91 @@ impl std::fmt::Display for Shadowing {
     }
 }
 
+/// What a [`Lookalike`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookalikeKind {
+    /// A chain named `PORTWARDEN-...` that is not one of the names portwarden writes.
+    Chain,
+    /// A rule portwarden did not write that jumps to one of portwarden's chains (from
+    /// `FORWARD`, a user chain, or `INPUT` without portwarden's comment).
+    JumpToOurs,
+    /// A rule that jumps to a look-alike chain.
+    JumpToLookalike,
+}
+
+/// A chain or rule that looks like portwarden's but is not (see [`chains`]): reported by plans,
+/// never written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lookalike {
+    /// Family.
+    pub family: Family,
+    /// What it is.
+    pub kind: LookalikeKind,
+    /// The look-alike chain, or the chain holding the rule.
+    pub chain: String,
+    /// 1-based position of the rule in `chain`; `None` for a chain.
+    pub position: Option<usize>,
+    /// The rule as saved; `None` for a chain.
+    pub rule: Option<String>,
+}
+
+impl fmt::Display for Lookalike {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (rule, position) = match (&self.rule, self.position) {
+            (Some(rule), Some(position)) => (rule.as_str(), position),
+            _ => {
+                return write!(
+                    f,
+                    "{} chain {}: named like portwarden's chains but not one portwarden writes; \
+                     not portwarden's, left alone",
+                    self.family, self.chain
+                );
+            }
+        };
+        let target = target_of(rule).unwrap_or("?");
+        let what = match self.kind {
+            LookalikeKind::JumpToLookalike => format!("jumps to the look-alike chain {target}"),
+            _ => format!(
+                "jumps to portwarden's chain {target} but portwarden did not write it (its only \
+                 jump is in {HOOK_CHAIN}, with the comment \"{}\")",
+                chains::JUMP_COMMENT
+            ),
+        };
+        write!(
+            f,
+            "{} rule {}#{position} `{rule}`: {what}; not portwarden's, left alone",
+            self.family, self.chain
+        )
+    }
+}
+
+/// A chain of portwarden's that is no longer wanted but that a foreign rule still jumps to: the
+/// kernel refuses to delete a chain in use, so it is kept, emptied (an empty chain returns every
+/// packet to its caller, so the foreign jump decides nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Kept {
+    /// Family.
+    pub family: Family,
+    /// The chain.
+    pub chain: String,
+    /// The foreign rules that jump to it, as `CHAIN#POSITION`.
+    pub referenced_by: Vec<String>,
+}
+
+impl fmt::Display for Kept {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} chain {} kept, emptied, not deleted: foreign rule {} jumps to it and the kernel \
+             deletes no chain in use; delete that rule, then run `portwarden reset` again",
+            self.family,
+            self.chain,
+            self.referenced_by.join(", ")
+        )
+    }
+}
+
 /// The change one family needs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FamilyPlan {
@@ -117,6 +204,10 @@ pub struct FamilyPlan {
     pub jump: JumpState,
     /// Foreign rules above the jump that shadow entries.
     pub shadowing: Vec<Shadowing>,
+    /// Chains and rules that look like portwarden's but are not; never written.
+    pub lookalikes: Vec<Lookalike>,
+    /// Chains of portwarden's that are not wanted but stay (emptied): foreign rules jump to them.
+    pub kept: Vec<Kept>,
     /// The `iptables-restore --noflush` input; empty when the family is converged.
     #[serde(skip)]
     pub restore: String,
@@ -177,7 +268,7 @@ pub enum DriftKind {
     ChainMissing,
     /// A chain of portwarden's holds other rules than it should.
     RulesChanged,
-    /// A `PORTWARDEN-` chain that should not exist.
+    /// A chain of portwarden's (by its naming grammar) that should not exist.
     ChainUnwanted,
 }
 
@@ -206,10 +297,13 @@ impl fmt::Display for DriftKind {
 ///
 /// # Guarantees
 ///
-/// * The restore input names only chains portwarden owns, plus `-D`/`-I` of rules whose target
-///   is a chain portwarden owns; no foreign rule or chain is written.
+/// * The restore input names only chains portwarden owns ([`chains::is_owned`]), plus `-D`/`-I`
+///   of portwarden's jump ([`chains::is_our_jump`]); no foreign rule or chain is written, also
+///   when it looks like portwarden's (those are listed in [`FamilyPlan::lookalikes`]).
+/// * A chain of portwarden's that a foreign rule jumps to is never deleted: when unwanted it is
+///   emptied and listed in [`FamilyPlan::kept`].
 /// * An empty restore input (and empty `add`/`delete`) exactly when portwarden's chains and jump
-///   already match `desired` token for token.
+///   already match `desired` token for token (a kept chain counts as matching once empty).
 pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -> FamilyPlan {
     let tool = desired.family.tool();
     let empty = Vec::new();
@@ -227,6 +321,50 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         .map(|c| (c.name.as_str(), c))
         .collect();
     let wanted: HashSet<&str> = desired.chains.iter().map(|(n, _)| n.as_str()).collect();
+
+    // Outside our chains: our jumps (normally just one, at INPUT#1), and what only looks like
+    // ours. Foreign rules that jump into our chains keep those chains alive.
+    let mut refs: Vec<(&str, usize, &str)> = Vec::new();
+    let mut lookalikes: Vec<Lookalike> = Vec::new();
+    let mut foreign_refs: HashMap<&str, Vec<String>> = HashMap::new();
+    for c in filter_chains.iter().filter(|c| !chains::is_owned(&c.name)) {
+        if chains::is_lookalike_chain(&c.name) {
+            lookalikes.push(Lookalike {
+                family: desired.family,
+                kind: LookalikeKind::Chain,
+                chain: c.name.clone(),
+                position: None,
+                rule: None,
+            });
+        }
+        for (i, r) in c.rules.iter().enumerate() {
+            let Some(target) = target_of(&r.spec) else {
+                continue;
+            };
+            let kind = if chains::is_owned(target) {
+                if chains::is_our_jump(&c.name, &r.spec) {
+                    refs.push((&c.name, i, &r.spec));
+                    continue;
+                }
+                foreign_refs
+                    .entry(target)
+                    .or_default()
+                    .push(format!("{}#{}", c.name, i + 1));
+                LookalikeKind::JumpToOurs
+            } else if chains::is_lookalike_chain(target) {
+                LookalikeKind::JumpToLookalike
+            } else {
+                continue;
+            };
+            lookalikes.push(Lookalike {
+                family: desired.family,
+                kind,
+                chain: c.name.clone(),
+                position: Some(i + 1),
+                rule: Some(r.spec.clone()),
+            });
+        }
+    }
 
     for (name, rules) in &desired.chains {
         let same = current_owned.get(name.as_str()).map(|c| {
@@ -264,29 +402,34 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
             let _ = writeln!(write_rules, "-A {name} {r}");
         }
     }
+    let mut kept = Vec::new();
     for c in filter_chains.iter().filter(|c| chains::is_owned(&c.name)) {
-        if !wanted.contains(c.name.as_str()) {
-            delete.extend(
-                c.rules
-                    .iter()
-                    .map(|r| format!("{tool} -D {} {}", c.name, r.spec)),
-            );
-            delete.push(format!("{tool} -X {}", c.name));
-            flush.push(&c.name);
-            remove.push(&c.name);
+        if wanted.contains(c.name.as_str()) {
+            continue;
         }
+        delete.extend(
+            c.rules
+                .iter()
+                .map(|r| format!("{tool} -D {} {}", c.name, r.spec)),
+        );
+        if let Some(by) = foreign_refs.get(c.name.as_str()) {
+            // In use by a foreign rule: the kernel would refuse -X (and fail the whole
+            // transaction); emptied, it decides nothing.
+            kept.push(Kept {
+                family: desired.family,
+                chain: c.name.clone(),
+                referenced_by: by.clone(),
+            });
+            if !c.rules.is_empty() {
+                flush.push(&c.name);
+            }
+            continue;
+        }
+        delete.push(format!("{tool} -X {}", c.name));
+        flush.push(&c.name);
+        remove.push(&c.name);
     }
 
-    // Every rule outside our chains that targets one of our chains is ours (normally just the
-    // jump from INPUT).
-    let mut refs: Vec<(&str, usize, &str)> = Vec::new();
-    for c in filter_chains.iter().filter(|c| !chains::is_owned(&c.name)) {
-        for (i, r) in c.rules.iter().enumerate() {
-            if target_of(&r.spec).is_some_and(chains::is_owned) {
-                refs.push((&c.name, i, &r.spec));
-            }
-        }
-    }
     let jump_ok = match (&desired.jump, refs.as_slice()) {
         (Some(want), [(chain, 0, spec)]) => *chain == HOOK_CHAIN && same_rule(spec, want),
         (None, []) => true,
@@ -315,7 +458,8 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         }
     }
 
-    // Foreign rules above the first jump in INPUT decide first.
+    // Foreign rules above the first jump in INPUT decide first (a foreign jump into our chains
+    // decides as our chains do: a look-alike, not shadowing).
     let mut shadowing = Vec::new();
     if let (Some(intent), Some(first)) = (
         intent,
@@ -326,6 +470,9 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
     ) && let Some(input) = filter_chains.iter().find(|c| c.name == HOOK_CHAIN)
     {
         for (i, r) in input.rules[..first].iter().enumerate() {
+            if target_of(&r.spec).is_some_and(chains::is_owned) {
+                continue;
+            }
             let entries = shadowed_entries(desired.family, &r.spec, intent);
             if !entries.is_empty() {
                 shadowing.push(Shadowing {
@@ -359,6 +506,8 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         chains: flush.iter().map(|s| s.to_string()).collect(),
         jump,
         shadowing,
+        lookalikes,
+        kept,
         restore,
         desired: desired.clone(),
         before: Desired {
@@ -673,17 +822,33 @@ mod tests {
             kinds(reloaded),
             [DriftKind::JumpMissing, DriftKind::ChainMissing]
         );
-        // one of our rules deleted, and a stray chain of ours
+        // one of our rules deleted, and a stray chain of ours (a bucket no longer wanted)
         let (name, rules) = &r.v4.chains[1];
         let edited = ours.replacen(&format!("[1:60] -A {name} {}\n", rules[0]), "", 1);
         let stray = edited.replace(
             ":DOCKER-USER - [0:0]\n",
-            ":DOCKER-USER - [0:0]\n:PORTWARDEN-OLD - [0:0]\n",
+            ":DOCKER-USER - [0:0]\n:PORTWARDEN-UDP-65280-65535 - [0:0]\n",
         );
         assert_eq!(
             kinds(&stray),
             [DriftKind::RulesChanged, DriftKind::ChainUnwanted]
         );
+        // a look-alike chain is not drift
+        let lookalike = ours.replace(
+            ":DOCKER-USER - [0:0]\n",
+            ":DOCKER-USER - [0:0]\n:PORTWARDEN-OLD - [0:0]\n",
+        );
+        assert_eq!(kinds(&lookalike), []);
+        // our jump moved down, or duplicated, is still repaired
+        let jump = r.v4.jump.clone().unwrap();
+        let moved = ours.replace(
+            "-A DOCKER-USER -j RETURN\n",
+            &format!("-A DOCKER-USER -j RETURN\n-A INPUT {jump}\n"),
+        );
+        assert_eq!(kinds(&moved), [DriftKind::JumpDisplaced]);
+        let p = diff(&r.v4, &Ruleset::parse(&moved).unwrap(), None);
+        assert_eq!(p.delete.len(), 2, "both copies deleted: {:?}", p.delete);
+        assert_eq!(p.add, [format!("iptables -I INPUT 1 {jump}")]);
         assert_eq!(DriftKind::ChainMissing.to_string(), "chain_missing");
     }
 
@@ -746,24 +911,107 @@ mod tests {
     }
 
     #[test]
-    fn reset_removes_chains_and_every_reference() {
+    fn reset_removes_our_chains_and_jump_and_keeps_a_chain_in_foreign_use() {
         let r = render(&intent(), &Failsafe::default());
-        let mut text = saved(&r.v4, &[]);
-        text = text.replace(
+        let current = Ruleset::parse(&saved(&r.v4, &[])).unwrap();
+        let p = diff(&Desired::empty(Family::Ipv4), &current, None);
+        assert!(matches!(p.jump, JumpState::Unwanted));
+        let x: Vec<&str> = p.restore.lines().filter(|l| l.starts_with("-X ")).collect();
+        assert_eq!(x.len(), r.v4.chains.len());
+        assert!(p.kept.is_empty() && p.lookalikes.is_empty());
+        // a foreign rule jumps to PORTWARDEN-INPUT: it stays, and so does the chain, emptied
+        let text = saved(&r.v4, &[]).replace(
             "-A DOCKER-USER -j RETURN\n",
             "-A DOCKER-USER -j RETURN\n-A DOCKER-USER -j PORTWARDEN-INPUT\n",
         );
         let current = Ruleset::parse(&text).unwrap();
         let p = diff(&Desired::empty(Family::Ipv4), &current, None);
-        assert!(matches!(p.jump, JumpState::Unwanted));
         let x: Vec<&str> = p.restore.lines().filter(|l| l.starts_with("-X ")).collect();
-        assert_eq!(x.len(), r.v4.chains.len());
-        assert!(p.restore.contains("-D DOCKER-USER -j PORTWARDEN-INPUT\n"));
-        assert!(!p.restore.contains("-D DOCKER-USER -j RETURN"));
+        assert_eq!(x.len(), r.v4.chains.len() - 1);
+        assert!(!p.restore.contains("DOCKER-USER"), "{}", p.restore);
+        assert!(p.restore.contains(":PORTWARDEN-INPUT - [0:0]\n"));
+        assert_eq!(
+            p.kept,
+            [Kept {
+                family: Family::Ipv4,
+                chain: "PORTWARDEN-INPUT".into(),
+                referenced_by: vec!["DOCKER-USER#2".into()],
+            }]
+        );
+        assert!(p.kept[0].to_string().contains("kept, emptied"));
+        // once emptied, a second reset has nothing to do
+        let emptied = text
+            .lines()
+            .filter(|l| !l.contains("-A PORTWARDEN-") && !l.contains("-A INPUT"))
+            .filter(|l| !l.starts_with(':') || !l.contains("PORTWARDEN-") || l.contains("-INPUT "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+        let p = diff(
+            &Desired::empty(Family::Ipv4),
+            &Ruleset::parse(&emptied).unwrap(),
+            None,
+        );
+        assert!(p.is_converged(), "{}\n{emptied}", p.restore);
+        assert_eq!(p.kept.len(), 1);
         // a clean node needs nothing
         let clean =
             Ruleset::parse(include_str!("../tests/samples/foreign-legacy-v4.save")).unwrap();
         assert!(diff(&Desired::empty(Family::Ipv4), &clean, None).is_converged());
+    }
+
+    #[test]
+    fn lookalikes_are_never_written() {
+        // Issue 13 item 7: a foreign chain named like ours, the foreign INPUT rule that jumps
+        // to it, and foreign rules (FORWARD, a user chain, INPUT without our comment) that jump
+        // into our chains are not portwarden's.
+        let r = render(&intent(), &Failsafe::default());
+        let text = saved(&r.v4, &["-p tcp -m tcp --dport 9000 -j PORTWARDEN-FOO"])
+            .replace(
+                ":DOCKER-USER - [0:0]\n",
+                ":DOCKER-USER - [0:0]\n:PORTWARDEN-FOO - [0:0]\n",
+            )
+            .replace(
+                "-A DOCKER-USER -j RETURN\n",
+                "-A DOCKER-USER -j PORTWARDEN-INPUT\n-A DOCKER-USER -j RETURN\n\
+                 -A FORWARD -j PORTWARDEN-INPUT\n-A INPUT -j PORTWARDEN-TCP-0\n\
+                 -A PORTWARDEN-FOO -p tcp -m tcp --dport 9000 -j ACCEPT\n",
+            );
+        let current = Ruleset::parse(&text).unwrap();
+        let p = diff(&r.v4, &current, Some(&intent()));
+        assert!(p.is_converged(), "nothing of ours differs: {}", p.restore);
+        assert_eq!(p.jump, JumpState::InPlace);
+        assert!(p.shadowing.is_empty(), "{:?}", p.shadowing);
+        // reset: our chains and jump go; the foreign rules and chain stay, and the chains
+        // they jump to are emptied, not deleted (the kernel would refuse)
+        let p = diff(&Desired::empty(Family::Ipv4), &current, None);
+        for line in p.restore.lines() {
+            assert!(
+                !line.contains("FOO") && !line.contains("DOCKER-USER") && !line.contains("FORWARD"),
+                "foreign rule written: {line}\n{}",
+                p.restore
+            );
+        }
+        assert!(
+            !p.restore.contains("-X PORTWARDEN-INPUT\n"),
+            "{}",
+            p.restore
+        );
+        assert!(
+            !p.restore.contains("-X PORTWARDEN-TCP-0\n"),
+            "{}",
+            p.restore
+        );
+        assert!(p.restore.contains(":PORTWARDEN-INPUT - [0:0]\n"), "emptied");
+        assert!(p.restore.contains("-X PORTWARDEN-TCP-0-255\n"));
+        assert!(
+            p.restore
+                .contains(&format!("-D INPUT {}\n", crate::render::jump_spec())),
+            "our jump goes"
+        );
+        assert!(!p.delete.iter().any(|d| d.contains("-X PORTWARDEN-INPUT")));
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["lookalikes"].as_array().map(Vec::len), Some(5), "{v}");
+        assert_eq!(v["kept"].as_array().map(Vec::len), Some(2), "{v}");
     }
 
     #[test]

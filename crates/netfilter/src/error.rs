@@ -101,6 +101,50 @@ pub enum Error {
         /// The first of them.
         first: String,
     },
+    /// `*-save` said it cannot print the filter table (a native nftables rule is in it): its
+    /// rules are unknown, so nothing was written.
+    #[error(
+        "`{command}` cannot print the {family} filter table (it says \"Table `filter' is \
+         incompatible, use 'nft' tool\"): nftables' table `{nft_family} filter` holds something \
+         added with nftables' own `nft` tool (a meter, a set, another native statement) that \
+         iptables can neither show nor safely edit, so portwarden wrote nothing; find the native \
+         rule with `nft list table {nft_family} filter` and move it to a table of its own (or \
+         delete it), then run portwarden again{hint}"
+    )]
+    Incompatible {
+        /// Family.
+        family: Family,
+        /// The save command.
+        command: String,
+        /// nftables' family name of the table: `ip` or `ip6`.
+        nft_family: &'static str,
+        /// What `reset` can still do, or what it needs.
+        hint: &'static str,
+    },
+    /// `nft -j` printed something that is not the JSON this crate reads.
+    #[error("failed to read the output of `{command}`: {message}")]
+    NftJson {
+        /// The command line.
+        command: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Removing portwarden's rules from a place the main transactions do not write (the other
+    /// backend after a backend switch, or a table only `nft` can edit) failed.
+    #[error(
+        "removing portwarden's rules from the {backend} backend ({family}) failed{written}: \
+         {source}"
+    )]
+    Cleanup {
+        /// The backend cleaned.
+        backend: crate::Backend,
+        /// Family.
+        family: Family,
+        /// What was written before (`; the legacy backend's rules ... confirmed ...`), or empty.
+        written: String,
+        /// Why it failed.
+        source: Box<Error>,
+    },
     /// A `--failsafe` list could not be parsed.
     #[error(
         "invalid failsafe port list {input:?}: item {item:?}: {message} (expected e.g. tcp:22,tcp:6443,tcp:2379-2380,udp:68, or none)"

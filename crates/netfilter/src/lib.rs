@@ -22,9 +22,14 @@
 //!
 //! # Ownership
 //!
-//! portwarden owns the filter-table chains named `PORTWARDEN-*` (IPv4 and IPv6) and the rules
-//! whose target is one of them — normally the single jump at `INPUT` position 1. It never
-//! edits, reorders or deletes anything else; see [`Netfilter::apply`] for the exact contract.
+//! portwarden owns exactly what it writes: the filter-table chains whose names its grammar
+//! generates (`PORTWARDEN-INPUT`, `PORTWARDEN-TCP-0`, `PORTWARDEN-TCP-0-255`, ...; IPv4 and
+//! IPv6) and its one jump, the `INPUT` rule to `PORTWARDEN-INPUT` carrying its comment — see
+//! [`chains`]. It never edits, reorders or deletes anything else, also not what merely looks
+//! like its own (a chain `PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`): plans report
+//! those as [`Lookalike`]s. It finds its rules in either iptables backend and moves them to the
+//! one in use ([`backend`]); it refuses a table `iptables-save` cannot print ([`save`]). See
+//! [`Netfilter::apply`] for the exact contract.
 //!
 //! # Layout
 //!
@@ -36,6 +41,7 @@
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
+//! * [`native`] — removing portwarden's objects with `nft` from a table iptables cannot print.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
 
@@ -45,16 +51,19 @@ pub mod diff;
 mod error;
 pub mod failsafe;
 pub mod lockwait;
+pub mod native;
 mod netfilter;
 pub mod plan;
 pub mod render;
 pub mod save;
 
 pub use backend::{Backend, BackendChoice, Detection};
-pub use diff::{DriftKind, EntryRef, FamilyPlan, JumpState, Shadowing, diff};
+pub use diff::{
+    DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
+};
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};
-pub use plan::Plan;
+pub use plan::{Cleanup, Plan, Via};
 pub use render::{Conflict, Desired, Family, Rendered, render};
 pub use save::Ruleset;

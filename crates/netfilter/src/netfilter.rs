@@ -1,10 +1,17 @@
 //! [`Netfilter`]: the I/O edge. Reads with `iptables-save`, writes with one
 //! `iptables-restore --noflush` transaction per family, reads back to confirm.
+//!
+//! Two places outside the chosen backend's readable filter tables are handled here too: the
+//! other backend, when portwarden's rules are there (a backend switch, see [`crate::backend`]),
+//! and a filter table `iptables-save` cannot print (see [`crate::save`]): `plan`/`apply` refuse
+//! it ([`Error::Incompatible`]), `reset` removes portwarden's objects from it with `nft`
+//! ([`crate::native`]).
 
 use std::io::Write as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -14,11 +21,12 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
-use crate::diff::{FamilyPlan, diff};
+use crate::diff::{FamilyPlan, Kept, diff};
 use crate::failsafe::Failsafe;
 use crate::lockwait;
-use crate::plan::Plan;
-use crate::render::{Family, Rendered, render};
+use crate::native;
+use crate::plan::{Cleanup, Plan, Via};
+use crate::render::{Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 
 /// How long an `iptables-restore` child runs before the lock table is consulted (most
@@ -59,6 +67,9 @@ pub struct Applied {
     pub changes: usize,
     /// Families written, in order.
     pub families: Vec<Family>,
+    /// Other backends portwarden's rules were removed from (a move after a backend switch, or
+    /// a reset of both).
+    pub other_backends: Vec<Backend>,
 }
 
 /// The last rendering, reused while the intent and failsafe list stay the same.
@@ -77,6 +88,14 @@ struct Memo {
 pub struct Netfilter {
     detection: Detection,
     families: Vec<(Family, Tools)>,
+    /// The other backend's tools, for the managed families whose tools are installed.
+    other: Vec<(Family, Tools)>,
+    /// Whether the other backend held portwarden's rules at the last look: only then does
+    /// [`Netfilter::plan`] read it (cleared once nothing of ours is there), so the agent's no-op
+    /// refresh reads one backend.
+    stray: Arc<AtomicBool>,
+    /// nftables' `nft`, for filter tables iptables cannot print (reset only).
+    nft: Option<PathBuf>,
     lock_wait_secs: u32,
     memo: Arc<Mutex<Option<Memo>>>,
 }
@@ -98,15 +117,29 @@ impl Netfilter {
                 .reason
                 .push_str("; IPv6 skipped: this kernel has IPv6 disabled");
         }
-        let families = options
-            .families
-            .iter()
-            .filter(|&&f| f == Family::Ipv4 || ipv6)
-            .map(|&f| backend::tools(detection.backend, f, dir).map(|t| (f, t)))
+        let managed = || {
+            options
+                .families
+                .iter()
+                .copied()
+                .filter(|&f| f == Family::Ipv4 || ipv6)
+        };
+        let families = managed()
+            .map(|f| backend::tools(detection.backend, f, dir).map(|t| (f, t)))
             .collect::<Result<_, _>>()?;
+        let other = managed()
+            .filter_map(|f| {
+                backend::tools(detection.backend.other(), f, dir)
+                    .ok()
+                    .map(|t| (f, t))
+            })
+            .collect();
         Ok(Netfilter {
+            stray: Arc::new(AtomicBool::new(detection.ours_elsewhere.is_some())),
             detection,
             families,
+            other,
+            nft: backend::find_program("nft", dir),
             lock_wait_secs: options.lock_wait_secs,
             memo: Arc::new(Mutex::new(None)),
         })
@@ -138,29 +171,32 @@ impl Netfilter {
     ///
     /// # Errors
     /// [`Error::Read`] when the tool fails (typically: not root), [`Error::Parse`] when its
-    /// output cannot be parsed.
+    /// output cannot be parsed, [`Error::Incompatible`] when the tool says it cannot print the
+    /// table (its contents are unknown: nothing may be planned against it).
     pub fn read(&self, family: Family) -> Result<Ruleset, Error> {
         let Some(t) = self.tools(family) else {
             return Ok(Ruleset::default());
         };
-        let command = format!("{} -t filter", t.save.display());
-        let out = Command::new(&t.save)
-            .args(["-t", "filter"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(Error::Read {
-                family,
-                command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
+        let rs = read_filter(t, family)?;
+        if rs.is_incompatible("filter") {
+            return Err(self.incompatible(family, t));
         }
-        Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+        Ok(rs)
+    }
+
+    /// The refusal of a filter table that `t`'s save tool cannot print.
+    fn incompatible(&self, family: Family, t: &Tools) -> Error {
+        Error::Incompatible {
+            family,
+            command: format!("{} -t filter", t.save.display()),
+            nft_family: native::nft_family(family),
+            hint: if self.nft.is_some() {
+                "; `portwarden reset` can still remove portwarden's own chains from it (with `nft`)"
+            } else {
+                "; install nftables' `nft` tool to let `portwarden reset` remove portwarden's own \
+                 chains from it"
+            },
+        }
     }
 
     /// Reads every managed family once.
@@ -194,18 +230,89 @@ impl Netfilter {
         }
     }
 
-    /// What it takes to make this namespace's netfilter say `intent`.
+    /// What it takes to make this namespace's netfilter say `intent`: the chosen backend's
+    /// changes, and (in [`Plan::cleanup`]) the removal of portwarden's rules from the other
+    /// backend when they are there.
     ///
     /// # Guarantees
-    /// Read-only: one `iptables-save` per family, nothing written.
+    /// Read-only: one `iptables-save` per family, nothing written. The other backend is read
+    /// too (one more `*-save` per family) only while it holds portwarden's rules.
     ///
     /// # Errors
-    /// As [`Netfilter::read`].
+    /// As [`Netfilter::read`]; [`Error::Incompatible`] also when the other backend's table
+    /// holding portwarden's rules cannot be printed and `nft` is not installed.
     pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
-        Ok(Plan::from_rendered(&rendered, intent, &refs))
+        let plan = Plan::from_rendered(&rendered, intent, &refs);
+        if !self.stray.load(Ordering::Relaxed) {
+            return Ok(plan);
+        }
+        let (cleanup, kept) = self.other_cleanup()?;
+        if cleanup.is_empty() {
+            self.stray.store(false, Ordering::Relaxed);
+        }
+        Ok(plan.with_cleanup(cleanup, kept))
+    }
+
+    /// The removal of portwarden's rules from every family of the other backend.
+    fn other_cleanup(&self) -> Result<(Vec<Cleanup>, Vec<Kept>), Error> {
+        let other = self.backend().other();
+        let mut cleanup = Vec::new();
+        let mut kept = Vec::new();
+        for (family, t) in &self.other {
+            if other == Backend::Legacy && !backend::legacy_filter_exists(*family) {
+                continue; // no legacy table at all (reading one would create it)
+            }
+            let (c, k) = self.removal(other, *family, t)?;
+            cleanup.extend(c);
+            kept.extend(k);
+        }
+        Ok((cleanup, kept))
+    }
+
+    /// What removes portwarden's rules from one family of `backend` (read with `t`): an
+    /// `iptables-restore` transaction, or an `nft` one when iptables cannot print the table;
+    /// `None` when nothing of portwarden's is there (chains kept for foreign rules aside).
+    fn removal(
+        &self,
+        backend: Backend,
+        family: Family,
+        t: &Tools,
+    ) -> Result<(Option<Cleanup>, Vec<Kept>), Error> {
+        let rs = read_filter(t, family)?;
+        if !rs.is_incompatible("filter") {
+            let fp = diff(&Desired::empty(family), &rs, None);
+            return Ok((Cleanup::from_reset(backend, &fp), fp.kept));
+        }
+        let r = self.native_removal(family, t)?;
+        let cleanup = (!r.script.is_empty()).then_some(Cleanup {
+            backend,
+            family,
+            via: Via::Nft,
+            delete: r.delete,
+            script: r.script,
+        });
+        Ok((cleanup, r.kept))
+    }
+
+    /// [`native::removal`] of the family's `filter` table, listed with `nft -j`.
+    fn native_removal(&self, family: Family, t: &Tools) -> Result<native::Removal, Error> {
+        let Some(nft) = &self.nft else {
+            return Err(self.incompatible(family, t));
+        };
+        let fam = native::nft_family(family);
+        let (out, command) = run(nft, &["-j", "list", "table", fam, "filter"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            if stderr.contains("No such file or directory") {
+                return Ok(native::Removal::default()); // no such table
+            }
+            return Err(read_error(family, command, &out));
+        }
+        native::removal(family, &String::from_utf8_lossy(&out.stdout))
+            .map_err(|message| Error::NftJson { command, message })
     }
 
     /// `render(intent, failsafe)`, reused from the previous call when both are equal.
@@ -227,14 +334,32 @@ impl Netfilter {
         rendered
     }
 
-    /// What it takes to remove everything of portwarden's.
+    /// What it takes to remove everything of portwarden's, from both backends: the chosen
+    /// backend's families as [`Plan::families`], a table iptables cannot print and the other
+    /// backend (when its tools are installed) as [`Plan::cleanup`].
     ///
     /// # Errors
-    /// As [`Netfilter::read`].
+    /// As [`Netfilter::read`]; [`Error::Incompatible`] only when a table iptables cannot print
+    /// must be read and `nft` is not installed.
     pub fn plan_reset(&self) -> Result<Plan, Error> {
-        let current = self.read_all()?;
-        let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
-        Ok(Plan::reset(&refs))
+        let mut readable = Vec::new();
+        let mut cleanup = Vec::new();
+        let mut kept = Vec::new();
+        for (family, t) in &self.families {
+            let rs = read_filter(t, *family)?;
+            if !rs.is_incompatible("filter") {
+                readable.push((*family, rs));
+                continue;
+            }
+            let (c, k) = self.removal(self.backend(), *family, t)?;
+            cleanup.extend(c);
+            kept.extend(k);
+        }
+        let (c, k) = self.other_cleanup()?;
+        cleanup.extend(c);
+        kept.extend(k);
+        let refs: Vec<(Family, &Ruleset)> = readable.iter().map(|(f, r)| (*f, r)).collect();
+        Ok(Plan::reset(&refs).with_cleanup(cleanup, kept))
     }
 
     /// Executes a plan: one `iptables-restore --noflush --wait` transaction per family that
@@ -245,10 +370,12 @@ impl Netfilter {
     ///   (no `iptables-restore` runs; counters and rule handles stay as they are).
     /// * **Atomic per family**: each family's change is a single transaction of the filter
     ///   table; it applies completely or not at all.
-    /// * **Only portwarden's rules**: the transaction declares only `PORTWARDEN-` chains and
-    ///   deletes/inserts only rules whose target is one; other chains, rules, tables and
-    ///   counters are untouched (`--noflush`). Rules to delete are named by specification, not
-    ///   position, so a foreign rule that appeared since the plan was made cannot be hit.
+    /// * **Only portwarden's rules**: the transaction declares only portwarden's chains (by
+    ///   their naming grammar, see [`crate::chains`]) and deletes/inserts only its jump; other
+    ///   chains, rules, tables and counters are untouched (`--noflush`), look-alikes
+    ///   (`PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`) included. Rules to delete are
+    ///   named by specification, not position, so a foreign rule that appeared since the plan
+    ///   was made cannot be hit.
     /// * **Lock waits are logged**: when the xtables lock (legacy backend) is held by another
     ///   program, the transaction waits up to `lock_wait_secs` and a warning names the holder.
     /// * **Confirmed**: after the transactions every family written is read back (one
@@ -256,6 +383,10 @@ impl Netfilter {
     /// * **All families or none**: when a family's transaction fails after an earlier family's
     ///   succeeded, the earlier one is rolled back to portwarden's rules as they were at plan
     ///   time (one more transaction), and the error says so.
+    /// * **Moves, never orphans**: the plan's [`cleanup`](Plan::cleanup) — portwarden's rules in
+    ///   the other backend, or (reset) in a table only `nft` can edit — runs only after every
+    ///   family's transaction is written and confirmed, one transaction per family, each read
+    ///   back; so after a backend switch the old rules go only once the new ones decide.
     ///
     /// # Errors
     /// * [`Error::Restore`] when a transaction is refused (a rule the kernel rejects, the
@@ -266,6 +397,8 @@ impl Netfilter {
     /// * [`Error::Verify`] when the read-back differs (someone else edited our chains at the
     ///   same moment).
     /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
+    /// * [`Error::Cleanup`] when a cleanup fails: the families' transactions stay applied (the
+    ///   error says so), the rest of the cleanup is not run; the next apply finishes it.
     ///
     /// # Caveats
     /// Families are written one after the other (IPv4 first), so for a moment IPv4 can be new
@@ -309,7 +442,104 @@ impl Netfilter {
                 });
             }
         }
+        let written = if applied.transactions > 0 {
+            format!(
+                "; the {} backend's rules were written and confirmed first, so both decide until \
+                 the next apply (or reset) removes the old ones",
+                self.backend()
+            )
+        } else {
+            String::new()
+        };
+        for c in &plan.cleanup {
+            self.run_cleanup(c).map_err(|e| Error::Cleanup {
+                backend: c.backend,
+                family: c.family,
+                written: written.clone(),
+                source: Box::new(e),
+            })?;
+            applied.transactions += 1;
+            applied.changes += c.delete.len();
+            if c.backend == self.backend() {
+                if !applied.families.contains(&c.family) {
+                    applied.families.push(c.family);
+                }
+            } else if !applied.other_backends.contains(&c.backend) {
+                applied.other_backends.push(c.backend);
+            }
+        }
+        if !applied.other_backends.is_empty() {
+            self.stray.store(false, Ordering::Relaxed);
+        }
         Ok(applied)
+    }
+
+    /// Runs one [`Cleanup`] transaction and reads it back: nothing of portwarden's may remain
+    /// there (chains kept for foreign rules aside, emptied).
+    fn run_cleanup(&self, c: &Cleanup) -> Result<(), Error> {
+        let tools = if c.backend == self.backend() {
+            &self.families
+        } else {
+            &self.other
+        };
+        let Some((_, t)) = tools.iter().find(|(f, _)| *f == c.family) else {
+            return Err(Error::ToolMissing {
+                tool: format!("{}-{}-restore", c.family.tool(), c.backend),
+                purpose: "remove portwarden's rules",
+            });
+        };
+        let (left, first) = match c.via {
+            Via::IptablesRestore => {
+                self.restore(c.family, t, &c.script)?;
+                let back = read_filter(t, c.family)?;
+                let check = diff(&Desired::empty(c.family), &back, None);
+                let first = check.delete.first().cloned();
+                (check.add.len() + check.delete.len(), first)
+            }
+            Via::Nft => {
+                self.nft_batch(c.family, &c.script)?;
+                let check = self.native_removal(c.family, t)?;
+                let first = check.delete.first().cloned();
+                (check.delete.len(), first)
+            }
+        };
+        match first {
+            None => Ok(()),
+            Some(first) => Err(Error::Verify {
+                family: c.family,
+                pending: left,
+                first,
+            }),
+        }
+    }
+
+    /// Runs `script` as one `nft -f -` transaction (an nft batch is atomic).
+    fn nft_batch(&self, family: Family, script: &str) -> Result<(), Error> {
+        let Some(nft) = &self.nft else {
+            return Err(Error::ToolMissing {
+                tool: "nft".into(),
+                purpose: "edit a table iptables cannot print",
+            });
+        };
+        let (mut child, command) = spawn_writer(nft, &["-f", "-"])?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means nft exited early; its status and stderr say why.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        let out = child.wait_with_output().map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(Error::Restore {
+            family,
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            failed_line: String::new(),
+            earlier: String::new(),
+        })
     }
 
     /// After a failed transaction, returns the families already written to how they were
@@ -372,12 +602,15 @@ impl Netfilter {
         }
     }
 
-    /// Removes every chain of portwarden's and every rule that jumps into one, in every managed
-    /// family: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
+    /// Removes every chain of portwarden's and its jump, in every managed family of both
+    /// backends: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
     ///
     /// # Guarantees
     /// As [`Netfilter::apply`]; everything that is not portwarden's stays byte-identical
-    /// (counters aside, which keep counting). No write when nothing of ours is there.
+    /// (counters aside, which keep counting), look-alikes included; a chain of portwarden's
+    /// that a foreign rule jumps to stays, emptied ([`Plan::kept`]). No write when nothing of
+    /// ours is there. A filter table iptables cannot print is cleaned with `nft` when it is
+    /// installed (see [`crate::native`]).
     ///
     /// # Errors
     /// As [`Netfilter::apply`].
@@ -393,17 +626,7 @@ impl Netfilter {
     /// logged with the holder, once, and again when it got through.
     fn restore(&self, family: Family, t: &Tools, input: &str) -> Result<(), Error> {
         let wait = format!("--wait={}", self.lock_wait_secs);
-        let command = format!("{} --noflush {wait}", t.restore.display());
-        let mut child = Command::new(&t.restore)
-            .args(["--noflush", &wait])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        let (mut child, command) = spawn_writer(&t.restore, &["--noflush", &wait])?;
         let pid = child.id();
         let stdin = child.stdin.take();
         let started = Instant::now();
@@ -498,6 +721,68 @@ impl Netfilter {
             earlier: String::new(),
         })
     }
+}
+
+/// Reads the filter table of one family with `t` (one `*-save -t filter` run), as printed
+/// (an unprintable table is listed in [`Ruleset::incompatible`]).
+fn read_filter(t: &Tools, family: Family) -> Result<Ruleset, Error> {
+    let (out, command) = run(&t.save, &["-t", "filter"])?;
+    if !out.status.success() {
+        return Err(read_error(family, command, &out));
+    }
+    Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `program args` as a command line, for messages.
+fn command_line(program: &std::path::Path, args: &[&str]) -> String {
+    std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a reading tool to completion (no input): its output and its command line.
+fn run(program: &std::path::Path, args: &[&str]) -> Result<(std::process::Output, String), Error> {
+    let command = command_line(program, args);
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    Ok((out, command))
+}
+
+/// [`Error::Read`] for a reading tool that failed.
+fn read_error(family: Family, command: String, out: &std::process::Output) -> Error {
+    Error::Read {
+        family,
+        command,
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
+}
+
+/// Starts a writing tool that reads its transaction on standard input (stderr captured,
+/// stdout discarded): the child and its command line.
+fn spawn_writer(
+    program: &std::path::Path,
+    args: &[&str],
+) -> Result<(std::process::Child, String), Error> {
+    let command = command_line(program, args);
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    Ok((child, command))
 }
 
 /// The first `line N` an iptables-restore error message mentions.

@@ -3,7 +3,8 @@
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::{Serialize, Serializer};
 
-use crate::diff::{DriftKind, FamilyPlan, Shadowing, diff};
+use crate::backend::Backend;
+use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
 use crate::failsafe::Failsafe;
 use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
@@ -11,7 +12,8 @@ use crate::save::Ruleset;
 /// The changes that bring a node's netfilter to its intent, per family.
 ///
 /// Serializes to the `plan -o json` shape of CLI.md, `{"changes": N, "add": [...], "delete":
-/// [...]}`, plus `conflicts`, `shadowing` and a per-family breakdown.
+/// [...]}`, plus `conflicts`, `shadowing`, `lookalikes`, `kept`, `cleanup` and a per-family
+/// breakdown.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// Number of items in `add` and `delete`; 0 when the node is converged.
@@ -25,8 +27,67 @@ pub struct Plan {
     /// Foreign rules above the jump that shadow entries (the jump is moved back to position 1;
     /// the foreign rules themselves are never touched).
     pub shadowing: Vec<Shadowing>,
+    /// Chains and rules that look like portwarden's but are not (never written).
+    pub lookalikes: Vec<Lookalike>,
+    /// Chains of portwarden's that stay, emptied, because foreign rules jump to them.
+    pub kept: Vec<Kept>,
+    /// portwarden's rules outside the families' transactions, removed after them: in the
+    /// backend not in use (a backend switch), or in a table only `nft` can edit (reset).
+    pub cleanup: Vec<Cleanup>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
+}
+
+/// How a [`Cleanup`] is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// One `iptables-restore --noflush` transaction of that backend.
+    IptablesRestore,
+    /// One `nft -f -` transaction (the table cannot be printed by iptables).
+    Nft,
+}
+
+/// Removing portwarden's rules from one family of a place the main transactions do not write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cleanup {
+    /// The backend holding them.
+    pub backend: Backend,
+    /// Family.
+    pub family: Family,
+    /// How they are removed.
+    pub via: Via,
+    /// What is removed, one command per item (`iptables-nft -D INPUT ...`, `nft delete ...`).
+    pub delete: Vec<String>,
+    /// The transaction's input (never empty).
+    #[serde(skip)]
+    pub script: String,
+}
+
+impl Cleanup {
+    /// The removal of everything of portwarden's that `fp` (a reset plan of `backend`) deletes,
+    /// its commands named with the backend (`iptables-nft -D ...`); `None` when converged.
+    pub fn from_reset(backend: Backend, fp: &FamilyPlan) -> Option<Cleanup> {
+        if fp.is_converged() {
+            return None;
+        }
+        let tool = fp.family.tool();
+        let qualified = format!("{tool}-{backend}");
+        Some(Cleanup {
+            backend,
+            family: fp.family,
+            via: Via::IptablesRestore,
+            delete: fp
+                .delete
+                .iter()
+                .map(|d| match d.strip_prefix(tool) {
+                    Some(rest) => format!("{qualified}{rest}"),
+                    None => d.clone(),
+                })
+                .collect(),
+            script: fp.restore.clone(),
+        })
+    }
 }
 
 impl Plan {
@@ -73,13 +134,41 @@ impl Plan {
             delete,
             conflicts,
             shadowing: families.iter().flat_map(|f| f.shadowing.clone()).collect(),
+            lookalikes: families.iter().flat_map(|f| f.lookalikes.clone()).collect(),
+            kept: families.iter().flat_map(|f| f.kept.clone()).collect(),
+            cleanup: Vec::new(),
             families,
         }
     }
 
+    /// Adds removals outside the families' transactions (and chains they keep), counted in
+    /// `changes` and listed in `delete`.
+    pub fn with_cleanup(mut self, cleanup: Vec<Cleanup>, kept: Vec<Kept>) -> Plan {
+        for c in &cleanup {
+            self.delete.extend(c.delete.iter().cloned());
+        }
+        self.changes = self.add.len() + self.delete.len();
+        self.cleanup.extend(cleanup);
+        self.kept.extend(kept);
+        self
+    }
+
+    /// The backends other than `current` that [`Plan::cleanup`] removes portwarden's rules
+    /// from, each once.
+    pub fn other_backends(&self, current: Backend) -> Vec<Backend> {
+        let mut v: Vec<Backend> = self
+            .cleanup
+            .iter()
+            .map(|c| c.backend)
+            .filter(|&b| b != current)
+            .collect();
+        v.dedup();
+        v
+    }
+
     /// Whether nothing needs writing.
     pub fn is_converged(&self) -> bool {
-        self.families.iter().all(FamilyPlan::is_converged)
+        self.families.iter().all(FamilyPlan::is_converged) && self.cleanup.is_empty()
     }
 
     /// The kinds of difference of every family, each once, in [`DriftKind`] order.

@@ -12,6 +12,24 @@
 //! COMMIT
 //! ```
 //!
+//! # Tables iptables cannot print
+//!
+//! When a table of iptables-nft's (`ip filter`, ...) holds something only nftables' own `nft`
+//! tool can express (a `meter`, a set lookup, a native statement added with `nft add rule`),
+//! iptables-nft-save 1.8.x prints neither its chains nor its rules, only
+//!
+//! ```text
+//! # Table `filter' is incompatible, use 'nft' tool.
+//! ```
+//!
+//! and exits 0 — with and without `-t filter`. Read as a comment, that is an *empty* table,
+//! and a writer that trusts it adds its chains and jump again on every run (issue 13). The
+//! parser records such tables in [`Ruleset::incompatible`]; [`crate::Netfilter`] refuses to
+//! plan against them. (iptables 1.8.11 prints "# Table `filter' contains incompatible
+//! base-chains, use 'nft' tool to list them." when the table is printable but *also* holds
+//! base chains of its own; that output is complete for every chain it lists, so it is read as
+//! a comment.)
+//!
 //! Rule counters (`[packets:bytes]`, with `-c`) are optional. A rule is kept as its text after
 //! `-A CHAIN ` exactly as printed, so it can be sent back to `iptables-restore` verbatim (to
 //! delete it by specification), and compared with rendered rules token by token ([`tokens`]),
@@ -84,12 +102,32 @@ impl Table {
 pub struct Ruleset {
     /// Tables in the order printed.
     pub tables: Vec<Table>,
+    /// Tables the tool said it cannot print (`# Table `filter' is incompatible, use 'nft'
+    /// tool.`): they exist, but their contents are unknown. See the module docs.
+    pub incompatible: Vec<String>,
+}
+
+/// The line iptables-nft-save prints instead of a table it cannot express, split around the
+/// table's name.
+const INCOMPATIBLE: (&str, &str) = ("# Table `", "' is incompatible, use 'nft' tool.");
+
+/// The table named by an "is incompatible" line, if `line` is one.
+fn incompatible_table(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix(INCOMPATIBLE.0)?;
+    // "' is incompatible" is the fixed part; what follows it varies between versions.
+    let (name, _) = rest.split_once("' is incompatible")?;
+    Some(name)
 }
 
 impl Ruleset {
     /// The table called `name`.
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Whether the tool said it cannot print the table `name` (its contents are unknown).
+    pub fn is_incompatible(&self, name: &str) -> bool {
+        self.incompatible.iter().any(|t| t == name)
     }
 
     /// Number of rules in all tables.
@@ -109,6 +147,7 @@ impl Ruleset {
     /// twice in a table, a missing `COMMIT`, ...).
     pub fn parse(text: &str) -> Result<Ruleset, Error> {
         let mut tables: Vec<Table> = Vec::new();
+        let mut incompatible: Vec<String> = Vec::new();
         // The open table's chains by name: looking each rule's chain up by scanning the
         // declarations made a dump with many chains quadratic.
         let mut chain_index: HashMap<String, usize> = HashMap::new();
@@ -124,6 +163,11 @@ impl Ruleset {
                 message: message.to_string(),
             };
             if line.is_empty() || line.starts_with('#') {
+                if let Some(name) = incompatible_table(line)
+                    && !incompatible.iter().any(|t| t == name)
+                {
+                    incompatible.push(name.to_string());
+                }
                 continue;
             }
             if let Some(name) = line.strip_prefix('*') {
@@ -182,7 +226,10 @@ impl Ruleset {
                 message: "missing COMMIT at the end of the last table".into(),
             });
         }
-        Ok(Ruleset { tables })
+        Ok(Ruleset {
+            tables,
+            incompatible,
+        })
     }
 }
 
@@ -191,6 +238,9 @@ impl Ruleset {
 pub fn to_save_text(rs: &Ruleset) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    for name in &rs.incompatible {
+        let _ = writeln!(out, "{}{name}{}", INCOMPATIBLE.0, INCOMPATIBLE.1);
+    }
     for t in &rs.tables {
         let _ = writeln!(out, "*{}", t.name);
         for c in &t.chains {
@@ -217,7 +267,8 @@ pub fn to_save_text(rs: &Ruleset) -> String {
 /// The checks of the `iptables_save` fuzz target (`fuzz/`) and the corpus replay test, on one
 /// input; not part of the API. Panics when an invariant fails, which is how a fuzzer reports
 /// it: a parsed dump printed again parses to the same ruleset, and planning against it (for
-/// a fixture policy, and a reset) completes.
+/// a fixture policy, and a reset) completes and writes nothing but portwarden's own chains and
+/// jump (look-alikes are never written).
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -250,7 +301,38 @@ pub fn fuzz_check(data: &[u8]) {
     let current = [(crate::Family::Ipv4, &rs), (crate::Family::Ipv6, &rs)];
     let plan = crate::Plan::compute(intent, &crate::Failsafe::default(), &current);
     assert_eq!(plan.changes, plan.add.len() + plan.delete.len());
-    let _ = crate::Plan::reset(&current);
+    let reset = crate::Plan::reset(&current);
+    for fp in plan.families.iter().chain(&reset.families) {
+        writes_only_ours(&fp.restore);
+    }
+}
+
+/// Panics unless every line of a restore input touches only portwarden's chains and jump.
+fn writes_only_ours(restore: &str) {
+    use crate::chains::{HOOK_CHAIN, is_our_jump, is_owned};
+    for line in restore.lines() {
+        let ok = match line.split_once(' ') {
+            _ if line == "*filter" || line == "COMMIT" => true,
+            Some((decl, "- [0:0]")) => decl.strip_prefix(':').is_some_and(is_owned),
+            Some(("-X", chain)) => is_owned(chain),
+            Some((op @ ("-A" | "-D" | "-I"), rest)) => {
+                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+                let spec = match op {
+                    "-I" => spec.strip_prefix("1 ").unwrap_or(spec),
+                    _ => spec,
+                };
+                match op {
+                    "-A" => is_owned(chain),
+                    _ => is_owned(chain) || (chain == HOOK_CHAIN && is_our_jump(chain, spec)),
+                }
+            }
+            _ => false,
+        };
+        assert!(
+            ok,
+            "a plan writes what is not portwarden's: {line}\n{restore}"
+        );
+    }
 }
 
 /// The compiled intent of `tests/fixtures/mixed.yaml`, for [`fuzz_check`].
@@ -415,6 +497,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn an_incompatible_table_is_not_an_empty_one() {
+        // What iptables-nft-save 1.8.9 prints (exit 0) for a table holding a native nftables
+        // rule, with and without -t (issue 13 item 3).
+        let text = "# Table `filter' is incompatible, use 'nft' tool.\n";
+        let rs = Ruleset::parse(text).unwrap();
+        assert_ne!(rs, Ruleset::default(), "an unprintable table read as empty");
+        let printed = to_save_text(&rs);
+        assert!(printed.contains(text), "{printed}");
+        assert_eq!(Ruleset::parse(&printed).unwrap(), rs);
+        assert!(rs.is_incompatible("filter") && !rs.is_incompatible("nat"));
+        assert!(rs.table("filter").is_none());
+        // between other tables (a full dump), and the 1.8.11 wording of a printable table
+        let full = format!(
+            "# Generated by iptables-nft-save v1.8.9\n{text}*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n\
+             # Table `mangle' contains incompatible base-chains, use 'nft' tool to list them.\n"
+        );
+        let rs = Ruleset::parse(&full).unwrap();
+        assert_eq!(rs.incompatible, ["filter"]);
+        assert!(rs.table("nat").is_some() && !rs.is_incompatible("mangle"));
     }
 
     #[test]

@@ -14,6 +14,15 @@
 //! 7. `failed_transactions_change_nothing`.
 //! 8. `auto_detection_follows_the_host_rules`.
 //! 9. `a_failing_family_rolls_back_the_ones_before_it`.
+//! 10. `lookalikes_are_reported_and_left_byte_identical` — a foreign FORWARD jump to
+//!     `PORTWARDEN-INPUT` and a foreign `PORTWARDEN-FOO` chain with its INPUT jump survive
+//!     apply and reset unchanged, and the plan reports them.
+//! 11. `an_incompatible_table_is_refused_and_never_grows` — a native nftables rule (a meter)
+//!     makes iptables-nft-save print `filter` as incompatible: plan and apply refuse with the
+//!     reason, repeated applies add nothing, reset removes portwarden's chains through `nft`.
+//! 12. `a_backend_switch_moves_portwarden_to_the_chosen_backend` — applied on nft, then 30 rules
+//!     in legacy flip detection: the next apply moves our chains (nft's removed once legacy's
+//!     are confirmed), `--backend nft` moves them back, and reset cleans both backends.
 
 mod support;
 
@@ -22,7 +31,7 @@ use std::time::Duration;
 
 use portwarden_lab::skip_unless_lab;
 use portwarden_netfilter::{
-    Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options,
+    Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options, render,
 };
 use portwarden_policy::Protocol;
 use support::*;
@@ -592,5 +601,294 @@ fn a_failing_family_rolls_back_the_ones_before_it() {
                 "{backend} {f}: as before"
             );
         }
+    }
+}
+
+/// Lines of portwarden's in [`normalized`] save output: the declarations and rules of `owned`
+/// chains and the jump from INPUT.
+fn without_ours(text: &str, owned: &[String]) -> String {
+    let jump = format!("-A INPUT {}", portwarden_netfilter::render::jump_spec());
+    normalized(text)
+        .lines()
+        .filter(|l| {
+            let chain = l
+                .strip_prefix(':')
+                .or_else(|| l.strip_prefix("-A "))
+                .and_then(|r| r.split_whitespace().next());
+            !(chain.is_some_and(|c| owned.iter().any(|o| o == c)) || *l == jump)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
+    skip_unless_lab!();
+    let lab = lab("nfswitch");
+    let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+    let _l = node.tcp_listener(80).unwrap();
+    let small = intent(&["crates/netfilter/tests/fixtures/filter80.yaml"], &[]);
+    inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        nf.apply(&nf.plan(&small, &Failsafe::default()).unwrap())
+            .unwrap();
+    });
+    let connect = |scanner: &portwarden_lab::Netns, to: std::net::SocketAddr| {
+        inside(scanner, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(|_| ())
+        })
+    };
+    let port80 = std::net::SocketAddr::new(node.v4().into(), 80);
+    assert!(connect(&scanner, port80).is_err(), "nft filters tcp/80");
+    // The host's own rules appear in legacy: 30 of them, more than portwarden's in nft.
+    for i in 1..=30 {
+        let src = format!("192.0.2.{i}/32");
+        ipt(
+            &node,
+            Backend::Legacy,
+            Family::Ipv4,
+            &["-A", "INPUT", "-s", &src, "-j", "DROP"],
+        );
+    }
+    let legacy_before = normalized(&save(&node, Backend::Legacy, Family::Ipv4));
+    let auto = || {
+        Netfilter::detect(&Options {
+            backend: BackendChoice::Auto,
+            ..Options::default()
+        })
+        .unwrap()
+    };
+    let web = intent(&WEB, &[("role", "web")]);
+    let w2 = web.clone();
+    let (backend, plan, applied, after) = inside(&node, move || {
+        let nf = auto();
+        let plan = nf.plan(&w2, &Failsafe::default()).unwrap();
+        let applied = nf.apply(&plan).unwrap();
+        let after = nf.plan(&w2, &Failsafe::default()).unwrap();
+        (nf.backend(), plan, applied, after)
+    });
+    assert_eq!(backend, Backend::Legacy, "the host's rules are in legacy");
+    assert!(after.is_converged(), "nothing left to do: {after:?}");
+    for f in Family::ALL {
+        let nft = save(&node, Backend::Nft, f);
+        assert!(!nft.contains("PORTWARDEN"), "{f}: nft keeps ours: {nft}");
+        let legacy = save(&node, Backend::Legacy, f);
+        assert!(
+            legacy.contains(":PORTWARDEN-INPUT"),
+            "{f}: legacy holds ours"
+        );
+    }
+    assert_eq!(
+        without_ours(
+            &save(&node, Backend::Legacy, Family::Ipv4),
+            &render(&web, &Failsafe::default())
+                .v4
+                .chains
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+        ),
+        legacy_before,
+        "the host's legacy rules are untouched"
+    );
+    connect(&scanner, port80).expect("tcp/80 is open: nft's old DROP is gone");
+    assert!(applied.transactions >= 3, "{applied:?}");
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(
+        json["cleanup"][0]["backend"], "nft",
+        "the plan shows portwarden's rules in nft: {json}"
+    );
+    assert_eq!(plan.other_backends(Backend::Legacy), [Backend::Nft]);
+    assert!(
+        plan.delete
+            .iter()
+            .any(|d| d.starts_with("iptables-nft -D INPUT ")),
+        "{:?}",
+        plan.delete
+    );
+
+    // `--backend nft` while ours are in legacy: moved back, and said so.
+    let (reason, plan) = inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        let plan = nf.plan(&web, &Failsafe::default()).unwrap();
+        nf.apply(&plan).unwrap();
+        (nf.detection().reason.clone(), plan)
+    });
+    assert!(reason.contains("legacy"), "{reason}");
+    assert_eq!(plan.other_backends(Backend::Nft), [Backend::Legacy]);
+    for f in Family::ALL {
+        assert!(save(&node, Backend::Nft, f).contains(":PORTWARDEN-INPUT"));
+        assert!(!save(&node, Backend::Legacy, f).contains("PORTWARDEN"));
+    }
+    // reset, from either backend, leaves neither
+    inside(&node, move || netfilter(Backend::Legacy).reset().unwrap());
+    for f in Family::ALL {
+        for b in BACKENDS {
+            let text = save(&node, b, f);
+            assert!(!text.contains("PORTWARDEN"), "{b} {f}: reset left {text}");
+        }
+    }
+    assert_eq!(
+        normalized(&save(&node, Backend::Legacy, Family::Ipv4)),
+        legacy_before
+    );
+}
+
+#[test]
+fn an_incompatible_table_is_refused_and_never_grows() {
+    skip_unless_lab!();
+    let lab = lab("nfincompat");
+    let node = lab.node(0).clone();
+    let web = intent(&WEB, &[("role", "web")]);
+    let w2 = web.clone();
+    inside(&node, move || {
+        let nf = netfilter(Backend::Nft);
+        nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
+            .unwrap();
+    });
+    assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1);
+    // A native nftables rule iptables cannot express (issue 13).
+    node.add_native_nft_rule().unwrap();
+    assert!(
+        save(&node, Backend::Nft, Family::Ipv4).contains("is incompatible"),
+        "this iptables prints the table as incompatible"
+    );
+    let ruleset = || node.exec(&["nft", "-s", "list", "ruleset"]).unwrap();
+    let before = ruleset();
+    for round in 0..3 {
+        let w = web.clone();
+        let result = inside(&node, move || {
+            let nf = netfilter(Backend::Nft);
+            nf.plan(&w, &Failsafe::default())
+                .and_then(|plan| nf.apply(&plan))
+        });
+        let msg = match result {
+            Ok(applied) => panic!("round {round}: applied over an unreadable table: {applied:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains("IPv4 filter table")
+                && msg.contains("incompatible")
+                && msg.contains("nft list table ip filter"),
+            "round {round}: {msg}"
+        );
+        assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1, "round {round}");
+        assert_eq!(ruleset(), before, "round {round}: nothing written");
+    }
+    // reset removes what it can see through nft; the native rule stays
+    let applied = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    assert!(applied.transactions >= 2, "{applied:?}");
+    let after = ruleset();
+    assert!(!after.contains("PORTWARDEN"), "reset left: {after}");
+    assert!(after.contains("meter m1"), "the native rule stays: {after}");
+    assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 0);
+    let again = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    assert_eq!(again.transactions, 0, "{again:?}");
+}
+
+#[test]
+fn lookalikes_are_reported_and_left_byte_identical() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nflook");
+        let node = lab.node(0).clone();
+        let web = intent(&WEB, &[("role", "web")]);
+        let lockdown = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
+        let mut owned: Vec<String> = Vec::new();
+        for i in [&web, &lockdown] {
+            let r = render(i, &Failsafe::default());
+            owned.extend(
+                r.v4.chains
+                    .iter()
+                    .chain(&r.v6.chains)
+                    .map(|(n, _)| n.clone()),
+            );
+        }
+        let w2 = web.clone();
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        for f in Family::ALL {
+            let run = |args: &[&str]| ipt(&node, backend, f, args);
+            run(&["-A", "FORWARD", "-j", "PORTWARDEN-INPUT"]);
+            run(&["-N", "PORTWARDEN-FOO"]);
+            run(&[
+                "-A",
+                "PORTWARDEN-FOO",
+                "-p",
+                "tcp",
+                "--dport",
+                "9000",
+                "-j",
+                "ACCEPT",
+            ]);
+            run(&[
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "9000",
+                "-j",
+                "PORTWARDEN-FOO",
+            ]);
+        }
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| without_ours(&save(&node, backend, f), &owned))
+            .collect();
+        for b in &before {
+            assert!(
+                b.contains("-A FORWARD -j PORTWARDEN-INPUT")
+                    && b.contains(":PORTWARDEN-FOO")
+                    && b.contains("-j PORTWARDEN-FOO"),
+                "{backend}: {b}"
+            );
+        }
+        let plan = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&lockdown, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+            plan
+        });
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            assert_eq!(
+                without_ours(&save(&node, backend, f), &owned),
+                before[i],
+                "{backend} {f}: look-alikes changed by apply"
+            );
+        }
+        let json = serde_json::to_value(&plan).unwrap();
+        let looks = json["lookalikes"].as_array().cloned().unwrap_or_default();
+        let text = serde_json::to_string(&looks).unwrap();
+        assert!(
+            looks.len() >= 6 && text.contains("PORTWARDEN-FOO") && text.contains("FORWARD"),
+            "{backend}: look-alikes reported: {json}"
+        );
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(applied.transactions, 2, "{backend}");
+        for (i, &f) in Family::ALL.iter().enumerate() {
+            let now = save(&node, backend, f);
+            assert_eq!(
+                without_ours(&now, &owned),
+                before[i],
+                "{backend} {f}: look-alikes changed by reset"
+            );
+            // PORTWARDEN-INPUT stays, emptied: the foreign FORWARD rule still jumps to it
+            let ours: Vec<String> = normalized(&now)
+                .lines()
+                .filter(|l| {
+                    l.contains("PORTWARDEN-")
+                        && !l.contains("PORTWARDEN-FOO")
+                        && *l != "-A FORWARD -j PORTWARDEN-INPUT"
+                })
+                .map(String::from)
+                .collect();
+            assert_eq!(ours, [":PORTWARDEN-INPUT -"], "{backend} {f}");
+        }
+        let again = inside(&node, move || netfilter(backend).reset().unwrap());
+        assert_eq!(again.transactions, 0, "{backend}: reset is idempotent");
     }
 }

@@ -107,6 +107,9 @@ pub struct State {
     /// The step the loop is in (`policy load`, `reconcile`, ...) and since when; `None`
     /// between steps.
     pub step: Option<(&'static str, Instant)>,
+    /// The look-alikes and kept chains last logged, so each is logged when it appears, not at
+    /// every refresh.
+    pub reported_lookalikes: Vec<String>,
 }
 
 /// A load or reconcile step running longer than this is taken as stuck: [`State::stuck`].
@@ -671,6 +674,7 @@ pub fn converge(shared: &Shared, reason: &'static str) {
         let plan = nf
             .plan(&intent, &shared.config.effective_failsafe())
             .map_err(|e| e.to_string())?;
+        report_lookalikes(shared, &plan);
         if plan.is_converged() {
             return Ok(None);
         }
@@ -721,6 +725,12 @@ pub fn converge(shared: &Shared, reason: &'static str) {
                     "applied"
                 );
             }
+            for b in &applied.other_backends {
+                warn!(
+                    backend = %b,
+                    "removed portwarden's rules from the {b} backend (the other backend's are written and confirmed)"
+                );
+            }
             for s in &plan.shadowing {
                 warn!(rule = %s, "foreign rule above portwarden's jump");
             }
@@ -734,6 +744,22 @@ pub fn converge(shared: &Shared, reason: &'static str) {
             shared.lock().apply_error = Some(e);
         }
     }
+}
+
+/// Logs the plan's look-alikes (chains and rules named like portwarden's that are not) and
+/// kept chains once each, when they appear.
+fn report_lookalikes(shared: &Shared, plan: &portwarden_netfilter::Plan) {
+    let now: Vec<String> = plan
+        .lookalikes
+        .iter()
+        .map(ToString::to_string)
+        .chain(plan.kept.iter().map(ToString::to_string))
+        .collect();
+    let mut s = shared.lock();
+    for l in now.iter().filter(|l| !s.reported_lookalikes.contains(l)) {
+        warn!(lookalike = %l, "not portwarden's, left alone");
+    }
+    s.reported_lookalikes = now;
 }
 
 /// Scans the peers and stores the report in the shared state.

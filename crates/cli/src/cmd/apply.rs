@@ -32,6 +32,28 @@ struct ApplyOutput<'a> {
     applied: &'a portwarden_netfilter::Applied,
     conflicts: &'a [portwarden_netfilter::Conflict],
     shadowing: &'a [portwarden_netfilter::Shadowing],
+    lookalikes: &'a [portwarden_netfilter::Lookalike],
+    kept: &'a [portwarden_netfilter::Kept],
+}
+
+/// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
+/// `portwarden's rules removed from the legacy backend` for each other backend cleaned.
+pub fn written(
+    applied: &portwarden_netfilter::Applied,
+    backend: portwarden_netfilter::Backend,
+) -> String {
+    let fams: Vec<String> = applied.families.iter().map(ToString::to_string).collect();
+    let mut parts = Vec::new();
+    if !fams.is_empty() {
+        parts.push(format!("backend {backend} ({})", fams.join(", ")));
+    }
+    parts.extend(
+        applied
+            .other_backends
+            .iter()
+            .map(|b| format!("portwarden's rules removed from the {b} backend")),
+    );
+    parts.join("; ")
 }
 
 pub fn run(a: Args) -> Outcome {
@@ -46,6 +68,8 @@ pub fn run(a: Args) -> Outcome {
                 applied: &applied,
                 conflicts: &plan.conflicts,
                 shadowing: &plan.shadowing,
+                lookalikes: &plan.lookalikes,
+                kept: &plan.kept,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -56,14 +80,12 @@ pub fn run(a: Args) -> Outcome {
                     "no changes: netfilter already says what the policies say (nothing written)"
                 );
             } else {
-                let fams: Vec<String> = applied.families.iter().map(ToString::to_string).collect();
                 println!(
-                    "applied {} change(s) for node {} in {} transaction(s) ({}), backend {}; read back and confirmed",
+                    "applied {} change(s) for node {} in {} transaction(s): {}; read back and confirmed",
                     applied.changes,
                     r.node,
                     applied.transactions,
-                    fams.join(", "),
-                    r.netfilter.backend()
+                    written(&applied, r.netfilter.backend())
                 );
             }
         }

@@ -115,7 +115,8 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
 }
 
-/// Prints conflicts and shadowing, which matter to `plan` and `apply` alike.
+/// Prints conflicts, shadowing, look-alikes and kept chains, which matter to `plan`, `apply`
+/// and `reset` alike.
 pub fn print_findings(plan: &Plan, to_stderr: bool) {
     let print = |s: String| {
         if to_stderr {
@@ -129,6 +130,12 @@ pub fn print_findings(plan: &Plan, to_stderr: bool) {
     }
     for s in &plan.shadowing {
         print(format!("shadowed: {s}"));
+    }
+    for l in &plan.lookalikes {
+        print(format!("look-alike: {l}"));
+    }
+    for k in &plan.kept {
+        print(format!("kept: {k}"));
     }
 }
 
@@ -160,6 +167,13 @@ pub fn run(a: Args) -> Outcome {
                 println!("+ {a}");
             }
             print_findings(&plan, false);
+            let current = r.netfilter.backend();
+            for b in plan.other_backends(current) {
+                println!(
+                    "portwarden's rules also live in the {b} backend: they will be removed \
+                     (after the {current} backend's are written and confirmed)"
+                );
+            }
             if plan.is_converged() {
                 println!("no changes: netfilter already says what the policies say");
             } else {

@@ -1,5 +1,7 @@
 //! `portwarden reset`: remove every chain and jump of portwarden's from this network
-//! namespace's netfilter (IPv4 and IPv6); everything else stays byte-identical.
+//! namespace's netfilter (IPv4 and IPv6, both iptables backends); everything else stays
+//! byte-identical, look-alikes included. A chain of portwarden's that a foreign rule jumps to
+//! is kept, emptied, and reported.
 
 use std::process::ExitCode;
 
@@ -18,16 +20,37 @@ pub struct Args {
 
 pub fn run(a: Args) -> Outcome {
     let nf = a.netfilter.netfilter()?;
-    let applied = nf.reset().map_err(crate::cmd::plan::explain_lock_error)?;
-    if applied.transactions == 0 {
+    let plan = nf.plan_reset()?;
+    let applied = nf
+        .apply(&plan)
+        .map_err(crate::cmd::plan::explain_lock_error)?;
+    crate::cmd::plan::print_findings(&plan, false);
+    if applied.transactions == 0 && !plan.kept.is_empty() {
+        println!(
+            "nothing to remove but the emptied chain(s) kept above for foreign rules (nothing written)"
+        );
+    } else if applied.transactions == 0 {
         println!("nothing to remove: no portwarden chains or jumps (nothing written)");
     } else {
         let fams: Vec<String> = applied.families.iter().map(ToString::to_string).collect();
+        let mut from: Vec<String> = Vec::new();
+        if !fams.is_empty() {
+            from.push(format!(
+                "the {} backend ({})",
+                nf.backend(),
+                fams.join(", ")
+            ));
+        }
+        from.extend(
+            applied
+                .other_backends
+                .iter()
+                .map(|b| format!("the {b} backend")),
+        );
         println!(
-            "removed {} portwarden rule(s) and chain(s) ({}), backend {}; everything else untouched",
+            "removed {} portwarden rule(s) and chain(s) from {}; everything else untouched",
             applied.changes,
-            fams.join(", "),
-            nf.backend()
+            from.join(" and ")
         );
     }
     Ok(ExitCode::SUCCESS)
