@@ -18,6 +18,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Outcome {
     let nf = a.netfilter.netfilter()?;
+    crate::cmd::plan::warn_if_an_agent_runs("reset");
     let applied = nf.reset().map_err(crate::cmd::plan::explain_lock_error)?;
     if applied.transactions == 0 {
         println!("nothing to remove: no portwarden chains or jumps (nothing written)");
