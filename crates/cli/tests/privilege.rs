@@ -436,10 +436,16 @@ fn a_lock_directory_nobody_may_use_is_explained() {
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let env = || env_locks(&s.lock, &private);
     let caps = "+net_admin,+net_raw";
-    for args in [
-        &[
-            "apply",
-            "-f",
+    // `COMMAND` on node-a's documents, nft backend.
+    let node_a = |command: &str| -> Vec<String> {
+        let files = if command == "agent" {
+            "--policy-dir"
+        } else {
+            "-f"
+        };
+        [
+            command,
+            files,
             &s.policies,
             "--inventory",
             &s.inventory,
@@ -447,21 +453,14 @@ fn a_lock_directory_nobody_may_use_is_explained() {
             "node-a",
             "--backend",
             "nft",
-        ][..],
-        &["reset", "--backend", "nft"],
-        &[
-            "agent",
-            "--policy-dir",
-            &s.policies,
-            "--inventory",
-            &s.inventory,
-            "--node",
-            "node-a",
-            "--backend",
-            "nft",
-        ],
-    ] {
-        let (code, out, err) = run_with(a, env(), caps, args);
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let reset = ["reset", "--backend", "nft"].map(String::from).to_vec();
+    for args in [node_a("apply"), reset, node_a("agent")] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run_with(a, env(), caps, &args);
         assert_eq!(code, Some(1), "{args:?}: {out}{err}");
         assert!(
             err.contains(&private.display().to_string())
@@ -474,22 +473,9 @@ fn a_lock_directory_nobody_may_use_is_explained() {
     }
     let save = a.exec(&["iptables-nft-save", "-t", "filter"]).unwrap();
     assert!(!save.contains("PORTWARDEN"), "nothing written: {save}");
-    let (code, out, err) = run_with(
-        a,
-        env(),
-        caps,
-        &[
-            "plan",
-            "-f",
-            &s.policies,
-            "--inventory",
-            &s.inventory,
-            "--node",
-            "node-a",
-            "--backend",
-            "nft",
-        ],
-    );
+    let plan = node_a("plan");
+    let plan: Vec<&str> = plan.iter().map(String::as_str).collect();
+    let (code, out, err) = run_with(a, env(), caps, &plan);
     assert_eq!(code, Some(2), "plan reads without the lock: {out}{err}");
     assert!(err.contains("reading without the writer lock"), "{err}");
 }
