@@ -251,7 +251,9 @@ impl Netfilter {
     /// Takes this network namespace's writer lock (see [`writer`]), waiting up to
     /// `lock_wait_secs` for another portwarden writer; the lock is released when dropped.
     /// [`Netfilter::converge`] and [`Netfilter::reset`] take it themselves; hold it around any
-    /// other sequence of plan and [`Netfilter::apply`].
+    /// other sequence of [`Netfilter::plan`] and [`Netfilter::apply`]. The lock is re-entrant
+    /// for the thread that holds it: `plan`, `converge` and `reset` on that thread run under
+    /// it.
     ///
     /// # Errors
     /// [`Error::WriterBusy`] naming the holder, [`Error::LockDir`], [`Error::Namespace`].

@@ -32,6 +32,11 @@
 //! * **Readers take it shared.** `plan` reads under a shared lock, so it sees a namespace
 //!   before or after a write, never between its IPv4 and IPv6 transactions; readers do not
 //!   exclude each other.
+//! * **Re-entrant for its thread.** The thread that holds the writer lock may take it again,
+//!   as writer or reader, at no cost (a guard that releases nothing): `plan`, `converge` or
+//!   `reset` called under [`crate::Netfilter::lock`] run under it instead of waiting for
+//!   themselves. Other threads of the same process wait like other processes; a [`Lock`]
+//!   cannot move to another thread.
 //! * **Bounded waits.** A writer retries every [`POLL`] for up to the wait it was given
 //!   (`--wait`, 10 s by default, as `iptables --wait`), logs whom it waits for once (and again
 //!   if the holder changes), then gives up with [`Error::WriterBusy`] naming the holder:
@@ -51,9 +56,11 @@
 //! * Processes share the lock only when they share the directory: a container must mount the
 //!   host's (`/run/portwarden`), as the Helm chart does.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::ErrorKind;
+use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -81,6 +88,11 @@ const DESCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 /// Longest command line a record keeps.
 const COMMAND_MAX: usize = 400;
+
+thread_local! {
+    /// The writer lock files this thread holds exclusively.
+    static HELD: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The lock directory: `$PORTWARDEN_LOCK_DIR` when set and not empty, else
 /// [`DEFAULT_LOCK_DIR`].
@@ -135,11 +147,16 @@ enum Mode {
 }
 
 /// A held lock of this network namespace; released when dropped (and when the process dies).
+/// It stays on the thread that took it (not `Send`): the thread is what may re-enter it.
 #[derive(Debug)]
 pub struct Lock {
-    file: File,
+    /// `None` for a re-entry by the thread that already holds the writer lock.
+    file: Option<File>,
     path: PathBuf,
     recorded: bool,
+    /// Registered in [`HELD`] (an exclusive writer lock).
+    registered: bool,
+    _thread: PhantomData<*const ()>,
 }
 
 impl Lock {
@@ -152,6 +169,7 @@ impl Lock {
     /// * A wait is logged once with the holder (pid, command line, since when), again if the
     ///   holder changes, and when it is over.
     /// * The lock file records this process until the lock is dropped.
+    /// * When this thread already holds it, returns at once (a guard that releases nothing).
     ///
     /// # Errors
     /// [`Error::WriterBusy`] naming the holder when it is still held after `wait`;
@@ -162,7 +180,8 @@ impl Lock {
     }
 
     /// Takes the writer lock shared, for a consistent read: waits, as [`Lock::writer`], for a
-    /// writer to finish; other readers do not exclude it.
+    /// writer to finish; other readers do not exclude it. When this thread holds the writer
+    /// lock, returns at once (its reads are consistent already).
     ///
     /// # Errors
     /// As [`Lock::writer`].
@@ -184,13 +203,18 @@ impl Lock {
         &self.path
     }
 
+    /// Whether this guard holds the lock itself (not a re-entry of this thread's lock).
+    pub fn is_outermost(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Writes this process's record into the lock file (when it could be opened for writing).
     fn record(&mut self) {
+        let Some(file) = &self.file else { return };
         let record = Record::this_process().to_text();
-        let written = self
-            .file
+        let written = file
             .set_len(0)
-            .and_then(|()| self.file.write_all_at(record.as_bytes(), 0));
+            .and_then(|()| file.write_all_at(record.as_bytes(), 0));
         // Without a record a waiter still finds the holder in /proc/locks.
         self.recorded = written.is_ok();
     }
@@ -198,16 +222,36 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
+        if self.registered {
+            HELD.with(|h| h.borrow_mut().retain(|p| *p != self.path));
+        }
         // Empty the record before the lock goes with the descriptor: a waiter that reads an
         // empty file looks again.
-        if self.recorded {
-            let _ = self.file.set_len(0);
+        if self.recorded
+            && let Some(file) = &self.file
+        {
+            let _ = file.set_len(0);
         }
     }
 }
 
+/// Whether this thread holds the writer lock in `path`.
+fn held_here(path: &Path) -> bool {
+    HELD.with(|h| h.borrow().iter().any(|p| p == path))
+}
+
 fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, Error> {
-    let (file, path, writable) = open(dir, role)?;
+    let path = dir.join(role.file_name(namespace_id()?));
+    if role == Role::Writer && held_here(&path) {
+        return Ok(Lock {
+            file: None,
+            path,
+            recorded: false,
+            registered: false,
+            _thread: PhantomData,
+        });
+    }
+    let (file, writable) = open(dir, &path)?;
     let started = Instant::now();
     let mut logged: Option<Holder> = None;
     loop {
@@ -275,10 +319,16 @@ fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, E
             "writer lock wait over"
         );
     }
+    let registered = role == Role::Writer && mode == Mode::Exclusive;
+    if registered {
+        HELD.with(|h| h.borrow_mut().push(path.clone()));
+    }
     let mut lock = Lock {
-        file,
+        file: Some(file),
         path,
         recorded: false,
+        registered,
+        _thread: PhantomData,
     };
     if mode == Mode::Exclusive && writable {
         lock.record();
@@ -286,15 +336,12 @@ fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, E
     Ok(lock)
 }
 
-/// Opens (creating it and its directory when missing) the lock file of `role` for the calling
-/// thread's namespace: read-write when allowed, else read-only (flock works on either; only
-/// the record needs writing).
-fn open(dir: &Path, role: Role) -> Result<(File, PathBuf, bool), Error> {
-    let ns = namespace_id()?;
+/// Opens (creating it and its directory `dir` when missing) the lock file `path`: read-write
+/// when allowed, else read-only (flock works on either; only the record needs writing).
+fn open(dir: &Path, path: &Path) -> Result<(File, bool), Error> {
     ensure_dir(dir)?;
-    let path = dir.join(role.file_name(ns));
     let lock_dir_error = |action, source| Error::LockDir {
-        path: path.clone(),
+        path: path.to_path_buf(),
         action,
         source,
     };
@@ -303,19 +350,19 @@ fn open(dir: &Path, role: Role) -> Result<(File, PathBuf, bool), Error> {
         .write(true)
         .create_new(true)
         .mode(0o660)
-        .open(&path)
+        .open(path)
     {
         Ok(file) => {
             adopt(&file, dir);
-            return Ok((file, path, true));
+            return Ok((file, true));
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
         Err(e) => return Err(lock_dir_error("create", e)),
     }
-    match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(file) => Ok((file, path, true)),
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => match File::open(&path) {
-            Ok(file) => Ok((file, path, false)),
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => Ok((file, true)),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => match File::open(path) {
+            Ok(file) => Ok((file, false)),
             Err(e) => Err(lock_dir_error("open", e)),
         },
         Err(e) => Err(lock_dir_error("open", e)),
@@ -622,7 +669,17 @@ mod tests {
             text.contains(&format!("pid={}\n", std::process::id())),
             "{text}"
         );
-        let e = Lock::writer(d.path(), Duration::ZERO).unwrap_err();
+        // Another thread (as another process) is kept out, writer and reader alike.
+        let dir_path = d.path().to_path_buf();
+        let (writer, reader) = std::thread::spawn(move || {
+            (
+                Lock::writer(&dir_path, Duration::ZERO).map(|_| ()),
+                Lock::reader(&dir_path, Duration::ZERO).map(|_| ()),
+            )
+        })
+        .join()
+        .unwrap();
+        let e = writer.unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, Error::WriterBusy { .. }), "{msg}");
         assert!(
@@ -631,11 +688,10 @@ mod tests {
                 && msg.contains("--wait"),
             "{msg}"
         );
-        // A reader waits for the writer too.
-        assert!(matches!(
-            Lock::reader(d.path(), Duration::ZERO),
-            Err(Error::WriterBusy { .. })
-        ));
+        assert!(
+            matches!(reader, Err(Error::WriterBusy { .. })),
+            "{reader:?}"
+        );
         let path = held.path().to_path_buf();
         drop(held);
         assert_eq!(
@@ -696,13 +752,43 @@ mod tests {
         let d = dir();
         let held = Lock::writer(d.path(), Duration::ZERO).unwrap();
         let path = d.path().to_path_buf();
-        let waiter = std::thread::spawn(move || Lock::writer(&path, Duration::from_secs(30)));
+        let waiter = std::thread::spawn(move || {
+            Lock::writer(&path, Duration::from_secs(30))
+                .map(|l| std::fs::read_to_string(l.path()).unwrap_or_default())
+        });
         drop(held);
-        let got = waiter.join().unwrap().unwrap();
+        let record = waiter.join().unwrap().unwrap();
+        assert!(record.contains("pid="), "{record}");
+    }
+
+    #[test]
+    fn the_holding_thread_re_enters_and_other_threads_wait() {
+        let d = dir();
+        let held = Lock::writer(d.path(), Duration::ZERO).unwrap();
+        assert!(held.is_outermost());
+        // This thread reads and writes under its own lock without waiting for itself.
+        let read = Lock::reader(d.path(), Duration::ZERO).unwrap();
+        let nested = Lock::writer(d.path(), Duration::ZERO).unwrap();
+        assert!(!read.is_outermost() && !nested.is_outermost());
+        drop((read, nested));
+        // Dropping the re-entries released nothing: another thread still waits.
+        let path = d.path().to_path_buf();
+        let other = std::thread::spawn(move || {
+            matches!(
+                Lock::reader(&path, Duration::ZERO),
+                Err(Error::WriterBusy { .. })
+            )
+        });
         assert!(
-            std::fs::read_to_string(got.path())
+            other.join().unwrap(),
+            "another thread must wait for this one"
+        );
+        drop(held);
+        // Released: this thread takes it for real again.
+        assert!(
+            Lock::reader(d.path(), Duration::ZERO)
                 .unwrap()
-                .contains("pid=")
+                .is_outermost()
         );
     }
 
