@@ -214,8 +214,23 @@ def test_agent_runs_on_the_host_network_with_net_admin_and_net_raw_only(chart):
     vols = {v["name"]: v for v in pod["volumes"]}
     assert mounts["xtables-lock"]["mountPath"] == "/run/xtables.lock"
     assert vols["xtables-lock"]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
-    # The only host path is the lock.
-    assert [v["name"] for v in pod["volumes"] if "hostPath" in v] == ["xtables-lock"]
+    # portwarden's own lock directory is the host's too: the pod agent and a `portwarden apply`
+    # run on the node take the same one-writer-per-namespace lock, and a second agent refuses.
+    assert mounts["portwarden-locks"]["mountPath"] == "/run/portwarden"
+    assert "readOnly" not in mounts["portwarden-locks"]
+    assert vols["portwarden-locks"]["hostPath"] == {"path": "/run/portwarden", "type": "DirectoryOrCreate"}
+    # The only host paths are the two locks.
+    assert [v["name"] for v in pod["volumes"] if "hostPath" in v] == ["xtables-lock", "portwarden-locks"]
+
+
+def test_the_lock_directory_follows_its_value(chart):
+    ds = one(render(chart, {"agent": {"lockDir": "/var/run/pw-locks"}}), "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["portwarden-locks"]["hostPath"] == {"path": "/var/run/pw-locks", "type": "DirectoryOrCreate"}
+    # Inside the container it is always the default directory: no flag or variable needed.
+    [c] = pod["containers"]
+    assert {m["name"]: m for m in c["volumeMounts"]}["portwarden-locks"]["mountPath"] == "/run/portwarden"
 
 
 def test_no_container_is_privileged_or_gains_capabilities_beyond_the_agents(chart):

@@ -7,6 +7,9 @@
 //! `AmbientCapabilities=` and `CapabilityBoundingSet=` would set them (docs/least-privilege.md).
 //! The legacy backend serialises on the xtables lock file; the test points iptables at a
 //! private one (`XTABLES_LOCKFILE`) that the unprivileged user may open, never at the host's.
+//! portwarden's own writer and agent locks go to a private directory the same way
+//! (`PORTWARDEN_LOCK_DIR`, owned by the unprivileged user as systemd's `RuntimeDirectory=`
+//! makes it), never to the host's `/run/portwarden`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -47,13 +50,33 @@ fn as_nobody(caps: &str) -> Vec<String> {
     ]
 }
 
+/// `env` setting the private xtables lock file and, beside it, the private directory of
+/// portwarden's own locks (`locks/`, see [`setup`]).
 fn env_lock(lock: &Path) -> Vec<String> {
-    vec!["env".into(), format!("XTABLES_LOCKFILE={}", lock.display())]
+    env_locks(lock, &lock.with_file_name("locks"))
+}
+
+fn env_locks(lock: &Path, dir: &Path) -> Vec<String> {
+    vec![
+        "env".into(),
+        format!("XTABLES_LOCKFILE={}", lock.display()),
+        format!("PORTWARDEN_LOCK_DIR={}", dir.display()),
+    ]
 }
 
 /// Runs `portwarden ARGS` in `ns` as nobody with `caps`: (exit code, stdout, stderr).
 fn run_as(ns: &Netns, lock: &Path, caps: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut all: Vec<String> = env_lock(lock);
+    run_with(ns, env_lock(lock), caps, args)
+}
+
+/// As [`run_as`], with `env` in front (see [`env_locks`]).
+fn run_with(
+    ns: &Netns,
+    env: Vec<String>,
+    caps: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut all: Vec<String> = env;
     all.extend(as_nobody(caps));
     all.push(BIN.into());
     all.extend(args.iter().map(|s| s.to_string()));
@@ -114,6 +137,11 @@ fn setup(lab: &Lab) -> Setup {
     let lock = dir.path().join("xtables.lock");
     std::fs::write(&lock, "").unwrap();
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // portwarden's lock directory, nobody's own (systemd: RuntimeDirectory=portwarden).
+    let locks = dir.path().join("locks");
+    std::fs::create_dir(&locks).unwrap();
+    std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&locks, Some(65534), Some(65534)).unwrap();
     Setup {
         policies: policies.to_str().unwrap().into(),
         inventory: inventory.to_str().unwrap().into(),
@@ -387,4 +415,67 @@ fn a_lock_file_nobody_may_open_is_explained() {
         ],
     );
     assert_eq!(code, Some(0), "nft with an unopenable lock: {out}{err}");
+}
+
+/// portwarden's own lock directory (one writer per network namespace, one agent) must be
+/// usable by the user portwarden runs as. When it is root's and private, `apply`, `reset` and
+/// the agent refuse with an error that names the directory and the fix, before writing
+/// anything; `plan` still reads (with a warning that it reads without the lock).
+#[test]
+fn a_lock_directory_nobody_may_use_is_explained() {
+    skip_unless_lab!();
+    let lab = Lab::builder("lplockdir")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let s = setup(&lab);
+    let a = lab.node(0);
+    let private = s.lock.with_file_name("root-locks");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let env = || env_locks(&s.lock, &private);
+    let caps = "+net_admin,+net_raw";
+    // `COMMAND` on node-a's documents, nft backend.
+    let node_a = |command: &str| -> Vec<String> {
+        let files = if command == "agent" {
+            "--policy-dir"
+        } else {
+            "-f"
+        };
+        [
+            command,
+            files,
+            &s.policies,
+            "--inventory",
+            &s.inventory,
+            "--node",
+            "node-a",
+            "--backend",
+            "nft",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let reset = ["reset", "--backend", "nft"].map(String::from).to_vec();
+    for args in [node_a("apply"), reset, node_a("agent")] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run_with(a, env(), caps, &args);
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        assert!(
+            err.contains(&private.display().to_string())
+                && err.contains("Permission denied")
+                && err.contains("PORTWARDEN_LOCK_DIR")
+                && err.contains("RuntimeDirectory=portwarden")
+                && err.contains("least-privilege.md"),
+            "{args:?}: the error does not name the lock directory and the fix: {err}"
+        );
+    }
+    let save = a.exec(&["iptables-nft-save", "-t", "filter"]).unwrap();
+    assert!(!save.contains("PORTWARDEN"), "nothing written: {save}");
+    let plan = node_a("plan");
+    let plan: Vec<&str> = plan.iter().map(String::as_str).collect();
+    let (code, out, err) = run_with(a, env(), caps, &plan);
+    assert_eq!(code, Some(2), "plan reads without the lock: {out}{err}");
+    assert!(err.contains("reading without the writer lock"), "{err}");
 }

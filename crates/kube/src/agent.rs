@@ -21,6 +21,8 @@
 //!   policies"), nor while the node's own Node object is unknown.
 //! * Peers are those [`crate::assign::peers`] gives over the ready nodes; each peer's expected
 //!   state is its own intent evaluated for this node's address (the vantage), as in `verify`.
+//! * One agent per network namespace: a second one (standalone or `--kube`) refuses to start,
+//!   naming the first (`portwarden_reconcile::agent::take_agent_lock`).
 //! * Shutdown leaves the rules in place.
 //!
 //! # Caveats
@@ -460,8 +462,8 @@ fn change<K>(r: Result<Event<K>, watcher::Error>, tag: fn(bool) -> Change) -> Ch
 ///
 /// # Errors
 ///
-/// When no Kubernetes client can be configured, the HTTP address cannot be bound, or the
-/// runtime cannot start. API errors while running are retried, not returned.
+/// When no Kubernetes client can be configured, another agent manages this network namespace
+/// (it is named), the HTTP address cannot be bound, or the runtime cannot start. API errors while running are retried, not returned.
 pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -472,6 +474,8 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
         // First thing: from here on a SIGHUP is logged instead of terminating the process.
         let shutdown = shutdown_signal(|| info!("SIGHUP ignored: in Kubernetes mode policies come from the API server's watch, there is nothing to reload"));
         let client = Client::try_default().await.map_err(Error::Client)?;
+        // One agent per network namespace, as the standalone agent.
+        let _only_agent = portwarden_reconcile::agent::take_agent_lock().map_err(Error::Start)?;
         let addr = cfg.agent.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -145,6 +145,61 @@ pub enum Error {
         /// Why it failed.
         source: Box<Error>,
     },
+    /// The network namespace's lock directory or lock file cannot be created or opened.
+    #[error(
+        "cannot {action} {path}: {source}; every portwarden writer of a network namespace takes \
+         a lock there, so that two never mix their rulesets. Run as root, or create the \
+         directory for portwarden's user beforehand (systemd: RuntimeDirectory=portwarden, or \
+         tmpfiles `d /run/portwarden 0770 root portwarden`), or point PORTWARDEN_LOCK_DIR at a \
+         directory this user may write — the same one for every portwarden of this host; see \
+         docs/least-privilege.md"
+    )]
+    LockDir {
+        /// The directory or file.
+        path: std::path::PathBuf,
+        /// What failed: `create the directory`, `create`, `open`, `lock`.
+        action: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The calling thread's network namespace cannot be told.
+    #[error(
+        "cannot tell this thread's network namespace from /proc/thread-self/ns/net: {source} \
+         (is /proc mounted?)"
+    )]
+    Namespace {
+        /// Why.
+        source: io::Error,
+    },
+    /// Another portwarden writer kept this network namespace's writer lock for the whole wait.
+    #[error(
+        "another portwarden writer is changing this network namespace's rules: {holder} holds \
+         {} and did not let go within {waited:?}; nothing was read or written, so the two \
+         cannot mix. Let it finish and run again (or wait longer: --wait SECS); if that process \
+         is stuck, stop it",
+        lock.display()
+    )]
+    WriterBusy {
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// Who holds it (pid, command line, since when).
+        holder: String,
+        /// How long this writer waited.
+        waited: std::time::Duration,
+    },
+    /// Another agent already manages this network namespace.
+    #[error(
+        "another portwarden agent already manages this network namespace: {holder} (lock {}); \
+         two agents would undo each other's rules at every refresh. Stop that agent first, or \
+         run this one in another network namespace",
+        lock.display()
+    )]
+    AgentRunning {
+        /// The agent lock file.
+        lock: std::path::PathBuf,
+        /// Who holds it.
+        holder: String,
+    },
     /// A `--failsafe` list could not be parsed.
     #[error(
         "invalid failsafe port list {input:?}: item {item:?}: {message} (expected e.g. tcp:22,tcp:6443,tcp:2379-2380,udp:68, or none)"

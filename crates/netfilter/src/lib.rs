@@ -11,7 +11,9 @@
 //!    [`Plan`]: the rules to add and delete, the `iptables-restore --noflush` transaction per
 //!    family, and foreign rules that [shadow](Shadowing) an entry.
 //! 4. [`Netfilter`] is the I/O edge: detects the backend, reads, applies one transaction per
-//!    family, reads back to confirm, resets.
+//!    family, reads back to confirm, resets. [`Netfilter::converge`] and [`Netfilter::reset`]
+//!    do their read, plan, write and read-back under the namespace's [`writer`] lock, so two
+//!    portwarden processes never mix their rulesets.
 //!
 //! A key design decision is that desired rules are rendered in `iptables-save`'s own canonical
 //! form and compared token by token with what the kernel reports. That makes "converged" a
@@ -42,6 +44,8 @@
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
 //! * [`native`] — removing portwarden's objects with `nft` from a table iptables cannot print.
+//! * [`writer`] — one writer per network namespace at a time (a lock held across read, plan,
+//!   write and read-back), and one agent.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
 
@@ -56,6 +60,7 @@ mod netfilter;
 pub mod plan;
 pub mod render;
 pub mod save;
+pub mod writer;
 
 pub use backend::{Backend, BackendChoice, Detection};
 pub use diff::{

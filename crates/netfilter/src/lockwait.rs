@@ -5,7 +5,8 @@
 //! `iptables-restore` waits silently for up to N seconds. iptables-nft takes no lock at all.
 //! So that a slow apply is not a mystery, [`Netfilter`](crate::Netfilter) asks the kernel's
 //! lock table (`/proc/locks`, read-only) whether its child is a blocked waiter and logs the
-//! holder. Nothing here takes or tests a lock.
+//! holder. Nothing here takes or tests a lock; [`crate::writer`] uses [`holders`] to name the
+//! holder of portwarden's own writer lock.
 
 /// Another process's lock that a process is waiting for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +48,32 @@ pub fn blocked_on(locks: &str, pid: u32) -> Option<Holder> {
             file: file.to_string(),
         },
     })
+}
+
+/// In the text of `/proc/locks`, the processes holding a lock (not waiting for one) on the
+/// file `file` (`major:minor:inode`, see [`file_id`]), in the table's order: one for an
+/// exclusive lock, one or more for a shared one. Holders this process's PID namespace cannot
+/// see are left out of the table by the kernel (or shown with pid 0 by old kernels).
+pub fn holders(locks: &str, file: &str) -> Vec<Holder> {
+    locks
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1).is_some_and(|a| *a != "->") && f.get(5) == Some(&file))
+        .map(|f| Holder {
+            pid: f.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
+            kind: f.get(1).copied().unwrap_or_default().to_string(),
+            file: file.to_string(),
+        })
+        .collect()
+}
+
+/// How `/proc/locks` names a file: `major:minor:inode` of its `st_dev` and `st_ino`, the
+/// device numbers in two-digit hex.
+pub fn file_id(dev: u64, ino: u64) -> String {
+    // glibc's encoding of dev_t (what stat(2) returns on Linux).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    format!("{major:02x}:{minor:02x}:{ino}")
 }
 
 /// [`blocked_on`] for the live `/proc/locks`; `None` when `pid` waits for no lock (or the
@@ -96,6 +123,29 @@ mod tests {
             }
         );
         assert_eq!(blocked_on(LOCKS, 18134).unwrap().pid, 18100);
+    }
+
+    #[test]
+    fn holders_of_a_file_are_listed() {
+        let h = holders(LOCKS, "fe:00:10010915");
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].pid, h[0].kind.as_str()), (18100, "FLOCK"));
+        assert!(holders(LOCKS, "fe:00:1").is_empty());
+        // The lock file of this test's own lock, as the kernel prints it.
+        use std::os::unix::fs::MetadataExt;
+        let path = std::env::temp_dir().join(format!("pw-lockwait-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        file.lock().unwrap();
+        let m = file.metadata().unwrap();
+        let table = std::fs::read_to_string("/proc/locks").unwrap();
+        let ours = holders(&table, &file_id(m.dev(), m.ino()));
+        assert!(
+            ours.iter().any(|h| h.pid == std::process::id()),
+            "{} not in {table}",
+            file_id(m.dev(), m.ino())
+        );
+        drop(file);
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::native;
 use crate::plan::{Cleanup, Plan, Via};
 use crate::render::{Desired, Family, Rendered, render};
 use crate::save::Ruleset;
+use crate::writer::{self, Lock};
 
 /// How long an `iptables-restore` child runs before the lock table is consulted (most
 /// transactions are done by then and pay nothing for the check).
@@ -40,7 +41,8 @@ pub struct Options {
     pub backend: BackendChoice,
     /// Families to manage (both by default).
     pub families: Vec<Family>,
-    /// Seconds `iptables-restore` waits for the xtables lock held by another program.
+    /// Seconds to wait for a lock held by another program: the namespace's portwarden writer
+    /// lock (see [`writer`]), and the xtables lock `iptables-restore` waits for (legacy).
     pub lock_wait_secs: u32,
     /// Look for the iptables tools only in this directory (default: PATH, then /usr/sbin,
     /// /sbin, /usr/local/sbin).
@@ -235,13 +237,27 @@ impl Netfilter {
     /// backend when they are there.
     ///
     /// # Guarantees
-    /// Read-only: one `iptables-save` per family, nothing written. The other backend is read
-    /// too (one more `*-save` per family) only while it holds portwarden's rules.
+    /// * Read-only: one `iptables-save` per family, nothing written. The other backend is read
+    ///   too (one more `*-save` per family) only while it holds portwarden's rules.
+    /// * Never half-way through another portwarden's write: the families are read under the
+    ///   namespace's writer lock taken shared ([`writer::Lock::reader`]), waiting up to
+    ///   `lock_wait_secs` for a writer to finish.
     ///
     /// # Errors
     /// As [`Netfilter::read`]; [`Error::Incompatible`] also when the other backend's table
-    /// holding portwarden's rules cannot be printed and `nft` is not installed.
+    /// holding portwarden's rules cannot be printed and `nft` is not installed;
+    /// [`Error::WriterBusy`] when a writer holds the lock for the whole wait.
+    ///
+    /// # Caveats
+    /// When the lock directory cannot be used (a user who may not open it), the plan is read
+    /// without the lock, with a warning.
     pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
+        let _reading = self.read_lock()?;
+        self.plan_unlocked(intent, failsafe)
+    }
+
+    /// [`Netfilter::plan`] without the lock: for a caller that holds the writer lock.
+    fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
@@ -334,6 +350,66 @@ impl Netfilter {
         rendered
     }
 
+    /// How long to wait for a lock another program holds.
+    fn lock_wait(&self) -> Duration {
+        Duration::from_secs(self.lock_wait_secs.into())
+    }
+
+    /// Takes this network namespace's writer lock (see [`writer`]), waiting up to
+    /// `lock_wait_secs` for another portwarden writer; the lock is released when dropped.
+    /// [`Netfilter::converge`] and [`Netfilter::reset`] take it themselves; hold it around any
+    /// other sequence of [`Netfilter::plan`] and [`Netfilter::apply`]. The lock is re-entrant
+    /// for the thread that holds it: `plan`, `converge` and `reset` on that thread run under
+    /// it.
+    ///
+    /// # Errors
+    /// [`Error::WriterBusy`] naming the holder, [`Error::LockDir`], [`Error::Namespace`].
+    pub fn lock(&self) -> Result<Lock, Error> {
+        Lock::writer(&writer::lock_dir(), self.lock_wait())
+    }
+
+    /// The shared lock of a read, or `None` (with a warning) when the lock directory cannot be
+    /// used by this user.
+    fn read_lock(&self) -> Result<Option<Lock>, Error> {
+        match Lock::reader(&writer::lock_dir(), self.lock_wait()) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e @ Error::WriterBusy { .. }) => Err(e),
+            Err(e) => {
+                warn!(
+                    error = %e,
+                    "reading without the writer lock: if another portwarden writes at this \
+                     moment, this read can see its change half-way"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes this namespace's netfilter say `intent`, as one writer: takes the namespace's
+    /// writer lock, reads, plans and applies ([`Netfilter::apply`]) under it, and returns the
+    /// plan and what was written (no transaction when already converged).
+    ///
+    /// # Guarantees
+    /// * As [`Netfilter::apply`].
+    /// * **One writer at a time**: no other portwarden `apply`, `reset` or agent of this
+    ///   network namespace reads, plans or writes between this read and this read-back, so
+    ///   two writers never mix their rulesets, never insert the jump twice, and a confirmed
+    ///   apply is what the kernel holds when it returns. A wait for another writer is logged
+    ///   with the holder (pid, command line, since when) and bounded by `lock_wait_secs`.
+    ///
+    /// # Errors
+    /// As [`Netfilter::lock`], [`Netfilter::plan`] and [`Netfilter::apply`].
+    pub fn converge(
+        &self,
+        intent: &NodeIntent,
+        failsafe: &Failsafe,
+    ) -> Result<(Plan, Applied), Error> {
+        let _writing = self.lock()?;
+        let plan = self.plan_unlocked(intent, failsafe)?;
+        let applied = self.apply(&plan)?;
+        Ok((plan, applied))
+    }
+
     /// What it takes to remove everything of portwarden's, from both backends: the chosen
     /// backend's families as [`Plan::families`], a table iptables cannot print and the other
     /// backend (when its tools are installed) as [`Plan::cleanup`].
@@ -404,7 +480,10 @@ impl Netfilter {
     /// Families are written one after the other (IPv4 first), so for a moment IPv4 can be new
     /// while IPv6 is old. A rollback restores portwarden's chains exactly but puts the jump at
     /// position 1 even if it had been pushed down. Plans are computed from a read: apply soon
-    /// after planning (the CLI and the agent plan and apply in one go).
+    /// after planning. This takes no lock: another portwarden writer can change the rules
+    /// between the plan's read and this write. [`Netfilter::converge`] (what the CLI and the
+    /// agent use) plans and applies under the namespace's writer lock; hold
+    /// [`Netfilter::lock`] around any other plan-and-apply.
     pub fn apply(&self, plan: &Plan) -> Result<Applied, Error> {
         let mut applied = Applied::default();
         let mut done: Vec<&FamilyPlan> = Vec::new();
@@ -603,7 +682,9 @@ impl Netfilter {
     }
 
     /// Removes every chain of portwarden's and its jump, in every managed family of both
-    /// backends: [`Netfilter::plan_reset`] then [`Netfilter::apply`].
+    /// backends: [`Netfilter::plan_reset`] then [`Netfilter::apply`], under the namespace's
+    /// writer lock (as [`Netfilter::converge`]); returns the plan (for its findings: kept
+    /// chains, look-alikes) and what was written.
     ///
     /// # Guarantees
     /// As [`Netfilter::apply`]; everything that is not portwarden's stays byte-identical
@@ -613,10 +694,12 @@ impl Netfilter {
     /// installed (see [`crate::native`]).
     ///
     /// # Errors
-    /// As [`Netfilter::apply`].
-    pub fn reset(&self) -> Result<Applied, Error> {
+    /// As [`Netfilter::lock`] and [`Netfilter::apply`].
+    pub fn reset(&self) -> Result<(Plan, Applied), Error> {
+        let _writing = self.lock()?;
         let plan = self.plan_reset()?;
-        self.apply(&plan)
+        let applied = self.apply(&plan)?;
+        Ok((plan, applied))
     }
 
     /// Runs one `iptables-restore --noflush --wait` transaction. Its standard input is written

@@ -236,7 +236,7 @@ fn foreign_state_is_byte_identical_after_apply_and_reset() {
                 "{backend} {f}: jump first: {input:?}"
             );
         }
-        let applied = inside(&node, move || netfilter(backend).reset().unwrap());
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap().1);
         assert_eq!(applied.transactions, 2);
         for (i, &f) in Family::ALL.iter().enumerate() {
             let now = normalized(&save(&node, backend, f));
@@ -250,7 +250,7 @@ fn foreign_state_is_byte_identical_after_apply_and_reset() {
             );
         }
         // reset of a clean node writes nothing
-        let again = inside(&node, move || netfilter(backend).reset().unwrap());
+        let again = inside(&node, move || netfilter(backend).reset().unwrap().1);
         assert_eq!(again.transactions, 0);
     }
 }
@@ -721,7 +721,7 @@ fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
         assert!(!save(&node, Backend::Legacy, f).contains("PORTWARDEN"));
     }
     // reset, from either backend, leaves neither
-    inside(&node, move || netfilter(Backend::Legacy).reset().unwrap());
+    inside(&node, move || netfilter(Backend::Legacy).reset().unwrap().1);
     for f in Family::ALL {
         for b in BACKENDS {
             let text = save(&node, b, f);
@@ -776,13 +776,13 @@ fn an_incompatible_table_is_refused_and_never_grows() {
         assert_eq!(ruleset(), before, "round {round}: nothing written");
     }
     // reset removes what it can see through nft; the native rule stays
-    let applied = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    let applied = inside(&node, move || netfilter(Backend::Nft).reset().unwrap().1);
     assert!(applied.transactions >= 2, "{applied:?}");
     let after = ruleset();
     assert!(!after.contains("PORTWARDEN"), "reset left: {after}");
     assert!(after.contains("meter m1"), "the native rule stays: {after}");
     assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 0);
-    let again = inside(&node, move || netfilter(Backend::Nft).reset().unwrap());
+    let again = inside(&node, move || netfilter(Backend::Nft).reset().unwrap().1);
     assert_eq!(again.transactions, 0, "{again:?}");
 }
 
@@ -867,7 +867,7 @@ fn lookalikes_are_reported_and_left_byte_identical() {
             looks.len() >= 6 && text.contains("PORTWARDEN-FOO") && text.contains("FORWARD"),
             "{backend}: look-alikes reported: {json}"
         );
-        let applied = inside(&node, move || netfilter(backend).reset().unwrap());
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap().1);
         assert_eq!(applied.transactions, 2, "{backend}");
         for (i, &f) in Family::ALL.iter().enumerate() {
             let now = save(&node, backend, f);
@@ -888,7 +888,7 @@ fn lookalikes_are_reported_and_left_byte_identical() {
                 .collect();
             assert_eq!(ours, [":PORTWARDEN-INPUT -"], "{backend} {f}");
         }
-        let again = inside(&node, move || netfilter(backend).reset().unwrap());
+        let again = inside(&node, move || netfilter(backend).reset().unwrap().1);
         assert_eq!(again.transactions, 0, "{backend}: reset is idempotent");
     }
 }

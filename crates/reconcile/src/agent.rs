@@ -25,6 +25,9 @@
 //!   [`State::stuck`] name it, and `/healthz` fail with that message.
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
 //!   deleted or displaced jump); foreign rules are never touched.
+//! * One agent per network namespace: a second one refuses to start, naming the first
+//!   ([`take_agent_lock`]); every reconcile reads, plans and writes under the namespace's
+//!   writer lock, so a hand-run `apply` and a reconcile never mix their rulesets.
 //! * Shutdown leaves the rules in place; `portwarden reset` removes them.
 
 use std::collections::BTreeMap;
@@ -671,15 +674,13 @@ pub fn converge(shared: &Shared, reason: &'static str) {
     };
     let started = Instant::now();
     let result = shared.netfilter().and_then(|nf| {
-        let plan = nf
-            .plan(&intent, &shared.config.effective_failsafe())
+        // Read, plan, write and read back under the namespace's writer lock: a hand-run
+        // `apply` waits for this reconcile, or this one for it, never a mix of the two.
+        let (plan, applied) = nf
+            .converge(&intent, &shared.config.effective_failsafe())
             .map_err(|e| e.to_string())?;
         report_lookalikes(shared, &plan);
-        if plan.is_converged() {
-            return Ok(None);
-        }
-        let applied = nf.apply(&plan).map_err(|e| e.to_string())?;
-        Ok(Some((plan, applied)))
+        Ok((!plan.is_converged()).then_some((plan, applied)))
     });
     shared
         .metrics
@@ -824,14 +825,17 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT: binds the HTTP endpoint, starts the loop, and on a
-/// signal stops both. Rules stay in place. SIGHUP reloads the policy directory and the
-/// inventory at once (logged), whether or not they changed.
+/// Runs the agent until SIGTERM or SIGINT: takes the network namespace's agent lock, binds
+/// the HTTP endpoint, starts the loop, and on a signal stops both. Rules stay in place. SIGHUP
+/// reloads the policy directory and the inventory at once (logged), whether or not they
+/// changed.
 ///
 /// # Errors
 ///
-/// When the HTTP address cannot be bound or the runtime cannot start.
+/// When another agent manages this network namespace (its pid and command are named), the
+/// lock directory cannot be used, the HTTP address cannot be bound or the runtime cannot start.
 pub fn run(config: AgentConfig) -> std::io::Result<()> {
+    let _only_agent = take_agent_lock()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -868,6 +872,19 @@ pub fn run(config: AgentConfig) -> std::io::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The agent lock of this network namespace, held for the agent's life: a second agent here
+/// would undo this one's rules at every refresh, so it refuses to start
+/// ([`portwarden_netfilter::writer::Lock::agent`]). Also the Kubernetes agent's.
+///
+/// # Errors
+/// The lock's error (naming the running agent), as an I/O error.
+pub fn take_agent_lock() -> std::io::Result<portwarden_netfilter::writer::Lock> {
+    let lock = portwarden_netfilter::writer::Lock::agent(&portwarden_netfilter::writer::lock_dir())
+        .map_err(std::io::Error::other)?;
+    info!(lock = %lock.path().display(), "agent lock held: the only agent of this network namespace");
+    Ok(lock)
 }
 
 #[cfg(test)]

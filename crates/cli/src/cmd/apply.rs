@@ -1,7 +1,8 @@
 //! `portwarden apply`: make this network namespace's netfilter say what the policies say for
 //! the node — one `iptables-restore --noflush` transaction per family, read back and confirmed;
 //! nothing written when already converged. See `portwarden_netfilter::Netfilter::apply` for the
-//! contract (atomic per family, foreign rules untouched).
+//! contract (atomic per family, foreign rules untouched) and `Netfilter::converge` for the lock
+//! that makes it the namespace's only writer while it runs.
 
 use std::process::ExitCode;
 
@@ -9,12 +10,12 @@ use serde::Serialize;
 
 use crate::Outcome;
 use crate::args::Format;
-use crate::cmd::plan::{IntentArgs, explain_lock_error, print_findings};
+use crate::cmd::plan::{IntentArgs, explain_lock_error, print_findings, warn_if_an_agent_runs};
 
 /// Arguments of `apply`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Example (as root, in the namespace to manage; in a lab: ip netns exec NS portwarden apply ...):\n  portwarden apply -f examples/ --inventory examples/inventory.yaml --node web-1\n\nExit codes: 0 applied (or nothing to do), 1 error (nothing changed in the failing family)."
+    after_help = "Example (as root, in the namespace to manage; in a lab: ip netns exec NS portwarden apply ...):\n  portwarden apply -f examples/ --inventory examples/inventory.yaml --node web-1\n\nExit codes: 0 applied (or nothing to do), 1 error (nothing changed in the failing family; also when another writer of this namespace held its lock for all of --wait)."
 )]
 pub struct Args {
     #[command(flatten)]
@@ -58,8 +59,12 @@ pub fn written(
 
 pub fn run(a: Args) -> Outcome {
     let r = a.intent.resolve()?;
-    let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
-    let applied = r.netfilter.apply(&plan).map_err(explain_lock_error)?;
+    warn_if_an_agent_runs("apply");
+    // Read, plan, write and read back as the namespace's one writer.
+    let (plan, applied) = r
+        .netfilter
+        .converge(&r.intent, &r.failsafe)
+        .map_err(explain_lock_error)?;
     match a.output {
         Format::Json => {
             let out = ApplyOutput {

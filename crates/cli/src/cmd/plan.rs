@@ -12,12 +12,16 @@ use serde::Serialize;
 use crate::Outcome;
 use crate::args::{Format, PolicyArgs};
 
-/// `[--failsafe LIST] [--backend nft|legacy|auto]`
+/// `[--backend nft|legacy|auto] [--wait SECS]`
 #[derive(clap::Args, Debug, Clone)]
 pub struct NetfilterArgs {
     /// iptables backend: auto (whichever holds the host's rules), nft or legacy.
     #[arg(long, value_name = "BACKEND", default_value = "auto")]
     pub backend: String,
+    /// Seconds to wait for another writer of this network namespace (another portwarden
+    /// apply, reset or agent; the xtables lock under the legacy backend) before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub wait: u32,
 }
 
 impl NetfilterArgs {
@@ -31,8 +35,23 @@ impl NetfilterArgs {
             .with_context(|| format!("invalid --backend \"{}\"", self.backend))?;
         Ok(Netfilter::detect(&Options {
             backend,
+            lock_wait_secs: self.wait,
             ..Options::default()
         })?)
+    }
+}
+
+/// Warns on standard error when a portwarden agent manages this network namespace: a hand-run
+/// `apply` or `reset` still works (it takes the writer lock), but the agent writes its own
+/// intent back at its next refresh.
+pub fn warn_if_an_agent_runs(what: &str) {
+    let dir = portwarden_netfilter::writer::lock_dir();
+    if let Some(agent) = portwarden_netfilter::writer::running_agent(&dir) {
+        eprintln!(
+            "warning: a portwarden agent manages this network namespace ({agent}); this {what} \
+             goes ahead, but the agent will restore its own intent at its next refresh. For a \
+             lasting change, change the agent's policies (or stop the agent first)."
+        );
     }
 }
 

@@ -20,10 +20,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> Outcome {
     let nf = a.netfilter.netfilter()?;
-    let plan = nf.plan_reset()?;
-    let applied = nf
-        .apply(&plan)
-        .map_err(crate::cmd::plan::explain_lock_error)?;
+    crate::cmd::plan::warn_if_an_agent_runs("reset");
+    let (plan, applied) = nf.reset().map_err(crate::cmd::plan::explain_lock_error)?;
     crate::cmd::plan::print_findings(&plan, false);
     if applied.transactions == 0 && !plan.kept.is_empty() {
         println!(
@@ -32,25 +30,10 @@ pub fn run(a: Args) -> Outcome {
     } else if applied.transactions == 0 {
         println!("nothing to remove: no portwarden chains or jumps (nothing written)");
     } else {
-        let fams: Vec<String> = applied.families.iter().map(ToString::to_string).collect();
-        let mut from: Vec<String> = Vec::new();
-        if !fams.is_empty() {
-            from.push(format!(
-                "the {} backend ({})",
-                nf.backend(),
-                fams.join(", ")
-            ));
-        }
-        from.extend(
-            applied
-                .other_backends
-                .iter()
-                .map(|b| format!("the {b} backend")),
-        );
         println!(
-            "removed {} portwarden rule(s) and chain(s) from {}; everything else untouched",
+            "removed {} portwarden rule(s) and chain(s): {}; everything else untouched",
             applied.changes,
-            from.join(" and ")
+            crate::cmd::apply::written(&applied, nf.backend())
         );
     }
     Ok(ExitCode::SUCCESS)
