@@ -271,14 +271,16 @@ pub fn to_nmap_xml(scans: &[ScanReport], args: &str) -> String {
     let mut hosts: BTreeMap<IpAddr, HostReport> = BTreeMap::new();
     for s in scans {
         for h in &s.hosts {
-            hosts
-                .entry(h.address)
-                .or_insert_with(|| HostReport {
-                    address: h.address,
-                    ports: Vec::new(),
-                })
-                .ports
-                .extend(h.ports.iter().cloned());
+            let merged = hosts.entry(h.address).or_insert_with(|| HostReport {
+                address: h.address,
+                ports: Vec::new(),
+                error: h.error.clone(),
+            });
+            merged.ports.extend(h.ports.iter().cloned());
+            // Unscanned only when no scan reached it.
+            if h.error.is_none() {
+                merged.error = None;
+            }
         }
     }
     for h in hosts.values_mut() {

@@ -113,16 +113,19 @@ impl Scanner {
     /// Scans every port of `ports` on every address of `targets` with `kind`.
     ///
     /// # Guarantees
-    /// Every (target, port) pair gets exactly one entry, with nmap's state and reason words.
-    /// Duplicate targets are scanned once. Nothing is sent to any address but the targets, and
-    /// nothing at all unless every target is allowed by [`ScanConfig::targets`].
+    /// Every target gets exactly one [`HostReport`], in the order given (duplicates are
+    /// scanned once). A target this namespace has no route to (or whose family it cannot use)
+    /// gets [`HostReport::error`] and no ports, and nothing is sent to it; every other target
+    /// is scanned as if it were alone: each of its ports gets exactly one entry, with nmap's
+    /// state and reason words. Nothing is sent to any address but the targets, and nothing at
+    /// all unless every target is allowed by [`ScanConfig::targets`].
     ///
     /// # Errors
     /// [`ScanError::TargetRefused`] for a target [`ScanConfig::targets`] does not allow;
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
-    /// [`ScanKind::Connect`] then); [`ScanError::NoRoute`] when a target has no route;
-    /// [`ScanError::Config`] for an empty request; [`ScanError::Socket`] for other socket
-    /// failures.
+    /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request;
+    /// [`ScanError::Socket`] for other socket failures. An unroutable target is not an error
+    /// (see above).
     pub fn scan(
         &self,
         targets: &[IpAddr],
@@ -141,13 +144,28 @@ impl Scanner {
             ));
         }
         self.config.targets.check(&uniq)?;
+        // The routing lookup decides which targets can be scanned at all; an explicit source
+        // address does not make an unroutable target reachable.
+        let mut routable = Vec::with_capacity(uniq.len());
         let mut sources = Vec::with_capacity(uniq.len());
+        // Per target: its index among the routable ones, or why it cannot be scanned.
+        let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(uniq.len());
         for t in &uniq {
+            let routed = match net::source_for(*t) {
+                Ok(s) => s,
+                Err(ScanError::NoRoute { target, source }) => {
+                    slots.push(Err(format!("no route to {target}: {source}")));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let s = match (t, self.config.source_v4, self.config.source_v6) {
                 (IpAddr::V4(_), Some(s), _) => IpAddr::V4(s),
                 (IpAddr::V6(_), _, Some(s)) => IpAddr::V6(s),
-                _ => net::source_for(*t)?,
+                _ => routed,
             };
+            slots.push(Ok(routable.len()));
+            routable.push(*t);
             sources.push(s);
         }
         let v6_sources: Vec<&IpAddr> = sources.iter().filter(|s| s.is_ipv6()).collect();
@@ -170,7 +188,7 @@ impl Scanner {
         }
         let plan = Plan {
             kind,
-            targets: uniq.clone(),
+            targets: routable.clone(),
             sources,
             ports: ports.as_slice().to_vec(),
             timing: self.config.timing.clone().normalised(),
@@ -183,6 +201,7 @@ impl Scanner {
         let started = SystemTime::now();
         let t0 = std::time::Instant::now();
         let outcome = match kind {
+            _ if routable.is_empty() => engine::Outcome::default(),
             ScanKind::Connect => probe::connect::run(plan)?,
             ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
         };
@@ -191,23 +210,30 @@ impl Scanner {
         let proto = kind.protocol().as_str();
         let hosts = uniq
             .iter()
-            .enumerate()
-            .map(|(h, addr)| HostReport {
-                address: *addr,
-                ports: ports
-                    .as_slice()
-                    .iter()
-                    .enumerate()
-                    .map(|(p, port)| {
-                        let (state, reason) = outcome.results[h * nports + p];
-                        PortResult {
-                            port: *port,
-                            protocol: proto,
-                            state,
-                            reason,
-                        }
-                    })
-                    .collect(),
+            .zip(slots)
+            .map(|(addr, slot)| {
+                let h = match slot {
+                    Ok(h) => h,
+                    Err(e) => return HostReport::unscanned(*addr, e),
+                };
+                HostReport {
+                    address: *addr,
+                    ports: ports
+                        .as_slice()
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(p, port)| {
+                            let (state, reason) = *outcome.results.get(h * nports + p)?;
+                            Some(PortResult {
+                                port: *port,
+                                protocol: proto,
+                                state,
+                                reason,
+                            })
+                        })
+                        .collect(),
+                    error: None,
+                }
             })
             .collect();
         Ok(ScanReport {

@@ -210,7 +210,18 @@ pub fn run(a: Args) -> Outcome {
             print!("{}", report::to_nmap_xml(&report, &args.join(" ")));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // A target that could not be scanned (no route to it) is in the report, and fails the
+    // command: not everything asked for was scanned.
+    let mut unscanned = 0;
+    for (address, why) in report.unscanned() {
+        eprintln!("error: {address} was not scanned: {why}");
+        unscanned += 1;
+    }
+    Ok(if unscanned > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
