@@ -52,7 +52,8 @@ pub struct VerifyOptions {
     pub failsafe: Failsafe,
     /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
     pub agent_port: Option<u16>,
-    /// How long to wait for an agent.
+    /// The deadline of each inside-view fetch as a whole: connect, request and the entire
+    /// response (see `inside::get`); up to 64 fetches run at once.
     pub agent_timeout: Duration,
     /// TCP ports searched for undeclared open ports on nodes whose policies say
     /// `unlisted: report`.
@@ -232,6 +233,9 @@ fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
     config
 }
 
+/// Inside views fetched at once (one thread each).
+const FETCH_PARALLEL: usize = 64;
+
 /// One address to verify, with what was found out before the scan.
 struct Planned<'a> {
     target: &'a Target,
@@ -260,27 +264,33 @@ fn fetch_insides(
             nodes.push((&t.node, t.address));
         }
     }
-    let results: Vec<(String, Result<InsideView, String>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .map(|(node, addr)| {
-                let addr = SocketAddr::new(*addr, port);
-                (
-                    node,
-                    s.spawn(move || inside::fetch(addr, opts.agent_timeout)),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(node, h)| {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err("agent query thread panicked".into()));
-                (node.to_string(), r)
-            })
-            .collect()
-    });
+    // Each fetch has its own total deadline (`agent_timeout`), and up to FETCH_PARALLEL run
+    // at once, so slow agents hold verify up for at most ceil(nodes / FETCH_PARALLEL)
+    // deadlines.
+    let mut results: Vec<(String, Result<InsideView, String>)> = Vec::with_capacity(nodes.len());
+    for batch in nodes.chunks(FETCH_PARALLEL) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(node, addr)| {
+                    let addr = SocketAddr::new(*addr, port);
+                    let h = std::thread::Builder::new()
+                        .name("inside-view".into())
+                        .spawn_scoped(s, move || inside::fetch(addr, opts.agent_timeout));
+                    (node, h)
+                })
+                .collect();
+            for (node, h) in handles {
+                let r = match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err("agent query thread panicked".into())),
+                    Err(e) => Err(format!("cannot start a thread to ask the agent: {e}")),
+                };
+                results.push((node.to_string(), r));
+            }
+        });
+    }
     for (node, r) in &results {
         if let Err(e) = r {
             notes.push(format!("{node}: inside view unavailable: {e}"));
@@ -469,6 +479,54 @@ mod tests {
             agent_port: None,
             agent_timeout: Duration::from_millis(10),
             unlisted_ports: PortList::default(),
+        }
+    }
+
+    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
+    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
+    /// and says why each inside view is missing. Their intents are empty, so nothing is
+    /// scanned; only loopback is involved.
+    #[test]
+    fn several_trickling_agents_do_not_hold_verify_up() {
+        use crate::inside::tests::{serve_on, within};
+        let (port, listeners) = (0..20)
+            .find_map(|_| {
+                let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let port = first.local_addr().ok()?.port();
+                let mut all = vec![first];
+                for i in 2..=3 {
+                    all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
+                }
+                Some((port, all))
+            })
+            .expect("one free port on 127.0.0.1-3");
+        for l in listeners {
+            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
+        }
+        let targets: Vec<Target> = (1..=3)
+            .map(|i| Target {
+                node: format!("n{i}"),
+                address: format!("127.0.0.{i}").parse().expect("address"),
+                intent: Arc::default(),
+            })
+            .collect();
+        let opts = VerifyOptions {
+            agent_port: Some(port),
+            agent_timeout: Duration::from_millis(300),
+            ..options()
+        };
+        let v =
+            within(Duration::from_secs(20), move || verify(&targets, &opts)).expect("verify runs");
+        for i in 1..=3 {
+            assert!(
+                v.report
+                    .notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("n{i}: "))
+                        && n.contains("did not answer within 300 ms")),
+                "{:?}",
+                v.report.notes
+            );
         }
     }
 
