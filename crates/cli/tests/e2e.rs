@@ -540,3 +540,36 @@ fn an_unroutable_node_is_indeterminate_and_the_others_are_verified() {
     assert_eq!(drifted, vec![("b".to_string(), 81)], "{report:#?}");
     assert_eq!(code, Some(2), "{report:#?}");
 }
+
+/// The agent's text logs, with stderr to a pipe (a file, journald, a container log), carry
+/// no ANSI colour codes.
+#[test]
+fn agent_logs_carry_no_colour_when_stderr_is_not_a_terminal() {
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("nocolour")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (policies, inventory) = unroutable_setup(&lab, dir.path());
+    let err = common::stderr_until(
+        BIN,
+        lab.node(0),
+        &[
+            "agent",
+            "--policy-dir",
+            &policies,
+            "--inventory",
+            &inventory,
+            "--node",
+            "a",
+            "--refresh",
+            "3600",
+        ],
+        DEADLINE,
+        |l| l.contains("agent started"),
+    );
+    assert!(err.contains("INFO"), "the agent logged nothing: {err:?}");
+    assert!(!err.contains('\x1b'), "colour in logs to a pipe: {err:?}");
+}

@@ -6,10 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use portwarden_lab::{Lab, skip_unless_lab};
+
+use common::stderr_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 
@@ -393,4 +397,38 @@ fn scan_reports_an_unroutable_target_and_scans_the_others() {
             assert!(stdout.contains("80/tcp open"), "{stdout}");
         }
     }
+}
+
+/// A UDP scan of every port would run for hours (each target's kernel answers about one
+/// closed port per second); `scan` says so before it starts, and how to shorten it. No
+/// progress bar when stderr is not a terminal. The scan is killed once the warning is out.
+#[test]
+fn a_long_udp_scan_is_announced_with_an_estimate() {
+    skip_unless_lab!();
+    let lab = Lab::builder("udpwarn")
+        .nodes(1)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let target = lab.node(0).v4().to_string();
+    let err = stderr_until(
+        BIN,
+        lab.scanner(0),
+        &["scan", "--any-target", &target, "-p", "-", "--scan", "udp"],
+        std::time::Duration::from_secs(20),
+        |l| l.starts_with("warning:"),
+    );
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning before the scan: {err:?}"));
+    for want in [
+        "warning: this scan may take about ",
+        "65535 UDP ports on 1 target",
+        "about one ICMP port-unreachable per second",
+        "scan fewer ports",
+    ] {
+        assert!(warning.contains(want), "{want:?} missing in {warning:?}");
+    }
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
 }

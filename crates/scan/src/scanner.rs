@@ -123,7 +123,8 @@ impl Scanner {
     /// # Errors
     /// [`ScanError::TargetRefused`] for a target [`ScanConfig::targets`] does not allow;
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
-    /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request;
+    /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request or a rate cap
+    /// of 0;
     /// [`ScanError::Socket`] for other socket failures. An unroutable target is not an error
     /// (see above).
     pub fn scan(
@@ -141,6 +142,12 @@ impl Scanner {
         if uniq.is_empty() || ports.is_empty() {
             return Err(ScanError::Config(
                 "nothing to scan: no targets or no ports".into(),
+            ));
+        }
+        let timing = &self.config.timing;
+        if timing.max_rate == Some(0) || timing.max_rate_per_target == Some(0) {
+            return Err(ScanError::Config(
+                "a rate cap of 0 probes per second would stop the scan; use None for no cap".into(),
             ));
         }
         self.config.targets.check(&uniq)?;
@@ -267,6 +274,33 @@ mod tests {
             )
             .expect_err("no ports");
         assert!(e.to_string().contains("nothing to scan"), "{e}");
+    }
+
+    #[test]
+    fn a_rate_cap_of_zero_is_refused() {
+        let ports = PortList::parse("22").expect("ports");
+        for timing in [
+            Timing {
+                max_rate: Some(0),
+                ..Timing::default()
+            },
+            Timing {
+                max_rate_per_target: Some(0),
+                ..Timing::default()
+            },
+        ] {
+            let e = Scanner::new(ScanConfig {
+                timing,
+                ..ScanConfig::default()
+            })
+            .scan(
+                &["127.0.0.1".parse().expect("ip")],
+                &ports,
+                ScanKind::Connect,
+            )
+            .expect_err("refused");
+            assert!(e.to_string().contains("rate cap of 0"), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Netfilter, Options, Plan};
-use portwarden_policy::NodeIntent;
+use portwarden_policy::{NodeIntent, text};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -115,9 +115,11 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
 }
 
-/// Prints conflicts and shadowing, which matter to `plan` and `apply` alike.
+/// Prints conflicts and shadowing, which matter to `plan` and `apply` alike. A shadowing
+/// rule is a foreign rule's text, so control characters are escaped (`text::printable`).
 pub fn print_findings(plan: &Plan, to_stderr: bool) {
     let print = |s: String| {
+        let s = text::printable(&s);
         if to_stderr {
             eprintln!("{s}");
         } else {
@@ -145,19 +147,20 @@ pub fn run(a: Args) -> Outcome {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Table => {
-            println!(
+            let say = |line: String| println!("{}", text::printable(&line));
+            say(format!(
                 "node {} ({} policies, {} rules), backend {} ({})",
                 r.node,
                 r.intent.policies.len(),
                 r.intent.rules.len(),
                 r.netfilter.backend(),
                 r.netfilter.detection().reason
-            );
+            ));
             for d in &plan.delete {
-                println!("- {d}");
+                say(format!("- {d}"));
             }
             for a in &plan.add {
-                println!("+ {a}");
+                say(format!("+ {a}"));
             }
             print_findings(&plan, false);
             if plan.is_converged() {
