@@ -39,7 +39,7 @@
 //! report::to_json / to_json_pretty / to_nmap_xml(&report, args) / to_table
 //! classify::{classify, merge, silent}               nmap's tables as pure functions
 //! source_for(IpAddr) -> Result<IpAddr>              the source address a target is reached from
-//! estimate(kind, targets, ports, &Timing) -> Option<Estimate>   a rough duration, before a scan
+//! estimate(kind, &[IpAddr], nports, &Timing) -> Option<Estimate>  a rough duration, before a scan
 //! ```
 //!
 //! # Layout

@@ -371,9 +371,9 @@ pub struct Estimate {
 /// is shared by all targets).
 const UDP_SECONDS_PER_PORT: f64 = 0.3;
 
-/// Forecasts a scan of `ports` ports on `targets` targets with `kind` and `timing`, before it
-/// starts, from what bounds it: the rate caps (first tries only; retransmissions add) and,
-/// for UDP, the targets' ICMP rate limit.
+/// Forecasts a scan of `ports` ports on `targets` (duplicates count once) with `kind` and
+/// `timing`, before it starts, from what bounds it: the rate caps (first tries only;
+/// retransmissions add) and, for UDP, the ICMP rate limit of targets other than loopback.
 ///
 /// # Guarantees
 ///
@@ -387,14 +387,20 @@ const UDP_SECONDS_PER_PORT: f64 = 0.3;
 /// ports, as measured (see `UDP_SECONDS_PER_PORT` in the source).
 pub fn estimate(
     kind: crate::ScanKind,
-    targets: usize,
+    targets: &[std::net::IpAddr],
     ports: usize,
     timing: &Timing,
 ) -> Option<Estimate> {
-    let probes = (targets as f64) * (ports as f64);
+    let mut unique = targets.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let probes = (unique.len() as f64) * (ports as f64);
     let mut bounds: Vec<(f64, Bound)> = Vec::new();
-    if kind == crate::ScanKind::Udp {
-        bounds.push((probes * UDP_SECONDS_PER_PORT, Bound::IcmpRateLimit));
+    // Linux does not rate-limit ICMP errors to loopback.
+    let limited = unique.iter().filter(|t| !t.is_loopback()).count();
+    if kind == crate::ScanKind::Udp && limited > 0 {
+        let secs = (limited as f64) * (ports as f64) * UDP_SECONDS_PER_PORT;
+        bounds.push((secs, Bound::IcmpRateLimit));
     }
     if let Some(rate) = timing.max_rate.filter(|r| *r > 0) {
         bounds.push((probes / f64::from(rate), Bound::Rate(rate)));
@@ -419,26 +425,38 @@ mod tests {
     fn estimates_name_what_bounds_the_scan() {
         use crate::ScanKind;
         let t = Timing::default();
+        let addrs = |list: &[&str]| -> Vec<std::net::IpAddr> {
+            list.iter().map(|a| a.parse().expect("address")).collect()
+        };
+        let one = addrs(&["10.213.0.11"]);
+        let two = addrs(&["10.213.0.11", "fd00:213::12", "10.213.0.11"]);
         // TCP without caps: only the path bounds it.
-        assert_eq!(estimate(ScanKind::Syn, 1, 65535, &t), None);
-        // UDP: the targets' ICMP rate limit, for every port and target.
-        let e = estimate(ScanKind::Udp, 1, 65535, &t).expect("bounded");
+        assert_eq!(estimate(ScanKind::Syn, &one, 65535, &t), None);
+        // UDP: the targets' ICMP rate limit, for every port and target; none on loopback.
+        let e = estimate(ScanKind::Udp, &one, 65535, &t).expect("bounded");
         assert_eq!(e.bound, Bound::IcmpRateLimit);
         assert!(e.duration > Duration::from_secs(3600 * 5), "{e:?}");
-        let two = estimate(ScanKind::Udp, 2, 65535, &t).expect("bounded");
-        assert_eq!(two.duration, e.duration * 2);
+        let both = estimate(ScanKind::Udp, &two, 65535, &t).expect("bounded");
+        assert_eq!(both.duration, e.duration * 2);
+        assert_eq!(
+            estimate(ScanKind::Udp, &addrs(&["127.0.0.1", "::1"]), 65535, &t),
+            None
+        );
         // Rate caps: the tighter one decides.
         let capped = Timing {
             max_rate: Some(100),
             max_rate_per_target: Some(10),
             ..Timing::default()
         };
-        let e = estimate(ScanKind::Syn, 2, 1000, &capped).expect("bounded");
+        let e = estimate(ScanKind::Syn, &two, 1000, &capped).expect("bounded");
         assert_eq!(
             (e.bound, e.duration),
             (Bound::RatePerTarget(10), Duration::from_secs(100))
         );
-        let e = estimate(ScanKind::Connect, 20, 1000, &capped).expect("bounded");
+        let twenty: Vec<std::net::IpAddr> = (1..=20)
+            .map(|i| format!("10.213.0.{i}").parse().expect("address"))
+            .collect();
+        let e = estimate(ScanKind::Connect, &twenty, 1000, &capped).expect("bounded");
         assert_eq!(
             (e.bound, e.duration),
             (Bound::Rate(100), Duration::from_secs(200))

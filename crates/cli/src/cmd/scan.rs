@@ -163,12 +163,12 @@ fn long_scan_warning(
     targets: &[IpAddr],
     ports: &PortList,
 ) -> Option<String> {
+    let e = portwarden_scan::estimate(kind, targets, ports.len(), &timing(a))?;
     let mut unique = targets.to_vec();
     unique.sort_unstable();
     unique.dedup();
     let n = unique.len();
     let plural = if n == 1 { "target" } else { "targets" };
-    let e = portwarden_scan::estimate(kind, n, ports.len(), &timing(a))?;
     if e.duration <= LONG_SCAN {
         return None;
     }
