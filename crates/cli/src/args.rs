@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use portwarden_policy::{Diagnostic, Loaded, load_paths};
+use portwarden_policy::{Diagnostic, Loaded, load_paths, validate};
 
 /// `-f PATH... [--node NAME] [--inventory FILE | --labels k=v,...]`
 #[derive(clap::Args, Debug, Clone)]
@@ -40,18 +40,44 @@ pub enum Format {
     Json,
 }
 
+/// `--labels k=v,...`: each key at most once, keys and values as Kubernetes allows them (the
+/// policy documents' own check); the error names the offending label.
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                Ok((k.trim().to_string(), v.trim().to_string()))
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => (k.trim(), v.trim()),
+            _ => {
+                return Err(format!(
+                    "\"{pair}\" is not key=value (example: --labels role=web,zone=a)"
+                ));
             }
-            _ => Err(format!(
-                "\"{pair}\" is not key=value (example: --labels role=web,zone=a)"
-            )),
-        })
-        .collect()
+        };
+        if let Some((message, hint)) =
+            validate::label_key_problem(k).or_else(|| validate::label_value_problem(v))
+        {
+            return Err(format!("\"{pair}\": {message} ({hint})"));
+        }
+        if let Some(first) = labels.insert(k.to_string(), v.to_string()) {
+            return Err(format!(
+                "duplicate label key \"{k}\" in \"{pair}\" (already given as {k}={first}); a node has one value per label"
+            ));
+        }
+    }
+    Ok(labels)
+}
+
+/// A probe rate (`--rate`, `--max-rate-per-target`, `--scan-rate`): at least 1 per second.
+/// The engine reads 0 as "no cap", the opposite of what a cap of 0 says, so it is refused.
+pub fn parse_rate(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err(
+            "a rate must be at least 1 probe per second (0 would mean no cap at all; leave the flag out for adaptive timing without a cap)"
+                .into(),
+        ),
+        Ok(rate) => Ok(rate),
+        Err(e) => Err(format!("not a number of probes per second: {e}")),
+    }
 }
 
 /// Prints diagnostics to standard error followed by a count of the errors (warnings are shown
@@ -154,5 +180,24 @@ mod tests {
         assert_eq!(l["zone"], "a");
         assert!(parse_labels("").unwrap().is_empty());
         assert!(parse_labels("role").unwrap_err().contains("key=value"));
+        let e = parse_labels("role=web,role=db").unwrap_err();
+        assert!(
+            e.contains("duplicate label key \"role\" in \"role=db\""),
+            "{e}"
+        );
+        let e = parse_labels("bad label=x").unwrap_err();
+        assert!(e.starts_with("\"bad label=x\": invalid label key"), "{e}");
+        assert!(parse_labels("role=").unwrap()["role"].is_empty());
+    }
+
+    #[test]
+    fn rates_are_at_least_one() {
+        assert_eq!(parse_rate("1"), Ok(1));
+        assert!(
+            parse_rate("0")
+                .unwrap_err()
+                .contains("at least 1 probe per second")
+        );
+        assert!(parse_rate("-1").is_err());
     }
 }

@@ -277,3 +277,231 @@ fn help_and_version() {
     }
     assert!(text(&portwarden(&["explain", "--help"]).stdout).contains("Example:"));
 }
+
+/// A rate of 0 would mean "no cap" to the engine, the opposite of what it says: every rate
+/// flag refuses it, naming the flag. (Each case fails before anything runs; the agent and
+/// verify cases carry a second mistake that stops them before they touch anything, should
+/// the rate ever be accepted again.)
+#[test]
+fn a_rate_of_zero_is_refused() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "scan",
+                "127.0.0.1",
+                "-p",
+                "80",
+                "--scan",
+                "connect",
+                "--rate",
+                "0",
+            ],
+            "--rate",
+        ),
+        (
+            &[
+                "scan",
+                "127.0.0.1",
+                "-p",
+                "80",
+                "--scan",
+                "connect",
+                "--max-rate-per-target",
+                "0",
+            ],
+            "--max-rate-per-target",
+        ),
+        (&["verify", "-f", "does/not/exist", "--rate", "0"], "--rate"),
+        (
+            &[
+                "verify",
+                "-f",
+                "does/not/exist",
+                "--max-rate-per-target",
+                "0",
+            ],
+            "--max-rate-per-target",
+        ),
+        (
+            &[
+                "agent",
+                "--policy-dir",
+                "does/not/exist",
+                "--inventory",
+                "does/not/exist",
+                "--refresh",
+                "0",
+                "--scan-rate",
+                "0",
+            ],
+            "--scan-rate",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = portwarden(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '0' for '{flag} <PPS>'"))
+                && err.contains("at least 1 probe per second"),
+            "{args:?}: {err}"
+        );
+    }
+    // 1 is a rate.
+    let out = portwarden(&[
+        "scan",
+        "127.0.0.1",
+        "-p",
+        "1",
+        "--scan",
+        "connect",
+        "--rate",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// `--labels` says which label is wrong: a key given twice (the last one used to win
+/// silently), or a key or value Kubernetes would refuse.
+#[test]
+fn bad_labels_are_refused_at_the_offending_label() {
+    let explain = |labels: &str| {
+        portwarden(&[
+            "explain",
+            "-f",
+            "examples/web",
+            "--node",
+            "x",
+            "--labels",
+            labels,
+            "--port",
+            "80",
+            "--from",
+            "10.0.0.1",
+        ])
+    };
+    for (labels, want) in [
+        (
+            "role=web,role=db",
+            "duplicate label key \"role\" in \"role=db\"",
+        ),
+        ("bad label=x", "invalid label key \"bad label\""),
+        ("role=we b", "invalid label value \"we b\""),
+        ("role=-web", "invalid label value \"-web\""),
+        ("example.com/=x", "invalid label key \"example.com/\""),
+    ] {
+        let out = explain(labels);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{labels}: {err}");
+        assert!(err.contains(want), "{labels}: {err}");
+    }
+    for good in ["role=web,zone=a", "example.com/role=web", "role=", ""] {
+        let out = explain(good);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+    }
+}
+
+/// `explain` prints text from policies; control characters in it (an ANSI escape, a line
+/// break) are shown escaped, so a policy cannot repaint or forge the terminal's output.
+#[test]
+fn explain_escapes_control_characters_from_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: web\nspec:\n  nodeSelector: {}\n  ports:\n    - ports: \"80\"\n      state: open\n      reason: \"INC-1 \\e[31mred\\nforged line\"\n",
+    )
+    .unwrap();
+    let out = portwarden(&[
+        "explain",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--node",
+        "x",
+        "--labels",
+        "",
+        "--port",
+        "80",
+        "--from",
+        "10.0.0.1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+    assert!(
+        stdout.contains("  reason: INC-1 \\x1b[31mred\\nforged line\n"),
+        "{stdout:?}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("forged")),
+        "{stdout:?}"
+    );
+    // JSON keeps the text as it is (JSON escapes it).
+    let out = portwarden(&[
+        "explain",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--node",
+        "x",
+        "--labels",
+        "",
+        "--port",
+        "80",
+        "--from",
+        "10.0.0.1",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reason"], "INC-1 \x1b[31mred\nforged line");
+}
+
+/// Logs go to stderr; they carry ANSI colour only when stderr is a terminal and NO_COLOR is
+/// unset. The controller logs at trace level while it looks for a cluster (none here: it
+/// fails before any connection), which makes it a command that logs without a lab.
+#[test]
+fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+    let home = tempfile::tempdir().unwrap();
+    let controller = |no_color: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_portwarden"));
+        c.args(["controller", "--metrics-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "trace")
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        c
+    };
+    // stderr to a pipe: no colour.
+    let out = controller(false).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("TRACE"),
+        "the controller logged nothing: {err}"
+    );
+    assert!(!err.contains('\x1b'), "colour in logs to a pipe: {err:?}");
+
+    // On a terminal (script(1) gives the command a pseudo-terminal): colour, unless NO_COLOR.
+    let on_terminal = |no_color: bool| {
+        let c = controller(no_color);
+        let line = std::iter::once(c.get_program().to_string_lossy().into_owned())
+            .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut s = Command::new("script");
+        s.args(["-qec", &line, "/dev/null"]);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => s.env(k, v),
+                None => s.env_remove(k),
+            };
+        }
+        text(&s.output().expect("script(1) from util-linux").stdout)
+    };
+    let tty = on_terminal(false);
+    assert!(tty.contains("TRACE") && tty.contains('\x1b'), "{tty:?}");
+    let tty = on_terminal(true);
+    assert!(tty.contains("TRACE") && !tty.contains('\x1b'), "{tty:?}");
+}

@@ -398,3 +398,178 @@ fn backdoors_upstream_filtering_unreachable_nodes_and_peer_scans() {
         report.notes
     );
 }
+
+/// A policy for every node (81/tcp and 5000/udp closed) and an inventory of two lab nodes
+/// `a` and `b` plus `c`, whose addresses (IPv4 and IPv6) the lab has no route to.
+fn unroutable_setup(lab: &portwarden_lab::Lab, dir: &Path) -> (String, String) {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("all.yaml"),
+        "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: all\nspec:\n  nodeSelector: {}\n  ports:\n    - ports: \"81\"\n      state: closed\n    - ports: \"5000\"\n      protocol: UDP\n      state: closed\n",
+    )
+    .unwrap();
+    let inventory = dir.join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: a\n    addresses: [\"{}\"]\n  - name: b\n    addresses: [\"{}\"]\n  - name: c\n    addresses: [\"10.9.9.9\", \"fd00:9::9\"]\n",
+            lab.node(0).v4(),
+            lab.node(1).v4()
+        ),
+    )
+    .unwrap();
+    (
+        policies.to_str().unwrap().to_string(),
+        inventory.to_str().unwrap().to_string(),
+    )
+}
+
+/// The rows of node `c` (no route to either of its addresses) are indeterminate with the
+/// routing error as their cause; the others are verified as usual.
+fn assert_unroutable_rows(report: &Report, from: &str) {
+    let c: Vec<_> = report.results.iter().filter(|r| r.node == "c").collect();
+    assert_eq!(c.len(), 4, "{from}: 2 addresses x 2 ports: {report:#?}");
+    for r in c {
+        let cause = r.cause.as_deref().unwrap_or_default();
+        assert_eq!(r.verdict, Verdict::Indeterminate, "{from}: {r:?}");
+        assert!(
+            cause.starts_with("unreachable: ")
+                && cause.contains(&format!(
+                    "no route to {}: Network is unreachable",
+                    r.address
+                )),
+            "{from}: {cause}"
+        );
+    }
+}
+
+#[test]
+fn an_unroutable_node_is_indeterminate_and_the_others_are_verified() {
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("unroutable")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (policies, inventory) = unroutable_setup(&lab, dir.path());
+    let _agent = lab
+        .node(0)
+        .spawn(&[
+            BIN,
+            "agent",
+            "--policy-dir",
+            &policies,
+            "--inventory",
+            &inventory,
+            "--node",
+            "a",
+            "--refresh",
+            "3600",
+            "--scan-interval",
+            "1",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+    let verify = || {
+        let out = lab
+            .scanner(0)
+            .output(&[
+                BIN,
+                "verify",
+                "-f",
+                &policies,
+                "--inventory",
+                &inventory,
+                "-o",
+                "json",
+            ])
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("verify printed no report ({e}): {stderr}"));
+        (out.status.code(), report)
+    };
+
+    // verify from the scanner: every node has rows; nothing drifts, so exit 0.
+    let (code, report) = verify();
+    assert_unroutable_rows(&report, "verify");
+    for node in ["a", "b"] {
+        let rows: Vec<_> = report.results.iter().filter(|r| r.node == node).collect();
+        assert_eq!(rows.len(), 2, "{node}: {report:#?}");
+        assert!(
+            rows.iter().all(|r| r.verdict == Verdict::InSync),
+            "{rows:#?}"
+        );
+    }
+    assert_eq!(code, Some(0), "{report:#?}");
+
+    // The agent of `a` scans its peers `b` and `c` and serves the report.
+    let addr = SocketAddr::new(lab.node(0).v4().into(), DEFAULT_AGENT_PORT);
+    let until = Instant::now() + DEADLINE;
+    let peer_report: Report = loop {
+        let got = lab
+            .scanner(0)
+            .run(move || http_get(addr, "/v1/report", Duration::from_secs(2)))
+            .unwrap();
+        if let Ok(body) = got {
+            break serde_json::from_str(&body).unwrap();
+        }
+        assert!(Instant::now() < until, "no peer report: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_unroutable_rows(&peer_report, "the agent's peer scan");
+    let b: Vec<_> = peer_report
+        .results
+        .iter()
+        .filter(|r| r.node == "b")
+        .collect();
+    assert_eq!(b.len(), 2, "{peer_report:#?}");
+    assert!(b.iter().all(|r| r.verdict == Verdict::InSync), "{b:#?}");
+
+    // Drift elsewhere still gives exit 2.
+    let _listener = lab.node(1).tcp_listener(81).unwrap();
+    let (code, report) = verify();
+    assert_unroutable_rows(&report, "verify with drift on b");
+    let drifted: Vec<(String, u16)> = drift(&report)
+        .into_iter()
+        .map(|(node, port, _)| (node, port))
+        .collect();
+    assert_eq!(drifted, vec![("b".to_string(), 81)], "{report:#?}");
+    assert_eq!(code, Some(2), "{report:#?}");
+}
+
+/// The agent's text logs, with stderr to a pipe (a file, journald, a container log), carry
+/// no ANSI colour codes.
+#[test]
+fn agent_logs_carry_no_colour_when_stderr_is_not_a_terminal() {
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("nocolour")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (policies, inventory) = unroutable_setup(&lab, dir.path());
+    let err = common::stderr_until(
+        BIN,
+        lab.node(0),
+        &[
+            "agent",
+            "--policy-dir",
+            &policies,
+            "--inventory",
+            &inventory,
+            "--node",
+            "a",
+            "--refresh",
+            "3600",
+        ],
+        DEADLINE,
+        |l| l.contains("agent started"),
+    );
+    assert!(err.contains("INFO"), "the agent logged nothing: {err:?}");
+    assert!(!err.contains('\x1b'), "colour in logs to a pipe: {err:?}");
+}

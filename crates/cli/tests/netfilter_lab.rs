@@ -311,3 +311,59 @@ fn an_agent_never_adds_a_jump_to_a_table_iptables_cannot_print() {
         "{table}"
     );
 }
+
+/// `plan` prints foreign rules that shadow an entry; their text is the node's, not ours, so
+/// control characters in it (here in a rule comment) are shown escaped.
+#[test]
+fn plan_escapes_control_characters_of_foreign_rules() {
+    skip_unless_lab!();
+    let lab = Lab::builder("clinfesc")
+        .nodes(1)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let node = lab.node(0);
+    let examples = format!("{}/examples", root());
+    let inventory = format!("{}/examples/inventory.yaml", root());
+    let args = [
+        "-f",
+        &examples,
+        "--inventory",
+        &inventory,
+        "--node",
+        "web-1",
+    ];
+    let applied = pw(node, &[&["apply"][..], &args].concat());
+    assert_eq!(applied.status.code(), Some(0), "{applied:?}");
+    // A foreign rule above portwarden's jump.
+    node.iptables(&[
+        "-I",
+        "INPUT",
+        "1",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-m",
+        "comment",
+        "--comment",
+        "\x1b[31mred\x1b[0m",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let out = pw(node, &[&["plan"][..], &args].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shadowed = stdout
+        .lines()
+        .find(|l| l.starts_with("shadowed:"))
+        .unwrap_or_else(|| panic!("no shadowing reported: {stdout}"));
+    assert!(shadowed.contains("\\x1b[31mred\\x1b[0m"), "{shadowed:?}");
+    assert!(!stdout.contains('\x1b'), "{stdout:?}");
+}

@@ -6,10 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use portwarden_lab::{Lab, skip_unless_lab};
+
+use common::stderr_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 
@@ -325,4 +329,106 @@ fn scan_rejects_bad_arguments() {
         let out = std::process::Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
     }
+}
+
+/// A target without a route is reported (JSON `error`, a table line, a message on stderr),
+/// the others are scanned; the exit code is 1 because not everything asked for was scanned.
+#[test]
+fn scan_reports_an_unroutable_target_and_scans_the_others() {
+    skip_unless_lab!();
+    let lab = Lab::builder("scanunroute")
+        .nodes(1)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let node = lab.node(0);
+    let _listener = node.tcp_listener(80).unwrap();
+    let (v4, v6) = (node.v4().to_string(), node.v6().to_string());
+    for output in ["json", "table"] {
+        let out = lab
+            .scanner(0)
+            .output(&[
+                BIN,
+                "scan",
+                "--any-target",
+                &v4,
+                "10.9.9.9",
+                &v6,
+                "fd00:9::9",
+                "-p",
+                "80",
+                "-o",
+                output,
+            ])
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(out.status.code(), Some(1), "{output}: {stdout}{stderr}");
+        for bad in ["10.9.9.9", "fd00:9::9"] {
+            assert!(
+                stderr.contains(&format!(
+                    "error: {bad} was not scanned: no route to {bad}: Network is unreachable (os error 101)"
+                )),
+                "{output}: {stderr}"
+            );
+        }
+        if output == "json" {
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let hosts = v["hosts"].as_array().unwrap();
+            assert_eq!(hosts.len(), 4, "{stdout}");
+            assert_eq!(hosts[0]["ports"][0]["state"], "open", "{stdout}");
+            assert_eq!(hosts[2]["ports"][0]["state"], "open", "{stdout}");
+            assert!(
+                hosts[1]["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("no route to 10.9.9.9"),
+                "{stdout}"
+            );
+        } else {
+            assert!(
+                stdout.contains(
+                    "Scan report for 10.9.9.9\nNot scanned: no route to 10.9.9.9: Network is unreachable (os error 101)"
+                ),
+                "{stdout}"
+            );
+            assert!(stdout.contains("80/tcp open"), "{stdout}");
+        }
+    }
+}
+
+/// A UDP scan of every port would run for hours (each target's kernel answers about one
+/// closed port per second); `scan` says so before it starts, and how to shorten it. No
+/// progress bar when stderr is not a terminal. The scan is killed once the warning is out.
+#[test]
+fn a_long_udp_scan_is_announced_with_an_estimate() {
+    skip_unless_lab!();
+    let lab = Lab::builder("udpwarn")
+        .nodes(1)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let target = lab.node(0).v4().to_string();
+    let err = stderr_until(
+        BIN,
+        lab.scanner(0),
+        &["scan", "--any-target", &target, "-p", "-", "--scan", "udp"],
+        std::time::Duration::from_secs(20),
+        |l| l.starts_with("warning:"),
+    );
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning:"))
+        .unwrap_or_else(|| panic!("no warning before the scan: {err:?}"));
+    for want in [
+        "warning: this scan may take about ",
+        "65535 UDP ports on 1 target",
+        "about one ICMP port-unreachable per second",
+        "scan fewer ports",
+    ] {
+        assert!(warning.contains(want), "{want:?} missing in {warning:?}");
+    }
+    assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
 }

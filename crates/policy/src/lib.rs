@@ -23,6 +23,7 @@
 //! * [`ports`] — port ranges and port-list syntax.
 //! * [`intent`] — checked policies, entries, nodes; label selection.
 //! * [`model`] — precedence, per-packet evaluation, compiled rule order.
+//! * [`text`] — control characters of untrusted text escaped for terminals.
 
 pub mod decode;
 pub mod diagnostic;
@@ -33,6 +34,7 @@ pub mod intent;
 pub mod load;
 pub mod model;
 pub mod ports;
+pub mod text;
 pub mod validate;
 pub mod yaml;
 

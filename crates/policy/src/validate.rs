@@ -532,6 +532,22 @@ fn check_labels(c: &mut Checker, labels: &std::collections::BTreeMap<String, Str
 /// Kubernetes label keys: an optional DNS-subdomain prefix and `/`, then a name of at most 63
 /// characters of alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric.
 fn check_label_key(c: &mut Checker, key: &str) {
+    if let Some((message, hint)) = label_key_problem(key) {
+        c.error(message, Some(hint));
+    }
+}
+
+fn check_label_value(c: &mut Checker, value: &str) {
+    if let Some((message, hint)) = label_value_problem(value) {
+        c.error(message, Some(hint));
+    }
+}
+
+/// Why `key` is not a Kubernetes label key (an optional DNS-subdomain prefix and `/`, then a
+/// name of at most 63 characters of alphanumerics, `-`, `_`, `.`, starting and ending
+/// alphanumeric): the message and a hint; `None` when it is one. The check policy documents
+/// get, for callers that take labels from elsewhere (the command line).
+pub fn label_key_problem(key: &str) -> Option<(String, String)> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -542,21 +558,24 @@ fn check_label_key(c: &mut Checker, key: &str) {
             && p.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     });
-    if !prefix_ok || !is_label_name(name) || name.is_empty() {
-        c.error(
+    (!prefix_ok || !is_label_name(name) || name.is_empty()).then(|| {
+        (
             format!("invalid label key \"{key}\""),
-            Some("label keys are [prefix/]name: name at most 63 characters of letters, digits, '-', '_', '.'".into()),
-        );
-    }
+            "label keys are [prefix/]name: name at most 63 characters of letters, digits, '-', '_', '.'".into(),
+        )
+    })
 }
 
-fn check_label_value(c: &mut Checker, value: &str) {
-    if !value.is_empty() && !is_label_name(value) {
-        c.error(
+/// Why `value` is not a Kubernetes label value (empty, or at most 63 characters of
+/// alphanumerics, `-`, `_`, `.`, starting and ending alphanumeric): the message and a hint;
+/// `None` when it is one.
+pub fn label_value_problem(value: &str) -> Option<(String, String)> {
+    (!value.is_empty() && !is_label_name(value)).then(|| {
+        (
             format!("invalid label value \"{value}\""),
-            Some("label values are at most 63 characters of letters, digits, '-', '_', '.', starting and ending with a letter or digit".into()),
-        );
-    }
+            "label values are at most 63 characters of letters, digits, '-', '_', '.', starting and ending with a letter or digit".into(),
+        )
+    })
 }
 
 fn is_label_name(s: &str) -> bool {

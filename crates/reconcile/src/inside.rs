@@ -13,7 +13,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portwarden_netfilter::Plan;
 use portwarden_policy::{NodeIntent, Protocol};
@@ -139,55 +139,258 @@ impl InsideView {
     }
 }
 
+/// What went wrong asking an agent; see [`FetchError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchErrorKind {
+    /// No TCP connection (refused, no route, ...).
+    Connect,
+    /// The agent did not answer within the deadline.
+    Timeout,
+    /// The response is larger than the cap.
+    TooLarge,
+    /// Sending the request or reading the response failed.
+    Io,
+    /// Not an HTTP response.
+    Malformed,
+    /// A status other than 200.
+    Status,
+    /// A 200 response whose body is not what was asked for.
+    Invalid,
+}
+
+/// Why an agent could not be asked: the address, the kind, and the details.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("agent at {addr}: {detail}")]
+pub struct FetchError {
+    /// The agent's address.
+    pub addr: SocketAddr,
+    /// What kind of failure.
+    pub kind: FetchErrorKind,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+/// The largest response [`http_get`] reads (metrics pages of big nodes included).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest inside view [`fetch_view`] reads: 4 MiB. A view lists a node's listening
+/// sockets and the foreign rules that shadow its entries; thousands of either take a few
+/// hundred KiB, so this leaves ample headroom while keeping a hostile or broken agent from
+/// making `verify` read without end.
+pub const MAX_INSIDE_VIEW_BYTES: usize = 4 * 1024 * 1024;
+
 /// A plain HTTP/1.0 GET of `path` on an agent; returns the body of a 200 response.
+///
+/// # Guarantees
+///
+/// Returns within `deadline` (plus scheduling noise): it bounds the whole exchange —
+/// connect, request and the entire response — not each read, so an agent that trickles its
+/// answer a byte at a time is cut off like one that says nothing. At most `max_bytes` of
+/// response (headers included) are read.
 ///
 /// # Errors
 ///
-/// A message naming the address and what failed (connect, timeout, HTTP status).
-pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("agent at {addr}: {what}: {e}");
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| fail("cannot connect", &e))?;
+/// A [`FetchError`] naming the address and what failed: [`FetchErrorKind::Timeout`] when the
+/// deadline passed, [`FetchErrorKind::TooLarge`] when the response exceeds `max_bytes`, else
+/// connect, I/O, HTTP syntax or status.
+pub fn get(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+    max_bytes: usize,
+) -> Result<String, FetchError> {
+    let until = Instant::now() + deadline;
+    let fail = |kind, detail: String| FetchError { addr, kind, detail };
+    let late = || {
+        fail(
+            FetchErrorKind::Timeout,
+            format!(
+                "did not answer within {} ms (the deadline covers connect, request and the whole response)",
+                deadline.as_millis()
+            ),
+        )
+    };
+    // Time left, or the timeout error once there is none.
+    let left = || {
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(late)
+    };
+    let io = |what: &str, e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
+        _ => fail(FetchErrorKind::Io, format!("{what}: {e}")),
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, left()?).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => late(),
+        _ => fail(FetchErrorKind::Connect, format!("cannot connect: {e}")),
+    })?;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| fail("socket", &e))?;
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| io("socket", e))?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| fail("cannot send request", &e))?;
+        .map_err(|e| io("cannot send request", e))?;
     let mut response = Vec::new();
-    stream
-        .take(16 * 1024 * 1024)
-        .read_to_end(&mut response)
-        .map_err(|e| fail("cannot read response", &e))?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        stream
+            .set_read_timeout(Some(left()?))
+            .map_err(|e| io("socket", e))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) if response.len() + n > max_bytes => {
+                return Err(fail(
+                    FetchErrorKind::TooLarge,
+                    format!("sent more than {max_bytes} bytes; not read further"),
+                ));
+            }
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io("cannot read response", e)),
+        }
+    }
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| fail("malformed HTTP response", &"no header end"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
+        fail(
+            FetchErrorKind::Malformed,
+            "malformed HTTP response: no header end".into(),
+        )
+    })?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
         return Err(fail(
-            "unexpected status",
-            &format!("{status}: {}", body.trim()),
+            FetchErrorKind::Status,
+            format!("unexpected status: {status}: {}", body.trim()),
         ));
     }
     Ok(body.to_string())
 }
 
-/// Fetches a node's inside view from its agent.
+/// [`get`] with the error as text and a cap of [`MAX_RESPONSE_BYTES`]; `deadline` bounds the
+/// whole exchange.
 ///
 /// # Errors
 ///
-/// As [`http_get`], or when the body is not an inside view.
-pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<InsideView, String> {
-    let body = http_get(addr, INSIDE_PATH, timeout)?;
-    serde_json::from_str(&body).map_err(|e| format!("agent at {addr}: invalid inside view: {e}"))
+/// As [`get`].
+pub fn http_get(addr: SocketAddr, path: &str, deadline: Duration) -> Result<String, String> {
+    get(addr, path, deadline, MAX_RESPONSE_BYTES).map_err(|e| e.to_string())
+}
+
+/// Fetches a node's inside view from its agent, within `deadline` in all and at most
+/// [`MAX_INSIDE_VIEW_BYTES`] (see [`get`]).
+///
+/// # Errors
+///
+/// As [`get`], or [`FetchErrorKind::Invalid`] when the body is not an inside view.
+pub fn fetch_view(addr: SocketAddr, deadline: Duration) -> Result<InsideView, FetchError> {
+    let body = get(addr, INSIDE_PATH, deadline, MAX_INSIDE_VIEW_BYTES)?;
+    serde_json::from_str(&body).map_err(|e| FetchError {
+        addr,
+        kind: FetchErrorKind::Invalid,
+        detail: format!("invalid inside view: {e}"),
+    })
+}
+
+/// [`fetch_view`] with the error as text.
+///
+/// # Errors
+///
+/// As [`fetch_view`].
+pub fn fetch(addr: SocketAddr, deadline: Duration) -> Result<InsideView, String> {
+    fetch_view(addr, deadline).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    pub(crate) const HEAD_200: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n";
+
+    /// A slow or talkative "agent" on `listener`: for each of `connections` clients, writes
+    /// `head`, then `chunk` `count` times, `interval` apart; stops early when the client goes
+    /// away. The pauses are the behaviour under test, not synchronisation.
+    pub(crate) fn serve_on(
+        listener: TcpListener,
+        connections: usize,
+        chunk: Vec<u8>,
+        interval: Duration,
+        count: usize,
+    ) {
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let Ok((mut c, _)) = listener.accept() else {
+                    return;
+                };
+                let chunk = chunk.clone();
+                std::thread::spawn(move || {
+                    // Read the request first: closing with it unread would reset the
+                    // connection.
+                    let mut request = [0u8; 1024];
+                    if c.read(&mut request).is_err() || c.write_all(HEAD_200).is_err() {
+                        return;
+                    }
+                    for _ in 0..count {
+                        if c.write_all(&chunk).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(interval);
+                    }
+                });
+            }
+        });
+    }
+
+    fn serve(chunk: Vec<u8>, interval: Duration, count: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        serve_on(listener, 1, chunk, interval, count);
+        addr
+    }
+
+    /// Runs `f` on its own thread and fails the test when it has not returned within `bound`
+    /// (generous: it only catches a call that hangs).
+    pub(crate) fn within<T: Send + 'static>(
+        bound: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(bound)
+            .unwrap_or_else(|_| panic!("the call did not return within {bound:?}"))
+    }
+
+    #[test]
+    fn a_trickling_agent_is_cut_off_at_the_deadline() {
+        // One byte every 50 ms for a minute: every single read is quick, the whole is not.
+        let addr = serve(b" ".to_vec(), Duration::from_millis(50), 1200);
+        let e = within(Duration::from_secs(20), move || {
+            fetch_view(addr, Duration::from_millis(500))
+        })
+        .expect_err("cut off");
+        assert_eq!(e.kind, FetchErrorKind::Timeout, "{e}");
+        assert!(
+            e.to_string().contains("did not answer within 500 ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_inside_view_is_refused() {
+        // 6.4 MiB as fast as the socket takes it.
+        let addr = serve(vec![b' '; 64 * 1024], Duration::ZERO, 100);
+        let e = within(Duration::from_secs(20), move || {
+            fetch_view(addr, Duration::from_secs(10))
+        })
+        .expect_err("too large");
+        assert_eq!(e.kind, FetchErrorKind::TooLarge, "{e}");
+        assert!(e.to_string().contains("sent more than"), "{e}");
+    }
 
     #[test]
     fn describes_foreign_rule_like_the_cli_contract() {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use portwarden_policy::text::printable;
 use portwarden_scan::{HostReport, ScanReport, report as scan_report};
 use serde::{Deserialize, Serialize};
 
@@ -99,7 +100,9 @@ pub fn to_json(report: &Report) -> String {
 }
 
 /// A table of the rows that are not in sync, then a line per node and the summary. Colors
-/// (ANSI) only when `color` is set, which callers do on a terminal.
+/// (ANSI) only when `color` is set, which callers do on a terminal. Node names, causes and
+/// notes come from inventories, policies and agents: their control characters are escaped
+/// (`text::printable`), so only the colours are ours.
 pub fn to_table(report: &Report, color: bool) -> String {
     let paint = |code: &str, text: &str| {
         if color {
@@ -119,12 +122,12 @@ pub fn to_table(report: &Report, color: bool) -> String {
             .iter()
             .map(|r| {
                 [
-                    r.node.clone(),
+                    printable(&r.node).into_owned(),
                     r.address.to_string(),
-                    format!("{}/{}", r.port, r.protocol),
+                    printable(&format!("{}/{}", r.port, r.protocol)).into_owned(),
                     r.from.to_string(),
-                    r.expected.clone(),
-                    r.observed.clone(),
+                    printable(&r.expected).into_owned(),
+                    printable(&r.observed).into_owned(),
                     r.verdict.as_str().to_string(),
                 ]
             })
@@ -153,7 +156,11 @@ pub fn to_table(report: &Report, color: bool) -> String {
                 Verdict::Drift => paint("31", &text),
                 _ => paint("33", &text),
             };
-            let _ = writeln!(out, "{text}  {}", r.cause.as_deref().unwrap_or(""));
+            let _ = writeln!(
+                out,
+                "{text}  {}",
+                printable(r.cause.as_deref().unwrap_or(""))
+            );
         }
         out.push('\n');
     }
@@ -167,10 +174,10 @@ pub fn to_table(report: &Report, color: bool) -> String {
         }
     }
     for (node, s) in &per_node {
-        let _ = writeln!(out, "{node}: {}", summary_text(s));
+        let _ = writeln!(out, "{}: {}", printable(node), summary_text(s));
     }
     for n in &report.notes {
-        let _ = writeln!(out, "note: {n}");
+        let _ = writeln!(out, "note: {}", printable(n));
     }
     let total = summary_text(&report.summary);
     let verdict = if report.has_drift() {
@@ -271,14 +278,16 @@ pub fn to_nmap_xml(scans: &[ScanReport], args: &str) -> String {
     let mut hosts: BTreeMap<IpAddr, HostReport> = BTreeMap::new();
     for s in scans {
         for h in &s.hosts {
-            hosts
-                .entry(h.address)
-                .or_insert_with(|| HostReport {
-                    address: h.address,
-                    ports: Vec::new(),
-                })
-                .ports
-                .extend(h.ports.iter().cloned());
+            let merged = hosts.entry(h.address).or_insert_with(|| HostReport {
+                address: h.address,
+                ports: Vec::new(),
+                error: h.error.clone(),
+            });
+            merged.ports.extend(h.ports.iter().cloned());
+            // Unscanned only when no scan reached it.
+            if h.error.is_none() {
+                merged.error = None;
+            }
         }
     }
     for h in hosts.values_mut() {
@@ -368,6 +377,23 @@ mod tests {
         );
         assert!(!t.contains('\x1b'));
         assert!(to_table(&sample(), true).contains("\x1b[31m"));
+    }
+
+    #[test]
+    fn table_escapes_control_characters_of_names_causes_and_notes() {
+        let mut r = sample();
+        r.results[0].node = "db\x1b[2J-1".into();
+        r.results[0].cause = Some("agent said \x1b[31mok\nforged".into());
+        r.notes
+            .push("web-1: inside view unavailable: \x07bell".into());
+        let t = to_table(&r, false);
+        assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+        assert!(t.contains("agent said \\x1b[31mok\\nforged\n"), "{t}");
+        assert!(t.contains("db\\x1b[2J-1: 0 in sync"), "{t}");
+        assert!(
+            t.contains("note: web-1: inside view unavailable: \\x07bell"),
+            "{t}"
+        );
     }
 
     #[test]

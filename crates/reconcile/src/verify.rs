@@ -11,7 +11,7 @@
 //! so a policy cannot govern them — `plan` reports such entries as conflicts).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +52,8 @@ pub struct VerifyOptions {
     pub failsafe: Failsafe,
     /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
     pub agent_port: Option<u16>,
-    /// How long to wait for an agent.
+    /// The deadline of each inside-view fetch as a whole: connect, request and the entire
+    /// response (see `inside::get`); up to 64 fetches run at once.
     pub agent_timeout: Duration,
     /// TCP ports searched for undeclared open ports on nodes whose policies say
     /// `unlisted: report`.
@@ -74,22 +75,44 @@ fn exempt(failsafe: &Failsafe) -> impl Fn(Protocol, u16) -> bool + '_ {
 
 /// Scans and compares.
 ///
+/// # Guarantees
+///
+/// An address this host has no route to does not stop the others: its rows are
+/// `indeterminate` with the cause `unreachable: no route to ADDRESS: ...`, their `from` is
+/// the unspecified address (`0.0.0.0` or `::`: no source address exists), nothing is sent to
+/// it, and every other address is verified as usual.
+///
 /// # Errors
 ///
-/// A scan that cannot run at all (no route, socket failure). A SYN scan denied raw sockets
-/// falls back to a connect scan, and UDP entries that cannot be scanned become indeterminate
-/// rows; both are said in the report's notes.
+/// A scan that cannot run at all (socket failure). A SYN scan denied raw sockets falls back
+/// to a connect scan, and UDP entries that cannot be scanned become indeterminate rows; both
+/// are said in the report's notes.
 pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, ScanError> {
     let mut notes = Vec::new();
-    let mut planned: Vec<(&Target, IpAddr, Vec<Expectation>)> = Vec::new();
+    let mut planned: Vec<Planned<'_>> = Vec::new();
     for t in targets {
-        let vantage = portwarden_scan::source_for(t.address)?;
+        let (vantage, unreachable) = match portwarden_scan::source_for(t.address) {
+            Ok(v) => (v, None),
+            Err(ScanError::NoRoute { target, source }) => {
+                let none: IpAddr = match target {
+                    IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+                };
+                (none, Some(format!("no route to {target}: {source}")))
+            }
+            Err(e) => return Err(e),
+        };
         let exp = expectations(&t.intent, vantage, exempt(&opts.failsafe));
-        planned.push((t, vantage, exp));
+        planned.push(Planned {
+            target: t,
+            vantage,
+            unreachable,
+            exp,
+        });
     }
     // The inside views first: they must describe the nodes as the scan finds them, and an
     // agent may repair rule drift while a long scan runs.
-    let insides = fetch_insides(targets, opts, &mut notes);
+    let insides = fetch_insides(&planned, opts, &mut notes);
     let ports_for = |t: &Target, exp: &[Expectation], protocol: Protocol| {
         let mut ports: Vec<u16> = exp
             .iter()
@@ -110,11 +133,12 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
     let mut results: Vec<(Protocol, HostReport)> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         // Targets that need the same ports are scanned together, each group once.
+        // Unreachable addresses are left out: nothing can be sent to them.
         let mut groups: BTreeMap<Vec<u16>, Vec<IpAddr>> = BTreeMap::new();
-        for (t, _, exp) in &planned {
-            let ports = ports_for(t, exp, protocol);
+        for p in planned.iter().filter(|p| p.unreachable.is_none()) {
+            let ports = ports_for(p.target, &p.exp, protocol);
             if !ports.is_empty() {
-                groups.entry(ports).or_default().push(t.address);
+                groups.entry(ports).or_default().push(p.target.address);
             }
         }
         for (ports, addresses) in groups {
@@ -152,19 +176,34 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
     };
 
     let mut rows = Vec::new();
-    for (t, vantage, exp) in &planned {
+    for p in &planned {
+        let (t, exp) = (p.target, &p.exp);
         let inside = match insides.iter().find(|(n, _)| *n == t.node) {
             Some((_, Ok(v))) => Inside::Known(v),
             Some((_, Err(e))) => Inside::Unknown(e),
+            None if opts.agent_port.is_some() => {
+                Inside::Unknown("no address of the node is reachable")
+            }
             None => Inside::Unknown("agents not asked (--agent-port 0)"),
-        };
-        let ctx = Compare {
-            target: t,
-            vantage: *vantage,
-            inside: &inside,
         };
         let tcp = host(Protocol::Tcp, t.address);
         let udp = host(Protocol::Udp, t.address);
+        // The scanner's own verdict on the address counts too (a route may vanish between
+        // the lookup above and the scan).
+        let unreachable = p
+            .unreachable
+            .as_deref()
+            .or_else(|| tcp.and_then(|h| h.error.as_deref()))
+            .or_else(|| udp.and_then(|h| h.error.as_deref()));
+        let ctx = Compare {
+            target: t,
+            vantage: p.vantage,
+            inside: &inside,
+        };
+        if let Some(why) = unreachable {
+            rows.extend(ctx.unreachable(exp, why));
+            continue;
+        }
         rows.extend(ctx.rows(exp, tcp, udp));
         if t.intent.report_unlisted {
             rows.extend(ctx.unlisted(
@@ -194,9 +233,23 @@ fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
     config
 }
 
-/// Asks each node's agent (first address) for its inside view, in parallel.
+/// Inside views fetched at once (one thread each).
+const FETCH_PARALLEL: usize = 64;
+
+/// One address to verify, with what was found out before the scan.
+struct Planned<'a> {
+    target: &'a Target,
+    /// The probes' source address (unspecified when there is no route).
+    vantage: IpAddr,
+    /// Why the address cannot be probed at all (no route to it).
+    unreachable: Option<String>,
+    /// The intent for this vantage.
+    exp: Vec<Expectation>,
+}
+
+/// Asks each node's agent (its first reachable address) for its inside view, in parallel.
 fn fetch_insides(
-    targets: &[Target],
+    planned: &[Planned<'_>],
     opts: &VerifyOptions,
     notes: &mut Vec<String>,
 ) -> Vec<(String, Result<InsideView, String>)> {
@@ -205,32 +258,39 @@ fn fetch_insides(
         return Vec::new();
     };
     let mut nodes: Vec<(&str, IpAddr)> = Vec::new();
-    for t in targets {
+    for p in planned.iter().filter(|p| p.unreachable.is_none()) {
+        let t = p.target;
         if !nodes.iter().any(|(n, _)| *n == t.node) {
             nodes.push((&t.node, t.address));
         }
     }
-    let results: Vec<(String, Result<InsideView, String>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .map(|(node, addr)| {
-                let addr = SocketAddr::new(*addr, port);
-                (
-                    node,
-                    s.spawn(move || inside::fetch(addr, opts.agent_timeout)),
-                )
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|(node, h)| {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err("agent query thread panicked".into()));
-                (node.to_string(), r)
-            })
-            .collect()
-    });
+    // Each fetch has its own total deadline (`agent_timeout`), and up to FETCH_PARALLEL run
+    // at once, so slow agents hold verify up for at most ceil(nodes / FETCH_PARALLEL)
+    // deadlines.
+    let mut results: Vec<(String, Result<InsideView, String>)> = Vec::with_capacity(nodes.len());
+    for batch in nodes.chunks(FETCH_PARALLEL) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(node, addr)| {
+                    let addr = SocketAddr::new(*addr, port);
+                    let h = std::thread::Builder::new()
+                        .name("inside-view".into())
+                        .spawn_scoped(s, move || inside::fetch(addr, opts.agent_timeout));
+                    (node, h)
+                })
+                .collect();
+            for (node, h) in handles {
+                let r = match h {
+                    Ok(h) => h
+                        .join()
+                        .unwrap_or_else(|_| Err("agent query thread panicked".into())),
+                    Err(e) => Err(format!("cannot start a thread to ask the agent: {e}")),
+                };
+                results.push((node.to_string(), r));
+            }
+        });
+    }
     for (node, r) in &results {
         if let Err(e) = r {
             notes.push(format!("{node}: inside view unavailable: {e}"));
@@ -337,6 +397,26 @@ impl Compare<'_> {
             .collect()
     }
 
+    /// Every expectation of an address that cannot be probed: indeterminate, and why.
+    fn unreachable(&self, exp: &[Expectation], why: &str) -> Vec<Row> {
+        exp.iter()
+            .map(|e| {
+                let mut r = self.row(
+                    e.port,
+                    e.protocol,
+                    e.state.to_string(),
+                    PortState::OpenFiltered,
+                    Verdict::Indeterminate,
+                );
+                r.observed = "not scanned".into();
+                r.cause = Some(format!("unreachable: {why}"));
+                r.policy = Some(e.policy.to_string());
+                r.entry = Some(e.entry);
+                r
+            })
+            .collect()
+    }
+
     /// Open TCP ports that no entry governs, on a node with `unlisted: report`.
     fn unlisted(
         &self,
@@ -399,6 +479,54 @@ mod tests {
             agent_port: None,
             agent_timeout: Duration::from_millis(10),
             unlisted_ports: PortList::default(),
+        }
+    }
+
+    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
+    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
+    /// and says why each inside view is missing. Their intents are empty, so nothing is
+    /// scanned; only loopback is involved.
+    #[test]
+    fn several_trickling_agents_do_not_hold_verify_up() {
+        use crate::inside::tests::{serve_on, within};
+        let (port, listeners) = (0..20)
+            .find_map(|_| {
+                let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let port = first.local_addr().ok()?.port();
+                let mut all = vec![first];
+                for i in 2..=3 {
+                    all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
+                }
+                Some((port, all))
+            })
+            .expect("one free port on 127.0.0.1-3");
+        for l in listeners {
+            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
+        }
+        let targets: Vec<Target> = (1..=3)
+            .map(|i| Target {
+                node: format!("n{i}"),
+                address: format!("127.0.0.{i}").parse().expect("address"),
+                intent: Arc::default(),
+            })
+            .collect();
+        let opts = VerifyOptions {
+            agent_port: Some(port),
+            agent_timeout: Duration::from_millis(300),
+            ..options()
+        };
+        let v =
+            within(Duration::from_secs(20), move || verify(&targets, &opts)).expect("verify runs");
+        for i in 1..=3 {
+            assert!(
+                v.report
+                    .notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("n{i}: "))
+                        && n.contains("did not answer within 300 ms")),
+                "{:?}",
+                v.report.notes
+            );
         }
     }
 

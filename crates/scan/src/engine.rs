@@ -54,6 +54,7 @@ pub(crate) struct Plan {
 }
 
 /// Results in index order, plus counters.
+#[derive(Default)]
 pub(crate) struct Outcome {
     pub results: Vec<(PortState, Reason)>,
     pub stats: ScanStats,

@@ -34,10 +34,12 @@
 //! Scanner::new(ScanConfig { timing, source_v4, source_v6, source_port, targets })
 //!     .on_progress(|p: &Progress| ...)              done/total/elapsed/eta()
 //!     .scan(&[IpAddr], &PortList, ScanKind::{Syn, Connect, Ack, Udp})
-//!         -> Result<ScanReport, ScanError>          hosts[].ports[] {port, protocol, state, reason}
+//!         -> Result<ScanReport, ScanError>          hosts[] {address, ports[] {port, protocol,
+//!                                                   state, reason}, error (unroutable)}
 //! report::to_json / to_json_pretty / to_nmap_xml(&report, args) / to_table
 //! classify::{classify, merge, silent}               nmap's tables as pure functions
 //! source_for(IpAddr) -> Result<IpAddr>              the source address a target is reached from
+//! estimate(kind, &[IpAddr], nports, &Timing) -> Option<Estimate>  a rough duration, before a scan
 //! ```
 //!
 //! # Layout
@@ -84,4 +86,4 @@ pub use packet::fuzz_check as fuzz_packet;
 pub use ports::PortList;
 pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
 pub use targets::TargetPolicy;
-pub use timing::Timing;
+pub use timing::{Bound, Estimate, Timing, estimate};

@@ -294,16 +294,31 @@ pub struct PortResult {
     pub reason: Reason,
 }
 
-/// Every scanned port of one target address, sorted by port.
+/// Every scanned port of one target address, sorted by port; or, for a target that could not
+/// be scanned at all, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostReport {
     /// The target address.
     pub address: IpAddr,
-    /// One entry per scanned port, ascending.
+    /// One entry per scanned port, ascending; empty when `error` is set.
     pub ports: Vec<PortResult>,
+    /// Why nothing was sent to this target, e.g. `no route to 10.9.9.9: Network is
+    /// unreachable (os error 101)`; `None` when it was scanned. The other targets of the same
+    /// scan are not affected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl HostReport {
+    /// The report of a target that could not be scanned: no ports, and the reason.
+    pub fn unscanned(address: IpAddr, error: String) -> HostReport {
+        HostReport {
+            address,
+            ports: Vec::new(),
+            error: Some(error),
+        }
+    }
+
     /// The result for `port`, if it was scanned.
     pub fn port(&self, port: u16) -> Option<&PortResult> {
         self.ports
@@ -355,5 +370,12 @@ impl ScanReport {
     /// The report of `address`, if it was a target.
     pub fn host(&self, address: IpAddr) -> Option<&HostReport> {
         self.hosts.iter().find(|h| h.address == address)
+    }
+
+    /// The targets that could not be scanned, with the reason (see [`HostReport::error`]).
+    pub fn unscanned(&self) -> impl Iterator<Item = (IpAddr, &str)> {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.error.as_deref().map(|e| (h.address, e)))
     }
 }

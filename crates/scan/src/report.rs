@@ -89,9 +89,16 @@ pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
     for h in &report.hosts {
         let addrtype = if h.address.is_ipv4() { "ipv4" } else { "ipv6" };
         let _ = writeln!(x, "<host starttime=\"{start}\" endtime=\"{end}\">");
+        // A target that could not be scanned is "down" with nmap's reason word for a missing
+        // route, and has no ports.
+        let (state, reason) = if h.error.is_some() {
+            ("down", "no-route")
+        } else {
+            ("up", "user-set")
+        };
         let _ = writeln!(
             x,
-            "<status state=\"up\" reason=\"user-set\" reason_ttl=\"0\"/>"
+            "<status state=\"{state}\" reason=\"{reason}\" reason_ttl=\"0\"/>"
         );
         let _ = writeln!(
             x,
@@ -127,9 +134,11 @@ pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
         let _ = writeln!(x, "</host>");
     }
     let n = report.hosts.len();
+    let down = report.unscanned().count();
+    let up = n - down;
     let _ = writeln!(
         x,
-        "<runstats><finished time=\"{end}\" elapsed=\"{:.2}\" summary=\"portwarden done: {n} IP address(es) ({n} host(s) up) scanned in {:.2} seconds\" exit=\"success\"/><hosts up=\"{n}\" down=\"0\" total=\"{n}\"/>",
+        "<runstats><finished time=\"{end}\" elapsed=\"{:.2}\" summary=\"portwarden done: {n} IP address(es) ({up} host(s) up) scanned in {:.2} seconds\" exit=\"success\"/><hosts up=\"{up}\" down=\"{down}\" total=\"{n}\"/>",
         report.elapsed.as_secs_f64(),
         report.elapsed.as_secs_f64()
     );
@@ -154,6 +163,10 @@ pub fn to_table(report: &ScanReport) -> String {
             out.push('\n');
         }
         let _ = writeln!(out, "Scan report for {}", h.address);
+        if let Some(e) = &h.error {
+            let _ = writeln!(out, "Not scanned: {e}");
+            continue;
+        }
         let hidden = collapsed(h);
         if !hidden.is_empty() {
             let parts: Vec<String> = hidden
@@ -231,10 +244,17 @@ mod tests {
         ports[79].reason = Reason::NoResponse;
         ScanReport {
             kind: ScanKind::Syn,
-            hosts: vec![HostReport {
-                address: "10.213.0.11".parse().expect("ip"),
-                ports,
-            }],
+            hosts: vec![
+                HostReport {
+                    address: "10.213.0.11".parse().expect("ip"),
+                    ports,
+                    error: None,
+                },
+                HostReport::unscanned(
+                    "10.9.9.9".parse().expect("ip"),
+                    "no route to 10.9.9.9: Network is unreachable (os error 101)".into(),
+                ),
+            ],
             started_unix: 1_700_000_000,
             elapsed: Duration::from_millis(120),
             stats: ScanStats::default(),
@@ -261,6 +281,32 @@ mod tests {
         assert!(t.contains("Not shown: 98 closed tcp ports (reset)"), "{t}");
         assert!(t.contains("22/tcp open     syn-ack"), "{t}");
         assert!(t.contains("80/tcp filtered no-response"), "{t}");
+    }
+
+    #[test]
+    fn an_unscanned_target_is_reported_in_every_format() {
+        let r = sample();
+        let v: serde_json::Value = serde_json::from_str(&to_json(&r)).expect("json");
+        assert!(v["hosts"][0].get("error").is_none());
+        assert_eq!(
+            v["hosts"][1]["error"],
+            "no route to 10.9.9.9: Network is unreachable (os error 101)"
+        );
+        assert_eq!(v["hosts"][1]["ports"].as_array().map(Vec::len), Some(0));
+        let t = to_table(&r);
+        assert!(
+            t.contains("Scan report for 10.9.9.9\nNot scanned: no route to 10.9.9.9"),
+            "{t}"
+        );
+        let x = to_nmap_xml(&r, "portwarden scan");
+        assert!(
+            x.contains("<status state=\"down\" reason=\"no-route\""),
+            "{x}"
+        );
+        assert!(
+            x.contains("<hosts up=\"1\" down=\"1\" total=\"2\"/>"),
+            "{x}"
+        );
     }
 
     #[test]

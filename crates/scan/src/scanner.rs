@@ -113,16 +113,20 @@ impl Scanner {
     /// Scans every port of `ports` on every address of `targets` with `kind`.
     ///
     /// # Guarantees
-    /// Every (target, port) pair gets exactly one entry, with nmap's state and reason words.
-    /// Duplicate targets are scanned once. Nothing is sent to any address but the targets, and
-    /// nothing at all unless every target is allowed by [`ScanConfig::targets`].
+    /// Every target gets exactly one [`HostReport`], in the order given (duplicates are
+    /// scanned once). A target this namespace has no route to (or whose family it cannot use)
+    /// gets [`HostReport::error`] and no ports, and nothing is sent to it; every other target
+    /// is scanned as if it were alone: each of its ports gets exactly one entry, with nmap's
+    /// state and reason words. Nothing is sent to any address but the targets, and nothing at
+    /// all unless every target is allowed by [`ScanConfig::targets`].
     ///
     /// # Errors
     /// [`ScanError::TargetRefused`] for a target [`ScanConfig::targets`] does not allow;
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
-    /// [`ScanKind::Connect`] then); [`ScanError::NoRoute`] when a target has no route;
-    /// [`ScanError::Config`] for an empty request; [`ScanError::Socket`] for other socket
-    /// failures.
+    /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request or a rate cap
+    /// of 0;
+    /// [`ScanError::Socket`] for other socket failures. An unroutable target is not an error
+    /// (see above).
     pub fn scan(
         &self,
         targets: &[IpAddr],
@@ -140,14 +144,35 @@ impl Scanner {
                 "nothing to scan: no targets or no ports".into(),
             ));
         }
+        let timing = &self.config.timing;
+        if timing.max_rate == Some(0) || timing.max_rate_per_target == Some(0) {
+            return Err(ScanError::Config(
+                "a rate cap of 0 probes per second would stop the scan; use None for no cap".into(),
+            ));
+        }
         self.config.targets.check(&uniq)?;
+        // The routing lookup decides which targets can be scanned at all; an explicit source
+        // address does not make an unroutable target reachable.
+        let mut routable = Vec::with_capacity(uniq.len());
         let mut sources = Vec::with_capacity(uniq.len());
+        // Per target: its index among the routable ones, or why it cannot be scanned.
+        let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(uniq.len());
         for t in &uniq {
+            let routed = match net::source_for(*t) {
+                Ok(s) => s,
+                Err(ScanError::NoRoute { target, source }) => {
+                    slots.push(Err(format!("no route to {target}: {source}")));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let s = match (t, self.config.source_v4, self.config.source_v6) {
                 (IpAddr::V4(_), Some(s), _) => IpAddr::V4(s),
                 (IpAddr::V6(_), _, Some(s)) => IpAddr::V6(s),
-                _ => net::source_for(*t)?,
+                _ => routed,
             };
+            slots.push(Ok(routable.len()));
+            routable.push(*t);
             sources.push(s);
         }
         let v6_sources: Vec<&IpAddr> = sources.iter().filter(|s| s.is_ipv6()).collect();
@@ -170,7 +195,7 @@ impl Scanner {
         }
         let plan = Plan {
             kind,
-            targets: uniq.clone(),
+            targets: routable.clone(),
             sources,
             ports: ports.as_slice().to_vec(),
             timing: self.config.timing.clone().normalised(),
@@ -183,6 +208,7 @@ impl Scanner {
         let started = SystemTime::now();
         let t0 = std::time::Instant::now();
         let outcome = match kind {
+            _ if routable.is_empty() => engine::Outcome::default(),
             ScanKind::Connect => probe::connect::run(plan)?,
             ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
         };
@@ -191,23 +217,30 @@ impl Scanner {
         let proto = kind.protocol().as_str();
         let hosts = uniq
             .iter()
-            .enumerate()
-            .map(|(h, addr)| HostReport {
-                address: *addr,
-                ports: ports
-                    .as_slice()
-                    .iter()
-                    .enumerate()
-                    .map(|(p, port)| {
-                        let (state, reason) = outcome.results[h * nports + p];
-                        PortResult {
-                            port: *port,
-                            protocol: proto,
-                            state,
-                            reason,
-                        }
-                    })
-                    .collect(),
+            .zip(slots)
+            .map(|(addr, slot)| {
+                let h = match slot {
+                    Ok(h) => h,
+                    Err(e) => return HostReport::unscanned(*addr, e),
+                };
+                HostReport {
+                    address: *addr,
+                    ports: ports
+                        .as_slice()
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(p, port)| {
+                            let (state, reason) = *outcome.results.get(h * nports + p)?;
+                            Some(PortResult {
+                                port: *port,
+                                protocol: proto,
+                                state,
+                                reason,
+                            })
+                        })
+                        .collect(),
+                    error: None,
+                }
             })
             .collect();
         Ok(ScanReport {
@@ -241,6 +274,33 @@ mod tests {
             )
             .expect_err("no ports");
         assert!(e.to_string().contains("nothing to scan"), "{e}");
+    }
+
+    #[test]
+    fn a_rate_cap_of_zero_is_refused() {
+        let ports = PortList::parse("22").expect("ports");
+        for timing in [
+            Timing {
+                max_rate: Some(0),
+                ..Timing::default()
+            },
+            Timing {
+                max_rate_per_target: Some(0),
+                ..Timing::default()
+            },
+        ] {
+            let e = Scanner::new(ScanConfig {
+                timing,
+                ..ScanConfig::default()
+            })
+            .scan(
+                &["127.0.0.1".parse().expect("ip")],
+                &ports,
+                ScanKind::Connect,
+            )
+            .expect_err("refused");
+            assert!(e.to_string().contains("rate cap of 0"), "{e}");
+        }
     }
 
     #[test]

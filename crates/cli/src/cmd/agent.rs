@@ -1,6 +1,7 @@
 //! `portwarden agent`: keep this node's rules equal to its intent, repair rule drift, scan
 //! peers, and serve metrics, health and the inside view over HTTP.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ pub struct Args {
     /// Upper bound on probes per second of peer scans, all peers together; so also to any one
     /// peer (enforced per peer too). Default: adaptive timing only. Only inventory nodes are
     /// ever scanned.
-    #[arg(long, value_name = "PPS")]
+    #[arg(long, value_name = "PPS", value_parser = crate::args::parse_rate)]
     scan_rate: Option<u32>,
     /// Milliseconds between checks of the policy directory for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
@@ -82,12 +83,21 @@ pub(crate) fn init_logging(format: LogFormat) {
     init_logging_default(format, "info");
 }
 
-/// Logs to stderr at `RUST_LOG`'s level, or `default` when it is unset.
+/// Whether output to a stream may carry ANSI colour: only on a terminal, and only while
+/// `NO_COLOR` (<https://no-color.org>) is unset or empty. Logs to a file, a pipe, journald or a
+/// container runtime stay plain text.
+pub(crate) fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Logs to stderr at `RUST_LOG`'s level, or `default` when it is unset; coloured only when
+/// stderr is a terminal and `NO_COLOR` is unset (see [`colour`]).
 pub(crate) fn init_logging_default(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -134,7 +144,7 @@ pub fn run(a: Args) -> Outcome {
         node,
         refresh: Duration::from_secs(a.refresh),
         scan_interval: (a.scan_interval > 0).then(|| Duration::from_secs(a.scan_interval)),
-        scan_rate: a.scan_rate.filter(|&r| r > 0),
+        scan_rate: a.scan_rate,
         poll: Duration::from_millis(a.poll_ms.max(10)),
         listen: a.metrics_addr,
         failsafe,

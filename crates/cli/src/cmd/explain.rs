@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use portwarden_policy::{Protocol, Rule};
+use portwarden_policy::{Protocol, Rule, text};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -128,32 +128,35 @@ pub fn run(a: Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The table for people. Names and reasons come from policy files, so every line is printed
+/// with its control characters escaped (`text::printable`); JSON needs no such care.
 fn print_table(e: &Explanation) {
+    let say = |line: String| println!("{}", text::printable(&line));
     let what = format!("{}/{} on {} from {}", e.port, e.protocol, e.node, e.from);
     match (&e.state, &e.policy, e.entry) {
         (Some(state), Some(policy), Some(entry)) => {
-            println!("{what}: {state}");
-            println!(
+            say(format!("{what}: {state}"));
+            say(format!(
                 "  decided by policy {policy}, entry {entry} (priority {}, source {})",
                 e.priority.unwrap_or_default(),
                 e.source.as_deref().unwrap_or("any")
-            );
+            ));
             if let Some(r) = &e.reason {
-                println!("  reason: {r}");
+                say(format!("  reason: {r}"));
             }
             for o in &e.overrides {
-                println!(
+                say(format!(
                     "  overrides {}, entry {}: {} (priority {}, source {}, ports {})",
                     o.policy, o.entry, o.state, o.priority, o.source, o.ports
-                );
+                ));
             }
         }
         _ => {
-            println!("{what}: not managed");
-            println!(
+            say(format!("{what}: not managed"));
+            say(format!(
                 "  no policy selecting {} covers this port for this source; portwarden leaves it alone",
                 e.node
-            );
+            ));
         }
     }
 }

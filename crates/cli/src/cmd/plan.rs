@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Netfilter, Options, Plan};
-use portwarden_policy::NodeIntent;
+use portwarden_policy::{NodeIntent, text};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -135,9 +135,11 @@ struct PlanOutput<'a> {
 }
 
 /// Prints conflicts, shadowing, look-alikes and kept chains, which matter to `plan`, `apply`
-/// and `reset` alike.
+/// and `reset` alike. They quote foreign rules' text, so control characters are escaped
+/// (`text::printable`).
 pub fn print_findings(plan: &Plan, to_stderr: bool) {
     let print = |s: String| {
+        let s = text::printable(&s);
         if to_stderr {
             eprintln!("{s}");
         } else {
@@ -171,19 +173,20 @@ pub fn run(a: Args) -> Outcome {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Table => {
-            println!(
+            let say = |line: String| println!("{}", text::printable(&line));
+            say(format!(
                 "node {} ({} policies, {} rules), backend {} ({})",
                 r.node,
                 r.intent.policies.len(),
                 r.intent.rules.len(),
                 r.netfilter.backend(),
                 r.netfilter.detection().reason
-            );
+            ));
             for d in &plan.delete {
-                println!("- {d}");
+                say(format!("- {d}"));
             }
             for a in &plan.add {
-                println!("+ {a}");
+                say(format!("+ {a}"));
             }
             print_findings(&plan, false);
             let current = r.netfilter.backend();

@@ -13,12 +13,15 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use portwarden_policy::Node;
-use portwarden_scan::{PortList, ScanConfig, ScanError, ScanKind, Scanner, TargetPolicy, report};
+use portwarden_scan::{
+    Bound, PortList, ScanConfig, ScanError, ScanKind, Scanner, TargetPolicy, Timing, report,
+};
 
 use crate::Outcome;
 use crate::args;
@@ -26,7 +29,7 @@ use crate::args;
 /// Arguments of `scan`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  portwarden scan --inventory inv.yaml web-1 -p-\n  portwarden scan --inventory inv.yaml 10.213.0.11 web-2 -p 22,80,8000-8100 --scan connect -o json\n  portwarden scan --inventory inv.yaml web-1 -p 53,161 --scan udp -o xml > scan.xml  # for ndiff\n  portwarden scan 127.0.0.1 -p 1-1024\n  portwarden scan --any-target 192.0.2.10 -p 443 --max-rate-per-target 100\n\nTargets: nodes of the --inventory (by name or address) and loopback addresses; anything\nelse is refused (exit 1, nothing sent) unless --any-target is given. Loopback needs no flag:\nits packets never leave this host.\n\nRates: --rate caps probes per second in total, --max-rate-per-target caps them for each\ntarget separately (retransmissions included); both are upper bounds, never targets."
+    after_help = "Examples:\n  portwarden scan --inventory inv.yaml web-1 -p-\n  portwarden scan --inventory inv.yaml 10.213.0.11 web-2 -p 22,80,8000-8100 --scan connect -o json\n  portwarden scan --inventory inv.yaml web-1 -p 53,161 --scan udp -o xml > scan.xml  # for ndiff\n  portwarden scan 127.0.0.1 -p 1-1024\n  portwarden scan --any-target 192.0.2.10 -p 443 --max-rate-per-target 100\n\nTargets: nodes of the --inventory (by name or address) and loopback addresses; anything\nelse is refused (exit 1, nothing sent) unless --any-target is given. Loopback needs no flag:\nits packets never leave this host.\n\nRates: --rate caps probes per second in total, --max-rate-per-target caps them for each\ntarget separately (retransmissions included); both are upper bounds, never targets, and at\nleast 1. A scan expected to take over a minute (UDP is slow: each target answers about one\nclosed port per second) is announced on stderr with a rough duration.\n\nExit codes: 0 scanned, 1 error or a target not scanned (no route to it; the others are\nprinted)."
 )]
 pub struct Args {
     /// Targets: IP addresses (IPv4 or IPv6), or node names of the --inventory.
@@ -52,10 +55,10 @@ pub struct Args {
     #[arg(long = "scan", value_enum)]
     kind: Option<Kind>,
     /// Upper bound on probes per second, all targets together.
-    #[arg(long, value_name = "PPS")]
+    #[arg(long, value_name = "PPS", value_parser = args::parse_rate)]
     rate: Option<u32>,
     /// Upper bound on probes per second to each target separately.
-    #[arg(long, value_name = "PPS")]
+    #[arg(long, value_name = "PPS", value_parser = args::parse_rate)]
     max_rate_per_target: Option<u32>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
@@ -139,6 +142,56 @@ fn resolve_targets(
     Ok((targets, policy))
 }
 
+/// Scans expected to take longer than this are announced before they start.
+const LONG_SCAN: Duration = Duration::from_secs(60);
+
+/// `5 h 28 min`, `3 min 20 s`, `45 s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        3600.. => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        60.. => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{s} s"),
+    }
+}
+
+/// The warning for a scan that will take long (see `portwarden_scan::estimate`), naming what
+/// makes it long and how to shorten it; `None` for a short one.
+fn long_scan_warning(
+    a: &Args,
+    kind: ScanKind,
+    targets: &[IpAddr],
+    ports: &PortList,
+) -> Option<String> {
+    let e = portwarden_scan::estimate(kind, targets, ports.len(), &timing(a))?;
+    let mut unique = targets.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    let n = unique.len();
+    let plural = if n == 1 { "target" } else { "targets" };
+    if e.duration <= LONG_SCAN {
+        return None;
+    }
+    let why = match e.bound {
+        Bound::IcmpRateLimit => format!(
+            "{} UDP ports on {n} {plural}, and each target answers closed UDP ports with about one ICMP port-unreachable per second (Linux's net.ipv4.icmp_ratelimit), so the scan slows down to match; scan fewer ports to shorten it (the UDP services you mean to check, e.g. -p 53,67,123,161,500)",
+            ports.len()
+        ),
+        Bound::Rate(r) => format!(
+            "{} probes at --rate {r} per second; raise --rate or scan fewer ports to shorten it",
+            n * ports.len()
+        ),
+        Bound::RatePerTarget(r) => format!(
+            "{} probes per target at --max-rate-per-target {r} per second; raise --max-rate-per-target or scan fewer ports to shorten it",
+            ports.len()
+        ),
+    };
+    Some(format!(
+        "warning: this scan may take about {}: {why}",
+        human(e.duration)
+    ))
+}
+
 fn progress_bar() -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
@@ -150,14 +203,21 @@ fn progress_bar() -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// The default timing with the command line's rate caps.
+fn timing(a: &Args) -> Timing {
+    Timing {
+        max_rate: a.rate,
+        max_rate_per_target: a.max_rate_per_target,
+        ..Timing::default()
+    }
+}
+
 fn scanner(a: &Args, policy: &TargetPolicy, bar: Option<ProgressBar>) -> Scanner {
-    let mut config = ScanConfig {
+    let scanner = Scanner::new(ScanConfig {
         targets: policy.clone(),
+        timing: timing(a),
         ..ScanConfig::default()
-    };
-    config.timing.max_rate = a.rate;
-    config.timing.max_rate_per_target = a.max_rate_per_target;
-    let scanner = Scanner::new(config);
+    });
     match bar {
         Some(bar) => scanner.on_progress(move |p| {
             bar.set_length(p.total);
@@ -185,6 +245,9 @@ pub fn run(a: Args) -> Outcome {
     )?;
     let ports: PortList = a.ports.parse()?;
     let kind = a.kind.map_or(ScanKind::Syn, ScanKind::from);
+    if let Some(warning) = long_scan_warning(&a, kind, &targets, &ports) {
+        eprintln!("{warning}");
+    }
     let bar = progress_bar();
     let result = scanner(&a, &policy, bar.clone()).scan(&targets, &ports, kind);
     let report = match result {
@@ -210,7 +273,18 @@ pub fn run(a: Args) -> Outcome {
             print!("{}", report::to_nmap_xml(&report, &args.join(" ")));
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // A target that could not be scanned (no route to it) is in the report, and fails the
+    // command: not everything asked for was scanned.
+    let mut unscanned = 0;
+    for (address, why) in report.unscanned() {
+        eprintln!("error: {address} was not scanned: {why}");
+        unscanned += 1;
+    }
+    Ok(if unscanned > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
@@ -227,6 +301,13 @@ mod tests {
 
     fn raw(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human(Duration::from_secs(45)), "45 s");
+        assert_eq!(human(Duration::from_secs(200)), "3 min 20 s");
+        assert_eq!(human(Duration::from_secs(19_680)), "5 h 28 min");
     }
 
     #[test]

@@ -33,10 +33,10 @@ pub struct Args {
     #[arg(long = "scan", value_enum, default_value_t = TcpScan::Syn)]
     scan: TcpScan,
     /// Upper bound on probes per second, all targets together.
-    #[arg(long, value_name = "PPS")]
+    #[arg(long, value_name = "PPS", value_parser = args::parse_rate)]
     rate: Option<u32>,
     /// Upper bound on probes per second to each node address separately.
-    #[arg(long, value_name = "PPS")]
+    #[arg(long, value_name = "PPS", value_parser = args::parse_rate)]
     max_rate_per_target: Option<u32>,
     /// Failsafe ports (never enforced, so not verified), as the agents use them.
     #[arg(long, value_name = "LIST", default_value = DEFAULT_FAILSAFE)]
@@ -44,8 +44,11 @@ pub struct Args {
     /// Port of the agents' HTTP endpoint for the inside view; 0 to not ask agents.
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_AGENT_PORT)]
     agent_port: u16,
-    /// How long to wait for each agent, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// Deadline of each agent's inside view, in milliseconds: connect, request and the whole
+    /// answer (at most 4 MiB); a slower or larger answer is dropped and the outside view
+    /// reported.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     agent_timeout_ms: u64,
     /// TCP ports searched for undeclared open ports when a policy says `unlisted: report`.
     #[arg(
@@ -116,7 +119,10 @@ pub fn run(a: Args) -> Outcome {
     match a.output {
         Output::Table => print!(
             "{}",
-            report::to_table(&v.report, std::io::stdout().is_terminal())
+            report::to_table(
+                &v.report,
+                crate::cmd::agent::colour(std::io::stdout().is_terminal())
+            )
         ),
         Output::Json => println!("{}", report::to_json(&v.report)),
         Output::Junit => print!("{}", report::to_junit(&v.report)),
