@@ -23,7 +23,7 @@ use portwarden_scan::{
 };
 
 use crate::causes::{self, Inside, Symptom};
-use crate::expect::{Expectation, expectations};
+use crate::expect::{Expectation, expectations, for_any_vantage};
 use crate::inside::{self, InsideView};
 use crate::report::{Report, Row};
 use crate::verdict::{Verdict, judge};
@@ -80,7 +80,9 @@ fn exempt(failsafe: &Failsafe) -> impl Fn(Protocol, u16) -> bool + '_ {
 /// An address this host has no route to does not stop the others: its rows are
 /// `indeterminate` with the cause `unreachable: no route to ADDRESS: ...`, their `from` is
 /// the unspecified address (`0.0.0.0` or `::`: no source address exists), nothing is sent to
-/// it, and every other address is verified as usual.
+/// it, and every other address is verified as usual. Without a vantage, every port the node's
+/// policies manage for some source gets a row; where what a probe must see depends on its
+/// source (a `from:` entry decides first), `expected` is `-` and no policy is named.
 ///
 /// # Errors
 ///
@@ -102,7 +104,12 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
             }
             Err(e) => return Err(e),
         };
-        let exp = expectations(&t.intent, vantage, exempt(&opts.failsafe));
+        // Without a vantage there is nothing to expect for one: the rows come from
+        // `Compare::unroutable`.
+        let exp = match unreachable {
+            None => expectations(&t.intent, vantage, exempt(&opts.failsafe)),
+            Some(_) => Vec::new(),
+        };
         planned.push(Planned {
             target: t,
             vantage,
@@ -188,18 +195,20 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
         };
         let tcp = host(Protocol::Tcp, t.address);
         let udp = host(Protocol::Udp, t.address);
-        // The scanner's own verdict on the address counts too (a route may vanish between
-        // the lookup above and the scan).
-        let unreachable = p
-            .unreachable
-            .as_deref()
-            .or_else(|| tcp.and_then(|h| h.error.as_deref()))
-            .or_else(|| udp.and_then(|h| h.error.as_deref()));
         let ctx = Compare {
             target: t,
             vantage: p.vantage,
             inside: &inside,
         };
+        if let Some(why) = &p.unreachable {
+            rows.extend(ctx.unroutable(why, &opts.failsafe));
+            continue;
+        }
+        // The scanner's own verdict on the address counts too (a route may vanish between
+        // the lookup above and the scan); the vantage is known then.
+        let unreachable = tcp
+            .and_then(|h| h.error.as_deref())
+            .or_else(|| udp.and_then(|h| h.error.as_deref()));
         if let Some(why) = unreachable {
             rows.extend(ctx.unreachable(exp, why));
             continue;
@@ -359,12 +368,8 @@ impl Compare<'_> {
                     Protocol::Udp => udp,
                 };
                 let Some(observed) = lookup(scan, e.port) else {
-                    let mut r = self.row(e.port, e.protocol, e.state.to_string(), PortState::OpenFiltered, Verdict::Indeterminate);
-                    r.observed = "not scanned".into();
-                    r.cause = Some("this protocol could not be scanned from here".into());
-                    r.policy = Some(e.policy.to_string());
-                    r.entry = Some(e.entry);
-                    return r;
+                    let cause = "this protocol could not be scanned from here".to_string();
+                    return self.not_scanned(e.port, e.protocol, Some(e), cause);
                 };
                 let (verdict, outside) = judge(e.protocol, e.state, observed);
                 let mut r = self.row(e.port, e.protocol, e.state.to_string(), observed, verdict);
@@ -397,24 +402,47 @@ impl Compare<'_> {
             .collect()
     }
 
-    /// Every expectation of an address that cannot be probed: indeterminate, and why.
+    /// Every expectation of an address that could not be probed from this vantage:
+    /// indeterminate, and why.
     fn unreachable(&self, exp: &[Expectation], why: &str) -> Vec<Row> {
         exp.iter()
-            .map(|e| {
-                let mut r = self.row(
-                    e.port,
-                    e.protocol,
-                    e.state.to_string(),
-                    PortState::OpenFiltered,
-                    Verdict::Indeterminate,
-                );
-                r.observed = "not scanned".into();
-                r.cause = Some(format!("unreachable: {why}"));
-                r.policy = Some(e.policy.to_string());
-                r.entry = Some(e.entry);
-                r
+            .map(|e| self.not_scanned(e.port, e.protocol, Some(e), format!("unreachable: {why}")))
+            .collect()
+    }
+
+    /// Every managed port of an address with no route to it, so no vantage: indeterminate,
+    /// and why; the expectation only where every vantage shares it ([`for_any_vantage`]).
+    fn unroutable(&self, why: &str, failsafe: &Failsafe) -> Vec<Row> {
+        for_any_vantage(&self.target.intent, exempt(failsafe))
+            .iter()
+            .map(|(protocol, port, e)| {
+                self.not_scanned(*port, *protocol, e.as_ref(), format!("unreachable: {why}"))
             })
             .collect()
+    }
+
+    /// The row of a port that was not probed: what it must show (`-` when that is not known),
+    /// and why it was not probed (`cause`).
+    fn not_scanned(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        e: Option<&Expectation>,
+        cause: String,
+    ) -> Row {
+        let expected = e.map_or_else(|| "-".to_string(), |e| e.state.to_string());
+        let mut r = self.row(
+            port,
+            protocol,
+            expected,
+            PortState::OpenFiltered,
+            Verdict::Indeterminate,
+        );
+        r.observed = "not scanned".into();
+        r.cause = Some(cause);
+        r.policy = e.map(|e| e.policy.to_string());
+        r.entry = e.map(|e| e.entry);
+        r
     }
 
     /// Open TCP ports that no entry governs, on a node with `unlisted: report`.
@@ -528,6 +556,59 @@ mod tests {
                 v.report.notes
             );
         }
+    }
+
+    /// An address that cannot be probed has no vantage: a state that depends on the source
+    /// address is not claimed for it, and a port only `from:` entries manage gets its row too.
+    #[test]
+    fn unreachable_rows_claim_no_state_that_depends_on_the_source() {
+        use portwarden_policy::{PortRange, Rule, State};
+        let rule = |entry, port, source: Option<&str>, state| Rule {
+            priority: 100,
+            policy: "web".into(),
+            entry,
+            protocol: Protocol::Tcp,
+            ports: PortRange::single(port),
+            source: source.map(|s| s.parse::<ipnet::IpNet>().expect("network")),
+            state,
+        };
+        // 80: closed to 10.0.0.0/8, open to everyone else; 81: closed to 10.0.0.0/8 only;
+        // 82: closed to everyone.
+        let intent = NodeIntent {
+            policies: vec!["web".into()],
+            rules: vec![
+                rule(0, 80, Some("10.0.0.0/8"), State::Closed),
+                rule(1, 80, None, State::Open),
+                rule(2, 81, Some("10.0.0.0/8"), State::Closed),
+                rule(3, 82, None, State::Closed),
+            ],
+            report_unlisted: false,
+        };
+        let target = Target {
+            node: "n".into(),
+            address: "10.9.9.9".parse().expect("address"),
+            intent: Arc::new(intent),
+        };
+        let vantage: IpAddr = Ipv4Addr::UNSPECIFIED.into();
+        let ctx = Compare {
+            target: &target,
+            vantage,
+            inside: &Inside::Unknown("not asked"),
+        };
+        let rows = ctx.unroutable("no route to 10.9.9.9", &Failsafe::none());
+        let row = |port: u16| {
+            rows.iter()
+                .find(|r| r.port == port)
+                .map(|r| (r.expected.as_str(), r.policy.as_deref(), r.entry))
+        };
+        assert_eq!(row(80), Some(("-", None, None)), "{rows:#?}");
+        assert_eq!(row(81), Some(("-", None, None)), "{rows:#?}");
+        assert_eq!(row(82), Some(("closed", Some("web"), Some(3))), "{rows:#?}");
+        assert!(
+            rows.iter().all(|r| r.verdict == Verdict::Indeterminate
+                && r.cause.as_deref() == Some("unreachable: no route to 10.9.9.9")),
+            "{rows:#?}"
+        );
     }
 
     #[test]
