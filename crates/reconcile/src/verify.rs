@@ -53,7 +53,7 @@ pub struct VerifyOptions {
     /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
     pub agent_port: Option<u16>,
     /// The deadline of each inside-view fetch as a whole: connect, request and the entire
-    /// response (see `inside::get`); up to 64 fetches run at once.
+    /// response (see `inside::get`); up to 16 fetches run at once.
     pub agent_timeout: Duration,
     /// TCP ports searched for undeclared open ports on nodes whose policies say
     /// `unlisted: report`.
@@ -242,8 +242,9 @@ fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
     config
 }
 
-/// Inside views fetched at once (one thread each).
-const FETCH_PARALLEL: usize = 64;
+/// Inside views fetched at once (one thread each): with [`inside::MAX_INSIDE_VIEW_BYTES`] per
+/// answer, what hostile agents can make verify (or an agent's peer scan) hold is bounded.
+const FETCH_PARALLEL: usize = 16;
 
 /// One address to verify, with what was found out before the scan.
 struct Planned<'a> {
@@ -273,33 +274,57 @@ fn fetch_insides(
             nodes.push((&t.node, t.address));
         }
     }
-    // Each fetch has its own total deadline (`agent_timeout`), and up to FETCH_PARALLEL run
-    // at once, so slow agents hold verify up for at most ceil(nodes / FETCH_PARALLEL)
-    // deadlines.
-    let mut results: Vec<(String, Result<InsideView, String>)> = Vec::with_capacity(nodes.len());
-    for batch in nodes.chunks(FETCH_PARALLEL) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|(node, addr)| {
-                    let addr = SocketAddr::new(*addr, port);
-                    let h = std::thread::Builder::new()
-                        .name("inside-view".into())
-                        .spawn_scoped(s, move || inside::fetch(addr, opts.agent_timeout));
-                    (node, h)
-                })
-                .collect();
-            for (node, h) in handles {
-                let r = match h {
-                    Ok(h) => h
-                        .join()
-                        .unwrap_or_else(|_| Err("agent query thread panicked".into())),
-                    Err(e) => Err(format!("cannot start a thread to ask the agent: {e}")),
-                };
-                results.push((node.to_string(), r));
+    // Each fetch has its own total deadline (`agent_timeout`); FETCH_PARALLEL workers take the
+    // next node as soon as they are done, so slow agents hold verify up for at most
+    // ceil(nodes / FETCH_PARALLEL) deadlines.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fetch_next = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((_, addr)) = nodes.get(i) else {
+                return done;
+            };
+            let view = inside::fetch(SocketAddr::new(*addr, port), opts.agent_timeout);
+            done.push((i, view));
+        }
+    };
+    let mut fetched: Vec<Option<Result<InsideView, String>>> = vec![None; nodes.len()];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..FETCH_PARALLEL.min(nodes.len()))
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name("inside-view".into())
+                    .spawn_scoped(s, fetch_next)
+            })
+            .collect();
+        let mut refused = None;
+        for w in workers {
+            match w {
+                Ok(h) => {
+                    for (i, view) in h.join().unwrap_or_default() {
+                        fetched[i] = Some(view);
+                    }
+                }
+                Err(e) => refused = Some(e),
             }
-        });
-    }
+        }
+        if let Some(e) = refused {
+            notes.push(format!(
+                "cannot start every thread to ask the agents ({e}): fewer were asked at once"
+            ));
+        }
+    });
+    let results: Vec<(String, Result<InsideView, String>)> = nodes
+        .iter()
+        .zip(fetched)
+        .map(|((node, _), view)| {
+            let view = view.unwrap_or_else(|| {
+                Err("not asked: no query thread could start, or it panicked".into())
+            });
+            (node.to_string(), view)
+        })
+        .collect();
     for (node, r) in &results {
         if let Err(e) = r {
             notes.push(format!("{node}: inside view unavailable: {e}"));
@@ -608,6 +633,104 @@ mod tests {
             rows.iter().all(|r| r.verdict == Verdict::Indeterminate
                 && r.cause.as_deref() == Some("unreachable: no route to 10.9.9.9")),
             "{rows:#?}"
+        );
+    }
+
+    /// Agents (on 127.0.0.1-24, one port) that accept and then answer nothing until the test
+    /// opens the gate: with the gate closed no fetch can end before its (long) deadline, so
+    /// every connection accepted before the gate opens is one verify holds at once.
+    #[test]
+    fn at_most_16_inside_views_are_fetched_at_once() {
+        use crate::inside::tests::within;
+        use std::sync::{Condvar, Mutex};
+        const AGENTS: usize = 24;
+        let (port, listeners) = (0..20)
+            .find_map(|_| {
+                let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+                let port = first.local_addr().ok()?.port();
+                let mut all = vec![first];
+                for i in 2..=AGENTS {
+                    all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
+                }
+                Some((port, all))
+            })
+            .expect("one free port on 127.0.0.1-24");
+        // (connections accepted, of which before the gate opened, gate open)
+        let gate = Arc::new((Mutex::new((0usize, 0usize, false)), Condvar::new()));
+        for l in listeners {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let Ok((mut c, _)) = l.accept() else {
+                    return;
+                };
+                // Read the request: closing with it unread would reset the connection.
+                let mut request = [0u8; 1024];
+                let _ = std::io::Read::read(&mut c, &mut request);
+                let (lock, cv) = &*gate;
+                let mut g = lock.lock().expect("gate");
+                g.0 += 1;
+                if !g.2 {
+                    g.1 += 1;
+                }
+                cv.notify_all();
+                while !g.2 {
+                    g = cv.wait(g).expect("gate");
+                }
+                drop(g);
+                let _ = std::io::Write::write_all(&mut c, b"HTTP/1.0 503 Busy\r\n\r\n");
+            });
+        }
+        let targets: Vec<Target> = (1..=AGENTS)
+            .map(|i| Target {
+                node: format!("n{i}"),
+                address: format!("127.0.0.{i}").parse().expect("address"),
+                intent: Arc::default(),
+            })
+            .collect();
+        let opts = VerifyOptions {
+            agent_port: Some(port),
+            agent_timeout: Duration::from_secs(60),
+            ..options()
+        };
+        let verifying = std::thread::spawn(move || verify(&targets, &opts));
+        let (lock, cv) = &*gate;
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let mut g = lock.lock().expect("gate");
+        while g.0 < 16 {
+            let left = until
+                .checked_duration_since(std::time::Instant::now())
+                .unwrap_or_else(|| panic!("only {} agents asked within 20 s", g.0));
+            g = cv.wait_timeout(g, left).expect("gate").0;
+        }
+        // Give a 17th fetch a second to show up. With the bound it never can (no fetch ends
+        // while the gate is closed), so this only makes a missing bound fail reliably.
+        let grace = std::time::Instant::now() + Duration::from_secs(1);
+        while g.0 < AGENTS {
+            let Some(left) = grace.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            g = cv.wait_timeout(g, left).expect("gate").0;
+        }
+        let before_the_gate = g.1;
+        g.2 = true;
+        cv.notify_all();
+        drop(g);
+        assert!(
+            before_the_gate <= 16,
+            "{before_the_gate} inside views fetched at once"
+        );
+        let v = within(Duration::from_secs(30), move || verifying.join())
+            .expect("verify did not panic")
+            .expect("verify runs");
+        assert_eq!(
+            v.report
+                .notes
+                .iter()
+                .filter(|n| n.contains("503 Busy"))
+                .count(),
+            AGENTS,
+            "{:?}",
+            v.report.notes
         );
     }
 
