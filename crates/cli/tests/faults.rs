@@ -35,6 +35,9 @@
 //!    ports no policy manages (loopback-only or not).
 //! 10. `sighup_reloads_the_policy_directory_and_the_agent_keeps_running` — SIGHUP reloads at
 //!     once, is logged, and does not stop the agent.
+//! 12. `the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit` —
+//!     the soft descriptor limit is what serving needs, not the hard limit, and every iptables
+//!     child runs with it.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -1454,4 +1457,93 @@ fn sighup_reloads_the_policy_directory_and_the_agent_keeps_running() {
         vec![4, 5, 5],
         "one load at start, one per SIGHUP"
     );
+}
+
+/// `(soft, hard)` descriptor limits of process `pid`.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Review of item 6: the agent fits its soft descriptor limit once, before its loop starts,
+/// to what it uses (its open descriptors, the connection cap and the reserve), not to the
+/// hard limit (2^30 under `LimitNOFILE=infinity` in some container runtimes): every iptables
+/// child inherits it, and some tools walk every descriptor up to it.
+#[test]
+fn the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit() {
+    skip_unless_lab!();
+    let backend = Backend::Nft;
+    let (_lab, node, s) = web_lab("fnofile");
+    // In front of iptables-nft-save (found through PATH): a script that records the soft
+    // limit it runs with.
+    let tools = s.path("wrapped");
+    std::fs::create_dir_all(&tools).unwrap();
+    let name = tool(backend, Family::Ipv4, "save");
+    let real = portwarden_netfilter::backend::find_program(&name, None).unwrap();
+    let record = s.path("child-nofile");
+    let script = tools.join(&name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nulimit -n >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The hard limit this test runs with (raising it needs CAP_SYS_RESOURCE).
+    let hard = nofile_limits(std::process::id()).1;
+    assert!(
+        hard > 4096,
+        "a hard descriptor limit of {hard} cannot tell a fitted limit from the hard one"
+    );
+    let nofile = format!("--nofile=256:{hard}");
+    let agent = Agent::start(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        1,
+        &["env", &path, "prlimit", &nofile],
+    );
+    let log = || {
+        let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        format!("; the agent's log: {text}")
+    };
+    wait_explained("converged", log, || {
+        agent.inside().ok().filter(|v| v.converged)
+    });
+    // the first reconcile and two refreshes
+    let children = wait("three iptables-nft-save runs recorded", || {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        (text.lines().count() >= 3).then_some(text)
+    });
+    let (soft, agent_hard) = nofile_limits(agent.pid());
+    assert_eq!(agent_hard, hard, "the hard limit is left alone");
+    let metrics = agent.get("/metrics").unwrap();
+    let cap = common::metric_value(&metrics, "portwarden_http_connection_limit").unwrap();
+    assert!(
+        soft >= cap as u64 + 256 && soft < 2048,
+        "soft limit {soft} for {cap} connections and 256 reserved"
+    );
+    let seen: Vec<&str> = children.lines().collect();
+    assert!(
+        seen.iter().all(|l| *l == soft.to_string()),
+        "every iptables child runs with the agent's limit {soft}: {seen:?}"
+    );
+    eprintln!("soft limit {soft} (hard {hard}), {cap} connections; children: {seen:?}");
 }

@@ -31,6 +31,7 @@
 //! * Shutdown leaves the rules in place; `portwarden reset` removes them.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -46,7 +47,7 @@ use crate::inside::{InsideView, exposed_listeners};
 use crate::listeners::read_listeners;
 use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
-use crate::server::{Limits, serve, shutdown_signal};
+use crate::server::{Limits, Shutdown, fit_descriptors, serve, shutdown_signal};
 use crate::verify::{Target, VerifyOptions, verify};
 
 /// How the agent runs.
@@ -827,50 +828,107 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
 
 /// Runs the agent until SIGTERM or SIGINT: takes the network namespace's agent lock, binds
 /// the HTTP endpoint, starts the loop, and on a signal stops both. Rules stay in place. SIGHUP
-/// reloads the policy directory and the inventory at once (logged), whether or not they
-/// changed.
+/// reloads the policy directory and the inventory after the current step (logged), whether
+/// or not they changed.
 ///
 /// # Errors
 ///
 /// When another agent manages this network namespace (its pid and command are named), the
 /// lock directory cannot be used, the HTTP address cannot be bound or the runtime cannot start.
 pub fn run(config: AgentConfig) -> std::io::Result<()> {
+    let (control, commands) = std::sync::mpsc::channel();
+    let hangup = control.clone();
+    run_agent(
+        config,
+        move || {
+            info!(
+                "SIGHUP: reloading the policy directory and the inventory after the current step"
+            );
+            let _ = hangup.send(Control::Reload);
+        },
+        move |shared| run_loop(shared, commands),
+        move |shared, shutdown| async move {
+            let c = &shared.config;
+            info!(node = %c.node, listen = %c.listen, policy_dir = %c.policy_dir.display(), "agent started");
+            shutdown.await;
+            let _ = control.send(Control::Stop);
+            Ok(())
+        },
+    )?
+}
+
+/// The process around an agent's loop, for both agents (the standalone [`run`] and
+/// `portwarden-kube`'s `agent --kube`): takes the network namespace's agent lock, starts a
+/// runtime, installs the signal handlers (`on_hangup` runs on every SIGHUP), binds the HTTP
+/// endpoint, fits the descriptor limit ([`fit_descriptors`]), and starts `reconcile` on a
+/// thread of its own. Then it serves HTTP ([`crate::http::router`]) while `main` runs, with
+/// the future that resolves on SIGTERM or SIGINT; when `main` returns the server stops and
+/// the thread is joined (a panic of it is logged).
+///
+/// # Guarantees
+///
+/// The descriptor limit is fitted before `reconcile` starts, so every child it spawns
+/// inherits the fitted limit.
+///
+/// # Caveats
+///
+/// `reconcile` must return once `main` has: `main` tells it (a [`Control::Stop`], or by
+/// dropping the channel it waits on), or the process waits for it forever.
+///
+/// # Errors
+///
+/// The outer error: another agent manages this network namespace (named), the lock directory
+/// cannot be used, the runtime or the thread cannot start, or the HTTP address cannot be
+/// bound. The inner one is `main`'s.
+pub fn run_agent<E, M, F>(
+    config: AgentConfig,
+    on_hangup: impl FnMut() + Send + 'static,
+    reconcile: impl FnOnce(Arc<Shared>) + Send + 'static,
+    main: M,
+) -> std::io::Result<Result<(), E>>
+where
+    M: FnOnce(Arc<Shared>, Shutdown) -> F,
+    F: Future<Output = Result<(), E>>,
+{
     let _only_agent = take_agent_lock()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (control, commands) = std::sync::mpsc::channel();
-        // First thing: from here on a SIGHUP reloads instead of terminating the process.
-        let hangup = control.clone();
-        let shutdown = shutdown_signal(move || {
-            info!("SIGHUP: reloading the policy directory and the inventory now");
-            let _ = hangup.send(Control::Reload);
-        });
-        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        info!(node = %config.node, listen = %config.listen, policy_dir = %config.policy_dir.display(), "agent started");
+        // First thing: from here on a SIGHUP calls `on_hangup` instead of ending the process.
+        let shutdown: Shutdown = Box::pin(shutdown_signal(on_hangup));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+            })?;
+        let budget = fit_descriptors(Limits::default());
         let shared = Shared::new(config);
         let loop_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("reconcile".into())
-            .spawn(move || run_loop(loop_shared, commands))?;
-        let app = crate::http::router(shared.clone());
-        serve(
+            .spawn(move || reconcile(loop_shared))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = serve(
             listener,
-            app,
-            Limits::default(),
+            crate::http::router(shared.clone()),
+            budget,
             shared.metrics.http.clone(),
-            shutdown,
-        )
-        .await;
-        let _ = control.send(Control::Stop);
+            async {
+                let _ = stopped.await;
+            },
+        );
+        let main = async {
+            let result = main(shared.clone(), shutdown).await;
+            let _ = stop.send(());
+            result
+        };
+        let ((), result) = tokio::join!(server, main);
         if worker.join().is_err() {
             error!("reconcile loop panicked");
         }
-        Ok(())
+        Ok(result)
     })
 }
 
