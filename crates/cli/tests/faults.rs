@@ -35,6 +35,9 @@
 //!    ports no policy manages (loopback-only or not).
 //! 10. `sighup_reloads_the_policy_directory_and_the_agent_keeps_running` — SIGHUP reloads at
 //!     once, is logged, and does not stop the agent.
+//! 11. `sighups_queued_behind_a_step_are_one_reload_and_sigterm_is_not_kept_waiting` — five
+//!     SIGHUPs and a SIGTERM sent while a reconcile waits for the xtables lock: at most one
+//!     load, then the stop.
 //! 12. `the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit` —
 //!     the soft descriptor limit is what serving needs, not the hard limit, and every iptables
 //!     child runs with it.
@@ -1456,6 +1459,73 @@ fn sighup_reloads_the_policy_directory_and_the_agent_keeps_running() {
         loads(&agent),
         vec![4, 5, 5],
         "one load at start, one per SIGHUP"
+    );
+}
+
+/// Waits until the process `pid` (a child of this test, not yet reaped) has exited.
+fn wait_exited(pid: u32, what: &str) {
+    wait(what, || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command in parentheses; a child not yet reaped is a zombie.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        matches!(state, None | Some('Z') | Some('X')).then_some(())
+    });
+}
+
+/// `kill -SIGNAL pid`.
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Review of item 12: SIGHUPs that arrive while the loop is busy (its first reconcile waits
+/// for a held xtables lock, legacy backend) make one reload in all, not one each, and a
+/// SIGTERM sent after them is not kept waiting behind them.
+#[test]
+fn sighups_queued_behind_a_step_are_one_reload_and_sigterm_is_not_kept_waiting() {
+    skip_unless_lab!();
+    let backend = Backend::Legacy;
+    let (_lab, node, s) = web_lab("fhupq");
+    // a private lock, never /run/xtables.lock
+    let lock = s.path("xtables.lock");
+    std::fs::write(&lock, "").unwrap();
+    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
+    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    let agent = Agent::start_with(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        3600,
+        &["env", &env],
+        3_600_000,
+        &[],
+    );
+    wait("the first reconcile waits for the lock", || {
+        agent.logged("waiting for the xtables lock").pop()
+    });
+    assert_eq!(loads(&agent).len(), 1);
+    // One at a time: signals sent faster than the handler runs are merged (by the kernel and
+    // by tokio), and each logged one is a reload asked for.
+    for i in 1..=5 {
+        signal(agent.pid(), "HUP");
+        wait("the SIGHUP logged (a reload asked for)", || {
+            (agent.logged("SIGHUP").len() >= i).then_some(())
+        });
+    }
+    signal(agent.pid(), "TERM");
+    wait("SIGTERM logged", || agent.logged("SIGTERM").pop());
+    drop(holder);
+    wait_exited(agent.pid(), "the agent exits after SIGTERM");
+    let n = loads(&agent);
+    assert!(
+        n.len() <= 2,
+        "the start's load and at most one for five SIGHUPs, then the stop: {n:?}"
     );
 }
 

@@ -48,7 +48,9 @@ use kube::{Api, Client, ResourceExt};
 use portwarden_policy::validate::Issue;
 use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
 use portwarden_reconcile::Target;
-use portwarden_reconcile::agent::{AgentConfig, Shared, converge, run_agent, scan_peers};
+use portwarden_reconcile::agent::{
+    AgentConfig, HEARTBEAT_LIMIT, Shared, converge, run_agent, scan_peers,
+};
 use prometheus_client::metrics::counter::Counter;
 use tracing::{info, warn};
 
@@ -382,7 +384,12 @@ fn reconcile_loop(
             .flatten()
             .min()
             .unwrap_or(next_refresh);
-        match plans.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+        // Never longer than half the heartbeat limit: an idle loop stays alive (`/healthz`)
+        // whatever the refresh and scan intervals.
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_LIMIT / 2);
+        match plans.recv_timeout(wait) {
             Ok(p) => {
                 shared.set_intent(p.intent.clone(), p.policy_error.clone());
                 if let Some(e) = &p.policy_error {

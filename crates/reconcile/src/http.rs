@@ -1,9 +1,13 @@
 //! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
 //! `/v1/inside` (the inside view, computed on request) and `/v1/report` (the last peer scan).
 //! [`crate::server::serve`] serves it within connection limits.
+//!
+//! # Guarantees
+//!
+//! * `/healthz` is 200 while the loop is healthy ([`crate::agent::State::health`]), else 503
+//!   with the reason.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,9 +17,6 @@ use axum::routing::get;
 
 use crate::agent::Shared;
 use crate::inside::INSIDE_PATH;
-
-/// The loop counts as alive while it has completed an iteration this recently.
-const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Inside views computed at once: each runs `iptables-save` and a plan (children, pipes, CPU),
 /// so many clients asking together wait here (up to the request timeout) instead of taking
@@ -45,21 +46,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let (alive, stuck) = s.with_state(|st| {
-        let alive = st.heartbeat.is_some_and(|h| h.elapsed() < HEARTBEAT_LIMIT);
-        (alive, st.stuck(std::time::Instant::now()))
-    });
-    if let Some(why) = stuck {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
-    }
-    if alive {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reconcile loop is not running\n",
-        )
-            .into_response()
+    match s.with_state(|st| st.health(std::time::Instant::now())) {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
@@ -85,9 +74,8 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn inside(State(s): State<Arc<Shared>>) -> Response {
-    let Ok(permit) = INSIDE_VIEWS.acquire().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    };
+    // The semaphore is never closed: this always holds a permit.
+    let permit = INSIDE_VIEWS.acquire().await.ok();
     // Reading netfilter shells out to iptables-save: keep it off the async workers. The permit
     // goes with the work, so a request that timed out still counts until its view is done.
     match tokio::task::spawn_blocking(move || {
