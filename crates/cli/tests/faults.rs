@@ -41,6 +41,8 @@
 //! 12. `the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit` —
 //!     the soft descriptor limit is what serving needs, not the hard limit, and every iptables
 //!     child runs with it.
+//! 13. `the_inside_view_and_readyz_carry_no_error_text` — the loader's message (a path, a
+//!     quoted value) is logged, not served.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -221,6 +223,21 @@ impl Agent {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Waits for an "invalid policy documents" event, past the first `mark` events of the log,
+    /// whose problem contains `text`; returns the problem. (The inside view only says that the
+    /// documents are invalid: any host can read it.)
+    fn problem_logged(&self, mark: usize, text: &str) -> String {
+        wait(&format!("a problem logged with {text:?}"), || {
+            self.events().into_iter().skip(mark).find_map(|e| {
+                let invalid = e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("invalid policy documents"));
+                let problem = e["fields"]["problem"].as_str()?.to_string();
+                (invalid && problem.contains(text)).then_some(problem)
+            })
+        })
     }
 
     /// Log events whose message contains `text`.
@@ -567,7 +584,7 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
             eprintln!("{backend}: agent killed {point}; its children: {kids:?}");
             let agent = Agent::start(&node, &s, &s.path("policies"), backend, 1, &[]);
             agent.wait_for("converged after the restart", |v| {
-                v.converged && v.apply_error.is_none()
+                v.converged && !v.apply_failed
             });
             for (i, &f) in Family::ALL.iter().enumerate() {
                 let now = save(&node, backend, f);
@@ -722,9 +739,7 @@ fn symlinked_policy_dir_swaps_apply_each_change_once() {
         // the old checkout is deleted, as git-sync does
         std::fs::remove_dir_all(s.path(&format!("checkouts/rev-{}", rev - 1))).unwrap();
     }
-    agent.wait_for("converged at the end", |v| {
-        v.converged && v.policy_error.is_none()
-    });
+    agent.wait_for("converged at the end", |v| v.converged && !v.policy_invalid);
     // one load and one apply per swap, nothing in between, no error on the way
     let counts = loads(&agent);
     assert_eq!(counts, expected, "loads: {counts:?}");
@@ -768,7 +783,7 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
     std::fs::write(s.path("policies/quarantine.yaml"), &quarantine).unwrap();
     let policies = s.path("policies");
     let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
-    agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
+    agent.wait_for("converged", |v| v.converged && !v.policy_invalid);
     assert!(refused(&scanner, quarantined), "8080 closed by the policy");
     let rules = || {
         Family::ALL
@@ -779,13 +794,13 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
     let good = rules();
     assert!(good[0].contains("\"quarantine entr"), "{}", good[0]);
     let errors = std::cell::Cell::new(0.0);
-    let kept = |agent: &Agent, what: &str, message: &str| {
-        let view = agent.wait_for(what, |v| {
-            v.policy_error
-                .as_deref()
-                .is_some_and(|e| e.contains(message))
-        });
-        eprintln!("{what}: served as {:?}", view.policy_error.unwrap());
+    // `mark`: the log's length before the change
+    let kept = |agent: &Agent, what: &str, message: &str, mark: usize| {
+        agent.wait_for(what, |v| v.policy_invalid);
+        eprintln!(
+            "{what}: logged as {:?}",
+            agent.problem_logged(mark, message)
+        );
         errors.set(wait("load error counted", || {
             let n = agent.metric("portwarden_policy_load_errors_total");
             (n > errors.get()).then_some(n)
@@ -793,35 +808,43 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
         assert_eq!(agent.metric("portwarden_policy_valid"), 0.0, "{what}");
         assert_eq!(rules(), good, "{what}: rules unchanged");
         assert!(refused(&scanner, quarantined), "{what}: 8080 still closed");
-        let logged = agent.logged("invalid policy documents");
-        assert!(!logged.is_empty(), "{what}: not logged");
     };
 
     // (1) a render that failed: `cat /nonexistent > quarantine.yaml` leaves it empty
+    let mark = agent.events().len();
     std::fs::File::create(s.path("policies/quarantine.yaml")).unwrap();
     kept(
         &agent,
         "a truncated file",
         "quarantine.yaml: error: file is empty",
+        mark,
     );
     // (2) the directory emptied (every file removed)
+    let mark = agent.events().len();
     std::fs::remove_file(s.path("policies/quarantine.yaml")).unwrap();
     std::fs::remove_file(s.path("policies/web.yaml")).unwrap();
-    kept(&agent, "an emptied directory", "no PortPolicy documents");
+    kept(
+        &agent,
+        "an emptied directory",
+        "no PortPolicy documents",
+        mark,
+    );
 
     // (3) the agent restarted on the empty directory: its first load applies nothing, so the
     // rules of the last run stay, and it is not ready
     agent.kill();
+    let mark = agent.events().len();
     let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
     errors.set(0.0);
     kept(
         &agent,
         "first start with no documents",
         "no PortPolicy documents",
+        mark,
     );
     let ready = agent.get("/readyz").unwrap_err();
     assert!(
-        ready.contains(" 503 ") && ready.contains("no valid policy yet: no PortPolicy documents"),
+        ready.contains(" 503 ") && ready.contains("no valid policy yet"),
         "{ready}"
     );
 
@@ -837,9 +860,7 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
         100,
         &["--allow-empty-policy"],
     );
-    agent.wait_for("converged on nothing", |v| {
-        v.converged && v.policy_error.is_none()
-    });
+    agent.wait_for("converged on nothing", |v| v.converged && !v.policy_invalid);
     let left = ours(&save(&node, backend, Family::Ipv4));
     assert!(
         !left
@@ -906,7 +927,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
         "sh",
     ];
     let agent = Agent::start(&node, &s, &mnt, backend, 1, &wrap);
-    agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
+    agent.wait_for("converged", |v| v.converged && !v.policy_invalid);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
     let caps = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
@@ -928,14 +949,12 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .collect::<Vec<_>>()
     };
     let mut errors = 0.0;
-    let mut check_kept = |what: &str, message: &str, last_good: &[String]| {
-        let view = agent.wait_for(what, |v| v.policy_error.is_some());
-        let error = view.policy_error.clone().unwrap();
-        assert!(
-            error.contains("web.yaml") && error.contains(message),
-            "{what}: {error}"
-        );
-        eprintln!("{what}: served as {error:?}");
+    // `mark`: the log's length before the change
+    let mut check_kept = |what: &str, message: &str, last_good: &[String], mark: usize| {
+        let view = agent.wait_for(what, |v| v.policy_invalid);
+        let error = agent.problem_logged(mark, message);
+        assert!(error.contains("web.yaml"), "{what}: {error}");
+        eprintln!("{what}: logged as {error:?}");
         assert!(
             view.converged,
             "{what}: the last good rules are still applied"
@@ -946,7 +965,8 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             (n > errors).then_some(n)
         });
         assert_eq!(agent.metric("portwarden_policy_valid"), 0.0);
-        // still ready: the last good state is applied; the error is served by /v1/inside
+        // still ready: the last good state is applied; /v1/inside says the documents are
+        // invalid, the log says why
         assert_eq!(agent.get("/readyz").unwrap(), "ready\n");
     };
 
@@ -955,6 +975,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
     // version is written in YAML's flow style, so a cut anywhere leaves it unterminated. (A
     // cut that happens to leave a valid document is indistinguishable from an edit.)
     let last_good = rules();
+    let mark = agent.events().len();
     let mut big = String::from(
         "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {name: web}\n\
          spec: {nodeSelector: {matchLabels: {role: web}}, ports: [\n",
@@ -980,7 +1001,12 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
         big.len()
     );
     eprintln!("ENOSPC left {size} of {} bytes", big.len());
-    check_kept("a file cut short by a full disk", "web.yaml", &last_good);
+    check_kept(
+        "a file cut short by a full disk",
+        "web.yaml",
+        &last_good,
+        mark,
+    );
     // fixed: space freed, the file written whole (a new entry, visible in the rules)
     let fixed = good.replace(
         "      state: filtered\n",
@@ -993,18 +1019,19 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .contains("--dport 7777 ")
             .then_some(())
     });
-    agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
+    agent.wait_for("error cleared", |v| !v.policy_invalid && v.converged);
     assert_eq!(agent.metric("portwarden_policy_valid"), 1.0);
 
     // (2) unreadable: the file is replaced by one with mode 000 (a checkout by another user
     // with a strict umask)
     let last_good = rules();
+    let mark = agent.events().len();
     let replace = format!(
         "cd '{mnt_s}' && cat > .web.yaml.tmp && chmod 000 .web.yaml.tmp && mv .web.yaml.tmp web.yaml"
     );
     let out = in_agent_mounts(&agent, &replace, &good.replace("9090", "9191"));
     assert!(out.status.success(), "{out:?}");
-    check_kept("an unreadable file", "Permission denied", &last_good);
+    check_kept("an unreadable file", "Permission denied", &last_good, mark);
     // fixed by a chmod alone (no new content, no new inode)
     let out = in_agent_mounts(&agent, &format!("chmod 644 '{mnt_s}/web.yaml'"), "");
     assert!(out.status.success(), "{out:?}");
@@ -1013,7 +1040,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .contains("--dport 9191 ")
             .then_some(())
     });
-    agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
+    agent.wait_for("error cleared", |v| !v.policy_invalid && v.converged);
     let logged = agent.logged("invalid policy documents");
     assert!(logged.len() >= 2, "{logged:?}");
     // nothing of the tmpfs is visible outside the agent's mount namespace
@@ -1100,6 +1127,16 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
             error.contains("IPv4 transaction was interrupted") && error.contains("signal 9"),
             "{backend}: {error}"
         );
+        // The inside view, served to any host, says that the apply failed, not iptables'
+        // words (they are in the log and in `apply_error`).
+        let sh = shared.clone();
+        let view = node.run(move || sh.inside_view()).unwrap();
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["apply_failed"], true, "{backend}: {json}");
+        assert!(
+            !json.to_string().contains("interrupted") && !json.to_string().contains("signal"),
+            "{backend}: {json}"
+        );
         let text = shared.metrics.encode();
         assert!(
             text.contains("portwarden_reconcile_errors_total 1\n"),
@@ -1134,7 +1171,7 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         }
         let sh = shared.clone();
         let view = node.run(move || sh.inside_view()).unwrap();
-        assert!(view.converged && view.apply_error.is_none(), "{view:?}");
+        assert!(view.converged && !view.apply_failed, "{view:?}");
     }
 }
 
@@ -1616,4 +1653,49 @@ fn the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_li
         "every iptables child runs with the agent's limit {soft}: {seen:?}"
     );
     eprintln!("soft limit {soft} (hard {hard}), {cap} connections; children: {seen:?}");
+}
+
+/// Review of item 11: `/v1/inside` and `/readyz` are served to any host, so they say that the
+/// documents are invalid, not what the loader said about them (paths, quoted values): that
+/// goes to the log.
+#[test]
+fn the_inside_view_and_readyz_carry_no_error_text() {
+    skip_unless_lab!();
+    let (lab, node, s) = web_lab("fquiet");
+    std::fs::write(
+        s.path("policies/web.yaml"),
+        web_policy().replace("state: closed", "state: \"s3cret-value\""),
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &s, &s.path("policies"), Backend::Nft, 3600, &[]);
+    let logged = wait("the error logged", || {
+        agent.logged("invalid policy documents").pop()
+    });
+    assert!(logged.to_string().contains("s3cret-value"), "{logged}");
+    let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let ask = |path: &'static str| {
+        lab.scanner(0)
+            .run(move || http_get(addr, path, Duration::from_secs(5)))
+            .unwrap()
+    };
+    // (the view's `policy_error` used to be the text itself)
+    let inside = wait("the inside view says the documents are invalid", || {
+        let body = ask("/v1/inside").ok()?;
+        let view: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (view["policy_invalid"] == true || view["policy_error"].is_string()).then_some(body)
+    });
+    let ready = ask("/readyz").unwrap_err();
+    assert!(
+        ready.contains(" 503 ") && ready.contains("no valid policy yet"),
+        "{ready}"
+    );
+    let dir = s.path("policies").display().to_string();
+    for (what, text) in [("/v1/inside", &inside), ("/readyz", &ready)] {
+        assert!(
+            !text.contains("s3cret") && !text.contains(&dir) && !text.contains("web.yaml"),
+            "{what} tells any host what the loader said: {text}"
+        );
+    }
+    let view: serde_json::Value = serde_json::from_str(&inside).unwrap();
+    assert_eq!(view["policy_invalid"], true, "{inside}");
 }

@@ -26,6 +26,9 @@
 //! * `/healthz` fails when the loop has not completed a round for [`HEARTBEAT_LIMIT`], naming
 //!   the step it is in (a load on a hung file system, a reconcile waiting for iptables):
 //!   [`State::health`]. A peer scan is exempt: a long scan is not a stuck loop.
+//! * The documents' and iptables' error texts (paths, quoted values, rules) go to the log and
+//!   to in-process callers only; what is served to any host says what failed, not the text
+//!   ([`crate::http`], [`InsideView`]).
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
 //!   deleted or displaced jump); foreign rules are never touched.
 //! * One agent per network namespace: a second one refuses to start, naming the first
@@ -99,9 +102,9 @@ impl AgentConfig {
 pub struct State {
     /// The last good intent for this node.
     pub intent: Option<Arc<NodeIntent>>,
-    /// The current policy error, if the documents are invalid.
+    /// The current policy error, if the documents are invalid (logged; never served).
     pub policy_error: Option<String>,
-    /// The last apply error.
+    /// The last apply error (logged; never served).
     pub apply_error: Option<String>,
     /// Whether the intent has been applied at least once.
     pub ready: bool,
@@ -235,28 +238,29 @@ impl Shared {
     /// The inside view, computed now: a fresh plan against the kernel's rules and the
     /// listening sockets of the ports the intent manages ([`exposed_listeners`]).
     pub fn inside_view(&self) -> InsideView {
-        let (intent, policy_error, apply_error) = self.with_state(|s| {
+        let (intent, policy_invalid, apply_failed) = self.with_state(|s| {
             (
                 s.intent.clone(),
-                s.policy_error.clone(),
-                s.apply_error.clone(),
+                s.policy_error.is_some(),
+                s.apply_error.is_some(),
             )
         });
         let listeners = read_listeners().unwrap_or_default();
         let exposed = |listeners| exposed_listeners(intent.as_deref(), listeners);
+        // Errors are not served (any host can ask): the reconcile that meets them logs them.
         let mut view = match (&intent, self.netfilter()) {
             (Some(intent), Ok(nf)) => match nf.plan(intent, &self.config.effective_failsafe()) {
                 Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
-                Err(e) => InsideView {
+                Err(_) => InsideView {
                     node: self.config.node.clone(),
-                    apply_error: Some(e.to_string()),
+                    apply_failed: true,
                     listeners: exposed(listeners),
                     ..InsideView::default()
                 },
             },
-            (_, Err(e)) => InsideView {
+            (_, Err(_)) => InsideView {
                 node: self.config.node.clone(),
-                apply_error: Some(e),
+                apply_failed: true,
                 listeners: exposed(listeners),
                 ..InsideView::default()
             },
@@ -265,8 +269,8 @@ impl Shared {
                 ..InsideView::default()
             },
         };
-        view.policy_error = policy_error;
-        view.apply_error = view.apply_error.or(apply_error);
+        view.policy_invalid = policy_invalid;
+        view.apply_failed |= apply_failed;
         view
     }
 }

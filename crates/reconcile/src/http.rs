@@ -6,6 +6,9 @@
 //!
 //! * `/healthz` is 200 while the loop is healthy ([`crate::agent::State::health`]), else 503
 //!   with the reason.
+//! * Any host can reach these endpoints, so `/readyz` and `/v1/inside` say what failed (the
+//!   documents are invalid, an apply failed), never the loader's or iptables' words: those
+//!   name paths, quote values and print rules, and go to the agent's log.
 
 use std::sync::Arc;
 
@@ -53,23 +56,24 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let (ready, policy_error, apply_error) =
-        s.with_state(|st| (st.ready, st.policy_error.clone(), st.apply_error.clone()));
-    match (ready, apply_error, policy_error) {
-        (true, None, _) => (StatusCode::OK, "ready\n").into_response(),
-        (_, Some(e), _) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("apply failed: {e}\n"),
+    // Any host can ask: say what is wrong, not the loader's or iptables' words (paths, quoted
+    // values, rules); the log has those.
+    let (ready, policy_invalid, apply_failed) = s.with_state(|st| {
+        (
+            st.ready,
+            st.policy_error.is_some(),
+            st.apply_error.is_some(),
         )
-            .into_response(),
-        (false, None, Some(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no valid policy yet: {e}\n"),
-        )
-            .into_response(),
-        (false, None, None) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "intent not applied yet\n").into_response()
-        }
+    });
+    let not_ready =
+        |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    match (ready, apply_failed, policy_invalid) {
+        (true, false, _) => (StatusCode::OK, "ready\n").into_response(),
+        (_, true, _) => not_ready("apply failed; the agent's log says why"),
+        (false, false, true) => not_ready(
+            "no valid policy yet: the policy documents are invalid or missing; the agent's log names the problems",
+        ),
+        (false, false, false) => not_ready("intent not applied yet"),
     }
 }
 
@@ -101,5 +105,60 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
             "no peer scan yet (is --scan-interval set?)\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentConfig;
+    use std::time::Duration;
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(AgentConfig {
+            policy_dir: "p".into(),
+            inventory: "i".into(),
+            node: "n".into(),
+            refresh: Duration::from_secs(10),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(200),
+            listen: "127.0.0.1:9750".parse().unwrap(),
+            failsafe: portwarden_netfilter::Failsafe::none(),
+            netfilter: portwarden_netfilter::Options::default(),
+            allow_empty_policy: false,
+        })
+    }
+
+    async fn body(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `/readyz` is served to any host: it says why the agent is not ready, but not the
+    /// loader's or iptables' words (paths, quoted values, rule text); those are logged.
+    #[tokio::test]
+    async fn readyz_gives_a_reason_but_no_error_text() {
+        let s = shared();
+        s.set_intent(
+            None,
+            Some("/srv/policies/web.yaml:7:14: error: unknown state \"s3cret\"".into()),
+        );
+        let (status, text) = body(readyz(State(s.clone())).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.starts_with("no valid policy yet"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("/srv"), "{text}");
+        s.state.lock().unwrap().apply_error =
+            Some("iptables-restore: line 3 failed: -A PORTWARDEN-INPUT -s 10.1.2.3".into());
+        let (status, text) = body(readyz(State(s)).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.starts_with("apply failed"), "{text}");
+        assert!(
+            !text.contains("line 3") && !text.contains("10.1.2.3"),
+            "{text}"
+        );
     }
 }

@@ -61,11 +61,15 @@ pub struct InsideView {
     pub shadowing: Vec<ShadowView>,
     /// Listening sockets of the ports the node's policies manage (see [`exposed_listeners`]).
     pub listeners: Vec<Listener>,
-    /// The last policy load error, when the current documents are invalid (the last good
-    /// state stays applied).
-    pub policy_error: Option<String>,
-    /// The last apply error, if the last attempt failed.
-    pub apply_error: Option<String>,
+    /// Whether the current policy documents are invalid (the last good state stays
+    /// applied). What the loader said is in the agent's log, not here: it names paths and
+    /// quotes values, and any host can read this view.
+    #[serde(default)]
+    pub policy_invalid: bool,
+    /// Whether the last apply failed, or the rules cannot be read now. iptables' words are in
+    /// the agent's log, not here.
+    #[serde(default)]
+    pub apply_failed: bool,
 }
 
 /// The listeners the inside view may show for a node with `intent` (none without one): those
@@ -118,8 +122,8 @@ impl InsideView {
                 })
                 .collect(),
             listeners: exposed_listeners(Some(intent), listeners),
-            policy_error: None,
-            apply_error: None,
+            policy_invalid: false,
+            apply_failed: false,
         }
     }
 
