@@ -605,6 +605,16 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
     }
 }
 
+/// Holds a private xtables lock (never /run/xtables.lock) from another process; returns the
+/// holder, the lock's path and the `XTABLES_LOCKFILE=` setting that points iptables at it.
+fn hold_private_xtables_lock(s: &Setup) -> (LockHolder, PathBuf, String) {
+    let lock = s.path("xtables.lock");
+    std::fs::write(&lock, "").unwrap();
+    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
+    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    (holder, lock, env)
+}
+
 #[test]
 fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     skip_unless_lab!();
@@ -615,11 +625,7 @@ fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     let node = lab.node(0).clone();
     let s = Setup::new(&node);
     std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
-    // a private lock, never /run/xtables.lock
-    let lock = s.path("xtables.lock");
-    std::fs::write(&lock, "").unwrap();
-    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
-    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    let (holder, lock, env) = hold_private_xtables_lock(&s);
     let agent = Agent::start(
         &node,
         &s,
@@ -1528,11 +1534,7 @@ fn sighups_queued_behind_a_step_are_one_reload_and_sigterm_is_not_kept_waiting()
     skip_unless_lab!();
     let backend = Backend::Legacy;
     let (_lab, node, s) = web_lab("fhupq");
-    // a private lock, never /run/xtables.lock
-    let lock = s.path("xtables.lock");
-    std::fs::write(&lock, "").unwrap();
-    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
-    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    let (holder, _, env) = hold_private_xtables_lock(&s);
     let agent = Agent::start_with(
         &node,
         &s,

@@ -1026,8 +1026,26 @@ pub fn take_agent_lock() -> std::io::Result<portwarden_netfilter::writer::Lock> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A configuration over `policy_dir` and `inventory` for node `n`, as the tests use it
+    /// (nothing runs; no netfilter is touched).
+    pub(crate) fn config(policy_dir: PathBuf, inventory: PathBuf, listen: &str) -> AgentConfig {
+        AgentConfig {
+            policy_dir,
+            inventory,
+            node: "n".into(),
+            refresh: Duration::from_secs(10),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(200),
+            listen: listen.parse().unwrap(),
+            failsafe: Failsafe::none(),
+            netfilter: NetfilterOptions::default(),
+            allow_empty_policy: false,
+        }
+    }
 
     #[test]
     fn fingerprint_sees_edits_new_files_and_swaps() {
@@ -1188,19 +1206,7 @@ mod tests {
             "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - {name: n, addresses: [10.213.0.11]}\n  - {name: peer, addresses: [10.213.0.12]}\n",
         )
         .unwrap();
-        let shared = Shared::new(AgentConfig {
-            policy_dir: policies,
-            inventory,
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "127.0.0.1:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
-            allow_empty_policy: false,
-        });
+        let shared = Shared::new(config(policies, inventory, "127.0.0.1:9750"));
         // The files changed during the read: nothing is stored, no error either.
         assert!(matches!(
             reload(&shared, || false),
@@ -1242,17 +1248,8 @@ mod tests {
         )
         .unwrap();
         let shared = Shared::new(AgentConfig {
-            policy_dir: policies,
-            inventory,
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "127.0.0.1:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
             allow_empty_policy: allow,
+            ..config(policies, inventory, "127.0.0.1:9750")
         });
         (dir, shared)
     }
@@ -1487,19 +1484,7 @@ mod tests {
 
     #[test]
     fn failsafe_includes_agent_port() {
-        let cfg = AgentConfig {
-            policy_dir: "p".into(),
-            inventory: "i".into(),
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "0.0.0.0:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
-            allow_empty_policy: false,
-        };
+        let cfg = config("p".into(), "i".into(), "0.0.0.0:9750");
         let f = cfg.effective_failsafe();
         assert!(f.ranges(Protocol::Tcp).any(|r| r.contains(9750)));
     }

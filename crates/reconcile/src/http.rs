@@ -111,23 +111,13 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::AgentConfig;
-    use std::time::Duration;
 
     fn shared() -> Arc<Shared> {
-        Shared::new(AgentConfig {
-            policy_dir: "p".into(),
-            inventory: "i".into(),
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "127.0.0.1:9750".parse().unwrap(),
-            failsafe: portwarden_netfilter::Failsafe::none(),
-            netfilter: portwarden_netfilter::Options::default(),
-            allow_empty_policy: false,
-        })
+        Shared::new(crate::agent::tests::config(
+            "p".into(),
+            "i".into(),
+            "127.0.0.1:9750",
+        ))
     }
 
     async fn body(r: Response) -> (StatusCode, String) {

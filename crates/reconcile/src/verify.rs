@@ -535,28 +535,25 @@ mod tests {
         }
     }
 
-    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
-    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
-    /// and says why each inside view is missing. Their intents are empty, so nothing is
-    /// scanned; only loopback is involved.
-    #[test]
-    fn several_trickling_agents_do_not_hold_verify_up() {
-        use crate::inside::tests::{serve_on, within};
-        let (port, listeners) = (0..20)
+    /// Listeners on one port of 127.0.0.1 to 127.0.0.`n` (a port free on all of them).
+    fn loopback_listeners(n: usize) -> (u16, Vec<std::net::TcpListener>) {
+        (0..20)
             .find_map(|_| {
                 let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
                 let port = first.local_addr().ok()?.port();
                 let mut all = vec![first];
-                for i in 2..=3 {
+                for i in 2..=n {
                     all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
                 }
                 Some((port, all))
             })
-            .expect("one free port on 127.0.0.1-3");
-        for l in listeners {
-            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
-        }
-        let targets: Vec<Target> = (1..=3)
+            .unwrap_or_else(|| panic!("no port free on all of 127.0.0.1-{n}"))
+    }
+
+    /// Nodes `n1` to `nN` at 127.0.0.1 to 127.0.0.N, whose intents are empty (nothing is
+    /// scanned), and the options that ask their agents on `port` within `deadline`.
+    fn loopback_nodes(n: usize, port: u16, deadline: Duration) -> (Vec<Target>, VerifyOptions) {
+        let targets = (1..=n)
             .map(|i| Target {
                 node: format!("n{i}"),
                 address: format!("127.0.0.{i}").parse().expect("address"),
@@ -565,9 +562,24 @@ mod tests {
             .collect();
         let opts = VerifyOptions {
             agent_port: Some(port),
-            agent_timeout: Duration::from_millis(300),
+            agent_timeout: deadline,
             ..options()
         };
+        (targets, opts)
+    }
+
+    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
+    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
+    /// and says why each inside view is missing. Their intents are empty, so nothing is
+    /// scanned; only loopback is involved.
+    #[test]
+    fn several_trickling_agents_do_not_hold_verify_up() {
+        use crate::inside::tests::{serve_on, within};
+        let (port, listeners) = loopback_listeners(3);
+        for l in listeners {
+            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
+        }
+        let (targets, opts) = loopback_nodes(3, port, Duration::from_millis(300));
         let v =
             within(Duration::from_secs(20), move || verify(&targets, &opts)).expect("verify runs");
         for i in 1..=3 {
@@ -644,17 +656,7 @@ mod tests {
         use crate::inside::tests::within;
         use std::sync::{Condvar, Mutex};
         const AGENTS: usize = 24;
-        let (port, listeners) = (0..20)
-            .find_map(|_| {
-                let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-                let port = first.local_addr().ok()?.port();
-                let mut all = vec![first];
-                for i in 2..=AGENTS {
-                    all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
-                }
-                Some((port, all))
-            })
-            .expect("one free port on 127.0.0.1-24");
+        let (port, listeners) = loopback_listeners(AGENTS);
         // (connections accepted, of which before the gate opened, gate open)
         let gate = Arc::new((Mutex::new((0usize, 0usize, false)), Condvar::new()));
         for l in listeners {
@@ -680,18 +682,7 @@ mod tests {
                 let _ = std::io::Write::write_all(&mut c, b"HTTP/1.0 503 Busy\r\n\r\n");
             });
         }
-        let targets: Vec<Target> = (1..=AGENTS)
-            .map(|i| Target {
-                node: format!("n{i}"),
-                address: format!("127.0.0.{i}").parse().expect("address"),
-                intent: Arc::default(),
-            })
-            .collect();
-        let opts = VerifyOptions {
-            agent_port: Some(port),
-            agent_timeout: Duration::from_secs(60),
-            ..options()
-        };
+        let (targets, opts) = loopback_nodes(AGENTS, port, Duration::from_secs(60));
         let verifying = std::thread::spawn(move || verify(&targets, &opts));
         let (lock, cv) = &*gate;
         let until = std::time::Instant::now() + Duration::from_secs(20);
