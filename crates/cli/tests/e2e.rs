@@ -233,14 +233,9 @@ fn agent_follows_edits_keeps_last_good_state_and_repairs_on_refresh() {
     // An invalid edit changes nothing and is reported; the last good state stays.
     let good = rules(&s, "db-1");
     std::fs::write(&db, edited.replace("state: filtered", "state: blocked")).unwrap();
-    let view = s
-        .wait_for("db-1", DEADLINE, |v| v.policy_error.is_some())
-        .unwrap();
-    let error = view.policy_error.unwrap();
-    assert!(
-        error.contains("db.yaml:") && error.contains("unknown state \"blocked\""),
-        "{error}"
-    );
+    // (The inside view says that the documents are invalid, the agent's log says why:
+    // faults.rs checks the logged problems.)
+    let view = s.wait_for("db-1", DEADLINE, |v| v.policy_invalid).unwrap();
     assert!(view.converged, "the last good intent is still applied");
     assert_eq!(rules(&s, "db-1"), good);
     let text = metrics(&s, "db-1");
@@ -273,8 +268,7 @@ fn agent_follows_edits_keeps_last_good_state_and_repairs_on_refresh() {
 
     // Fixing the document clears the error.
     std::fs::write(&db, &edited).unwrap();
-    s.wait_for("db-1", DEADLINE, |v| v.policy_error.is_none())
-        .unwrap();
+    s.wait_for("db-1", DEADLINE, |v| !v.policy_invalid).unwrap();
 }
 
 #[test]

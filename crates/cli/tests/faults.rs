@@ -35,6 +35,14 @@
 //!    ports no policy manages (loopback-only or not).
 //! 10. `sighup_reloads_the_policy_directory_and_the_agent_keeps_running` — SIGHUP reloads at
 //!     once, is logged, and does not stop the agent.
+//! 11. `sighups_queued_behind_a_step_are_one_reload_and_sigterm_is_not_kept_waiting` — five
+//!     SIGHUPs and a SIGTERM sent while a reconcile waits for the xtables lock: at most one
+//!     load, then the stop.
+//! 12. `the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit` —
+//!     the soft descriptor limit is what serving needs, not the hard limit, and every iptables
+//!     child runs with it.
+//! 13. `the_inside_view_and_readyz_carry_no_error_text` — the loader's message (a path, a
+//!     quoted value) is logged, not served.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -215,6 +223,21 @@ impl Agent {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// Waits for an "invalid policy documents" event, past the first `mark` events of the log,
+    /// whose problem contains `text`; returns the problem. (The inside view only says that the
+    /// documents are invalid: any host can read it.)
+    fn problem_logged(&self, mark: usize, text: &str) -> String {
+        wait(&format!("a problem logged with {text:?}"), || {
+            self.events().into_iter().skip(mark).find_map(|e| {
+                let invalid = e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("invalid policy documents"));
+                let problem = e["fields"]["problem"].as_str()?.to_string();
+                (invalid && problem.contains(text)).then_some(problem)
+            })
+        })
     }
 
     /// Log events whose message contains `text`.
@@ -561,7 +584,7 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
             eprintln!("{backend}: agent killed {point}; its children: {kids:?}");
             let agent = Agent::start(&node, &s, &s.path("policies"), backend, 1, &[]);
             agent.wait_for("converged after the restart", |v| {
-                v.converged && v.apply_error.is_none()
+                v.converged && !v.apply_failed
             });
             for (i, &f) in Family::ALL.iter().enumerate() {
                 let now = save(&node, backend, f);
@@ -582,6 +605,16 @@ fn agent_killed_mid_apply_converges_without_duplicates() {
     }
 }
 
+/// Holds a private xtables lock (never /run/xtables.lock) from another process; returns the
+/// holder, the lock's path and the `XTABLES_LOCKFILE=` setting that points iptables at it.
+fn hold_private_xtables_lock(s: &Setup) -> (LockHolder, PathBuf, String) {
+    let lock = s.path("xtables.lock");
+    std::fs::write(&lock, "").unwrap();
+    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
+    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    (holder, lock, env)
+}
+
 #[test]
 fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     skip_unless_lab!();
@@ -592,11 +625,7 @@ fn xtables_lock_held_by_another_process_is_waited_for_and_logged() {
     let node = lab.node(0).clone();
     let s = Setup::new(&node);
     std::fs::write(s.path("policies/web.yaml"), web_policy()).unwrap();
-    // a private lock, never /run/xtables.lock
-    let lock = s.path("xtables.lock");
-    std::fs::write(&lock, "").unwrap();
-    let holder = LockHolder::hold(&lock).expect("hold the private xtables lock");
-    let env = format!("XTABLES_LOCKFILE={}", lock.display());
+    let (holder, lock, env) = hold_private_xtables_lock(&s);
     let agent = Agent::start(
         &node,
         &s,
@@ -716,9 +745,7 @@ fn symlinked_policy_dir_swaps_apply_each_change_once() {
         // the old checkout is deleted, as git-sync does
         std::fs::remove_dir_all(s.path(&format!("checkouts/rev-{}", rev - 1))).unwrap();
     }
-    agent.wait_for("converged at the end", |v| {
-        v.converged && v.policy_error.is_none()
-    });
+    agent.wait_for("converged at the end", |v| v.converged && !v.policy_invalid);
     // one load and one apply per swap, nothing in between, no error on the way
     let counts = loads(&agent);
     assert_eq!(counts, expected, "loads: {counts:?}");
@@ -762,7 +789,7 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
     std::fs::write(s.path("policies/quarantine.yaml"), &quarantine).unwrap();
     let policies = s.path("policies");
     let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
-    agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
+    agent.wait_for("converged", |v| v.converged && !v.policy_invalid);
     assert!(refused(&scanner, quarantined), "8080 closed by the policy");
     let rules = || {
         Family::ALL
@@ -773,13 +800,13 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
     let good = rules();
     assert!(good[0].contains("\"quarantine entr"), "{}", good[0]);
     let errors = std::cell::Cell::new(0.0);
-    let kept = |agent: &Agent, what: &str, message: &str| {
-        let view = agent.wait_for(what, |v| {
-            v.policy_error
-                .as_deref()
-                .is_some_and(|e| e.contains(message))
-        });
-        eprintln!("{what}: served as {:?}", view.policy_error.unwrap());
+    // `mark`: the log's length before the change
+    let kept = |agent: &Agent, what: &str, message: &str, mark: usize| {
+        agent.wait_for(what, |v| v.policy_invalid);
+        eprintln!(
+            "{what}: logged as {:?}",
+            agent.problem_logged(mark, message)
+        );
         errors.set(wait("load error counted", || {
             let n = agent.metric("portwarden_policy_load_errors_total");
             (n > errors.get()).then_some(n)
@@ -787,35 +814,43 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
         assert_eq!(agent.metric("portwarden_policy_valid"), 0.0, "{what}");
         assert_eq!(rules(), good, "{what}: rules unchanged");
         assert!(refused(&scanner, quarantined), "{what}: 8080 still closed");
-        let logged = agent.logged("invalid policy documents");
-        assert!(!logged.is_empty(), "{what}: not logged");
     };
 
     // (1) a render that failed: `cat /nonexistent > quarantine.yaml` leaves it empty
+    let mark = agent.events().len();
     std::fs::File::create(s.path("policies/quarantine.yaml")).unwrap();
     kept(
         &agent,
         "a truncated file",
         "quarantine.yaml: error: file is empty",
+        mark,
     );
     // (2) the directory emptied (every file removed)
+    let mark = agent.events().len();
     std::fs::remove_file(s.path("policies/quarantine.yaml")).unwrap();
     std::fs::remove_file(s.path("policies/web.yaml")).unwrap();
-    kept(&agent, "an emptied directory", "no PortPolicy documents");
+    kept(
+        &agent,
+        "an emptied directory",
+        "no PortPolicy documents",
+        mark,
+    );
 
     // (3) the agent restarted on the empty directory: its first load applies nothing, so the
     // rules of the last run stay, and it is not ready
     agent.kill();
+    let mark = agent.events().len();
     let mut agent = Agent::start(&node, &s, &policies, backend, 1, &[]);
     errors.set(0.0);
     kept(
         &agent,
         "first start with no documents",
         "no PortPolicy documents",
+        mark,
     );
     let ready = agent.get("/readyz").unwrap_err();
     assert!(
-        ready.contains(" 503 ") && ready.contains("no valid policy yet: no PortPolicy documents"),
+        ready.contains(" 503 ") && ready.contains("no valid policy yet"),
         "{ready}"
     );
 
@@ -831,9 +866,7 @@ fn an_empty_render_or_an_emptied_directory_keeps_the_last_good_state() {
         100,
         &["--allow-empty-policy"],
     );
-    agent.wait_for("converged on nothing", |v| {
-        v.converged && v.policy_error.is_none()
-    });
+    agent.wait_for("converged on nothing", |v| v.converged && !v.policy_invalid);
     let left = ours(&save(&node, backend, Family::Ipv4));
     assert!(
         !left
@@ -900,7 +933,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
         "sh",
     ];
     let agent = Agent::start(&node, &s, &mnt, backend, 1, &wrap);
-    agent.wait_for("converged", |v| v.converged && v.policy_error.is_none());
+    agent.wait_for("converged", |v| v.converged && !v.policy_invalid);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
     let caps = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
@@ -922,14 +955,12 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .collect::<Vec<_>>()
     };
     let mut errors = 0.0;
-    let mut check_kept = |what: &str, message: &str, last_good: &[String]| {
-        let view = agent.wait_for(what, |v| v.policy_error.is_some());
-        let error = view.policy_error.clone().unwrap();
-        assert!(
-            error.contains("web.yaml") && error.contains(message),
-            "{what}: {error}"
-        );
-        eprintln!("{what}: served as {error:?}");
+    // `mark`: the log's length before the change
+    let mut check_kept = |what: &str, message: &str, last_good: &[String], mark: usize| {
+        let view = agent.wait_for(what, |v| v.policy_invalid);
+        let error = agent.problem_logged(mark, message);
+        assert!(error.contains("web.yaml"), "{what}: {error}");
+        eprintln!("{what}: logged as {error:?}");
         assert!(
             view.converged,
             "{what}: the last good rules are still applied"
@@ -940,7 +971,8 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             (n > errors).then_some(n)
         });
         assert_eq!(agent.metric("portwarden_policy_valid"), 0.0);
-        // still ready: the last good state is applied; the error is served by /v1/inside
+        // still ready: the last good state is applied; /v1/inside says the documents are
+        // invalid, the log says why
         assert_eq!(agent.get("/readyz").unwrap(), "ready\n");
     };
 
@@ -949,6 +981,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
     // version is written in YAML's flow style, so a cut anywhere leaves it unterminated. (A
     // cut that happens to leave a valid document is indistinguishable from an edit.)
     let last_good = rules();
+    let mark = agent.events().len();
     let mut big = String::from(
         "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata: {name: web}\n\
          spec: {nodeSelector: {matchLabels: {role: web}}, ports: [\n",
@@ -974,7 +1007,12 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
         big.len()
     );
     eprintln!("ENOSPC left {size} of {} bytes", big.len());
-    check_kept("a file cut short by a full disk", "web.yaml", &last_good);
+    check_kept(
+        "a file cut short by a full disk",
+        "web.yaml",
+        &last_good,
+        mark,
+    );
     // fixed: space freed, the file written whole (a new entry, visible in the rules)
     let fixed = good.replace(
         "      state: filtered\n",
@@ -987,18 +1025,19 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .contains("--dport 7777 ")
             .then_some(())
     });
-    agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
+    agent.wait_for("error cleared", |v| !v.policy_invalid && v.converged);
     assert_eq!(agent.metric("portwarden_policy_valid"), 1.0);
 
     // (2) unreadable: the file is replaced by one with mode 000 (a checkout by another user
     // with a strict umask)
     let last_good = rules();
+    let mark = agent.events().len();
     let replace = format!(
         "cd '{mnt_s}' && cat > .web.yaml.tmp && chmod 000 .web.yaml.tmp && mv .web.yaml.tmp web.yaml"
     );
     let out = in_agent_mounts(&agent, &replace, &good.replace("9090", "9191"));
     assert!(out.status.success(), "{out:?}");
-    check_kept("an unreadable file", "Permission denied", &last_good);
+    check_kept("an unreadable file", "Permission denied", &last_good, mark);
     // fixed by a chmod alone (no new content, no new inode)
     let out = in_agent_mounts(&agent, &format!("chmod 644 '{mnt_s}/web.yaml'"), "");
     assert!(out.status.success(), "{out:?}");
@@ -1007,7 +1046,7 @@ fn full_disk_or_unreadable_policy_keeps_the_last_good_state() {
             .contains("--dport 9191 ")
             .then_some(())
     });
-    agent.wait_for("error cleared", |v| v.policy_error.is_none() && v.converged);
+    agent.wait_for("error cleared", |v| !v.policy_invalid && v.converged);
     let logged = agent.logged("invalid policy documents");
     assert!(logged.len() >= 2, "{logged:?}");
     // nothing of the tmpfs is visible outside the agent's mount namespace
@@ -1094,6 +1133,16 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
             error.contains("IPv4 transaction was interrupted") && error.contains("signal 9"),
             "{backend}: {error}"
         );
+        // The inside view, served to any host, says that the apply failed, not iptables'
+        // words (they are in the log and in `apply_error`).
+        let sh = shared.clone();
+        let view = node.run(move || sh.inside_view()).unwrap();
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["apply_failed"], true, "{backend}: {json}");
+        assert!(
+            !json.to_string().contains("interrupted") && !json.to_string().contains("signal"),
+            "{backend}: {json}"
+        );
         let text = shared.metrics.encode();
         assert!(
             text.contains("portwarden_reconcile_errors_total 1\n"),
@@ -1128,7 +1177,7 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         }
         let sh = shared.clone();
         let view = node.run(move || sh.inside_view()).unwrap();
-        assert!(view.converged && view.apply_error.is_none(), "{view:?}");
+        assert!(view.converged && !view.apply_failed, "{view:?}");
     }
 }
 
@@ -1454,4 +1503,201 @@ fn sighup_reloads_the_policy_directory_and_the_agent_keeps_running() {
         vec![4, 5, 5],
         "one load at start, one per SIGHUP"
     );
+}
+
+/// Waits until the process `pid` (a child of this test, not yet reaped) has exited.
+fn wait_exited(pid: u32, what: &str) {
+    wait(what, || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command in parentheses; a child not yet reaped is a zombie.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        matches!(state, None | Some('Z') | Some('X')).then_some(())
+    });
+}
+
+/// `kill -SIGNAL pid`.
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Review of item 12: SIGHUPs that arrive while the loop is busy (its first reconcile waits
+/// for a held xtables lock, legacy backend) make one reload in all, not one each, and a
+/// SIGTERM sent after them is not kept waiting behind them.
+#[test]
+fn sighups_queued_behind_a_step_are_one_reload_and_sigterm_is_not_kept_waiting() {
+    skip_unless_lab!();
+    let backend = Backend::Legacy;
+    let (_lab, node, s) = web_lab("fhupq");
+    let (holder, _, env) = hold_private_xtables_lock(&s);
+    let agent = Agent::start_with(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        3600,
+        &["env", &env],
+        3_600_000,
+        &[],
+    );
+    wait("the first reconcile waits for the lock", || {
+        agent.logged("waiting for the xtables lock").pop()
+    });
+    assert_eq!(loads(&agent).len(), 1);
+    // One at a time: signals sent faster than the handler runs are merged (by the kernel and
+    // by tokio), and each logged one is a reload asked for.
+    for i in 1..=5 {
+        signal(agent.pid(), "HUP");
+        wait("the SIGHUP logged (a reload asked for)", || {
+            (agent.logged("SIGHUP").len() >= i).then_some(())
+        });
+    }
+    signal(agent.pid(), "TERM");
+    wait("SIGTERM logged", || agent.logged("SIGTERM").pop());
+    drop(holder);
+    wait_exited(agent.pid(), "the agent exits after SIGTERM");
+    let n = loads(&agent);
+    assert!(
+        n.len() <= 2,
+        "the start's load and at most one for five SIGHUPs, then the stop: {n:?}"
+    );
+}
+
+/// `(soft, hard)` descriptor limits of process `pid`.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Review of item 6: the agent fits its soft descriptor limit once, before its loop starts,
+/// to what it uses (its open descriptors, the connection cap and the reserve), not to the
+/// hard limit (2^30 under `LimitNOFILE=infinity` in some container runtimes): every iptables
+/// child inherits it, and some tools walk every descriptor up to it.
+#[test]
+fn the_descriptor_limit_is_fitted_once_before_the_loop_not_raised_to_the_hard_limit() {
+    skip_unless_lab!();
+    let backend = Backend::Nft;
+    let (_lab, node, s) = web_lab("fnofile");
+    // In front of iptables-nft-save (found through PATH): a script that records the soft
+    // limit it runs with.
+    let tools = s.path("wrapped");
+    std::fs::create_dir_all(&tools).unwrap();
+    let name = tool(backend, Family::Ipv4, "save");
+    let real = portwarden_netfilter::backend::find_program(&name, None).unwrap();
+    let record = s.path("child-nofile");
+    let script = tools.join(&name);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nulimit -n >> '{}'\nexec '{}' \"$@\"\n",
+            record.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "PATH={}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The hard limit this test runs with (raising it needs CAP_SYS_RESOURCE).
+    let hard = nofile_limits(std::process::id()).1;
+    assert!(
+        hard > 4096,
+        "a hard descriptor limit of {hard} cannot tell a fitted limit from the hard one"
+    );
+    let nofile = format!("--nofile=256:{hard}");
+    let agent = Agent::start(
+        &node,
+        &s,
+        &s.path("policies"),
+        backend,
+        1,
+        &["env", &path, "prlimit", &nofile],
+    );
+    let log = || {
+        let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        format!("; the agent's log: {text}")
+    };
+    wait_explained("converged", log, || {
+        agent.inside().ok().filter(|v| v.converged)
+    });
+    // the first reconcile and two refreshes
+    let children = wait("three iptables-nft-save runs recorded", || {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        (text.lines().count() >= 3).then_some(text)
+    });
+    let (soft, agent_hard) = nofile_limits(agent.pid());
+    assert_eq!(agent_hard, hard, "the hard limit is left alone");
+    let metrics = agent.get("/metrics").unwrap();
+    let cap = common::metric_value(&metrics, "portwarden_http_connection_limit").unwrap();
+    assert!(
+        soft >= cap as u64 + 256 && soft < 2048,
+        "soft limit {soft} for {cap} connections and 256 reserved"
+    );
+    let seen: Vec<&str> = children.lines().collect();
+    assert!(
+        seen.iter().all(|l| *l == soft.to_string()),
+        "every iptables child runs with the agent's limit {soft}: {seen:?}"
+    );
+    eprintln!("soft limit {soft} (hard {hard}), {cap} connections; children: {seen:?}");
+}
+
+/// Review of item 11: `/v1/inside` and `/readyz` are served to any host, so they say that the
+/// documents are invalid, not what the loader said about them (paths, quoted values): that
+/// goes to the log.
+#[test]
+fn the_inside_view_and_readyz_carry_no_error_text() {
+    skip_unless_lab!();
+    let (lab, node, s) = web_lab("fquiet");
+    std::fs::write(
+        s.path("policies/web.yaml"),
+        web_policy().replace("state: closed", "state: \"s3cret-value\""),
+    )
+    .unwrap();
+    let agent = Agent::start(&node, &s, &s.path("policies"), Backend::Nft, 3600, &[]);
+    let logged = wait("the error logged", || {
+        agent.logged("invalid policy documents").pop()
+    });
+    assert!(logged.to_string().contains("s3cret-value"), "{logged}");
+    let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let ask = |path: &'static str| {
+        lab.scanner(0)
+            .run(move || http_get(addr, path, Duration::from_secs(5)))
+            .unwrap()
+    };
+    // (the view's `policy_error` used to be the text itself)
+    let inside = wait("the inside view says the documents are invalid", || {
+        let body = ask("/v1/inside").ok()?;
+        let view: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (view["policy_invalid"] == true || view["policy_error"].is_string()).then_some(body)
+    });
+    let ready = ask("/readyz").unwrap_err();
+    assert!(
+        ready.contains(" 503 ") && ready.contains("no valid policy yet"),
+        "{ready}"
+    );
+    let dir = s.path("policies").display().to_string();
+    for (what, text) in [("/v1/inside", &inside), ("/readyz", &ready)] {
+        assert!(
+            !text.contains("s3cret") && !text.contains(&dir) && !text.contains("web.yaml"),
+            "{what} tells any host what the loader said: {text}"
+        );
+    }
+    let view: serde_json::Value = serde_json::from_str(&inside).unwrap();
+    assert_eq!(view["policy_invalid"], true, "{inside}");
 }

@@ -239,7 +239,7 @@ impl Scenario {
     /// Waits until every agent has applied its intent.
     pub fn wait_converged(&self, deadline: Duration) -> Result<()> {
         for name in NODES {
-            self.wait_for(name, deadline, |v| v.converged && v.policy_error.is_none())?;
+            self.wait_for(name, deadline, |v| v.converged && !v.policy_invalid)?;
         }
         Ok(())
     }

@@ -48,10 +48,11 @@ use kube::{Api, Client, ResourceExt};
 use portwarden_policy::validate::Issue;
 use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
 use portwarden_reconcile::Target;
-use portwarden_reconcile::agent::{AgentConfig, Shared, converge, scan_peers};
-use portwarden_reconcile::server::{Limits, serve, shutdown_signal};
+use portwarden_reconcile::agent::{
+    AgentConfig, HEARTBEAT_LIMIT, Shared, converge, run_agent, scan_peers,
+};
 use prometheus_client::metrics::counter::Counter;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::crd::{AppliedPolicy, PortPolicy, PortReport, PortReportSpec};
 use crate::report::{self, Applied, Scan};
@@ -383,7 +384,12 @@ fn reconcile_loop(
             .flatten()
             .min()
             .unwrap_or(next_refresh);
-        match plans.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+        // Never longer than half the heartbeat limit: an idle loop stays alive (`/healthz`)
+        // whatever the refresh and scan intervals.
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_LIMIT / 2);
+        match plans.recv_timeout(wait) {
             Ok(p) => {
                 shared.set_intent(p.intent.clone(), p.policy_error.clone());
                 if let Some(e) = &p.policy_error {
@@ -458,71 +464,35 @@ fn change<K>(r: Result<Event<K>, watcher::Error>, tag: fn(bool) -> Change) -> Ch
 }
 
 /// Runs the agent until SIGTERM or SIGINT. SIGHUP is logged and ignored: the policies come
-/// from the API server's watch, there is nothing to reload.
+/// from the API server's watch, there is nothing to reload. The process around the loop —
+/// agent lock, signals, descriptor limit, HTTP server — is the standalone agent's
+/// ([`run_agent`]).
 ///
 /// # Errors
 ///
 /// When no Kubernetes client can be configured, another agent manages this network namespace
-/// (it is named), the HTTP address cannot be bound, or the runtime cannot start. API errors while running are retried, not returned.
+/// (it is named), the HTTP address cannot be bound, or the runtime cannot start. API errors
+/// while running are retried, not returned.
 pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(Error::Start)?;
-    runtime.block_on(async move {
-        // First thing: from here on a SIGHUP is logged instead of terminating the process.
-        let shutdown = shutdown_signal(|| info!("SIGHUP ignored: in Kubernetes mode policies come from the API server's watch, there is nothing to reload"));
-        let client = Client::try_default().await.map_err(Error::Client)?;
-        // One agent per network namespace, as the standalone agent.
-        let _only_agent = portwarden_reconcile::agent::take_agent_lock().map_err(Error::Start)?;
-        let addr = cfg.agent.listen;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Serve { addr, source })?;
-        info!(node = %cfg.agent.node, listen = %addr, "agent started in Kubernetes mode");
-        let shared = Shared::new(cfg.agent.clone());
-        let (plan_tx, plan_rx) = std::sync::mpsc::channel();
-        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
-        let loop_shared = shared.clone();
-        let worker = std::thread::Builder::new()
-            .name("reconcile".into())
-            .spawn(move || reconcile_loop(loop_shared, plan_rx, out_tx))
-            .map_err(Error::Start)?;
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let app = portwarden_reconcile::http::router(shared.clone());
-        let mut server_stop = stop_rx.clone();
-        let server = tokio::spawn(serve(
-            listener,
-            app,
-            Limits::default(),
-            shared.metrics.http.clone(),
-            async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            },
-        ));
-        let counters = (
-            shared.metrics.report_writes.clone(),
-            shared.metrics.report_write_errors.clone(),
-        );
-        watch_and_report(
-            client,
-            counters,
-            &cfg,
-            plan_tx,
-            out_rx,
-            shutdown,
-        )
-        .await;
-        let _ = stop_tx.send(true);
-        if let Err(e) = server.await {
-            error!(error = %e, "HTTP server task failed");
-        }
-        if worker.join().is_err() {
-            error!("reconcile loop panicked");
-        }
-        Ok(())
-    })
+    let (plan_tx, plan_rx) = std::sync::mpsc::channel();
+    let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    run_agent(
+        cfg.agent.clone(),
+        || info!("SIGHUP ignored: in Kubernetes mode policies come from the API server's watch, there is nothing to reload"),
+        move |shared| reconcile_loop(shared, plan_rx, out_tx),
+        move |shared, shutdown| async move {
+            let client = Client::try_default().await.map_err(Error::Client)?;
+            info!(node = %cfg.agent.node, listen = %cfg.agent.listen, "agent started in Kubernetes mode");
+            let counters = (
+                shared.metrics.report_writes.clone(),
+                shared.metrics.report_write_errors.clone(),
+            );
+            // Returns on SIGTERM or SIGINT, dropping `plan_tx`: that stops the loop.
+            watch_and_report(client, counters, &cfg, plan_tx, out_rx, shutdown).await;
+            Ok(())
+        },
+    )
+    .map_err(Error::Start)?
 }
 
 /// The watch task: reflectors in, plans to the loop, reports out. Returns when `shutdown`

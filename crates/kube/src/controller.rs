@@ -39,7 +39,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use portwarden_reconcile::metrics::{
     ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels,
 };
-use portwarden_reconcile::server::{Limits, serve, shutdown_signal};
+use portwarden_reconcile::server::{Limits, fit_descriptors, serve, shutdown_signal};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -457,6 +457,8 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
     let shutdown = shutdown_signal(|| {
         info!("SIGHUP ignored: the controller has no file to reload (it watches the API server)")
     });
+    // Before anything else starts: every later thread and child shares the fitted limit.
+    let budget = fit_descriptors(Limits::default());
     let client = Client::try_default().await.map_err(Error::Client)?;
     let metrics = Arc::new(ControllerMetrics::new());
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -470,7 +472,7 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
     tokio::spawn(serve(
         listener,
         app,
-        Limits::default(),
+        budget,
         metrics.http.clone(),
         std::future::pending(),
     ));

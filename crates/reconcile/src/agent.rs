@@ -4,8 +4,10 @@
 //! A key design decision is that the loop is a plain thread that does one thing at a time —
 //! reload, reconcile, scan — because every step shells out to iptables or sends probes and must
 //! not interleave with another. Tokio only serves HTTP ([`crate::http`]). The loop waits on a
-//! control channel with a timeout, so it reacts to SIGTERM (stop) and SIGHUP (reload now) at
-//! once and never sleeps blindly.
+//! control channel with a timeout, so it reacts to SIGTERM (stop) and SIGHUP (reload) after
+//! the current step — at once while it waits, but a step (a peer scan can take minutes) is not
+//! interrupted — and never sleeps blindly. Signals that queued up behind a step are taken
+//! together: a stop wins, any number of reloads are one.
 //!
 //! # Guarantees
 //!
@@ -21,8 +23,12 @@
 //!   would remove every rule. At the first load, too: the agent then applies nothing, and the
 //!   rules a previous run left stay as they are.
 //! * Warnings about the documents (a node without addresses) are logged at each load.
-//! * A load or reconcile step that runs longer than [`STEP_LIMIT`] (a hung file system) makes
-//!   [`State::stuck`] name it, and `/healthz` fail with that message.
+//! * `/healthz` fails when the loop has not completed a round for [`HEARTBEAT_LIMIT`], naming
+//!   the step it is in (a load on a hung file system, a reconcile waiting for iptables):
+//!   [`State::health`]. A peer scan is exempt: a long scan is not a stuck loop.
+//! * The documents' and iptables' error texts (paths, quoted values, rules) go to the log and
+//!   to in-process callers only; what is served to any host says what failed, not the text
+//!   ([`crate::http`], [`InsideView`]).
 //! * Every `refresh` the rules are re-read and repaired when they drifted (a deleted rule, a
 //!   deleted or displaced jump); foreign rules are never touched.
 //! * One agent per network namespace: a second one refuses to start, naming the first
@@ -31,6 +37,7 @@
 //! * Shutdown leaves the rules in place; `portwarden reset` removes them.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -46,7 +53,7 @@ use crate::inside::{InsideView, exposed_listeners};
 use crate::listeners::read_listeners;
 use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
-use crate::server::{Limits, serve, shutdown_signal};
+use crate::server::{Limits, Shutdown, fit_descriptors, serve, shutdown_signal};
 use crate::verify::{Target, VerifyOptions, verify};
 
 /// How the agent runs.
@@ -95,9 +102,9 @@ impl AgentConfig {
 pub struct State {
     /// The last good intent for this node.
     pub intent: Option<Arc<NodeIntent>>,
-    /// The current policy error, if the documents are invalid.
+    /// The current policy error, if the documents are invalid (logged; never served).
     pub policy_error: Option<String>,
-    /// The last apply error.
+    /// The last apply error (logged; never served).
     pub apply_error: Option<String>,
     /// Whether the intent has been applied at least once.
     pub ready: bool,
@@ -107,39 +114,53 @@ pub struct State {
     pub report: Option<Report>,
     /// Peer scans completed (a new `report` each time).
     pub scans_completed: u64,
-    /// The step the loop is in (`policy load`, `reconcile`, ...) and since when; `None`
-    /// between steps.
+    /// The step the loop is in (`policy load`, `reconcile`, [`PEER_SCAN`], ...) and since
+    /// when; `None` between steps.
     pub step: Option<(&'static str, Instant)>,
     /// The look-alikes and kept chains last logged, so each is logged when it appears, not at
     /// every refresh.
     pub reported_lookalikes: Vec<String>,
 }
 
-/// A load or reconcile step running longer than this is taken as stuck: [`State::stuck`].
-/// Far above what either takes (milliseconds; a reconcile waiting for the xtables lock, 10 s
+/// The loop counts as alive while it has completed a round this recently (`/healthz`).
+/// Far above what a round takes (milliseconds; a reconcile waiting for the xtables lock, 10 s
 /// per family).
-pub const STEP_LIMIT: Duration = Duration::from_secs(60);
+pub const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
+
+/// The step a peer scan is recorded as ([`State::step`]): exempt from [`HEARTBEAT_LIMIT`],
+/// since scanning every port of many peers can take minutes.
+pub const PEER_SCAN: &str = "peer scan";
 
 impl State {
-    /// Why the loop counts as stuck at `now`: the step it has been in for longer than
-    /// [`STEP_LIMIT`], or `None`.
+    /// Whether the loop is healthy at `now`: it completed a round within [`HEARTBEAT_LIMIT`],
+    /// or it is in a [`PEER_SCAN`]. Otherwise why not: the step it has been in for so long,
+    /// or that it is not running.
+    ///
+    /// # Errors
+    ///
+    /// The message `/healthz` answers 503 with.
     ///
     /// # Caveats
     ///
     /// What still can make a step never end is the kernel, not portwarden: a `stat` or `read`
     /// on a hung network or FUSE file system waits uninterruptibly. Loops, links and FIFOs in
     /// the policy directory no longer can (the walk visits each directory once and opens only
-    /// regular files).
-    pub fn stuck(&self, now: Instant) -> Option<String> {
-        let (what, since) = self.step?;
-        let running = now.saturating_duration_since(since);
-        (running > STEP_LIMIT).then(|| {
-            format!(
-                "the reconcile loop is stuck: its {what} has been running for {} s (limit {} s); a hung file system?",
-                running.as_secs(),
-                STEP_LIMIT.as_secs()
-            )
-        })
+    /// regular files). A peer scan ends by the scanner's own timeouts and the inside views'
+    /// deadlines.
+    pub fn health(&self, now: Instant) -> Result<(), String> {
+        let fresh = self
+            .heartbeat
+            .is_some_and(|h| now.saturating_duration_since(h) < HEARTBEAT_LIMIT);
+        match (self.step, self.heartbeat) {
+            _ if fresh => Ok(()),
+            (Some((PEER_SCAN, _)), _) => Ok(()),
+            (Some((what, since)), Some(_)) => Err(format!(
+                "the reconcile loop is stuck: its {what} has been running for {} s (a round must complete every {} s); a hung file system, or iptables hanging?",
+                now.saturating_duration_since(since).as_secs(),
+                HEARTBEAT_LIMIT.as_secs()
+            )),
+            _ => Err("reconcile loop is not running".into()),
+        }
     }
 }
 
@@ -217,28 +238,29 @@ impl Shared {
     /// The inside view, computed now: a fresh plan against the kernel's rules and the
     /// listening sockets of the ports the intent manages ([`exposed_listeners`]).
     pub fn inside_view(&self) -> InsideView {
-        let (intent, policy_error, apply_error) = self.with_state(|s| {
+        let (intent, policy_invalid, apply_failed) = self.with_state(|s| {
             (
                 s.intent.clone(),
-                s.policy_error.clone(),
-                s.apply_error.clone(),
+                s.policy_error.is_some(),
+                s.apply_error.is_some(),
             )
         });
         let listeners = read_listeners().unwrap_or_default();
         let exposed = |listeners| exposed_listeners(intent.as_deref(), listeners);
+        // Errors are not served (any host can ask): the reconcile that meets them logs them.
         let mut view = match (&intent, self.netfilter()) {
             (Some(intent), Ok(nf)) => match nf.plan(intent, &self.config.effective_failsafe()) {
                 Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
-                Err(e) => InsideView {
+                Err(_) => InsideView {
                     node: self.config.node.clone(),
-                    apply_error: Some(e.to_string()),
+                    apply_failed: true,
                     listeners: exposed(listeners),
                     ..InsideView::default()
                 },
             },
-            (_, Err(e)) => InsideView {
+            (_, Err(_)) => InsideView {
                 node: self.config.node.clone(),
-                apply_error: Some(e),
+                apply_failed: true,
                 listeners: exposed(listeners),
                 ..InsideView::default()
             },
@@ -247,8 +269,8 @@ impl Shared {
                 ..InsideView::default()
             },
         };
-        view.policy_error = policy_error;
-        view.apply_error = view.apply_error.or(apply_error);
+        view.policy_invalid = policy_invalid;
+        view.apply_failed |= apply_failed;
         view
     }
 }
@@ -283,6 +305,11 @@ fn fingerprint(roots: &[&Path]) -> Fingerprint {
         })
         .collect()
 }
+
+/// While a load asked for by SIGHUP waits for a change to hold still, the files are checked at
+/// least this often, however long `--poll-ms` is (an agent polling once an hour still loads
+/// within a fraction of a second of the signal).
+pub const ASKED_POLL: Duration = Duration::from_millis(200);
 
 /// A pending change is loaded at the latest this many poll intervals after it was first seen,
 /// even while edits keep coming (a CI job rewriting files every few hundred milliseconds, a
@@ -323,6 +350,8 @@ pub struct Debounce<F> {
     /// The fingerprint of the last poll that saw a change, and when the oldest unloaded
     /// change was first seen.
     pending: Option<(F, Instant)>,
+    /// A load was asked for ([`Debounce::force`]) and has not happened yet.
+    asked: bool,
 }
 
 impl<F: PartialEq> Debounce<F> {
@@ -332,7 +361,17 @@ impl<F: PartialEq> Debounce<F> {
             max_wait,
             loaded: None,
             pending: None,
+            asked: false,
         }
+    }
+
+    /// Asks for a load although nothing changed (SIGHUP): the next observation of an
+    /// unchanged fingerprint loads. A change already pending is left alone — it loads once it
+    /// holds still (or at `max_wait`), timed from its first sight as usual — so a reload asked
+    /// for in the middle of a checkout does not catch it half-way. Either way the load that
+    /// follows is the one asked for.
+    pub fn force(&mut self) {
+        self.asked = true;
     }
 
     /// Records the fingerprint seen at `now` and says whether to load. After
@@ -348,6 +387,12 @@ impl<F: PartialEq> Debounce<F> {
         if *loaded == fp {
             // Unchanged, or changed and changed back before it was loaded.
             self.pending = None;
+            if std::mem::take(&mut self.asked) {
+                return Step::Load {
+                    first_seen: None,
+                    forced: false,
+                };
+            }
             return Step::Unchanged;
         }
         let (settled, first_seen) = match self.pending.take() {
@@ -357,6 +402,7 @@ impl<F: PartialEq> Debounce<F> {
         let forced = !settled && now.saturating_duration_since(first_seen) >= self.max_wait;
         if settled || forced {
             self.loaded = Some(fp);
+            self.asked = false;
             return Step::Load {
                 first_seen: Some(first_seen),
                 forced,
@@ -369,6 +415,12 @@ impl<F: PartialEq> Debounce<F> {
     /// The fingerprint of the last load.
     pub fn loaded(&self) -> Option<&F> {
         self.loaded.as_ref()
+    }
+
+    /// Whether a load asked for by [`Debounce::force`] is still to come (a change it waits
+    /// for has not held still yet).
+    pub fn asked(&self) -> bool {
+        self.asked
     }
 }
 
@@ -397,13 +449,15 @@ fn change_time(
 pub enum Control {
     /// Stop; the rules stay in place.
     Stop,
-    /// Load the policy documents and the inventory now, whether or not they changed
-    /// (SIGHUP), then go on as before.
+    /// Load the policy documents and the inventory after the current step, whether or not
+    /// they changed (SIGHUP), then go on as before; a change still being written is loaded
+    /// once it holds still ([`Debounce::force`]), checked every [`ASKED_POLL`] meanwhile.
     Reload,
 }
 
 /// The loop. Returns when `control` receives [`Control::Stop`] or its senders are dropped;
-/// [`Control::Reload`] loads the documents at once.
+/// [`Control::Reload`] loads the documents after the current step. Messages that queued up
+/// during a step are taken together: a `Stop` among them wins, `Reload`s are one.
 pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
     let cfg = shared.config.clone();
     let mut debounce: Debounce<Fingerprint> = Debounce::new(cfg.poll * DEBOUNCE_MAX_POLLS);
@@ -414,6 +468,16 @@ pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
     let mut next_poll = start;
     let mut next_refresh = start + cfg.refresh;
     let mut next_scan = cfg.scan_interval.map(|i| start + i);
+    // A load asked for by SIGHUP that waits for files to hold still checks them soon.
+    let poll = |d: &Debounce<Fingerprint>| {
+        if d.asked() {
+            cfg.poll.min(ASKED_POLL)
+        } else {
+            cfg.poll
+        }
+    };
+    // Alive from the start: the first round's steps are judged as every other's.
+    shared.heartbeat();
     loop {
         let now = Instant::now();
         if now >= next_poll {
@@ -429,6 +493,7 @@ pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
                 .filter(|loaded| **loaded != fp)
                 .cloned()
                 .unwrap_or_default();
+            let asked = debounce.asked();
             if let Step::Load { first_seen, forced } = debounce.observe(fp, now) {
                 let roots = [cfg.policy_dir.as_path(), cfg.inventory.as_path()];
                 // A checkout swapped in while the files were being read could mix old and new
@@ -436,7 +501,11 @@ pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
                 // next poll sees the new fingerprint and loads it once it holds still.
                 let unchanged = || forced || debounce.loaded() == Some(&fingerprint(&roots));
                 if !load_and_apply(&shared, &mut peers, forced, unchanged) {
-                    next_poll = now + cfg.poll;
+                    if asked {
+                        // Still owed: the files changed during the read.
+                        debounce.force();
+                    }
+                    next_poll = now + poll(&debounce);
                     continue;
                 }
                 let since = first_seen.zip(debounce.loaded()).map(|(seen, new)| {
@@ -447,7 +516,7 @@ pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
                 record_applied(&shared, since);
                 loaded_at = taken;
             }
-            next_poll = now + cfg.poll;
+            next_poll = now + poll(&debounce);
         }
         if now >= next_refresh {
             converge(&shared, "refresh");
@@ -465,18 +534,29 @@ pub fn run_loop(shared: Arc<Shared>, control: Receiver<Control>) {
             .flatten()
             .min()
             .unwrap_or(next_poll);
-        match control.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(Control::Reload) => {
-                // Forget the last load: the poll that follows at once loads whatever the
-                // files hold now, as the first load does.
-                debounce = Debounce::new(cfg.poll * DEBOUNCE_MAX_POLLS);
-                next_poll = Instant::now();
+        // Never longer than half the heartbeat limit: an idle loop stays alive (`/healthz`)
+        // whatever the poll, refresh and scan intervals.
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_LIMIT / 2);
+        let stop = match control.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+            Ok(first) => {
+                // Everything that queued up behind it during the last step, together.
+                let stop = std::iter::once(first)
+                    .chain(control.try_iter())
+                    .any(|c| c == Control::Stop);
+                if !stop {
+                    debounce.force();
+                    next_poll = Instant::now();
+                }
+                stop
             }
-            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                info!("agent loop stopped; rules stay in place (portwarden reset removes them)");
-                return;
-            }
+        };
+        if stop {
+            info!("agent loop stopped; rules stay in place (portwarden reset removes them)");
+            return;
         }
     }
 }
@@ -768,6 +848,7 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     if peers.is_empty() {
         return;
     }
+    let _step = shared.step(PEER_SCAN);
     let options = VerifyOptions {
         tcp_kind: ScanKind::Syn,
         rate: shared.config.scan_rate,
@@ -827,50 +908,107 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
 
 /// Runs the agent until SIGTERM or SIGINT: takes the network namespace's agent lock, binds
 /// the HTTP endpoint, starts the loop, and on a signal stops both. Rules stay in place. SIGHUP
-/// reloads the policy directory and the inventory at once (logged), whether or not they
-/// changed.
+/// reloads the policy directory and the inventory after the current step (logged), whether
+/// or not they changed.
 ///
 /// # Errors
 ///
 /// When another agent manages this network namespace (its pid and command are named), the
 /// lock directory cannot be used, the HTTP address cannot be bound or the runtime cannot start.
 pub fn run(config: AgentConfig) -> std::io::Result<()> {
+    let (control, commands) = std::sync::mpsc::channel();
+    let hangup = control.clone();
+    run_agent(
+        config,
+        move || {
+            info!(
+                "SIGHUP: reloading the policy directory and the inventory after the current step"
+            );
+            let _ = hangup.send(Control::Reload);
+        },
+        move |shared| run_loop(shared, commands),
+        move |shared, shutdown| async move {
+            let c = &shared.config;
+            info!(node = %c.node, listen = %c.listen, policy_dir = %c.policy_dir.display(), "agent started");
+            shutdown.await;
+            let _ = control.send(Control::Stop);
+            Ok(())
+        },
+    )?
+}
+
+/// The process around an agent's loop, for both agents (the standalone [`run`] and
+/// `portwarden-kube`'s `agent --kube`): takes the network namespace's agent lock, starts a
+/// runtime, installs the signal handlers (`on_hangup` runs on every SIGHUP), binds the HTTP
+/// endpoint, fits the descriptor limit ([`fit_descriptors`]), and starts `reconcile` on a
+/// thread of its own. Then it serves HTTP ([`crate::http::router`]) while `main` runs, with
+/// the future that resolves on SIGTERM or SIGINT; when `main` returns the server stops and
+/// the thread is joined (a panic of it is logged).
+///
+/// # Guarantees
+///
+/// The descriptor limit is fitted before `reconcile` starts, so every child it spawns
+/// inherits the fitted limit.
+///
+/// # Caveats
+///
+/// `reconcile` must return once `main` has: `main` tells it (a [`Control::Stop`], or by
+/// dropping the channel it waits on), or the process waits for it forever.
+///
+/// # Errors
+///
+/// The outer error: another agent manages this network namespace (named), the lock directory
+/// cannot be used, the runtime or the thread cannot start, or the HTTP address cannot be
+/// bound. The inner one is `main`'s.
+pub fn run_agent<E, M, F>(
+    config: AgentConfig,
+    on_hangup: impl FnMut() + Send + 'static,
+    reconcile: impl FnOnce(Arc<Shared>) + Send + 'static,
+    main: M,
+) -> std::io::Result<Result<(), E>>
+where
+    M: FnOnce(Arc<Shared>, Shutdown) -> F,
+    F: Future<Output = Result<(), E>>,
+{
     let _only_agent = take_agent_lock()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let (control, commands) = std::sync::mpsc::channel();
-        // First thing: from here on a SIGHUP reloads instead of terminating the process.
-        let hangup = control.clone();
-        let shutdown = shutdown_signal(move || {
-            info!("SIGHUP: reloading the policy directory and the inventory now");
-            let _ = hangup.send(Control::Reload);
-        });
-        let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        info!(node = %config.node, listen = %config.listen, policy_dir = %config.policy_dir.display(), "agent started");
+        // First thing: from here on a SIGHUP calls `on_hangup` instead of ending the process.
+        let shutdown: Shutdown = Box::pin(shutdown_signal(on_hangup));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+            })?;
+        let budget = fit_descriptors(Limits::default());
         let shared = Shared::new(config);
         let loop_shared = shared.clone();
         let worker = std::thread::Builder::new()
             .name("reconcile".into())
-            .spawn(move || run_loop(loop_shared, commands))?;
-        let app = crate::http::router(shared.clone());
-        serve(
+            .spawn(move || reconcile(loop_shared))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = serve(
             listener,
-            app,
-            Limits::default(),
+            crate::http::router(shared.clone()),
+            budget,
             shared.metrics.http.clone(),
-            shutdown,
-        )
-        .await;
-        let _ = control.send(Control::Stop);
+            async {
+                let _ = stopped.await;
+            },
+        );
+        let main = async {
+            let result = main(shared.clone(), shutdown).await;
+            let _ = stop.send(());
+            result
+        };
+        let ((), result) = tokio::join!(server, main);
         if worker.join().is_err() {
             error!("reconcile loop panicked");
         }
-        Ok(())
+        Ok(result)
     })
 }
 
@@ -888,8 +1026,26 @@ pub fn take_agent_lock() -> std::io::Result<portwarden_netfilter::writer::Lock> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A configuration over `policy_dir` and `inventory` for node `n`, as the tests use it
+    /// (nothing runs; no netfilter is touched).
+    pub(crate) fn config(policy_dir: PathBuf, inventory: PathBuf, listen: &str) -> AgentConfig {
+        AgentConfig {
+            policy_dir,
+            inventory,
+            node: "n".into(),
+            refresh: Duration::from_secs(10),
+            scan_interval: None,
+            scan_rate: None,
+            poll: Duration::from_millis(200),
+            listen: listen.parse().unwrap(),
+            failsafe: Failsafe::none(),
+            netfilter: NetfilterOptions::default(),
+            allow_empty_policy: false,
+        }
+    }
 
     #[test]
     fn fingerprint_sees_edits_new_files_and_swaps() {
@@ -1050,19 +1206,7 @@ mod tests {
             "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - {name: n, addresses: [10.213.0.11]}\n  - {name: peer, addresses: [10.213.0.12]}\n",
         )
         .unwrap();
-        let shared = Shared::new(AgentConfig {
-            policy_dir: policies,
-            inventory,
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "127.0.0.1:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
-            allow_empty_policy: false,
-        });
+        let shared = Shared::new(config(policies, inventory, "127.0.0.1:9750"));
         // The files changed during the read: nothing is stored, no error either.
         assert!(matches!(
             reload(&shared, || false),
@@ -1104,17 +1248,8 @@ mod tests {
         )
         .unwrap();
         let shared = Shared::new(AgentConfig {
-            policy_dir: policies,
-            inventory,
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "127.0.0.1:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
             allow_empty_policy: allow,
+            ..config(policies, inventory, "127.0.0.1:9750")
         });
         (dir, shared)
     }
@@ -1191,22 +1326,85 @@ mod tests {
     }
 
     #[test]
-    fn a_step_running_past_the_limit_is_stuck() {
+    fn health_names_the_step_of_a_loop_that_cannot_finish_a_round() {
         let t0 = Instant::now();
         let mut state = State {
+            heartbeat: Some(t0),
             step: Some(("policy load", t0)),
             ..State::default()
         };
-        assert_eq!(state.stuck(t0 + STEP_LIMIT), None, "at the limit: not yet");
-        let why = state
-            .stuck(t0 + STEP_LIMIT + Duration::from_secs(15))
-            .unwrap();
+        let just_in = t0 + HEARTBEAT_LIMIT - Duration::from_secs(1);
+        assert_eq!(state.health(just_in), Ok(()), "within the limit");
         assert_eq!(
-            why,
-            "the reconcile loop is stuck: its policy load has been running for 75 s (limit 60 s); a hung file system?"
+            state.health(t0 + HEARTBEAT_LIMIT + Duration::from_secs(15)),
+            Err("the reconcile loop is stuck: its policy load has been running for 75 s (a round must complete every 60 s); a hung file system, or iptables hanging?".into())
         );
+        // Between steps, a stale heartbeat: the loop is gone.
         state.step = None;
-        assert_eq!(state.stuck(t0 + STEP_LIMIT * 10), None, "between steps");
+        assert_eq!(
+            state.health(t0 + HEARTBEAT_LIMIT * 2),
+            Err("reconcile loop is not running".into())
+        );
+        state.heartbeat = None;
+        assert_eq!(
+            state.health(t0),
+            Err("reconcile loop is not running".into())
+        );
+    }
+
+    #[test]
+    fn a_long_peer_scan_is_not_a_stuck_loop() {
+        let t0 = Instant::now();
+        let state = State {
+            heartbeat: Some(t0),
+            step: Some((PEER_SCAN, t0)),
+            ..State::default()
+        };
+        assert_eq!(state.health(t0 + HEARTBEAT_LIMIT * 10), Ok(()));
+    }
+
+    #[test]
+    fn a_forced_load_loads_an_unchanged_state_once() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(POLL * DEBOUNCE_MAX_POLLS);
+        d.observe(1, t0);
+        assert_eq!(d.observe(1, t0 + POLL), Step::Unchanged);
+        // SIGHUP, twice before the next poll: one load, not timed (nothing changed).
+        d.force();
+        d.force();
+        assert_eq!(
+            d.observe(1, t0 + POLL * 2),
+            Step::Load {
+                first_seen: None,
+                forced: false
+            }
+        );
+        assert_eq!(d.observe(1, t0 + POLL * 3), Step::Unchanged);
+    }
+
+    #[test]
+    fn a_forced_load_waits_for_a_pending_change_to_hold_still() {
+        // A SIGHUP in the middle of a checkout: the files are still changing.
+        let t0 = Instant::now();
+        let mut d = Debounce::new(POLL * DEBOUNCE_MAX_POLLS);
+        d.observe(1, t0);
+        assert_eq!(d.observe(2, t0 + POLL), Step::Wait);
+        d.force();
+        assert_eq!(
+            d.observe(3, t0 + POLL * 2),
+            Step::Wait,
+            "not caught half-way"
+        );
+        // Once it holds still it loads, timed from its first sight; that was the load asked
+        // for, so the next quiet poll loads nothing.
+        assert_eq!(
+            d.observe(3, t0 + POLL * 3),
+            Step::Load {
+                first_seen: Some(t0 + POLL),
+                forced: false
+            }
+        );
+        assert_eq!(d.observe(3, t0 + POLL * 4), Step::Unchanged);
     }
 
     #[test]
@@ -1286,19 +1484,7 @@ mod tests {
 
     #[test]
     fn failsafe_includes_agent_port() {
-        let cfg = AgentConfig {
-            policy_dir: "p".into(),
-            inventory: "i".into(),
-            node: "n".into(),
-            refresh: Duration::from_secs(10),
-            scan_interval: None,
-            scan_rate: None,
-            poll: Duration::from_millis(200),
-            listen: "0.0.0.0:9750".parse().unwrap(),
-            failsafe: Failsafe::none(),
-            netfilter: NetfilterOptions::default(),
-            allow_empty_policy: false,
-        };
+        let cfg = config("p".into(), "i".into(), "0.0.0.0:9750");
         let f = cfg.effective_failsafe();
         assert!(f.ranges(Protocol::Tcp).any(|r| r.contains(9750)));
     }

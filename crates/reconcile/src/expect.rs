@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use portwarden_policy::{NodeIntent, Protocol, State};
+use portwarden_policy::{NodeIntent, Protocol, Rule, State};
 
 /// The state one managed port must show to one vantage, and the entry that says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,13 +37,65 @@ pub fn expectations(
     vantage: IpAddr,
     exempt: impl Fn(Protocol, u16) -> bool,
 ) -> Vec<Expectation> {
+    first_rules(
+        intent,
+        |rule| rule.source.is_none_or(|net| net.contains(&vantage)),
+        exempt,
+    )
+    .into_iter()
+    .map(|(protocol, port, rule)| Expectation::of(protocol, port, rule))
+    .collect()
+}
+
+/// Every port a node's policies manage for some source, sorted by protocol then port, with
+/// the expectation every vantage shares — or `None` when what a probe must see depends on
+/// where it comes from (the first rule that covers the port is limited by `from:`). For an
+/// address without a vantage: no route to it, no source address.
+///
+/// `exempt` and cost as [`expectations`].
+pub fn for_any_vantage(
+    intent: &NodeIntent,
+    exempt: impl Fn(Protocol, u16) -> bool,
+) -> Vec<(Protocol, u16, Option<Expectation>)> {
+    first_rules(intent, |_| true, exempt)
+        .into_iter()
+        .map(|(protocol, port, rule)| {
+            let shared = rule.source.is_none();
+            (
+                protocol,
+                port,
+                shared.then(|| Expectation::of(protocol, port, rule)),
+            )
+        })
+        .collect()
+}
+
+impl Expectation {
+    fn of(protocol: Protocol, port: u16, rule: &Rule) -> Expectation {
+        Expectation {
+            port,
+            protocol,
+            state: rule.state,
+            policy: rule.policy.clone(),
+            entry: rule.entry,
+        }
+    }
+}
+
+/// For each protocol and port that a rule for which `applies` holds covers (and `exempt` does
+/// not name), the first such rule of the compiled first-match order; sorted by protocol then
+/// port.
+fn first_rules(
+    intent: &NodeIntent,
+    applies: impl Fn(&Rule) -> bool,
+    exempt: impl Fn(Protocol, u16) -> bool,
+) -> Vec<(Protocol, u16, &Rule)> {
     let mut out = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
-        // decided[port] = index of the first matching rule, if any.
+        // decided[port] = index of the first applying rule, if any.
         let mut decided: Vec<Option<u32>> = vec![None; 65536];
         for (i, rule) in intent.rules.iter().enumerate() {
-            let from_vantage = rule.source.is_none_or(|net| net.contains(&vantage));
-            if rule.protocol != protocol || !from_vantage {
+            if rule.protocol != protocol || !applies(rule) {
                 continue;
             }
             for port in rule.ports.start..=rule.ports.end {
@@ -60,14 +112,7 @@ pub fn expectations(
             if exempt(protocol, port) {
                 continue;
             }
-            let rule = &intent.rules[*i as usize];
-            out.push(Expectation {
-                port,
-                protocol,
-                state: rule.state,
-                policy: rule.policy.clone(),
-                entry: rule.entry,
-            });
+            out.push((protocol, port, &intent.rules[*i as usize]));
         }
     }
     out

@@ -1,9 +1,16 @@
 //! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
 //! `/v1/inside` (the inside view, computed on request) and `/v1/report` (the last peer scan).
 //! [`crate::server::serve`] serves it within connection limits.
+//!
+//! # Guarantees
+//!
+//! * `/healthz` is 200 while the loop is healthy ([`crate::agent::State::health`]), else 503
+//!   with the reason.
+//! * Any host can reach these endpoints, so `/readyz` and `/v1/inside` say what failed (the
+//!   documents are invalid, an apply failed), never the loader's or iptables' words: those
+//!   name paths, quote values and print rules, and go to the agent's log.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,9 +20,6 @@ use axum::routing::get;
 
 use crate::agent::Shared;
 use crate::inside::INSIDE_PATH;
-
-/// The loop counts as alive while it has completed an iteration this recently.
-const HEARTBEAT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Inside views computed at once: each runs `iptables-save` and a plan (children, pipes, CPU),
 /// so many clients asking together wait here (up to the request timeout) instead of taking
@@ -45,49 +49,37 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let (alive, stuck) = s.with_state(|st| {
-        let alive = st.heartbeat.is_some_and(|h| h.elapsed() < HEARTBEAT_LIMIT);
-        (alive, st.stuck(std::time::Instant::now()))
-    });
-    if let Some(why) = stuck {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
-    }
-    if alive {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reconcile loop is not running\n",
-        )
-            .into_response()
+    match s.with_state(|st| st.health(std::time::Instant::now())) {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    let (ready, policy_error, apply_error) =
-        s.with_state(|st| (st.ready, st.policy_error.clone(), st.apply_error.clone()));
-    match (ready, apply_error, policy_error) {
-        (true, None, _) => (StatusCode::OK, "ready\n").into_response(),
-        (_, Some(e), _) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("apply failed: {e}\n"),
+    // Any host can ask: say what is wrong, not the loader's or iptables' words (paths, quoted
+    // values, rules); the log has those.
+    let (ready, policy_invalid, apply_failed) = s.with_state(|st| {
+        (
+            st.ready,
+            st.policy_error.is_some(),
+            st.apply_error.is_some(),
         )
-            .into_response(),
-        (false, None, Some(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no valid policy yet: {e}\n"),
-        )
-            .into_response(),
-        (false, None, None) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "intent not applied yet\n").into_response()
-        }
+    });
+    let not_ready =
+        |why: &str| (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    match (ready, apply_failed, policy_invalid) {
+        (true, false, _) => (StatusCode::OK, "ready\n").into_response(),
+        (_, true, _) => not_ready("apply failed; the agent's log says why"),
+        (false, false, true) => not_ready(
+            "no valid policy yet: the policy documents are invalid or missing; the agent's log names the problems",
+        ),
+        (false, false, false) => not_ready("intent not applied yet"),
     }
 }
 
 async fn inside(State(s): State<Arc<Shared>>) -> Response {
-    let Ok(permit) = INSIDE_VIEWS.acquire().await else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    };
+    // The semaphore is never closed: this always holds a permit.
+    let permit = INSIDE_VIEWS.acquire().await.ok();
     // Reading netfilter shells out to iptables-save: keep it off the async workers. The permit
     // goes with the work, so a request that timed out still counts until its view is done.
     match tokio::task::spawn_blocking(move || {
@@ -113,5 +105,50 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
             "no peer scan yet (is --scan-interval set?)\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(crate::agent::tests::config(
+            "p".into(),
+            "i".into(),
+            "127.0.0.1:9750",
+        ))
+    }
+
+    async fn body(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `/readyz` is served to any host: it says why the agent is not ready, but not the
+    /// loader's or iptables' words (paths, quoted values, rule text); those are logged.
+    #[tokio::test]
+    async fn readyz_gives_a_reason_but_no_error_text() {
+        let s = shared();
+        s.set_intent(
+            None,
+            Some("/srv/policies/web.yaml:7:14: error: unknown state \"s3cret\"".into()),
+        );
+        let (status, text) = body(readyz(State(s.clone())).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.starts_with("no valid policy yet"), "{text}");
+        assert!(!text.contains("s3cret") && !text.contains("/srv"), "{text}");
+        s.state.lock().unwrap().apply_error =
+            Some("iptables-restore: line 3 failed: -A PORTWARDEN-INPUT -s 10.1.2.3".into());
+        let (status, text) = body(readyz(State(s)).await).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.starts_with("apply failed"), "{text}");
+        assert!(
+            !text.contains("line 3") && !text.contains("10.1.2.3"),
+            "{text}"
+        );
     }
 }

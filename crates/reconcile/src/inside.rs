@@ -61,11 +61,15 @@ pub struct InsideView {
     pub shadowing: Vec<ShadowView>,
     /// Listening sockets of the ports the node's policies manage (see [`exposed_listeners`]).
     pub listeners: Vec<Listener>,
-    /// The last policy load error, when the current documents are invalid (the last good
-    /// state stays applied).
-    pub policy_error: Option<String>,
-    /// The last apply error, if the last attempt failed.
-    pub apply_error: Option<String>,
+    /// Whether the current policy documents are invalid (the last good state stays
+    /// applied). What the loader said is in the agent's log, not here: it names paths and
+    /// quotes values, and any host can read this view.
+    #[serde(default)]
+    pub policy_invalid: bool,
+    /// Whether the last apply failed, or the rules cannot be read now. iptables' words are in
+    /// the agent's log, not here.
+    #[serde(default)]
+    pub apply_failed: bool,
 }
 
 /// The listeners the inside view may show for a node with `intent` (none without one): those
@@ -118,8 +122,8 @@ impl InsideView {
                 })
                 .collect(),
             listeners: exposed_listeners(Some(intent), listeners),
-            policy_error: None,
-            apply_error: None,
+            policy_invalid: false,
+            apply_failed: false,
         }
     }
 
@@ -173,11 +177,15 @@ pub struct FetchError {
 /// The largest response [`http_get`] reads (metrics pages of big nodes included).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// The largest inside view [`fetch_view`] reads: 4 MiB. A view lists a node's listening
-/// sockets and the foreign rules that shadow its entries; thousands of either take a few
-/// hundred KiB, so this leaves ample headroom while keeping a hostile or broken agent from
-/// making `verify` read without end.
-pub const MAX_INSIDE_VIEW_BYTES: usize = 4 * 1024 * 1024;
+/// The largest inside view [`fetch_view`] reads: 1 MiB. A view lists the listening sockets of
+/// a node's managed ports and the foreign rules that shadow its entries; thousands of either
+/// take a few hundred KiB at most. The cap keeps a hostile or broken agent from making
+/// `verify`, or an agent's peer scan, hold much memory: at most [`MAX_INSIDE_VIEW_BYTES`] per
+/// fetch, 16 fetches at once.
+pub const MAX_INSIDE_VIEW_BYTES: usize = 1024 * 1024;
+
+/// What of a non-200 answer's body goes into the error: enough for an agent's one-line reason.
+const STATUS_BODY_CHARS: usize = 200;
 
 /// A plain HTTP/1.0 GET of `path` on an agent; returns the body of a 200 response.
 ///
@@ -186,7 +194,8 @@ pub const MAX_INSIDE_VIEW_BYTES: usize = 4 * 1024 * 1024;
 /// Returns within `deadline` (plus scheduling noise): it bounds the whole exchange —
 /// connect, request and the entire response — not each read, so an agent that trickles its
 /// answer a byte at a time is cut off like one that says nothing. At most `max_bytes` of
-/// response (headers included) are read.
+/// response (headers included) are read, into one buffer that never grows beyond that; the
+/// body is returned in it, not copied.
 ///
 /// # Errors
 ///
@@ -198,7 +207,7 @@ pub fn get(
     path: &str,
     deadline: Duration,
     max_bytes: usize,
-) -> Result<String, FetchError> {
+) -> Result<Vec<u8>, FetchError> {
     let until = Instant::now() + deadline;
     let fail = |kind, detail: String| FetchError { addr, kind, detail };
     let late = || {
@@ -246,26 +255,38 @@ pub fn get(
                     format!("sent more than {max_bytes} bytes; not read further"),
                 ));
             }
-            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                if response.capacity() - response.len() < n {
+                    // Doubling, but never past the cap.
+                    let want = (response.capacity() * 2)
+                        .max(response.len() + n)
+                        .min(max_bytes);
+                    response.reserve_exact(want - response.len());
+                }
+                response.extend_from_slice(&buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io("cannot read response", e)),
         }
     }
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        fail(
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(fail(
             FetchErrorKind::Malformed,
             "malformed HTTP response: no header end".into(),
-        )
-    })?;
+        ));
+    };
+    let head = String::from_utf8_lossy(&response[..end]);
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
+        let body = String::from_utf8_lossy(&response[end + 4..]);
+        let reason: String = body.trim().chars().take(STATUS_BODY_CHARS).collect();
         return Err(fail(
             FetchErrorKind::Status,
-            format!("unexpected status: {status}: {}", body.trim()),
+            format!("unexpected status: {status}: {reason}"),
         ));
     }
-    Ok(body.to_string())
+    response.drain(..end + 4);
+    Ok(response)
 }
 
 /// [`get`] with the error as text and a cap of [`MAX_RESPONSE_BYTES`]; `deadline` bounds the
@@ -275,7 +296,9 @@ pub fn get(
 ///
 /// As [`get`].
 pub fn http_get(addr: SocketAddr, path: &str, deadline: Duration) -> Result<String, String> {
-    get(addr, path, deadline, MAX_RESPONSE_BYTES).map_err(|e| e.to_string())
+    let body = get(addr, path, deadline, MAX_RESPONSE_BYTES).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8(body)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Fetches a node's inside view from its agent, within `deadline` in all and at most
@@ -286,7 +309,7 @@ pub fn http_get(addr: SocketAddr, path: &str, deadline: Duration) -> Result<Stri
 /// As [`get`], or [`FetchErrorKind::Invalid`] when the body is not an inside view.
 pub fn fetch_view(addr: SocketAddr, deadline: Duration) -> Result<InsideView, FetchError> {
     let body = get(addr, INSIDE_PATH, deadline, MAX_INSIDE_VIEW_BYTES)?;
-    serde_json::from_str(&body).map_err(|e| FetchError {
+    serde_json::from_slice(&body).map_err(|e| FetchError {
         addr,
         kind: FetchErrorKind::Invalid,
         detail: format!("invalid inside view: {e}"),
@@ -390,6 +413,22 @@ pub(crate) mod tests {
         .expect_err("too large");
         assert_eq!(e.kind, FetchErrorKind::TooLarge, "{e}");
         assert!(e.to_string().contains("sent more than"), "{e}");
+    }
+
+    #[test]
+    fn an_inside_view_over_1_mib_is_refused() {
+        // 1.5 MiB: several times any real view (a few hundred KiB at most), and, with 16
+        // fetches at once, what keeps a peer scan's memory bounded.
+        let addr = serve(vec![b' '; 64 * 1024], Duration::ZERO, 24);
+        let e = within(Duration::from_secs(20), move || {
+            fetch_view(addr, Duration::from_secs(10))
+        })
+        .expect_err("too large");
+        assert_eq!(e.kind, FetchErrorKind::TooLarge, "{e}");
+        assert!(
+            e.to_string().contains("sent more than 1048576 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

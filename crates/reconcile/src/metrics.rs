@@ -37,7 +37,7 @@ pub struct DriftLabels {
 /// Labels of a connection refused or closed by the HTTP server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
-    /// Refused: `per_source` or `total` (the cap that was reached). Closed: `evicted` (the
+    /// Refused: `per_source`, `per_network` or `total` (the cap that was reached). Closed: `evicted` (the
     /// oldest connection of the heaviest source, to admit a quieter one), `timeout` (no
     /// complete request header in time, also an idle keep-alive connection), `max_age`.
     pub reason: String,
@@ -54,6 +54,8 @@ pub struct HttpMetrics {
     pub connection_limit: Gauge,
     /// The cap on open connections from one source.
     pub connection_limit_per_source: Gauge,
+    /// The cap on open connections from one IPv6 /48.
+    pub connection_limit_per_network: Gauge,
     /// Connections closed at once because a cap was reached, by cap.
     pub connections_refused: Family<ConnectionLabels, Counter>,
     /// Connections the server closed before the client did, by reason.
@@ -94,12 +96,17 @@ impl HttpMetrics {
         );
         registry.register(
             "http_connection_limit_per_source",
-            "Cap on open HTTP connections from one source address (IPv6: one /64)",
+            "Cap on open HTTP connections from one source address (IPv6: one /64; the node itself is one source)",
             self.connection_limit_per_source.clone(),
         );
         registry.register(
+            "http_connection_limit_per_network",
+            "Cap on open HTTP connections from one IPv6 /48, its /64s together",
+            self.connection_limit_per_network.clone(),
+        );
+        registry.register(
             "http_connections_refused",
-            "HTTP connections closed at once because a cap was reached (per_source, total)",
+            "HTTP connections closed at once because a cap was reached (per_source, per_network, total)",
             self.connections_refused.clone(),
         );
         registry.register(

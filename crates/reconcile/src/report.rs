@@ -36,7 +36,8 @@ pub struct Row {
     /// The vantage: the source address of the probes.
     pub from: IpAddr,
     /// Intended state (`open`, `closed`, `filtered`), or `unlisted` for an open port no policy
-    /// declares (with `unlisted: report`).
+    /// declares (with `unlisted: report`), or `-` on an address with no route to it where the
+    /// state depends on the probe's source (no source exists to decide it).
     pub expected: String,
     /// nmap's word for what the scan saw.
     pub observed: String,

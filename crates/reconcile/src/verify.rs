@@ -23,7 +23,7 @@ use portwarden_scan::{
 };
 
 use crate::causes::{self, Inside, Symptom};
-use crate::expect::{Expectation, expectations};
+use crate::expect::{Expectation, expectations, for_any_vantage};
 use crate::inside::{self, InsideView};
 use crate::report::{Report, Row};
 use crate::verdict::{Verdict, judge};
@@ -53,7 +53,7 @@ pub struct VerifyOptions {
     /// Port of the agents' HTTP endpoint; `None` means do not ask agents.
     pub agent_port: Option<u16>,
     /// The deadline of each inside-view fetch as a whole: connect, request and the entire
-    /// response (see `inside::get`); up to 64 fetches run at once.
+    /// response (see `inside::get`); up to 16 fetches run at once.
     pub agent_timeout: Duration,
     /// TCP ports searched for undeclared open ports on nodes whose policies say
     /// `unlisted: report`.
@@ -80,7 +80,9 @@ fn exempt(failsafe: &Failsafe) -> impl Fn(Protocol, u16) -> bool + '_ {
 /// An address this host has no route to does not stop the others: its rows are
 /// `indeterminate` with the cause `unreachable: no route to ADDRESS: ...`, their `from` is
 /// the unspecified address (`0.0.0.0` or `::`: no source address exists), nothing is sent to
-/// it, and every other address is verified as usual.
+/// it, and every other address is verified as usual. Without a vantage, every port the node's
+/// policies manage for some source gets a row; where what a probe must see depends on its
+/// source (a `from:` entry decides first), `expected` is `-` and no policy is named.
 ///
 /// # Errors
 ///
@@ -102,7 +104,12 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
             }
             Err(e) => return Err(e),
         };
-        let exp = expectations(&t.intent, vantage, exempt(&opts.failsafe));
+        // Without a vantage there is nothing to expect for one: the rows come from
+        // `Compare::unroutable`.
+        let exp = match unreachable {
+            None => expectations(&t.intent, vantage, exempt(&opts.failsafe)),
+            Some(_) => Vec::new(),
+        };
         planned.push(Planned {
             target: t,
             vantage,
@@ -188,18 +195,20 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
         };
         let tcp = host(Protocol::Tcp, t.address);
         let udp = host(Protocol::Udp, t.address);
-        // The scanner's own verdict on the address counts too (a route may vanish between
-        // the lookup above and the scan).
-        let unreachable = p
-            .unreachable
-            .as_deref()
-            .or_else(|| tcp.and_then(|h| h.error.as_deref()))
-            .or_else(|| udp.and_then(|h| h.error.as_deref()));
         let ctx = Compare {
             target: t,
             vantage: p.vantage,
             inside: &inside,
         };
+        if let Some(why) = &p.unreachable {
+            rows.extend(ctx.unroutable(why, &opts.failsafe));
+            continue;
+        }
+        // The scanner's own verdict on the address counts too (a route may vanish between
+        // the lookup above and the scan); the vantage is known then.
+        let unreachable = tcp
+            .and_then(|h| h.error.as_deref())
+            .or_else(|| udp.and_then(|h| h.error.as_deref()));
         if let Some(why) = unreachable {
             rows.extend(ctx.unreachable(exp, why));
             continue;
@@ -233,8 +242,9 @@ fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
     config
 }
 
-/// Inside views fetched at once (one thread each).
-const FETCH_PARALLEL: usize = 64;
+/// Inside views fetched at once (one thread each): with [`inside::MAX_INSIDE_VIEW_BYTES`] per
+/// answer, what hostile agents can make verify (or an agent's peer scan) hold is bounded.
+const FETCH_PARALLEL: usize = 16;
 
 /// One address to verify, with what was found out before the scan.
 struct Planned<'a> {
@@ -264,33 +274,57 @@ fn fetch_insides(
             nodes.push((&t.node, t.address));
         }
     }
-    // Each fetch has its own total deadline (`agent_timeout`), and up to FETCH_PARALLEL run
-    // at once, so slow agents hold verify up for at most ceil(nodes / FETCH_PARALLEL)
-    // deadlines.
-    let mut results: Vec<(String, Result<InsideView, String>)> = Vec::with_capacity(nodes.len());
-    for batch in nodes.chunks(FETCH_PARALLEL) {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|(node, addr)| {
-                    let addr = SocketAddr::new(*addr, port);
-                    let h = std::thread::Builder::new()
-                        .name("inside-view".into())
-                        .spawn_scoped(s, move || inside::fetch(addr, opts.agent_timeout));
-                    (node, h)
-                })
-                .collect();
-            for (node, h) in handles {
-                let r = match h {
-                    Ok(h) => h
-                        .join()
-                        .unwrap_or_else(|_| Err("agent query thread panicked".into())),
-                    Err(e) => Err(format!("cannot start a thread to ask the agent: {e}")),
-                };
-                results.push((node.to_string(), r));
+    // Each fetch has its own total deadline (`agent_timeout`); FETCH_PARALLEL workers take the
+    // next node as soon as they are done, so slow agents hold verify up for at most
+    // ceil(nodes / FETCH_PARALLEL) deadlines.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fetch_next = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((_, addr)) = nodes.get(i) else {
+                return done;
+            };
+            let view = inside::fetch(SocketAddr::new(*addr, port), opts.agent_timeout);
+            done.push((i, view));
+        }
+    };
+    let mut fetched: Vec<Option<Result<InsideView, String>>> = vec![None; nodes.len()];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..FETCH_PARALLEL.min(nodes.len()))
+            .map(|_| {
+                std::thread::Builder::new()
+                    .name("inside-view".into())
+                    .spawn_scoped(s, fetch_next)
+            })
+            .collect();
+        let mut refused = None;
+        for w in workers {
+            match w {
+                Ok(h) => {
+                    for (i, view) in h.join().unwrap_or_default() {
+                        fetched[i] = Some(view);
+                    }
+                }
+                Err(e) => refused = Some(e),
             }
-        });
-    }
+        }
+        if let Some(e) = refused {
+            notes.push(format!(
+                "cannot start every thread to ask the agents ({e}): fewer were asked at once"
+            ));
+        }
+    });
+    let results: Vec<(String, Result<InsideView, String>)> = nodes
+        .iter()
+        .zip(fetched)
+        .map(|((node, _), view)| {
+            let view = view.unwrap_or_else(|| {
+                Err("not asked: no query thread could start, or it panicked".into())
+            });
+            (node.to_string(), view)
+        })
+        .collect();
     for (node, r) in &results {
         if let Err(e) = r {
             notes.push(format!("{node}: inside view unavailable: {e}"));
@@ -359,12 +393,8 @@ impl Compare<'_> {
                     Protocol::Udp => udp,
                 };
                 let Some(observed) = lookup(scan, e.port) else {
-                    let mut r = self.row(e.port, e.protocol, e.state.to_string(), PortState::OpenFiltered, Verdict::Indeterminate);
-                    r.observed = "not scanned".into();
-                    r.cause = Some("this protocol could not be scanned from here".into());
-                    r.policy = Some(e.policy.to_string());
-                    r.entry = Some(e.entry);
-                    return r;
+                    let cause = "this protocol could not be scanned from here".to_string();
+                    return self.not_scanned(e.port, e.protocol, Some(e), cause);
                 };
                 let (verdict, outside) = judge(e.protocol, e.state, observed);
                 let mut r = self.row(e.port, e.protocol, e.state.to_string(), observed, verdict);
@@ -397,24 +427,47 @@ impl Compare<'_> {
             .collect()
     }
 
-    /// Every expectation of an address that cannot be probed: indeterminate, and why.
+    /// Every expectation of an address that could not be probed from this vantage:
+    /// indeterminate, and why.
     fn unreachable(&self, exp: &[Expectation], why: &str) -> Vec<Row> {
         exp.iter()
-            .map(|e| {
-                let mut r = self.row(
-                    e.port,
-                    e.protocol,
-                    e.state.to_string(),
-                    PortState::OpenFiltered,
-                    Verdict::Indeterminate,
-                );
-                r.observed = "not scanned".into();
-                r.cause = Some(format!("unreachable: {why}"));
-                r.policy = Some(e.policy.to_string());
-                r.entry = Some(e.entry);
-                r
+            .map(|e| self.not_scanned(e.port, e.protocol, Some(e), format!("unreachable: {why}")))
+            .collect()
+    }
+
+    /// Every managed port of an address with no route to it, so no vantage: indeterminate,
+    /// and why; the expectation only where every vantage shares it ([`for_any_vantage`]).
+    fn unroutable(&self, why: &str, failsafe: &Failsafe) -> Vec<Row> {
+        for_any_vantage(&self.target.intent, exempt(failsafe))
+            .iter()
+            .map(|(protocol, port, e)| {
+                self.not_scanned(*port, *protocol, e.as_ref(), format!("unreachable: {why}"))
             })
             .collect()
+    }
+
+    /// The row of a port that was not probed: what it must show (`-` when that is not known),
+    /// and why it was not probed (`cause`).
+    fn not_scanned(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        e: Option<&Expectation>,
+        cause: String,
+    ) -> Row {
+        let expected = e.map_or_else(|| "-".to_string(), |e| e.state.to_string());
+        let mut r = self.row(
+            port,
+            protocol,
+            expected,
+            PortState::OpenFiltered,
+            Verdict::Indeterminate,
+        );
+        r.observed = "not scanned".into();
+        r.cause = Some(cause);
+        r.policy = e.map(|e| e.policy.to_string());
+        r.entry = e.map(|e| e.entry);
+        r
     }
 
     /// Open TCP ports that no entry governs, on a node with `unlisted: report`.
@@ -482,28 +535,25 @@ mod tests {
         }
     }
 
-    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
-    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
-    /// and says why each inside view is missing. Their intents are empty, so nothing is
-    /// scanned; only loopback is involved.
-    #[test]
-    fn several_trickling_agents_do_not_hold_verify_up() {
-        use crate::inside::tests::{serve_on, within};
-        let (port, listeners) = (0..20)
+    /// Listeners on one port of 127.0.0.1 to 127.0.0.`n` (a port free on all of them).
+    fn loopback_listeners(n: usize) -> (u16, Vec<std::net::TcpListener>) {
+        (0..20)
             .find_map(|_| {
                 let first = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
                 let port = first.local_addr().ok()?.port();
                 let mut all = vec![first];
-                for i in 2..=3 {
+                for i in 2..=n {
                     all.push(std::net::TcpListener::bind(format!("127.0.0.{i}:{port}")).ok()?);
                 }
                 Some((port, all))
             })
-            .expect("one free port on 127.0.0.1-3");
-        for l in listeners {
-            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
-        }
-        let targets: Vec<Target> = (1..=3)
+            .unwrap_or_else(|| panic!("no port free on all of 127.0.0.1-{n}"))
+    }
+
+    /// Nodes `n1` to `nN` at 127.0.0.1 to 127.0.0.N, whose intents are empty (nothing is
+    /// scanned), and the options that ask their agents on `port` within `deadline`.
+    fn loopback_nodes(n: usize, port: u16, deadline: Duration) -> (Vec<Target>, VerifyOptions) {
+        let targets = (1..=n)
             .map(|i| Target {
                 node: format!("n{i}"),
                 address: format!("127.0.0.{i}").parse().expect("address"),
@@ -512,9 +562,24 @@ mod tests {
             .collect();
         let opts = VerifyOptions {
             agent_port: Some(port),
-            agent_timeout: Duration::from_millis(300),
+            agent_timeout: deadline,
             ..options()
         };
+        (targets, opts)
+    }
+
+    /// Three nodes whose agents (on 127.0.0.1-3, one port) send a 200 header and then one
+    /// byte every 50 ms for a minute: verify is done once each fetch's deadline has passed,
+    /// and says why each inside view is missing. Their intents are empty, so nothing is
+    /// scanned; only loopback is involved.
+    #[test]
+    fn several_trickling_agents_do_not_hold_verify_up() {
+        use crate::inside::tests::{serve_on, within};
+        let (port, listeners) = loopback_listeners(3);
+        for l in listeners {
+            serve_on(l, 1, b" ".to_vec(), Duration::from_millis(50), 1200);
+        }
+        let (targets, opts) = loopback_nodes(3, port, Duration::from_millis(300));
         let v =
             within(Duration::from_secs(20), move || verify(&targets, &opts)).expect("verify runs");
         for i in 1..=3 {
@@ -528,6 +593,136 @@ mod tests {
                 v.report.notes
             );
         }
+    }
+
+    /// An address that cannot be probed has no vantage: a state that depends on the source
+    /// address is not claimed for it, and a port only `from:` entries manage gets its row too.
+    #[test]
+    fn unreachable_rows_claim_no_state_that_depends_on_the_source() {
+        use portwarden_policy::{PortRange, Rule, State};
+        let rule = |entry, port, source: Option<&str>, state| Rule {
+            priority: 100,
+            policy: "web".into(),
+            entry,
+            protocol: Protocol::Tcp,
+            ports: PortRange::single(port),
+            source: source.map(|s| s.parse::<ipnet::IpNet>().expect("network")),
+            state,
+        };
+        // 80: closed to 10.0.0.0/8, open to everyone else; 81: closed to 10.0.0.0/8 only;
+        // 82: closed to everyone.
+        let intent = NodeIntent {
+            policies: vec!["web".into()],
+            rules: vec![
+                rule(0, 80, Some("10.0.0.0/8"), State::Closed),
+                rule(1, 80, None, State::Open),
+                rule(2, 81, Some("10.0.0.0/8"), State::Closed),
+                rule(3, 82, None, State::Closed),
+            ],
+            report_unlisted: false,
+        };
+        let target = Target {
+            node: "n".into(),
+            address: "10.9.9.9".parse().expect("address"),
+            intent: Arc::new(intent),
+        };
+        let vantage: IpAddr = Ipv4Addr::UNSPECIFIED.into();
+        let ctx = Compare {
+            target: &target,
+            vantage,
+            inside: &Inside::Unknown("not asked"),
+        };
+        let rows = ctx.unroutable("no route to 10.9.9.9", &Failsafe::none());
+        let row = |port: u16| {
+            rows.iter()
+                .find(|r| r.port == port)
+                .map(|r| (r.expected.as_str(), r.policy.as_deref(), r.entry))
+        };
+        assert_eq!(row(80), Some(("-", None, None)), "{rows:#?}");
+        assert_eq!(row(81), Some(("-", None, None)), "{rows:#?}");
+        assert_eq!(row(82), Some(("closed", Some("web"), Some(3))), "{rows:#?}");
+        assert!(
+            rows.iter().all(|r| r.verdict == Verdict::Indeterminate
+                && r.cause.as_deref() == Some("unreachable: no route to 10.9.9.9")),
+            "{rows:#?}"
+        );
+    }
+
+    /// Agents (on 127.0.0.1-24, one port) that accept and then answer nothing until the test
+    /// opens the gate: with the gate closed no fetch can end before its (long) deadline, so
+    /// every connection accepted before the gate opens is one verify holds at once.
+    #[test]
+    fn at_most_16_inside_views_are_fetched_at_once() {
+        use crate::inside::tests::within;
+        use std::sync::{Condvar, Mutex};
+        const AGENTS: usize = 24;
+        let (port, listeners) = loopback_listeners(AGENTS);
+        // (connections accepted, of which before the gate opened, gate open)
+        let gate = Arc::new((Mutex::new((0usize, 0usize, false)), Condvar::new()));
+        for l in listeners {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let Ok((mut c, _)) = l.accept() else {
+                    return;
+                };
+                // Read the request: closing with it unread would reset the connection.
+                let mut request = [0u8; 1024];
+                let _ = std::io::Read::read(&mut c, &mut request);
+                let (lock, cv) = &*gate;
+                let mut g = lock.lock().expect("gate");
+                g.0 += 1;
+                if !g.2 {
+                    g.1 += 1;
+                }
+                cv.notify_all();
+                while !g.2 {
+                    g = cv.wait(g).expect("gate");
+                }
+                drop(g);
+                let _ = std::io::Write::write_all(&mut c, b"HTTP/1.0 503 Busy\r\n\r\n");
+            });
+        }
+        let (targets, opts) = loopback_nodes(AGENTS, port, Duration::from_secs(60));
+        let verifying = std::thread::spawn(move || verify(&targets, &opts));
+        let (lock, cv) = &*gate;
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        let mut g = lock.lock().expect("gate");
+        while g.0 < 16 {
+            let left = until
+                .checked_duration_since(std::time::Instant::now())
+                .unwrap_or_else(|| panic!("only {} agents asked within 20 s", g.0));
+            g = cv.wait_timeout(g, left).expect("gate").0;
+        }
+        // Give a 17th fetch a second to show up. With the bound it never can (no fetch ends
+        // while the gate is closed), so this only makes a missing bound fail reliably.
+        let grace = std::time::Instant::now() + Duration::from_secs(1);
+        while g.0 < AGENTS {
+            let Some(left) = grace.checked_duration_since(std::time::Instant::now()) else {
+                break;
+            };
+            g = cv.wait_timeout(g, left).expect("gate").0;
+        }
+        let before_the_gate = g.1;
+        g.2 = true;
+        cv.notify_all();
+        drop(g);
+        assert!(
+            before_the_gate <= 16,
+            "{before_the_gate} inside views fetched at once"
+        );
+        let v = within(Duration::from_secs(30), move || verifying.join())
+            .expect("verify did not panic")
+            .expect("verify runs");
+        assert_eq!(
+            v.report
+                .notes
+                .iter()
+                .filter(|n| n.contains("503 Busy"))
+                .count(),
+            AGENTS,
+            "{:?}",
+            v.report.notes
+        );
     }
 
     #[test]
