@@ -256,8 +256,20 @@ impl Netfilter {
         self.plan_unlocked(intent, failsafe)
     }
 
-    /// [`Netfilter::plan`] without the lock: for a caller that holds the writer lock.
-    fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
+    /// [`Netfilter::plan`] without the lock: for diagnostics that must neither wait for a
+    /// writer nor delay one, such as the agent's inside view (which any host may ask for).
+    ///
+    /// # Guarantees
+    /// Read-only, as [`Netfilter::plan`]; takes no lock, so no number of concurrent callers can
+    /// keep a writer out.
+    ///
+    /// # Errors
+    /// As [`Netfilter::plan`], [`Error::WriterBusy`] and the lock directory's errors aside.
+    ///
+    /// # Caveats
+    /// A read at the moment another portwarden writes can see that write half-way (IPv4 new,
+    /// IPv6 old): a difference that is gone at the next read.
+    pub fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
