@@ -162,6 +162,21 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// A lock file that portwarden did not make: a link, not a plain file, or a stranger's.
+    #[error(
+        "refusing the lock file {}: {problem}. portwarden makes its lock files itself (plain \
+         files with one link, owned by root, by the lock directory's owner or its group) and \
+         never writes through anything else; someone who may write the lock directory put this \
+         one there: look at it (`ls -l`), remove it, and keep the directory writable only by \
+         root and portwarden's user or group",
+        path.display()
+    )]
+    LockFile {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The calling thread's network namespace cannot be told.
     #[error(
         "cannot tell this thread's network namespace from /proc/thread-self/ns/net: {source} \

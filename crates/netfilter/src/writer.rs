@@ -251,16 +251,18 @@ fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, E
             _thread: PhantomData,
         });
     }
-    let (file, writable) = open(dir, &path)?;
     let started = Instant::now();
     let mut logged: Option<Holder> = None;
-    loop {
+    let (file, writable) = loop {
+        // Opened anew each time: the file at `path` is the lock, not one unlinked meanwhile.
+        let (file, writable) = open(dir, &path)?;
         let tried = match mode {
             Mode::Exclusive => file.try_lock(),
             Mode::Shared => file.try_lock_shared(),
         };
         match tried {
-            Ok(()) => break,
+            Ok(()) if still_at(&file, &path) => break (file, writable),
+            Ok(()) => continue,
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(source)) => {
                 return Err(Error::LockDir {
@@ -310,7 +312,7 @@ fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, E
             POLL.min(wait.saturating_sub(waited))
                 .max(Duration::from_millis(1)),
         );
-    }
+    };
     if let Some(h) = logged {
         info!(
             lock = %path.display(),
@@ -338,6 +340,8 @@ fn acquire(dir: &Path, role: Role, mode: Mode, wait: Duration) -> Result<Lock, E
 
 /// Opens (creating it and its directory `dir` when missing) the lock file `path`: read-write
 /// when allowed, else read-only (flock works on either; only the record needs writing).
+/// Never follows a link and never blocks on a FIFO; a file portwarden did not make is
+/// refused ([`checked`]).
 fn open(dir: &Path, path: &Path) -> Result<(File, bool), Error> {
     ensure_dir(dir)?;
     let lock_dir_error = |action, source| Error::LockDir {
@@ -359,13 +363,86 @@ fn open(dir: &Path, path: &Path) -> Result<(File, bool), Error> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
         Err(e) => return Err(lock_dir_error("create", e)),
     }
-    match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(file) => Ok((file, true)),
-        Err(e) if e.kind() == ErrorKind::PermissionDenied => match File::open(path) {
-            Ok(file) => Ok((file, false)),
-            Err(e) => Err(lock_dir_error("open", e)),
-        },
-        Err(e) => Err(lock_dir_error("open", e)),
+    let existing = |write| {
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+    };
+    let (file, writable) = match existing(true) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+            (existing(false).map_err(|e| open_error(path, e))?, false)
+        }
+        Err(e) => return Err(open_error(path, e)),
+    };
+    checked(file, dir, path).map(|f| (f, writable))
+}
+
+/// The error of opening an existing lock file: a symbolic link is refused as planted.
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return Error::LockFile {
+            path: path.to_path_buf(),
+            problem: "it is a symbolic link".into(),
+        };
+    }
+    Error::LockDir {
+        path: path.to_path_buf(),
+        action: "open",
+        source: e,
+    }
+}
+
+/// `file` (opened from `path` in `dir`) when it is one portwarden may have made: a regular
+/// file with one link, owned by root, by the directory's owner, by this process's user, or by
+/// a member of the directory's group when the group may write the directory. Anything else
+/// (a hard link to another file, a FIFO, a stranger's file) was put there by someone else.
+fn checked(file: File, dir: &Path, path: &Path) -> Result<File, Error> {
+    let refuse = |problem: String| Error::LockFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let (m, d) = match (file.metadata(), std::fs::metadata(dir)) {
+        (Ok(m), Ok(d)) => (m, d),
+        (Err(source), _) | (_, Err(source)) => {
+            return Err(Error::LockDir {
+                path: path.to_path_buf(),
+                action: "inspect",
+                source,
+            });
+        }
+    };
+    if !m.file_type().is_file() {
+        return Err(refuse("it is not a regular file".into()));
+    }
+    if m.nlink() != 1 {
+        return Err(refuse(format!(
+            "it has {} links (a hard link to another file?)",
+            m.nlink()
+        )));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let group_may_write = d.mode() & 0o020 != 0 && m.gid() == d.gid();
+    if m.uid() != 0 && m.uid() != d.uid() && m.uid() != me && !group_may_write {
+        return Err(refuse(format!(
+            "it belongs to uid {}, neither root nor the directory's owner (uid {}) nor a member \
+             of its group",
+            m.uid(),
+            d.uid()
+        )));
+    }
+    Ok(file)
+}
+
+/// Whether `file` is still the file at `path`: a lock taken on a file that was unlinked or
+/// replaced meanwhile is not the lock the next writer takes.
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -412,8 +489,13 @@ fn adopt(file: &File, dir: &Path) {
 /// The check holds the agent lock shared for an instant; an agent starting at that instant
 /// retries for a second before it gives up.
 pub fn running_agent(dir: &Path) -> Option<Holder> {
-    let ns = namespace_id().ok()?;
-    let file = File::open(dir.join(Role::Agent.file_name(ns))).ok()?;
+    let path = dir.join(Role::Agent.file_name(namespace_id().ok()?));
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    let file = checked(file, dir, &path).ok()?;
     match file.try_lock_shared() {
         Ok(()) => None,
         Err(TryLockError::WouldBlock) => Some(describe(&file)),
@@ -619,6 +701,7 @@ impl Record {
 mod tests {
     use super::*;
     use portwarden_lab::{Lab, LockHolder, skip_unless_lab};
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn dir() -> tempfile_dir::Dir {
         tempfile_dir::Dir::new()
@@ -790,6 +873,110 @@ mod tests {
                 .unwrap()
                 .is_outermost()
         );
+    }
+
+    /// Whoever may write the lock directory (the agent's user, under `RuntimeDirectory=`) must
+    /// not make a root-run writer write through a planted link, or lock another program's lock
+    /// file (the xtables lock: our own `iptables-restore --wait` would wait for us).
+    #[test]
+    fn a_planted_link_or_foreign_file_is_refused_and_left_alone() {
+        let d = dir();
+        ensure_dir(d.path()).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let path = lock_file(d.path(), Role::Writer);
+        let refused = |what: &str| {
+            let r = Lock::writer(d.path(), Duration::ZERO).map(|l| l.path().to_path_buf());
+            assert_eq!(
+                std::fs::read_to_string(&victim).unwrap(),
+                "root:x:0:0::/root:/bin/sh\n",
+                "{what}: written through"
+            );
+            let msg = r.map_err(|e| e.to_string()).unwrap_err();
+            assert!(
+                msg.contains(&path.display().to_string()) && msg.contains("remove it"),
+                "{what}: {msg}"
+            );
+            msg
+        };
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(refused("a symbolic link").contains("symbolic link"));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&victim, &path).unwrap();
+        assert!(refused("a hard link").contains("2 links"));
+        std::fs::remove_file(&path).unwrap();
+        // A FIFO is refused, not waited on.
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(refused("a FIFO").contains("not a regular file"));
+        std::fs::remove_file(&path).unwrap();
+        // Nothing of the above was followed: the lock works once the file is gone.
+        Lock::writer(d.path(), Duration::ZERO).unwrap();
+    }
+
+    /// A lock file must be made by someone who may create files in the directory: root, its
+    /// owner, or (when the directory is group-writable) a member of its group.
+    #[test]
+    fn a_lock_file_of_a_stranger_is_refused() {
+        skip_unless_lab!(); // chown needs root
+        let d = dir();
+        ensure_dir(d.path()).unwrap();
+        let path = lock_file(d.path(), Role::Writer);
+        std::fs::write(&path, "").unwrap();
+        std::os::unix::fs::chown(&path, Some(4242), Some(4242)).unwrap();
+        let msg = Lock::writer(d.path(), Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("uid 4242") && msg.contains("remove it"),
+            "{msg}"
+        );
+        // tmpfiles' `d /run/portwarden 0770 root portwarden`: a file of the group's agent.
+        std::os::unix::fs::chown(d.path(), Some(0), Some(4242)).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+        Lock::writer(d.path(), Duration::ZERO).unwrap();
+    }
+
+    /// The lock file replaced while a writer waits on the old one: the waiter must not take
+    /// the old inode's lock while another writer holds the new one's.
+    #[test]
+    fn a_replaced_lock_file_is_not_a_second_lock() {
+        let d = dir();
+        let first = Lock::writer(d.path(), Duration::ZERO).unwrap();
+        let path = first.path().to_path_buf();
+        let old = std::fs::metadata(&path).unwrap().ino();
+        let dir_path = d.path().to_path_buf();
+        let waiter = std::thread::spawn(move || {
+            Lock::writer(&dir_path, Duration::from_secs(2)).map(|l| l.path().to_path_buf())
+        });
+        // Until the waiter has the old file open (its descriptor shows in /proc/self/fd).
+        let open_on_old = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                .filter(|m| m.ino() == old)
+                .count()
+        };
+        let until = Instant::now() + Duration::from_secs(3);
+        while open_on_old() < 2 {
+            assert!(
+                Instant::now() < until,
+                "the waiter never opened the lock file"
+            );
+            std::thread::yield_now();
+        }
+        std::fs::remove_file(&path).unwrap();
+        // Another writer (another process) creates the file anew and holds it.
+        let second = LockHolder::hold(&path).unwrap();
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), old);
+        drop(first);
+        let got = waiter.join().unwrap();
+        assert!(
+            matches!(got, Err(Error::WriterBusy { .. })),
+            "the waiter took the replaced file's lock while another writer holds the new one: \
+             {got:?}"
+        );
+        drop(second);
     }
 
     #[test]
