@@ -369,14 +369,9 @@ impl Netfilter {
 
     /// Takes this network namespace's writer lock (see [`writer`]), waiting up to
     /// `lock_wait_secs` for another portwarden writer; the lock is released when dropped.
-    /// [`Netfilter::converge`] and [`Netfilter::reset`] take it themselves; hold it around any
-    /// other sequence of [`Netfilter::plan`] and [`Netfilter::apply`]. The lock is re-entrant
-    /// for the thread that holds it: `plan`, `converge` and `reset` on that thread run under
-    /// it.
-    ///
-    /// # Errors
-    /// [`Error::WriterBusy`] naming the holder, [`Error::LockDir`], [`Error::Namespace`].
-    pub fn lock(&self) -> Result<Lock, Error> {
+    /// Only [`Netfilter::apply`], [`Netfilter::converge`] and [`Netfilter::reset`] take it,
+    /// each once, so no caller can hold it around a call that would wait for it.
+    fn lock(&self) -> Result<Lock, Error> {
         Lock::writer(&writer::lock_dir(), self.lock_wait())
     }
 
@@ -410,15 +405,15 @@ impl Netfilter {
     ///   with the holder (pid, command line, since when) and bounded by `lock_wait_secs`.
     ///
     /// # Errors
-    /// As [`Netfilter::lock`], [`Netfilter::plan`] and [`Netfilter::apply`].
+    /// As [`Netfilter::plan`] and [`Netfilter::apply`].
     pub fn converge(
         &self,
         intent: &NodeIntent,
         failsafe: &Failsafe,
     ) -> Result<(Plan, Applied), Error> {
-        let _writing = self.lock()?;
+        let writing = self.lock()?;
         let plan = self.plan_unlocked(intent, failsafe)?;
-        let applied = self.apply(&plan)?;
+        let applied = self.apply_locked(&writing, &plan)?;
         Ok((plan, applied))
     }
 
@@ -487,16 +482,24 @@ impl Netfilter {
     /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
     /// * [`Error::Cleanup`] when a cleanup fails: the families' transactions stay applied (the
     ///   error says so), the rest of the cleanup is not run; the next apply finishes it.
+    /// * [`Error::WriterBusy`], [`Error::LockDir`], [`Error::LockFile`], [`Error::Namespace`]
+    ///   from the writer lock: nothing was written.
     ///
     /// # Caveats
     /// Families are written one after the other (IPv4 first), so for a moment IPv4 can be new
     /// while IPv6 is old. A rollback restores portwarden's chains exactly but puts the jump at
-    /// position 1 even if it had been pushed down. Plans are computed from a read: apply soon
-    /// after planning. This takes no lock: another portwarden writer can change the rules
-    /// between the plan's read and this write. [`Netfilter::converge`] (what the CLI and the
-    /// agent use) plans and applies under the namespace's writer lock; hold
-    /// [`Netfilter::lock`] around any other plan-and-apply.
+    /// position 1 even if it had been pushed down. The writes and the read-back run under the
+    /// namespace's writer lock, but the plan was read before it: another portwarden writer
+    /// can have changed the rules in between (its deletes, named by specification, then fail
+    /// rather than hit another rule). [`Netfilter::converge`] (what the CLI and the agent use)
+    /// reads, plans and applies under one lock.
     pub fn apply(&self, plan: &Plan) -> Result<Applied, Error> {
+        let writing = self.lock()?;
+        self.apply_locked(&writing, plan)
+    }
+
+    /// [`Netfilter::apply`] by a caller that holds the writer lock (`_writing`).
+    fn apply_locked(&self, _writing: &Lock, plan: &Plan) -> Result<Applied, Error> {
         let mut applied = Applied::default();
         let mut done: Vec<&FamilyPlan> = Vec::new();
         for fp in &plan.families {
@@ -706,11 +709,11 @@ impl Netfilter {
     /// installed (see [`crate::native`]).
     ///
     /// # Errors
-    /// As [`Netfilter::lock`] and [`Netfilter::apply`].
+    /// As [`Netfilter::apply`].
     pub fn reset(&self) -> Result<(Plan, Applied), Error> {
-        let _writing = self.lock()?;
+        let writing = self.lock()?;
         let plan = self.plan_reset()?;
-        let applied = self.apply(&plan)?;
+        let applied = self.apply_locked(&writing, &plan)?;
         Ok((plan, applied))
     }
 
@@ -748,7 +751,7 @@ impl Netfilter {
                             warn!(
                                 %family,
                                 holder_pid = h.pid,
-                                holder = %lockwait::command_name(h.pid),
+                                holder = %lockwait::command(h.pid),
                                 lock = %lockwait::lock_file(),
                                 wait_secs = self.lock_wait_secs,
                                 "waiting for the xtables lock held by another process (iptables-restore gives up after wait_secs)"
