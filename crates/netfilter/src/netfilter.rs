@@ -536,20 +536,12 @@ impl Netfilter {
                 });
             }
         }
-        let written = if applied.transactions > 0 {
-            format!(
-                "; the {} backend's rules were written and confirmed first, so both decide until \
-                 the next apply (or reset) removes the old ones",
-                self.backend()
-            )
-        } else {
-            String::new()
-        };
+        let transactions = applied.transactions;
         for c in &plan.cleanup {
             self.run_cleanup(c).map_err(|e| Error::Cleanup {
                 backend: c.backend,
                 family: c.family,
-                written: written.clone(),
+                written: written_before(self.backend(), transactions, plan, c),
                 source: Box::new(e),
             })?;
             applied.transactions += 1;
@@ -883,6 +875,21 @@ fn spawn_writer(
     Ok((child, command))
 }
 
+/// What [`Error::Cleanup`] says was written before cleanup `c` of `plan` failed, after
+/// `transactions` transactions of the `current` backend.
+fn written_before(current: Backend, transactions: usize, plan: &Plan, c: &Cleanup) -> String {
+    // Only a move writes one backend's rules and then removes the other's; a reset writes
+    // removals, and a cleanup of the backend in use (a table only nft can edit) moves nothing.
+    if transactions > 0 && c.backend != current && !plan.reset {
+        format!(
+            "; the {current} backend's rules were written and confirmed first, so both decide \
+             until the next apply (or reset) removes the old ones"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The first `line N` an iptables-restore error message mentions.
 fn failing_line(stderr: &str) -> Option<usize> {
     let i = stderr.find("line ")?;
@@ -896,6 +903,46 @@ fn failing_line(stderr: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cleanup of `backend`'s IPv4 (one delete).
+    fn cleanup(backend: Backend) -> Cleanup {
+        Cleanup {
+            backend,
+            family: Family::Ipv4,
+            via: Via::IptablesRestore,
+            delete: vec!["iptables -X PORTWARDEN-INPUT".into()],
+            script: "*filter\n-X PORTWARDEN-INPUT\nCOMMIT\n".into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_cleanup_says_both_decide_only_after_a_move() {
+        let ours =
+            Ruleset::parse("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-INPUT - [0:0]\nCOMMIT\n")
+                .unwrap();
+        let move_plan = Plan::compute(&NodeIntent::default(), &Failsafe::default(), &[])
+            .with_cleanup(vec![cleanup(Backend::Nft)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &move_plan, &move_plan.cleanup[0]);
+        assert!(
+            said.contains(
+                "legacy backend's rules were written and confirmed first, so both decide"
+            ),
+            "{said}"
+        );
+        assert_eq!(
+            written_before(Backend::Legacy, 0, &move_plan, &move_plan.cleanup[0]),
+            "",
+            "nothing written"
+        );
+        // A reset writes removals, and a cleanup of the backend in use moves nothing.
+        let reset = Plan::reset(&[(Family::Ipv4, &ours)])
+            .with_cleanup(vec![cleanup(Backend::Nft)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &reset, &reset.cleanup[0]);
+        assert_eq!(said, "", "a reset: {said}");
+        let same = Plan::reset(&[]).with_cleanup(vec![cleanup(Backend::Legacy)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &same, &same.cleanup[0]);
+        assert_eq!(said, "", "the same backend: {said}");
+    }
 
     #[test]
     fn failing_line_from_both_backends() {

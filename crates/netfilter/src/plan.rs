@@ -36,6 +36,9 @@ pub struct Plan {
     pub cleanup: Vec<Cleanup>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
+    /// Whether this plan removes everything of portwarden's ([`Plan::reset`]).
+    #[serde(skip)]
+    pub reset: bool,
 }
 
 /// How a [`Cleanup`] is written.
@@ -122,7 +125,10 @@ impl Plan {
             .iter()
             .map(|(f, rs)| diff(&Desired::empty(*f), rs, None))
             .collect();
-        Plan::from_families(families, Vec::new())
+        Plan {
+            reset: true,
+            ..Plan::from_families(families, Vec::new())
+        }
     }
 
     fn from_families(families: Vec<FamilyPlan>, conflicts: Vec<Conflict>) -> Plan {
@@ -138,6 +144,7 @@ impl Plan {
             kept: families.iter().flat_map(|f| f.kept.clone()).collect(),
             cleanup: Vec::new(),
             families,
+            reset: false,
         }
     }
 
