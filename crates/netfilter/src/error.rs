@@ -121,6 +121,18 @@ pub enum Error {
         /// What `reset` can still do, or what it needs.
         hint: &'static str,
     },
+    /// A filter table iptables cannot print must be read, and `nft` is not installed.
+    #[error(
+        "`{command}` cannot print the {family} filter table (a native nftables rule is in it), \
+         and nftables' `nft` tool, which can, is not installed (Debian/Ubuntu: apt-get install \
+         nftables)"
+    )]
+    NftMissing {
+        /// Family.
+        family: Family,
+        /// The save command.
+        command: String,
+    },
     /// `nft -j` printed something that is not the JSON this crate reads.
     #[error("failed to read the output of `{command}`: {message}")]
     NftJson {
@@ -144,6 +156,17 @@ pub enum Error {
         written: String,
         /// Why it failed.
         source: Box<Error>,
+    },
+    /// Places that may hold portwarden's rules could not be read; everything else was done.
+    #[error(
+        "{done}, but could not read {places}; portwarden's rules there, if any, were left as \
+         they are and may still decide packets: fix that and run again"
+    )]
+    Unread {
+        /// What was done where portwarden could read.
+        done: String,
+        /// The places, each with why.
+        places: String,
     },
     /// The network namespace's lock directory or lock file cannot be created or opened.
     #[error(

@@ -69,6 +69,6 @@ pub use diff::{
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};
-pub use plan::{Cleanup, Plan, Via};
+pub use plan::{Cleanup, Plan, Unread, Via};
 pub use render::{Conflict, Desired, Family, Rendered, render};
 pub use save::Ruleset;

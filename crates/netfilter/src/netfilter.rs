@@ -21,11 +21,11 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
-use crate::diff::{FamilyPlan, Kept, diff};
+use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, diff};
 use crate::failsafe::Failsafe;
 use crate::lockwait;
 use crate::native;
-use crate::plan::{Cleanup, Plan, Via};
+use crate::plan::{Cleanup, Plan, Unread, Via};
 use crate::render::{Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 use crate::writer::{self, Lock};
@@ -238,19 +238,23 @@ impl Netfilter {
     ///
     /// # Guarantees
     /// * Read-only: one `iptables-save` per family, nothing written. The other backend is read
-    ///   too (one more `*-save` per family) only while it holds portwarden's rules.
+    ///   too (one more `*-save` per family) while it holds (or may hold) portwarden's rules,
+    ///   and when portwarden's chains or jump are missing here: another portwarden (a hand-run
+    ///   `apply --backend`) may have moved them there since this handle was made.
+    /// * A place of the other backend that cannot be read (a table iptables cannot print,
+    ///   without `nft`) does not stop the plan: it is listed in [`Plan::unread`].
     /// * Never half-way through another portwarden's write: the families are read under the
-    ///   namespace's writer lock taken shared ([`writer::Lock::reader`]), waiting up to
-    ///   `lock_wait_secs` for a writer to finish.
+    ///   namespace's writer lock taken shared, waiting up to `lock_wait_secs` for a writer to
+    ///   finish.
     ///
     /// # Errors
-    /// As [`Netfilter::read`]; [`Error::Incompatible`] also when the other backend's table
-    /// holding portwarden's rules cannot be printed and `nft` is not installed;
-    /// [`Error::WriterBusy`] when a writer holds the lock for the whole wait.
+    /// As [`Netfilter::read`]; [`Error::WriterBusy`] when a writer holds the lock for the
+    /// whole wait.
     ///
     /// # Caveats
     /// When the lock directory cannot be used (a user who may not open it), the plan is read
-    /// without the lock, with a warning.
+    /// without the lock, with a warning. Readers do not give way to a waiting writer: plans
+    /// run back to back without pause can keep a writer waiting (up to its `--wait`).
     pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let _reading = self.read_lock()?;
         self.plan_unlocked(intent, failsafe)
@@ -274,70 +278,59 @@ impl Netfilter {
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
         let plan = Plan::from_rendered(&rendered, intent, &refs);
-        if !self.stray.load(Ordering::Relaxed) {
+        // Gone from here: maybe moved to the other backend behind this handle's back.
+        let gone = plan
+            .drift_kinds()
+            .iter()
+            .any(|k| matches!(k, DriftKind::JumpMissing | DriftKind::ChainMissing));
+        if !gone && !self.stray.load(Ordering::Relaxed) {
             return Ok(plan);
         }
-        let (cleanup, kept) = self.other_cleanup()?;
-        if cleanup.is_empty() {
-            self.stray.store(false, Ordering::Relaxed);
-        }
-        Ok(plan.with_cleanup(cleanup, kept))
+        let mut places = Places::default();
+        self.other_places(&mut places);
+        // Keep looking there while anything of ours is, or may be, there.
+        self.stray
+            .store(places.holds_something(), Ordering::Relaxed);
+        Ok(places.into_plan(plan))
     }
 
-    /// The removal of portwarden's rules from every family of the other backend.
-    fn other_cleanup(&self) -> Result<(Vec<Cleanup>, Vec<Kept>), Error> {
+    /// Adds the removal of portwarden's rules from every family of the other backend.
+    fn other_places(&self, places: &mut Places) {
         let other = self.backend().other();
-        let mut cleanup = Vec::new();
-        let mut kept = Vec::new();
         for (family, t) in &self.other {
             if other == Backend::Legacy && !backend::legacy_filter_exists(*family) {
                 continue; // no legacy table at all (reading one would create it)
             }
-            let (c, k) = self.removal(other, *family, t)?;
-            cleanup.extend(c);
-            kept.extend(k);
+            places.remove_from(other, *family, self.read_place(*family, t));
         }
-        Ok((cleanup, kept))
     }
 
-    /// What removes portwarden's rules from one family of `backend` (read with `t`): an
-    /// `iptables-restore` transaction, or an `nft` one when iptables cannot print the table;
-    /// `None` when nothing of portwarden's is there (chains kept for foreign rules aside).
-    fn removal(
-        &self,
-        backend: Backend,
-        family: Family,
-        t: &Tools,
-    ) -> Result<(Option<Cleanup>, Vec<Kept>), Error> {
+    /// One family's filter table read with `t`: as iptables prints it, or, when it cannot,
+    /// what removes portwarden's objects from it with `nft`.
+    fn read_place(&self, family: Family, t: &Tools) -> Result<Place, Error> {
         let rs = read_filter(t, family)?;
         if !rs.is_incompatible("filter") {
-            let fp = diff(&Desired::empty(family), &rs, None);
-            return Ok((Cleanup::from_reset(backend, &fp), fp.kept));
+            return Ok(Place::Printed(rs));
         }
-        let r = self.native_removal(family, t)?;
-        let cleanup = (!r.script.is_empty()).then_some(Cleanup {
-            backend,
-            family,
-            via: Via::Nft,
-            delete: r.delete,
-            script: r.script,
-        });
-        Ok((cleanup, r.kept))
+        self.native_removal(family, t).map(Place::Native)
     }
 
     /// [`native::removal`] of the family's `filter` table, listed with `nft -j`.
     fn native_removal(&self, family: Family, t: &Tools) -> Result<native::Removal, Error> {
         let Some(nft) = &self.nft else {
-            return Err(self.incompatible(family, t));
+            return Err(Error::NftMissing {
+                family,
+                command: format!("{} -t filter", t.save.display()),
+            });
         };
         let fam = native::nft_family(family);
-        let (out, command) = run(nft, &["-j", "list", "table", fam, "filter"])?;
+        let (out, command) = backend::run(nft, &["-j", "list", "table", fam, "filter"])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             if stderr.contains("No such file or directory") {
                 return Ok(native::Removal::default()); // no such table
             }
-            return Err(read_error(family, command, &out));
+            return Err(backend::read_error(family, command, &out));
         }
         native::removal(family, &String::from_utf8_lossy(&out.stdout))
             .map_err(|message| Error::NftJson { command, message })
@@ -421,28 +414,22 @@ impl Netfilter {
     /// backend's families as [`Plan::families`], a table iptables cannot print and the other
     /// backend (when its tools are installed) as [`Plan::cleanup`].
     ///
-    /// # Errors
-    /// As [`Netfilter::read`]; [`Error::Incompatible`] only when a table iptables cannot print
-    /// must be read and `nft` is not installed.
-    pub fn plan_reset(&self) -> Result<Plan, Error> {
+    /// # Guarantees
+    /// Each place (a family of a backend) is read once. One that cannot be read (a table
+    /// iptables cannot print when `nft` is not installed, a tool that fails) is listed in
+    /// [`Plan::unread`] and the others are planned as usual.
+    pub fn plan_reset(&self) -> Plan {
         let mut readable = Vec::new();
-        let mut cleanup = Vec::new();
-        let mut kept = Vec::new();
+        let mut places = Places::default();
         for (family, t) in &self.families {
-            let rs = read_filter(t, *family)?;
-            if !rs.is_incompatible("filter") {
-                readable.push((*family, rs));
-                continue;
+            match self.read_place(*family, t) {
+                Ok(Place::Printed(rs)) => readable.push((*family, rs)),
+                place => places.remove_from(self.backend(), *family, place),
             }
-            let (c, k) = self.removal(self.backend(), *family, t)?;
-            cleanup.extend(c);
-            kept.extend(k);
         }
-        let (c, k) = self.other_cleanup()?;
-        cleanup.extend(c);
-        kept.extend(k);
+        self.other_places(&mut places);
         let refs: Vec<(Family, &Ruleset)> = readable.iter().map(|(f, r)| (*f, r)).collect();
-        Ok(Plan::reset(&refs).with_cleanup(cleanup, kept))
+        places.into_plan(Plan::reset(&refs))
     }
 
     /// Executes a plan: one `iptables-restore --noflush --wait` transaction per family that
@@ -554,8 +541,20 @@ impl Netfilter {
                 applied.other_backends.push(c.backend);
             }
         }
-        if !applied.other_backends.is_empty() {
+        let other = self.backend().other();
+        if !applied.other_backends.is_empty() && plan.unread.iter().all(|u| u.backend != other) {
             self.stray.store(false, Ordering::Relaxed);
+        }
+        if !plan.unread.is_empty() {
+            return Err(Error::Unread {
+                done: done_where_readable(plan, &applied),
+                places: plan
+                    .unread
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
         }
         Ok(applied)
     }
@@ -704,7 +703,7 @@ impl Netfilter {
     /// As [`Netfilter::apply`].
     pub fn reset(&self) -> Result<(Plan, Applied), Error> {
         let writing = self.lock()?;
-        let plan = self.plan_reset()?;
+        let plan = self.plan_reset();
         let applied = self.apply_locked(&writing, &plan)?;
         Ok((plan, applied))
     }
@@ -816,42 +815,83 @@ impl Netfilter {
 /// Reads the filter table of one family with `t` (one `*-save -t filter` run), as printed
 /// (an unprintable table is listed in [`Ruleset::incompatible`]).
 fn read_filter(t: &Tools, family: Family) -> Result<Ruleset, Error> {
-    let (out, command) = run(&t.save, &["-t", "filter"])?;
-    if !out.status.success() {
-        return Err(read_error(family, command, &out));
+    backend::read_save(t, family, &["-t", "filter"])
+}
+
+/// One family's filter table of a backend, as [`Netfilter::read_place`] found it.
+enum Place {
+    /// A table iptables prints.
+    Printed(Ruleset),
+    /// A table only `nft` can list: what removes portwarden's objects from it.
+    Native(native::Removal),
+}
+
+/// What the places outside the chosen backend's printable tables hold of portwarden's: their
+/// removals and findings, and the places that could not be read.
+#[derive(Default)]
+struct Places {
+    cleanup: Vec<Cleanup>,
+    kept: Vec<Kept>,
+    lookalikes: Vec<Lookalike>,
+    unread: Vec<Unread>,
+}
+
+impl Places {
+    /// Adds what removes portwarden's rules from one family of `backend`, read as `place`.
+    fn remove_from(&mut self, backend: Backend, family: Family, place: Result<Place, Error>) {
+        match place {
+            Ok(Place::Printed(rs)) => {
+                let fp = diff(&Desired::empty(family), &rs, None);
+                self.cleanup.extend(Cleanup::from_reset(backend, &fp));
+                self.kept.extend(fp.kept);
+            }
+            Ok(Place::Native(r)) => {
+                if !r.script.is_empty() {
+                    self.cleanup.push(Cleanup {
+                        backend,
+                        family,
+                        via: Via::Nft,
+                        delete: r.delete,
+                        script: r.script,
+                    });
+                }
+                self.kept.extend(r.kept);
+                self.lookalikes.extend(r.lookalikes);
+            }
+            Err(e) => self.unread.push(Unread {
+                backend,
+                family,
+                error: e.to_string(),
+            }),
+        }
     }
-    Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+
+    /// Whether any place holds, or may hold, something of portwarden's.
+    fn holds_something(&self) -> bool {
+        !self.cleanup.is_empty() || !self.unread.is_empty()
+    }
+
+    fn into_plan(self, plan: Plan) -> Plan {
+        let mut plan = plan.with_cleanup(self.cleanup, self.kept);
+        plan.lookalikes.extend(self.lookalikes);
+        plan.unread.extend(self.unread);
+        plan
+    }
 }
 
-/// `program args` as a command line, for messages.
-fn command_line(program: &std::path::Path, args: &[&str]) -> String {
-    std::iter::once(program.display().to_string())
-        .chain(args.iter().map(|a| a.to_string()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Runs a reading tool to completion (no input): its output and its command line.
-fn run(program: &std::path::Path, args: &[&str]) -> Result<(std::process::Output, String), Error> {
-    let command = command_line(program, args);
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    Ok((out, command))
-}
-
-/// [`Error::Read`] for a reading tool that failed.
-fn read_error(family: Family, command: String, out: &std::process::Output) -> Error {
-    Error::Read {
-        family,
-        command,
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+/// What [`Error::Unread`] says was done where portwarden could read.
+fn done_where_readable(plan: &Plan, applied: &Applied) -> String {
+    match (plan.reset, applied.transactions) {
+        (true, 0) => "found nothing of portwarden's to remove where it could read".into(),
+        (true, _) => format!(
+            "removed {} portwarden rule(s) and chain(s) where it could read",
+            applied.changes
+        ),
+        (false, 0) => "nothing needed writing where it could read".into(),
+        (false, n) => format!(
+            "applied {} change(s) in {n} transaction(s), read back and confirmed",
+            applied.changes
+        ),
     }
 }
 
@@ -861,7 +901,7 @@ fn spawn_writer(
     program: &std::path::Path,
     args: &[&str],
 ) -> Result<(std::process::Child, String), Error> {
-    let command = command_line(program, args);
+    let command = backend::command_text(program, args);
     let child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
