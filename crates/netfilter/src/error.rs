@@ -172,8 +172,10 @@ pub enum Error {
     #[error(
         "cannot {action} {path}: {source}; every portwarden writer of a network namespace takes \
          a lock there, so that two never mix their rulesets. Run as root, or create the \
-         directory for portwarden's user beforehand (systemd: RuntimeDirectory=portwarden, or \
-         tmpfiles `d /run/portwarden 0770 root portwarden`), or point PORTWARDEN_LOCK_DIR at a \
+         directory for portwarden's user beforehand (systemd: RuntimeDirectory=portwarden with \
+         RuntimeDirectoryPreserve=yes, since systemd otherwise deletes it when the agent stops \
+         and a writer still holding the old file no longer excludes the next one; or tmpfiles \
+         `d /run/portwarden 0770 root portwarden`), or point PORTWARDEN_LOCK_DIR at a \
          directory this user may write — the same one for every portwarden of this host; see \
          docs/least-privilege.md"
     )]

@@ -830,6 +830,7 @@ mod tests {
             matches!(e, Error::LockDir { .. })
                 && msg.contains("not-a-dir/locks")
                 && msg.contains(LOCK_DIR_ENV)
+                && msg.contains("RuntimeDirectoryPreserve=yes")
                 && msg.contains("least-privilege.md"),
             "{msg}"
         );
