@@ -36,11 +36,11 @@ mod support;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use portwarden_lab::skip_unless_lab;
+use portwarden_lab::{Netns, skip_unless_lab};
 use portwarden_netfilter::{
     Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options, render,
 };
-use portwarden_policy::Protocol;
+use portwarden_policy::{NodeIntent, Protocol};
 use support::*;
 
 const WEB: [&str; 2] = ["examples/web", "examples/quarantine"];
@@ -741,21 +741,27 @@ fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
     );
 }
 
-#[test]
-fn an_incompatible_table_is_refused_and_never_grows() {
-    skip_unless_lab!();
-    let lab = lab("nfincompat");
+/// A lab node with WEB applied on nft, then a native nftables rule iptables cannot express
+/// (issue 13) in `ip filter`: the lab, the node and the intent.
+fn web_beside_a_native_rule(tag: &str) -> (portwarden_lab::Lab, Netns, NodeIntent) {
+    let lab = lab(tag);
     let node = lab.node(0).clone();
     let web = intent(&WEB, &[("role", "web")]);
     let w2 = web.clone();
     inside(&node, move || {
         let nf = netfilter(Backend::Nft);
-        nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
-            .unwrap();
+        let plan = nf.plan(&w2, &Failsafe::default()).expect("plan WEB");
+        nf.apply(&plan).expect("apply WEB");
     });
     assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1);
-    // A native nftables rule iptables cannot express (issue 13).
-    node.add_native_nft_rule().unwrap();
+    node.add_native_nft_rule().expect("add a native nft rule");
+    (lab, node, web)
+}
+
+#[test]
+fn an_incompatible_table_is_refused_and_never_grows() {
+    skip_unless_lab!();
+    let (_lab, node, web) = web_beside_a_native_rule("nfincompat");
     assert!(
         save(&node, Backend::Nft, Family::Ipv4).contains("is incompatible"),
         "this iptables prints the table as incompatible"
@@ -917,16 +923,7 @@ fn tools_without_nft(dir: &std::path::Path) {
 #[test]
 fn a_place_that_cannot_be_read_is_skipped_and_named() {
     skip_unless_lab!();
-    let lab = lab("nfskip");
-    let node = lab.node(0).clone();
-    let web = intent(&WEB, &[("role", "web")]);
-    let w2 = web.clone();
-    inside(&node, move || {
-        let nf = netfilter(Backend::Nft);
-        nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
-            .unwrap();
-    });
-    node.add_native_nft_rule().expect("add a native nft rule");
+    let (_lab, node, web) = web_beside_a_native_rule("nfskip");
     let tools = std::env::temp_dir().join(format!("pw-nf-nonft-{}", std::process::id()));
     tools_without_nft(&tools);
     let dir = tools.clone();
