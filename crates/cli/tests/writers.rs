@@ -19,6 +19,13 @@
 //!    `--kube`) exits 1 naming the running agent's pid and command; once the first is killed
 //!    (SIGKILL: the kernel releases its lock) a new agent starts. nft only (the lock is the
 //!    same for both backends).
+//! 4. `inside_view_clients_cannot_stop_repairs` — four keep-alive clients ask for `/v1/inside`
+//!    back to back (what any host can do: the port is on the failsafe list) while the jump is
+//!    deleted; the agent (`--refresh 1`) must put it back well within its lock wait (10 s).
+//!    The inside view once read under the shared writer lock, and overlapping reads kept it
+//!    held, so reconciles waited and gave up with "another portwarden writer". Before that,
+//!    with the writer lock held by `flock(1)`, `/v1/inside` must answer at once, without a
+//!    lock error: it takes no lock at all. nft only.
 //!
 //! Every process gets a private lock directory (`PORTWARDEN_LOCK_DIR`), so nothing here
 //! touches `/run/portwarden`.
@@ -26,10 +33,13 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portwarden_lab::{Lab, LockHolder, Netns, skip_unless_lab};
@@ -496,11 +506,23 @@ struct Agent {
 
 impl Agent {
     fn start(node: &Netns, s: &Setup, backend: Backend, extra: &[&str], tag: &str) -> Agent {
+        Agent::start_with(node, s, backend, Which::A.dir(), extra, tag)
+    }
+
+    /// An agent of the policies in `policies` (a directory of the setup).
+    fn start_with(
+        node: &Netns,
+        s: &Setup,
+        backend: Backend,
+        policies: &str,
+        extra: &[&str],
+        tag: &str,
+    ) -> Agent {
         let log = s.path(&format!("agent-{tag}.log"));
         let mut args = vec![
             "agent",
             "--policy-dir",
-            s.dir.path().join("a").to_str().unwrap(),
+            s.dir.path().join(policies).to_str().unwrap(),
             "--inventory",
             s.dir.path().join("inventory.yaml").to_str().unwrap(),
             "--node",
@@ -616,9 +638,13 @@ fn a_hand_run_apply_beside_the_agent_warns_and_never_mixes() {
 }
 
 fn http(node: &Netns, path: &'static str) -> Result<String, String> {
+    http_within(node, path, Duration::from_secs(2))
+}
+
+/// `GET path` from the agent in `node`, answered within `deadline`.
+fn http_within(node: &Netns, path: &'static str, deadline: Duration) -> Result<String, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT));
-    node.run(move || http_get(addr, path, Duration::from_secs(2)))
-        .unwrap()
+    node.run(move || http_get(addr, path, deadline)).unwrap()
 }
 
 /// A kubeconfig naming an API server that does not exist: enough for the agent to get past
@@ -691,4 +717,152 @@ fn a_second_agent_refuses_to_start() {
     wait_until("a new agent is ready after the first one died", || {
         http(node, "/readyz").is_ok_and(|b| b.contains("ready"))
     });
+}
+
+/// One keep-alive connection to the agent asking for `/v1/inside` again and again until `stop`;
+/// reconnects when the server closes it. Counts the answers in `answered`.
+fn ask_inside_forever(node: Netns, stop: Arc<AtomicBool>, answered: Arc<AtomicUsize>) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT));
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(Ok(stream)) = node.run(move || TcpStream::connect(addr)) else {
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+        let mut reader = BufReader::new(stream);
+        while !stop.load(Ordering::Relaxed) {
+            let asked = reader
+                .get_mut()
+                .write_all(b"GET /v1/inside HTTP/1.1\r\nHost: agent\r\n\r\n");
+            if asked.is_err() {
+                break;
+            }
+            // The header, then exactly Content-Length bytes of body: the connection stays open.
+            let mut length = None;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    length = None;
+                    break;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse::<usize>().ok();
+                }
+            }
+            let Some(length) = length else { break };
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                break;
+            }
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Foreign rules in the node of `inside_view_clients_cannot_stop_repairs`.
+const FOREIGN_RULES: usize = 20_000;
+
+/// A small policy: two web ports open, one filtered.
+fn web_policy() -> String {
+    "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: web\nspec:\n  \
+     ports:\n    - ports: \"80,443\"\n      state: open\n    - ports: \"8080\"\n      \
+     state: filtered\n"
+        .into()
+}
+
+/// portwarden's jumps in the IPv4 `INPUT` chain (nft backend).
+fn jumps(node: &Netns) -> usize {
+    census(node, Backend::Nft)[0].1
+}
+
+#[test]
+fn inside_view_clients_cannot_stop_repairs() {
+    skip_unless_lab!();
+    let backend = Backend::Nft;
+    let lab = Lab::builder("wrinside")
+        .nodes(1)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let node = lab.node(0);
+    let s = Setup::new(node);
+    // A node with many foreign rules (kube-proxy's are tens of thousands) and a small intent:
+    // each inside view reads the whole table and answers little.
+    let small = s.path("small");
+    std::fs::create_dir(&small).unwrap();
+    std::fs::write(small.join("policy.yaml"), web_policy()).unwrap();
+    let mut foreign = String::from("*filter\n:PW-TEST-FOREIGN - [0:0]\n");
+    for i in 0..FOREIGN_RULES {
+        let _ = writeln!(
+            foreign,
+            "-A PW-TEST-FOREIGN -s 10.{}.{}.{}/32 -p tcp --dport 9 -j RETURN",
+            i / 65536,
+            (i / 256) % 256,
+            i % 256
+        );
+    }
+    foreign.push_str("COMMIT\n");
+    let file = s.path("foreign.rules");
+    std::fs::write(&file, foreign).unwrap();
+    node.exec(&["iptables-nft-restore", "--noflush", file.to_str().unwrap()])
+        .unwrap();
+    let agent = Agent::start_with(node, &s, backend, "small", &[], "inside");
+    wait_until("the agent applies its intent", || jumps(node) == 1);
+    // The inside view does not wait for a writer: with the writer lock held by another process
+    // (as by a long apply), it answers at once and without a lock error.
+    let holder = LockHolder::hold(&s.writer_lock(node)).unwrap();
+    let view = http_within(node, "/v1/inside", Duration::from_secs(5));
+    drop(holder);
+    assert!(
+        view.as_ref()
+            .is_ok_and(|v| v.contains("\"node\"") && !v.contains("writer")),
+        "the inside view waited for the writer lock: {view:?}"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (node, stop, answered) = (node.clone(), stop.clone(), answered.clone());
+            std::thread::spawn(move || ask_inside_forever(node, stop, answered))
+        })
+        .collect();
+    wait_until("the clients get inside views", || {
+        answered.load(Ordering::Relaxed) >= 8
+    });
+    // Someone deletes portwarden's jump (position 1 of INPUT) while the clients keep asking.
+    node.exec(&["iptables-nft", "-D", "INPUT", "1"]).unwrap();
+    assert_eq!(jumps(node), 0, "the jump is deleted");
+    let deleted = Instant::now();
+    // Well within the agent's lock wait (10 s): a reconcile that waited for the readers the
+    // whole time cannot count as a repair.
+    let limit = Duration::from_secs(6);
+    let mut repaired = false;
+    while deleted.elapsed() < limit {
+        if jumps(node) == 1 {
+            repaired = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = answered.load(Ordering::Relaxed);
+    eprintln!(
+        "repaired={repaired} after {:?}, {during} views",
+        deleted.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    assert!(
+        repaired,
+        "the deleted jump was not repaired within {limit:?} while {during} inside views were \
+         served; agent log (pid {}):\n{}",
+        agent.pid(),
+        agent.log()
+    );
 }

@@ -38,6 +38,7 @@ use serde::Serialize;
 use crate::Error;
 use crate::chains;
 use crate::render::Family;
+use crate::save::Ruleset;
 
 /// An iptables backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -155,53 +156,77 @@ impl Census {
         self.hidden |= other.hidden;
     }
 
-    /// Counts the save output `text` (all tables, or `-t filter`) of one family.
-    pub fn of(text: &str) -> Census {
-        let mut c = Census::default();
-        let mut table = "";
-        for line in text.lines() {
-            if let Some(name) = line.strip_prefix('*') {
-                table = name.trim();
-                continue;
-            }
-            if line.starts_with("# Table `filter' is incompatible") {
-                c.hidden = true;
-            }
-            let filter = table == "filter";
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split_whitespace().next().unwrap_or("");
-                c.ours |= filter && chains::is_owned(name);
-                continue;
-            }
-            let rule = match line.strip_prefix('[') {
-                Some(rest) => rest.split_once("] ").map_or(line, |(_, r)| r),
-                None => line,
-            };
-            let Some(rest) = rule.strip_prefix("-A ") else {
-                continue;
-            };
-            let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-            if filter && (chains::is_owned(chain) || chains::is_our_jump(chain, spec)) {
-                c.ours = true;
-            } else {
-                c.foreign += 1;
+    /// Counts one family's parsed save output (all tables, or `-t filter`), with the
+    /// ownership tests the planner uses ([`chains::is_owned`], [`chains::is_our_jump`]).
+    pub fn of(rs: &Ruleset) -> Census {
+        let mut c = Census {
+            hidden: rs.is_incompatible("filter"),
+            ..Census::default()
+        };
+        for table in &rs.tables {
+            let filter = table.name == "filter";
+            for chain in &table.chains {
+                let owned = filter && chains::is_owned(&chain.name);
+                c.ours |= owned;
+                for r in &chain.rules {
+                    if owned || filter && chains::is_our_jump(&chain.name, &r.spec) {
+                        c.ours = true;
+                    } else {
+                        c.foreign += 1;
+                    }
+                }
             }
         }
         c
     }
 }
 
-/// Runs a save tool with `args`: its standard output, or `None` when it cannot run.
-fn run_save(save: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new(save)
+/// `program args` as a command line, for messages.
+pub(crate) fn command_text(program: &Path, args: &[&str]) -> String {
+    std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a reading tool to completion (no input): its output and its command line.
+///
+/// # Errors
+/// [`Error::Spawn`] when it cannot be started.
+pub(crate) fn run(program: &Path, args: &[&str]) -> Result<(std::process::Output, String), Error> {
+    let command = command_text(program, args);
+    let out = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
         .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    Ok((out, command))
+}
+
+/// Runs `t.save` with `args` and parses its output (an unprintable table is listed in
+/// [`Ruleset::incompatible`]).
+///
+/// # Errors
+/// [`Error::Spawn`], [`Error::Read`] when it fails, [`Error::Parse`].
+pub(crate) fn read_save(t: &Tools, family: Family, args: &[&str]) -> Result<Ruleset, Error> {
+    let (out, command) = run(&t.save, args)?;
+    if !out.status.success() {
+        return Err(read_error(family, command, &out));
+    }
+    Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// [`Error::Read`] for a reading tool that failed.
+pub(crate) fn read_error(family: Family, command: String, out: &std::process::Output) -> Error {
+    Error::Read {
+        family,
+        command,
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    }
 }
 
 /// Whether the kernel already has a legacy (x_tables) `filter` table for `family` in the calling
@@ -224,11 +249,11 @@ pub fn probe(backend: Backend, dir: Option<&Path>) -> Census {
         if backend == Backend::Legacy && !legacy_filter_exists(f) {
             continue;
         }
-        if let Some(text) = tools(backend, f, dir)
+        if let Some(rs) = tools(backend, f, dir)
             .ok()
-            .and_then(|t| run_save(&t.save, &["-t", "filter"]))
+            .and_then(|t| read_save(&t, f, &["-t", "filter"]).ok())
         {
-            census.add(Census::of(&text));
+            census.add(Census::of(&rs));
         }
     }
     census
@@ -236,13 +261,7 @@ pub fn probe(backend: Backend, dir: Option<&Path>) -> Census {
 
 /// Which backend the plain `iptables` command uses, from `iptables --version`.
 fn host_default(dir: Option<&Path>) -> Option<Backend> {
-    let prog = find_program("iptables", dir)?;
-    let out = Command::new(prog)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let (out, _) = run(&find_program("iptables", dir)?, &["--version"]).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.contains("nf_tables") {
         Some(Backend::Nft)
@@ -321,9 +340,9 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
         let mut any = false;
         for f in Family::ALL {
             if let Ok(t) = tools(b, f, dir)
-                && let Some(text) = run_save(&t.save, &[])
+                && let Ok(rs) = read_save(&t, f, &[])
             {
-                n.add(Census::of(&text));
+                n.add(Census::of(&rs));
                 any = true;
             }
         }
@@ -336,7 +355,23 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
         Backend::Nft => nft_census.is_some_and(|c| c.may_hold_ours()),
         Backend::Legacy => legacy_census.is_some_and(|c| c.may_hold_ours()),
     };
+    // A filter table iptables cannot print hides the host's rules in it (counted as none):
+    // that backend is the host's, whatever the other holds; plan and apply then refuse it.
+    let hidden: Vec<Backend> = [(Backend::Nft, nft_census), (Backend::Legacy, legacy_census)]
+        .into_iter()
+        .filter(|(_, c)| c.is_some_and(|c| c.hidden))
+        .map(|(b, _)| b)
+        .collect();
     let (backend, reason) = match (nft, legacy) {
+        _ if hidden.len() == 1 => (
+            hidden[0],
+            format!(
+                "iptables cannot print the {} backend's filter table, so the host's rules in it \
+                 cannot be counted: {} is kept (plan and apply refuse that table until it can \
+                 be printed)",
+                hidden[0], hidden[0]
+            ),
+        ),
         (None, None) => {
             return Err(Error::ToolMissing {
                 tool: "iptables-nft-save or iptables-legacy-save".into(),
@@ -428,12 +463,54 @@ mod tests {
              -A PORTWARDEN-FOO -j ACCEPT\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n\
              -A PREROUTING -j ACCEPT\nCOMMIT\n"
         );
-        let c = Census::of(&text);
+        let of = |text: &str| Census::of(&Ruleset::parse(text).unwrap());
+        let c = of(&text);
         assert_eq!((c.foreign, c.ours, c.hidden), (3, true, false));
-        let c = Census::of("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-FOO - [0:0]\nCOMMIT\n");
+        let c = of("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-FOO - [0:0]\nCOMMIT\n");
         assert!(!c.may_hold_ours());
-        let c = Census::of("# Table `filter' is incompatible, use 'nft' tool.\n");
+        let c = of("# Table `filter' is incompatible, use 'nft' tool.\n");
         assert!(c.hidden && c.may_hold_ours() && c.foreign == 0);
+    }
+
+    /// Fake tools in a private directory: each `*-save` prints its file `NAME.out`.
+    fn fake_tools(tag: &str, saves: &[(&str, &str)]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("pw-nf-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (save, out) in saves {
+            let restore = save.replace("-save", "-restore");
+            std::fs::write(dir.join(save), "#!/bin/sh\ncat \"$0.out\"\n").unwrap();
+            std::fs::write(dir.join(format!("{save}.out")), out).unwrap();
+            std::fs::write(dir.join(&restore), "#!/bin/sh\n").unwrap();
+            for p in [save.to_string(), restore] {
+                std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
+            }
+        }
+        dir
+    }
+
+    /// An nft filter table iptables cannot print holds the host's rules unseen: one legacy
+    /// rule must not outvote it and move portwarden to legacy.
+    #[test]
+    fn a_table_iptables_cannot_print_is_not_outvoted() {
+        let dir = fake_tools(
+            "hidden",
+            &[
+                (
+                    "iptables-nft-save",
+                    "# Table `filter' is incompatible, use 'nft' tool.\n",
+                ),
+                (
+                    "iptables-legacy-save",
+                    "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp --dport 1 -j ACCEPT\nCOMMIT\n",
+                ),
+            ],
+        );
+        let d = detect(BackendChoice::Auto, Some(&dir)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(d.backend, Backend::Nft, "{}", d.reason);
+        assert!(d.reason.contains("cannot print"), "{}", d.reason);
     }
 
     #[test]

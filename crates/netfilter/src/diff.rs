@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::Serialize;
 
-use crate::chains::{self, HOOK_CHAIN};
+use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN};
 use crate::render::{Desired, Family};
 use crate::save::{Ruleset, tokens};
 
@@ -114,6 +114,10 @@ pub enum LookalikeKind {
     JumpToOurs,
     /// A rule that jumps to a look-alike chain.
     JumpToLookalike,
+    /// In a table iptables cannot print, one of several commented `INPUT` rules to
+    /// `PORTWARDEN-INPUT` whose comment `nft` cannot show (see [`crate::native`]): any of them
+    /// may be foreign, so none is deleted.
+    UnknownJump,
 }
 
 /// A chain or rule that looks like portwarden's but is not (see [`chains`]): reported by plans,
@@ -145,6 +149,16 @@ impl fmt::Display for Lookalike {
                 );
             }
         };
+        if self.kind == LookalikeKind::UnknownJump {
+            return write!(
+                f,
+                "{} rule {}#{position} ({rule}) jumps to {INPUT_CHAIN} with a comment nft cannot \
+                 show, as another rule there does: portwarden cannot tell which one is its own, so \
+                 it deletes none of them and keeps {INPUT_CHAIN}, emptied; delete the foreign one \
+                 by hand (`nft delete rule ...`) to let reset finish",
+                self.family, self.chain
+            );
+        }
         let target = target_of(rule).unwrap_or("?");
         let what = match self.kind {
             LookalikeKind::JumpToLookalike => format!("jumps to the look-alike chain {target}"),

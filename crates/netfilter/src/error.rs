@@ -121,6 +121,18 @@ pub enum Error {
         /// What `reset` can still do, or what it needs.
         hint: &'static str,
     },
+    /// A filter table iptables cannot print must be read, and `nft` is not installed.
+    #[error(
+        "`{command}` cannot print the {family} filter table (a native nftables rule is in it), \
+         and nftables' `nft` tool, which can, is not installed (Debian/Ubuntu: apt-get install \
+         nftables)"
+    )]
+    NftMissing {
+        /// Family.
+        family: Family,
+        /// The save command.
+        command: String,
+    },
     /// `nft -j` printed something that is not the JSON this crate reads.
     #[error("failed to read the output of `{command}`: {message}")]
     NftJson {
@@ -145,12 +157,25 @@ pub enum Error {
         /// Why it failed.
         source: Box<Error>,
     },
+    /// Places that may hold portwarden's rules could not be read; everything else was done.
+    #[error(
+        "{done}, but could not read {places}; portwarden's rules there, if any, were left as \
+         they are and may still decide packets: fix that and run again"
+    )]
+    Unread {
+        /// What was done where portwarden could read.
+        done: String,
+        /// The places, each with why.
+        places: String,
+    },
     /// The network namespace's lock directory or lock file cannot be created or opened.
     #[error(
         "cannot {action} {path}: {source}; every portwarden writer of a network namespace takes \
          a lock there, so that two never mix their rulesets. Run as root, or create the \
-         directory for portwarden's user beforehand (systemd: RuntimeDirectory=portwarden, or \
-         tmpfiles `d /run/portwarden 0770 root portwarden`), or point PORTWARDEN_LOCK_DIR at a \
+         directory for portwarden's user beforehand (systemd: RuntimeDirectory=portwarden with \
+         RuntimeDirectoryPreserve=yes, since systemd otherwise deletes it when the agent stops \
+         and a writer still holding the old file no longer excludes the next one; or tmpfiles \
+         `d /run/portwarden 0770 root portwarden`), or point PORTWARDEN_LOCK_DIR at a \
          directory this user may write — the same one for every portwarden of this host; see \
          docs/least-privilege.md"
     )]
@@ -161,6 +186,21 @@ pub enum Error {
         action: &'static str,
         /// Why.
         source: io::Error,
+    },
+    /// A lock file that portwarden did not make: a link, not a plain file, or a stranger's.
+    #[error(
+        "refusing the lock file {}: {problem}. portwarden makes its lock files itself (plain \
+         files with one link, owned by root, by the lock directory's owner or its group) and \
+         never writes through anything else; someone who may write the lock directory put this \
+         one there: look at it (`ls -l`), remove it, and keep the directory writable only by \
+         root and portwarden's user or group",
+        path.display()
+    )]
+    LockFile {
+        /// The lock file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The calling thread's network namespace cannot be told.
     #[error(

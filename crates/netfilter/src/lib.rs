@@ -33,6 +33,11 @@
 //! one in use ([`backend`]); it refuses a table `iptables-save` cannot print ([`save`]). See
 //! [`Netfilter::apply`] for the exact contract.
 //!
+//! One exception: in a table only `nft` can list, `nft` does not show an iptables comment, so
+//! `reset` takes the only commented `INPUT` rule to `PORTWARDEN-INPUT` for portwarden's jump
+//! even when it is a foreign one (portwarden's being gone); with several it deletes none
+//! ([`native`]).
+//!
 //! # Layout
 //!
 //! * [`chains`] — every chain name and comment; ownership test; bucket layout.
@@ -69,6 +74,6 @@ pub use diff::{
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use netfilter::{Applied, Netfilter, Options};
-pub use plan::{Cleanup, Plan, Via};
+pub use plan::{Cleanup, Plan, Unread, Via};
 pub use render::{Conflict, Desired, Family, Rendered, render};
 pub use save::Ruleset;

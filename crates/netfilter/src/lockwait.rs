@@ -5,8 +5,8 @@
 //! `iptables-restore` waits silently for up to N seconds. iptables-nft takes no lock at all.
 //! So that a slow apply is not a mystery, [`Netfilter`](crate::Netfilter) asks the kernel's
 //! lock table (`/proc/locks`, read-only) whether its child is a blocked waiter and logs the
-//! holder. Nothing here takes or tests a lock; [`crate::writer`] uses [`holders`] to name the
-//! holder of portwarden's own writer lock.
+//! holder. Nothing here takes or tests a lock; [`crate::writer`] uses [`holder_of`] to name the
+//! holder of portwarden's own writer lock, and both name processes with [`command`].
 
 /// Another process's lock that a process is waiting for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,35 +19,43 @@ pub struct Holder {
     pub file: String,
 }
 
+/// The fields of the `/proc/locks` lines that hold (not wait for) a lock on `file`
+/// (`major:minor:inode`): "2: FLOCK  ADVISORY  WRITE 18100 fe:00:10010915 0 EOF".
+fn held<'a>(locks: &'a str, file: &'a str) -> impl Iterator<Item = Vec<&'a str>> {
+    locks
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(move |f| f.get(1).is_some_and(|a| *a != "->") && f.get(5) == Some(&file))
+}
+
+/// The holder a `/proc/locks` line names.
+fn holder(fields: &[&str], file: &str) -> Holder {
+    Holder {
+        pid: fields.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
+        kind: fields.get(1).copied().unwrap_or_default().to_string(),
+        file: file.to_string(),
+    }
+}
+
 /// In the text of `/proc/locks`, the lock `pid` is blocked on (a `->` line with its pid) and
 /// the process holding that lock (the line with the same number, without `->`).
 pub fn blocked_on(locks: &str, pid: u32) -> Option<Holder> {
     // "7: -> FLOCK  ADVISORY  WRITE 18134 fe:00:10010915 0 EOF"
-    let lines: Vec<Vec<&str>> = locks
+    let waiting: Vec<&str> = locks
         .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let waiting = lines
-        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.get(1) == Some(&"->") && f.get(5).and_then(|p| p.parse().ok()) == Some(pid))?;
     let (number, file) = (*waiting.first()?, *waiting.get(6)?);
-    let holder = lines.iter().find(|f| {
-        f.first() == Some(&number)
-            && f.get(1).is_some_and(|a| *a != "->")
-            && f.get(5) == Some(&file)
-    });
-    Some(match holder {
-        Some(h) => Holder {
-            pid: h.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
-            kind: h.get(1).copied().unwrap_or_default().to_string(),
-            file: file.to_string(),
+    Some(
+        match held(locks, file).find(|f| f.first() == Some(&number)) {
+            Some(h) => holder(&h, file),
+            None => Holder {
+                pid: 0,
+                kind: waiting.get(2).copied().unwrap_or_default().to_string(),
+                file: file.to_string(),
+            },
         },
-        None => Holder {
-            pid: 0,
-            kind: waiting.get(2).copied().unwrap_or_default().to_string(),
-            file: file.to_string(),
-        },
-    })
+    )
 }
 
 /// In the text of `/proc/locks`, the processes holding a lock (not waiting for one) on the
@@ -55,16 +63,7 @@ pub fn blocked_on(locks: &str, pid: u32) -> Option<Holder> {
 /// exclusive lock, one or more for a shared one. Holders this process's PID namespace cannot
 /// see are left out of the table by the kernel (or shown with pid 0 by old kernels).
 pub fn holders(locks: &str, file: &str) -> Vec<Holder> {
-    locks
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.get(1).is_some_and(|a| *a != "->") && f.get(5) == Some(&file))
-        .map(|f| Holder {
-            pid: f.get(4).and_then(|p| p.parse().ok()).unwrap_or(0),
-            kind: f.get(1).copied().unwrap_or_default().to_string(),
-            file: file.to_string(),
-        })
-        .collect()
+    held(locks, file).map(|f| holder(&f, file)).collect()
 }
 
 /// How `/proc/locks` names a file: `major:minor:inode` of its `st_dev` and `st_ino`, the
@@ -83,11 +82,51 @@ pub fn lock_holder(pid: u32) -> Option<Holder> {
     blocked_on(&locks, pid)
 }
 
-/// The command name of a process (`/proc/PID/comm`), or `?`.
-pub fn command_name(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
+/// [`holders`] of the file with `st_dev` `dev` and `st_ino` `ino` in the live `/proc/locks`:
+/// the first one this PID namespace can see, `None` when none (or the table cannot be read).
+pub fn holder_of(dev: u64, ino: u64) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    holders(&locks, &file_id(dev, ino))
+        .into_iter()
+        .map(|h| h.pid)
+        .find(|&p| p != 0)
+}
+
+/// Longest command line [`command`] returns.
+const COMMAND_MAX: usize = 400;
+
+/// A process's command line from `/proc/PID/cmdline` (arguments joined by spaces, control
+/// characters blanked, at most [`COMMAND_MAX`] characters), or its name (`/proc/PID/comm`)
+/// when that is empty, or `?` when the process is gone.
+pub fn command(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let line = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = if line.is_empty() {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    } else {
+        line
+    };
+    shorten(&line)
+}
+
+/// `line` without control characters (logs, terminals), cut at [`COMMAND_MAX`] characters.
+fn shorten(line: &str) -> String {
+    let mut short: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(COMMAND_MAX)
+        .collect();
+    if line.chars().count() > COMMAND_MAX {
+        short.push('…');
+    }
+    short
 }
 
 /// The lock file iptables uses: `$XTABLES_LOCKFILE` when set and not empty, else
@@ -146,6 +185,15 @@ mod tests {
         );
         drop(file);
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn commands_are_named_in_one_clean_line() {
+        assert!(command(std::process::id()).contains("netfilter"));
+        assert_eq!(command(u32::MAX), "?");
+        let long = "x".repeat(COMMAND_MAX + 10);
+        assert_eq!(shorten(&long).chars().count(), COMMAND_MAX + 1);
+        assert_eq!(shorten("a\u{1b}[31mb"), "a [31mb");
     }
 
     #[test]

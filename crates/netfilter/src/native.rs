@@ -12,10 +12,13 @@
 //! # Caveats
 //!
 //! iptables-nft 1.8.9 stores `-m comment` as an xtables match, whose text `nft` 1.0 does not
-//! show (`{"xt": {"type": "match", "name": "comment"}}`); so here any commented rule of `INPUT`
-//! jumping to `PORTWARDEN-INPUT` counts as portwarden's jump. When the comment is stored the
-//! nftables way (a rule `comment`), it must be portwarden's. Foreign rules jumping into
-//! portwarden's chains keep those chains, emptied, as in [`crate::diff`].
+//! show (`{"xt": {"type": "match", "name": "comment"}}`). A rule of `INPUT` to
+//! `PORTWARDEN-INPUT` counts as portwarden's jump when its comment, stored the nftables way (a
+//! rule `comment`), is portwarden's, or when it is the only commented rule of `INPUT` jumping
+//! there; several whose comments cannot be shown cannot be told apart, so none of them is
+//! deleted: they are reported ([`LookalikeKind::UnknownJump`]) and `PORTWARDEN-INPUT` stays,
+//! emptied. Foreign rules jumping into portwarden's chains keep those chains, emptied, as in
+//! [`crate::diff`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -23,7 +26,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN, JUMP_COMMENT};
-use crate::diff::Kept;
+use crate::diff::{Kept, Lookalike, LookalikeKind};
 use crate::render::Family;
 
 /// nftables' name of the family of iptables-nft's tables: `ip` or `ip6`.
@@ -41,6 +44,8 @@ pub struct Removal {
     pub delete: Vec<String>,
     /// Chains of portwarden's that foreign rules jump to: emptied, not deleted.
     pub kept: Vec<Kept>,
+    /// Jumps that may or may not be portwarden's (see the module docs): left alone.
+    pub lookalikes: Vec<Lookalike>,
     /// The `nft -f -` input; empty when there is nothing of portwarden's.
     pub script: String,
 }
@@ -71,18 +76,36 @@ fn targets<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-/// Whether a rule of `INPUT` to `PORTWARDEN-INPUT` is portwarden's jump: it carries
-/// portwarden's comment (nftables-style), or a comment match whose text nft cannot show.
-fn is_our_jump(rule: &Value) -> bool {
+/// What a commented rule of `INPUT` to `PORTWARDEN-INPUT` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Comment {
+    /// portwarden's comment, shown the nftables way.
+    Ours,
+    /// A comment match whose text nft cannot show.
+    Unshown,
+    /// Another comment, or none.
+    Foreign,
+}
+
+fn comment(rule: &Value) -> Comment {
     if let Some(c) = rule.get("comment").and_then(Value::as_str) {
-        return c == JUMP_COMMENT;
+        return if c == JUMP_COMMENT {
+            Comment::Ours
+        } else {
+            Comment::Foreign
+        };
     }
-    rule.get("expr").and_then(Value::as_array).is_some_and(|e| {
+    let unshown = rule.get("expr").and_then(Value::as_array).is_some_and(|e| {
         e.iter().any(|x| {
             x.get("xt")
                 .is_some_and(|xt| xt["type"] == "match" && xt["name"] == "comment")
         })
-    })
+    });
+    if unshown {
+        Comment::Unshown
+    } else {
+        Comment::Foreign
+    }
 }
 
 /// The removal of portwarden's chains and jump from `nft -j list table FAMILY filter` output
@@ -90,8 +113,9 @@ fn is_our_jump(rule: &Value) -> bool {
 ///
 /// # Guarantees
 /// The script names only chains [`chains::is_owned`] accepts and rules of `INPUT` that jump to
-/// [`INPUT_CHAIN`] with a comment (by handle); chains a foreign rule jumps to are flushed but not
-/// deleted; nothing else of the table is touched.
+/// [`INPUT_CHAIN`] with portwarden's comment, or with the only comment nft cannot show (by
+/// handle; see the module docs); chains a foreign rule jumps to are flushed but not deleted;
+/// nothing else of the table is touched.
 ///
 /// # Errors
 /// A message when `json` is not nft's JSON listing.
@@ -131,6 +155,17 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
             });
         }
     }
+    // How many rules of INPUT to PORTWARDEN-INPUT carry a comment: an unshown one is ours
+    // only when it is the only one.
+    let to_our_input = |r: &Rule<'_>| {
+        let mut to = Vec::new();
+        targets(r.value, &mut to);
+        r.chain == HOOK_CHAIN && to.contains(&INPUT_CHAIN)
+    };
+    let commented = rules
+        .iter()
+        .filter(|r| to_our_input(r) && comment(r.value) != Comment::Foreign)
+        .count();
     let mut out = Removal::default();
     let mut non_empty: Vec<&str> = Vec::new();
     let mut foreign_refs: HashMap<&str, Vec<String>> = HashMap::new();
@@ -147,11 +182,22 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
         let mut to = Vec::new();
         targets(r.value, &mut to);
         for t in to.into_iter().filter(|t| chains::is_owned(t)) {
-            if r.chain == HOOK_CHAIN && t == INPUT_CHAIN && is_our_jump(r.value) {
+            let jump = r.chain == HOOK_CHAIN && t == INPUT_CHAIN;
+            let kind = comment(r.value);
+            if jump && (kind == Comment::Ours || kind == Comment::Unshown && commented == 1) {
                 let cmd = format!("delete rule {fam} filter {HOOK_CHAIN} handle {}", r.handle);
                 let _ = writeln!(out.script, "{cmd}");
                 out.delete.push(format!("nft {cmd}"));
             } else {
+                if jump && kind == Comment::Unshown {
+                    out.lookalikes.push(Lookalike {
+                        family,
+                        kind: LookalikeKind::UnknownJump,
+                        chain: HOOK_CHAIN.into(),
+                        position: Some(*n),
+                        rule: Some(format!("nft handle {}", r.handle)),
+                    });
+                }
                 foreign_refs
                     .entry(t)
                     .or_default()
@@ -203,13 +249,21 @@ mod tests {
       {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 11, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "PORTWARDEN-INPUT"}}]}}
     ]}"#;
 
+    /// [`LISTING`] with one commented jump (handle 6) instead of two.
+    fn one_jump() -> String {
+        LISTING
+            .lines()
+            .filter(|l| !l.contains("\"handle\": 7,"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     #[test]
     fn removes_our_jumps_and_chains_and_keeps_what_foreign_rules_need() {
-        let r = removal(Family::Ipv4, LISTING).unwrap();
+        let r = removal(Family::Ipv4, &one_jump()).unwrap();
         assert_eq!(
             r.script,
             "delete rule ip filter INPUT handle 6\n\
-             delete rule ip filter INPUT handle 7\n\
              flush chain ip filter PORTWARDEN-INPUT\n\
              delete chain ip filter PORTWARDEN-TCP-0\n"
         );
@@ -221,8 +275,50 @@ mod tests {
                 referenced_by: vec!["FORWARD#1".into()],
             }]
         );
-        assert_eq!(r.delete.len(), 4);
+        assert_eq!(r.delete.len(), 3);
         assert!(r.delete[0].starts_with("nft delete rule ip filter INPUT handle 6"));
+    }
+
+    /// nft cannot show an iptables comment: with two commented INPUT jumps to
+    /// PORTWARDEN-INPUT, either may be a foreign one, so neither is deleted.
+    #[test]
+    fn commented_jumps_nft_cannot_tell_apart_are_left_alone() {
+        let r = removal(Family::Ipv4, LISTING).unwrap();
+        assert_eq!(
+            r.script,
+            "flush chain ip filter PORTWARDEN-INPUT\n\
+             delete chain ip filter PORTWARDEN-TCP-0\n",
+            "a jump that may be foreign was deleted"
+        );
+        assert_eq!(
+            r.kept,
+            [Kept {
+                family: Family::Ipv4,
+                chain: "PORTWARDEN-INPUT".into(),
+                referenced_by: vec!["INPUT#1".into(), "INPUT#2".into(), "FORWARD#1".into()],
+            }]
+        );
+        let looks: Vec<String> = r.lookalikes.iter().map(ToString::to_string).collect();
+        assert_eq!(looks.len(), 2, "{looks:?}");
+        assert!(
+            looks[0].starts_with("IPv4 rule INPUT#1 (nft handle 6)")
+                && looks[0].contains("cannot tell which one is its own"),
+            "{looks:?}"
+        );
+        // portwarden's comment shown the nftables way is its own, whatever else is there.
+        let shown = LISTING.replace(
+            r#""handle": 7, "expr": [{"xt": {"type": "match", "name": "comment"}}, "#,
+            &format!(r#""handle": 7, "comment": "{JUMP_COMMENT}", "expr": ["#),
+        );
+        let r = removal(Family::Ipv4, &shown).unwrap();
+        assert!(
+            r.script
+                .starts_with("delete rule ip filter INPUT handle 7\nflush chain"),
+            "{}",
+            r.script
+        );
+        assert_eq!(r.kept[0].referenced_by, ["INPUT#1", "FORWARD#1"]);
+        assert_eq!(r.lookalikes.len(), 1);
     }
 
     #[test]

@@ -21,11 +21,11 @@ use tracing::{info, warn};
 
 use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
-use crate::diff::{FamilyPlan, Kept, diff};
+use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, diff};
 use crate::failsafe::Failsafe;
 use crate::lockwait;
 use crate::native;
-use crate::plan::{Cleanup, Plan, Via};
+use crate::plan::{Cleanup, Plan, Unread, Via};
 use crate::render::{Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 use crate::writer::{self, Lock};
@@ -238,94 +238,99 @@ impl Netfilter {
     ///
     /// # Guarantees
     /// * Read-only: one `iptables-save` per family, nothing written. The other backend is read
-    ///   too (one more `*-save` per family) only while it holds portwarden's rules.
+    ///   too (one more `*-save` per family) while it holds (or may hold) portwarden's rules,
+    ///   and when portwarden's chains or jump are missing here: another portwarden (a hand-run
+    ///   `apply --backend`) may have moved them there since this handle was made.
+    /// * A place of the other backend that cannot be read (a table iptables cannot print,
+    ///   without `nft`) does not stop the plan: it is listed in [`Plan::unread`].
     /// * Never half-way through another portwarden's write: the families are read under the
-    ///   namespace's writer lock taken shared ([`writer::Lock::reader`]), waiting up to
-    ///   `lock_wait_secs` for a writer to finish.
+    ///   namespace's writer lock taken shared, waiting up to `lock_wait_secs` for a writer to
+    ///   finish.
     ///
     /// # Errors
-    /// As [`Netfilter::read`]; [`Error::Incompatible`] also when the other backend's table
-    /// holding portwarden's rules cannot be printed and `nft` is not installed;
-    /// [`Error::WriterBusy`] when a writer holds the lock for the whole wait.
+    /// As [`Netfilter::read`]; [`Error::WriterBusy`] when a writer holds the lock for the
+    /// whole wait.
     ///
     /// # Caveats
     /// When the lock directory cannot be used (a user who may not open it), the plan is read
-    /// without the lock, with a warning.
+    /// without the lock, with a warning. Readers do not give way to a waiting writer: plans
+    /// run back to back without pause can keep a writer waiting (up to its `--wait`).
     pub fn plan(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let _reading = self.read_lock()?;
         self.plan_unlocked(intent, failsafe)
     }
 
-    /// [`Netfilter::plan`] without the lock: for a caller that holds the writer lock.
-    fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
+    /// [`Netfilter::plan`] without the lock: for diagnostics that must neither wait for a
+    /// writer nor delay one, such as the agent's inside view (which any host may ask for).
+    ///
+    /// # Guarantees
+    /// Read-only, as [`Netfilter::plan`]; takes no lock, so no number of concurrent callers can
+    /// keep a writer out.
+    ///
+    /// # Errors
+    /// As [`Netfilter::plan`], [`Error::WriterBusy`] and the lock directory's errors aside.
+    ///
+    /// # Caveats
+    /// A read at the moment another portwarden writes can see that write half-way (IPv4 new,
+    /// IPv6 old): a difference that is gone at the next read.
+    pub fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe);
         let plan = Plan::from_rendered(&rendered, intent, &refs);
-        if !self.stray.load(Ordering::Relaxed) {
+        // Gone from here: maybe moved to the other backend behind this handle's back.
+        let gone = plan
+            .drift_kinds()
+            .iter()
+            .any(|k| matches!(k, DriftKind::JumpMissing | DriftKind::ChainMissing));
+        if !gone && !self.stray.load(Ordering::Relaxed) {
             return Ok(plan);
         }
-        let (cleanup, kept) = self.other_cleanup()?;
-        if cleanup.is_empty() {
-            self.stray.store(false, Ordering::Relaxed);
-        }
-        Ok(plan.with_cleanup(cleanup, kept))
+        let mut places = Places::default();
+        self.other_places(&mut places);
+        // Keep looking there while anything of ours is, or may be, there.
+        self.stray
+            .store(places.holds_something(), Ordering::Relaxed);
+        Ok(places.into_plan(plan))
     }
 
-    /// The removal of portwarden's rules from every family of the other backend.
-    fn other_cleanup(&self) -> Result<(Vec<Cleanup>, Vec<Kept>), Error> {
+    /// Adds the removal of portwarden's rules from every family of the other backend.
+    fn other_places(&self, places: &mut Places) {
         let other = self.backend().other();
-        let mut cleanup = Vec::new();
-        let mut kept = Vec::new();
         for (family, t) in &self.other {
             if other == Backend::Legacy && !backend::legacy_filter_exists(*family) {
                 continue; // no legacy table at all (reading one would create it)
             }
-            let (c, k) = self.removal(other, *family, t)?;
-            cleanup.extend(c);
-            kept.extend(k);
+            places.remove_from(other, *family, self.read_place(*family, t));
         }
-        Ok((cleanup, kept))
     }
 
-    /// What removes portwarden's rules from one family of `backend` (read with `t`): an
-    /// `iptables-restore` transaction, or an `nft` one when iptables cannot print the table;
-    /// `None` when nothing of portwarden's is there (chains kept for foreign rules aside).
-    fn removal(
-        &self,
-        backend: Backend,
-        family: Family,
-        t: &Tools,
-    ) -> Result<(Option<Cleanup>, Vec<Kept>), Error> {
+    /// One family's filter table read with `t`: as iptables prints it, or, when it cannot,
+    /// what removes portwarden's objects from it with `nft`.
+    fn read_place(&self, family: Family, t: &Tools) -> Result<Place, Error> {
         let rs = read_filter(t, family)?;
         if !rs.is_incompatible("filter") {
-            let fp = diff(&Desired::empty(family), &rs, None);
-            return Ok((Cleanup::from_reset(backend, &fp), fp.kept));
+            return Ok(Place::Printed(rs));
         }
-        let r = self.native_removal(family, t)?;
-        let cleanup = (!r.script.is_empty()).then_some(Cleanup {
-            backend,
-            family,
-            via: Via::Nft,
-            delete: r.delete,
-            script: r.script,
-        });
-        Ok((cleanup, r.kept))
+        self.native_removal(family, t).map(Place::Native)
     }
 
     /// [`native::removal`] of the family's `filter` table, listed with `nft -j`.
     fn native_removal(&self, family: Family, t: &Tools) -> Result<native::Removal, Error> {
         let Some(nft) = &self.nft else {
-            return Err(self.incompatible(family, t));
+            return Err(Error::NftMissing {
+                family,
+                command: format!("{} -t filter", t.save.display()),
+            });
         };
         let fam = native::nft_family(family);
-        let (out, command) = run(nft, &["-j", "list", "table", fam, "filter"])?;
+        let (out, command) = backend::run(nft, &["-j", "list", "table", fam, "filter"])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             if stderr.contains("No such file or directory") {
                 return Ok(native::Removal::default()); // no such table
             }
-            return Err(read_error(family, command, &out));
+            return Err(backend::read_error(family, command, &out));
         }
         native::removal(family, &String::from_utf8_lossy(&out.stdout))
             .map_err(|message| Error::NftJson { command, message })
@@ -357,14 +362,9 @@ impl Netfilter {
 
     /// Takes this network namespace's writer lock (see [`writer`]), waiting up to
     /// `lock_wait_secs` for another portwarden writer; the lock is released when dropped.
-    /// [`Netfilter::converge`] and [`Netfilter::reset`] take it themselves; hold it around any
-    /// other sequence of [`Netfilter::plan`] and [`Netfilter::apply`]. The lock is re-entrant
-    /// for the thread that holds it: `plan`, `converge` and `reset` on that thread run under
-    /// it.
-    ///
-    /// # Errors
-    /// [`Error::WriterBusy`] naming the holder, [`Error::LockDir`], [`Error::Namespace`].
-    pub fn lock(&self) -> Result<Lock, Error> {
+    /// Only [`Netfilter::apply`], [`Netfilter::converge`] and [`Netfilter::reset`] take it,
+    /// each once, so no caller can hold it around a call that would wait for it.
+    fn lock(&self) -> Result<Lock, Error> {
         Lock::writer(&writer::lock_dir(), self.lock_wait())
     }
 
@@ -398,15 +398,15 @@ impl Netfilter {
     ///   with the holder (pid, command line, since when) and bounded by `lock_wait_secs`.
     ///
     /// # Errors
-    /// As [`Netfilter::lock`], [`Netfilter::plan`] and [`Netfilter::apply`].
+    /// As [`Netfilter::plan`] and [`Netfilter::apply`].
     pub fn converge(
         &self,
         intent: &NodeIntent,
         failsafe: &Failsafe,
     ) -> Result<(Plan, Applied), Error> {
-        let _writing = self.lock()?;
+        let writing = self.lock()?;
         let plan = self.plan_unlocked(intent, failsafe)?;
-        let applied = self.apply(&plan)?;
+        let applied = self.apply_locked(&writing, &plan)?;
         Ok((plan, applied))
     }
 
@@ -414,28 +414,22 @@ impl Netfilter {
     /// backend's families as [`Plan::families`], a table iptables cannot print and the other
     /// backend (when its tools are installed) as [`Plan::cleanup`].
     ///
-    /// # Errors
-    /// As [`Netfilter::read`]; [`Error::Incompatible`] only when a table iptables cannot print
-    /// must be read and `nft` is not installed.
-    pub fn plan_reset(&self) -> Result<Plan, Error> {
+    /// # Guarantees
+    /// Each place (a family of a backend) is read once. One that cannot be read (a table
+    /// iptables cannot print when `nft` is not installed, a tool that fails) is listed in
+    /// [`Plan::unread`] and the others are planned as usual.
+    pub fn plan_reset(&self) -> Plan {
         let mut readable = Vec::new();
-        let mut cleanup = Vec::new();
-        let mut kept = Vec::new();
+        let mut places = Places::default();
         for (family, t) in &self.families {
-            let rs = read_filter(t, *family)?;
-            if !rs.is_incompatible("filter") {
-                readable.push((*family, rs));
-                continue;
+            match self.read_place(*family, t) {
+                Ok(Place::Printed(rs)) => readable.push((*family, rs)),
+                place => places.remove_from(self.backend(), *family, place),
             }
-            let (c, k) = self.removal(self.backend(), *family, t)?;
-            cleanup.extend(c);
-            kept.extend(k);
         }
-        let (c, k) = self.other_cleanup()?;
-        cleanup.extend(c);
-        kept.extend(k);
+        self.other_places(&mut places);
         let refs: Vec<(Family, &Ruleset)> = readable.iter().map(|(f, r)| (*f, r)).collect();
-        Ok(Plan::reset(&refs).with_cleanup(cleanup, kept))
+        places.into_plan(Plan::reset(&refs))
     }
 
     /// Executes a plan: one `iptables-restore --noflush --wait` transaction per family that
@@ -475,16 +469,24 @@ impl Netfilter {
     /// * [`Error::Spawn`], [`Error::Read`], [`Error::Parse`] from running the tools.
     /// * [`Error::Cleanup`] when a cleanup fails: the families' transactions stay applied (the
     ///   error says so), the rest of the cleanup is not run; the next apply finishes it.
+    /// * [`Error::WriterBusy`], [`Error::LockDir`], [`Error::LockFile`], [`Error::Namespace`]
+    ///   from the writer lock: nothing was written.
     ///
     /// # Caveats
     /// Families are written one after the other (IPv4 first), so for a moment IPv4 can be new
     /// while IPv6 is old. A rollback restores portwarden's chains exactly but puts the jump at
-    /// position 1 even if it had been pushed down. Plans are computed from a read: apply soon
-    /// after planning. This takes no lock: another portwarden writer can change the rules
-    /// between the plan's read and this write. [`Netfilter::converge`] (what the CLI and the
-    /// agent use) plans and applies under the namespace's writer lock; hold
-    /// [`Netfilter::lock`] around any other plan-and-apply.
+    /// position 1 even if it had been pushed down. The writes and the read-back run under the
+    /// namespace's writer lock, but the plan was read before it: another portwarden writer
+    /// can have changed the rules in between (its deletes, named by specification, then fail
+    /// rather than hit another rule). [`Netfilter::converge`] (what the CLI and the agent use)
+    /// reads, plans and applies under one lock.
     pub fn apply(&self, plan: &Plan) -> Result<Applied, Error> {
+        let writing = self.lock()?;
+        self.apply_locked(&writing, plan)
+    }
+
+    /// [`Netfilter::apply`] by a caller that holds the writer lock (`_writing`).
+    fn apply_locked(&self, _writing: &Lock, plan: &Plan) -> Result<Applied, Error> {
         let mut applied = Applied::default();
         let mut done: Vec<&FamilyPlan> = Vec::new();
         for fp in &plan.families {
@@ -521,20 +523,12 @@ impl Netfilter {
                 });
             }
         }
-        let written = if applied.transactions > 0 {
-            format!(
-                "; the {} backend's rules were written and confirmed first, so both decide until \
-                 the next apply (or reset) removes the old ones",
-                self.backend()
-            )
-        } else {
-            String::new()
-        };
+        let transactions = applied.transactions;
         for c in &plan.cleanup {
             self.run_cleanup(c).map_err(|e| Error::Cleanup {
                 backend: c.backend,
                 family: c.family,
-                written: written.clone(),
+                written: written_before(self.backend(), transactions, plan, c),
                 source: Box::new(e),
             })?;
             applied.transactions += 1;
@@ -547,8 +541,20 @@ impl Netfilter {
                 applied.other_backends.push(c.backend);
             }
         }
-        if !applied.other_backends.is_empty() {
+        let other = self.backend().other();
+        if !applied.other_backends.is_empty() && plan.unread.iter().all(|u| u.backend != other) {
             self.stray.store(false, Ordering::Relaxed);
+        }
+        if !plan.unread.is_empty() {
+            return Err(Error::Unread {
+                done: done_where_readable(plan, &applied),
+                places: plan
+                    .unread
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
         }
         Ok(applied)
     }
@@ -694,11 +700,11 @@ impl Netfilter {
     /// installed (see [`crate::native`]).
     ///
     /// # Errors
-    /// As [`Netfilter::lock`] and [`Netfilter::apply`].
+    /// As [`Netfilter::apply`].
     pub fn reset(&self) -> Result<(Plan, Applied), Error> {
-        let _writing = self.lock()?;
-        let plan = self.plan_reset()?;
-        let applied = self.apply(&plan)?;
+        let writing = self.lock()?;
+        let plan = self.plan_reset();
+        let applied = self.apply_locked(&writing, &plan)?;
         Ok((plan, applied))
     }
 
@@ -736,7 +742,7 @@ impl Netfilter {
                             warn!(
                                 %family,
                                 holder_pid = h.pid,
-                                holder = %lockwait::command_name(h.pid),
+                                holder = %lockwait::command(h.pid),
                                 lock = %lockwait::lock_file(),
                                 wait_secs = self.lock_wait_secs,
                                 "waiting for the xtables lock held by another process (iptables-restore gives up after wait_secs)"
@@ -809,42 +815,83 @@ impl Netfilter {
 /// Reads the filter table of one family with `t` (one `*-save -t filter` run), as printed
 /// (an unprintable table is listed in [`Ruleset::incompatible`]).
 fn read_filter(t: &Tools, family: Family) -> Result<Ruleset, Error> {
-    let (out, command) = run(&t.save, &["-t", "filter"])?;
-    if !out.status.success() {
-        return Err(read_error(family, command, &out));
+    backend::read_save(t, family, &["-t", "filter"])
+}
+
+/// One family's filter table of a backend, as [`Netfilter::read_place`] found it.
+enum Place {
+    /// A table iptables prints.
+    Printed(Ruleset),
+    /// A table only `nft` can list: what removes portwarden's objects from it.
+    Native(native::Removal),
+}
+
+/// What the places outside the chosen backend's printable tables hold of portwarden's: their
+/// removals and findings, and the places that could not be read.
+#[derive(Default)]
+struct Places {
+    cleanup: Vec<Cleanup>,
+    kept: Vec<Kept>,
+    lookalikes: Vec<Lookalike>,
+    unread: Vec<Unread>,
+}
+
+impl Places {
+    /// Adds what removes portwarden's rules from one family of `backend`, read as `place`.
+    fn remove_from(&mut self, backend: Backend, family: Family, place: Result<Place, Error>) {
+        match place {
+            Ok(Place::Printed(rs)) => {
+                let fp = diff(&Desired::empty(family), &rs, None);
+                self.cleanup.extend(Cleanup::from_reset(backend, &fp));
+                self.kept.extend(fp.kept);
+            }
+            Ok(Place::Native(r)) => {
+                if !r.script.is_empty() {
+                    self.cleanup.push(Cleanup {
+                        backend,
+                        family,
+                        via: Via::Nft,
+                        delete: r.delete,
+                        script: r.script,
+                    });
+                }
+                self.kept.extend(r.kept);
+                self.lookalikes.extend(r.lookalikes);
+            }
+            Err(e) => self.unread.push(Unread {
+                backend,
+                family,
+                error: e.to_string(),
+            }),
+        }
     }
-    Ruleset::parse(&String::from_utf8_lossy(&out.stdout))
+
+    /// Whether any place holds, or may hold, something of portwarden's.
+    fn holds_something(&self) -> bool {
+        !self.cleanup.is_empty() || !self.unread.is_empty()
+    }
+
+    fn into_plan(self, plan: Plan) -> Plan {
+        let mut plan = plan.with_cleanup(self.cleanup, self.kept);
+        plan.lookalikes.extend(self.lookalikes);
+        plan.unread.extend(self.unread);
+        plan
+    }
 }
 
-/// `program args` as a command line, for messages.
-fn command_line(program: &std::path::Path, args: &[&str]) -> String {
-    std::iter::once(program.display().to_string())
-        .chain(args.iter().map(|a| a.to_string()))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Runs a reading tool to completion (no input): its output and its command line.
-fn run(program: &std::path::Path, args: &[&str]) -> Result<(std::process::Output, String), Error> {
-    let command = command_line(program, args);
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    Ok((out, command))
-}
-
-/// [`Error::Read`] for a reading tool that failed.
-fn read_error(family: Family, command: String, out: &std::process::Output) -> Error {
-    Error::Read {
-        family,
-        command,
-        status: out.status.to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+/// What [`Error::Unread`] says was done where portwarden could read.
+fn done_where_readable(plan: &Plan, applied: &Applied) -> String {
+    match (plan.reset, applied.transactions) {
+        (true, 0) => "found nothing of portwarden's to remove where it could read".into(),
+        (true, _) => format!(
+            "removed {} portwarden rule(s) and chain(s) where it could read",
+            applied.changes
+        ),
+        (false, 0) => "nothing needed writing where it could read".into(),
+        (false, n) => format!(
+            "applied {} change(s) in {n} transaction(s), read back and confirmed",
+            applied.changes
+        ),
     }
 }
 
@@ -854,7 +901,7 @@ fn spawn_writer(
     program: &std::path::Path,
     args: &[&str],
 ) -> Result<(std::process::Child, String), Error> {
-    let command = command_line(program, args);
+    let command = backend::command_text(program, args);
     let child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -866,6 +913,21 @@ fn spawn_writer(
             source,
         })?;
     Ok((child, command))
+}
+
+/// What [`Error::Cleanup`] says was written before cleanup `c` of `plan` failed, after
+/// `transactions` transactions of the `current` backend.
+fn written_before(current: Backend, transactions: usize, plan: &Plan, c: &Cleanup) -> String {
+    // Only a move writes one backend's rules and then removes the other's; a reset writes
+    // removals, and a cleanup of the backend in use (a table only nft can edit) moves nothing.
+    if transactions > 0 && c.backend != current && !plan.reset {
+        format!(
+            "; the {current} backend's rules were written and confirmed first, so both decide \
+             until the next apply (or reset) removes the old ones"
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// The first `line N` an iptables-restore error message mentions.
@@ -881,6 +943,46 @@ fn failing_line(stderr: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cleanup of `backend`'s IPv4 (one delete).
+    fn cleanup(backend: Backend) -> Cleanup {
+        Cleanup {
+            backend,
+            family: Family::Ipv4,
+            via: Via::IptablesRestore,
+            delete: vec!["iptables -X PORTWARDEN-INPUT".into()],
+            script: "*filter\n-X PORTWARDEN-INPUT\nCOMMIT\n".into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_cleanup_says_both_decide_only_after_a_move() {
+        let ours =
+            Ruleset::parse("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-INPUT - [0:0]\nCOMMIT\n")
+                .unwrap();
+        let move_plan = Plan::compute(&NodeIntent::default(), &Failsafe::default(), &[])
+            .with_cleanup(vec![cleanup(Backend::Nft)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &move_plan, &move_plan.cleanup[0]);
+        assert!(
+            said.contains(
+                "legacy backend's rules were written and confirmed first, so both decide"
+            ),
+            "{said}"
+        );
+        assert_eq!(
+            written_before(Backend::Legacy, 0, &move_plan, &move_plan.cleanup[0]),
+            "",
+            "nothing written"
+        );
+        // A reset writes removals, and a cleanup of the backend in use moves nothing.
+        let reset = Plan::reset(&[(Family::Ipv4, &ours)])
+            .with_cleanup(vec![cleanup(Backend::Nft)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &reset, &reset.cleanup[0]);
+        assert_eq!(said, "", "a reset: {said}");
+        let same = Plan::reset(&[]).with_cleanup(vec![cleanup(Backend::Legacy)], Vec::new());
+        let said = written_before(Backend::Legacy, 1, &same, &same.cleanup[0]);
+        assert_eq!(said, "", "the same backend: {said}");
+    }
 
     #[test]
     fn failing_line_from_both_backends() {

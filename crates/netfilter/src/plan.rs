@@ -34,8 +34,15 @@ pub struct Plan {
     /// portwarden's rules outside the families' transactions, removed after them: in the
     /// backend not in use (a backend switch), or in a table only `nft` can edit (reset).
     pub cleanup: Vec<Cleanup>,
+    /// Places that may hold portwarden's rules but could not be read (left as they are):
+    /// `plan` exits 1 naming them, `apply` and `reset` do everything else, then fail naming
+    /// them.
+    pub unread: Vec<Unread>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
+    /// Whether this plan removes everything of portwarden's ([`Plan::reset`]).
+    #[serde(skip)]
+    pub reset: bool,
 }
 
 /// How a [`Cleanup`] is written.
@@ -62,6 +69,27 @@ pub struct Cleanup {
     /// The transaction's input (never empty).
     #[serde(skip)]
     pub script: String,
+}
+
+/// A place (one family's filter table of a backend) that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unread {
+    /// The backend.
+    pub backend: Backend,
+    /// Family.
+    pub family: Family,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} backend's {} filter table ({})",
+            self.backend, self.family, self.error
+        )
+    }
 }
 
 impl Cleanup {
@@ -122,7 +150,10 @@ impl Plan {
             .iter()
             .map(|(f, rs)| diff(&Desired::empty(*f), rs, None))
             .collect();
-        Plan::from_families(families, Vec::new())
+        Plan {
+            reset: true,
+            ..Plan::from_families(families, Vec::new())
+        }
     }
 
     fn from_families(families: Vec<FamilyPlan>, conflicts: Vec<Conflict>) -> Plan {
@@ -137,7 +168,9 @@ impl Plan {
             lookalikes: families.iter().flat_map(|f| f.lookalikes.clone()).collect(),
             kept: families.iter().flat_map(|f| f.kept.clone()).collect(),
             cleanup: Vec::new(),
+            unread: Vec::new(),
             families,
+            reset: false,
         }
     }
 

@@ -23,17 +23,24 @@
 //! 12. `a_backend_switch_moves_portwarden_to_the_chosen_backend` — applied on nft, then 30 rules
 //!     in legacy flip detection: the next apply moves our chains (nft's removed once legacy's
 //!     are confirmed), `--backend nft` moves them back, and reset cleans both backends.
+//! 13. `a_place_that_cannot_be_read_is_skipped_and_named` — with `nft` missing, an IPv4 table
+//!     iptables cannot print cannot be read: reset still cleans IPv6, and an apply to legacy
+//!     (portwarden's rules left in that nft table) still writes legacy; both fail naming the
+//!     place they skipped.
+//! 14. `a_handle_finds_its_rules_moved_to_the_other_backend_behind_its_back` — an agent's
+//!     handle (nft) keeps its backend while a hand-run apply moves portwarden's rules to
+//!     legacy; its next converge writes nft again and must remove the legacy copy.
 
 mod support;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use portwarden_lab::skip_unless_lab;
+use portwarden_lab::{Netns, skip_unless_lab};
 use portwarden_netfilter::{
     Backend, BackendChoice, Error, Failsafe, Family, JumpState, Netfilter, Options, render,
 };
-use portwarden_policy::Protocol;
+use portwarden_policy::{NodeIntent, Protocol};
 use support::*;
 
 const WEB: [&str; 2] = ["examples/web", "examples/quarantine"];
@@ -734,21 +741,27 @@ fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
     );
 }
 
-#[test]
-fn an_incompatible_table_is_refused_and_never_grows() {
-    skip_unless_lab!();
-    let lab = lab("nfincompat");
+/// A lab node with WEB applied on nft, then a native nftables rule iptables cannot express
+/// (issue 13) in `ip filter`: the lab, the node and the intent.
+fn web_beside_a_native_rule(tag: &str) -> (portwarden_lab::Lab, Netns, NodeIntent) {
+    let lab = lab(tag);
     let node = lab.node(0).clone();
     let web = intent(&WEB, &[("role", "web")]);
     let w2 = web.clone();
     inside(&node, move || {
         let nf = netfilter(Backend::Nft);
-        nf.apply(&nf.plan(&w2, &Failsafe::default()).unwrap())
-            .unwrap();
+        let plan = nf.plan(&w2, &Failsafe::default()).expect("plan WEB");
+        nf.apply(&plan).expect("apply WEB");
     });
     assert_eq!(node.nft_jumps("ip", "PORTWARDEN-INPUT"), 1);
-    // A native nftables rule iptables cannot express (issue 13).
-    node.add_native_nft_rule().unwrap();
+    node.add_native_nft_rule().expect("add a native nft rule");
+    (lab, node, web)
+}
+
+#[test]
+fn an_incompatible_table_is_refused_and_never_grows() {
+    skip_unless_lab!();
+    let (_lab, node, web) = web_beside_a_native_rule("nfincompat");
     assert!(
         save(&node, Backend::Nft, Family::Ipv4).contains("is incompatible"),
         "this iptables prints the table as incompatible"
@@ -891,4 +904,111 @@ fn lookalikes_are_reported_and_left_byte_identical() {
         let again = inside(&node, move || netfilter(backend).reset().unwrap().1);
         assert_eq!(again.transactions, 0, "{backend}: reset is idempotent");
     }
+}
+
+/// A tool directory with the iptables tools of both backends but not nftables' `nft`.
+fn tools_without_nft(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("create the tool directory");
+    for b in BACKENDS {
+        for f in Family::ALL {
+            for what in ["save", "restore"] {
+                let name = format!("{}-{b}-{what}", f.tool());
+                std::os::unix::fs::symlink(format!("/usr/sbin/{name}"), dir.join(&name))
+                    .expect("link a tool");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_place_that_cannot_be_read_is_skipped_and_named() {
+    skip_unless_lab!();
+    let (_lab, node, web) = web_beside_a_native_rule("nfskip");
+    let tools = std::env::temp_dir().join(format!("pw-nf-nonft-{}", std::process::id()));
+    tools_without_nft(&tools);
+    let dir = tools.clone();
+    let handle = move |backend| {
+        Netfilter::detect(&Options {
+            backend: BackendChoice::Fixed(backend),
+            tool_dir: Some(dir.clone()),
+            ..Options::default()
+        })
+        .expect("detect with the tools but nft")
+    };
+    let h2 = handle.clone();
+    // reset: the IPv4 table cannot be read without nft, IPv6 can and is cleaned.
+    let reset = inside(&node, move || h2(Backend::Nft).reset().map(|(_, a)| a));
+    let v6 = save(&node, Backend::Nft, Family::Ipv6);
+    assert!(
+        !v6.contains("PORTWARDEN"),
+        "reset left IPv6 alone: {reset:?}\n{v6}"
+    );
+    let msg = reset.expect_err("reset names what it skipped").to_string();
+    assert!(
+        msg.contains("removed") && msg.contains("nft backend's IPv4 filter table"),
+        "{msg}"
+    );
+    // apply to legacy: the nft IPv4 table may hold ours and cannot be read; legacy is written.
+    let applied = inside(&node, move || {
+        handle(Backend::Legacy)
+            .converge(&web, &Failsafe::default())
+            .map(|(_, a)| a)
+    });
+    for f in Family::ALL {
+        let text = save(&node, Backend::Legacy, f);
+        assert!(
+            text.contains(":PORTWARDEN-INPUT"),
+            "{f}: legacy not written: {applied:?}\n{text}"
+        );
+    }
+    let msg = applied
+        .expect_err("apply names what it skipped")
+        .to_string();
+    assert!(
+        msg.contains("confirmed") && msg.contains("nft backend's IPv4 filter table"),
+        "{msg}"
+    );
+    assert!(
+        !save(&node, Backend::Nft, Family::Ipv6).contains("PORTWARDEN"),
+        "IPv6 of nft stays clean"
+    );
+    let _ = std::fs::remove_dir_all(&tools);
+}
+
+#[test]
+fn a_handle_finds_its_rules_moved_to_the_other_backend_behind_its_back() {
+    skip_unless_lab!();
+    let lab = lab("nfmoved");
+    let node = lab.node(0).clone();
+    let web = intent(&WEB, &[("role", "web")]);
+    let plans = inside(&node, move || {
+        // The agent's handle: detected once, while legacy holds nothing.
+        let agent = netfilter(Backend::Nft);
+        agent
+            .converge(&web, &Failsafe::default())
+            .expect("the agent applies");
+        // A hand-run `apply --backend legacy` moves portwarden's rules to legacy.
+        let (moved, _) = netfilter(Backend::Legacy)
+            .converge(&web, &Failsafe::default())
+            .expect("the hand-run apply");
+        // The agent's next refresh finds its chains gone and writes them again.
+        let (back, _) = agent
+            .converge(&web, &Failsafe::default())
+            .expect("the agent's next refresh");
+        (moved, back)
+    });
+    assert_eq!(plans.0.other_backends(Backend::Legacy), [Backend::Nft]);
+    for f in Family::ALL {
+        assert!(
+            save(&node, Backend::Nft, f).contains(":PORTWARDEN-INPUT"),
+            "{f}"
+        );
+        let legacy = save(&node, Backend::Legacy, f);
+        assert!(
+            !legacy.contains("PORTWARDEN"),
+            "{f}: the legacy copy still decides beside nft's: {:?}\n{legacy}",
+            plans.1.cleanup
+        );
+    }
+    assert_eq!(plans.1.other_backends(Backend::Nft), [Backend::Legacy]);
 }

@@ -236,7 +236,9 @@ impl Shared {
     }
 
     /// The inside view, computed now: a fresh plan against the kernel's rules and the
-    /// listening sockets of the ports the intent manages ([`exposed_listeners`]).
+    /// listening sockets of the ports the intent manages ([`exposed_listeners`]). The plan
+    /// is read without the writer lock ([`Netfilter::plan_unlocked`]): any host may ask for
+    /// this view, and overlapping requests holding the lock shared kept reconciles out.
     pub fn inside_view(&self) -> InsideView {
         let (intent, policy_invalid, apply_failed) = self.with_state(|s| {
             (
@@ -248,8 +250,9 @@ impl Shared {
         let listeners = read_listeners().unwrap_or_default();
         let exposed = |listeners| exposed_listeners(intent.as_deref(), listeners);
         // Errors are not served (any host can ask): the reconcile that meets them logs them.
+        let failsafe = self.config.effective_failsafe();
         let mut view = match (&intent, self.netfilter()) {
-            (Some(intent), Ok(nf)) => match nf.plan(intent, &self.config.effective_failsafe()) {
+            (Some(intent), Ok(nf)) => match nf.plan_unlocked(intent, &failsafe) {
                 Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
                 Err(_) => InsideView {
                     node: self.config.node.clone(),

@@ -208,7 +208,16 @@ pub fn run(a: Args) -> Outcome {
             }
         }
     }
-    Ok(if plan.is_converged() {
+    // Rules of portwarden's may be where it could not look: not a plan to trust as complete.
+    for u in &plan.unread {
+        eprintln!(
+            "error: could not read {}; portwarden's rules there, if any, are not in this plan",
+            text::printable(&u.to_string())
+        );
+    }
+    Ok(if !plan.unread.is_empty() {
+        ExitCode::FAILURE
+    } else if plan.is_converged() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
