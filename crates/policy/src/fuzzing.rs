@@ -31,7 +31,8 @@ pub fn policy_load(data: &[u8]) {
             let text = String::from_utf8_lossy(data);
             let lines = crate::diagnostic::yaml_lines(&text).count() + 1;
             let located = diags.iter().filter(|d| d.loc.is_some()).count();
-            // Duplicate names are found across documents after the per-file limit.
+            // Duplicate names and addresses are found across documents after the per-file
+            // limit (their messages start with "duplicate").
             let duplicates = diags
                 .iter()
                 .filter(|d| d.message.starts_with("duplicate"))

@@ -94,10 +94,15 @@ pub fn policy_files_with_metadata<P: AsRef<Path>>(
 
 /// A document that passed decoding and validation, with what is needed to locate it later.
 struct Accepted {
+    at: Located,
+    value: Valid,
+}
+
+/// A document's file, text and located tree, to point at its tokens.
+struct Located {
     file: String,
     source: std::sync::Arc<str>,
     tree: yaml::Node,
-    value: Valid,
 }
 
 enum Valid {
@@ -423,9 +428,11 @@ fn load_text(
                     file.push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
                 }
                 accepted.push(Accepted {
-                    file: name.to_string(),
-                    source: source.clone(),
-                    tree,
+                    at: Located {
+                        file: name.to_string(),
+                        source: source.clone(),
+                        tree,
+                    },
                     value,
                 })
             }
@@ -452,8 +459,91 @@ fn load_text(
     }
 }
 
-/// Cross-document checks (unique policy and node names), then the final set, or all of the
-/// diagnostics (`diags` holds those of the files already).
+/// The problems found across documents (duplicate names and addresses), reported up to
+/// [`MAX_DIAGNOSTICS_PER_FILE`] in all, like the problems of one file; one note says there
+/// were more.
+struct CrossDocument<'a> {
+    out: &'a mut Vec<Diagnostic>,
+    shown: usize,
+    unreported: Option<String>,
+}
+
+impl CrossDocument<'_> {
+    /// Adds the diagnostic `make` builds (its message starts with "duplicate"), unless the
+    /// share is used up (then `make` is not run).
+    fn push(&mut self, file: &str, make: impl FnOnce() -> Diagnostic) {
+        if self.shown < MAX_DIAGNOSTICS_PER_FILE {
+            self.out.push(make());
+            self.shown += 1;
+        } else {
+            self.unreported = Some(file.to_string());
+        }
+    }
+
+    fn finish(self) {
+        if let Some(file) = self.unreported {
+            self.out.push(Diagnostic::file(
+                &file,
+                format!(
+                    "more duplicate names and addresses not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
+                ),
+                Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
+            ));
+        }
+    }
+}
+
+/// Where an inventory address was first listed: by the node at this index of the nodes taken,
+/// at this place.
+struct FirstAddress {
+    node: usize,
+    at: String,
+}
+
+/// Reports each address of `node` (the `index`th of its document `a`) that an earlier node
+/// has already: each address belongs to one node, because verify compares what it sees at an
+/// address with the intent of the node listed there, so two nodes at one address would be
+/// judged by one. Records the new ones as the `taken`th node's. (An address listed twice for
+/// one node is found by `validate::inventory`.)
+fn check_addresses(
+    a: &Located,
+    index: usize,
+    node: &Node,
+    (taken, nodes): (usize, &[Node]),
+    first: &mut HashMap<IpAddr, FirstAddress>,
+    report: &mut CrossDocument<'_>,
+) {
+    for (j, addr) in node.addresses.iter().enumerate() {
+        let path = [
+            PathSegment::Key("nodes".into()),
+            PathSegment::Index(index),
+            PathSegment::Key("addresses".into()),
+            PathSegment::Index(j),
+        ];
+        let loc = a.tree.locate(&path);
+        match first.get(addr) {
+            Some(f) => report.push(&a.file, || {
+                Diagnostic::at(
+                    &a.file,
+                    &a.source,
+                    loc,
+                    format!(
+                        "duplicate address {addr}: also an address of node \"{}\" ({})",
+                        nodes[f.node].name, f.at
+                    ),
+                    Some("an address belongs to one node (verify judges what it sees there by that node's intent): remove it from one of them".into()),
+                )
+            }),
+            None => {
+                let at = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                first.insert(*addr, FirstAddress { node: taken, at });
+            }
+        }
+    }
+}
+
+/// Cross-document checks (unique policy and node names, each address of one node), then the
+/// final set, or all of the diagnostics (`diags` holds those of the files already).
 fn assemble(
     accepted: Vec<Accepted>,
     mut diags: Vec<Diagnostic>,
@@ -464,31 +554,23 @@ fn assemble(
     let mut inventories = 0;
     let mut first_policy: BTreeMap<String, String> = BTreeMap::new();
     let mut first_node: BTreeMap<String, String> = BTreeMap::new();
-    // Each address belongs to one node: verify compares what it sees at an address with the
-    // intent of the node listed there, so two nodes at one address would be judged by one.
-    let mut first_address: HashMap<IpAddr, (String, String)> = HashMap::new();
+    let mut first_address: HashMap<IpAddr, FirstAddress> = HashMap::new();
     let name_path = [
         PathSegment::Key("metadata".into()),
         PathSegment::Key("name".into()),
     ];
-    // Duplicate names are reported up to the limit per file (in all), like other problems.
-    let mut duplicates = 0usize;
-    let mut unreported: Option<String> = None;
-    let mut report = |file: &str, make: &dyn Fn() -> Diagnostic| {
-        if duplicates < MAX_DIAGNOSTICS_PER_FILE {
-            diags.push(make());
-            duplicates += 1;
-        } else {
-            unreported = Some(file.to_string());
-        }
+    let mut report = CrossDocument {
+        out: &mut diags,
+        shown: 0,
+        unreported: None,
     };
-    for a in accepted {
-        match a.value {
+    for Accepted { at: a, value } in accepted {
+        match value {
             Valid::Policy(p) => {
                 let loc = a.tree.locate(&name_path);
                 let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
                 if let Some(first) = first_policy.get(&p.name) {
-                    report(&a.file, &|| {
+                    report.push(&a.file, || {
                         Diagnostic::at(
                             &a.file,
                             &a.source,
@@ -514,9 +596,8 @@ fn assemble(
                         PathSegment::Key("name".into()),
                     ];
                     let loc = a.tree.locate(&path);
-                    let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
-                    match first_node.get(&n.name) {
-                        Some(first) => report(&a.file, &|| {
+                    if let Some(first) = first_node.get(&n.name) {
+                        report.push(&a.file, || {
                             Diagnostic::at(
                                 &a.file,
                                 &a.source,
@@ -527,58 +608,25 @@ fn assemble(
                                 ),
                                 None,
                             )
-                        }),
-                        None => {
-                            first_node.insert(n.name.clone(), here);
-                            for (j, addr) in n.addresses.iter().enumerate() {
-                                let path = [
-                                    PathSegment::Key("nodes".into()),
-                                    PathSegment::Index(i),
-                                    PathSegment::Key("addresses".into()),
-                                    PathSegment::Index(j),
-                                ];
-                                let loc = a.tree.locate(&path);
-                                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
-                                match first_address.get(addr) {
-                                    Some((node, first)) => report(&a.file, &|| {
-                                        let message = if *node == n.name {
-                                            format!(
-                                                "address {addr} is listed twice for node \"{node}\" (first at {first})"
-                                            )
-                                        } else {
-                                            format!(
-                                                "address {addr} is also an address of node \"{node}\" ({first})"
-                                            )
-                                        };
-                                        Diagnostic::at(
-                                            &a.file,
-                                            &a.source,
-                                            loc,
-                                            message,
-                                            Some("an address belongs to one node (verify judges what it sees there by that node's intent): remove it from one of them".into()),
-                                        )
-                                    }),
-                                    None => {
-                                        first_address.insert(*addr, (n.name.clone(), here));
-                                    }
-                                }
-                            }
-                            nodes.push(n);
-                        }
+                        });
+                        continue;
                     }
+                    let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                    first_node.insert(n.name.clone(), here);
+                    check_addresses(
+                        &a,
+                        i,
+                        &n,
+                        (nodes.len(), &nodes),
+                        &mut first_address,
+                        &mut report,
+                    );
+                    nodes.push(n);
                 }
             }
         }
     }
-    if let Some(file) = unreported {
-        diags.push(Diagnostic::file(
-            &file,
-            format!(
-                "more duplicate names not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
-            ),
-            Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
-        ));
-    }
+    report.finish();
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
@@ -880,7 +928,15 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
             d[0].headline(),
-            "inv.yaml:7:29: error: address 10.0.0.1 is also an address of node \"a\" (inv.yaml:5:17)"
+            "inv.yaml:7:29: error: duplicate address 10.0.0.1: also an address of node \"a\" (inv.yaml:5:17)"
+        );
+        // Twice for one node: found by validate, at the second.
+        let text = inv("  - name: a\n    addresses: [\"10.0.0.1\", \"10.0.0.1\"]\n");
+        let d = load_source("inv.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].headline(),
+            "inv.yaml:5:29: error: duplicate address 10.0.0.1: listed twice for node \"a\" (first as item 0)"
         );
         // Across files, too.
         let dir = tempfile::tempdir().unwrap();
