@@ -56,21 +56,45 @@ impl Loaded {
     }
 }
 
+/// Documents that do not load: every error, and the warnings found beside them (both located,
+/// each kind at most [`MAX_DIAGNOSTICS_PER_FILE`] per file plus a note counting the rest).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Problems {
+    /// What makes the documents invalid; never empty in an `Err`.
+    pub errors: Vec<Diagnostic>,
+    /// What is worth saying about them besides (see [`Loaded::warnings`]).
+    pub warnings: Vec<Diagnostic>,
+}
+
 /// Loads files and directories (recursively, `*.yaml`/`*.yml` in any case, hidden entries such
 /// as `.git` skipped; a file named explicitly is read whatever its extension).
 ///
 /// # Errors
 ///
-/// Every problem in every file, located (with the warnings among them); see the module's
-/// guarantees. An empty file (nothing but white space) is one: it is what a render that failed
-/// leaves behind.
+/// Every error in every file, located; see the module's guarantees. An empty file (nothing but
+/// white space) is one: it is what a render that failed leaves behind. Errors only: the
+/// warnings of a set that does not load are dropped ([`load_paths_with_warnings`] keeps them).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>> {
-    let (files, mut diags) = policy_files(paths);
+    load_paths_with_warnings(paths).map_err(|p| p.errors)
+}
+
+/// [`load_paths`], keeping the warnings when the documents do not load (what `validate`
+/// shows beside the errors).
+///
+/// # Errors
+///
+/// As [`load_paths`], with the warnings.
+pub fn load_paths_with_warnings<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Problems> {
+    let (files, errors) = policy_files(paths);
+    let mut found = Problems {
+        errors,
+        warnings: Vec::new(),
+    };
     let mut accepted = Vec::new();
     for file in &files {
-        load_file(file, &mut accepted, &mut diags);
+        load_file(file, &mut accepted, &mut found);
     }
-    assemble(accepted, diags, files.len())
+    assemble(accepted, found, files.len())
 }
 
 /// The files [`load_paths`] reads for these paths, in the order it reads them, and problems
@@ -323,38 +347,55 @@ fn text_of(bytes: Vec<u8>, name: &str) -> Result<String, Diagnostic> {
 ///
 /// # Errors
 ///
-/// Every problem in the content, located; see the module's guarantees.
+/// Every error in the content, located; see the module's guarantees.
 pub fn load_source(name: &str, bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut diags = Vec::new();
+    load_source_with_warnings(name, bytes).map_err(|p| p.errors)
+}
+
+/// [`load_source`], keeping the warnings when the documents do not load.
+///
+/// # Errors
+///
+/// As [`load_source`], with the warnings.
+pub fn load_source_with_warnings(name: &str, bytes: &[u8]) -> Result<Loaded, Problems> {
+    let mut found = Problems::default();
     let mut accepted = Vec::new();
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        diags.push(too_large(name));
+        found.errors.push(too_large(name));
     } else {
         load_text(
             name,
             text_of(bytes.to_vec(), name),
             &mut accepted,
-            &mut diags,
+            &mut found,
         );
     }
-    assemble(accepted, diags, 1)
+    assemble(accepted, found, 1)
 }
 
-fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnostic>) {
+fn load_file(path: &Path, accepted: &mut Vec<Accepted>, found: &mut Problems) {
     let name = display(path);
     let text = read_bytes(path, &name).and_then(|b| text_of(b, &name));
-    load_text(&name, text, accepted, diags);
+    load_text(&name, text, accepted, found);
 }
 
-/// Collects one file's diagnostics up to [`MAX_DIAGNOSTICS_PER_FILE`], noting whether there
-/// were more.
-struct FileDiags<'a> {
+/// Collects one kind of one file's diagnostics (errors or warnings) up to
+/// [`MAX_DIAGNOSTICS_PER_FILE`], counting the rest.
+struct Share<'a> {
     out: &'a mut Vec<Diagnostic>,
     shown: usize,
     more: usize,
 }
 
-impl FileDiags<'_> {
+impl<'a> Share<'a> {
+    fn new(out: &'a mut Vec<Diagnostic>) -> Self {
+        Share {
+            out,
+            shown: 0,
+            more: 0,
+        }
+    }
+
     /// Adds the diagnostic `make` builds, unless the file has its share already (then `make`
     /// is not run: finding the snippet line scans the file).
     fn push(&mut self, make: impl FnOnce() -> Diagnostic) {
@@ -371,12 +412,12 @@ fn load_text(
     name: &str,
     text: Result<String, Diagnostic>,
     accepted: &mut Vec<Accepted>,
-    diags: &mut Vec<Diagnostic>,
+    found: &mut Problems,
 ) {
     let source: std::sync::Arc<str> = match text {
         Ok(s) => s.into(),
         Err(d) => {
-            diags.push(d);
+            found.errors.push(d);
             return;
         }
     };
@@ -384,7 +425,7 @@ fn load_text(
         // A file with comments only is deliberate; one with nothing at all is what
         // `render > policy.yaml` leaves when the render fails. Taking it for "no policies"
         // would drop the policies it held.
-        diags.push(Diagnostic::file(
+        found.errors.push(Diagnostic::file(
             name,
             "file is empty: it holds no documents (a render that failed, or a write cut short?)"
                 .into(),
@@ -401,19 +442,17 @@ fn load_text(
                 Some(loc) => Diagnostic::at(name, &source, loc, e.message, None),
                 None => Diagnostic::file(name, e.message, None),
             };
-            diags.push(d);
+            found.errors.push(d);
             return;
         }
     };
-    let mut file = FileDiags {
-        out: diags,
-        shown: 0,
-        more: 0,
-    };
+    // Warnings have a share of their own: 100 nodes without addresses must not hide an error.
+    let mut errors = Share::new(&mut found.errors);
+    let mut warnings = Share::new(&mut found.warnings);
     for tree in trees {
         let (doc, problems) = decode::decode(&tree);
         for p in &problems {
-            file.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
+            errors.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
         }
         let Some(doc) = doc else { continue };
         let validated = match &doc {
@@ -422,10 +461,11 @@ fn load_text(
                 .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
         };
         match validated {
-            Ok((value, warnings)) if problems.is_empty() => {
-                for w in warnings {
+            Ok((value, said)) if problems.is_empty() => {
+                for w in said {
                     let loc = tree.locate(&w.path);
-                    file.push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
+                    warnings
+                        .push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
                 }
                 accepted.push(Accepted {
                     at: Located {
@@ -442,20 +482,35 @@ fn load_text(
                     |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
                 for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
                     let loc = tree.locate(&i.path);
-                    file.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
+                    errors.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
                 }
             }
         }
     }
-    if file.more > 0 {
+    if errors.more > 0 {
         // Documents count what they leave out themselves, so this count is a lower bound.
-        file.out.push(Diagnostic::file(
+        errors.out.push(Diagnostic::file(
             name,
             format!(
                 "more problems in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)"
             ),
             Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
+    }
+    if warnings.more > 0 {
+        // A note about warnings is one: it must not make valid documents invalid.
+        let more = warnings.more;
+        warnings.out.push(
+            Diagnostic::file(
+                name,
+                format!(
+                    "{more} more warning{} in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)",
+                    if more == 1 { "" } else { "s" }
+                ),
+                None,
+            )
+            .warning(),
+        );
     }
 }
 
@@ -543,12 +598,12 @@ fn check_addresses(
 }
 
 /// Cross-document checks (unique policy and node names, each address of one node), then the
-/// final set, or all of the diagnostics (`diags` holds those of the files already).
+/// final set, or all of the diagnostics (`found` holds those of the files already).
 fn assemble(
     accepted: Vec<Accepted>,
-    mut diags: Vec<Diagnostic>,
+    mut found: Problems,
     files: usize,
-) -> Result<Loaded, Vec<Diagnostic>> {
+) -> Result<Loaded, Problems> {
     let mut policies = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inventories = 0;
@@ -560,7 +615,7 @@ fn assemble(
         PathSegment::Key("name".into()),
     ];
     let mut report = CrossDocument {
-        out: &mut diags,
+        out: &mut found.errors,
         shown: 0,
         unreported: None,
     };
@@ -627,11 +682,11 @@ fn assemble(
         }
     }
     report.finish();
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(diags);
+    if !found.errors.is_empty() {
+        return Err(found);
     }
     Ok(Loaded {
-        warnings: diags,
+        warnings: found.warnings,
         policies: PolicySet::new(policies),
         nodes,
         inventories,
@@ -976,6 +1031,41 @@ mod tests {
                 "inv.yaml:6:5: warning: node \"b\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
             ]
         );
+    }
+
+    #[test]
+    fn warnings_have_their_own_share_and_never_hide_an_error() {
+        let inv = |nodes: usize, last: &str| {
+            let nodes: String = (0..nodes).map(|i| format!("  - name: n{i}\n")).collect();
+            format!("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n{nodes}{last}")
+        };
+        // 150 nodes without addresses are valid: 100 warnings, then a note that is a warning.
+        let loaded = load_source("many.yaml", inv(150, "").as_bytes()).unwrap();
+        assert_eq!(loaded.nodes.len(), 150);
+        assert_eq!(loaded.warnings.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        assert!(loaded.warnings.iter().all(|w| !w.is_error()));
+        assert_eq!(
+            loaded.warnings[MAX_DIAGNOSTICS_PER_FILE].headline(),
+            "many.yaml: warning: 50 more warnings in this file not shown (at most 100 are reported per file)"
+        );
+        // An error after them is the one problem returned: warnings took slots of the share
+        // and hid it behind "more problems in this file not shown".
+        let text = format!(
+            "{}---\n{}",
+            inv(101, ""),
+            inv(0, "  - {name: bad, addresses: [\"10.0.0.300\"]}\n")
+        );
+        let d = load_source("bad.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{:?}", d.last());
+        assert_eq!(
+            d[0].headline(),
+            "bad.yaml:109:29: error: \"10.0.0.300\" is not an IP address"
+        );
+        // The warnings come apart from the errors, for validate to show beside them.
+        let p = load_source_with_warnings("bad.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(p.errors, d);
+        assert_eq!(p.warnings.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        assert!(p.warnings.iter().all(|w| !w.is_error()));
     }
 
     #[test]
