@@ -6,13 +6,19 @@
 //! (with its warnings), or every problem found in every file comes back as [`Diagnostic`]s and
 //! nothing is returned to act on.
 //!
-//! The walk of a directory reads each directory and each file once, by device and inode,
-//! however many links lead to it (a link to `.` is a loop walked once, not an exponential
-//! walk). The directory named is the policy tree: it may itself be a symbolic link (a git-sync
-//! checkout `current -> rev-123/`), and links inside it are followed while they lead to a
-//! place inside it. A link that leads out of the tree is reported and not followed, and its
-//! target is never opened (a `*.yaml` link to `/etc/shadow` is not read, so no line of it
-//! ends up in a message). A file named explicitly is read wherever it is.
+//! The walk of a directory reads each directory and each file once, by device and inode (by
+//! canonical path on a file system that reports inode 0), however many links lead to it (a
+//! link to `.` is a loop walked once, not an exponential walk). The directory named is the
+//! policy tree: it may itself be a symbolic link (a git-sync checkout `current -> rev-123/`),
+//! resolved once; the walk and the reads go beneath that canonical path, so a swap of
+//! `current` during a load neither mixes two revisions nor makes the checkout's own links look
+//! like links out of it (files are still named as the user spelt the directory). Links inside
+//! the tree are followed while they lead to a place inside it. A link that leads out of the
+//! tree is reported and not followed, and its target is never opened (a `*.yaml` link to
+//! `/etc/shadow` is not read, so no line of it ends up in a message); a file swapped for such
+//! a link (or anything else) between the walk and the read is not read either: it is opened
+//! without following a link or blocking, and kept only if it is still the regular file the
+//! walk checked (device and inode). A file named explicitly is read wherever it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -85,9 +91,10 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>
 ///
 /// As [`load_paths`], with the warnings.
 pub fn load_paths_with_warnings<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Problems> {
-    let (files, errors) = policy_files(paths);
+    let Walk { files, diags, .. } = walk(paths);
+    test_hook::at(test_hook::Stage::Walked);
     let mut found = Problems {
-        errors,
+        errors: diags,
         warnings: Vec::new(),
     };
     let mut accepted = Vec::new();
@@ -109,11 +116,17 @@ pub fn policy_files<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Diagnosti
 pub fn policy_files_with_metadata<P: AsRef<Path>>(
     paths: &[P],
 ) -> (Vec<(PathBuf, fs::Metadata)>, Vec<Diagnostic>) {
+    let walk = walk(paths);
+    let files = walk.files.into_iter().map(|f| (f.shown, f.meta)).collect();
+    (files, walk.diags)
+}
+
+fn walk<P: AsRef<Path>>(paths: &[P]) -> Walk {
     let mut walk = Walk::default();
     for p in paths {
         walk.root(p.as_ref());
     }
-    (walk.files, walk.diags)
+    walk
 }
 
 /// A document that passed decoding and validation, with what is needed to locate it later.
@@ -154,20 +167,109 @@ fn cannot_read(path: &Path, e: &std::io::Error) -> Diagnostic {
     )
 }
 
-/// One walk over the paths given; see the module's guarantees.
+/// Tests change the tree at given points of a load, to race it deterministically; a no-op in
+/// other builds.
+mod test_hook {
+    /// A point of a load.
+    #[cfg_attr(not(test), allow(dead_code))]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Stage {
+        /// The root directory is resolved; nothing of it is listed yet.
+        RootResolved,
+        /// The walk is done; no file is read yet.
+        Walked,
+    }
+
+    /// What a test runs at each stage.
+    #[cfg(test)]
+    pub(super) type Hook = Box<dyn FnMut(Stage)>;
+
+    #[cfg(test)]
+    thread_local! {
+        /// Run at each stage, on this thread.
+        pub(super) static HOOK: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+        /// Whether the walk sees every inode as 0, as some file systems report them.
+        pub(super) static NO_INODES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[cfg(test)]
+    pub(super) fn at(stage: Stage) {
+        HOOK.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f(stage)
+            }
+        })
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn at(_: Stage) {}
+
+    #[cfg(test)]
+    pub(super) fn inode(meta: &std::fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        if NO_INODES.with(|n| n.get()) {
+            0
+        } else {
+            meta.ino()
+        }
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn inode(meta: &std::fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        meta.ino()
+    }
+}
+
+/// A file the walk takes: the name it is shown by, where it is opened, and what the walk found
+/// there.
+struct Found {
+    /// As the user spelt it: the path given, then the names below it (links by their names).
+    shown: PathBuf,
+    /// Where it is opened: for a file found in a directory, its canonical path (no link on the
+    /// way), so the read goes to the file the walk checked even if a link on the way moves.
+    open: PathBuf,
+    /// What the walk found there (`stat`, following links).
+    meta: fs::Metadata,
+    /// Whether it was found in a directory (then it is opened without following a link and
+    /// read only if it is still that file); a file named explicitly is read whatever it is.
+    in_tree: bool,
+}
+
+/// How the walk knows a directory or file it has been to: device and inode, or, on a file
+/// system that reports inode 0 for everything, the canonical path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Visit {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+/// The canonical path of `path` and the metadata of what is there (following links).
+fn resolve(path: &Path) -> std::io::Result<(PathBuf, fs::Metadata)> {
+    fs::canonicalize(path).and_then(|t| fs::metadata(&t).map(|m| (t, m)))
+}
+
+/// One walk over the paths given; see the module's guarantees. A directory tree is walked
+/// beneath its canonical path, so a git-sync swap of the directory named during the walk
+/// does not mix two revisions; names are shown as the user spelt them.
 #[derive(Default)]
 struct Walk {
-    files: Vec<(PathBuf, fs::Metadata)>,
+    files: Vec<Found>,
     diags: Vec<Diagnostic>,
-    /// Directories walked and files taken, by device and inode.
-    seen: HashSet<(u64, u64)>,
+    /// Directories walked and files taken.
+    seen: HashSet<Visit>,
 }
 
 impl Walk {
-    /// Whether this is the first visit of the directory or file (an inode of 0, which some
-    /// file systems report for everything, never counts as seen).
-    fn first_visit(&mut self, meta: &fs::Metadata) -> bool {
-        meta.ino() == 0 || self.seen.insert((meta.dev(), meta.ino()))
+    /// Whether this is the first visit of the directory or file `meta` describes, at the
+    /// canonical path `real`.
+    fn first_visit(&mut self, meta: &fs::Metadata, real: &Path) -> bool {
+        let visit = match test_hook::inode(meta) {
+            0 => Visit::Path(real.to_path_buf()),
+            ino => Visit::Inode(meta.dev(), ino),
+        };
+        self.seen.insert(visit)
     }
 
     /// A path given: a directory is the root of a policy tree (followed if it is a link); a
@@ -179,96 +281,108 @@ impl Walk {
         };
         if !meta.is_dir() {
             // Named on the command line, `/dev/stdin` or a pipe is what the user meant.
-            if self.first_visit(&meta) {
-                self.files.push((path.to_path_buf(), meta));
+            if self.first_visit(&meta, path) {
+                self.files.push(Found {
+                    shown: path.to_path_buf(),
+                    open: path.to_path_buf(),
+                    meta,
+                    in_tree: false,
+                });
             }
             return;
         }
-        match fs::canonicalize(path) {
-            Ok(tree) => self.dir(path, &meta, &tree),
+        match resolve(path) {
+            Ok((tree, meta)) if meta.is_dir() => {
+                test_hook::at(test_hook::Stage::RootResolved);
+                self.dir(&tree, path, &meta, &tree)
+            }
+            // Swapped for a file since the first look: a race, reported as what it is now.
+            Ok(_) => self.diags.push(Diagnostic::file(
+                &display(path),
+                "is no longer a directory (it changed while it was read)".into(),
+                Some("load again once it holds still".into()),
+            )),
             Err(e) => self.diags.push(cannot_read(path, &e)),
         }
     }
 
-    /// A directory of the tree whose canonical path is `tree`.
-    fn dir(&mut self, path: &Path, meta: &fs::Metadata, tree: &Path) {
-        if !self.first_visit(meta) {
+    /// A directory of the tree whose canonical path is `tree`: at the canonical path `real`,
+    /// shown as `shown`.
+    fn dir(&mut self, real: &Path, shown: &Path, meta: &fs::Metadata, tree: &Path) {
+        if !self.first_visit(meta, real) {
             return;
         }
-        let entries = match fs::read_dir(path) {
+        let entries = match fs::read_dir(real) {
             Ok(rd) => rd,
             Err(e) => {
                 return self.diags.push(Diagnostic::file(
-                    &display(path),
+                    &display(shown),
                     format!("cannot list directory: {e}"),
                     None,
                 ));
             }
         };
-        let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        children.sort();
-        for child in children {
-            let hidden = child
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
+        let mut names: Vec<std::ffi::OsString> = entries
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for name in names {
+            let hidden = name.to_str().is_some_and(|n| n.starts_with('.'));
             if !hidden {
-                self.entry(&child, tree);
+                self.entry(&real.join(&name), &shown.join(&name), tree);
             }
         }
     }
 
-    /// An entry found in a directory of the tree.
-    fn entry(&mut self, path: &Path, tree: &Path) {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => match self.link(path, tree) {
+    /// An entry found in a directory of the tree, at `real` (canonical up to its own name).
+    fn entry(&mut self, real: &Path, shown: &Path, tree: &Path) {
+        let (real, meta) = match fs::symlink_metadata(real) {
+            Ok(m) if m.file_type().is_symlink() => match self.link(real, shown, tree) {
                 Some(target) => target,
                 None => return,
             },
-            Ok(m) => m,
-            Err(e) => return self.diags.push(cannot_read(path, &e)),
+            Ok(m) => (real.to_path_buf(), m),
+            Err(e) => return self.diags.push(cannot_read(shown, &e)),
         };
         if meta.is_dir() {
-            self.dir(path, &meta, tree);
-        } else if !is_policy_name(path) {
+            self.dir(&real, shown, &meta, tree);
+        } else if !is_policy_name(shown) {
         } else if !meta.is_file() {
             // Reading a FIFO would block the agent forever, a device could be endless.
             // Reported, so the last good state stays until it is removed.
             self.diags.push(Diagnostic::file(
-                &display(path),
+                &display(shown),
                 "not a regular file (a FIFO, socket or device); it is not read".into(),
                 Some("policy files must be regular files: remove it or replace it by one".into()),
             ));
-        } else if self.first_visit(&meta) {
-            self.files.push((path.to_path_buf(), meta));
+        } else if self.first_visit(&meta, &real) {
+            self.files.push(Found {
+                shown: shown.to_path_buf(),
+                open: real,
+                meta,
+                in_tree: true,
+            });
         }
     }
 
-    /// The metadata of what a link in the tree leads to, when that is inside the tree. A link
-    /// that leads out is reported when what it leads to would be read (a directory, or a
-    /// `*.yaml` link), and skipped silently otherwise (a `LICENSE` link is never read anyway);
-    /// a link that leads nowhere is reported.
-    fn link(&mut self, path: &Path, tree: &Path) -> Option<fs::Metadata> {
-        let target = match fs::canonicalize(path) {
-            Ok(t) => t,
+    /// The canonical path and metadata of what a link in the tree leads to, when that is
+    /// inside the tree. A link that leads out is reported when what it leads to would be read
+    /// (a directory, or a `*.yaml` link), and skipped silently otherwise (a `LICENSE` link is
+    /// never read anyway); a link that leads nowhere is reported.
+    fn link(&mut self, real: &Path, shown: &Path, tree: &Path) -> Option<(PathBuf, fs::Metadata)> {
+        let (target, meta) = match resolve(real) {
+            Ok(resolved) => resolved,
             Err(e) => {
-                self.diags.push(cannot_read(path, &e));
-                return None;
-            }
-        };
-        let meta = match fs::metadata(&target) {
-            Ok(m) => m,
-            Err(e) => {
-                self.diags.push(cannot_read(path, &e));
+                self.diags.push(cannot_read(shown, &e));
                 return None;
             }
         };
         if target.starts_with(tree) {
-            return Some(meta);
+            return Some((target, meta));
         }
-        if meta.is_dir() || is_policy_name(path) {
+        if meta.is_dir() || is_policy_name(shown) {
             self.diags.push(Diagnostic::file(
-                &display(path),
+                &display(shown),
                 format!(
                     "symbolic link to {}, outside the policy directory {}; it is not followed",
                     target.display(),
@@ -297,10 +411,58 @@ fn too_large(name: &str) -> Diagnostic {
     )
 }
 
+fn replaced(name: &str, now: &str) -> Diagnostic {
+    Diagnostic::file(
+        name,
+        format!(
+            "replaced between listing its directory and reading it (it is now {now}); it is not read"
+        ),
+        Some(
+            "load again once the directory holds still; links in a policy directory may only lead inside it"
+                .into(),
+        ),
+    )
+}
+
+/// Opens a file the walk took. A file found in a directory is opened at its canonical path
+/// without following a link (`O_NOFOLLOW`) or blocking (`O_NONBLOCK`: a FIFO put in its place
+/// is not waited for), and kept only if it is still the regular file the walk checked (same
+/// device and inode): someone who may write the policy directory cannot swap it, between the
+/// walk and the read, for a link to a file outside the tree (whose first line would appear in
+/// a message). A file named explicitly is opened as named.
+///
+/// # Caveats
+///
+/// On a file system that reports inode 0 for everything, only the file type is checked.
+fn open(file: &Found, name: &str) -> Result<fs::File, Diagnostic> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| Diagnostic::file(name, format!("cannot read: {e}"), None);
+    if !file.in_tree {
+        return fs::File::open(&file.open).map_err(cannot);
+    }
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&file.open);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(replaced(name, "a symbolic link"));
+        }
+        Err(e) => return Err(cannot(e)),
+    };
+    let now = f.metadata().map_err(cannot)?;
+    if !now.is_file() {
+        return Err(replaced(name, "not a regular file"));
+    }
+    if (now.dev(), now.ino()) != (file.meta.dev(), file.meta.ino()) {
+        return Err(replaced(name, "another file"));
+    }
+    Ok(f)
+}
+
 /// Reads a file's bytes within [`MAX_FILE_BYTES`] (never more is read into memory).
-fn read_bytes(path: &Path, name: &str) -> Result<Vec<u8>, Diagnostic> {
-    let file = fs::File::open(path)
-        .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
+fn read_bytes(file: fs::File, name: &str) -> Result<Vec<u8>, Diagnostic> {
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -373,9 +535,11 @@ pub fn load_source_with_warnings(name: &str, bytes: &[u8]) -> Result<Loaded, Pro
     assemble(accepted, found, 1)
 }
 
-fn load_file(path: &Path, accepted: &mut Vec<Accepted>, found: &mut Problems) {
-    let name = display(path);
-    let text = read_bytes(path, &name).and_then(|b| text_of(b, &name));
+fn load_file(file: &Found, accepted: &mut Vec<Accepted>, found: &mut Problems) {
+    let name = display(&file.shown);
+    let text = open(file, &name)
+        .and_then(|f| read_bytes(f, &name))
+        .and_then(|b| text_of(b, &name));
     load_text(&name, text, accepted, found);
 }
 
@@ -921,6 +1085,186 @@ mod tests {
         // Named explicitly, a file is read wherever it is (the user asked for it).
         let loaded = load_paths(&[policies.join("ok.yaml")]).unwrap();
         assert_eq!(loaded.files, 1);
+    }
+
+    /// Runs `f` on a thread whose loads call `hook` at each stage, and waits for it with a
+    /// deadline, so a load that blocks (on a FIFO) or never ends fails the test instead of
+    /// hanging it.
+    fn within_deadline<T: Send + 'static>(
+        hook: impl FnMut(test_hook::Stage) + 'static + Send,
+        no_inodes: bool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            test_hook::HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+            test_hook::NO_INODES.with(|n| n.set(no_inodes));
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the load did not finish within 20 s")
+    }
+
+    /// Replaces `path` by a symbolic link to `target` in one rename, as an attacker would.
+    fn swap_for_link(path: &Path, target: &Path) {
+        let tmp = path.with_extension("swap");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_walk_is_not_read() {
+        // The walk checked x.yaml (a file in the tree); before the read, someone who may write
+        // the policy directory renames a link to a secret over it. Reading the path again
+        // printed the secret's first line as a parse error's snippet.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "secret", b"root:$6$SECRETHASH:19000:0:::\n");
+        let policies = dir.path().join("policies");
+        write(&policies, "ok.yaml", POLICY.replace("NAME", "a").as_bytes());
+        let x = write(&policies, "x.yaml", POLICY.replace("NAME", "x").as_bytes());
+        let (root, link) = (policies.clone(), x.clone());
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    swap_for_link(&link, &secret)
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        let text: String = d.iter().map(|d| d.to_string()).collect();
+        assert!(!text.contains("SECRETHASH"), "the secret was read: {text}");
+        assert_eq!(d.len(), 1, "{text}");
+        assert_eq!(d[0].file, x.display().to_string(), "{text}");
+        assert!(d[0].message.contains("replaced"), "{text}");
+        // Swapped for a FIFO: never opened for reading (it would block the load forever).
+        let y = write(&policies, "y.yaml", POLICY.replace("NAME", "y").as_bytes());
+        fs::remove_file(&x).unwrap();
+        let (root, fifo) = (policies.clone(), y.clone());
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    fs::remove_file(&fifo).unwrap();
+                    let made = std::process::Command::new("mkfifo")
+                        .arg(&fifo)
+                        .status()
+                        .unwrap();
+                    assert!(made.success());
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("replaced"), "{}", d[0]);
+        // A directory on the way swapped for a link out of the tree: the last component is
+        // no link, so only the identity check (device and inode of what was opened against
+        // what the walk checked) keeps the secret out.
+        fs::remove_file(&y).unwrap();
+        write(
+            &policies,
+            "sub/z.yaml",
+            POLICY.replace("NAME", "z").as_bytes(),
+        );
+        write(
+            dir.path(),
+            "outside/z.yaml",
+            b"root:$6$SECRETHASH:19000:0:::\n",
+        );
+        let (root, sub, outside) = (
+            policies.clone(),
+            policies.join("sub"),
+            dir.path().join("outside"),
+        );
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    fs::rename(&sub, sub.with_extension("old")).unwrap();
+                    std::os::unix::fs::symlink(&outside, &sub).unwrap();
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        let text: String = d.iter().map(|d| d.to_string()).collect();
+        assert!(!text.contains("SECRETHASH"), "the secret was read: {text}");
+        assert_eq!(d.len(), 1, "{text}");
+        assert!(d[0].file.ends_with("sub/z.yaml"), "{text}");
+        assert!(d[0].message.contains("it is now another file"), "{text}");
+    }
+
+    #[test]
+    fn a_root_swapped_during_the_walk_is_read_from_one_revision() {
+        // git-sync: `current` moves from rev-1 to rev-2 while a load walks it. The walk went
+        // on through current/, so the checkout's own links seemed to lead out of the tree
+        // resolved before the swap, and files of both revisions were read.
+        let dir = tempfile::tempdir().unwrap();
+        for (rev, name) in [("rev-1", "a"), ("rev-2", "b")] {
+            let rev = dir.path().join(rev);
+            write(
+                &rev,
+                &format!("sub/{name}.yaml"),
+                POLICY.replace("NAME", name).as_bytes(),
+            );
+            write(
+                &rev,
+                "top.yaml",
+                POLICY.replace("NAME", &format!("top-{name}")).as_bytes(),
+            );
+            std::os::unix::fs::symlink("sub", rev.join("link")).unwrap();
+        }
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("rev-1", &current).unwrap();
+        let (root, target) = (current.clone(), dir.path().join("rev-2"));
+        let loaded = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::RootResolved {
+                    swap_for_link(&root, &target)
+                }
+            },
+            false,
+            {
+                let current = current.clone();
+                move || load_paths(&[&current])
+            },
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"));
+        let names: Vec<&str> = loaded
+            .policies
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "top-a"],
+            "one revision, the one resolved first"
+        );
+        // Files are named as the user spelt the directory.
+        let (files, _) = policy_files(&[&current]);
+        assert_eq!(
+            files,
+            [current.join("link/b.yaml"), current.join("top.yaml")]
+        );
+    }
+
+    #[test]
+    fn without_inode_numbers_a_symlink_loop_is_still_walked_once() {
+        // A file system reporting inode 0 for everything switched the dedup off: `ln -s . a;
+        // ln -s . b` was exponential again.
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ok.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        std::os::unix::fs::symlink(".", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("ok.yaml", dir.path().join("same.yaml")).unwrap();
+        let root = dir.path().to_path_buf();
+        let loaded = within_deadline(|_| {}, true, move || load_paths(&[&root]))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!((loaded.files, loaded.policies.policies().len()), (1, 1));
     }
 
     #[test]
