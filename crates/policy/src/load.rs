@@ -137,7 +137,7 @@ struct Accepted {
 
 /// A document's file, text and located tree, to point at its tokens.
 struct Located {
-    file: String,
+    file: std::sync::Arc<str>,
     source: std::sync::Arc<str>,
     tree: yaml::Node,
 }
@@ -610,6 +610,7 @@ fn load_text(
             return;
         }
     };
+    let file: std::sync::Arc<str> = name.into();
     // Warnings have a share of their own: 100 nodes without addresses must not hide an error.
     let mut errors = Share::new(&mut found.errors);
     let mut warnings = Share::new(&mut found.warnings);
@@ -633,7 +634,7 @@ fn load_text(
                 }
                 accepted.push(Accepted {
                     at: Located {
-                        file: name.to_string(),
+                        file: file.clone(),
                         source: source.clone(),
                         tree,
                     },
@@ -712,11 +713,24 @@ impl CrossDocument<'_> {
     }
 }
 
-/// Where an inventory address was first listed: by the node at this index of the nodes taken,
-/// at this place.
+/// Where a name or address was first defined, shown as `FILE:LINE:COLUMN` only when a
+/// duplicate is reported.
+#[derive(Clone)]
+struct Place {
+    file: std::sync::Arc<str>,
+    loc: Loc,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.loc.line, self.loc.column)
+    }
+}
+
+/// Where an inventory address was first listed: by the node at this index of the nodes taken.
 struct FirstAddress {
     node: usize,
-    at: String,
+    at: Place,
 }
 
 /// Reports each address of `node` (the `index`th of its document `a`) that an earlier node
@@ -754,7 +768,10 @@ fn check_addresses(
                 )
             }),
             None => {
-                let at = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                let at = Place {
+                    file: a.file.clone(),
+                    loc,
+                };
                 first.insert(*addr, FirstAddress { node: taken, at });
             }
         }
@@ -771,8 +788,8 @@ fn assemble(
     let mut policies = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inventories = 0;
-    let mut first_policy: BTreeMap<String, String> = BTreeMap::new();
-    let mut first_node: BTreeMap<String, String> = BTreeMap::new();
+    let mut first_policy: BTreeMap<String, Place> = BTreeMap::new();
+    let mut first_node: BTreeMap<String, Place> = BTreeMap::new();
     let mut first_address: HashMap<IpAddr, FirstAddress> = HashMap::new();
     let name_path = [
         PathSegment::Key("metadata".into()),
@@ -787,7 +804,6 @@ fn assemble(
         match value {
             Valid::Policy(p) => {
                 let loc = a.tree.locate(&name_path);
-                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
                 if let Some(first) = first_policy.get(&p.name) {
                     report.push(&a.file, || {
                         Diagnostic::at(
@@ -802,6 +818,10 @@ fn assemble(
                         )
                     });
                 } else {
+                    let here = Place {
+                        file: a.file.clone(),
+                        loc,
+                    };
                     first_policy.insert(p.name.clone(), here);
                     policies.push(p);
                 }
@@ -830,7 +850,10 @@ fn assemble(
                         });
                         continue;
                     }
-                    let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
+                    let here = Place {
+                        file: a.file.clone(),
+                        loc,
+                    };
                     first_node.insert(n.name.clone(), here);
                     check_addresses(
                         &a,
