@@ -125,8 +125,9 @@ impl Scanner {
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
     /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request or a rate cap
     /// of 0;
-    /// [`ScanError::Socket`] for other socket failures. An unroutable target is not an error
-    /// (see above).
+    /// [`ScanError::Socket`] for other socket failures, the routing lookup's own included (out
+    /// of descriptors); [`ScanError::Internal`] for an engine that returned results for the
+    /// wrong number of ports (a bug). An unroutable target is not an error (see above).
     pub fn scan(
         &self,
         targets: &[IpAddr],
