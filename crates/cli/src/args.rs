@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use portwarden_policy::{Diagnostic, Loaded, load_paths, validate};
+use portwarden_policy::{Loaded, Problems, load_paths_with_warnings, validate};
 
 /// `-f PATH... [--node NAME] [--inventory FILE | --labels k=v,...]`
 #[derive(clap::Args, Debug, Clone)]
@@ -80,13 +80,13 @@ pub fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
-/// Prints diagnostics to standard error followed by a count of the errors (warnings are shown
-/// but not counted), and returns the error to exit on.
-pub fn report_diagnostics(diags: &[Diagnostic]) -> anyhow::Error {
-    for d in diags {
+/// Prints the warnings, then the errors to standard error followed by a count of the errors
+/// (warnings are shown but not counted), and returns the error to exit on.
+pub fn report_diagnostics(problems: &Problems) -> anyhow::Error {
+    let Problems { errors, warnings } = problems;
+    for d in warnings.iter().chain(errors) {
         eprint!("{d}");
     }
-    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
     let files: std::collections::BTreeSet<&str> = errors.iter().map(|d| d.file.as_str()).collect();
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
     anyhow::anyhow!(
@@ -99,7 +99,7 @@ pub fn report_diagnostics(diags: &[Diagnostic]) -> anyhow::Error {
 /// Loads and validates documents, or prints every problem and fails. Warnings go to standard
 /// error either way.
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
-    let loaded = load_paths(files).map_err(|d| report_diagnostics(&d))?;
+    let loaded = load_paths_with_warnings(files).map_err(|p| report_diagnostics(&p))?;
     for w in &loaded.warnings {
         eprint!("{w}");
     }

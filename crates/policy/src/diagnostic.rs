@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use crate::text::printable;
 use crate::yaml::Loc;
 
 /// How bad a [`Diagnostic`] is.
@@ -169,20 +170,40 @@ impl Diagnostic {
     }
 
     /// The first line alone: `FILE:LINE:COL: error: MESSAGE` (or `warning:`).
+    ///
+    /// # Guarantees
+    ///
+    /// Control characters of the file name and the message (text from the file's author: a
+    /// decoded value, a name from a directory listing) are escaped ([`printable`]), so the
+    /// line is one line and cannot change a terminal's state.
     pub fn headline(&self) -> String {
+        let (file, message) = (printable(&self.file), printable(&self.message));
         match self.loc {
             Some(l) => format!(
-                "{}:{}:{}: {}: {}",
-                self.file, l.line, l.column, self.severity, self.message
+                "{file}:{}:{}: {}: {message}",
+                l.line, l.column, self.severity
             ),
-            None => format!("{}: {}: {}", self.file, self.severity, self.message),
+            None => format!("{file}: {}: {message}", self.severity),
         }
     }
 }
 
+/// The byte offset of the `n`th character of `s` (its length when `s` is shorter).
+fn byte_of_char(s: &str, n: usize) -> usize {
+    s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+}
+
+/// Rendered as a compiler does (see the module's example).
+///
+/// # Guarantees
+///
+/// Every text that comes from the file or its author (file name, message, help, the snippet
+/// line) is shown with its control characters escaped ([`printable`]); the caret stays under
+/// the token, counted on the escaped line.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.headline())?;
+        let help = self.help.as_deref().map(printable);
         match (self.loc, &self.line_text) {
             (Some(loc), Some(text)) => {
                 let number = loc.line.to_string();
@@ -195,17 +216,23 @@ impl fmt::Display for Diagnostic {
                 } else {
                     col
                 };
-                let remaining = text.chars().count().saturating_sub(col).max(1);
+                // The token and what precedes it, in characters of the line as written; their
+                // widths once escaped place the caret.
+                let start = byte_of_char(&text, col);
+                let remaining = text[start..].chars().count().max(1);
                 let width = (loc.len as usize).clamp(1, remaining);
+                let end = start + byte_of_char(&text[start..], width);
+                let col = printable(&text[..start]).chars().count();
+                let width = printable(&text[start..end]).chars().count().max(1);
                 writeln!(f, "{pad} |")?;
-                writeln!(f, "{number} | {text}")?;
+                writeln!(f, "{number} | {}", printable(&text))?;
                 write!(f, "{pad} | {}{}", " ".repeat(col), "^".repeat(width))?;
-                match &self.help {
+                match help {
                     Some(h) => writeln!(f, " {h}"),
                     None => writeln!(f),
                 }
             }
-            _ => match &self.help {
+            _ => match help {
                 Some(h) => writeln!(f, "  = help: {h}"),
                 None => Ok(()),
             },
@@ -321,6 +348,43 @@ mod tests {
         );
         let f = Diagnostic::file("x.yaml", "m".into(), None).warning();
         assert_eq!(f.headline(), "x.yaml: warning: m");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_caret_stays_on_the_token() {
+        // A snippet line, a decoded value in the message and a file name from a directory
+        // listing are the file author's text: printed raw, an ESC repaints the terminal and
+        // U+202E reverses what follows.
+        let source = "a: 1\nstate: \"\x1b[2J\u{202e}\" blocked\n";
+        let d = Diagnostic::at(
+            "evil\u{202e}lmay.yaml",
+            source,
+            Loc {
+                line: 2,
+                column: 16,
+                len: 7,
+            },
+            "unknown state \"\x1b[2J\"".into(),
+            Some("did you mean\n\"closed\"?".into()),
+        );
+        let shown = d.to_string();
+        for line in shown.lines() {
+            assert_eq!(printable(line), line, "raw control characters: {shown:?}");
+        }
+        assert_eq!(
+            shown,
+            "evil\\u{202e}lmay.yaml:2:16: error: unknown state \"\\x1b[2J\"\n  |\n2 | state: \"\\x1b[2J\\u{202e}\" blocked\n  |                          ^^^^^^^ did you mean\\n\"closed\"?\n"
+        );
+        let lines: Vec<&str> = shown.lines().collect();
+        let snippet = lines[2].split_once(" | ").unwrap().1;
+        let caret = lines[3].split_once(" | ").unwrap().1;
+        let at = caret.find('^').unwrap();
+        assert_eq!(&snippet[at..at + 7], "blocked", "{shown}");
+        let f = Diagnostic::file("x\x1b.yaml", "m\r".into(), Some("h\x07".into()));
+        assert_eq!(
+            f.to_string(),
+            "x\\x1b.yaml: error: m\\r\n  = help: h\\x07\n"
+        );
     }
 
     #[test]

@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 
-use crate::load::{MAX_DIAGNOSTICS_PER_FILE, load_source};
+use crate::diagnostic::Diagnostic;
+use crate::load::{MAX_DIAGNOSTICS_PER_FILE, Problems, load_source_with_warnings};
 use crate::ports::{self, PortRange};
 
 /// What `portwarden validate FILE` runs on one file, then what `plan` does next (compile the
 /// intent of every inventory node and of a node without labels). Invariants: every diagnostic
-/// names the file, points inside it and renders; a file gives at most
-/// [`MAX_DIAGNOSTICS_PER_FILE`] located problems plus one count of the rest; accepted entries
-/// hold sorted, disjoint port ranges.
+/// names the file, points inside it and renders; errors are errors and warnings warnings; a
+/// file gives at most [`MAX_DIAGNOSTICS_PER_FILE`] located errors (plus the cross-document
+/// "duplicate ..." ones) and as many located warnings, each with one count of the rest;
+/// accepted entries hold sorted, disjoint port ranges.
 pub fn policy_load(data: &[u8]) {
     const NAME: &str = "fuzz.yaml";
-    match load_source(NAME, data) {
+    let located = |diags: &[Diagnostic]| diags.iter().filter(|d| d.loc.is_some()).count();
+    match load_source_with_warnings(NAME, data) {
         Ok(loaded) => {
+            assert_warnings(&loaded.warnings, data);
             for policy in loaded.policies.policies() {
                 for entry in &policy.entries {
                     assert!(!entry.ports.is_empty(), "entry without ports: {entry:?}");
@@ -25,39 +29,61 @@ pub fn policy_load(data: &[u8]) {
             let _ = loaded.policies.compile(&BTreeMap::new());
             let _ = loaded.policies.compile_nodes(&loaded.nodes);
         }
-        Err(diags) => {
-            assert!(!diags.is_empty(), "an error without diagnostics");
-            // A location may point just past the last line (at the end of the input).
-            let text = String::from_utf8_lossy(data);
-            let lines = crate::diagnostic::yaml_lines(&text).count() + 1;
-            let located = diags.iter().filter(|d| d.loc.is_some()).count();
-            // Duplicate names are found across documents after the per-file limit.
-            let duplicates = diags
+        Err(Problems { errors, warnings }) => {
+            assert!(!errors.is_empty(), "an error without diagnostics");
+            assert!(errors.iter().all(Diagnostic::is_error), "{errors:?}");
+            assert_warnings(&warnings, data);
+            // Duplicate names and addresses are found across documents after the per-file
+            // limit (their messages start with "duplicate").
+            let duplicates = errors
                 .iter()
                 .filter(|d| d.message.starts_with("duplicate"))
                 .count();
             assert!(
-                located <= MAX_DIAGNOSTICS_PER_FILE + duplicates,
-                "{located} located diagnostics"
+                located(&errors) <= MAX_DIAGNOSTICS_PER_FILE + duplicates,
+                "{} located errors",
+                located(&errors)
             );
-            for d in &diags {
-                assert_eq!(d.file, NAME);
-                if let Some(loc) = d.loc {
-                    assert!(
-                        loc.line >= 1 && loc.line as usize <= lines,
-                        "line {} of {lines}: {d:?}",
-                        loc.line
-                    );
-                    assert!(loc.column >= 1, "column 0: {d:?}");
-                    if (loc.line as usize) < lines && !d.message.contains("UTF-8") {
-                        assert!(d.line_text.is_some(), "no snippet: {d:?}");
-                    }
-                }
-                let shown = d.to_string();
-                assert!(shown.starts_with(NAME), "{shown}");
+            for d in &errors {
+                assert_renders(d, data);
             }
         }
     }
+}
+
+/// Warnings are warnings, at most [`MAX_DIAGNOSTICS_PER_FILE`] of them located, each renders.
+fn assert_warnings(warnings: &[Diagnostic], data: &[u8]) {
+    assert!(!warnings.iter().any(Diagnostic::is_error), "{warnings:?}");
+    let located = warnings.iter().filter(|d| d.loc.is_some()).count();
+    assert!(
+        located <= MAX_DIAGNOSTICS_PER_FILE,
+        "{located} located warnings"
+    );
+    for w in warnings {
+        assert_renders(w, data);
+    }
+}
+
+/// `d` names the fuzzed file, points inside it (or just past its last line, at the end of the
+/// input) with a snippet, and renders starting with the file name.
+fn assert_renders(d: &Diagnostic, data: &[u8]) {
+    const NAME: &str = "fuzz.yaml";
+    let text = String::from_utf8_lossy(data);
+    let lines = crate::diagnostic::yaml_lines(&text).count() + 1;
+    assert_eq!(d.file, NAME);
+    if let Some(loc) = d.loc {
+        assert!(
+            loc.line >= 1 && loc.line as usize <= lines,
+            "line {} of {lines}: {d:?}",
+            loc.line
+        );
+        assert!(loc.column >= 1, "column 0: {d:?}");
+        if (loc.line as usize) < lines && !d.message.contains("UTF-8") {
+            assert!(d.line_text.is_some(), "no snippet: {d:?}");
+        }
+    }
+    let shown = d.to_string();
+    assert!(shown.starts_with(NAME), "{shown}");
 }
 
 /// The policy port-list syntax (`"22,80,8000-8100"`) on `data` as text. Invariants: ranges

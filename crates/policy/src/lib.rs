@@ -44,6 +44,6 @@ pub use document::{
     Protocol, State, Unlisted,
 };
 pub use intent::{Entry, Node, Policy, selects};
-pub use load::{Loaded, load_paths, load_source};
+pub use load::{Loaded, Problems, load_paths, load_paths_with_warnings, load_source};
 pub use model::{NodeIntent, PolicySet, Rule};
 pub use ports::PortRange;

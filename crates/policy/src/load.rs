@@ -6,13 +6,19 @@
 //! (with its warnings), or every problem found in every file comes back as [`Diagnostic`]s and
 //! nothing is returned to act on.
 //!
-//! The walk of a directory reads each directory and each file once, by device and inode,
-//! however many links lead to it (a link to `.` is a loop walked once, not an exponential
-//! walk). The directory named is the policy tree: it may itself be a symbolic link (a git-sync
-//! checkout `current -> rev-123/`), and links inside it are followed while they lead to a
-//! place inside it. A link that leads out of the tree is reported and not followed, and its
-//! target is never opened (a `*.yaml` link to `/etc/shadow` is not read, so no line of it
-//! ends up in a message). A file named explicitly is read wherever it is.
+//! The walk of a directory reads each directory and each file once, by device and inode (by
+//! canonical path on a file system that reports inode 0), however many links lead to it (a
+//! link to `.` is a loop walked once, not an exponential walk). The directory named is the
+//! policy tree: it may itself be a symbolic link (a git-sync checkout `current -> rev-123/`),
+//! resolved once; the walk and the reads go beneath that canonical path, so a swap of
+//! `current` during a load neither mixes two revisions nor makes the checkout's own links look
+//! like links out of it (files are still named as the user spelt the directory). Links inside
+//! the tree are followed while they lead to a place inside it. A link that leads out of the
+//! tree is reported and not followed, and its target is never opened (a `*.yaml` link to
+//! `/etc/shadow` is not read, so no line of it ends up in a message); a file swapped for such
+//! a link (or anything else) between the walk and the read is not read either: it is opened
+//! without following a link or blocking, and kept only if it is still the regular file the
+//! walk checked (device and inode). A file named explicitly is read wherever it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -56,21 +62,46 @@ impl Loaded {
     }
 }
 
+/// Documents that do not load: every error, and the warnings found beside them (both located,
+/// each kind at most [`MAX_DIAGNOSTICS_PER_FILE`] per file plus a note counting the rest).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Problems {
+    /// What makes the documents invalid; never empty in an `Err`.
+    pub errors: Vec<Diagnostic>,
+    /// What is worth saying about them besides (see [`Loaded::warnings`]).
+    pub warnings: Vec<Diagnostic>,
+}
+
 /// Loads files and directories (recursively, `*.yaml`/`*.yml` in any case, hidden entries such
 /// as `.git` skipped; a file named explicitly is read whatever its extension).
 ///
 /// # Errors
 ///
-/// Every problem in every file, located (with the warnings among them); see the module's
-/// guarantees. An empty file (nothing but white space) is one: it is what a render that failed
-/// leaves behind.
+/// Every error in every file, located; see the module's guarantees. An empty file (nothing but
+/// white space) is one: it is what a render that failed leaves behind. Errors only: the
+/// warnings of a set that does not load are dropped ([`load_paths_with_warnings`] keeps them).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Vec<Diagnostic>> {
-    let (files, mut diags) = policy_files(paths);
+    load_paths_with_warnings(paths).map_err(|p| p.errors)
+}
+
+/// [`load_paths`], keeping the warnings when the documents do not load (what `validate`
+/// shows beside the errors).
+///
+/// # Errors
+///
+/// As [`load_paths`], with the warnings.
+pub fn load_paths_with_warnings<P: AsRef<Path>>(paths: &[P]) -> Result<Loaded, Problems> {
+    let Walk { files, diags, .. } = walk(paths);
+    test_hook::at(test_hook::Stage::Walked);
+    let mut found = Problems {
+        errors: diags,
+        warnings: Vec::new(),
+    };
     let mut accepted = Vec::new();
     for file in &files {
-        load_file(file, &mut accepted, &mut diags);
+        load_file(file, &mut accepted, &mut found);
     }
-    assemble(accepted, diags, files.len())
+    assemble(accepted, found, files.len())
 }
 
 /// The files [`load_paths`] reads for these paths, in the order it reads them, and problems
@@ -85,19 +116,30 @@ pub fn policy_files<P: AsRef<Path>>(paths: &[P]) -> (Vec<PathBuf>, Vec<Diagnosti
 pub fn policy_files_with_metadata<P: AsRef<Path>>(
     paths: &[P],
 ) -> (Vec<(PathBuf, fs::Metadata)>, Vec<Diagnostic>) {
+    let walk = walk(paths);
+    let files = walk.files.into_iter().map(|f| (f.shown, f.meta)).collect();
+    (files, walk.diags)
+}
+
+fn walk<P: AsRef<Path>>(paths: &[P]) -> Walk {
     let mut walk = Walk::default();
     for p in paths {
         walk.root(p.as_ref());
     }
-    (walk.files, walk.diags)
+    walk
 }
 
 /// A document that passed decoding and validation, with what is needed to locate it later.
 struct Accepted {
-    file: String,
+    at: Located,
+    value: Valid,
+}
+
+/// A document's file, text and located tree, to point at its tokens.
+struct Located {
+    file: std::sync::Arc<str>,
     source: std::sync::Arc<str>,
     tree: yaml::Node,
-    value: Valid,
 }
 
 enum Valid {
@@ -125,20 +167,109 @@ fn cannot_read(path: &Path, e: &std::io::Error) -> Diagnostic {
     )
 }
 
-/// One walk over the paths given; see the module's guarantees.
+/// Tests change the tree at given points of a load, to race it deterministically; a no-op in
+/// other builds.
+mod test_hook {
+    /// A point of a load.
+    #[cfg_attr(not(test), allow(dead_code))]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Stage {
+        /// The root directory is resolved; nothing of it is listed yet.
+        RootResolved,
+        /// The walk is done; no file is read yet.
+        Walked,
+    }
+
+    /// What a test runs at each stage.
+    #[cfg(test)]
+    pub(super) type Hook = Box<dyn FnMut(Stage)>;
+
+    #[cfg(test)]
+    thread_local! {
+        /// Run at each stage, on this thread.
+        pub(super) static HOOK: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+        /// Whether the walk sees every inode as 0, as some file systems report them.
+        pub(super) static NO_INODES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[cfg(test)]
+    pub(super) fn at(stage: Stage) {
+        HOOK.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f(stage)
+            }
+        })
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn at(_: Stage) {}
+
+    #[cfg(test)]
+    pub(super) fn inode(meta: &std::fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        if NO_INODES.with(|n| n.get()) {
+            0
+        } else {
+            meta.ino()
+        }
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn inode(meta: &std::fs::Metadata) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        meta.ino()
+    }
+}
+
+/// A file the walk takes: the name it is shown by, where it is opened, and what the walk found
+/// there.
+struct Found {
+    /// As the user spelt it: the path given, then the names below it (links by their names).
+    shown: PathBuf,
+    /// Where it is opened: for a file found in a directory, its canonical path (no link on the
+    /// way), so the read goes to the file the walk checked even if a link on the way moves.
+    open: PathBuf,
+    /// What the walk found there (`stat`, following links).
+    meta: fs::Metadata,
+    /// Whether it was found in a directory (then it is opened without following a link and
+    /// read only if it is still that file); a file named explicitly is read whatever it is.
+    in_tree: bool,
+}
+
+/// How the walk knows a directory or file it has been to: device and inode, or, on a file
+/// system that reports inode 0 for everything, the canonical path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Visit {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+/// The canonical path of `path` and the metadata of what is there (following links).
+fn resolve(path: &Path) -> std::io::Result<(PathBuf, fs::Metadata)> {
+    fs::canonicalize(path).and_then(|t| fs::metadata(&t).map(|m| (t, m)))
+}
+
+/// One walk over the paths given; see the module's guarantees. A directory tree is walked
+/// beneath its canonical path, so a git-sync swap of the directory named during the walk
+/// does not mix two revisions; names are shown as the user spelt them.
 #[derive(Default)]
 struct Walk {
-    files: Vec<(PathBuf, fs::Metadata)>,
+    files: Vec<Found>,
     diags: Vec<Diagnostic>,
-    /// Directories walked and files taken, by device and inode.
-    seen: HashSet<(u64, u64)>,
+    /// Directories walked and files taken.
+    seen: HashSet<Visit>,
 }
 
 impl Walk {
-    /// Whether this is the first visit of the directory or file (an inode of 0, which some
-    /// file systems report for everything, never counts as seen).
-    fn first_visit(&mut self, meta: &fs::Metadata) -> bool {
-        meta.ino() == 0 || self.seen.insert((meta.dev(), meta.ino()))
+    /// Whether this is the first visit of the directory or file `meta` describes, at the
+    /// canonical path `real`.
+    fn first_visit(&mut self, meta: &fs::Metadata, real: &Path) -> bool {
+        let visit = match test_hook::inode(meta) {
+            0 => Visit::Path(real.to_path_buf()),
+            ino => Visit::Inode(meta.dev(), ino),
+        };
+        self.seen.insert(visit)
     }
 
     /// A path given: a directory is the root of a policy tree (followed if it is a link); a
@@ -150,96 +281,108 @@ impl Walk {
         };
         if !meta.is_dir() {
             // Named on the command line, `/dev/stdin` or a pipe is what the user meant.
-            if self.first_visit(&meta) {
-                self.files.push((path.to_path_buf(), meta));
+            if self.first_visit(&meta, path) {
+                self.files.push(Found {
+                    shown: path.to_path_buf(),
+                    open: path.to_path_buf(),
+                    meta,
+                    in_tree: false,
+                });
             }
             return;
         }
-        match fs::canonicalize(path) {
-            Ok(tree) => self.dir(path, &meta, &tree),
+        match resolve(path) {
+            Ok((tree, meta)) if meta.is_dir() => {
+                test_hook::at(test_hook::Stage::RootResolved);
+                self.dir(&tree, path, &meta, &tree)
+            }
+            // Swapped for a file since the first look: a race, reported as what it is now.
+            Ok(_) => self.diags.push(Diagnostic::file(
+                &display(path),
+                "is no longer a directory (it changed while it was read)".into(),
+                Some("load again once it holds still".into()),
+            )),
             Err(e) => self.diags.push(cannot_read(path, &e)),
         }
     }
 
-    /// A directory of the tree whose canonical path is `tree`.
-    fn dir(&mut self, path: &Path, meta: &fs::Metadata, tree: &Path) {
-        if !self.first_visit(meta) {
+    /// A directory of the tree whose canonical path is `tree`: at the canonical path `real`,
+    /// shown as `shown`.
+    fn dir(&mut self, real: &Path, shown: &Path, meta: &fs::Metadata, tree: &Path) {
+        if !self.first_visit(meta, real) {
             return;
         }
-        let entries = match fs::read_dir(path) {
+        let entries = match fs::read_dir(real) {
             Ok(rd) => rd,
             Err(e) => {
                 return self.diags.push(Diagnostic::file(
-                    &display(path),
+                    &display(shown),
                     format!("cannot list directory: {e}"),
                     None,
                 ));
             }
         };
-        let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        children.sort();
-        for child in children {
-            let hidden = child
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
+        let mut names: Vec<std::ffi::OsString> = entries
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for name in names {
+            let hidden = name.to_str().is_some_and(|n| n.starts_with('.'));
             if !hidden {
-                self.entry(&child, tree);
+                self.entry(&real.join(&name), &shown.join(&name), tree);
             }
         }
     }
 
-    /// An entry found in a directory of the tree.
-    fn entry(&mut self, path: &Path, tree: &Path) {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => match self.link(path, tree) {
+    /// An entry found in a directory of the tree, at `real` (canonical up to its own name).
+    fn entry(&mut self, real: &Path, shown: &Path, tree: &Path) {
+        let (real, meta) = match fs::symlink_metadata(real) {
+            Ok(m) if m.file_type().is_symlink() => match self.link(real, shown, tree) {
                 Some(target) => target,
                 None => return,
             },
-            Ok(m) => m,
-            Err(e) => return self.diags.push(cannot_read(path, &e)),
+            Ok(m) => (real.to_path_buf(), m),
+            Err(e) => return self.diags.push(cannot_read(shown, &e)),
         };
         if meta.is_dir() {
-            self.dir(path, &meta, tree);
-        } else if !is_policy_name(path) {
+            self.dir(&real, shown, &meta, tree);
+        } else if !is_policy_name(shown) {
         } else if !meta.is_file() {
             // Reading a FIFO would block the agent forever, a device could be endless.
             // Reported, so the last good state stays until it is removed.
             self.diags.push(Diagnostic::file(
-                &display(path),
+                &display(shown),
                 "not a regular file (a FIFO, socket or device); it is not read".into(),
                 Some("policy files must be regular files: remove it or replace it by one".into()),
             ));
-        } else if self.first_visit(&meta) {
-            self.files.push((path.to_path_buf(), meta));
+        } else if self.first_visit(&meta, &real) {
+            self.files.push(Found {
+                shown: shown.to_path_buf(),
+                open: real,
+                meta,
+                in_tree: true,
+            });
         }
     }
 
-    /// The metadata of what a link in the tree leads to, when that is inside the tree. A link
-    /// that leads out is reported when what it leads to would be read (a directory, or a
-    /// `*.yaml` link), and skipped silently otherwise (a `LICENSE` link is never read anyway);
-    /// a link that leads nowhere is reported.
-    fn link(&mut self, path: &Path, tree: &Path) -> Option<fs::Metadata> {
-        let target = match fs::canonicalize(path) {
-            Ok(t) => t,
+    /// The canonical path and metadata of what a link in the tree leads to, when that is
+    /// inside the tree. A link that leads out is reported when what it leads to would be read
+    /// (a directory, or a `*.yaml` link), and skipped silently otherwise (a `LICENSE` link is
+    /// never read anyway); a link that leads nowhere is reported.
+    fn link(&mut self, real: &Path, shown: &Path, tree: &Path) -> Option<(PathBuf, fs::Metadata)> {
+        let (target, meta) = match resolve(real) {
+            Ok(resolved) => resolved,
             Err(e) => {
-                self.diags.push(cannot_read(path, &e));
-                return None;
-            }
-        };
-        let meta = match fs::metadata(&target) {
-            Ok(m) => m,
-            Err(e) => {
-                self.diags.push(cannot_read(path, &e));
+                self.diags.push(cannot_read(shown, &e));
                 return None;
             }
         };
         if target.starts_with(tree) {
-            return Some(meta);
+            return Some((target, meta));
         }
-        if meta.is_dir() || is_policy_name(path) {
+        if meta.is_dir() || is_policy_name(shown) {
             self.diags.push(Diagnostic::file(
-                &display(path),
+                &display(shown),
                 format!(
                     "symbolic link to {}, outside the policy directory {}; it is not followed",
                     target.display(),
@@ -268,10 +411,58 @@ fn too_large(name: &str) -> Diagnostic {
     )
 }
 
+fn replaced(name: &str, now: &str) -> Diagnostic {
+    Diagnostic::file(
+        name,
+        format!(
+            "replaced between listing its directory and reading it (it is now {now}); it is not read"
+        ),
+        Some(
+            "load again once the directory holds still; links in a policy directory may only lead inside it"
+                .into(),
+        ),
+    )
+}
+
+/// Opens a file the walk took. A file found in a directory is opened at its canonical path
+/// without following a link (`O_NOFOLLOW`) or blocking (`O_NONBLOCK`: a FIFO put in its place
+/// is not waited for), and kept only if it is still the regular file the walk checked (same
+/// device and inode): someone who may write the policy directory cannot swap it, between the
+/// walk and the read, for a link to a file outside the tree (whose first line would appear in
+/// a message). A file named explicitly is opened as named.
+///
+/// # Caveats
+///
+/// On a file system that reports inode 0 for everything, only the file type is checked.
+fn open(file: &Found, name: &str) -> Result<fs::File, Diagnostic> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| Diagnostic::file(name, format!("cannot read: {e}"), None);
+    if !file.in_tree {
+        return fs::File::open(&file.open).map_err(cannot);
+    }
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&file.open);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(replaced(name, "a symbolic link"));
+        }
+        Err(e) => return Err(cannot(e)),
+    };
+    let now = f.metadata().map_err(cannot)?;
+    if !now.is_file() {
+        return Err(replaced(name, "not a regular file"));
+    }
+    if (now.dev(), now.ino()) != (file.meta.dev(), file.meta.ino()) {
+        return Err(replaced(name, "another file"));
+    }
+    Ok(f)
+}
+
 /// Reads a file's bytes within [`MAX_FILE_BYTES`] (never more is read into memory).
-fn read_bytes(path: &Path, name: &str) -> Result<Vec<u8>, Diagnostic> {
-    let file = fs::File::open(path)
-        .map_err(|e| Diagnostic::file(name, format!("cannot read: {e}"), None))?;
+fn read_bytes(file: fs::File, name: &str) -> Result<Vec<u8>, Diagnostic> {
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -318,38 +509,57 @@ fn text_of(bytes: Vec<u8>, name: &str) -> Result<String, Diagnostic> {
 ///
 /// # Errors
 ///
-/// Every problem in the content, located; see the module's guarantees.
+/// Every error in the content, located; see the module's guarantees.
 pub fn load_source(name: &str, bytes: &[u8]) -> Result<Loaded, Vec<Diagnostic>> {
-    let mut diags = Vec::new();
+    load_source_with_warnings(name, bytes).map_err(|p| p.errors)
+}
+
+/// [`load_source`], keeping the warnings when the documents do not load.
+///
+/// # Errors
+///
+/// As [`load_source`], with the warnings.
+pub fn load_source_with_warnings(name: &str, bytes: &[u8]) -> Result<Loaded, Problems> {
+    let mut found = Problems::default();
     let mut accepted = Vec::new();
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        diags.push(too_large(name));
+        found.errors.push(too_large(name));
     } else {
         load_text(
             name,
             text_of(bytes.to_vec(), name),
             &mut accepted,
-            &mut diags,
+            &mut found,
         );
     }
-    assemble(accepted, diags, 1)
+    assemble(accepted, found, 1)
 }
 
-fn load_file(path: &Path, accepted: &mut Vec<Accepted>, diags: &mut Vec<Diagnostic>) {
-    let name = display(path);
-    let text = read_bytes(path, &name).and_then(|b| text_of(b, &name));
-    load_text(&name, text, accepted, diags);
+fn load_file(file: &Found, accepted: &mut Vec<Accepted>, found: &mut Problems) {
+    let name = display(&file.shown);
+    let text = open(file, &name)
+        .and_then(|f| read_bytes(f, &name))
+        .and_then(|b| text_of(b, &name));
+    load_text(&name, text, accepted, found);
 }
 
-/// Collects one file's diagnostics up to [`MAX_DIAGNOSTICS_PER_FILE`], noting whether there
-/// were more.
-struct FileDiags<'a> {
+/// Collects one kind of one file's diagnostics (errors or warnings) up to
+/// [`MAX_DIAGNOSTICS_PER_FILE`], counting the rest.
+struct Share<'a> {
     out: &'a mut Vec<Diagnostic>,
     shown: usize,
     more: usize,
 }
 
-impl FileDiags<'_> {
+impl<'a> Share<'a> {
+    fn new(out: &'a mut Vec<Diagnostic>) -> Self {
+        Share {
+            out,
+            shown: 0,
+            more: 0,
+        }
+    }
+
     /// Adds the diagnostic `make` builds, unless the file has its share already (then `make`
     /// is not run: finding the snippet line scans the file).
     fn push(&mut self, make: impl FnOnce() -> Diagnostic) {
@@ -366,12 +576,12 @@ fn load_text(
     name: &str,
     text: Result<String, Diagnostic>,
     accepted: &mut Vec<Accepted>,
-    diags: &mut Vec<Diagnostic>,
+    found: &mut Problems,
 ) {
     let source: std::sync::Arc<str> = match text {
         Ok(s) => s.into(),
         Err(d) => {
-            diags.push(d);
+            found.errors.push(d);
             return;
         }
     };
@@ -379,7 +589,7 @@ fn load_text(
         // A file with comments only is deliberate; one with nothing at all is what
         // `render > policy.yaml` leaves when the render fails. Taking it for "no policies"
         // would drop the policies it held.
-        diags.push(Diagnostic::file(
+        found.errors.push(Diagnostic::file(
             name,
             "file is empty: it holds no documents (a render that failed, or a write cut short?)"
                 .into(),
@@ -396,19 +606,18 @@ fn load_text(
                 Some(loc) => Diagnostic::at(name, &source, loc, e.message, None),
                 None => Diagnostic::file(name, e.message, None),
             };
-            diags.push(d);
+            found.errors.push(d);
             return;
         }
     };
-    let mut file = FileDiags {
-        out: diags,
-        shown: 0,
-        more: 0,
-    };
+    let file: std::sync::Arc<str> = name.into();
+    // Warnings have a share of their own: 100 nodes without addresses must not hide an error.
+    let mut errors = Share::new(&mut found.errors);
+    let mut warnings = Share::new(&mut found.warnings);
     for tree in trees {
         let (doc, problems) = decode::decode(&tree);
         for p in &problems {
-            file.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
+            errors.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
         }
         let Some(doc) = doc else { continue };
         let validated = match &doc {
@@ -417,15 +626,18 @@ fn load_text(
                 .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
         };
         match validated {
-            Ok((value, warnings)) if problems.is_empty() => {
-                for w in warnings {
+            Ok((value, said)) if problems.is_empty() => {
+                for w in said {
                     let loc = tree.locate(&w.path);
-                    file.push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
+                    warnings
+                        .push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
                 }
                 accepted.push(Accepted {
-                    file: name.to_string(),
-                    source: source.clone(),
-                    tree,
+                    at: Located {
+                        file: file.clone(),
+                        source: source.clone(),
+                        tree,
+                    },
                     value,
                 })
             }
@@ -435,14 +647,14 @@ fn load_text(
                     |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
                 for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
                     let loc = tree.locate(&i.path);
-                    file.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
+                    errors.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
                 }
             }
         }
     }
-    if file.more > 0 {
+    if errors.more > 0 {
         // Documents count what they leave out themselves, so this count is a lower bound.
-        file.out.push(Diagnostic::file(
+        errors.out.push(Diagnostic::file(
             name,
             format!(
                 "more problems in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)"
@@ -450,45 +662,150 @@ fn load_text(
             Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
         ));
     }
+    if warnings.more > 0 {
+        // A note about warnings is one: it must not make valid documents invalid.
+        let more = warnings.more;
+        warnings.out.push(
+            Diagnostic::file(
+                name,
+                format!(
+                    "{more} more warning{} in this file not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported per file)",
+                    if more == 1 { "" } else { "s" }
+                ),
+                None,
+            )
+            .warning(),
+        );
+    }
 }
 
-/// Cross-document checks (unique policy and node names), then the final set, or all of the
-/// diagnostics (`diags` holds those of the files already).
+/// The problems found across documents (duplicate names and addresses), reported up to
+/// [`MAX_DIAGNOSTICS_PER_FILE`] in all, like the problems of one file; one note says there
+/// were more.
+struct CrossDocument<'a> {
+    out: &'a mut Vec<Diagnostic>,
+    shown: usize,
+    unreported: Option<String>,
+}
+
+impl CrossDocument<'_> {
+    /// Adds the diagnostic `make` builds (its message starts with "duplicate"), unless the
+    /// share is used up (then `make` is not run).
+    fn push(&mut self, file: &str, make: impl FnOnce() -> Diagnostic) {
+        if self.shown < MAX_DIAGNOSTICS_PER_FILE {
+            self.out.push(make());
+            self.shown += 1;
+        } else {
+            self.unreported = Some(file.to_string());
+        }
+    }
+
+    fn finish(self) {
+        if let Some(file) = self.unreported {
+            self.out.push(Diagnostic::file(
+                &file,
+                format!(
+                    "more duplicate names and addresses not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
+                ),
+                Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
+            ));
+        }
+    }
+}
+
+/// Where a name or address was first defined, shown as `FILE:LINE:COLUMN` only when a
+/// duplicate is reported.
+#[derive(Clone)]
+struct Place {
+    file: std::sync::Arc<str>,
+    loc: Loc,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.loc.line, self.loc.column)
+    }
+}
+
+/// Where an inventory address was first listed: by the node at this index of the nodes taken.
+struct FirstAddress {
+    node: usize,
+    at: Place,
+}
+
+/// Reports each address of `node` (the `index`th of its document `a`) that an earlier node
+/// has already: each address belongs to one node, because verify compares what it sees at an
+/// address with the intent of the node listed there, so two nodes at one address would be
+/// judged by one. Records the new ones as the `taken`th node's. (An address listed twice for
+/// one node is found by `validate::inventory`.)
+fn check_addresses(
+    a: &Located,
+    index: usize,
+    node: &Node,
+    (taken, nodes): (usize, &[Node]),
+    first: &mut HashMap<IpAddr, FirstAddress>,
+    report: &mut CrossDocument<'_>,
+) {
+    for (j, addr) in node.addresses.iter().enumerate() {
+        let path = [
+            PathSegment::Key("nodes".into()),
+            PathSegment::Index(index),
+            PathSegment::Key("addresses".into()),
+            PathSegment::Index(j),
+        ];
+        let loc = a.tree.locate(&path);
+        match first.get(addr) {
+            Some(f) => report.push(&a.file, || {
+                Diagnostic::at(
+                    &a.file,
+                    &a.source,
+                    loc,
+                    format!(
+                        "duplicate address {addr}: also an address of node \"{}\" ({})",
+                        nodes[f.node].name, f.at
+                    ),
+                    Some("an address belongs to one node (verify judges what it sees there by that node's intent): remove it from one of them".into()),
+                )
+            }),
+            None => {
+                let at = Place {
+                    file: a.file.clone(),
+                    loc,
+                };
+                first.insert(*addr, FirstAddress { node: taken, at });
+            }
+        }
+    }
+}
+
+/// Cross-document checks (unique policy and node names, each address of one node), then the
+/// final set, or all of the diagnostics (`found` holds those of the files already).
 fn assemble(
     accepted: Vec<Accepted>,
-    mut diags: Vec<Diagnostic>,
+    mut found: Problems,
     files: usize,
-) -> Result<Loaded, Vec<Diagnostic>> {
+) -> Result<Loaded, Problems> {
     let mut policies = Vec::new();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inventories = 0;
-    let mut first_policy: BTreeMap<String, String> = BTreeMap::new();
-    let mut first_node: BTreeMap<String, String> = BTreeMap::new();
-    // Each address belongs to one node: verify compares what it sees at an address with the
-    // intent of the node listed there, so two nodes at one address would be judged by one.
-    let mut first_address: HashMap<IpAddr, (String, String)> = HashMap::new();
+    let mut first_policy: BTreeMap<String, Place> = BTreeMap::new();
+    let mut first_node: BTreeMap<String, Place> = BTreeMap::new();
+    let mut first_address: HashMap<IpAddr, FirstAddress> = HashMap::new();
     let name_path = [
         PathSegment::Key("metadata".into()),
         PathSegment::Key("name".into()),
     ];
-    // Duplicate names are reported up to the limit per file (in all), like other problems.
-    let mut duplicates = 0usize;
-    let mut unreported: Option<String> = None;
-    let mut report = |file: &str, make: &dyn Fn() -> Diagnostic| {
-        if duplicates < MAX_DIAGNOSTICS_PER_FILE {
-            diags.push(make());
-            duplicates += 1;
-        } else {
-            unreported = Some(file.to_string());
-        }
+    let mut report = CrossDocument {
+        out: &mut found.errors,
+        shown: 0,
+        unreported: None,
     };
-    for a in accepted {
-        match a.value {
+    for Accepted { at: a, value } in accepted {
+        match value {
             Valid::Policy(p) => {
                 let loc = a.tree.locate(&name_path);
-                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
                 if let Some(first) = first_policy.get(&p.name) {
-                    report(&a.file, &|| {
+                    report.push(&a.file, || {
                         Diagnostic::at(
                             &a.file,
                             &a.source,
@@ -501,6 +818,10 @@ fn assemble(
                         )
                     });
                 } else {
+                    let here = Place {
+                        file: a.file.clone(),
+                        loc,
+                    };
                     first_policy.insert(p.name.clone(), here);
                     policies.push(p);
                 }
@@ -514,9 +835,8 @@ fn assemble(
                         PathSegment::Key("name".into()),
                     ];
                     let loc = a.tree.locate(&path);
-                    let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
-                    match first_node.get(&n.name) {
-                        Some(first) => report(&a.file, &|| {
+                    if let Some(first) = first_node.get(&n.name) {
+                        report.push(&a.file, || {
                             Diagnostic::at(
                                 &a.file,
                                 &a.source,
@@ -527,63 +847,33 @@ fn assemble(
                                 ),
                                 None,
                             )
-                        }),
-                        None => {
-                            first_node.insert(n.name.clone(), here);
-                            for (j, addr) in n.addresses.iter().enumerate() {
-                                let path = [
-                                    PathSegment::Key("nodes".into()),
-                                    PathSegment::Index(i),
-                                    PathSegment::Key("addresses".into()),
-                                    PathSegment::Index(j),
-                                ];
-                                let loc = a.tree.locate(&path);
-                                let here = format!("{}:{}:{}", a.file, loc.line, loc.column);
-                                match first_address.get(addr) {
-                                    Some((node, first)) => report(&a.file, &|| {
-                                        let message = if *node == n.name {
-                                            format!(
-                                                "address {addr} is listed twice for node \"{node}\" (first at {first})"
-                                            )
-                                        } else {
-                                            format!(
-                                                "address {addr} is also an address of node \"{node}\" ({first})"
-                                            )
-                                        };
-                                        Diagnostic::at(
-                                            &a.file,
-                                            &a.source,
-                                            loc,
-                                            message,
-                                            Some("an address belongs to one node (verify judges what it sees there by that node's intent): remove it from one of them".into()),
-                                        )
-                                    }),
-                                    None => {
-                                        first_address.insert(*addr, (n.name.clone(), here));
-                                    }
-                                }
-                            }
-                            nodes.push(n);
-                        }
+                        });
+                        continue;
                     }
+                    let here = Place {
+                        file: a.file.clone(),
+                        loc,
+                    };
+                    first_node.insert(n.name.clone(), here);
+                    check_addresses(
+                        &a,
+                        i,
+                        &n,
+                        (nodes.len(), &nodes),
+                        &mut first_address,
+                        &mut report,
+                    );
+                    nodes.push(n);
                 }
             }
         }
     }
-    if let Some(file) = unreported {
-        diags.push(Diagnostic::file(
-            &file,
-            format!(
-                "more duplicate names not shown (at most {MAX_DIAGNOSTICS_PER_FILE} are reported)"
-            ),
-            Some(crate::diagnostic::NOT_SHOWN_HELP.into()),
-        ));
-    }
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(diags);
+    report.finish();
+    if !found.errors.is_empty() {
+        return Err(found);
     }
     Ok(Loaded {
-        warnings: diags,
+        warnings: found.warnings,
         policies: PolicySet::new(policies),
         nodes,
         inventories,
@@ -820,6 +1110,186 @@ mod tests {
         assert_eq!(loaded.files, 1);
     }
 
+    /// Runs `f` on a thread whose loads call `hook` at each stage, and waits for it with a
+    /// deadline, so a load that blocks (on a FIFO) or never ends fails the test instead of
+    /// hanging it.
+    fn within_deadline<T: Send + 'static>(
+        hook: impl FnMut(test_hook::Stage) + 'static + Send,
+        no_inodes: bool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            test_hook::HOOK.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+            test_hook::NO_INODES.with(|n| n.set(no_inodes));
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the load did not finish within 20 s")
+    }
+
+    /// Replaces `path` by a symbolic link to `target` in one rename, as an attacker would.
+    fn swap_for_link(path: &Path, target: &Path) {
+        let tmp = path.with_extension("swap");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_file_swapped_after_the_walk_is_not_read() {
+        // The walk checked x.yaml (a file in the tree); before the read, someone who may write
+        // the policy directory renames a link to a secret over it. Reading the path again
+        // printed the secret's first line as a parse error's snippet.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "secret", b"root:$6$SECRETHASH:19000:0:::\n");
+        let policies = dir.path().join("policies");
+        write(&policies, "ok.yaml", POLICY.replace("NAME", "a").as_bytes());
+        let x = write(&policies, "x.yaml", POLICY.replace("NAME", "x").as_bytes());
+        let (root, link) = (policies.clone(), x.clone());
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    swap_for_link(&link, &secret)
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        let text: String = d.iter().map(|d| d.to_string()).collect();
+        assert!(!text.contains("SECRETHASH"), "the secret was read: {text}");
+        assert_eq!(d.len(), 1, "{text}");
+        assert_eq!(d[0].file, x.display().to_string(), "{text}");
+        assert!(d[0].message.contains("replaced"), "{text}");
+        // Swapped for a FIFO: never opened for reading (it would block the load forever).
+        let y = write(&policies, "y.yaml", POLICY.replace("NAME", "y").as_bytes());
+        fs::remove_file(&x).unwrap();
+        let (root, fifo) = (policies.clone(), y.clone());
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    fs::remove_file(&fifo).unwrap();
+                    let made = std::process::Command::new("mkfifo")
+                        .arg(&fifo)
+                        .status()
+                        .unwrap();
+                    assert!(made.success());
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("replaced"), "{}", d[0]);
+        // A directory on the way swapped for a link out of the tree: the last component is
+        // no link, so only the identity check (device and inode of what was opened against
+        // what the walk checked) keeps the secret out.
+        fs::remove_file(&y).unwrap();
+        write(
+            &policies,
+            "sub/z.yaml",
+            POLICY.replace("NAME", "z").as_bytes(),
+        );
+        write(
+            dir.path(),
+            "outside/z.yaml",
+            b"root:$6$SECRETHASH:19000:0:::\n",
+        );
+        let (root, sub, outside) = (
+            policies.clone(),
+            policies.join("sub"),
+            dir.path().join("outside"),
+        );
+        let d = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::Walked {
+                    fs::rename(&sub, sub.with_extension("old")).unwrap();
+                    std::os::unix::fs::symlink(&outside, &sub).unwrap();
+                }
+            },
+            false,
+            move || load_paths(&[&root]).unwrap_err(),
+        );
+        let text: String = d.iter().map(|d| d.to_string()).collect();
+        assert!(!text.contains("SECRETHASH"), "the secret was read: {text}");
+        assert_eq!(d.len(), 1, "{text}");
+        assert!(d[0].file.ends_with("sub/z.yaml"), "{text}");
+        assert!(d[0].message.contains("it is now another file"), "{text}");
+    }
+
+    #[test]
+    fn a_root_swapped_during_the_walk_is_read_from_one_revision() {
+        // git-sync: `current` moves from rev-1 to rev-2 while a load walks it. The walk went
+        // on through current/, so the checkout's own links seemed to lead out of the tree
+        // resolved before the swap, and files of both revisions were read.
+        let dir = tempfile::tempdir().unwrap();
+        for (rev, name) in [("rev-1", "a"), ("rev-2", "b")] {
+            let rev = dir.path().join(rev);
+            write(
+                &rev,
+                &format!("sub/{name}.yaml"),
+                POLICY.replace("NAME", name).as_bytes(),
+            );
+            write(
+                &rev,
+                "top.yaml",
+                POLICY.replace("NAME", &format!("top-{name}")).as_bytes(),
+            );
+            std::os::unix::fs::symlink("sub", rev.join("link")).unwrap();
+        }
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("rev-1", &current).unwrap();
+        let (root, target) = (current.clone(), dir.path().join("rev-2"));
+        let loaded = within_deadline(
+            move |stage| {
+                if stage == test_hook::Stage::RootResolved {
+                    swap_for_link(&root, &target)
+                }
+            },
+            false,
+            {
+                let current = current.clone();
+                move || load_paths(&[&current])
+            },
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"));
+        let names: Vec<&str> = loaded
+            .policies
+            .policies()
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "top-a"],
+            "one revision, the one resolved first"
+        );
+        // Files are named as the user spelt the directory.
+        let (files, _) = policy_files(&[&current]);
+        assert_eq!(
+            files,
+            [current.join("link/b.yaml"), current.join("top.yaml")]
+        );
+    }
+
+    #[test]
+    fn without_inode_numbers_a_symlink_loop_is_still_walked_once() {
+        // A file system reporting inode 0 for everything switched the dedup off: `ln -s . a;
+        // ln -s . b` was exponential again.
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "ok.yaml",
+            POLICY.replace("NAME", "a").as_bytes(),
+        );
+        std::os::unix::fs::symlink(".", dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("ok.yaml", dir.path().join("same.yaml")).unwrap();
+        let root = dir.path().to_path_buf();
+        let loaded = within_deadline(|_| {}, true, move || load_paths(&[&root]))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!((loaded.files, loaded.policies.policies().len()), (1, 1));
+    }
+
     #[test]
     fn a_symlinked_root_is_followed_and_links_inside_it_stay_inside() {
         // git-sync: /etc/pw/current -> rev-123/, the checkout's own links are relative.
@@ -880,7 +1350,15 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(
             d[0].headline(),
-            "inv.yaml:7:29: error: address 10.0.0.1 is also an address of node \"a\" (inv.yaml:5:17)"
+            "inv.yaml:7:29: error: duplicate address 10.0.0.1: also an address of node \"a\" (inv.yaml:5:17)"
+        );
+        // Twice for one node: found by validate, at the second.
+        let text = inv("  - name: a\n    addresses: [\"10.0.0.1\", \"10.0.0.1\"]\n");
+        let d = load_source("inv.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].headline(),
+            "inv.yaml:5:29: error: duplicate address 10.0.0.1: listed twice for node \"a\" (first as item 0)"
         );
         // Across files, too.
         let dir = tempfile::tempdir().unwrap();
@@ -920,6 +1398,41 @@ mod tests {
                 "inv.yaml:6:5: warning: node \"b\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
             ]
         );
+    }
+
+    #[test]
+    fn warnings_have_their_own_share_and_never_hide_an_error() {
+        let inv = |nodes: usize, last: &str| {
+            let nodes: String = (0..nodes).map(|i| format!("  - name: n{i}\n")).collect();
+            format!("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n{nodes}{last}")
+        };
+        // 150 nodes without addresses are valid: 100 warnings, then a note that is a warning.
+        let loaded = load_source("many.yaml", inv(150, "").as_bytes()).unwrap();
+        assert_eq!(loaded.nodes.len(), 150);
+        assert_eq!(loaded.warnings.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        assert!(loaded.warnings.iter().all(|w| !w.is_error()));
+        assert_eq!(
+            loaded.warnings[MAX_DIAGNOSTICS_PER_FILE].headline(),
+            "many.yaml: warning: 50 more warnings in this file not shown (at most 100 are reported per file)"
+        );
+        // An error after them is the one problem returned: warnings took slots of the share
+        // and hid it behind "more problems in this file not shown".
+        let text = format!(
+            "{}---\n{}",
+            inv(101, ""),
+            inv(0, "  - {name: bad, addresses: [\"10.0.0.300\"]}\n")
+        );
+        let d = load_source("bad.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{:?}", d.last());
+        assert_eq!(
+            d[0].headline(),
+            "bad.yaml:109:29: error: \"10.0.0.300\" is not an IP address"
+        );
+        // The warnings come apart from the errors, for validate to show beside them.
+        let p = load_source_with_warnings("bad.yaml", text.as_bytes()).unwrap_err();
+        assert_eq!(p.errors, d);
+        assert_eq!(p.warnings.len(), MAX_DIAGNOSTICS_PER_FILE + 1);
+        assert!(p.warnings.iter().all(|w| !w.is_error()));
     }
 
     #[test]

@@ -7,13 +7,19 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// Characters a terminal would act on rather than show: C0 and C1 controls, DEL, and the
-/// Unicode bidirectional controls (which reorder what is displayed around them).
+/// Characters a terminal would act on rather than show: C0 and C1 controls, DEL, the Unicode
+/// line and paragraph separators (U+2028, U+2029: a line break to many terminals and log
+/// viewers) and the Unicode bidirectional controls (which reorder what is displayed around
+/// them).
 fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
         )
 }
 
@@ -67,5 +73,11 @@ mod tests {
         );
         assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
         assert_eq!(printable("café ✓"), "café ✓");
+    }
+
+    #[test]
+    fn unicode_line_and_paragraph_separators_are_escaped() {
+        // Terminals and log viewers break lines at U+2028/U+2029: a forged line, like `\n`.
+        assert_eq!(printable("a\u{2028}b\u{2029}c"), "a\\u{2028}b\\u{2029}c");
     }
 }

@@ -144,7 +144,9 @@ pub fn policy(doc: &PortPolicy) -> Result<Policy, Vec<Issue>> {
 ///
 /// # Errors
 ///
-/// Every issue found: bad apiVersion/kind, node names (empty, duplicate), addresses, labels.
+/// Every issue found: bad apiVersion/kind, node names (empty, duplicate), addresses (invalid, or
+/// listed twice for one node; one address of two nodes is found across documents by the
+/// loader), labels.
 pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
     let mut c = Checker::new();
     c.key("apiVersion", |c| check_api_version(c, &doc.api_version));
@@ -166,10 +168,31 @@ pub fn inventory(doc: &Inventory) -> Result<Vec<Node>, Vec<Issue>> {
                     }
                 });
                 let addresses: Vec<IpAddr> = c.key("addresses", |c| {
+                    let mut first: HashMap<IpAddr, usize> = HashMap::new();
                     n.addresses
                         .iter()
                         .enumerate()
-                        .filter_map(|(j, a)| c.index(j, |c| check_address(c, a)))
+                        .filter_map(|(j, a)| {
+                            c.index(j, |c| {
+                                let addr = check_address(c, a)?;
+                                match first.get(&addr) {
+                                    Some(k) => {
+                                        c.error(
+                                            format!(
+                                                "duplicate address {addr}: listed twice for node \"{}\" (first as item {k})",
+                                                n.name
+                                            ),
+                                            Some("remove one of them".into()),
+                                        );
+                                        None
+                                    }
+                                    None => {
+                                        first.insert(addr, j);
+                                        Some(addr)
+                                    }
+                                }
+                            })
+                        })
                         .collect()
                 });
                 c.key("labels", |c| check_labels(c, &n.labels));
@@ -841,11 +864,32 @@ mod tests {
             api_version: API_VERSION.into(),
             kind: "Inventory".into(),
             metadata: None,
-            nodes: vec![node("web-1", "10.0.0.1"), node("web-1", "10.0.0.2/32")],
+            nodes: vec![
+                node("web-1", "10.0.0.1"),
+                node("web-1", "10.0.0.2/32"),
+                InventoryNode {
+                    addresses: vec!["fd00::1".into(), "10.0.0.3".into(), "fd00:0::1".into()],
+                    ..node("web-2", "")
+                },
+            ],
         };
         let issues = inventory(&inv).unwrap_err();
-        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert_eq!(issues.len(), 3, "{issues:?}");
         assert!(issues[0].message.contains("duplicate node name"));
         assert!(issues[1].message.contains("not an IP address"));
+        // One address twice for one node, however it is spelt.
+        assert_eq!(
+            issues[2].message,
+            "duplicate address fd00::1: listed twice for node \"web-2\" (first as item 0)"
+        );
+        assert_eq!(
+            issues[2].path,
+            [
+                PathSegment::Key("nodes".into()),
+                PathSegment::Index(2),
+                PathSegment::Key("addresses".into()),
+                PathSegment::Index(2)
+            ]
+        );
     }
 }

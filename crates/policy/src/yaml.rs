@@ -386,22 +386,25 @@ impl Builder {
 
     fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), SyntaxError> {
         let loc = loc_of(span);
+        // A problem with a tag points at the tag (which may be on an earlier line than a
+        // block collection it tags), not at the value.
+        let tag_loc = || span.tag_span().map_or(loc, |t| loc_of(&t));
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 self.count_nodes(1, loc)?;
                 let value = match tag {
-                    Some(tag) => tagged_scalar(&text, &tag, loc)?,
+                    Some(tag) => tagged_scalar(&text, &tag, tag_loc())?,
                     None if style == ScalarStyle::Plain => resolve_plain(&text),
                     None => Value::Str(text.into_owned()),
                 };
                 self.push(Node { loc, value }, anchor)
             }
             Event::SequenceStart(_, anchor, tag) => {
-                check_collection_tag(tag.as_deref(), true, loc)?;
+                check_collection_tag(tag.as_deref(), true, tag_loc())?;
                 self.open(Open::Seq(loc, anchor, Vec::new()), loc)
             }
             Event::MappingStart(_, anchor, tag) => {
-                check_collection_tag(tag.as_deref(), false, loc)?;
+                check_collection_tag(tag.as_deref(), false, tag_loc())?;
                 self.open(
                     Open::Map(loc, anchor, Vec::new(), None, HashMap::new()),
                     loc,
@@ -547,7 +550,8 @@ mod tests {
         // `!!null open` read as the string "open": a tag that says "no value" was ignored.
         let err = parse_stream("a: 1\nstate: !!null open\n").unwrap_err();
         let loc = err.loc.unwrap();
-        assert_eq!(loc.line, 2, "{err:?}");
+        // The caret goes under the tag, not the value.
+        assert_eq!((loc.line, loc.column, loc.len), (2, 8, 6), "{err:?}");
         assert!(
             err.message.contains("!!null") && err.message.contains("\"open\""),
             "{}",
@@ -569,8 +573,14 @@ mod tests {
         ] {
             let err = parse_stream(refused).unwrap_err();
             assert!(err.message.contains("tag"), "{refused:?}: {}", err.message);
-            assert_eq!(err.loc.unwrap().line, 1, "{refused:?}");
+            let loc = err.loc.unwrap();
+            let at = refused.find('!').unwrap();
+            assert_eq!((loc.line, loc.column), (1, at as u32 + 1), "{refused:?}");
         }
+        // A tagged block collection starts on a later line than its tag.
+        let err = parse_stream("a: !!seq\n  b: 1\n").unwrap_err();
+        let loc = err.loc.unwrap();
+        assert_eq!((loc.line, loc.column, loc.len), (1, 4, 5), "{err:?}");
     }
 
     #[test]

@@ -28,3 +28,27 @@ fn lone_carriage_returns_regression() {
     assert_eq!((loc.line, loc.column), (27, 1), "{}", d[0]);
     assert_eq!(d[0].line_text.as_deref(), Some("PortPolicy"), "{}", d[0]);
 }
+
+/// 101 nodes without addresses fill the file's share of diagnostics with warnings; the address
+/// errors found after it (a node listing one address twice, two nodes sharing one) broke the
+/// fuzz target's bound on located diagnostics, which allowed only "duplicate ..." messages
+/// beyond the share.
+#[test]
+fn address_errors_after_a_file_full_of_warnings_regression() {
+    let twice = include_bytes!("data/capped-warnings-then-address-twice.yaml");
+    portwarden_policy::fuzzing::policy_load(twice);
+    let d = portwarden_policy::load_source("twice.yaml", twice).unwrap_err();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        d[0].headline(),
+        "twice.yaml:105:42: error: duplicate address 1.1.1.1: listed twice for node \"twice\" (first as item 0)"
+    );
+    let shared = include_bytes!("data/capped-warnings-then-shared-address.yaml");
+    portwarden_policy::fuzzing::policy_load(shared);
+    let d = portwarden_policy::load_source("shared.yaml", shared).unwrap_err();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        d[0].headline(),
+        "shared.yaml:106:27: error: duplicate address 1.1.1.2: also an address of node \"a\" (shared.yaml:105:27)"
+    );
+}

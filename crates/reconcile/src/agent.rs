@@ -1482,6 +1482,11 @@ pub(crate) mod tests {
         let before = fingerprint(&[&policies]);
         mkfifo(&policies.join("sub/pipe.yaml"));
         assert_ne!(before, fingerprint(&[&policies]));
+        // A link out of the tree, likewise: not followed, but reported, so it counts.
+        let before = fingerprint(&[&policies]);
+        std::os::unix::fs::symlink(dir.join("inventory.yaml"), policies.join("sub/out.yaml"))
+            .unwrap();
+        assert_ne!(before, fingerprint(&[&policies]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

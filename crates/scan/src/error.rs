@@ -58,4 +58,9 @@ pub enum ScanError {
     /// A scan thread panicked (a bug).
     #[error("scan thread {0} panicked")]
     ThreadPanicked(&'static str),
+    /// The engine broke one of its own promises (a bug); the scan's results are not used.
+    #[error(
+        "internal error in the scanner: {0}; nothing of this scan is reported (please report this)"
+    )]
+    Internal(String),
 }

@@ -39,11 +39,32 @@ fn raw_err<'a>(kind: &'static str, what: &'a str) -> impl FnOnce(std::io::Error)
     }
 }
 
+/// Whether a routing lookup's error says that `target` cannot be reached from this host (as
+/// opposed to a failure of the lookup itself, such as running out of descriptors).
+fn is_no_route(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            // No route to the network or host.
+            libc::ENETUNREACH
+                | libc::EHOSTUNREACH
+                // No source address towards it (IPv6 disabled on every interface, say).
+                | libc::EADDRNOTAVAIL
+                // The kernel has no such family at all (booted with ipv6.disable=1): no
+                // address of it is reachable from here.
+                | libc::EAFNOSUPPORT
+        )
+    )
+}
+
 /// Picks the source address the kernel would use towards `target` (a UDP "connect" sends no
 /// packet; it only consults the routing table).
 ///
 /// # Errors
-/// [`ScanError::NoRoute`] when there is no route.
+/// [`ScanError::NoRoute`] when `target` cannot be reached from this host: no route to it, no
+/// source address towards it, or no support for its family. [`ScanError::Socket`] for any
+/// other failure of the lookup (out of descriptors, `EMFILE`, most of all), which says nothing
+/// about the target.
 pub fn source_for(target: IpAddr) -> Result<IpAddr, ScanError> {
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0"
@@ -54,12 +75,19 @@ pub fn source_for(target: IpAddr) -> Result<IpAddr, ScanError> {
             .parse()
             .map_err(|_| ScanError::Config("bad bind".into()))?
     };
-    let s = UdpSocket::bind(bind).map_err(|source| ScanError::NoRoute { target, source })?;
-    s.connect(SocketAddr::new(target, 9))
-        .map_err(|source| ScanError::NoRoute { target, source })?;
-    Ok(s.local_addr()
-        .map_err(|source| ScanError::NoRoute { target, source })?
-        .ip())
+    let fail = |source: std::io::Error| {
+        if is_no_route(&source) {
+            ScanError::NoRoute { target, source }
+        } else {
+            ScanError::Socket {
+                what: format!("looking up the source address towards {target} (a UDP socket)"),
+                source,
+            }
+        }
+    };
+    let s = UdpSocket::bind(bind).map_err(fail)?;
+    s.connect(SocketAddr::new(target, 9)).map_err(fail)?;
+    Ok(s.local_addr().map_err(fail)?.ip())
 }
 
 /// Attaches a classic BPF program that accepts no packet.

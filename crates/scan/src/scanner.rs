@@ -125,8 +125,9 @@ impl Scanner {
     /// [`ScanError::RawSocketDenied`] for SYN/ACK/UDP without CAP_NET_RAW (use
     /// [`ScanKind::Connect`] then); [`ScanError::Config`] for an empty request or a rate cap
     /// of 0;
-    /// [`ScanError::Socket`] for other socket failures. An unroutable target is not an error
-    /// (see above).
+    /// [`ScanError::Socket`] for other socket failures, the routing lookup's own included (out
+    /// of descriptors); [`ScanError::Internal`] for an engine that returned results for the
+    /// wrong number of ports (a bug). An unroutable target is not an error (see above).
     pub fn scan(
         &self,
         targets: &[IpAddr],
@@ -213,36 +214,7 @@ impl Scanner {
             ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
         };
         let elapsed = t0.elapsed();
-        let nports = ports.len();
-        let proto = kind.protocol().as_str();
-        let hosts = uniq
-            .iter()
-            .zip(slots)
-            .map(|(addr, slot)| {
-                let h = match slot {
-                    Ok(h) => h,
-                    Err(e) => return HostReport::unscanned(*addr, e),
-                };
-                HostReport {
-                    address: *addr,
-                    ports: ports
-                        .as_slice()
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(p, port)| {
-                            let (state, reason) = *outcome.results.get(h * nports + p)?;
-                            Some(PortResult {
-                                port: *port,
-                                protocol: proto,
-                                state,
-                                reason,
-                            })
-                        })
-                        .collect(),
-                    error: None,
-                }
-            })
-            .collect();
+        let hosts = host_reports(&uniq, slots, &outcome.results, ports, kind)?;
         Ok(ScanReport {
             kind,
             hosts,
@@ -256,9 +228,94 @@ impl Scanner {
     }
 }
 
+/// One report per target, in the order asked: an unscanned one with its error, a scanned one
+/// with the engine's result for each port (`results` holds them target by target, in port
+/// order, for the routable targets: `slots` gives each target's index among those).
+///
+/// # Guarantees
+/// Each port of each scanned target gets exactly one entry.
+///
+/// # Errors
+/// [`ScanError::Internal`] when `results` does not hold exactly one result per port of each
+/// scanned target (an engine bug: a port left out quietly would read as never scanned).
+fn host_reports(
+    targets: &[IpAddr],
+    slots: Vec<Result<usize, String>>,
+    results: &[(crate::PortState, crate::Reason)],
+    ports: &PortList,
+    kind: ScanKind,
+) -> Result<Vec<HostReport>, ScanError> {
+    let nports = ports.len();
+    let scanned = slots.iter().filter(|s| s.is_ok()).count();
+    if results.len() != scanned * nports {
+        return Err(ScanError::Internal(format!(
+            "the engine returned {} results for {} ports ({scanned} targets of {nports} ports)",
+            results.len(),
+            scanned * nports
+        )));
+    }
+    let proto = kind.protocol().as_str();
+    targets
+        .iter()
+        .zip(slots)
+        .map(|(addr, slot)| {
+            let h = match slot {
+                Ok(h) => h,
+                Err(e) => return Ok(HostReport::unscanned(*addr, e)),
+            };
+            let mine = results
+                .get(h * nports..(h + 1) * nports)
+                .ok_or_else(|| ScanError::Internal(format!("no results for target {h}")))?;
+            Ok(HostReport {
+                address: *addr,
+                ports: ports
+                    .as_slice()
+                    .iter()
+                    .zip(mine)
+                    .map(|(port, &(state, reason))| PortResult {
+                        port: *port,
+                        protocol: proto,
+                        state,
+                        reason,
+                    })
+                    .collect(),
+                error: None,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_few_results_from_the_engine_are_an_error_not_missing_ports() {
+        // Each port of each scanned target gets exactly one entry: results that do not cover
+        // them all are a bug to report, not ports to leave out quietly.
+        use crate::{PortState, Reason};
+        let targets: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let ports = PortList::parse("22,80").expect("ports");
+        let slots = || vec![Ok(0), Err("no route".to_string()), Ok(1)];
+        let one = (PortState::Closed, Reason::Reset);
+        let hosts = host_reports(&targets, slots(), &[one; 4], &ports, ScanKind::Syn)
+            .expect("four results for two targets of two ports");
+        let counts: Vec<usize> = hosts.iter().map(|h| h.ports.len()).collect();
+        assert_eq!(counts, [2, 0, 2]);
+        for results in [&[one; 3][..], &[one; 5][..]] {
+            let e = host_reports(&targets, slots(), results, &ports, ScanKind::Syn)
+                .map(|h| h.iter().map(|h| h.ports.len()).collect::<Vec<_>>())
+                .expect_err("results that do not cover every port");
+            assert!(
+                e.to_string()
+                    .contains(&format!("{} results for 4 ports", results.len())),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn empty_requests_are_config_errors() {

@@ -164,31 +164,33 @@ fn long_scan_warning(
     ports: &PortList,
 ) -> Option<String> {
     let e = portwarden_scan::estimate(kind, targets, ports.len(), &timing(a))?;
-    let mut unique = targets.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    let n = unique.len();
-    let plural = if n == 1 { "target" } else { "targets" };
     if e.duration <= LONG_SCAN {
         return None;
     }
+    let n = e.targets;
+    let plural = if n == 1 { "target" } else { "targets" };
     let why = match e.bound {
         Bound::IcmpRateLimit => format!(
-            "{} UDP ports on {n} {plural}, and each target answers closed UDP ports with about one ICMP port-unreachable per second (Linux's net.ipv4.icmp_ratelimit), so the scan slows down to match; scan fewer ports to shorten it (the UDP services you mean to check, e.g. -p 53,67,123,161,500)",
-            ports.len()
+            "{} UDP ports on {n} {plural}, and each target answers closed UDP ports with about one ICMP port-unreachable per second (Linux's net.ipv4.icmp_ratelimit), so the scan slows down to match, by how much varies from run to run; scan fewer ports to shorten it (the UDP services you mean to check, e.g. -p 53,67,123,161,500)",
+            e.ports
         ),
         Bound::Rate(r) => format!(
             "{} probes at --rate {r} per second; raise --rate or scan fewer ports to shorten it",
-            n * ports.len()
+            n * e.ports
         ),
         Bound::RatePerTarget(r) => format!(
             "{} probes per target at --max-rate-per-target {r} per second; raise --max-rate-per-target or scan fewer ports to shorten it",
-            ports.len()
+            e.ports
         ),
     };
+    let how_long = match e.up_to {
+        Some(up_to) if up_to > e.duration => {
+            format!("{} to {}", human(e.duration), human(up_to))
+        }
+        _ => human(e.duration),
+    };
     Some(format!(
-        "warning: this scan may take about {}: {why}",
-        human(e.duration)
+        "warning: this scan may take about {how_long}: {why}"
     ))
 }
 
