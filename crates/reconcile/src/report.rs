@@ -283,6 +283,7 @@ pub fn to_nmap_xml(scans: &[ScanReport], args: &str) -> String {
                 address: h.address,
                 ports: Vec::new(),
                 error: h.error.clone(),
+                rate_limit: h.rate_limit.clone(),
             });
             merged.ports.extend(h.ports.iter().cloned());
             // Unscanned only when no scan reached it.

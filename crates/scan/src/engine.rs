@@ -51,12 +51,18 @@ pub(crate) struct Plan {
     pub timing: Timing,
     pub id: Identity,
     pub progress: Option<ProgressFn>,
+    /// More source addresses for confirming silent ports of rate-limited targets.
+    pub extra_sources: Vec<IpAddr>,
+    /// Time allowed for that confirmation; `None` = unbounded.
+    pub confirm_budget: Option<Duration>,
 }
 
 /// Results in index order, plus counters.
 #[derive(Default)]
 pub(crate) struct Outcome {
     pub results: Vec<(PortState, Reason)>,
+    /// Per target, what was learned of its ICMP rate limit (`None`: not limited).
+    pub rate_limits: Vec<Option<crate::RateLimit>>,
     pub stats: ScanStats,
 }
 
@@ -448,6 +454,8 @@ impl Shared {
             total,
             elapsed: self.start.elapsed(),
             probes_sent: self.sent.load(Ordering::Acquire),
+            rate_limit_interval_ms: None,
+            estimated_left: None,
         }
     }
 
@@ -469,7 +477,11 @@ impl Shared {
             .iter()
             .map(|r| decode_result(r.load(Ordering::Acquire)).unwrap_or(silent))
             .collect();
-        Outcome { results, stats }
+        Outcome {
+            results,
+            rate_limits: Vec::new(),
+            stats,
+        }
     }
 }
 

@@ -78,7 +78,8 @@ pub mod timing;
 
 pub use error::ScanError;
 pub use model::{
-    HostReport, PortResult, PortState, Protocol, Reason, ScanKind, ScanReport, ScanStats,
+    HostReport, PortResult, PortState, Protocol, RateLimit, Reason, ScanKind, ScanReport,
+    ScanStats,
 };
 pub use net::source_for;
 #[doc(hidden)]

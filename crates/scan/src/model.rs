@@ -208,6 +208,11 @@ pub enum Reason {
     RejectRoute,
     /// Another ICMP destination-unreachable code (nmap: `dest-unreach`).
     DestUnreach,
+    /// Nothing came back, but the target was rate-limiting its ICMP errors and the scan's
+    /// confirmation budget ran out before the silence could be told apart from a withheld
+    /// error (`rate-limited`; not an nmap word: nmap has no budget and would keep trying).
+    /// See [`HostReport::rate_limit`].
+    RateLimited,
 }
 
 impl Reason {
@@ -232,10 +237,11 @@ impl Reason {
             Reason::BeyondScope => "beyond-scope",
             Reason::RejectRoute => "reject-route",
             Reason::DestUnreach => "dest-unreach",
+            Reason::RateLimited => "rate-limited",
         }
     }
 
-    const ALL: [Reason; 18] = [
+    const ALL: [Reason; 19] = [
         Reason::SynAck,
         Reason::Syn,
         Reason::Reset,
@@ -254,6 +260,7 @@ impl Reason {
         Reason::BeyondScope,
         Reason::RejectRoute,
         Reason::DestUnreach,
+        Reason::RateLimited,
     ];
 
     pub(crate) fn code(self) -> u8 {
@@ -307,6 +314,69 @@ pub struct HostReport {
     /// scan are not affected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the target was seen rate-limiting the ICMP errors that tell closed from
+    /// silent ports (Linux sends about one per second per peer after a burst of six): what
+    /// was measured, and whether every silent port could be confirmed within the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What a scan learned about a target that rate-limits its ICMP errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    /// Errors the target answered at full speed before it started withholding them.
+    pub burst: u32,
+    /// Measured time between answers once the burst was spent, per source address, in
+    /// milliseconds (Linux's default: 1000 for IPv4, 250 for IPv6 on a /64).
+    pub interval_ms: u64,
+    /// Source addresses the confirmation spread over (each has its own budget at the target).
+    pub sources: u32,
+    /// Silent ports still unconfirmed when the budget ran out: their reason is
+    /// [`Reason::RateLimited`]. 0 when every port was confirmed.
+    pub unconfirmed: u32,
+    /// Time spent confirming silent ports after the first pass, milliseconds.
+    pub confirm_ms: u64,
+    /// The confirmation budget, milliseconds, when one was set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_ms: Option<u64>,
+}
+
+impl RateLimit {
+    /// One line for people: "ICMP rate limit: 1 answer/s from this node; 12 ports not
+    /// confirmed in 10 s", or, when all were confirmed, how long it took.
+    pub fn describe(&self) -> String {
+        let rate = if self.interval_ms == 0 {
+            "a burst of answers".to_string()
+        } else {
+            let per_s = 1000.0 * f64::from(self.sources.max(1)) / self.interval_ms as f64;
+            if per_s >= 10.0 || per_s.fract() < 0.05 {
+                format!("{per_s:.0} answer/s")
+            } else {
+                format!("{per_s:.1} answer/s")
+            }
+        };
+        let secs = |ms: u64| {
+            let s = ms as f64 / 1000.0;
+            if s >= 10.0 {
+                format!("{s:.0} s")
+            } else {
+                format!("{s:.1} s")
+            }
+        };
+        if self.unconfirmed > 0 {
+            let plural = if self.unconfirmed == 1 { "port" } else { "ports" };
+            format!(
+                "ICMP rate limit: {rate} from this node; {} {plural} not confirmed in {}",
+                self.unconfirmed,
+                secs(self.budget_ms.unwrap_or(self.confirm_ms))
+            )
+        } else {
+            format!(
+                "ICMP rate limit: {rate} from this node; every silent port confirmed in {}",
+                secs(self.confirm_ms)
+            )
+        }
+    }
 }
 
 impl HostReport {
@@ -316,6 +386,7 @@ impl HostReport {
             address,
             ports: Vec::new(),
             error: Some(error),
+            rate_limit: None,
         }
     }
 

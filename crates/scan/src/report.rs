@@ -249,6 +249,7 @@ mod tests {
                     address: "10.213.0.11".parse().expect("ip"),
                     ports,
                     error: None,
+                    rate_limit: None,
                 },
                 HostReport::unscanned(
                     "10.9.9.9".parse().expect("ip"),

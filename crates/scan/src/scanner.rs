@@ -21,12 +21,25 @@ pub struct Progress {
     pub elapsed: Duration,
     /// Probes sent so far, retransmissions included.
     pub probes_sent: u64,
+    /// While the scan waits on a target that rate-limits its ICMP errors: the measured time
+    /// between its answers, per source address, in milliseconds (the reason the scan is slow).
+    pub rate_limit_interval_ms: Option<u64>,
+    /// The engine's own estimate of the time left, when it has a better one than a linear
+    /// extrapolation (while confirming silent ports of a rate-limited target).
+    pub estimated_left: Option<Duration>,
 }
 
 impl Progress {
-    /// A linear estimate of the time left, once something is done.
+    /// The time left: the engine's estimate when it has one, else a linear one once
+    /// something is done.
     pub fn eta(&self) -> Option<Duration> {
-        if self.done == 0 || self.done >= self.total {
+        if self.done >= self.total {
+            return None;
+        }
+        if let Some(left) = self.estimated_left {
+            return Some(left);
+        }
+        if self.done == 0 {
             return None;
         }
         let per = self.elapsed.as_secs_f64() / self.done as f64;
@@ -52,6 +65,18 @@ pub struct ScanConfig {
     pub source_port: Option<u16>,
     /// Which addresses may be probed; the default allows loopback only. See [`TargetPolicy`].
     pub targets: TargetPolicy,
+    /// More addresses of this host to send from when confirming silent ports of a target
+    /// that rate-limits its ICMP errors: Linux budgets those errors per destination, so each
+    /// address has a budget of its own and n addresses confirm about n times as fast. Only
+    /// addresses of the target's family are used; each must be assigned to a local interface.
+    /// Empty (the default) = the one source address.
+    pub extra_sources: Vec<IpAddr>,
+    /// How long the scan may spend, after its first pass, confirming silent ports of targets
+    /// that rate-limit their ICMP errors. Ports not confirmed in time keep the silent state
+    /// with [`Reason::RateLimited`](crate::Reason::RateLimited) and the target's
+    /// [`HostReport::rate_limit`] says how many. `None` (the default) = as long as it takes,
+    /// like nmap.
+    pub confirm_budget: Option<Duration>,
 }
 
 /// Scans targets; see the [crate documentation](crate).
@@ -205,6 +230,8 @@ impl Scanner {
                 base_sport,
             },
             progress: self.progress.clone(),
+            extra_sources: self.config.extra_sources.clone(),
+            confirm_budget: self.config.confirm_budget,
         };
         let started = SystemTime::now();
         let t0 = std::time::Instant::now();
@@ -214,7 +241,14 @@ impl Scanner {
             ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
         };
         let elapsed = t0.elapsed();
-        let hosts = host_reports(&uniq, slots, &outcome.results, ports, kind)?;
+        let hosts = host_reports(
+            &uniq,
+            slots,
+            &outcome.results,
+            &outcome.rate_limits,
+            ports,
+            kind,
+        )?;
         Ok(ScanReport {
             kind,
             hosts,
@@ -242,6 +276,7 @@ fn host_reports(
     targets: &[IpAddr],
     slots: Vec<Result<usize, String>>,
     results: &[(crate::PortState, crate::Reason)],
+    rate_limits: &[Option<crate::RateLimit>],
     ports: &PortList,
     kind: ScanKind,
 ) -> Result<Vec<HostReport>, ScanError> {
@@ -280,6 +315,7 @@ fn host_reports(
                     })
                     .collect(),
                 error: None,
+                rate_limit: rate_limits.get(h).cloned().flatten(),
             })
         })
         .collect()
@@ -301,12 +337,12 @@ mod tests {
         let ports = PortList::parse("22,80").expect("ports");
         let slots = || vec![Ok(0), Err("no route".to_string()), Ok(1)];
         let one = (PortState::Closed, Reason::Reset);
-        let hosts = host_reports(&targets, slots(), &[one; 4], &ports, ScanKind::Syn)
+        let hosts = host_reports(&targets, slots(), &[one; 4], &[], &ports, ScanKind::Syn)
             .expect("four results for two targets of two ports");
         let counts: Vec<usize> = hosts.iter().map(|h| h.ports.len()).collect();
         assert_eq!(counts, [2, 0, 2]);
         for results in [&[one; 3][..], &[one; 5][..]] {
-            let e = host_reports(&targets, slots(), results, &ports, ScanKind::Syn)
+            let e = host_reports(&targets, slots(), results, &[], &ports, ScanKind::Syn)
                 .map(|h| h.iter().map(|h| h.ports.len()).collect::<Vec<_>>())
                 .expect_err("results that do not cover every port");
             assert!(
@@ -389,6 +425,8 @@ mod tests {
             total: 100,
             elapsed: Duration::from_secs(1),
             probes_sent: 30,
+            rate_limit_interval_ms: None,
+            estimated_left: None,
         };
         assert_eq!(p.eta(), Some(Duration::from_secs(3)));
         assert_eq!(Progress { done: 0, ..p }.eta(), None);

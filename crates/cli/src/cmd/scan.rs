@@ -60,6 +60,17 @@ pub struct Args {
     /// Upper bound on probes per second to each target separately.
     #[arg(long, value_name = "PPS", value_parser = args::parse_rate)]
     max_rate_per_target: Option<u32>,
+    /// Source address to send from (repeat it to give several, as nmap's -S): the first of
+    /// each family is the source, the others are used too when a target rate-limits its
+    /// ICMP errors, since each address has its own budget there. Each must be an address of
+    /// this host.
+    #[arg(short = 'S', long = "source", value_name = "ADDR")]
+    sources: Vec<IpAddr>,
+    /// Seconds the scan may spend confirming silent ports of targets that rate-limit their
+    /// ICMP errors; ports still unconfirmed then are reported with the reason rate-limited.
+    /// Default: as long as it takes (as nmap).
+    #[arg(long, value_name = "SECS")]
+    confirm_budget: Option<u32>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -218,7 +229,8 @@ fn scanner(a: &Args, policy: &TargetPolicy, bar: Option<ProgressBar>) -> Scanner
     let scanner = Scanner::new(ScanConfig {
         targets: policy.clone(),
         timing: timing(a),
-        ..ScanConfig::default()
+        confirm_budget: a.confirm_budget.map(|s| Duration::from_secs(u64::from(s))),
+        ..args::scan_sources(&a.sources)
     });
     match bar {
         Some(bar) => scanner.on_progress(move |p| {
