@@ -169,6 +169,22 @@ impl PolicyArgs {
     }
 }
 
+/// The scanner's source settings from repeated `--source` addresses: the first of each family
+/// is the source of that family, the rest are extra sources for rate-limited targets.
+pub fn scan_sources(sources: &[std::net::IpAddr]) -> portwarden_scan::ScanConfig {
+    use std::net::IpAddr;
+    let mut config = portwarden_scan::ScanConfig::default();
+    for s in sources {
+        match s {
+            IpAddr::V4(a) if config.source_v4.is_none() => config.source_v4 = Some(*a),
+            IpAddr::V6(a) if config.source_v6.is_none() => config.source_v6 = Some(*a),
+            other if !config.extra_sources.contains(other) => config.extra_sources.push(*other),
+            _ => {}
+        }
+    }
+    config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,20 +216,4 @@ mod tests {
         );
         assert!(parse_rate("-1").is_err());
     }
-}
-
-/// The scanner's source settings from repeated `--source` addresses: the first of each family
-/// is the source of that family, the rest are extra sources for rate-limited targets.
-pub fn scan_sources(sources: &[std::net::IpAddr]) -> portwarden_scan::ScanConfig {
-    use std::net::IpAddr;
-    let mut config = portwarden_scan::ScanConfig::default();
-    for s in sources {
-        match s {
-            IpAddr::V4(a) if config.source_v4.is_none() => config.source_v4 = Some(*a),
-            IpAddr::V6(a) if config.source_v6.is_none() => config.source_v6 = Some(*a),
-            other if !config.extra_sources.contains(other) => config.extra_sources.push(*other),
-            _ => {}
-        }
-    }
-    config
 }

@@ -56,7 +56,21 @@ pub enum Reply {
     Connect {
         /// The SO_ERROR / connect() errno.
         errno: i32,
+        /// The error came from an ICMP message (queued by IP_RECVERR), not a reset.
+        icmp: bool,
     },
+}
+
+impl Reply {
+    /// Whether this is an ICMP error the target itself sent: the answers Linux rate-limits
+    /// per peer (a reset or a service's datagram never is).
+    pub fn is_icmp_from_target(&self) -> bool {
+        match *self {
+            Reply::Icmp4 { from_target, .. } | Reply::Icmp6 { from_target, .. } => from_target,
+            Reply::Connect { icmp, .. } => icmp,
+            Reply::Tcp { .. } | Reply::Udp => false,
+        }
+    }
 }
 
 /// Classifies one reply for a scan kind, as nmap's `get_pcap_result()` /
@@ -113,7 +127,7 @@ pub fn classify(kind: ScanKind, reply: Reply) -> Option<(PortState, Reason)> {
                 _ => None,
             }
         }
-        Reply::Connect { errno } => classify_errno(errno),
+        Reply::Connect { errno, .. } => classify_errno(errno),
     }
 }
 

@@ -32,10 +32,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, O
 use std::time::{Duration, Instant};
 
 use crate::classify::{self, Reply};
+use crate::confirm;
 use crate::model::{PortState, Reason, ScanKind, ScanStats};
 use crate::net::{RawSender, Receiver, Sent};
 use crate::packet;
-use crate::probe::{Identity, MAX_TRYNO, RawProbe};
+use crate::probe::{CONFIRM_TRYNO, Identity, MAX_TRYNO, RawProbe};
 use crate::timing::{Congestion, RttEstimator, TargetPacer, Timing, allowed_tryno};
 use crate::{Progress, ProgressFn, ScanError};
 
@@ -104,6 +105,14 @@ pub(crate) struct Shared {
     /// pause (nmap's rate-limit detection, `rld`).
     max_tryno_sent: Vec<AtomicU8>,
     rld_until: Vec<AtomicU64>,
+    /// Per index: the result came from an ICMP error sent by the target itself (such a port
+    /// can be the sentinel of a confirmation round; see `confirm`).
+    icmp_answered: Vec<AtomicBool>,
+    /// Per index: `(time µs << 4) | tryno` of the latest reply.
+    reply_mark: Vec<AtomicU64>,
+    /// Per host: ICMP errors from the target that answered a first try (its burst, when it
+    /// rate-limits them).
+    icmp_first: Vec<AtomicU32>,
     /// More than one probe in the scan (nmap only pauses then).
     several: bool,
     responded: AtomicU64,
@@ -113,6 +122,9 @@ pub(crate) struct Shared {
     expired: AtomicU64,
     drops: AtomicU64,
     stop: AtomicBool,
+    /// The confirmation phase runs: few packets, paced in seconds; the receive thread naps
+    /// longer.
+    confirming: AtomicBool,
     sender_parked: Vec<AtomicBool>,
     abort: AtomicBool,
     timing: Mutex<TimingState>,
@@ -144,6 +156,9 @@ impl Shared {
             max_ok_tryno: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
             max_tryno_sent: (0..nhosts).map(|_| AtomicU8::new(0)).collect(),
             rld_until: (0..nhosts).map(|_| AtomicU64::new(0)).collect(),
+            icmp_answered: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            reply_mark: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            icmp_first: (0..nhosts).map(|_| AtomicU32::new(0)).collect(),
             several: n > 1,
             responded: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
@@ -152,6 +167,7 @@ impl Shared {
             expired: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            confirming: AtomicBool::new(false),
             sender_parked: (0..nsenders.max(1))
                 .map(|_| AtomicBool::new(false))
                 .collect(),
@@ -251,7 +267,70 @@ impl Shared {
     /// The highest try number a silent probe of `host` may reach now (nmap's `allowedTryno`).
     pub(crate) fn allowed_tryno(&self, host: usize) -> u8 {
         let max_ok = self.max_ok_tryno[host].load(Ordering::Acquire);
-        allowed_tryno(max_ok, self.max_retries).min(MAX_TRYNO)
+        self.cap_for_confirmation(host, allowed_tryno(max_ok, self.max_retries))
+    }
+
+    /// On a UDP or connect scan of a host that answers with ICMP errors, a port silent after
+    /// its first try is left to the confirmation phase (`confirm`), whose rounds are its
+    /// retransmissions: they tell a withheld error from silence at the rate the host answers,
+    /// where retransmissions here could only guess (they are what nmap slows down for).
+    fn cap_for_confirmation(&self, host: usize, allowed: u8) -> u8 {
+        if self.left_to_confirmation(host) {
+            0
+        } else {
+            allowed.min(MAX_TRYNO)
+        }
+    }
+
+    /// Whether silent ports of `host` go to the confirmation phase (see above).
+    fn left_to_confirmation(&self, host: usize) -> bool {
+        matches!(self.kind, ScanKind::Udp | ScanKind::Connect)
+            && self.icmp_first[host].load(Ordering::Acquire) > 0
+    }
+
+    /// Ports of the scan.
+    pub(crate) fn nports(&self) -> usize {
+        self.nports
+    }
+
+    /// Whether `idx` was answered by an ICMP error from the target itself.
+    pub(crate) fn icmp_answered(&self, idx: usize) -> bool {
+        self.icmp_answered[idx].load(Ordering::Acquire)
+    }
+
+    /// ICMP errors from `host` that answered first tries.
+    pub(crate) fn icmp_first(&self, host: usize) -> u32 {
+        self.icmp_first[host].load(Ordering::Acquire)
+    }
+
+    /// Whether try `tryno` of `idx` was answered at or after `since_us`.
+    pub(crate) fn answered_since(&self, idx: usize, tryno: u8, since_us: u64) -> bool {
+        let m = self.reply_mark[idx].load(Ordering::Acquire);
+        m & 0xf == u64::from(tryno & 0xf) && m >> 4 >= since_us
+    }
+
+    /// Withdraws the silent verdict of `idx` so a confirmation round can settle it; false when
+    /// it has another result.
+    pub(crate) fn withdraw_silent(&self, idx: usize) -> bool {
+        let (s, r) = classify::silent(self.kind);
+        let ok = self.results[idx]
+            .compare_exchange(encode(s, r), 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            self.resolved.fetch_sub(1, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// Gives `idx` the silent state with `reason` unless an answer settled it already.
+    pub(crate) fn settle_silent(&self, idx: usize, reason: Reason) {
+        let (s, _) = classify::silent(self.kind);
+        if self.results[idx]
+            .compare_exchange(0, encode(s, reason), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.resolved.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Send time (µs) of the latest-sent probe that has been answered.
@@ -283,7 +362,7 @@ impl Shared {
         }
         let host = idx / self.nports;
         let max_ok = self.max_ok_tryno[host].load(Ordering::Acquire);
-        let allowed = allowed_tryno(max_ok, max_retries).min(MAX_TRYNO);
+        let allowed = self.cap_for_confirmation(host, allowed_tryno(max_ok, max_retries));
         if tryno < allowed {
             return Some(tryno + 1);
         }
@@ -305,6 +384,13 @@ impl Shared {
         let idx = host * self.nports + pos;
         self.replies.fetch_add(1, Ordering::AcqRel);
         let now = self.now_us();
+        self.reply_mark[idx].store((now << 4) | u64::from(tryno & 0xf), Ordering::Release);
+        if reply.is_icmp_from_target() {
+            self.icmp_answered[idx].store(true, Ordering::Release);
+            if tryno == 0 {
+                self.icmp_first[host].fetch_add(1, Ordering::AcqRel);
+            }
+        }
         let cur = self.tries[idx].load(Ordering::Acquire);
         let mut rtt = None;
         if cur & OUTSTANDING != 0
@@ -344,7 +430,9 @@ impl Shared {
         if let Some(r) = rtt {
             t.rtt.sample(i64::try_from(r).unwrap_or(i64::MAX));
         }
-        if classify::counts_for_timing(self.kind, state, tryno) {
+        // Answers to confirmation rounds say nothing about loss on the path: the rounds are
+        // paced by the target's ICMP budget, and their probes are not retransmissions.
+        if tryno < CONFIRM_TRYNO && classify::counts_for_timing(self.kind, state, tryno) {
             if first_answer {
                 t.cong.observe(tryno > 0);
             }
@@ -409,9 +497,11 @@ impl Shared {
     /// (ICMP port-unreachable above all: Linux sends about one per second after a burst of six)
     /// has refilled its budget. Returns µs to wait before try `tryno` may go to `host`.
     ///
-    /// nmap pauses for every scan type; we pause always for UDP, and for TCP only once the
-    /// host has answered a retransmission (loss or rate limiting is proven). A TCP port that is
-    /// simply dropped never answers, and pausing for it would only cost a second per scan.
+    /// nmap pauses for every scan type; we pause only once the host has answered a
+    /// retransmission (loss or rate limiting is proven). A port that is simply dropped never
+    /// answers, and pausing for it would only cost a second per scan; a target that withholds
+    /// ICMP errors is handled by the confirmation phase (`confirm`), which measures its rate
+    /// instead of assuming one.
     pub(crate) fn rld_wait(&self, host: usize, tryno: u8, now_us: u64) -> u64 {
         if tryno == 0 || !self.several {
             return 0;
@@ -421,7 +511,7 @@ impl Shared {
             return until - now_us;
         }
         let applies =
-            self.kind == ScanKind::Udp || self.max_ok_tryno[host].load(Ordering::Acquire) > 0;
+            self.max_ok_tryno[host].load(Ordering::Acquire) > 0 && !self.left_to_confirmation(host);
         if applies && self.max_tryno_sent[host].fetch_max(tryno, Ordering::AcqRel) < tryno {
             self.rld_until[host].fetch_max(now_us + 1_000_000, Ordering::AcqRel);
             return 1_000_000;
@@ -563,6 +653,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
         port_pos[usize::from(*p)] = u32::try_from(i).unwrap_or(u32::MAX);
     }
     let mut sources: Vec<IpAddr> = plan.sources.clone();
+    sources.extend(&plan.extra_sources);
     sources.sort();
     sources.dedup();
 
@@ -570,6 +661,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
         what: "starting a scan thread".into(),
         source,
     };
+    let mut limits = Vec::new();
     let retransmissions = std::thread::scope(|scope| -> Result<u64, ScanError> {
         let mut senders = Vec::with_capacity(nsenders);
         for (k, tx) in txs.iter().enumerate() {
@@ -594,7 +686,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
                 )
             });
         let mut total = 0u64;
-        let mut first_err = None;
+        let mut first_err: Option<ScanError> = None;
         for h in senders {
             match h.join() {
                 Ok(Ok(n)) => total += n,
@@ -610,6 +702,19 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
                 shared.abort.store(true, Ordering::Release);
             }
         }
+        // The receive thread keeps running for the confirmation phase (UDP only: in SYN and
+        // ACK scans an ICMP error and silence give the same state).
+        if first_err.is_none()
+            && plan.kind == ScanKind::Udp
+            && let Some(tx) = txs.first()
+        {
+            shared.confirming.store(true, Ordering::Release);
+            let mut io = RawRounds::new(&plan, probe, tx, kind_name);
+            match confirm::run(&shared, &confirm_setup(&plan), &mut io) {
+                Ok(l) => limits = l,
+                Err(e) => first_err = Some(e),
+            }
+        }
         shared.stop.store(true, Ordering::Release);
         let receiver = receiver.map_err(spawn_err)?;
         receiver
@@ -623,7 +728,121 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     if let Some(cb) = &plan.progress {
         cb(&shared.progress((nhosts * nports) as u64));
     }
-    Ok(shared.into_outcome(retransmissions))
+    let mut outcome = shared.into_outcome(retransmissions);
+    outcome.rate_limits = limits;
+    Ok(outcome)
+}
+
+/// What the confirmation phase needs to know of a plan.
+pub(crate) fn confirm_setup(plan: &Plan) -> confirm::Setup<'_> {
+    confirm::Setup {
+        targets: &plan.targets,
+        sources: &plan.sources,
+        extra_sources: &plan.extra_sources,
+        budget: plan.confirm_budget,
+        progress: plan.progress.as_ref(),
+        total: (plan.targets.len() * plan.ports.len()) as u64,
+    }
+}
+
+/// Sleeps until a probe to `host` may leave under the rate caps (total and per target).
+pub(crate) fn wait_for_caps(shared: &Shared, rate: &RateCap, host: usize) {
+    loop {
+        let now = shared.now_us();
+        let wait = rate.wait_us(shared.sent.load(Ordering::Acquire), now);
+        let wait = if wait > 0 { wait } else { shared.pace(host) };
+        if wait == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(wait.min(100_000)));
+    }
+}
+
+/// Confirmation rounds over raw sockets: the send socket of the first pass (IPv4 probes
+/// carry their own source address), one more IPv6 socket per extra IPv6 source (the kernel
+/// fills in an IPv6 raw socket's source from its binding); the receive thread hears answers.
+struct RawRounds<'a> {
+    plan: &'a Plan,
+    probe: RawProbe,
+    tx: &'a RawSender,
+    kind_name: &'static str,
+    v6_extra: Vec<(IpAddr, RawSender)>,
+    rate: RateCap,
+    buf: [u8; 128],
+}
+
+impl<'a> RawRounds<'a> {
+    fn new(plan: &'a Plan, probe: RawProbe, tx: &'a RawSender, kind_name: &'static str) -> Self {
+        RawRounds {
+            plan,
+            probe,
+            tx,
+            kind_name,
+            v6_extra: Vec::new(),
+            rate: RateCap::new(plan.timing.max_rate),
+            buf: [0u8; 128],
+        }
+    }
+
+    fn sender_for(&mut self, source: IpAddr, host: usize) -> Result<&RawSender, ScanError> {
+        let IpAddr::V6(v6) = source else {
+            return Ok(self.tx);
+        };
+        if self.plan.sources[host] == source {
+            return Ok(self.tx);
+        }
+        let pos = match self.v6_extra.iter().position(|(a, _)| *a == source) {
+            Some(p) => p,
+            None => {
+                let proto = if self.plan.kind == ScanKind::Udp {
+                    packet::PROTO_UDP
+                } else {
+                    packet::PROTO_TCP
+                };
+                let tx = RawSender::open(self.kind_name, false, Some(v6), proto)?;
+                self.v6_extra.push((source, tx));
+                self.v6_extra.len() - 1
+            }
+        };
+        Ok(&self.v6_extra[pos].1)
+    }
+}
+
+impl confirm::RoundIo for RawRounds<'_> {
+    fn send(
+        &mut self,
+        shared: &Shared,
+        idx: usize,
+        tryno: u8,
+        source: IpAddr,
+    ) -> Result<(), ScanError> {
+        let nports = self.plan.ports.len();
+        let (h, p) = (idx / nports, idx % nports);
+        wait_for_caps(shared, &self.rate, h);
+        let dst = self.plan.targets[h];
+        let (probe, id, port) = (self.probe, self.plan.id, self.plan.ports[p]);
+        let mut buf = self.buf;
+        let len = probe.build(&id, &mut buf, source, dst, port, tryno);
+        let tx = self.sender_for(source, h)?;
+        shared.mark_sent(idx, tryno, shared.now_us());
+        // A probe the kernel could not take is lost like any other: its round is inconclusive
+        // or leaves the port for the next round.
+        tx.send(&buf[..len], dst)?;
+        Ok(())
+    }
+
+    fn pump(&mut self, shared: &Shared, until_us: u64) -> Result<(), ScanError> {
+        // Answers are handled by the receive thread; wake on the first new one so a round
+        // ends as soon as its sentinel is answered.
+        let replies = shared.replies.load(Ordering::Acquire);
+        loop {
+            let now = shared.now_us();
+            if now >= until_us || shared.replies.load(Ordering::Acquire) != replies {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros((until_us - now).min(1_000)));
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -652,7 +871,12 @@ fn receive_loop(
             }
         }
         if n == 0 {
-            std::thread::sleep(Duration::from_micros(100));
+            let nap = if shared.confirming.load(Ordering::Acquire) {
+                500
+            } else {
+                100
+            };
+            std::thread::sleep(Duration::from_micros(nap));
             continue;
         }
         let mut any = false;

@@ -51,6 +51,8 @@
 //! * `packet` — building probes with `pnet`, decoding replies.
 //! * `net` — raw send sockets, the packet receive socket, source selection.
 //! * `engine` — send/receive threads, retransmission, congestion control.
+//! * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent
+//!   on targets that rate-limit their ICMP errors, at the rate they answer.
 //! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
@@ -64,6 +66,7 @@
 //! are opened by the calling thread, so a scan runs in that thread's network namespace.
 
 pub mod classify;
+mod confirm;
 mod engine;
 mod error;
 pub mod model;
@@ -78,8 +81,7 @@ pub mod timing;
 
 pub use error::ScanError;
 pub use model::{
-    HostReport, PortResult, PortState, Protocol, RateLimit, Reason, ScanKind, ScanReport,
-    ScanStats,
+    HostReport, PortResult, PortState, Protocol, RateLimit, Reason, ScanKind, ScanReport, ScanStats,
 };
 pub use net::source_for;
 #[doc(hidden)]

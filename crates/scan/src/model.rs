@@ -364,7 +364,11 @@ impl RateLimit {
             }
         };
         if self.unconfirmed > 0 {
-            let plural = if self.unconfirmed == 1 { "port" } else { "ports" };
+            let plural = if self.unconfirmed == 1 {
+                "port"
+            } else {
+                "ports"
+            };
             format!(
                 "ICMP rate limit: {rate} from this node; {} {plural} not confirmed in {}",
                 self.unconfirmed,

@@ -177,6 +177,15 @@ impl Scanner {
             ));
         }
         self.config.targets.check(&uniq)?;
+        for s in &self.config.extra_sources {
+            // Probes from an address this host does not have would be spoofed, and their
+            // answers would go elsewhere.
+            std::net::UdpSocket::bind(std::net::SocketAddr::new(*s, 0)).map_err(|e| {
+                ScanError::Config(format!(
+                    "source address {s} is not an address of this host ({e}); give only addresses assigned to a local interface"
+                ))
+            })?;
+        }
         // The routing lookup decides which targets can be scanned at all; an explicit source
         // address does not make an unroutable target reachable.
         let mut routable = Vec::with_capacity(uniq.len());

@@ -63,7 +63,8 @@ impl Timing {
         if self.min_rtt_timeout > self.max_rtt_timeout {
             self.max_rtt_timeout = self.min_rtt_timeout;
         }
-        self.max_retries = self.max_retries.min(14);
+        // Try numbers 14 and 15 belong to confirmation rounds (see `probe::CONFIRM_TRYNO`).
+        self.max_retries = self.max_retries.min(13);
         self.min_cwnd = self.min_cwnd.max(1);
         self.max_cwnd = self.max_cwnd.max(self.min_cwnd);
         self.initial_cwnd = self.initial_cwnd.clamp(self.min_cwnd, self.max_cwnd);

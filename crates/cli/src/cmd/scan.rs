@@ -236,14 +236,38 @@ fn scanner(a: &Args, policy: &TargetPolicy, bar: Option<ProgressBar>) -> Scanner
         Some(bar) => scanner.on_progress(move |p| {
             bar.set_length(p.total);
             bar.set_position(p.done);
-            if let Some(eta) = p.eta() {
-                bar.set_message(format!("ETA {:.1}s", eta.as_secs_f64()));
-            }
+            bar.set_message(progress_message(p));
             if p.done >= p.total {
                 bar.finish_and_clear();
             }
         }),
         None => scanner,
+    }
+}
+
+/// The progress bar's message: the time left and, while the scan waits on a target's ICMP
+/// rate limit, that it does and how fast the target answers.
+fn progress_message(p: &portwarden_scan::Progress) -> String {
+    let eta = p
+        .eta()
+        .map(|eta| format!("ETA {}", human(eta)))
+        .unwrap_or_default();
+    match p.rate_limit_interval_ms {
+        Some(ms) if ms > 0 => {
+            let per_s = 1000.0 / ms as f64;
+            let rate = if per_s >= 2.0 {
+                format!("~{per_s:.0}/s")
+            } else {
+                format!("~1 per {:.1} s", ms as f64 / 1000.0)
+            };
+            let rate = if (0.9..1.1).contains(&per_s) {
+                "~1/s".to_string()
+            } else {
+                rate
+            };
+            format!("waiting on the node's ICMP rate limit, {rate}  {eta}")
+        }
+        _ => eta,
     }
 }
 
@@ -315,6 +339,37 @@ mod tests {
 
     fn raw(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_scan_waiting_on_a_rate_limit_says_so_with_an_eta() {
+        let p = portwarden_scan::Progress {
+            done: 10,
+            total: 40,
+            elapsed: Duration::from_secs(3),
+            probes_sent: 60,
+            rate_limit_interval_ms: Some(1_030),
+            estimated_left: Some(Duration::from_secs(31)),
+        };
+        assert_eq!(
+            progress_message(&p),
+            "waiting on the node's ICMP rate limit, ~1/s  ETA 31 s"
+        );
+        let fast = portwarden_scan::Progress {
+            rate_limit_interval_ms: Some(100),
+            ..p
+        };
+        assert!(
+            progress_message(&fast).contains("~10/s"),
+            "{}",
+            progress_message(&fast)
+        );
+        let plain = portwarden_scan::Progress {
+            rate_limit_interval_ms: None,
+            estimated_left: None,
+            ..p
+        };
+        assert_eq!(progress_message(&plain), "ETA 9 s");
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
                     tryno,
                     sent_us: t,
                 }),
-                Err(errno) => shared.on_reply(h, p, tryno, Reply::Connect { errno }),
+                Err(errno) => shared.on_reply(h, p, tryno, Reply::Connect { errno, icmp: false }),
             }
         }
         if let Some(cb) = &plan.progress
@@ -196,49 +196,123 @@ pub(crate) fn run(plan: Plan) -> Result<Outcome, ScanError> {
             break;
         }
         // Wait for completions, at most until the oldest attempt expires.
-        pollfds.clear();
-        pollfds.extend(active.iter().map(|a| libc::pollfd {
-            fd: a.sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        }));
         let now = shared.now_us();
-        let wait_ms = active
+        let wait_us = active
             .iter()
             .map(|a| (a.sent_us + timeout_us).saturating_sub(now))
             .min()
             .unwrap_or(1_000)
-            .min(if paced_us > 0 { paced_us } else { u64::MAX })
-            .div_ceil(1_000)
-            .clamp(1, 50);
-        // SAFETY: `pollfds` is a valid, initialised array of `len` pollfd structs.
-        let n = unsafe {
-            libc::poll(
-                pollfds.as_mut_ptr(),
-                pollfds.len() as libc::nfds_t,
-                wait_ms as libc::c_int,
-            )
-        };
-        if n <= 0 {
-            continue;
-        }
-        // Walk backwards so swap_remove keeps the remaining pollfd indexes valid.
-        for k in (0..pollfds.len()).rev() {
-            if pollfds[k].revents == 0 {
-                continue;
-            }
-            let a = active.swap_remove(k);
-            let errno = match a.sock.take_error() {
-                Ok(None) => queued_errno(&a.sock).unwrap_or(0),
-                Ok(Some(e)) => e.raw_os_error().unwrap_or(libc::EIO),
-                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
-            };
-            let (h, p) = (a.idx / nports, a.idx % nports);
-            shared.on_reply(h, p, a.tryno, Reply::Connect { errno });
-        }
+            .min(if paced_us > 0 { paced_us } else { u64::MAX });
+        complete(&shared, &mut active, &mut pollfds, wait_us);
     }
+    // Then prove the silent ports of targets that rate-limit their ICMP errors silent.
+    let mut rounds = ConnectRounds {
+        plan: &plan,
+        rate,
+        active,
+        pollfds,
+    };
+    let limits = crate::confirm::run(&shared, &crate::engine::confirm_setup(&plan), &mut rounds)?;
     if let Some(cb) = &plan.progress {
         cb(&shared.progress(total_fresh as u64));
     }
-    Ok(shared.into_outcome(retransmissions))
+    let mut outcome = shared.into_outcome(retransmissions);
+    outcome.rate_limits = limits;
+    Ok(outcome)
+}
+
+/// Waits up to `wait_us` (rounded up to whole milliseconds, at most 50) for attempts to
+/// finish, and hands each finished one's errno to `shared`, with whether an ICMP error caused
+/// it (an error queued by IP_RECVERR; a reset queues nothing).
+fn complete(
+    shared: &Shared,
+    active: &mut Vec<Attempt>,
+    pollfds: &mut Vec<libc::pollfd>,
+    wait_us: u64,
+) {
+    pollfds.clear();
+    pollfds.extend(active.iter().map(|a| libc::pollfd {
+        fd: a.sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    }));
+    let wait_ms = wait_us.div_ceil(1_000).clamp(1, 50);
+    // SAFETY: `pollfds` is a valid, initialised array of `len` pollfd structs.
+    let n = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            wait_ms as libc::c_int,
+        )
+    };
+    if n <= 0 {
+        return;
+    }
+    let nports = shared.nports();
+    // Walk backwards so swap_remove keeps the remaining pollfd indexes valid.
+    for k in (0..pollfds.len()).rev() {
+        if pollfds[k].revents == 0 {
+            continue;
+        }
+        let a = active.swap_remove(k);
+        let pending = a.sock.take_error();
+        let queued = queued_errno(&a.sock);
+        let errno = match pending {
+            Ok(None) => queued.unwrap_or(0),
+            Ok(Some(e)) => e.raw_os_error().unwrap_or(libc::EIO),
+            Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        };
+        let (h, p) = (a.idx / nports, a.idx % nports);
+        let icmp = queued.is_some();
+        shared.on_reply(h, p, a.tryno, Reply::Connect { errno, icmp });
+    }
+}
+
+/// Confirmation rounds as connect() attempts (see `confirm`).
+struct ConnectRounds<'a> {
+    plan: &'a Plan,
+    rate: RateCap,
+    active: Vec<Attempt>,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl crate::confirm::RoundIo for ConnectRounds<'_> {
+    fn send(
+        &mut self,
+        shared: &Shared,
+        idx: usize,
+        tryno: u8,
+        source: IpAddr,
+    ) -> Result<(), ScanError> {
+        let nports = shared.nports();
+        let (h, p) = (idx / nports, idx % nports);
+        crate::engine::wait_for_caps(shared, &self.rate, h);
+        let dst = SocketAddr::new(self.plan.targets[h], self.plan.ports[p]);
+        let t = shared.now_us();
+        shared.mark_sent(idx, tryno, t);
+        match start(source, dst)? {
+            Ok(sock) => self.active.push(Attempt {
+                sock,
+                idx,
+                tryno,
+                sent_us: t,
+            }),
+            Err(errno) => shared.on_reply(h, p, tryno, Reply::Connect { errno, icmp: false }),
+        }
+        Ok(())
+    }
+
+    fn pump(&mut self, shared: &Shared, until_us: u64) -> Result<(), ScanError> {
+        let (timeout_us, _) = shared.timing_now();
+        let now = shared.now_us();
+        // Attempts of rounds that are over are abandoned; the round already counted them.
+        self.active.retain(|a| now < a.sent_us + timeout_us);
+        complete(
+            shared,
+            &mut self.active,
+            &mut self.pollfds,
+            until_us.saturating_sub(now),
+        );
+        Ok(())
+    }
 }

@@ -25,6 +25,11 @@ use crate::packet::Incoming;
 /// Highest try number that fits the encodings (4 bits).
 pub(crate) const MAX_TRYNO: u8 = 15;
 
+/// Try numbers from here up are confirmation rounds (`confirm`), not retransmissions: the
+/// rounds alternate between 14 and 15 so a late answer to one round is never taken for an
+/// answer to the next. Retransmissions stop below (`Timing::max_retries` is at most 13).
+pub(crate) const CONFIRM_TRYNO: u8 = 14;
+
 /// Per-scan secret and source port that identify our probes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Identity {
