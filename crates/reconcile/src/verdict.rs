@@ -3,6 +3,12 @@
 //! The table follows DESIGN.md's "Intent → rule → what a scanner sees". UDP has one genuinely
 //! undecidable case: an `open` UDP port whose service stays silent looks `open|filtered`, the
 //! same as a dropped probe, so it is `indeterminate`, never `in_sync`.
+//!
+//! A target that rate-limits its ICMP errors (every Linux host does, about one per second per
+//! peer after a burst of six) adds another: a port the scan could not confirm in its budget
+//! ([`Reason::RateLimited`](portwarden_scan::Reason::RateLimited)) may be silent, or may have
+//! answered with an error the target withheld. [`judge_unconfirmed`] keeps a verdict only when
+//! it holds whichever it was, so the rate limit never makes a drift.
 
 use portwarden_policy::{Protocol, State};
 use portwarden_scan::PortState;
@@ -78,9 +84,91 @@ pub fn judge(
     }
 }
 
+/// Judges a port whose silence is not confirmed: the target was rate-limiting its ICMP errors
+/// and the scan's budget ran out ([`Reason::RateLimited`](portwarden_scan::Reason::RateLimited)).
+///
+/// The port may be as silent as it looks (`observed`), or it may have answered with an ICMP
+/// error the target withheld, which reads as `closed` (port unreachable to UDP or connect) or
+/// `filtered` (any other code, or to a SYN probe). The verdict of `observed` stands only when
+/// all three readings give it (an `open` TCP port is drift either way: it would have answered
+/// with a SYN/ACK, which no ICMP limit holds back); otherwise the port is `indeterminate`.
+pub fn judge_unconfirmed(
+    protocol: Protocol,
+    expected: State,
+    observed: PortState,
+) -> (Verdict, Option<&'static str>) {
+    let seen = judge(protocol, expected, observed);
+    let withheld = [PortState::Closed, PortState::Filtered];
+    if withheld
+        .iter()
+        .all(|&w| judge(protocol, expected, w).0 == seen.0)
+    {
+        seen
+    } else {
+        (Verdict::Indeterminate, None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Silence a rate limit may explain is never drift, and never in sync either, except where
+    /// every reading agrees.
+    #[test]
+    fn unconfirmed_silence_is_drift_only_when_every_reading_drifts() {
+        use Protocol::{Tcp, Udp};
+        let cases = [
+            (
+                Udp,
+                State::Closed,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Udp,
+                State::Filtered,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Udp,
+                State::Open,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Tcp,
+                State::Closed,
+                PortState::Filtered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Tcp,
+                State::Filtered,
+                PortState::Filtered,
+                Verdict::Indeterminate,
+            ),
+            // Whatever the withheld answer, an open TCP port would have sent a SYN/ACK.
+            (Tcp, State::Open, PortState::Filtered, Verdict::Drift),
+        ];
+        for (protocol, expected, observed, verdict) in cases {
+            assert_eq!(
+                judge_unconfirmed(protocol, expected, observed).0,
+                verdict,
+                "{protocol} expected {expected}, observed {observed}"
+            );
+        }
+        // The plain table would have called the first and the fourth drift.
+        assert_eq!(
+            judge(Udp, State::Closed, PortState::OpenFiltered).0,
+            Verdict::Drift
+        );
+        assert_eq!(
+            judge(Tcp, State::Closed, PortState::Filtered).0,
+            Verdict::Drift
+        );
+    }
 
     #[test]
     fn design_table() {
