@@ -489,7 +489,7 @@ mod tests {
         use portwarden_policy::document::{PortEntry, Ports};
         use portwarden_policy::{PolicySet, Protocol, State};
         use portwarden_reconcile::{Target, VerifyOptions, compare};
-        use portwarden_scan::{HostReport, PortResult, PortState, RateLimit, Reason};
+        use portwarden_scan::{HostReport, PortResult, PortState, RateLimit, Reason, ScanKind};
 
         let mut p = policy("udp-closed", 1, "web");
         p.spec.0.ports = vec![PortEntry {
@@ -535,7 +535,7 @@ mod tests {
             }),
         };
         let status_after = |reason_of_silence: Reason| {
-            let results = [(Protocol::Udp, scan(reason_of_silence))];
+            let results = [(ScanKind::Udp, scan(reason_of_silence))];
             let report = compare(
                 std::slice::from_ref(&target),
                 "10.0.0.11".parse().unwrap(),

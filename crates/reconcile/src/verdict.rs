@@ -11,7 +11,7 @@
 //! it holds whichever it was, so the rate limit never makes a drift.
 
 use portwarden_policy::{Protocol, State};
-use portwarden_scan::PortState;
+use portwarden_scan::{PortState, ScanKind};
 use serde::{Deserialize, Serialize};
 
 /// The outcome of comparing one port.
@@ -88,17 +88,26 @@ pub fn judge(
 /// and the scan's budget ran out ([`Reason::RateLimited`](portwarden_scan::Reason::RateLimited)).
 ///
 /// The port may be as silent as it looks (`observed`), or it may have answered with an ICMP
-/// error the target withheld, which reads as `closed` (port unreachable to UDP or connect) or
-/// `filtered` (any other code, or to a SYN probe). The verdict of `observed` stands only when
-/// all three readings give it (an `open` TCP port is drift either way: it would have answered
-/// with a SYN/ACK, which no ICMP limit holds back); otherwise the port is `indeterminate`.
+/// error the target withheld: to a UDP or connect probe that reads `closed` (port
+/// unreachable) or `filtered` (any other code), to a SYN or ACK probe `filtered` whatever the
+/// code. The verdict of `observed` stands only when every reading gives it (an `open` TCP
+/// port is drift either way: it would have answered with a SYN/ACK, which no ICMP limit holds
+/// back; so is a `closed` one under a SYN scan, whose reset is no ICMP error either);
+/// otherwise the port is `indeterminate`.
 pub fn judge_unconfirmed(
-    protocol: Protocol,
+    kind: ScanKind,
     expected: State,
     observed: PortState,
 ) -> (Verdict, Option<&'static str>) {
+    let protocol = match kind {
+        ScanKind::Udp => Protocol::Udp,
+        ScanKind::Syn | ScanKind::Connect | ScanKind::Ack => Protocol::Tcp,
+    };
+    let withheld: &[PortState] = match kind {
+        ScanKind::Udp | ScanKind::Connect => &[PortState::Closed, PortState::Filtered],
+        ScanKind::Syn | ScanKind::Ack => &[PortState::Filtered],
+    };
     let seen = judge(protocol, expected, observed);
-    let withheld = [PortState::Closed, PortState::Filtered];
     if withheld
         .iter()
         .all(|&w| judge(protocol, expected, w).0 == seen.0)
@@ -117,7 +126,7 @@ mod tests {
     /// every reading agrees.
     #[test]
     fn unconfirmed_silence_is_drift_only_when_every_reading_drifts() {
-        use Protocol::{Tcp, Udp};
+        use ScanKind::{Connect, Syn, Udp};
         let cases = [
             (
                 Udp,
@@ -138,34 +147,39 @@ mod tests {
                 Verdict::Indeterminate,
             ),
             (
-                Tcp,
+                Connect,
                 State::Closed,
                 PortState::Filtered,
                 Verdict::Indeterminate,
             ),
             (
-                Tcp,
+                Connect,
                 State::Filtered,
                 PortState::Filtered,
                 Verdict::Indeterminate,
             ),
             // Whatever the withheld answer, an open TCP port would have sent a SYN/ACK.
-            (Tcp, State::Open, PortState::Filtered, Verdict::Drift),
+            (Connect, State::Open, PortState::Filtered, Verdict::Drift),
+            (Syn, State::Open, PortState::Filtered, Verdict::Drift),
+            // A SYN probe reads any ICMP error as filtered, and a reset is not limited.
+            (Syn, State::Closed, PortState::Filtered, Verdict::Drift),
+            (Syn, State::Filtered, PortState::Filtered, Verdict::InSync),
         ];
-        for (protocol, expected, observed, verdict) in cases {
+        for (kind, expected, observed, verdict) in cases {
             assert_eq!(
-                judge_unconfirmed(protocol, expected, observed).0,
+                judge_unconfirmed(kind, expected, observed).0,
                 verdict,
-                "{protocol} expected {expected}, observed {observed}"
+                "{kind:?} expected {expected}, observed {observed}"
             );
         }
+        let (u, t) = (Protocol::Udp, Protocol::Tcp);
         // The plain table would have called the first and the fourth drift.
         assert_eq!(
-            judge(Udp, State::Closed, PortState::OpenFiltered).0,
+            judge(u, State::Closed, PortState::OpenFiltered).0,
             Verdict::Drift
         );
         assert_eq!(
-            judge(Tcp, State::Closed, PortState::Filtered).0,
+            judge(t, State::Closed, PortState::Filtered).0,
             Verdict::Drift
         );
     }

@@ -184,11 +184,12 @@ pub fn verify_incremental(
 /// for probes sent from `vantage`, without asking any agent (causes from the outside view
 /// only) and, when `ledger` is given, with UDP rows dated and completed as
 /// [`verify_incremental`] does. Pure: for scans made elsewhere and for tests with synthetic
-/// ones. `results` holds each address's TCP and UDP host reports.
+/// ones. `results` holds each address's TCP and UDP host reports, each with the probe type
+/// that produced it (what a withheld ICMP error would have read as depends on it).
 pub fn compare(
     targets: &[Target],
     vantage: IpAddr,
-    results: &[(Protocol, HostReport)],
+    results: &[(ScanKind, HostReport)],
     opts: &VerifyOptions,
     ledger: Option<&Ledger>,
 ) -> Report {
@@ -255,7 +256,7 @@ fn run(
     let mut tcp_kind = opts.tcp_kind;
     let mut udp_denied = false;
     let mut scans: Vec<ScanReport> = Vec::new();
-    let mut results: Vec<(Protocol, HostReport)> = Vec::new();
+    let mut results: Vec<(ScanKind, HostReport)> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         // Targets that need the same ports are scanned together, each group once.
         // Unreachable addresses are left out: nothing can be sent to them.
@@ -296,15 +297,15 @@ fn run(
                     other => other?,
                 },
             };
-            let fresh: Vec<(Protocol, HostReport)> = report
+            let fresh: Vec<(ScanKind, HostReport)> = report
                 .hosts
                 .iter()
                 .cloned()
-                .map(|h| (protocol, h))
+                .map(|h| (report.kind, h))
                 .collect();
             notes.extend(rate_limit_notes(&planned, &fresh));
             let finished = SystemTime::now();
-            for (_, host) in fresh {
+            for (kind, host) in fresh {
                 let host = match (protocol, ledger.as_deref_mut()) {
                     (Protocol::Udp, Some(l)) => {
                         l.record(&host, finished);
@@ -312,7 +313,7 @@ fn run(
                     }
                     _ => host,
                 };
-                results.push((protocol, host));
+                results.push((kind, host));
             }
             scans.push(report);
         }
@@ -362,10 +363,11 @@ fn share_note(addresses: &[IpAddr], share: usize, managed: usize, opts: &VerifyO
 
 /// A note for each host report with a measured ICMP rate limit: which node, which protocol,
 /// and what was measured.
-fn rate_limit_notes(planned: &[Planned<'_>], results: &[(Protocol, HostReport)]) -> Vec<String> {
+fn rate_limit_notes(planned: &[Planned<'_>], results: &[(ScanKind, HostReport)]) -> Vec<String> {
     results
         .iter()
-        .filter_map(|(protocol, h)| {
+        .filter_map(|(kind, h)| {
+            let protocol = protocol_of(*kind);
             let rl = h.rate_limit.as_ref()?;
             let node = planned
                 .iter()
@@ -404,20 +406,27 @@ fn usable_extra_sources(
     usable
 }
 
+/// The protocol a probe type scans.
+fn protocol_of(kind: ScanKind) -> Protocol {
+    match kind {
+        ScanKind::Udp => Protocol::Udp,
+        ScanKind::Syn | ScanKind::Connect | ScanKind::Ack => Protocol::Tcp,
+    }
+}
+
 /// The rows of every planned address from the scans' `results`.
 fn compare_planned(
     planned: &[Planned<'_>],
     insides: &[(String, Result<InsideView, String>)],
     asked: bool,
-    results: &[(Protocol, HostReport)],
+    results: &[(ScanKind, HostReport)],
     opts: &VerifyOptions,
     ledger: Option<&Ledger>,
 ) -> Vec<Row> {
     let host = |protocol: Protocol, address: IpAddr| {
         results
             .iter()
-            .find(|(p, h)| *p == protocol && h.address == address)
-            .map(|(_, h)| h)
+            .find(|(k, h)| protocol_of(*k) == protocol && h.address == address)
     };
     let mut rows = Vec::new();
     for p in planned {
@@ -428,13 +437,15 @@ fn compare_planned(
             None if asked => Inside::Unknown("no address of the node is reachable"),
             None => Inside::Unknown("agents not asked (--agent-port 0)"),
         };
-        let tcp = host(Protocol::Tcp, t.address);
-        let udp = host(Protocol::Udp, t.address);
+        let tcp_scan = host(Protocol::Tcp, t.address);
+        let tcp = tcp_scan.map(|(_, h)| h);
+        let udp = host(Protocol::Udp, t.address).map(|(_, h)| h);
         let ctx = Compare {
             target: t,
             vantage: p.vantage,
             inside: &inside,
             ledger,
+            tcp_kind: tcp_scan.map_or(opts.tcp_kind, |(k, _)| *k),
         };
         if let Some(why) = &p.unreachable {
             rows.extend(ctx.unroutable(why, &opts.failsafe));
@@ -577,6 +588,8 @@ struct Compare<'a> {
     inside: &'a Inside<'a>,
     /// The agent's ledger, whose UDP observations the results were completed from.
     ledger: Option<&'a Ledger>,
+    /// The probe type of the TCP results.
+    tcp_kind: ScanKind,
 }
 
 /// The cause of a port whose silence the target's ICMP rate limit leaves unconfirmed.
@@ -659,7 +672,11 @@ impl Compare<'_> {
                 };
                 let unconfirmed = reason == Reason::RateLimited;
                 let (verdict, outside) = if unconfirmed {
-                    judge_unconfirmed(e.protocol, e.state, observed)
+                    let kind = match e.protocol {
+                        Protocol::Tcp => self.tcp_kind,
+                        Protocol::Udp => ScanKind::Udp,
+                    };
+                    judge_unconfirmed(kind, e.state, observed)
                 } else {
                     judge(e.protocol, e.state, observed)
                 };
@@ -918,6 +935,7 @@ mod tests {
             vantage,
             inside: &Inside::Unknown("not asked"),
             ledger: None,
+            tcp_kind: ScanKind::Syn,
         };
         let rows = ctx.unroutable("no route to 10.9.9.9", &Failsafe::none());
         let row = |port: u16| {
@@ -1130,8 +1148,8 @@ mod tests {
     fn unconfirmed_silence_of_a_rate_limited_node_is_indeterminate_not_drift() {
         let target = udp_closed_node();
         let results = [
-            (Protocol::Tcp, tcp_scan(PortState::Open, Reason::SynAck)),
-            (Protocol::Udp, udp_scan(18, 12)),
+            (ScanKind::Syn, tcp_scan(PortState::Open, Reason::SynAck)),
+            (ScanKind::Udp, udp_scan(18, 12)),
         ];
         let report = compare(&[target], vantage(), &results, &options(), None);
         assert_eq!(
@@ -1179,7 +1197,7 @@ mod tests {
             }
         }
         silent.rate_limit = None;
-        let results = [(Protocol::Udp, silent)];
+        let results = [(ScanKind::Udp, silent)];
         let report = compare(&[udp_closed_node()], vantage(), &results, &options(), None);
         assert_eq!(report.summary.drift, 12, "{report:#?}");
     }
@@ -1187,7 +1205,7 @@ mod tests {
     #[test]
     fn an_open_tcp_port_that_stays_silent_drifts_even_when_unconfirmed() {
         let results = [(
-            Protocol::Tcp,
+            ScanKind::Connect,
             HostReport {
                 rate_limit: udp_scan(0, 1).rate_limit,
                 ..tcp_scan(PortState::Filtered, Reason::RateLimited)
@@ -1231,7 +1249,7 @@ mod tests {
         let report = compare(
             std::slice::from_ref(&target),
             vantage(),
-            &[(Protocol::Udp, merged)],
+            &[(ScanKind::Udp, merged)],
             &opts,
             Some(&ledger),
         );
@@ -1261,7 +1279,7 @@ mod tests {
         let report = compare(
             std::slice::from_ref(&target),
             vantage(),
-            &[(Protocol::Udp, merged)],
+            &[(ScanKind::Udp, merged)],
             &opts,
             Some(&ledger),
         );
@@ -1294,7 +1312,7 @@ mod tests {
         let report = compare(
             &[target],
             vantage(),
-            &[(Protocol::Udp, merged)],
+            &[(ScanKind::Udp, merged)],
             &options(),
             Some(&ledger),
         );
