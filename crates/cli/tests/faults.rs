@@ -1120,6 +1120,7 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
             refresh: Duration::from_secs(1),
             scan_interval: None,
             scan_rate: None,
+            confirm_budget: None,
             poll: Duration::from_millis(100),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT)),
             failsafe: Failsafe::default(),

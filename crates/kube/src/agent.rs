@@ -651,12 +651,7 @@ impl AgentState {
                 .reported_at
                 .as_ref()
                 .is_none_or(|old| now.0.duration_since(old.0) < heartbeat);
-            let undated = |s: &PortReportSpec| PortReportSpec {
-                scanned_at: None,
-                reported_at: None,
-                ..s.clone()
-            };
-            if fresh && undated(written) == undated(&spec) {
+            if fresh && report::undated(written) == report::undated(&spec) {
                 return None;
             }
         }
@@ -887,6 +882,7 @@ mod tests {
                 refresh: Duration::from_secs(10),
                 scan_interval: None,
                 scan_rate: None,
+                confirm_budget: None,
                 poll: Duration::from_secs(1),
                 listen: "127.0.0.1:9750".parse().unwrap(),
                 failsafe: portwarden_netfilter::Failsafe::default(),
@@ -1079,6 +1075,7 @@ mod tests {
             refresh: Duration::from_secs(3600),
             scan_interval: Some(Duration::from_millis(50)),
             scan_rate: None,
+            confirm_budget: None,
             poll: Duration::from_secs(1),
             listen: "127.0.0.1:9750".parse().unwrap(),
             failsafe: portwarden_netfilter::Failsafe::default(),

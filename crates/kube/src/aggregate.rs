@@ -257,7 +257,7 @@ pub fn status(
                 let mut message = format!("{} port observation(s) in sync", ports.in_sync);
                 if ports.indeterminate > 0 {
                     message.push_str(&format!(
-                        ", {} indeterminate (silent UDP services)",
+                        ", {} indeterminate (silent UDP services, or ports a node that rate-limits its ICMP errors did not confirm in time: see the PortReports' findings)",
                         ports.indeterminate
                     ));
                 }
@@ -477,6 +477,118 @@ mod tests {
         // 10 minutes after: still alive.
         let s = status(&p, &v, &nodes(), &reports, &now(600));
         assert_eq!(cond(&s, APPLIED), ("True", "Applied"));
+    }
+
+    /// The case end to end: `ports: "5000-5029", protocol: UDP, state: closed` on
+    /// web-2, scanned by web-1's agent while web-2 rate-limits its port-unreachables; 12
+    /// ports are not confirmed within the budget. No drift is counted, the condition stays
+    /// InSync, no DriftDetected Event; the same silence confirmed is drift and does raise one.
+    #[test]
+    fn silence_a_rate_limit_explains_raises_no_drift_detected() {
+        use crate::report::{Applied, Scan, build};
+        use portwarden_policy::document::{PortEntry, Ports};
+        use portwarden_policy::{PolicySet, Protocol, State};
+        use portwarden_reconcile::{Target, VerifyOptions, compare};
+        use portwarden_scan::{HostReport, PortResult, PortState, RateLimit, Reason, ScanKind};
+
+        let mut p = policy("udp-closed", 1, "web");
+        p.spec.0.ports = vec![PortEntry {
+            ports: Ports::Text("5000-5029".into()),
+            protocol: Protocol::Udp,
+            state: State::Closed,
+            from: vec![],
+            reason: None,
+        }];
+        let v = crate::agent::validate(&p);
+        let set = PolicySet::new(vec![v.clone().unwrap()]);
+        let labels = [("role".to_string(), "web".to_string())].into();
+        let target = Target {
+            node: "web-2".into(),
+            address: "10.0.0.12".parse().unwrap(),
+            intent: Arc::new(set.compile(&labels)),
+        };
+        let scan = |reason_of_silence: Reason| HostReport {
+            address: target.address,
+            ports: (5000..5030u16)
+                .map(|port| {
+                    let (state, reason) = if port < 5018 {
+                        (PortState::Closed, Reason::PortUnreach)
+                    } else {
+                        (PortState::OpenFiltered, reason_of_silence)
+                    };
+                    PortResult {
+                        port,
+                        protocol: "udp",
+                        state,
+                        reason,
+                    }
+                })
+                .collect(),
+            error: None,
+            rate_limit: (reason_of_silence == Reason::RateLimited).then_some(RateLimit {
+                burst: 6,
+                interval_ms: 1000,
+                sources: 1,
+                unconfirmed: 12,
+                confirm_ms: 10_000,
+                budget_ms: Some(10_000),
+            }),
+        };
+        let status_after = |reason_of_silence: Reason| {
+            let results = [(ScanKind::Udp, scan(reason_of_silence))];
+            let report = compare(
+                std::slice::from_ref(&target),
+                "10.0.0.11".parse().unwrap(),
+                &results,
+                &VerifyOptions::new(),
+                None,
+            );
+            let spec = build(
+                "web-1",
+                &Applied {
+                    policies: vec![crate::crd::AppliedPolicy {
+                        name: "udp-closed".into(),
+                        generation: 1,
+                    }],
+                    rules: 1,
+                    error: None,
+                },
+                Some(&Scan {
+                    report,
+                    at: now(5),
+                    peers: vec!["web-2".into()],
+                    unlisted: BTreeMap::new(),
+                }),
+            );
+            let mut web2 = report_of("web-2");
+            web2.spec.applied = spec.applied.clone();
+            let reports = vec![Arc::new(PortReport::new("web-1", spec)), Arc::new(web2)];
+            status(&p, &v, &nodes(), &reports, &now(10))
+        };
+
+        let s = status_after(Reason::RateLimited);
+        assert_eq!(
+            (s.ports.in_sync, s.ports.drift, s.ports.indeterminate),
+            (18, 0, 12)
+        );
+        assert_eq!(cond(&s, IN_SYNC), ("True", "InSync"));
+        let reasons: Vec<&str> = events(None, &s).iter().map(|e| e.reason).collect();
+        assert!(!reasons.contains(&"DriftDetected"), "{reasons:?}");
+        let message = &conditions::find(&s.conditions, IN_SYNC).unwrap().message;
+        assert!(message.contains("12 indeterminate"), "{message}");
+
+        let confirmed = status_after(Reason::NoResponse);
+        assert_eq!(confirmed.ports.drift, 12);
+        let reasons: Vec<&str> = events(Some(&s), &confirmed)
+            .iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, vec!["DriftDetected"]);
+    }
+
+    /// A report of `node` with nothing applied and nothing scanned.
+    fn report_of(node: &str) -> PortReport {
+        report(node, &[], &[])
     }
 
     #[test]

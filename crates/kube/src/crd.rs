@@ -249,6 +249,11 @@ pub struct Finding {
     /// Its entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<u32>,
+    /// When the observation was confirmed, for a UDP port: the agent re-checks a share of a
+    /// peer's UDP ports per scan (as many as the peer's ICMP rate limit lets it answer) and
+    /// reports each from its last confirmation. Absent when none was confirmed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<Time>,
 }
 
 /// What one node's agent applied and what its scans of its peers saw.

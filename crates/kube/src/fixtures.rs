@@ -141,6 +141,7 @@ pub fn report(
                 cause: None,
                 policy: Some(policy.to_string()),
                 entry: Some(0),
+                confirmed_at: None,
             });
         }
     }

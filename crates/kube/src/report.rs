@@ -8,11 +8,13 @@
 //!   indeterminate, then by node, protocol, port), the rest counted in `omittedFindings`; at most
 //!   [`MAX_POLICY_COUNTS`] policies, [`MAX_PEERS`] peers, [`MAX_NOTES`] notes, and causes and
 //!   notes cut at 512 bytes. A report is therefore tens of KiB at most.
-//! * Deterministic: the same inputs give the same spec, so an unchanged scan is not rewritten.
+//! * Deterministic: the same inputs give the same spec, so an unchanged scan is not rewritten
+//!   ([`undated`]: a newer confirmation time alone is no change).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use portwarden_reconcile::{Report, Row, Verdict};
 
 use crate::crd::{
@@ -151,15 +153,35 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
             cause: r.cause.as_deref().map(|c| truncate(c, 512)),
             policy: owners(r, &scan.unlisted).first().map(|p| p.to_string()),
             entry: r.entry.map(|e| e as u32),
+            confirmed_at: r
+                .confirmed_at
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .map(Time),
         })
         .collect();
     spec
 }
 
+/// `spec` without what changes at every scan although nothing else did: when the peers were
+/// scanned, when the report was written, and when each finding was last confirmed. Two
+/// reports that are equal so need no write ([`crate::agent`]); the agent's heartbeat rewrite
+/// refreshes those times.
+pub fn undated(spec: &PortReportSpec) -> PortReportSpec {
+    let mut s = PortReportSpec {
+        scanned_at: None,
+        reported_at: None,
+        ..spec.clone()
+    };
+    for f in &mut s.findings {
+        f.confirmed_at = None;
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::jiff::Timestamp;
 
     pub(crate) fn row(node: &str, port: u16, policy: Option<&str>, verdict: Verdict) -> Row {
         Row {
@@ -179,6 +201,7 @@ mod tests {
             cause: Some("x".repeat(2000)),
             policy: policy.map(Into::into),
             entry: policy.map(|_| 0),
+            confirmed_at: None,
         }
     }
 
@@ -231,6 +254,32 @@ mod tests {
         assert_eq!(spec.policies[0].policy, "db");
         assert_eq!(spec.policies[0].counts.drift, 1);
         assert_eq!(spec.findings[0].policy.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn findings_say_when_they_were_confirmed_and_newer_times_alone_are_no_change() {
+        let mut r = row("web-1", 5000, Some("udp"), Verdict::Indeterminate);
+        r.protocol = "udp".into();
+        r.confirmed_at = Some("2026-12-01T12:51:56Z".into());
+        let scan = |rows: Vec<Row>| Scan {
+            report: Report::new(rows, vec![]),
+            at: Time(Timestamp::UNIX_EPOCH),
+            peers: vec!["web-1".into()],
+            unlisted: BTreeMap::new(),
+        };
+        let spec = build("db-1", &Applied::default(), Some(&scan(vec![r.clone()])));
+        let at = spec.findings[0].confirmed_at.as_ref().unwrap();
+        assert_eq!(at.0.to_string(), "2026-12-01T12:51:56Z");
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["findings"][0]["confirmedAt"], "2026-12-01T12:51:56Z");
+        r.confirmed_at = Some("2026-12-01T13:00:00Z".into());
+        let later = build("db-1", &Applied::default(), Some(&scan(vec![r.clone()])));
+        assert_ne!(spec, later);
+        assert_eq!(undated(&spec), undated(&later));
+        // A different verdict is a change.
+        r.verdict = Verdict::Drift;
+        let drift = build("db-1", &Applied::default(), Some(&scan(vec![r])));
+        assert_ne!(undated(&spec), undated(&drift));
     }
 
     #[test]

@@ -185,6 +185,7 @@ fn report(i: usize, nodes: &[NodeLabels], policies: &[PortPolicy]) -> PortReport
                         cause: Some("foreign rule INPUT#1 (-p tcp -m tcp --dport 8000 -j DROP) matches first".into()),
                         policy: Some(name.clone()),
                         entry: Some(d as u32),
+                        confirmed_at: None,
                     });
                 }
             }

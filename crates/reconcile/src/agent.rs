@@ -50,11 +50,12 @@ use portwarden_scan::{PortList, ScanKind};
 use tracing::{error, info, warn};
 
 use crate::inside::{InsideView, exposed_listeners};
+use crate::ledger::Ledger;
 use crate::listeners::read_listeners;
 use crate::metrics::{DriftLabels, Metrics, PortLabels, VerdictLabels};
 use crate::report::Report;
 use crate::server::{Limits, Shutdown, fit_descriptors, serve, shutdown_signal};
-use crate::verify::{Target, VerifyOptions, verify};
+use crate::verify::{Target, VerifyOptions, verify_incremental};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -72,6 +73,10 @@ pub struct AgentConfig {
     /// Upper bound on the probes per second of peer scans; `None` leaves the rate to the
     /// scanner's adaptive timing alone.
     pub scan_rate: Option<u32>,
+    /// How long each peer scan may spend confirming silent ports of peers that rate-limit
+    /// their ICMP errors; `None` = [`AgentConfig::confirm_budget`]'s default. It also sizes the
+    /// share of UDP ports each scan re-checks ([`crate::ledger`]).
+    pub confirm_budget: Option<Duration>,
     /// How often the policy directory is checked for changes.
     pub poll: Duration,
     /// Address of the HTTP endpoint (metrics, health, inside view, report).
@@ -85,7 +90,22 @@ pub struct AgentConfig {
     pub allow_empty_policy: bool,
 }
 
+/// The longest default confirmation budget of a peer scan ([`AgentConfig::confirm_budget`]).
+pub const MAX_DEFAULT_CONFIRM_BUDGET: Duration = Duration::from_secs(30);
+
 impl AgentConfig {
+    /// The confirmation budget of each peer scan: the configured one, else half the scan
+    /// interval and at most [`MAX_DEFAULT_CONFIRM_BUDGET`] (16 UDP ports of an IPv4 peer at
+    /// Linux's default limit per 10 s of it; 36 in 30 s), so a scan leaves most of its interval
+    /// free and a peer that rate-limits is never asked for more than it answers in that time.
+    pub fn confirm_budget(&self) -> Duration {
+        self.confirm_budget.unwrap_or_else(|| {
+            self.scan_interval
+                .map_or(MAX_DEFAULT_CONFIRM_BUDGET, |i| i / 2)
+                .min(MAX_DEFAULT_CONFIRM_BUDGET)
+        })
+    }
+
     /// The failsafe list including the agent's own port.
     pub fn effective_failsafe(&self) -> Failsafe {
         let mut ports = self.failsafe.ports().to_vec();
@@ -183,6 +203,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The netfilter handle, once detected.
     pub netfilter: Mutex<Option<Netfilter>>,
+    /// What the peer scans remember of the peers' UDP ports ([`crate::ledger`]); only the
+    /// loop's peer scan uses it.
+    pub ledger: Mutex<Ledger>,
 }
 
 impl Shared {
@@ -193,6 +216,7 @@ impl Shared {
             state: Mutex::new(State::default()),
             metrics: Metrics::new(),
             netfilter: Mutex::new(None),
+            ledger: Mutex::new(Ledger::default()),
         })
     }
 
@@ -847,6 +871,11 @@ fn report_lookalikes(shared: &Shared, plan: &portwarden_netfilter::Plan) {
 }
 
 /// Scans the peers and stores the report in the shared state.
+///
+/// TCP is scanned in full; managed UDP ports are re-checked a share at a time and reported
+/// from their last confirmation ([`verify_incremental`], [`crate::ledger`]), so a peer that
+/// rate-limits its ICMP errors is asked for no more than it answers within the confirmation
+/// budget ([`AgentConfig::confirm_budget`]), and its unconfirmed silence is never drift.
 pub fn scan_peers(shared: &Shared, peers: &[Target]) {
     if peers.is_empty() {
         return;
@@ -860,9 +889,12 @@ pub fn scan_peers(shared: &Shared, peers: &[Target]) {
         agent_port: Some(shared.config.listen.port()),
         agent_timeout: Duration::from_secs(1),
         unlisted_ports: PortList::from_ports((1..=65535).collect()),
+        confirm_budget: Some(shared.config.confirm_budget()),
+        ..VerifyOptions::new()
     };
+    let mut ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
-    match verify(peers, &options) {
+    match verify_incremental(peers, &options, &mut ledger) {
         Ok(v) => {
             let m = &shared.metrics;
             m.scan_duration.observe(started.elapsed().as_secs_f64());
@@ -1042,6 +1074,7 @@ pub(crate) mod tests {
             refresh: Duration::from_secs(10),
             scan_interval: None,
             scan_rate: None,
+            confirm_budget: None,
             poll: Duration::from_millis(200),
             listen: listen.parse().unwrap(),
             failsafe: Failsafe::none(),
@@ -1488,6 +1521,35 @@ pub(crate) mod tests {
             .unwrap();
         assert_ne!(before, fingerprint(&[&policies]));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_default_confirmation_budget_fits_the_interval() {
+        let mut cfg = config("p".into(), "i".into(), "0.0.0.0:9750");
+        let with = |interval: Option<u64>, budget: Option<u64>| AgentConfig {
+            scan_interval: interval.map(Duration::from_secs),
+            confirm_budget: budget.map(Duration::from_secs),
+            ..cfg.clone()
+        };
+        assert_eq!(
+            with(Some(60), None).confirm_budget(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            with(Some(600), None).confirm_budget(),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            with(Some(10), None).confirm_budget(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(with(None, None).confirm_budget(), Duration::from_secs(30));
+        assert_eq!(
+            with(Some(10), Some(45)).confirm_budget(),
+            Duration::from_secs(45)
+        );
+        cfg.confirm_budget = Some(Duration::ZERO);
+        assert_eq!(cfg.confirm_budget(), Duration::ZERO);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! * [`listeners`] — listening sockets from `/proc/net`.
 //! * [`report`] — the report shape and its table, JSON, JUnit and nmap XML outputs.
 //! * [`verify`] — scan, compare, explain: the `verify` command's engine.
+//! * [`ledger`] — the agent's peer scans: which UDP ports each re-checks, and the last
+//!   confirmed observation of every one.
 //! * [`agent`] — the standalone agent's loop: watch, apply, repair, scan peers.
 //! * [`http`] — the agent's endpoints; [`metrics`] — every metric name.
 //! * [`server`] — the HTTP server of every long-running command (connection caps, timeouts,
@@ -24,6 +26,7 @@ pub mod causes;
 pub mod expect;
 pub mod http;
 pub mod inside;
+pub mod ledger;
 pub mod listeners;
 pub mod metrics;
 pub mod report;
@@ -35,6 +38,7 @@ pub mod verify;
 pub const DEFAULT_AGENT_PORT: u16 = 9750;
 
 pub use inside::InsideView;
+pub use ledger::Ledger;
 pub use report::{Report, Row, Summary};
 pub use verdict::Verdict;
-pub use verify::{Target, Verification, VerifyOptions, verify};
+pub use verify::{Target, Verification, VerifyOptions, compare, verify, verify_incremental};

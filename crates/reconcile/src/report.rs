@@ -49,6 +49,37 @@ pub struct Row {
     pub policy: Option<String>,
     /// Its entry.
     pub entry: Option<usize>,
+    /// When the observation in this row was confirmed (RFC 3339, UTC), for rows an agent
+    /// reports from an earlier scan: its peer scans re-check UDP ports a share at a time and
+    /// report each from its last confirmation (see [`crate::ledger`]). Absent when the row is
+    /// this run's own observation (`verify`) or nothing was confirmed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+}
+
+/// `time` as RFC 3339 in UTC to the second (`2026-12-01T12:51:56Z`); times before 1970 are
+/// written as the epoch.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// A drift report.
@@ -119,10 +150,13 @@ pub fn to_table(report: &Report, color: bool) -> String {
         .filter(|r| r.verdict != Verdict::InSync)
         .collect();
     if !rows.is_empty() {
-        let cells: Vec<[String; 7]> = rows
+        // The CONFIRMED column only when some row is reported from an earlier scan (an agent's
+        // report): verify's own rows are all observed now.
+        let dated = rows.iter().any(|r| r.confirmed_at.is_some());
+        let cells: Vec<Vec<String>> = rows
             .iter()
             .map(|r| {
-                [
+                let mut c = vec![
                     printable(&r.node).into_owned(),
                     r.address.to_string(),
                     printable(&format!("{}/{}", r.port, r.protocol)).into_owned(),
@@ -130,13 +164,20 @@ pub fn to_table(report: &Report, color: bool) -> String {
                     printable(&r.expected).into_owned(),
                     printable(&r.observed).into_owned(),
                     r.verdict.as_str().to_string(),
-                ]
+                ];
+                if dated {
+                    c.push(printable(r.confirmed_at.as_deref().unwrap_or("-")).into_owned());
+                }
+                c
             })
             .collect();
-        let header = [
+        let mut header = vec![
             "NODE", "ADDRESS", "PORT", "FROM", "EXPECTED", "OBSERVED", "VERDICT",
         ];
-        let mut widths = header.map(str::len);
+        if dated {
+            header.push("CONFIRMED");
+        }
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for c in &cells {
             for (w, cell) in widths.iter_mut().zip(c) {
                 *w = (*w).max(cell.len());
@@ -144,7 +185,7 @@ pub fn to_table(report: &Report, color: bool) -> String {
         }
         let line = |cols: &[String]| {
             cols.iter()
-                .zip(widths)
+                .zip(&widths)
                 .map(|(c, w)| format!("{c:<w$}"))
                 .collect::<Vec<_>>()
                 .join("  ")
@@ -321,6 +362,7 @@ mod tests {
             cause: cause.map(str::to_string),
             policy: Some("quarantine".into()),
             entry: Some(0),
+            confirmed_at: None,
         }
     }
 
@@ -396,6 +438,43 @@ mod tests {
             t.contains("note: web-1: inside view unavailable: \\x07bell"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let at = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        // 2026-12-01 12:51:56 UTC (`date -u -d @1796129516`).
+        assert_eq!(rfc3339(at(1_796_129_516)), "2026-12-01T12:51:56Z");
+        // A leap day.
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(at(4_107_542_399)), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn the_confirmed_column_appears_only_with_dated_rows() {
+        let plain = to_table(&sample(), false);
+        assert!(!plain.contains("CONFIRMED"), "{plain}");
+        let mut r = sample();
+        r.results[0].confirmed_at = Some("2026-12-01T12:51:56Z".into());
+        let t = to_table(&r, false);
+        assert!(
+            t.lines()
+                .next()
+                .unwrap()
+                .contains("  VERDICT        CONFIRMED             CAUSE"),
+            "{t}"
+        );
+        assert!(t.contains("2026-12-01T12:51:56Z"), "{t}");
+        // Rows without a date show a dash.
+        assert!(
+            t.lines()
+                .any(|l| l.contains("8080/tcp") && l.contains(" -  ")),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&to_json(&r)).unwrap();
+        assert_eq!(v["results"][0]["confirmed_at"], "2026-12-01T12:51:56Z");
+        assert!(v["results"][1].get("confirmed_at").is_none());
     }
 
     #[test]

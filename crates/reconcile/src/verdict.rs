@@ -3,9 +3,15 @@
 //! The table follows DESIGN.md's "Intent → rule → what a scanner sees". UDP has one genuinely
 //! undecidable case: an `open` UDP port whose service stays silent looks `open|filtered`, the
 //! same as a dropped probe, so it is `indeterminate`, never `in_sync`.
+//!
+//! A target that rate-limits its ICMP errors (every Linux host does, about one per second per
+//! peer after a burst of six) adds another: a port the scan could not confirm in its budget
+//! ([`Reason::RateLimited`](portwarden_scan::Reason::RateLimited)) may be silent, or may have
+//! answered with an error the target withheld. [`judge_unconfirmed`] keeps a verdict only when
+//! it holds whichever it was, so the rate limit never makes a drift.
 
 use portwarden_policy::{Protocol, State};
-use portwarden_scan::PortState;
+use portwarden_scan::{PortState, ScanKind};
 use serde::{Deserialize, Serialize};
 
 /// The outcome of comparing one port.
@@ -78,9 +84,105 @@ pub fn judge(
     }
 }
 
+/// Judges a port whose silence is not confirmed: the target was rate-limiting its ICMP errors
+/// and the scan's budget ran out ([`Reason::RateLimited`](portwarden_scan::Reason::RateLimited)).
+///
+/// The port may be as silent as it looks (`observed`), or it may have answered with an ICMP
+/// error the target withheld: to a UDP or connect probe that reads `closed` (port
+/// unreachable) or `filtered` (any other code), to a SYN or ACK probe `filtered` whatever the
+/// code. The verdict of `observed` stands only when every reading gives it (an `open` TCP
+/// port is drift either way: it would have answered with a SYN/ACK, which no ICMP limit holds
+/// back; so is a `closed` one under a SYN scan, whose reset is no ICMP error either);
+/// otherwise the port is `indeterminate`.
+pub fn judge_unconfirmed(
+    kind: ScanKind,
+    expected: State,
+    observed: PortState,
+) -> (Verdict, Option<&'static str>) {
+    let protocol = match kind {
+        ScanKind::Udp => Protocol::Udp,
+        ScanKind::Syn | ScanKind::Connect | ScanKind::Ack => Protocol::Tcp,
+    };
+    let withheld: &[PortState] = match kind {
+        ScanKind::Udp | ScanKind::Connect => &[PortState::Closed, PortState::Filtered],
+        ScanKind::Syn | ScanKind::Ack => &[PortState::Filtered],
+    };
+    let seen = judge(protocol, expected, observed);
+    if withheld
+        .iter()
+        .all(|&w| judge(protocol, expected, w).0 == seen.0)
+    {
+        seen
+    } else {
+        (Verdict::Indeterminate, None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Silence a rate limit may explain is never drift, and never in sync either, except where
+    /// every reading agrees.
+    #[test]
+    fn unconfirmed_silence_is_drift_only_when_every_reading_drifts() {
+        use ScanKind::{Connect, Syn, Udp};
+        let cases = [
+            (
+                Udp,
+                State::Closed,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Udp,
+                State::Filtered,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Udp,
+                State::Open,
+                PortState::OpenFiltered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Connect,
+                State::Closed,
+                PortState::Filtered,
+                Verdict::Indeterminate,
+            ),
+            (
+                Connect,
+                State::Filtered,
+                PortState::Filtered,
+                Verdict::Indeterminate,
+            ),
+            // Whatever the withheld answer, an open TCP port would have sent a SYN/ACK.
+            (Connect, State::Open, PortState::Filtered, Verdict::Drift),
+            (Syn, State::Open, PortState::Filtered, Verdict::Drift),
+            // A SYN probe reads any ICMP error as filtered, and a reset is not limited.
+            (Syn, State::Closed, PortState::Filtered, Verdict::Drift),
+            (Syn, State::Filtered, PortState::Filtered, Verdict::InSync),
+        ];
+        for (kind, expected, observed, verdict) in cases {
+            assert_eq!(
+                judge_unconfirmed(kind, expected, observed).0,
+                verdict,
+                "{kind:?} expected {expected}, observed {observed}"
+            );
+        }
+        let (u, t) = (Protocol::Udp, Protocol::Tcp);
+        // The plain table would have called the first and the fourth drift.
+        assert_eq!(
+            judge(u, State::Closed, PortState::OpenFiltered).0,
+            Verdict::Drift
+        );
+        assert_eq!(
+            judge(t, State::Closed, PortState::Filtered).0,
+            Verdict::Drift
+        );
+    }
 
     #[test]
     fn design_table() {

@@ -9,24 +9,39 @@
 //! from anywhere else). Every managed (port, protocol) of every address
 //! gets exactly one row; failsafe ports are left out (they are accepted before any policy rule,
 //! so a policy cannot govern them — `plan` reports such entries as conflicts).
+//!
+//! Never a drift from silence a rate limit explains: a port the scanner could not confirm
+//! before its budget ran out ([`Reason::RateLimited`]: the target was withholding ICMP errors)
+//! is judged by [`judge_unconfirmed`], so it is `indeterminate` unless every reading of it
+//! drifts, with the target's measured limit ([`RateLimit::describe`]) as its cause.
+//!
+//! [`verify_incremental`] is the agents' variant: UDP ports are re-checked a share at a time
+//! and reported from their last confirmation ([`crate::ledger`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use portwarden_netfilter::Failsafe;
 use portwarden_policy::{NodeIntent, Protocol};
 use portwarden_scan::{
-    HostReport, PortList, PortState, Reason, ScanConfig, ScanError, ScanKind, ScanReport, Scanner,
-    TargetPolicy,
+    HostReport, PortList, PortState, RateLimit, Reason, ScanConfig, ScanError, ScanKind,
+    ScanReport, Scanner, TargetPolicy,
 };
 
 use crate::causes::{self, Inside, Symptom};
 use crate::expect::{Expectation, expectations, for_any_vantage};
 use crate::inside::{self, InsideView};
-use crate::report::{Report, Row};
-use crate::verdict::{Verdict, judge};
+use crate::ledger::Ledger;
+use crate::report::{Report, Row, rfc3339};
+use crate::verdict::{Verdict, judge, judge_unconfirmed};
+
+/// `verify`'s default confirmation budget ([`VerifyOptions::confirm_budget`]): long enough for
+/// 60 closed UDP ports of an IPv4 node at Linux's default ICMP rate limit (a burst of 6, then
+/// one answer per second: the 30 of a `5000-5029` entry take about 25 s), short enough that a
+/// verify of a node with thousands finishes within a minute and a half of scanning.
+pub const DEFAULT_CONFIRM_BUDGET: Duration = Duration::from_secs(60);
 
 /// One address of one node to verify.
 #[derive(Clone, Debug)]
@@ -58,6 +73,55 @@ pub struct VerifyOptions {
     /// TCP ports searched for undeclared open ports on nodes whose policies say
     /// `unlisted: report`.
     pub unlisted_ports: PortList,
+    /// The source address of probes to IPv4 targets; `None` = the route's. It is the vantage
+    /// the intent is evaluated for.
+    pub source_v4: Option<Ipv4Addr>,
+    /// The same for IPv6 targets.
+    pub source_v6: Option<Ipv6Addr>,
+    /// More addresses of this host the scanner may confirm silent ports of rate-limited
+    /// targets from (each has its own budget at the target). One whose expected states differ
+    /// from the vantage's on some target (a `from:` entry tells them apart) is not used:
+    /// its answers would not say what the vantage sees. The report's notes name it.
+    pub extra_sources: Vec<IpAddr>,
+    /// How long each scan may spend confirming silent ports of targets that rate-limit their
+    /// ICMP errors ([`ScanConfig::confirm_budget`]); ports not confirmed in time are
+    /// `indeterminate`. `None` = as long as it takes.
+    pub confirm_budget: Option<Duration>,
+}
+
+impl VerifyOptions {
+    /// Options with the defaults of `portwarden verify`: SYN probes, adaptive rate, the
+    /// default failsafe ports, agents asked on their default port within 1 s, no unlisted
+    /// ports searched, the routes' source addresses, [`DEFAULT_CONFIRM_BUDGET`].
+    pub fn new() -> VerifyOptions {
+        VerifyOptions {
+            tcp_kind: ScanKind::Syn,
+            rate: None,
+            rate_per_target: None,
+            failsafe: Failsafe::default(),
+            agent_port: Some(crate::DEFAULT_AGENT_PORT),
+            agent_timeout: Duration::from_secs(1),
+            unlisted_ports: PortList::default(),
+            source_v4: None,
+            source_v6: None,
+            extra_sources: Vec::new(),
+            confirm_budget: Some(DEFAULT_CONFIRM_BUDGET),
+        }
+    }
+
+    /// The configured source address for `target`'s family, if any.
+    fn source_for(&self, target: IpAddr) -> Option<IpAddr> {
+        match target {
+            IpAddr::V4(_) => self.source_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.source_v6.map(IpAddr::V6),
+        }
+    }
+}
+
+impl Default for VerifyOptions {
+    fn default() -> VerifyOptions {
+        VerifyOptions::new()
+    }
 }
 
 /// A finished verification: the report and the scans behind it.
@@ -84,17 +148,76 @@ fn exempt(failsafe: &Failsafe) -> impl Fn(Protocol, u16) -> bool + '_ {
 /// policies manage for some source gets a row; where what a probe must see depends on its
 /// source (a `from:` entry decides first), `expected` is `-` and no policy is named.
 ///
+/// A target seen rate-limiting its ICMP errors gets a note with what was measured
+/// ([`RateLimit::describe`]); its ports not confirmed within
+/// [`VerifyOptions::confirm_budget`] are `indeterminate` (see the module documentation).
+///
 /// # Errors
 ///
 /// A scan that cannot run at all (socket failure). A SYN scan denied raw sockets falls back
 /// to a connect scan, and UDP entries that cannot be scanned become indeterminate rows; both
 /// are said in the report's notes.
 pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, ScanError> {
+    run(targets, opts, None)
+}
+
+/// [`verify`] for scans that repeat (the agents' peer scans): each call re-checks a share of
+/// every address's managed UDP ports, as many as the address can answer within
+/// [`VerifyOptions::confirm_budget`] at its last measured ICMP rate limit, least recently
+/// probed first, and reports every managed UDP port from its last confirmed observation in
+/// `ledger`, with its time in [`Row::confirmed_at`] (see [`crate::ledger`]). TCP is scanned in
+/// full every time. A port not probed yet is `indeterminate` (`not scanned`), with a cause
+/// saying it is still to come.
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn verify_incremental(
+    targets: &[Target],
+    opts: &VerifyOptions,
+    ledger: &mut Ledger,
+) -> Result<Verification, ScanError> {
+    run(targets, opts, Some(ledger))
+}
+
+/// Compares finished scans with the targets' intents as [`verify`] does once it has scanned,
+/// for probes sent from `vantage`, without asking any agent (causes from the outside view
+/// only) and, when `ledger` is given, with UDP rows dated and completed as
+/// [`verify_incremental`] does. Pure: for scans made elsewhere and for tests with synthetic
+/// ones. `results` holds each address's TCP and UDP host reports, each with the probe type
+/// that produced it (what a withheld ICMP error would have read as depends on it).
+pub fn compare(
+    targets: &[Target],
+    vantage: IpAddr,
+    results: &[(ScanKind, HostReport)],
+    opts: &VerifyOptions,
+    ledger: Option<&Ledger>,
+) -> Report {
+    let planned: Vec<Planned<'_>> = targets
+        .iter()
+        .map(|t| Planned {
+            target: t,
+            vantage,
+            unreachable: None,
+            exp: expectations(&t.intent, vantage, exempt(&opts.failsafe)),
+        })
+        .collect();
+    let mut notes = rate_limit_notes(&planned, results);
+    let rows = compare_planned(&planned, &[], false, results, opts, ledger);
+    notes.push("agents were not asked: causes come from the outside view only".into());
+    Report::new(rows, notes)
+}
+
+fn run(
+    targets: &[Target],
+    opts: &VerifyOptions,
+    mut ledger: Option<&mut Ledger>,
+) -> Result<Verification, ScanError> {
     let mut notes = Vec::new();
     let mut planned: Vec<Planned<'_>> = Vec::new();
     for t in targets {
         let (vantage, unreachable) = match portwarden_scan::source_for(t.address) {
-            Ok(v) => (v, None),
+            Ok(v) => (opts.source_for(t.address).unwrap_or(v), None),
             Err(ScanError::NoRoute { target, source }) => {
                 let none: IpAddr = match target {
                     IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -117,39 +240,42 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
             exp,
         });
     }
+    let extra = usable_extra_sources(&planned, opts, &mut notes);
     // The inside views first: they must describe the nodes as the scan finds them, and an
     // agent may repair rule drift while a long scan runs.
     let insides = fetch_insides(&planned, opts, &mut notes);
-    let ports_for = |t: &Target, exp: &[Expectation], protocol: Protocol| {
-        let mut ports: Vec<u16> = exp
+    if let Some(ledger) = ledger.as_deref_mut() {
+        let managed: BTreeMap<IpAddr, Vec<u16>> = planned
             .iter()
-            .filter(|e| e.protocol == protocol)
-            .map(|e| e.port)
+            .map(|p| (p.target.address, ports_for(p, Protocol::Udp, opts)))
             .collect();
-        if protocol == Protocol::Tcp && t.intent.report_unlisted {
-            ports.extend_from_slice(opts.unlisted_ports.as_slice());
-        }
-        ports.sort_unstable();
-        ports.dedup();
-        ports
-    };
-    let scanner = || Scanner::new(scan_config(targets, opts));
+        ledger.retain(&managed);
+        ledger.begin_round();
+    }
+    let scanner = || Scanner::new(scan_config(targets, opts, &extra));
     let mut tcp_kind = opts.tcp_kind;
     let mut udp_denied = false;
     let mut scans: Vec<ScanReport> = Vec::new();
-    let mut results: Vec<(Protocol, HostReport)> = Vec::new();
+    let mut results: Vec<(ScanKind, HostReport)> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         // Targets that need the same ports are scanned together, each group once.
         // Unreachable addresses are left out: nothing can be sent to them.
         let mut groups: BTreeMap<Vec<u16>, Vec<IpAddr>> = BTreeMap::new();
         for p in planned.iter().filter(|p| p.unreachable.is_none()) {
-            let ports = ports_for(p.target, &p.exp, protocol);
+            let ports = ports_for(p, protocol, opts);
             if !ports.is_empty() {
                 groups.entry(ports).or_default().push(p.target.address);
             }
         }
-        for (ports, addresses) in groups {
-            let ports = PortList::from_ports(ports);
+        for (managed, addresses) in groups {
+            let probe = match (protocol, ledger.as_deref()) {
+                (Protocol::Udp, Some(l)) => l.share(&addresses, &managed, opts.confirm_budget),
+                _ => managed.clone(),
+            };
+            if probe.len() < managed.len() {
+                notes.push(share_note(&addresses, probe.len(), managed.len(), opts));
+            }
+            let ports = PortList::from_ports(probe);
             let report = match protocol {
                 Protocol::Tcp => {
                     match scanner().scan(&addresses, &ports, tcp_kind) {
@@ -171,34 +297,155 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
                     other => other?,
                 },
             };
-            results.extend(report.hosts.iter().cloned().map(|h| (protocol, h)));
+            let fresh: Vec<(ScanKind, HostReport)> = report
+                .hosts
+                .iter()
+                .cloned()
+                .map(|h| (report.kind, h))
+                .collect();
+            notes.extend(rate_limit_notes(&planned, &fresh));
+            let finished = SystemTime::now();
+            for (kind, host) in fresh {
+                let host = match (protocol, ledger.as_deref_mut()) {
+                    (Protocol::Udp, Some(l)) => {
+                        l.record(&host, finished);
+                        l.merged(&host, &managed)
+                    }
+                    _ => host,
+                };
+                results.push((kind, host));
+            }
             scans.push(report);
         }
     }
+    let rows = compare_planned(
+        &planned,
+        &insides,
+        opts.agent_port.is_some(),
+        &results,
+        opts,
+        ledger.as_deref(),
+    );
+    Ok(Verification {
+        report: Report::new(rows, notes),
+        scans,
+    })
+}
+
+/// The ports to probe on one planned address for `protocol`: the managed ones, and for TCP on
+/// a node with `unlisted: report` the unlisted search range; sorted.
+fn ports_for(p: &Planned<'_>, protocol: Protocol, opts: &VerifyOptions) -> Vec<u16> {
+    let mut ports: Vec<u16> = p
+        .exp
+        .iter()
+        .filter(|e| e.protocol == protocol)
+        .map(|e| e.port)
+        .collect();
+    if protocol == Protocol::Tcp && p.target.intent.report_unlisted {
+        ports.extend_from_slice(opts.unlisted_ports.as_slice());
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The note of a UDP scan that re-checks only a share of a group's managed ports.
+fn share_note(addresses: &[IpAddr], share: usize, managed: usize, opts: &VerifyOptions) -> String {
+    let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let budget = opts
+        .confirm_budget
+        .map_or_else(String::new, |b| format!(" in {} s", b.as_secs()));
+    format!(
+        "{}: {share} of {managed} managed UDP ports re-checked in this scan, as many as its ICMP rate limit lets it answer{budget}; the others are reported from their last confirmation",
+        list.join(", ")
+    )
+}
+
+/// A note for each host report with a measured ICMP rate limit: which node, which protocol,
+/// and what was measured.
+fn rate_limit_notes(planned: &[Planned<'_>], results: &[(ScanKind, HostReport)]) -> Vec<String> {
+    results
+        .iter()
+        .filter_map(|(kind, h)| {
+            let protocol = protocol_of(*kind);
+            let rl = h.rate_limit.as_ref()?;
+            let node = planned
+                .iter()
+                .find(|p| p.target.address == h.address)
+                .map_or("?", |p| p.target.node.as_str());
+            Some(format!(
+                "{node} {} ({protocol}): {}",
+                h.address,
+                rl.describe()
+            ))
+        })
+        .collect()
+}
+
+/// The extra source addresses that may confirm for the vantage: each of them must expect the
+/// same states as the vantage on every reachable target of its family.
+fn usable_extra_sources(
+    planned: &[Planned<'_>],
+    opts: &VerifyOptions,
+    notes: &mut Vec<String>,
+) -> Vec<IpAddr> {
+    let mut usable = Vec::new();
+    for &extra in &opts.extra_sources {
+        let differs = planned
+            .iter()
+            .filter(|p| p.unreachable.is_none() && p.target.address.is_ipv4() == extra.is_ipv4())
+            .find(|p| expectations(&p.target.intent, extra, exempt(&opts.failsafe)) != p.exp);
+        match differs {
+            Some(p) => notes.push(format!(
+                "source {extra} not used: {}'s policies expect other states from it than from {} (a from: entry), so its answers cannot confirm what {} sees",
+                p.target.node, p.vantage, p.vantage
+            )),
+            None => usable.push(extra),
+        }
+    }
+    usable
+}
+
+/// The protocol a probe type scans.
+fn protocol_of(kind: ScanKind) -> Protocol {
+    match kind {
+        ScanKind::Udp => Protocol::Udp,
+        ScanKind::Syn | ScanKind::Connect | ScanKind::Ack => Protocol::Tcp,
+    }
+}
+
+/// The rows of every planned address from the scans' `results`.
+fn compare_planned(
+    planned: &[Planned<'_>],
+    insides: &[(String, Result<InsideView, String>)],
+    asked: bool,
+    results: &[(ScanKind, HostReport)],
+    opts: &VerifyOptions,
+    ledger: Option<&Ledger>,
+) -> Vec<Row> {
     let host = |protocol: Protocol, address: IpAddr| {
         results
             .iter()
-            .find(|(p, h)| *p == protocol && h.address == address)
-            .map(|(_, h)| h)
+            .find(|(k, h)| protocol_of(*k) == protocol && h.address == address)
     };
-
     let mut rows = Vec::new();
-    for p in &planned {
+    for p in planned {
         let (t, exp) = (p.target, &p.exp);
         let inside = match insides.iter().find(|(n, _)| *n == t.node) {
             Some((_, Ok(v))) => Inside::Known(v),
             Some((_, Err(e))) => Inside::Unknown(e),
-            None if opts.agent_port.is_some() => {
-                Inside::Unknown("no address of the node is reachable")
-            }
+            None if asked => Inside::Unknown("no address of the node is reachable"),
             None => Inside::Unknown("agents not asked (--agent-port 0)"),
         };
-        let tcp = host(Protocol::Tcp, t.address);
-        let udp = host(Protocol::Udp, t.address);
+        let tcp_scan = host(Protocol::Tcp, t.address);
+        let tcp = tcp_scan.map(|(_, h)| h);
+        let udp = host(Protocol::Udp, t.address).map(|(_, h)| h);
         let ctx = Compare {
             target: t,
             vantage: p.vantage,
             inside: &inside,
+            ledger,
+            tcp_kind: tcp_scan.map_or(opts.tcp_kind, |(k, _)| *k),
         };
         if let Some(why) = &p.unreachable {
             rows.extend(ctx.unroutable(why, &opts.failsafe));
@@ -224,17 +471,18 @@ pub fn verify(targets: &[Target], opts: &VerifyOptions) -> Result<Verification, 
             ));
         }
     }
-    Ok(Verification {
-        report: Report::new(rows, notes),
-        scans,
-    })
+    rows
 }
 
-/// The scanner settings of a verification: its rate caps, and the targets' addresses as the
-/// only ones the scanner may probe.
-fn scan_config(targets: &[Target], opts: &VerifyOptions) -> ScanConfig {
+/// The scanner settings of a verification: its rate caps, sources and confirmation budget,
+/// and the targets' addresses as the only ones the scanner may probe.
+fn scan_config(targets: &[Target], opts: &VerifyOptions, extra: &[IpAddr]) -> ScanConfig {
     let mut config = ScanConfig {
         targets: TargetPolicy::only(targets.iter().map(|t| t.address)),
+        source_v4: opts.source_v4,
+        source_v6: opts.source_v6,
+        extra_sources: extra.to_vec(),
+        confirm_budget: opts.confirm_budget,
         ..ScanConfig::default()
     };
     config.timing.max_rate = opts.rate;
@@ -338,6 +586,21 @@ struct Compare<'a> {
     target: &'a Target,
     vantage: IpAddr,
     inside: &'a Inside<'a>,
+    /// The agent's ledger, whose UDP observations the results were completed from.
+    ledger: Option<&'a Ledger>,
+    /// The probe type of the TCP results.
+    tcp_kind: ScanKind,
+}
+
+/// The cause of a port whose silence the target's ICMP rate limit leaves unconfirmed.
+fn rate_limited_cause(rate_limit: Option<&RateLimit>) -> String {
+    let what = "its silence may be an ICMP error the node withheld (a longer --confirm-budget confirms more ports)";
+    match rate_limit {
+        Some(rl) => format!("{}; {what}", rl.describe()),
+        None => format!(
+            "the node rate-limits its ICMP errors and the scan's confirmation budget ran out before this port: {what}"
+        ),
+    }
 }
 
 impl Compare<'_> {
@@ -361,6 +624,7 @@ impl Compare<'_> {
             cause: None,
             policy: None,
             entry: None,
+            confirmed_at: None,
         }
     }
 
@@ -384,25 +648,52 @@ impl Compare<'_> {
         udp: Option<&HostReport>,
     ) -> Vec<Row> {
         let silent = self.silent(tcp);
-        let lookup =
-            |host: Option<&HostReport>, port: u16| host.and_then(|h| h.port(port)).map(|p| p.state);
+        let lookup = |host: Option<&HostReport>, port: u16| {
+            host.and_then(|h| h.port(port)).map(|p| (p.state, p.reason))
+        };
         exp.iter()
             .map(|e| {
                 let scan = match e.protocol {
                     Protocol::Tcp => tcp,
                     Protocol::Udp => udp,
                 };
-                let Some(observed) = lookup(scan, e.port) else {
-                    let cause = "this protocol could not be scanned from here".to_string();
+                let Some((observed, reason)) = lookup(scan, e.port) else {
+                    let cause = match (e.protocol, self.ledger, scan) {
+                        // Scanned, but this port's turn in the rotation has not come yet.
+                        (Protocol::Udp, Some(_), Some(h)) => format!(
+                            "not re-checked yet: this node's UDP ports are re-checked a share at a time, as many per scan as its ICMP rate limit lets it answer{}",
+                            h.rate_limit
+                                .as_ref()
+                                .map_or_else(String::new, |rl| format!(" ({})", rl.describe()))
+                        ),
+                        _ => "this protocol could not be scanned from here".to_string(),
+                    };
                     return self.not_scanned(e.port, e.protocol, Some(e), cause);
                 };
-                let (verdict, outside) = judge(e.protocol, e.state, observed);
+                let unconfirmed = reason == Reason::RateLimited;
+                let (verdict, outside) = if unconfirmed {
+                    let kind = match e.protocol {
+                        Protocol::Tcp => self.tcp_kind,
+                        Protocol::Udp => ScanKind::Udp,
+                    };
+                    judge_unconfirmed(kind, e.state, observed)
+                } else {
+                    judge(e.protocol, e.state, observed)
+                };
                 let mut r = self.row(e.port, e.protocol, e.state.to_string(), observed, verdict);
                 r.policy = Some(e.policy.to_string());
                 r.entry = Some(e.entry);
-                if verdict != Verdict::InSync {
+                if e.protocol == Protocol::Udp {
+                    r.confirmed_at = self
+                        .ledger
+                        .and_then(|l| l.confirmed_at(self.target.address, e.port))
+                        .map(rfc3339);
+                }
+                if verdict == Verdict::Indeterminate && unconfirmed {
+                    r.cause = Some(rate_limited_cause(scan.and_then(|h| h.rate_limit.as_ref())));
+                } else if verdict != Verdict::InSync {
                     let outside = outside.unwrap_or("unexpected state");
-                    r.cause = Some(if silent && e.protocol == Protocol::Tcp {
+                    let mut cause = if silent && e.protocol == Protocol::Tcp {
                         match self.inside {
                             Inside::Known(_) => format!("no answer on any port from {}: filtered upstream of the node (its agent answers)", self.vantage),
                             Inside::Unknown(why) => format!("node unreachable: no answer on any port, and its agent does not answer ({why})"),
@@ -420,7 +711,18 @@ impl Compare<'_> {
                             },
                             self.inside,
                         )
-                    });
+                    };
+                    if unconfirmed {
+                        // Drift whichever way (an open TCP port that does not answer): only
+                        // whether it is dropped or rejected is unknown.
+                        let measured = scan
+                            .and_then(|h| h.rate_limit.as_ref())
+                            .map_or_else(String::new, |rl| format!(": {}", rl.describe()));
+                        cause.push_str(&format!(
+                            " (the node rate-limits its ICMP errors, so the probes may be rejected rather than dropped{measured})"
+                        ));
+                    }
+                    r.cause = Some(cause);
                 }
                 r
             })
@@ -532,6 +834,7 @@ mod tests {
             agent_port: None,
             agent_timeout: Duration::from_millis(10),
             unlisted_ports: PortList::default(),
+            ..VerifyOptions::new()
         }
     }
 
@@ -631,6 +934,8 @@ mod tests {
             target: &target,
             vantage,
             inside: &Inside::Unknown("not asked"),
+            ledger: None,
+            tcp_kind: ScanKind::Syn,
         };
         let rows = ctx.unroutable("no route to 10.9.9.9", &Failsafe::none());
         let row = |port: u16| {
@@ -733,7 +1038,16 @@ mod tests {
             intent: Arc::default(),
         };
         let targets = [target("10.213.0.11"), target("fd00:213::11")];
-        let config = scan_config(&targets, &options());
+        let extra: IpAddr = "10.213.1.3".parse().expect("address");
+        let opts = VerifyOptions {
+            source_v4: Some("10.213.1.2".parse().expect("address")),
+            confirm_budget: Some(Duration::from_secs(7)),
+            ..options()
+        };
+        let config = scan_config(&targets, &opts, &[extra]);
+        assert_eq!(config.source_v4, opts.source_v4);
+        assert_eq!(config.extra_sources, vec![extra]);
+        assert_eq!(config.confirm_budget, Some(Duration::from_secs(7)));
         assert_eq!(config.timing.max_rate, Some(500));
         assert_eq!(config.timing.max_rate_per_target, Some(50));
         for t in &targets {
@@ -746,5 +1060,324 @@ mod tests {
             .scan(&[other], &PortList::from_ports(vec![22]), ScanKind::Connect)
             .expect_err("refused");
         assert!(matches!(e, ScanError::TargetRefused { .. }), "{e}");
+    }
+
+    use crate::ledger::Ledger;
+    use portwarden_policy::{PortRange, Rule, State};
+    use portwarden_scan::PortResult;
+
+    const NODE: &str = "10.213.0.12";
+    const VANTAGE: &str = "10.213.1.2";
+
+    /// A node whose policy says `ports: "5000-5029", protocol: UDP, state: closed` (entry 0)
+    /// and `8080/tcp open` (entry 1).
+    fn udp_closed_node() -> Target {
+        let rule = |entry, protocol, start, end, state| Rule {
+            priority: 100,
+            policy: "udp".into(),
+            entry,
+            protocol,
+            ports: PortRange { start, end },
+            source: None,
+            state,
+        };
+        Target {
+            node: "web-2".into(),
+            address: NODE.parse().expect("address"),
+            intent: Arc::new(NodeIntent {
+                policies: vec!["udp".into()],
+                rules: vec![
+                    rule(0, Protocol::Udp, 5000, 5029, State::Closed),
+                    rule(1, Protocol::Tcp, 8080, 8080, State::Open),
+                ],
+                report_unlisted: false,
+            }),
+        }
+    }
+
+    fn result(port: u16, protocol: &'static str, state: PortState, reason: Reason) -> PortResult {
+        PortResult {
+            port,
+            protocol,
+            state,
+            reason,
+        }
+    }
+
+    /// What the lead's engine reports for the case under a budget of 10 s: the burst
+    /// of 6 answered, 12 more confirmed closed at 1/s... and 12 not confirmed in time.
+    fn udp_scan(closed: usize, unconfirmed: u32) -> HostReport {
+        HostReport {
+            address: NODE.parse().expect("address"),
+            ports: (5000..5030u16)
+                .enumerate()
+                .map(|(i, p)| {
+                    if i < closed {
+                        result(p, "udp", PortState::Closed, Reason::PortUnreach)
+                    } else {
+                        result(p, "udp", PortState::OpenFiltered, Reason::RateLimited)
+                    }
+                })
+                .collect(),
+            error: None,
+            rate_limit: Some(RateLimit {
+                burst: 6,
+                interval_ms: 1000,
+                sources: 1,
+                unconfirmed,
+                confirm_ms: 10_000,
+                budget_ms: Some(10_000),
+            }),
+        }
+    }
+
+    fn tcp_scan(state: PortState, reason: Reason) -> HostReport {
+        HostReport {
+            address: NODE.parse().expect("address"),
+            ports: vec![result(8080, "tcp", state, reason)],
+            error: None,
+            rate_limit: None,
+        }
+    }
+
+    fn vantage() -> IpAddr {
+        VANTAGE.parse().expect("address")
+    }
+
+    #[test]
+    fn unconfirmed_silence_of_a_rate_limited_node_is_indeterminate_not_drift() {
+        let target = udp_closed_node();
+        let results = [
+            (ScanKind::Syn, tcp_scan(PortState::Open, Reason::SynAck)),
+            (ScanKind::Udp, udp_scan(18, 12)),
+        ];
+        let report = compare(&[target], vantage(), &results, &options(), None);
+        assert_eq!(
+            (
+                report.summary.in_sync,
+                report.summary.drift,
+                report.summary.indeterminate
+            ),
+            (19, 0, 12),
+            "{report:#?}"
+        );
+        assert!(!report.has_drift());
+        let unconfirmed: Vec<&Row> = report
+            .results
+            .iter()
+            .filter(|r| r.verdict == Verdict::Indeterminate)
+            .collect();
+        assert!(
+            unconfirmed
+                .iter()
+                .all(|r| r.port >= 5018 && r.observed == "open|filtered")
+        );
+        for r in unconfirmed {
+            let cause = r.cause.as_deref().unwrap_or_default();
+            assert!(
+                cause.starts_with(
+                    "ICMP rate limit: 1 answer/s from this node; 12 ports not confirmed in 10 s; "
+                ),
+                "{cause}"
+            );
+            assert!(cause.contains("--confirm-budget"), "{cause}");
+        }
+        // The measured limit is a note too: it is why the scan was slow.
+        assert!(
+            report.notes.iter().any(|n| n
+                == "web-2 10.213.0.12 (udp): ICMP rate limit: 1 answer/s from this node; 12 ports not confirmed in 10 s"),
+            "{:?}",
+            report.notes
+        );
+        // Without the rate-limited reason the same silence is drift, as before.
+        let mut silent = udp_scan(18, 12);
+        for p in &mut silent.ports {
+            if p.reason == Reason::RateLimited {
+                p.reason = Reason::NoResponse;
+            }
+        }
+        silent.rate_limit = None;
+        let results = [(ScanKind::Udp, silent)];
+        let report = compare(&[udp_closed_node()], vantage(), &results, &options(), None);
+        assert_eq!(report.summary.drift, 12, "{report:#?}");
+    }
+
+    #[test]
+    fn an_open_tcp_port_that_stays_silent_drifts_even_when_unconfirmed() {
+        let results = [(
+            ScanKind::Connect,
+            HostReport {
+                rate_limit: udp_scan(0, 1).rate_limit,
+                ..tcp_scan(PortState::Filtered, Reason::RateLimited)
+            },
+        )];
+        let report = compare(&[udp_closed_node()], vantage(), &results, &options(), None);
+        let row = report
+            .results
+            .iter()
+            .find(|r| r.port == 8080)
+            .expect("8080 row");
+        assert_eq!(row.verdict, Verdict::Drift, "{row:#?}");
+        let cause = row.cause.as_deref().unwrap_or_default();
+        assert!(
+            cause.contains("may be rejected rather than dropped: ICMP rate limit: 1 answer/s"),
+            "{cause}"
+        );
+    }
+
+    /// The agent's bookkeeping end to end, without a network: three rounds of a peer that
+    /// answers 10 ports per budget; the report always has all 30 rows, never a drift, each
+    /// confirmed one dated with its own round, and the rest say they are still to come.
+    #[test]
+    fn incremental_rows_come_from_the_last_confirmation_with_its_time() {
+        let target = udp_closed_node();
+        let managed: Vec<u16> = (5000..5030).collect();
+        let address: IpAddr = NODE.parse().expect("address");
+        let budget = Some(Duration::from_secs(4));
+        let opts = VerifyOptions {
+            confirm_budget: budget,
+            ..options()
+        };
+        let mut ledger = Ledger::default();
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        // Round 1: everything probed (no limit known yet); 10 confirmed.
+        ledger.begin_round();
+        assert_eq!(ledger.share(&[address], &managed, budget), managed);
+        let first = udp_scan(10, 20);
+        ledger.record(&first, at(1_000));
+        let merged = ledger.merged(&first, &managed);
+        let report = compare(
+            std::slice::from_ref(&target),
+            vantage(),
+            &[(ScanKind::Udp, merged)],
+            &opts,
+            Some(&ledger),
+        );
+        assert_eq!(report.summary.drift, 0, "{report:#?}");
+        assert_eq!(report.summary.in_sync, 10);
+        let dated = |r: &Report, port: u16| {
+            r.results
+                .iter()
+                .find(|x| x.port == port && x.protocol == "udp")
+                .map(|x| (x.verdict, x.confirmed_at.clone()))
+        };
+        assert_eq!(
+            dated(&report, 5000),
+            Some((Verdict::InSync, Some("1970-01-01T00:16:40Z".into())))
+        );
+        assert_eq!(dated(&report, 5029), Some((Verdict::Indeterminate, None)));
+
+        // Round 2: a share of 10 (burst 6 + 4 s at 1/s), the unconfirmed ones first; the
+        // peer confirms all of it. The share's scan has only those ports.
+        ledger.begin_round();
+        let share = ledger.share(&[address], &managed, budget);
+        assert_eq!(share, (5010..5020).collect::<Vec<u16>>());
+        let mut second = udp_scan(30, 0);
+        second.ports.retain(|p| share.contains(&p.port));
+        ledger.record(&second, at(2_000));
+        let merged = ledger.merged(&second, &managed);
+        let report = compare(
+            std::slice::from_ref(&target),
+            vantage(),
+            &[(ScanKind::Udp, merged)],
+            &opts,
+            Some(&ledger),
+        );
+        assert_eq!(report.summary.in_sync, 20, "{report:#?}");
+        assert_eq!(report.summary.drift, 0);
+        assert_eq!(
+            dated(&report, 5000).and_then(|d| d.1),
+            Some("1970-01-01T00:16:40Z".into()),
+            "still from round 1"
+        );
+        assert_eq!(
+            dated(&report, 5010).and_then(|d| d.1),
+            Some("1970-01-01T00:33:20Z".into())
+        );
+        // 5020-5029 were probed in round 1 but not confirmed: their row is that probe's.
+        assert_eq!(dated(&report, 5025), Some((Verdict::Indeterminate, None)));
+        assert_eq!(report.results.len(), 31, "every managed port has its row");
+    }
+
+    #[test]
+    fn a_port_not_probed_yet_says_so() {
+        let target = udp_closed_node();
+        let mut ledger = Ledger::default();
+        ledger.begin_round();
+        let mut only_five = udp_scan(30, 0);
+        only_five.ports.truncate(5);
+        ledger.record(&only_five, SystemTime::UNIX_EPOCH);
+        let managed: Vec<u16> = (5000..5030).collect();
+        let merged = ledger.merged(&only_five, &managed);
+        let report = compare(
+            &[target],
+            vantage(),
+            &[(ScanKind::Udp, merged)],
+            &options(),
+            Some(&ledger),
+        );
+        let row = report
+            .results
+            .iter()
+            .find(|r| r.port == 5010)
+            .expect("5010 row");
+        assert_eq!(
+            (row.verdict, row.observed.as_str()),
+            (Verdict::Indeterminate, "not scanned")
+        );
+        let cause = row.cause.as_deref().unwrap_or_default();
+        assert!(cause.starts_with("not re-checked yet: "), "{cause}");
+        assert!(cause.contains("(ICMP rate limit: 1 answer/s"), "{cause}");
+    }
+
+    #[test]
+    fn an_extra_source_that_a_from_entry_tells_apart_is_not_used() {
+        let mut target = udp_closed_node();
+        let mut rules = target.intent.rules.clone();
+        rules.insert(
+            0,
+            Rule {
+                priority: 100,
+                policy: "udp".into(),
+                entry: 2,
+                protocol: Protocol::Udp,
+                ports: PortRange::single(5000),
+                source: Some("10.213.1.3/32".parse().expect("network")),
+                state: State::Open,
+            },
+        );
+        target.intent = Arc::new(NodeIntent {
+            rules,
+            ..(*target.intent).clone()
+        });
+        let planned = [Planned {
+            target: &target,
+            vantage: vantage(),
+            unreachable: None,
+            exp: expectations(&target.intent, vantage(), |_, _| false),
+        }];
+        let opts = VerifyOptions {
+            extra_sources: vec![
+                "10.213.1.3".parse().expect("address"),
+                "10.213.1.4".parse().expect("address"),
+                "fd00:213:1::4".parse().expect("address"),
+            ],
+            failsafe: Failsafe::none(),
+            ..options()
+        };
+        let mut notes = Vec::new();
+        let usable = usable_extra_sources(&planned, &opts, &mut notes);
+        assert_eq!(
+            usable,
+            vec![
+                "10.213.1.4".parse::<IpAddr>().expect("address"),
+                "fd00:213:1::4".parse().expect("address")
+            ]
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("source 10.213.1.3 not used: web-2's policies expect other states from it than from 10.213.1.2"),
+            "{notes:?}"
+        );
     }
 }

@@ -56,6 +56,12 @@ pub struct Args {
     /// ever scanned.
     #[arg(long, value_name = "PPS", value_parser = crate::args::parse_rate)]
     scan_rate: Option<u32>,
+    /// Seconds each peer scan may spend confirming silent ports of peers that rate-limit
+    /// their ICMP errors (unconfirmed ones are indeterminate, never drift); it also bounds
+    /// how many UDP ports of such a peer each scan re-checks (the rest are reported from
+    /// their last confirmation). Default: half of --scan-interval, at most 30.
+    #[arg(long, value_name = "SECS")]
+    confirm_budget: Option<u64>,
     /// Milliseconds between checks of the policy directory for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -145,6 +151,7 @@ pub fn run(a: Args) -> Outcome {
         refresh: Duration::from_secs(a.refresh),
         scan_interval: (a.scan_interval > 0).then(|| Duration::from_secs(a.scan_interval)),
         scan_rate: a.scan_rate,
+        confirm_budget: a.confirm_budget.map(Duration::from_secs),
         poll: Duration::from_millis(a.poll_ms.max(10)),
         listen: a.metrics_addr,
         failsafe,

@@ -3,6 +3,7 @@
 //! addresses are probed (the scanner refuses any other).
 
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::args;
 /// Arguments of `verify`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  portwarden verify -f examples --inventory examples/inventory.yaml\n  portwarden verify -f policies/ --inventory inventory.yaml -o junit > portwarden.xml\n\nExit codes: 0 in sync, 2 drift, 1 error."
+    after_help = "Examples:\n  portwarden verify -f examples --inventory examples/inventory.yaml\n  portwarden verify -f policies/ --inventory inventory.yaml -o junit > portwarden.xml\n  portwarden verify -f policies/ --inventory inventory.yaml -S 10.0.0.5 -S 10.0.0.6 --confirm-budget 120\n\nExit codes: 0 in sync, 2 drift, 1 error."
 )]
 pub struct Args {
     /// Policy files or directories.
@@ -50,6 +51,19 @@ pub struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..))]
     agent_timeout_ms: u64,
+    /// Source address to send from (repeat it to give several, as nmap's -S). The first of
+    /// each family is the vantage: the intent is evaluated for it. The others are used to
+    /// confirm silent ports of nodes that rate-limit their ICMP errors (each address has its
+    /// own budget there), unless a `from:` entry expects other states from them. Each must be
+    /// an address of this host.
+    #[arg(short = 'S', long = "source", value_name = "ADDR")]
+    sources: Vec<IpAddr>,
+    /// Seconds each scan may spend confirming silent ports of nodes that rate-limit their
+    /// ICMP errors (Linux answers about one closed port per second after a burst of six);
+    /// ports still unconfirmed then are indeterminate, never drift.
+    #[arg(long, value_name = "SECS",
+          default_value_t = portwarden_reconcile::verify::DEFAULT_CONFIRM_BUDGET.as_secs())]
+    confirm_budget: u64,
     /// TCP ports searched for undeclared open ports when a policy says `unlisted: report`.
     #[arg(
         long,
@@ -103,6 +117,7 @@ pub fn run(a: Args) -> Outcome {
         .failsafe
         .parse()
         .with_context(|| format!("invalid --failsafe \"{}\"", a.failsafe))?;
+    let sources = args::scan_sources(&a.sources);
     let options = VerifyOptions {
         tcp_kind: match a.scan {
             TcpScan::Syn => ScanKind::Syn,
@@ -114,6 +129,10 @@ pub fn run(a: Args) -> Outcome {
         agent_port: (a.agent_port != 0).then_some(a.agent_port),
         agent_timeout: Duration::from_millis(a.agent_timeout_ms),
         unlisted_ports: a.unlisted_ports.parse::<PortList>()?,
+        source_v4: sources.source_v4,
+        source_v6: sources.source_v6,
+        extra_sources: sources.extra_sources,
+        confirm_budget: Some(Duration::from_secs(a.confirm_budget)),
     };
     let v = verify(&targets, &options)?;
     match a.output {
