@@ -90,6 +90,8 @@ struct Host {
     limited: bool,
     /// Ports given up on without a confirmation.
     unconfirmed: usize,
+    /// When its last pending port was settled.
+    done_at_us: Option<u64>,
 }
 
 impl Host {
@@ -170,6 +172,7 @@ pub(crate) fn run(
                 .collect(),
             limited: false,
             unconfirmed: 0,
+            done_at_us: None,
         });
     }
     let mut limits: Vec<Option<RateLimit>> = vec![None; setup.targets.len()];
@@ -201,6 +204,9 @@ pub(crate) fn run(
                     host.unconfirmed += 1;
                 }
             }
+            if host.pending.is_empty() {
+                host.done_at_us.get_or_insert(now);
+            }
             start_rounds(shared, host, now, io)?;
             for s in &host.sources {
                 let at = match &s.round {
@@ -230,13 +236,14 @@ pub(crate) fn run(
         for &(idx, _) in &host.pending {
             shared.settle_silent(idx, Reason::RateLimited);
         }
+        let done = host.done_at_us.unwrap_or(end);
         if host.limited {
             limits[host.host] = Some(RateLimit {
                 burst: shared.icmp_first(host.host),
-                interval_ms: host.interval_us(end).unwrap_or(0) / 1_000,
+                interval_ms: host.interval_us(done).unwrap_or(0) / 1_000,
                 sources: u32::try_from(host.sources.len()).unwrap_or(u32::MAX),
                 unconfirmed: u32::try_from(unconfirmed).unwrap_or(u32::MAX),
-                confirm_ms: end.saturating_sub(start) / 1_000,
+                confirm_ms: done.saturating_sub(start) / 1_000,
                 budget_ms: setup
                     .budget
                     .map(|b| u64::try_from(b.as_millis()).unwrap_or(u64::MAX)),
