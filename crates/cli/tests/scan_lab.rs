@@ -432,3 +432,68 @@ fn a_long_udp_scan_is_announced_with_an_estimate() {
     }
     assert!(!err.contains('\r') && !err.contains('\x1b'), "{err:?}");
 }
+
+#[test]
+fn a_udp_scan_on_a_terminal_says_it_waits_on_the_nodes_icmp_rate_limit() {
+    // The node keeps the kernel's ICMP limits: its 40 closed UDP ports answer six at once,
+    // then one a second. On a terminal the progress bar must say why the scan is slow, with
+    // the measured rate and a time left, and the scan must still find every port closed.
+    skip_unless_lab!();
+    use std::io::Read;
+    let lab = Lab::builder("udpbar").nodes(1).scanners(1).build().unwrap();
+    let target = lab.node(0).v4().to_string();
+    let command = format!("{BIN} scan --any-target {target} -p 5000-5039 --scan udp");
+    // script(1) gives the scan a pseudo-terminal; what it draws comes back on our pipe.
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.scanner(0).name])
+        .args(["script", "-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = out.read_to_end(&mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the scan did not finish in 180 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let shown = reader.join().unwrap();
+    let tail: String = shown
+        .chars()
+        .rev()
+        .take(600)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert!(status.success(), "{tail}");
+    for want in ["waiting on the node's ICMP rate limit, ~1/s", "ETA "] {
+        assert!(
+            shown.contains(want),
+            "{want:?} never shown; the end: {tail:?}"
+        );
+    }
+    assert!(shown.contains("Not shown: 40 closed udp ports"), "{tail}");
+    // The count of settled ports only grows.
+    let done: Vec<u32> = shown
+        .split(" ports")
+        .filter_map(|s| s.rsplit(' ').next()?.split('/').next()?.parse().ok())
+        .collect();
+    assert!(done.len() > 10, "{tail}");
+    assert!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "went backwards: {done:?}"
+    );
+}

@@ -68,6 +68,8 @@ struct Source {
     answers_since: u32,
     /// Rounds in a row that got no answer at all.
     idle_rounds: u32,
+    /// Time between answers measured when the last round ended, µs.
+    interval_us: Option<u64>,
 }
 
 struct Round {
@@ -95,16 +97,10 @@ struct Host {
 }
 
 impl Host {
-    /// Measured time between answers per source, µs (None before the budget ran out once).
-    fn interval_us(&self, now_us: u64) -> Option<u64> {
-        let mut best: Option<u64> = None;
-        for s in &self.sources {
-            if let Some(at) = s.exhausted_at_us {
-                let i = now_us.saturating_sub(at) / u64::from(s.answers_since.max(1));
-                best = Some(best.map_or(i, |b| b.min(i)));
-            }
-        }
-        best
+    /// Measured time between answers per source, µs, as of the sources' last rounds (None
+    /// before one has seen answers refill after the budget ran out).
+    fn interval_us(&self) -> Option<u64> {
+        self.sources.iter().filter_map(|s| s.interval_us).min()
     }
 
     fn in_round(&self, idx: usize) -> bool {
@@ -168,6 +164,7 @@ pub(crate) fn run(
                     exhausted_at_us: None,
                     answers_since: 0,
                     idle_rounds: 0,
+                    interval_us: None,
                 })
                 .collect(),
             limited: false,
@@ -221,7 +218,7 @@ pub(crate) fn run(
             && now >= last_progress + 100_000
         {
             last_progress = now;
-            cb(&progress(shared, &hosts, setup.total, now));
+            cb(&progress(shared, &hosts, setup.total));
         }
         let until = deadline.map_or(wake, |d| wake.min(d)).max(now + 50);
         io.pump(shared, until)?;
@@ -240,7 +237,7 @@ pub(crate) fn run(
         if host.limited {
             limits[host.host] = Some(RateLimit {
                 burst: shared.icmp_first(host.host),
-                interval_ms: host.interval_us(done).unwrap_or(0) / 1_000,
+                interval_ms: host.interval_us().unwrap_or(0) / 1_000,
                 sources: u32::try_from(host.sources.len()).unwrap_or(u32::MAX),
                 unconfirmed: u32::try_from(unconfirmed).unwrap_or(u32::MAX),
                 confirm_ms: done.saturating_sub(start) / 1_000,
@@ -310,7 +307,12 @@ fn finish_rounds(shared: &Shared, host: &mut Host, now: u64, timeout_us: u64, gr
         // The refill rate counts the answers that came after the budget first ran out:
         // those of the round that emptied it were spent from the burst.
         match s.exhausted_at_us {
-            Some(_) => s.answers_since += answered,
+            Some(at) => {
+                s.answers_since += answered;
+                if s.answers_since > 0 {
+                    s.interval_us = Some(now.saturating_sub(at) / u64::from(s.answers_since));
+                }
+            }
             None if !sentinel_answered => {
                 host.limited = true;
                 s.exhausted_at_us = Some(now);
@@ -382,11 +384,11 @@ fn start_rounds(
 }
 
 /// Progress while confirming: why the scan is slow, and a time left from the measured rate.
-fn progress(shared: &Shared, hosts: &[Host], total: u64, now: u64) -> Progress {
+fn progress(shared: &Shared, hosts: &[Host], total: u64) -> Progress {
     let mut p = shared.progress(total);
     let mut left_us = 0u64;
     for h in hosts.iter().filter(|h| h.limited && !h.pending.is_empty()) {
-        if let Some(i) = h.interval_us(now) {
+        if let Some(i) = h.interval_us() {
             p.rate_limit_interval_ms = Some(p.rate_limit_interval_ms.unwrap_or(0).max(i / 1_000));
             let per_source = (h.pending.len() as u64 + 1).div_ceil(h.sources.len() as u64);
             left_us = left_us.max(per_source * i);

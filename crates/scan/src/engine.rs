@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     /// Per host: ICMP errors from the target that answered a first try (its burst, when it
     /// rate-limits them).
     icmp_first: Vec<AtomicU32>,
+    /// Per index: its silent verdict awaits the confirmation phase and is not counted done,
+    /// so progress never goes backwards when the phase withdraws it.
+    provisional: Vec<AtomicBool>,
     /// More than one probe in the scan (nmap only pauses then).
     several: bool,
     responded: AtomicU64,
@@ -159,6 +162,7 @@ impl Shared {
             icmp_answered: (0..n).map(|_| AtomicBool::new(false)).collect(),
             reply_mark: (0..n).map(|_| AtomicU64::new(0)).collect(),
             icmp_first: (0..nhosts).map(|_| AtomicU32::new(0)).collect(),
+            provisional: (0..n).map(|_| AtomicBool::new(false)).collect(),
             several: n > 1,
             responded: AtomicU64::new(0),
             resolved: AtomicU64::new(0),
@@ -316,7 +320,7 @@ impl Shared {
         let ok = self.results[idx]
             .compare_exchange(encode(s, r), 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        if ok {
+        if ok && !self.provisional[idx].swap(false, Ordering::AcqRel) {
             self.resolved.fetch_sub(1, Ordering::AcqRel);
         }
         ok
@@ -371,7 +375,11 @@ impl Shared {
             .compare_exchange(0, encode(s, r), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.resolved.fetch_add(1, Ordering::AcqRel);
+            if self.left_to_confirmation(host) {
+                self.provisional[idx].store(true, Ordering::Release);
+            } else {
+                self.resolved.fetch_add(1, Ordering::AcqRel);
+            }
         }
         None
     }
