@@ -58,8 +58,9 @@
 //! * IPv4: `net.ipv4.icmp_ratelimit=1000` — per peer address, a token bucket of about 6 errors
 //!   that refills one per second (full again after about 6 s without errors to that peer);
 //!   `net.ipv4.icmp_ratemask` says which types count (destination unreachable does).
-//! * IPv6: `net.ipv6.icmp.ratelimit` (1000 on older kernels, 100 in a new namespace on 6.x),
-//!   scaled down by the route's prefix length: on the lab's /64 a quarter of it per peer.
+//! * IPv6: `net.ipv6.icmp.ratelimit` (1000 ms on many kernels; 100 ms in a new namespace on
+//!   the 6.18 kernel these labs were last measured on), scaled down by the route's prefix
+//!   length: on the lab's /64 a quarter of it per peer, so IPv6 answers much faster than IPv4.
 //! * Both families together: `net.ipv4.icmp_msgs_per_sec=1000` with `icmp_msgs_burst=50`, per
 //!   namespace (so parallel labs do not share it).
 //!
