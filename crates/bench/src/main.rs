@@ -21,7 +21,8 @@ use portwarden_lab::Lab;
     after_help = "Examples (as root, after scripts/deps.sh bench):\n  portwarden-bench --out docs/benchmarks.md\n  portwarden-bench --quick --out target/bench-quick/benchmarks.md\n  portwarden-bench --quick --only apply,policy --out /tmp/b/benchmarks.md"
 )]
 struct Args {
-    /// Fewer runs and sizes, every workload: under two minutes.
+    /// Fewer runs and sizes, every workload: about four minutes (one run of each tool in the
+    /// workloads under the kernel's ICMP rate limit, tens of seconds each).
     #[arg(long)]
     quick: bool,
     /// The report to write; charts go to an `img/` directory beside it.
@@ -30,12 +31,12 @@ struct Args {
     /// The portwarden binary to measure (default: `portwarden` beside this program).
     #[arg(long, value_name = "FILE")]
     portwarden: Option<PathBuf>,
-    /// Only these parts: scan-one, scan-nodes, apply, policy (comma-separated).
+    /// Only these parts: scan-one, scan-nodes, scan-limited, apply, policy (comma-separated).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<String>,
 }
 
-const PARTS: [&str; 4] = ["scan-one", "scan-nodes", "apply", "policy"];
+const PARTS: [&str; 5] = ["scan-one", "scan-nodes", "scan-limited", "apply", "policy"];
 
 fn commit() -> String {
     let git = |args: &[&str]| {
@@ -154,6 +155,12 @@ fn run(args: Args) -> Result<()> {
     }
     if wanted("scan-nodes") {
         parts.push(("Scans of several nodes", scan::nodes(&ctx)));
+    }
+    if wanted("scan-limited") {
+        parts.push((
+            "UDP scans under the kernel's ICMP rate limit",
+            scan::rate_limited(&ctx),
+        ));
     }
     if wanted("apply") {
         parts.push(("Apply, no-op reconcile and agent", apply::run_all(&ctx)));

@@ -123,6 +123,40 @@ pub fn portwarden_states(json: &str) -> Result<States, String> {
     Ok(out)
 }
 
+/// What `portwarden scan -o json` says about targets that rate-limited their ICMP errors (each
+/// host's `rate_limit`), one line per such host: `burst 6, 1000 ms per answer and source, 2
+/// sources, confirmed in 16.2 s` (or `, N unconfirmed`). Empty when no host has one or the
+/// text is not JSON.
+pub fn portwarden_rate_limits(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let num = |r: &serde_json::Value, k: &str| r[k].as_u64().unwrap_or(0);
+    v["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.get("rate_limit").filter(|r| r.is_object()))
+        .map(|r| {
+            let sources = num(r, "sources");
+            let mut s = format!(
+                "burst {}, {} ms per answer and source, {sources} {}, ",
+                num(r, "burst"),
+                num(r, "interval_ms"),
+                if sources == 1 { "source" } else { "sources" }
+            );
+            match num(r, "unconfirmed") {
+                0 => s.push_str(&format!(
+                    "confirmed in {:.1} s",
+                    num(r, "confirm_ms") as f64 / 1000.0
+                )),
+                n => s.push_str(&format!("{n} unconfirmed")),
+            }
+            s
+        })
+        .collect()
+}
+
 /// The open ports masscan reported in its list format (`-oL -`: `open tcp 22 10.0.0.1 TS`).
 pub fn masscan_open(list: &str) -> BTreeSet<(IpAddr, u16)> {
     list.lines()
@@ -281,6 +315,20 @@ mod tests {
     fn unfinished_nmap_output_is_an_error() {
         assert!(nmap_states("").is_err());
         assert!(nmap_states("<nmaprun><host ").is_err());
+    }
+
+    #[test]
+    fn portwarden_json_rate_limits() {
+        let json = r#"{"hosts":[{"address":"10.0.0.1","ports":[],"rate_limit":{"burst":6,"interval_ms":1000,"sources":2,"unconfirmed":0,"confirm_ms":16200}},{"address":"10.0.0.2","ports":[]},{"address":"10.0.0.3","ports":[],"rate_limit":{"burst":6,"interval_ms":1000,"sources":1,"unconfirmed":3,"confirm_ms":10000,"budget_ms":10000}}]}"#;
+        assert_eq!(
+            portwarden_rate_limits(json),
+            [
+                "burst 6, 1000 ms per answer and source, 2 sources, confirmed in 16.2 s",
+                "burst 6, 1000 ms per answer and source, 1 source, 3 unconfirmed"
+            ]
+        );
+        assert!(portwarden_rate_limits(r#"{"hosts":[{"ports":[]}]}"#).is_empty());
+        assert!(portwarden_rate_limits("not json").is_empty());
     }
 
     #[test]

@@ -370,7 +370,7 @@ fn summary_section(w: &mut String, r: &Report) {
     let _ = writeln!(w, "## Summary\n");
     let _ = writeln!(
         w,
-        "| workload | portwarden | peer | peer's median | ratio | agreement |\n|---|---|---|---|---|---|"
+        "| workload | portwarden | portwarden's agreement | peer | peer's median | ratio | peer's agreement |\n|---|---|---|---|---|---|---|"
     );
     for wl in &r.workloads {
         let Some(ours) = wl.rows.iter().find(|r| r.ours) else {
@@ -381,7 +381,7 @@ fn summary_section(w: &mut String, r: &Report) {
         if peers.is_empty() {
             let _ = writeln!(
                 w,
-                "| {title} | {} | — | — | — | {} |",
+                "| {title} | {} | {} | — | — | — | — |",
                 cell(&ours.shown_median()),
                 cell(&ours.agreement)
             );
@@ -389,8 +389,9 @@ fn summary_section(w: &mut String, r: &Report) {
         for p in peers {
             let _ = writeln!(
                 w,
-                "| {title} | {} | {} | {} | {} | {} |",
+                "| {title} | {} | {} | {} | {} | {} | {} |",
                 cell(&ours.shown_median()),
+                cell(&ours.agreement),
                 cell(&p.tool),
                 cell(&p.shown_median()),
                 wl.ratio(p).map(ratio).unwrap_or_else(|| "—".into()),
@@ -502,8 +503,12 @@ fn method_section(w: &mut String) {
          * Peak memory is each program's own `ru_maxrss`: programs are started through a small \
          helper process (the suite's binary in `__measure-exec` mode) so they do not inherit the \
          suite's own high-water mark.\n\
-         * Scans: portwarden's states are compared port by port with `nmap -sS -T4`'s from the \
-         same run; masscan only reports open ports, so its accuracy is the open ports it found \
+         * Scans: portwarden's states are compared port by port with `nmap -sS -T4`'s (UDP: \
+         `nmap -sU -T4`'s) from the same run; under the kernel's ICMP rate limit the reference \
+         is nmap's default timing (`-T3`), since `-T4` gives up on ports whose answer the limit \
+         withheld. Rate-limited workloads give every run of every tool scanner source \
+         addresses no earlier run used (each address is a token bucket of its own at the \
+         node), so each run starts with a full bucket. masscan only reports open ports, so its accuracy is the open ports it found \
          against the ports that really are open. masscan 1.3.2 notices the end of its `--wait` \
          only when a packet arrives, so while it runs the node sends one small UDP datagram per \
          100 ms to the scanner (otherwise it idles for up to a minute).\n\
@@ -648,11 +653,11 @@ mod tests {
             ]
         );
         assert!(text.contains(
-            "| [Full-range SYN scan, one node](#full-range-syn-scan-one-node) | 500 ms | nmap -sS -T4 | 5.00 s | 10.0x | reference |"
+            "| [Full-range SYN scan, one node](#full-range-syn-scan-one-node) | 500 ms | identical (65535 ports) | nmap -sS -T4 | 5.00 s | 10.0x | reference |"
         ), "{text}");
         assert!(
             text.contains(
-                "| [Agent steady state](#agent-steady-state) | 0.8 % CPU, 12.0 MB | — | — | — |  |"
+                "| [Agent steady state](#agent-steady-state) | 0.8 % CPU, 12.0 MB |  | — | — | — | — |"
             ),
             "{text}"
         );

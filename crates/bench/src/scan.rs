@@ -1,11 +1,14 @@
 //! The scan workloads: a full-range SYN scan of one node and its port-count series, 1,000 ports
-//! on several nodes, and a UDP scan of 100 ports — portwarden's release binary against
-//! `nmap -sS -T4`, `nmap -T5 --min-rate` and masscan at several rates, from the same scanner
-//! namespace, interleaved run by run so background load hits every tool alike.
+//! on several nodes, a UDP scan of 100 ports with the node's ICMP rate limit lifted, and UDP
+//! scans of 40 closed ports under the kernel's own limit (from one and from two scanner
+//! addresses) — portwarden's release binary against `nmap -sS/-sU -T4`, `nmap -T5 --min-rate`,
+//! nmap's default timing and masscan at several rates, from the same scanner namespace,
+//! interleaved run by run so background load hits every tool alike.
 //!
-//! Agreement: nmap `-T4`'s first run in each setting is the reference; every other run's states
-//! are compared with it port by port. masscan reports open ports only, so its accuracy is how
-//! many of the really open ports it found.
+//! Agreement: nmap `-T4`'s first run in each setting is the reference (under the kernel's rate
+//! limit: nmap's default timing, `-T3`, since `-T4` gives up on withheld answers); every other
+//! run's states are compared with it port by port. masscan reports open ports only, so its
+//! accuracy is how many of the really open ports it found.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -31,6 +34,8 @@ pub const FILTER_EVERY: u16 = 64;
 pub const UDP_ECHO: [u16; 2] = [53, 123];
 /// A UDP port with a socket that never answers.
 pub const UDP_SILENT: u16 = 69;
+/// The UDP ports of the workloads under the kernel's ICMP rate limit: 40, nothing listening.
+pub const LIMITED_PORTS: (u16, u16) = (5100, 5139);
 
 /// What the repeated runs of one tool in one setting produced.
 #[derive(Default)]
@@ -41,6 +46,8 @@ struct Samples {
     states: Vec<States>,
     open: Vec<BTreeSet<(IpAddr, u16)>>,
     problems: Vec<String>,
+    /// portwarden's own account of the target's ICMP rate limit, per run (may be empty).
+    rate_limits: Vec<Vec<String>>,
 }
 
 impl Samples {
@@ -142,23 +149,29 @@ impl Samples {
     }
 }
 
+/// One `portwarden scan` run; `extra` goes after the scan kind (e.g. `-S ADDR`).
 fn ours(
     ctx: &Ctx,
     scanner: &Netns,
     kind: &str,
     ports: &str,
     targets: &[IpAddr],
+    extra: &[String],
     into: &mut Samples,
 ) -> Result<()> {
     // The lab's addresses are in no inventory; like nmap and masscan, the scan is told its
     // targets explicitly.
     let mut argv = vec![ctx.bin(), "scan".into(), "--any-target".into()];
     argv.extend(targets.iter().map(IpAddr::to_string));
-    argv.extend(["-p", ports, "--scan", kind, "-o", "json"].map(String::from));
+    argv.extend(["-p", ports, "--scan", kind].map(String::from));
+    argv.extend(extra.iter().cloned());
+    argv.extend(["-o", "json"].map(String::from));
     let m = run_in(scanner, Job::new(&argv).limit(Duration::from_secs(600)))?
         .check("portwarden scan")?;
     into.states
         .push(parse::portwarden_states(&m.stdout).map_err(|e| anyhow!(e))?);
+    into.rate_limits
+        .push(parse::portwarden_rate_limits(&m.stdout));
     into.push(&m);
     Ok(())
 }
@@ -428,7 +441,7 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
         let mut m: Vec<Samples> = rates.iter().map(|_| Samples::default()).collect();
         for i in 0..s.runs_ours.max(s.runs_peer) {
             if i < s.runs_ours {
-                ours(ctx, scanner, "syn", &ports, &[target], &mut o)?;
+                ours(ctx, scanner, "syn", &ports, &[target], &[], &mut o)?;
             }
             if i < s.runs_peer {
                 nmap(scanner, &nmap_flags("syn", None), &ports, &[target], &mut a)?;
@@ -542,15 +555,13 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
 
 fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
     let s = &ctx.settings;
-    progress("scan: UDP, 100 ports");
+    progress("scan: UDP, 100 ports, ICMP rate limit lifted");
     // Linux answers closed UDP ports with about one ICMP error per second after a burst of 6;
-    // with that limit any correct scan of 100 closed ports takes ~95 s, whoever runs it.
-    for (k, v) in [
-        ("net.ipv4.icmp_ratelimit", "0"),
-        ("net.ipv4.icmp_msgs_per_sec", "100000"),
-    ] {
-        node.sysctl(k, v).with_context(|| format!("sysctl {k}"))?;
-    }
+    // with that limit any correct scan of 100 closed ports takes ~95 s, whoever runs it. This
+    // workload measures the scanners on a node that answers at once; the workloads of
+    // `rate_limited` measure them under the kernel's limit.
+    node.lift_icmp_rate_limits()
+        .context("lifting the node's ICMP rate limits")?;
     let _udp: Vec<UdpListenerGuard> = UDP_ECHO
         .iter()
         .map(|&p| node.udp_echo(p))
@@ -564,7 +575,7 @@ fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
     let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
     for i in 0..s.runs_ours.max(s.runs_peer) {
         if i < s.runs_ours {
-            ours(ctx, scanner, "udp", "1-100", &[target], &mut o)?;
+            ours(ctx, scanner, "udp", "1-100", &[target], &[], &mut o)?;
         }
         if i < s.runs_peer {
             nmap(
@@ -585,17 +596,239 @@ fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
     }
     let reference = a.states.first().cloned().unwrap_or_default();
     Ok(Workload {
-        title: "UDP scan of 100 ports".into(),
+        title: "UDP scan of 100 ports, ICMP rate limit lifted".into(),
         setup: format!(
             "UDP ports 1-100 of one node: echo services on {UDP_ECHO:?} (they answer nmap's \
              DNS and NTP payloads), a silent socket on {UDP_SILENT}, every 10th port dropped, the \
-             rest closed. The node's ICMP rate limit is lifted \
-             (`net.ipv4.icmp_ratelimit=0`): with Linux's default of about one port-unreachable \
-             per second, any correct scan of 100 closed ports takes about 95 s, portwarden's \
-             and nmap's alike, and measures the target, not the scanner."
+             rest closed. The node's ICMP rate limits are lifted \
+             (`net.ipv4.icmp_ratelimit=0`, `net.ipv4.icmp_msgs_per_sec` and `icmp_msgs_burst` \
+             100000), so every closed port answers at once: this measures the scanners, not \
+             the target (with Linux's default of about one port-unreachable per second, any \
+             correct scan of 100 closed ports takes about 95 s; the next workloads measure \
+             that case). The goal is portwarden at least as fast as `nmap -sU -T5 --min-rate \
+             {}` with identical states.",
+            s.nmap_min_rate
         ),
         rows: standard_rows("udp", "1-100", &t, s.nmap_min_rate, [&o, &a, &b], &reference),
         notes: vec!["masscan is left out: it finds UDP ports only through payloads of its own and reports no closed or filtered state to compare.".into()],
+    })
+}
+
+/// Hands out scanner addresses no run has used yet: each is a peer with a full ICMP token
+/// bucket at the node.
+struct Fresh<'a> {
+    all: &'a [std::net::Ipv4Addr],
+    next: usize,
+}
+
+impl Fresh<'_> {
+    fn take(&mut self) -> Result<String> {
+        let a = self.all.get(self.next).ok_or_else(|| {
+            anyhow!(
+                "all {} scanner addresses are used: the lab needs one per run and tool",
+                self.all.len()
+            )
+        })?;
+        self.next += 1;
+        Ok(a.to_string())
+    }
+}
+
+/// The sysctl `key` of `node`, as a number.
+fn sysctl_number(node: &Netns, key: &str) -> Result<u64> {
+    let v = node
+        .exec(&["sysctl", "-n", key])
+        .with_context(|| format!("reading {key} in {}", node.name))?;
+    v.trim()
+        .parse()
+        .with_context(|| format!("{key} in {} is not a number: {v:?}", node.name))
+}
+
+/// UDP ports 5100-5139 of one node under the kernel's ICMP rate limit (left as a new
+/// namespace has it): portwarden from one scanner address and from two, `nmap -sU -T4` and
+/// `nmap -sU` (its default timing, the reference). Every run of every tool scans from
+/// addresses no run used before, so each starts with a full token bucket at the node.
+pub fn rate_limited(ctx: &Ctx) -> Result<Part> {
+    let s = &ctx.settings;
+    let (runs_ours, runs_peer) = s.limited_runs;
+    let (lo, hi) = LIMITED_PORTS;
+    let ports = format!("{lo}-{hi}");
+    let n_ports = u64::from(hi - lo + 1);
+    progress(&format!(
+        "scan: UDP, {n_ports} closed ports under the kernel's ICMP rate limit ({runs_ours} + \
+         {runs_peer} rounds of tens of seconds each)"
+    ));
+    // Addresses: portwarden 1 + 2 per round, each nmap 1 per round.
+    let lab = Lab::builder("blimit")
+        .scanner_addresses(3 * runs_ours + 2 * runs_peer)
+        .build()
+        .context("building the rate-limit lab")?;
+    let (node, scanner) = (lab.node(0), lab.scanner(0));
+    let interval_ms = sysctl_number(node, "net.ipv4.icmp_ratelimit")?;
+    let target: IpAddr = node.v4().into();
+    let t = target.to_string();
+    let mut fresh = Fresh {
+        all: &scanner.ipv4,
+        next: 0,
+    };
+    let flags = |timing: Option<&str>, src: String| -> Vec<String> {
+        let mut f = vec!["-sU".to_string()];
+        f.extend(timing.map(String::from));
+        f.extend(["-S".into(), src, "-e".into(), "eth0".into()]);
+        f
+    };
+    let (mut one, mut two) = (Samples::default(), Samples::default());
+    let (mut t4, mut t3) = (Samples::default(), Samples::default());
+    for i in 0..runs_ours.max(runs_peer) {
+        if i < runs_peer {
+            nmap(
+                scanner,
+                &flags(None, fresh.take()?),
+                &ports,
+                &[target],
+                &mut t3,
+            )?;
+            nmap(
+                scanner,
+                &flags(Some("-T4"), fresh.take()?),
+                &ports,
+                &[target],
+                &mut t4,
+            )?;
+        }
+        if i < runs_ours {
+            let a = ["-S".to_string(), fresh.take()?];
+            ours(ctx, scanner, "udp", &ports, &[target], &a, &mut one)?;
+            let ab = [
+                "-S".to_string(),
+                fresh.take()?,
+                "-S".to_string(),
+                fresh.take()?,
+            ];
+            ours(ctx, scanner, "udp", &ports, &[target], &ab, &mut two)?;
+        }
+    }
+    let reference = t3.states.first().cloned().unwrap_or_default();
+    let truth: States = (lo..=hi)
+        .map(|p| ((target, p), "closed".to_string()))
+        .collect();
+    let mut notes = Vec::new();
+    let off = Agreement::of(&truth, &reference);
+    if off.differ > 0 {
+        notes.push(format!(
+            "The reference itself is off: nmap -sU's first run against the lab's truth (all \
+             {n_ports} closed): {}.",
+            off.describe()
+        ));
+    }
+    let shown = |who: &str, sources: &str| format!("{who} {sources} -p {ports} -oX - {t}");
+    let nmap_rows = || {
+        vec![
+            Row::timed(
+                "nmap -sU -T4",
+                &shown("nmap -n -Pn -sU -T4", "-S <fresh address> -e eth0"),
+                false,
+                t4.wall.clone(),
+            )
+            .agreement(t4.agreement(&reference))
+            .detail(t4.detail()),
+            Row::timed(
+                "nmap -sU (default timing)",
+                &shown("nmap -n -Pn -sU", "-S <fresh address> -e eth0"),
+                false,
+                t3.wall.clone(),
+            )
+            .agreement(format!(
+                "{}: {}",
+                t3.reference_agreement(),
+                parse::state_counts(&reference)
+            ))
+            .detail(t3.detail()),
+        ]
+    };
+    let seen = |sm: &Samples| -> String {
+        let first = sm
+            .rate_limits
+            .first()
+            .map(|r| r.join("; "))
+            .unwrap_or_default();
+        let d = sm.detail();
+        if first.is_empty() {
+            format!("{d}; no rate limit reported")
+        } else {
+            format!("{d}; rate limit reported (first run): {first}")
+        }
+    };
+    let burst = 6;
+    let floor = |sources: u64| (n_ports.saturating_sub(burst * sources)) * interval_ms / sources;
+    let setup = |sources: u64| {
+        format!(
+            "UDP ports {ports} of one node, nothing listening: the kernel answers each probe \
+             with an ICMP port-unreachable, but at the rate of a node nobody tuned \
+             (`net.ipv4.icmp_ratelimit={interval_ms}`, left as a new namespace has it: about \
+             {burst} answers at once, then one every {interval_ms} ms to each scanner address). \
+             Every run of every tool scans from scanner addresses no earlier run used (`-S`), so \
+             each starts with a full token bucket at the node; runs are one after the other, \
+             never at the same time. From {sources} {} a correct scan cannot take less than \
+             about {:.0} s (({n_ports} − {burst}·{sources}) answers at one per {interval_ms} ms \
+             per address). The reference is nmap's default timing (`-T3`); `nmap -sU -T4` is \
+             timed too (the issue's yardstick) and compared with it port by port.{}",
+            if sources == 1 { "address" } else { "addresses" },
+            floor(sources) as f64 / 1000.0,
+            if sources > 1 {
+                " The nmap rows are the same runs as in the one-address workload above. The \
+                 goal is portwarden at least 1.8x faster than nmap."
+            } else {
+                " The goal: identical states, in no more time than nmap."
+            }
+        )
+    };
+    let mut rows_one = vec![
+        Row::timed(
+            "portwarden",
+            &format!(
+                "portwarden scan --any-target {t} -p {ports} --scan udp -S <fresh address> -o json"
+            ),
+            true,
+            one.wall.clone(),
+        )
+        .agreement(one.agreement(&reference))
+        .detail(seen(&one)),
+    ];
+    rows_one.extend(nmap_rows());
+    let mut rows_two = vec![
+        Row::timed(
+            "portwarden, two addresses",
+            &format!(
+                "portwarden scan --any-target {t} -p {ports} --scan udp -S <fresh address> -S <fresh address> -o json"
+            ),
+            true,
+            two.wall.clone(),
+        )
+        .agreement(two.agreement(&reference))
+        .detail(seen(&two)),
+    ];
+    rows_two.extend(nmap_rows());
+    Ok(Part {
+        workloads: vec![
+            Workload {
+                title: format!(
+                    "UDP scan of {n_ports} closed ports under the kernel's ICMP rate limit"
+                ),
+                setup: setup(1),
+                rows: rows_one,
+                notes: notes.clone(),
+            },
+            Workload {
+                title: format!(
+                    "UDP scan of {n_ports} closed ports under the kernel's ICMP rate limit, two scanner addresses"
+                ),
+                setup: setup(2),
+                rows: rows_two,
+                notes,
+            },
+        ],
+        scaling: Vec::new(),
     })
 }
 
@@ -625,7 +858,7 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
         let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
         for i in 0..s.runs_ours.max(s.runs_peer) {
             if i < s.runs_ours {
-                ours(ctx, scanner, "syn", "1-1000", targets, &mut o)?;
+                ours(ctx, scanner, "syn", "1-1000", targets, &[], &mut o)?;
             }
             if i < s.runs_peer {
                 nmap(scanner, &nmap_flags("syn", None), "1-1000", targets, &mut a)?;

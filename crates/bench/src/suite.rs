@@ -35,10 +35,14 @@ pub struct Settings {
     pub agent_cycles: u32,
     /// Policies, entries per policy and inventory nodes of the load-and-compile workload.
     pub policy_shape: (usize, usize, usize),
+    /// Runs of portwarden (each variant) and of each peer in the workloads under the kernel's
+    /// ICMP rate limit, which take tens of seconds per run whoever scans.
+    pub limited_runs: (usize, usize),
 }
 
 impl Settings {
-    /// `make bench`: about 6 minutes on 2 cores (plus the release build).
+    /// `make bench`: about 11 minutes on 2 cores (plus the release build), 5 of them in the
+    /// workloads under the kernel's ICMP rate limit.
     pub fn full() -> Settings {
         Settings {
             mode: "full",
@@ -55,10 +59,12 @@ impl Settings {
             steady_entries: 10_000,
             agent_cycles: 20,
             policy_shape: (100, 100, 1_000),
+            limited_runs: (3, 3),
         }
     }
 
-    /// `make bench QUICK=1`: every workload, fewer runs and sizes; under two minutes.
+    /// `make bench QUICK=1`: every workload, fewer runs and sizes; about four minutes, most of
+    /// it the single runs of the workloads under the kernel's ICMP rate limit.
     pub fn quick() -> Settings {
         Settings {
             mode: "quick",
@@ -75,6 +81,7 @@ impl Settings {
             steady_entries: 10_000,
             agent_cycles: 3,
             policy_shape: (100, 100, 1_000),
+            limited_runs: (1, 1),
         }
     }
 }
@@ -120,8 +127,10 @@ mod tests {
             assert!(s.apply_sizes.contains(&s.steady_entries));
             assert!(s.runs_ours >= 3 && s.runs_peer >= 1);
             assert!(!s.per_rule_sizes.is_empty() && !s.masscan_rates.is_empty());
+            assert!(s.limited_runs.0 >= 1 && s.limited_runs.1 >= 1, "{}", s.mode);
         }
         let (q, f) = (Settings::quick(), Settings::full());
         assert!(q.runs_ours <= f.runs_ours && q.port_counts.len() < f.port_counts.len());
+        assert!(q.limited_runs.0 <= 2 && q.limited_runs.1 <= 2);
     }
 }

@@ -29,6 +29,7 @@
 //! netns.add_random_loss(0.05)                             iptables statistic DROP, v4 + v6
 //! netns.add_netem_loss(5.0)                               tc netem on eth0
 //! netns.sysctl("net.ipv4.icmp_ratelimit", "0")
+//! netns.lift_icmp_rate_limits()                           no ICMP error limits (ask for it)
 //! netns.tcp_listener(port) -> Result<TcpListenerGuard>    accepts and closes, v4 + v6
 //! netns.udp_echo(port) / netns.udp_silent(port)           answering / silent UDP sockets
 //! netns.run(|| ...) -> Result<T>                          closure on a thread inside the namespace
@@ -46,6 +47,27 @@
 //! `fd00:213::1:(2+i)`, and its extra address `j` is `10.213.(1+j).(2+i)` /
 //! `fd00:213::(1+j):(2+i)`. Every namespace has its own copy of these ranges, so parallel labs
 //! can use the same numbers without seeing each other.
+//!
+//! # ICMP rate limits: the kernel's, unless a test asks
+//!
+//! A lab sets no ICMP sysctl: every namespace keeps what the kernel gives a fresh network
+//! namespace, so a node rate-limits its ICMP errors (port-unreachable for closed UDP ports and
+//! `REJECT --reject-with icmp-port-unreachable`, host-unreachable, admin-prohibited...) exactly
+//! as a real, untuned node does:
+//!
+//! * IPv4: `net.ipv4.icmp_ratelimit=1000` — per peer address, a token bucket of about 6 errors
+//!   that refills one per second (full again after about 6 s without errors to that peer);
+//!   `net.ipv4.icmp_ratemask` says which types count (destination unreachable does).
+//! * IPv6: `net.ipv6.icmp.ratelimit` (1000 ms on many kernels; 100 ms in a new namespace on
+//!   the 6.18 kernel these labs were last measured on), scaled down by the route's prefix
+//!   length: on the lab's /64 a quarter of it per peer, so IPv6 answers much faster than IPv4.
+//! * Both families together: `net.ipv4.icmp_msgs_per_sec=1000` with `icmp_msgs_burst=50`, per
+//!   namespace (so parallel labs do not share it).
+//!
+//! Each source address of a scanner is a separate peer with a bucket of its own; two tools that
+//! must each start with a full bucket scan from different addresses
+//! ([`LabBuilder::scanner_addresses`]). A test that wants every error answered says so with
+//! [`Netns::lift_icmp_rate_limits`].
 //!
 //! # Layout
 //!
@@ -70,7 +92,7 @@ pub use error::LabError;
 pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};
 pub use lock::LockHolder;
-pub use netns::{LabChild, Netns};
+pub use netns::{LIFTED_ICMP_LIMITS, LabChild, Netns};
 
 /// Returns early from the current test, with a message on standard error, when the machine
 /// cannot run labs (not root, or `ip` missing).

@@ -9,6 +9,14 @@ use nix::sched::{CloneFlags, setns};
 
 use crate::LabError;
 
+/// The sysctls [`Netns::lift_icmp_rate_limits`] sets, in order.
+pub const LIFTED_ICMP_LIMITS: [(&str, &str); 4] = [
+    ("net.ipv4.icmp_ratelimit", "0"),
+    ("net.ipv6.icmp.ratelimit", "0"),
+    ("net.ipv4.icmp_msgs_per_sec", "100000"),
+    ("net.ipv4.icmp_msgs_burst", "100000"),
+];
+
 /// A network namespace of a lab, with the addresses assigned to its `eth0`.
 ///
 /// `Netns` is a plain description (name and addresses); it does not own the namespace — the
@@ -191,6 +199,20 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> Result<(), LabError> {
         let kv = format!("{key}={value}");
         self.exec(&["sysctl", "-q", "-w", &kv]).map(drop)
+    }
+
+    /// Lifts this namespace's ICMP error rate limits (labs keep the kernel's by default; see
+    /// the [crate documentation](crate)): `net.ipv4.icmp_ratelimit=0`,
+    /// `net.ipv6.icmp.ratelimit=0`, and the namespace-wide `net.ipv4.icmp_msgs_per_sec` and
+    /// `icmp_msgs_burst` raised to 100000, so every closed or rejected port answers at once.
+    ///
+    /// # Errors
+    /// As [`Netns::exec`], naming the sysctl that could not be set.
+    pub fn lift_icmp_rate_limits(&self) -> Result<(), LabError> {
+        for (key, value) in LIFTED_ICMP_LIMITS {
+            self.sysctl(key, value)?;
+        }
+        Ok(())
     }
 
     /// Moves the *calling thread* into this network namespace (setns(2) with `CLONE_NEWNET`).

@@ -157,3 +157,58 @@ fn cleanup_stale_removes_labs_of_dead_processes_only() {
         .args(["netns", "delete", foreign])
         .status();
 }
+
+/// A namespace made with plain `ip netns add`, outside any lab, deleted on drop: what the kernel
+/// gives a new namespace before anyone sets a sysctl.
+struct Bare(String);
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn nodes_keep_the_kernels_icmp_rate_limits_unless_a_test_lifts_them() {
+    skip_unless_lab!();
+    // Named in the lab's shape (pw-TAG-PID-N-ROLE), so cleanup_stale removes it after a crash.
+    let bare = Bare(format!("pw-bareicmp-{}-0-x", std::process::id()));
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &bare.0])
+        .output()
+        .expect("ip netns add");
+    assert!(made.status.success(), "ip netns add {}: {made:?}", bare.0);
+    let read = |ns: &str, key: &str| -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-n", key])
+            .output()
+            .expect("sysctl runs");
+        assert!(out.status.success(), "sysctl -n {key} in {ns}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let lab = Lab::builder("icmpdef")
+        .scanner_addresses(2)
+        .build()
+        .expect("lab");
+    let node = lab.node(0);
+    for (key, lifted) in portwarden_lab::LIFTED_ICMP_LIMITS {
+        let kernel = read(&bare.0, key);
+        assert_ne!(
+            kernel, lifted,
+            "{key}: the kernel's default is not the lifted value"
+        );
+        assert_eq!(read(&node.name, key), kernel, "{key}: the lab changed it");
+    }
+    assert_eq!(read(&node.name, "net.ipv4.icmp_ratelimit"), "1000");
+    node.lift_icmp_rate_limits().expect("lift");
+    for (key, lifted) in portwarden_lab::LIFTED_ICMP_LIMITS {
+        assert_eq!(read(&node.name, key), lifted, "{key} after lifting");
+    }
+    // Lifting is per namespace: the scanner keeps the kernel's.
+    assert_eq!(
+        read(&lab.scanner(0).name, "net.ipv4.icmp_ratelimit"),
+        "1000"
+    );
+}

@@ -45,7 +45,7 @@ fn lab_only(targets: &[IpAddr]) -> ScanConfig {
 #[test]
 fn ndiff_reads_our_xml() {
     skip_unless_lab!();
-    let m = Matrix::new("ndiff");
+    let m = Matrix::new("ndiff", Limits::Kernel);
     let scanner = m.scanner();
     let src: IpAddr = scanner.v4().into();
     let target: IpAddr = m.node().v4().into();
