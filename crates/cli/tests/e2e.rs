@@ -395,29 +395,46 @@ fn backdoors_upstream_filtering_unreachable_nodes_and_peer_scans() {
     );
 }
 
+/// Writes `policy` (one PortPolicy document) as `policies/NAME.yaml` and an inventory of
+/// `nodes` (name, addresses) under `dir`; returns their paths.
+fn write_setup(
+    dir: &Path,
+    name: &str,
+    policy: &str,
+    nodes: &[(&str, Vec<String>)],
+) -> (String, String) {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join(format!("{name}.yaml")), policy).unwrap();
+    let mut inventory =
+        String::from("apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n");
+    for (node, addresses) in nodes {
+        let quoted: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        inventory.push_str(&format!(
+            "  - name: {node}\n    addresses: [{}]\n",
+            quoted.join(", ")
+        ));
+    }
+    let path = dir.join("inventory.yaml");
+    std::fs::write(&path, inventory).unwrap();
+    (
+        policies.to_str().unwrap().to_string(),
+        path.to_str().unwrap().to_string(),
+    )
+}
+
 /// A policy for every node (81/tcp and 5000/udp closed) and an inventory of two lab nodes
 /// `a` and `b` plus `c`, whose addresses (IPv4 and IPv6) the lab has no route to.
 fn unroutable_setup(lab: &portwarden_lab::Lab, dir: &Path) -> (String, String) {
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("all.yaml"),
+    write_setup(
+        dir,
+        "all",
         "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: all\nspec:\n  nodeSelector: {}\n  ports:\n    - ports: \"81\"\n      state: closed\n    - ports: \"5000\"\n      protocol: UDP\n      state: closed\n",
-    )
-    .unwrap();
-    let inventory = dir.join("inventory.yaml");
-    std::fs::write(
-        &inventory,
-        format!(
-            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: a\n    addresses: [\"{}\"]\n  - name: b\n    addresses: [\"{}\"]\n  - name: c\n    addresses: [\"10.9.9.9\", \"fd00:9::9\"]\n",
-            lab.node(0).v4(),
-            lab.node(1).v4()
-        ),
-    )
-    .unwrap();
-    (
-        policies.to_str().unwrap().to_string(),
-        inventory.to_str().unwrap().to_string(),
+        &[
+            ("a", vec![lab.node(0).v4().to_string()]),
+            ("b", vec![lab.node(1).v4().to_string()]),
+            ("c", vec!["10.9.9.9".into(), "fd00:9::9".into()]),
+        ],
     )
 }
 
@@ -573,29 +590,12 @@ fn agent_logs_carry_no_colour_when_stderr_is_not_a_terminal() {
 /// Issue 14's case: a policy `ports: "5000-5029", protocol: UDP, state: closed` for nodes `a`
 /// and `b` (IPv4 and IPv6), with the kernel's default ICMP rate limits (lab nodes keep them).
 fn rate_limited_udp_setup(lab: &portwarden_lab::Lab, dir: &Path) -> (String, String) {
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("udp.yaml"),
+    let both = |n: &portwarden_lab::Netns| vec![n.v4().to_string(), n.v6().to_string()];
+    write_setup(
+        dir,
+        "udp",
         "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: udp-closed\nspec:\n  nodeSelector: {}\n  ports:\n    - ports: \"5000-5029\"\n      protocol: UDP\n      state: closed\n",
-    )
-    .unwrap();
-    let inventory = dir.join("inventory.yaml");
-    let (a, b) = (lab.node(0), lab.node(1));
-    std::fs::write(
-        &inventory,
-        format!(
-            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: a\n    addresses: [\"{}\", \"{}\"]\n  - name: b\n    addresses: [\"{}\", \"{}\"]\n",
-            a.v4(),
-            a.v6(),
-            b.v4(),
-            b.v6()
-        ),
-    )
-    .unwrap();
-    (
-        policies.to_str().unwrap().to_string(),
-        inventory.to_str().unwrap().to_string(),
+        &[("a", both(lab.node(0))), ("b", both(lab.node(1)))],
     )
 }
 

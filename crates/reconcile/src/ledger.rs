@@ -4,7 +4,7 @@
 //!
 //! Why: a closed UDP port answers with an ICMP port-unreachable, and Linux sends those to
 //! any one peer at about one per second after a burst of six (`net.ipv4.icmp_ratelimit`;
-//! IPv6 about four per second on a /64). Re-probing forty managed UDP ports of a peer every
+//! IPv6 about ten a second on current kernels). Re-probing forty managed UDP ports of a peer every
 //! interval would take 35 s of confirmation each time, or leave most of them unconfirmed and
 //! so `indeterminate`. Instead each scan probes a share sized to what the peer answered last
 //! time within the confirmation budget, the least recently probed ports first, and every port
