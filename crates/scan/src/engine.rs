@@ -11,10 +11,11 @@
 //! It drains the packet socket in batches without blocking on it, so senders never pay a
 //! wake-up per reply.
 //!
-//! Each send thread owns a stripe of the indexes (`me, me + n, ...`): fresh probes in
-//! port-major order (so several targets are interleaved), retransmissions, and FIFOs of
-//! outstanding probes. Probes leave the congestion window when answered (the receive thread
-//! clears the outstanding bit), when they time out, or when they are presumed lost because a
+//! Send threads take fresh probes in chunks from one shared cursor (`fresh`), in port-major
+//! order (so several targets are interleaved), and send them in batches (one sendmmsg(2) per
+//! batch); each owns the retransmissions and FIFOs of outstanding probes of what it sent.
+//! Probes leave the congestion window when answered (the receive thread clears the
+//! outstanding bit), when they time out, or when they are presumed lost because a
 //! probe sent noticeably later was already answered (TCP's RACK idea) — the send thread clears
 //! the bit then; exactly one side wins the compare-and-swap, so the in-flight count stays exact
 //! without a shared queue. Presumed loss only speeds up retransmission: a port is called silent
@@ -552,6 +553,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     let nhosts = plan.targets.len();
     let nports = plan.ports.len();
     let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing, nsenders);
+    let cursor = crate::fresh::FreshCursor::new(nhosts * nports);
     let host_index: HashMap<IpAddr, usize> = plan
         .targets
         .iter()
@@ -573,11 +575,11 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     let retransmissions = std::thread::scope(|scope| -> Result<u64, ScanError> {
         let mut senders = Vec::with_capacity(nsenders);
         for (k, tx) in txs.iter().enumerate() {
-            let (shared, plan) = (&shared, &plan);
+            let (shared, plan, cursor) = (&shared, &plan, &cursor);
             let h = std::thread::Builder::new()
                 .name(format!("scan-send-{k}"))
                 .spawn_scoped(scope, move || {
-                    send_loop(shared, plan, tx, probe, k, nsenders)
+                    send_loop(shared, plan, tx, cursor, probe, k, nsenders)
                 })
                 .map_err(spawn_err)?;
             senders.push(h);
@@ -688,6 +690,7 @@ fn send_loop(
     shared: &Shared,
     plan: &Plan,
     tx: &RawSender,
+    cursor: &crate::fresh::FreshCursor,
     probe: RawProbe,
     me: usize,
     nsenders: usize,
@@ -698,9 +701,10 @@ fn send_loop(
     let total = total_fresh as u64;
     let max_retries = plan.timing.max_retries;
     let rate = RateCap::new(plan.timing.max_rate);
-    let mut buf = [0u8; 128];
-    // Sender `me` owns fresh indexes me, me + n, me + 2n, ... and their retransmissions.
-    let mut fresh = me;
+    let mut batch = crate::net::SendBatch::new();
+    // Fresh indexes come in chunks `fresh..fresh_end` from the shared cursor; each sender
+    // retransmits what it sent first.
+    let (mut fresh, mut fresh_end) = (me, me);
     let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
     // Probes that may still be retransmitted, and last tries. A probe that may be retransmitted
     // is declared lost early once a probe sent `rack` later has been answered (as TCP's RACK
@@ -753,7 +757,7 @@ fn send_loop(
                 retrans.push_back((idx, next));
             }
         }
-        let mut burst = 0;
+        let mut burst = 0usize;
         let mut paced_us = 0;
         while burst < 64 {
             if shared.in_flight() >= window {
@@ -776,7 +780,7 @@ fn send_loop(
                     continue;
                 }
                 (r.0, r.1, true)
-            } else if fresh < total_fresh {
+            } else if cursor.next(&mut fresh, &mut fresh_end) {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
                 (h * nports + p, 0, false)
             } else {
@@ -792,36 +796,34 @@ fn send_loop(
             if retransmit {
                 retrans.pop_front();
             } else {
-                fresh += nsenders;
+                fresh += 1;
             }
             let dst = plan.targets[h];
             let len = probe.build(
                 &plan.id,
-                &mut buf,
+                batch.next_buf(),
                 plan.sources[h],
                 dst,
                 plan.ports[p],
                 tryno,
             );
             let t = shared.now_us();
+            // Marked sent before it leaves: the answer may arrive before the batch is out.
             shared.mark_sent(idx, tryno, t);
             let queue = if tryno < shared.allowed_tryno(h) {
                 &mut outstanding
             } else {
                 &mut last_tries
             };
-            if tx.send(&buf[..len], dst)? == Sent::Busy {
-                // Local buffer full: the kernel is congested; treat it as loss and retry.
-                shared.on_local_drop();
-                queue.push_back((idx, tryno, t));
-                break;
-            }
-            if tryno > 0 {
-                retransmissions += 1;
-            }
             queue.push_back((idx, tryno, t));
             burst += 1;
+            if batch.push(len, dst, tryno > 0)
+                && send_batch(shared, tx, &mut batch, &mut burst, &mut retransmissions)?
+            {
+                break;
+            }
         }
+        send_batch(shared, tx, &mut batch, &mut burst, &mut retransmissions)?;
         if me == 0
             && let Some(cb) = &plan.progress
             && now >= last_progress + 100_000
@@ -889,6 +891,30 @@ fn send_loop(
         }
     }
     Ok(retransmissions)
+}
+
+/// Sends the probes waiting in `batch` (already marked sent and queued), counting what left
+/// in `retransmissions` and taking what did not out of `burst`. Returns `true` when the
+/// kernel's buffers were full: the unsent probes count as lost (they time out and are
+/// retransmitted), and the window backs off.
+fn send_batch(
+    shared: &Shared,
+    tx: &RawSender,
+    batch: &mut crate::net::SendBatch,
+    burst: &mut usize,
+    retransmissions: &mut u64,
+) -> Result<bool, ScanError> {
+    if batch.is_empty() {
+        return Ok(false);
+    }
+    let f = tx.send_batch(batch)?;
+    *retransmissions += f.retransmissions;
+    if f.outcome == Sent::Busy {
+        shared.on_local_drop();
+        *burst = burst.saturating_sub(f.unsent);
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

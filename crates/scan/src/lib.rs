@@ -49,8 +49,9 @@
 //! * [`classify`] — reply → (state, reason) and conflict rules; pure, unit-tested.
 //! * `probe/` — one module per probe type (SYN, ACK, UDP, connect) behind an enum.
 //! * `packet` — building probes with `pnet`, decoding replies.
-//! * `net` — raw send sockets, the packet receive socket, source selection.
+//! * `net` — raw send sockets (batched sendmmsg), the packet receive socket, source selection.
 //! * `engine` — send/receive threads, retransmission, congestion control.
+//! * `fresh` — dealing first probes out to the send threads in chunks.
 //! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
@@ -66,6 +67,7 @@
 pub mod classify;
 mod engine;
 mod error;
+mod fresh;
 pub mod model;
 mod net;
 mod packet;
