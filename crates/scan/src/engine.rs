@@ -715,6 +715,7 @@ fn send_loop(
     let mut lost_waiting: VecDeque<(usize, u8, u64)> = VecDeque::new();
     let mut retransmissions = 0u64;
     let mut last_progress = 0u64;
+    let mut tail = crate::tail::TailProbe::new();
     loop {
         let now = shared.now_us();
         let (timeout_us, window) = shared.timing_now();
@@ -774,15 +775,26 @@ fn send_loop(
             let rld_blocked = retrans.front().is_some_and(|&(idx, tryno)| {
                 !shared.has_result(idx) && shared.rld_wait(idx / nports, tryno, shared.now_us()) > 0
             });
-            let (idx, tryno, retransmit) = if !rld_blocked && let Some(&r) = retrans.front() {
+            let (idx, tryno, source) = if !rld_blocked && let Some(&r) = retrans.front() {
                 if shared.has_result(r.0) {
                     retrans.pop_front();
                     continue;
                 }
-                (r.0, r.1, true)
+                (r.0, r.1, Source::Retransmit)
             } else if cursor.next(&mut fresh, &mut fresh_end) {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
-                (h * nports + p, 0, false)
+                (h * nports + p, 0, Source::Fresh)
+            } else if retrans.is_empty()
+                && let Some((i, t)) = tail_probe(
+                    shared,
+                    &tail,
+                    probe,
+                    outstanding.back().map(|&(_, _, s)| s),
+                    rack_us,
+                    shared.now_us(),
+                )
+            {
+                (i, t, Source::Tail)
             } else {
                 break;
             };
@@ -793,10 +805,21 @@ fn send_loop(
             if paced_us > 0 {
                 break;
             }
-            if retransmit {
-                retrans.pop_front();
-            } else {
-                fresh += 1;
+            match source {
+                Source::Retransmit => {
+                    retrans.pop_front();
+                }
+                Source::Fresh => {
+                    fresh += 1;
+                    tail.note_fresh(idx);
+                }
+                Source::Tail => {
+                    if let Some((i, t)) = tail.take_pending() {
+                        shared.on_expiry(i, t, max_retries);
+                    }
+                    let newest = outstanding.back().map_or(0, |&(_, _, s)| s);
+                    tail.sent(idx, tryno, newest);
+                }
             }
             let dst = plan.targets[h];
             let len = probe.build(
@@ -810,14 +833,18 @@ fn send_loop(
             let t = shared.now_us();
             // Marked sent before it leaves: the answer may arrive before the batch is out.
             shared.mark_sent(idx, tryno, t);
-            let queue = if tryno < shared.allowed_tryno(h) {
-                &mut outstanding
-            } else {
-                &mut last_tries
-            };
-            queue.push_back((idx, tryno, t));
+            // A tail probe waits in no queue: its port already has its verdict, and its answer
+            // only has to reach the receive thread.
+            if source != Source::Tail {
+                let queue = if tryno < shared.allowed_tryno(h) {
+                    &mut outstanding
+                } else {
+                    &mut last_tries
+                };
+                queue.push_back((idx, tryno, t));
+            }
             burst += 1;
-            if batch.push(len, dst, tryno > 0)
+            if batch.push(len, dst, source == Source::Retransmit)
                 && send_batch(shared, tx, &mut batch, &mut burst, &mut retransmissions)?
             {
                 break;
@@ -890,7 +917,49 @@ fn send_loop(
             shared.sender_parked[me].store(false, Ordering::Release);
         }
     }
+    if let Some((idx, tryno)) = tail.take_pending() {
+        shared.on_expiry(idx, tryno, max_retries);
+    }
     Ok(retransmissions)
+}
+
+/// Where the send loop's next probe comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A retransmission of a silent probe.
+    Retransmit,
+    /// A port's first probe.
+    Fresh,
+    /// A tail probe ([`crate::tail`]).
+    Tail,
+}
+
+/// A tail probe to send at `now_us`, as (index, try number), if one is due: TCP probes only,
+/// no scan delay in force (nmap's back-off after heavy loss), the newest waiting first try
+/// (sent at `newest_us`) older than `rack_us`, and a recently probed port of this thread that
+/// answered with a RST and has no probe outstanding.
+fn tail_probe(
+    shared: &Shared,
+    tail: &crate::tail::TailProbe,
+    probe: RawProbe,
+    newest_us: Option<u64>,
+    rack_us: u64,
+    now_us: u64,
+) -> Option<(usize, u8)> {
+    let rst_state = match probe {
+        RawProbe::Syn => PortState::Closed,
+        RawProbe::Ack => PortState::Unfiltered,
+        RawProbe::Udp => return None,
+    };
+    if shared.scan_delay_us.load(Ordering::Acquire) > 0 || !tail.due(newest_us, now_us, rack_us) {
+        return None;
+    }
+    tail.candidates().find_map(|idx| {
+        let tries = shared.tries[idx].load(Ordering::Acquire);
+        let answered = decode_result(shared.results[idx].load(Ordering::Acquire))
+            .is_some_and(|(state, reason)| state == rst_state && reason == Reason::Reset);
+        (answered && tries & OUTSTANDING == 0).then_some((idx, tries & TRY_MASK))
+    })
 }
 
 /// Sends the probes waiting in `batch` (already marked sent and queued), counting what left
@@ -958,6 +1027,52 @@ mod tests {
         assert_eq!(sh.on_expiry(0, 1, t.max_retries), None);
         let out = sh.into_outcome(1);
         assert_eq!(out.results[0], (PortState::Filtered, Reason::NoResponse));
+    }
+
+    #[test]
+    fn tail_probe_reprobes_a_closed_port_once_the_waiting_try_is_older_than_rack() {
+        let t = Timing::default();
+        let sh = Shared::new(ScanKind::Syn, 1, 3, &t, 1);
+        let mut tail = crate::tail::TailProbe::new();
+        for idx in 0..3 {
+            sh.mark_sent(idx, 0, 0);
+            tail.note_fresh(idx);
+        }
+        // Port 0 closed (RST), port 1 answered with an ICMP error, port 2 still waiting.
+        sh.on_reply(0, 0, 0, Reply::Tcp { flags: 0x14 });
+        sh.on_reply(
+            0,
+            1,
+            0,
+            Reply::Icmp4 {
+                icmp_type: 3,
+                code: 13,
+                from_target: true,
+            },
+        );
+        let due = |tail: &crate::tail::TailProbe, probe, now| {
+            tail_probe(&sh, tail, probe, Some(0), 1_000, now)
+        };
+        // Too early, and never for UDP.
+        assert_eq!(due(&tail, RawProbe::Syn, 1_000), None);
+        assert_eq!(due(&tail, RawProbe::Udp, 5_000), None);
+        // Only the port that answered with a RST is probed again (ICMP answers are rationed
+        // by the target), with its own try number.
+        assert_eq!(due(&tail, RawProbe::Syn, 5_000), Some((0, 0)));
+        tail.sent(0, 0, 0);
+        sh.mark_sent(0, 0, 5_000);
+        assert_eq!(
+            due(&tail, RawProbe::Syn, 9_000),
+            None,
+            "once per waiting try"
+        );
+        // Its answer leaves the window and dates the latest answer after the waiting try.
+        sh.on_reply(0, 0, 0, Reply::Tcp { flags: 0x14 });
+        assert_eq!(sh.in_flight(), 1);
+        assert_eq!(sh.latest_answered_sent(), 5_000);
+        let out = sh.into_outcome(0);
+        assert_eq!(out.results[0], (PortState::Closed, Reason::Reset));
+        assert_eq!(out.results[1].0, PortState::Filtered);
     }
 
     #[test]

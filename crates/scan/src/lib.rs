@@ -52,6 +52,7 @@
 //! * `net` — raw send sockets (batched sendmmsg), the packet receive socket, source selection.
 //! * `engine` — send/receive threads, retransmission, congestion control.
 //! * `fresh` — dealing first probes out to the send threads in chunks.
+//! * `tail` — the tail probe that ends a TCP scan's first pass one timeout sooner.
 //! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
@@ -75,6 +76,7 @@ pub mod ports;
 mod probe;
 pub mod report;
 mod scanner;
+mod tail;
 mod targets;
 pub mod timing;
 
