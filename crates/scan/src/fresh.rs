@@ -4,9 +4,10 @@
 //! owns that probe's retransmissions. Fixed stripes (thread `k` takes `k, k + n, ...`) make the
 //! scan as slow as its slowest thread: on a loaded machine, or on the CPU the receive thread
 //! also runs on, one thread falls behind while the other finishes its stripe and idles (on the
-//! 2-core lab one stripe ended 0.3–0.5 s after the other). Instead the threads take consecutive
-//! chunks of indexes from one shared cursor, so their first passes end within a chunk of each
-//! other, and the order of first probes stays the scan's order (port-major) as before.
+//! 2-core lab one stripe ended up to 90 ms after the other when the machine was quiet, 0.3–0.5 s
+//! when it was busy). Instead the threads take consecutive chunks of indexes from one shared
+//! cursor, so their first passes end within a chunk of each other, and the order of first
+//! probes stays the scan's order (port-major) as before.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
