@@ -11,10 +11,11 @@
 //! It drains the packet socket in batches without blocking on it, so senders never pay a
 //! wake-up per reply.
 //!
-//! Each send thread owns a stripe of the indexes (`me, me + n, ...`): fresh probes in
-//! port-major order (so several targets are interleaved), retransmissions, and FIFOs of
-//! outstanding probes. Probes leave the congestion window when answered (the receive thread
-//! clears the outstanding bit), when they time out, or when they are presumed lost because a
+//! Send threads take fresh probes in chunks from one shared cursor (`fresh`), in port-major
+//! order (so several targets are interleaved), and send them in batches (one sendmmsg(2) per
+//! batch); each owns the retransmissions and FIFOs of outstanding probes of what it sent.
+//! Probes leave the congestion window when answered (the receive thread clears the
+//! outstanding bit), when they time out, or when they are presumed lost because a
 //! probe sent noticeably later was already answered (TCP's RACK idea) — the send thread clears
 //! the bit then; exactly one side wins the compare-and-swap, so the in-flight count stays exact
 //! without a shared queue. Presumed loss only speeds up retransmission: a port is called silent
@@ -650,6 +651,7 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     let nhosts = plan.targets.len();
     let nports = plan.ports.len();
     let shared = Shared::new(plan.kind, nhosts, nports, &plan.timing, nsenders);
+    let cursor = crate::fresh::FreshCursor::new(nhosts * nports);
     let host_index: HashMap<IpAddr, usize> = plan
         .targets
         .iter()
@@ -673,11 +675,11 @@ pub(crate) fn run_raw(plan: Plan) -> Result<Outcome, ScanError> {
     let retransmissions = std::thread::scope(|scope| -> Result<u64, ScanError> {
         let mut senders = Vec::with_capacity(nsenders);
         for (k, tx) in txs.iter().enumerate() {
-            let (shared, plan) = (&shared, &plan);
+            let (shared, plan, cursor) = (&shared, &plan, &cursor);
             let h = std::thread::Builder::new()
                 .name(format!("scan-send-{k}"))
                 .spawn_scoped(scope, move || {
-                    send_loop(shared, plan, tx, probe, k, nsenders)
+                    send_loop(shared, plan, tx, cursor, probe, k, nsenders)
                 })
                 .map_err(spawn_err)?;
             senders.push(h);
@@ -776,7 +778,7 @@ struct RawRounds<'a> {
     kind_name: &'static str,
     v6_extra: Vec<(IpAddr, RawSender)>,
     rate: RateCap,
-    buf: [u8; 128],
+    batch: crate::net::SendBatch,
 }
 
 impl<'a> RawRounds<'a> {
@@ -788,16 +790,18 @@ impl<'a> RawRounds<'a> {
             kind_name,
             v6_extra: Vec::new(),
             rate: RateCap::new(plan.timing.max_rate),
-            buf: [0u8; 128],
+            batch: crate::net::SendBatch::new(),
         }
     }
 
-    fn sender_for(&mut self, source: IpAddr, host: usize) -> Result<&RawSender, ScanError> {
+    /// Which socket sends from `source`: `None` for the first pass's, else the extra IPv6
+    /// socket at that position (opened on first use).
+    fn sender_for(&mut self, source: IpAddr, host: usize) -> Result<Option<usize>, ScanError> {
         let IpAddr::V6(v6) = source else {
-            return Ok(self.tx);
+            return Ok(None);
         };
         if self.plan.sources[host] == source {
-            return Ok(self.tx);
+            return Ok(None);
         }
         let pos = match self.v6_extra.iter().position(|(a, _)| *a == source) {
             Some(p) => p,
@@ -812,7 +816,7 @@ impl<'a> RawRounds<'a> {
                 self.v6_extra.len() - 1
             }
         };
-        Ok(&self.v6_extra[pos].1)
+        Ok(Some(pos))
     }
 }
 
@@ -829,14 +833,17 @@ impl confirm::RoundIo for RawRounds<'_> {
         wait_for_caps(shared, &self.rate, h);
         let dst = self.plan.targets[h];
         let (probe, id, port) = (self.probe, self.plan.id, self.plan.ports[p]);
-        let mut buf = self.buf;
-        let len = probe.build(&id, &mut buf, source, dst, port, tryno);
-        let tx = self.sender_for(source, h)?;
+        let which = self.sender_for(source, h)?;
+        let tx = match which {
+            None => self.tx,
+            Some(i) => &self.v6_extra[i].1,
+        };
+        let len = probe.build(&id, self.batch.next_buf(), source, dst, port, tryno);
+        self.batch.push(len, dst, false);
         shared.mark_sent(idx, tryno, shared.now_us());
         // A probe the kernel could not take is lost like any other: its round is inconclusive
         // or leaves the port for the next round.
-        tx.send(&buf[..len], dst)?;
-        Ok(())
+        tx.send_batch(&mut self.batch).map(|_| ())
     }
 
     fn pump(&mut self, shared: &Shared, until_us: u64) -> Result<(), ScanError> {
@@ -920,6 +927,7 @@ fn send_loop(
     shared: &Shared,
     plan: &Plan,
     tx: &RawSender,
+    cursor: &crate::fresh::FreshCursor,
     probe: RawProbe,
     me: usize,
     nsenders: usize,
@@ -930,9 +938,10 @@ fn send_loop(
     let total = total_fresh as u64;
     let max_retries = plan.timing.max_retries;
     let rate = RateCap::new(plan.timing.max_rate);
-    let mut buf = [0u8; 128];
-    // Sender `me` owns fresh indexes me, me + n, me + 2n, ... and their retransmissions.
-    let mut fresh = me;
+    let mut batch = crate::net::SendBatch::new();
+    // Fresh indexes come in chunks `fresh..fresh_end` from the shared cursor; each sender
+    // retransmits what it sent first.
+    let (mut fresh, mut fresh_end) = (me, me);
     let mut retrans: VecDeque<(usize, u8)> = VecDeque::new();
     // Probes that may still be retransmitted, and last tries. A probe that may be retransmitted
     // is declared lost early once a probe sent `rack` later has been answered (as TCP's RACK
@@ -943,6 +952,7 @@ fn send_loop(
     let mut lost_waiting: VecDeque<(usize, u8, u64)> = VecDeque::new();
     let mut retransmissions = 0u64;
     let mut last_progress = 0u64;
+    let mut tail = crate::tail::TailProbe::new();
     loop {
         let now = shared.now_us();
         let (timeout_us, window) = shared.timing_now();
@@ -985,7 +995,7 @@ fn send_loop(
                 retrans.push_back((idx, next));
             }
         }
-        let mut burst = 0;
+        let mut burst = 0usize;
         let mut paced_us = 0;
         while burst < 64 {
             if shared.in_flight() >= window {
@@ -1002,15 +1012,26 @@ fn send_loop(
             let rld_blocked = retrans.front().is_some_and(|&(idx, tryno)| {
                 !shared.has_result(idx) && shared.rld_wait(idx / nports, tryno, shared.now_us()) > 0
             });
-            let (idx, tryno, retransmit) = if !rld_blocked && let Some(&r) = retrans.front() {
+            let (idx, tryno, source) = if !rld_blocked && let Some(&r) = retrans.front() {
                 if shared.has_result(r.0) {
                     retrans.pop_front();
                     continue;
                 }
-                (r.0, r.1, true)
-            } else if fresh < total_fresh {
+                (r.0, r.1, Source::Retransmit)
+            } else if cursor.next(&mut fresh, &mut fresh_end) {
                 let (h, p) = (fresh % nhosts, fresh / nhosts);
-                (h * nports + p, 0, false)
+                (h * nports + p, 0, Source::Fresh)
+            } else if retrans.is_empty()
+                && let Some((i, t)) = tail_probe(
+                    shared,
+                    &tail,
+                    probe,
+                    outstanding.back().map(|&(_, _, s)| s),
+                    rack_us,
+                    shared.now_us(),
+                )
+            {
+                (i, t, Source::Tail)
             } else {
                 break;
             };
@@ -1021,39 +1042,52 @@ fn send_loop(
             if paced_us > 0 {
                 break;
             }
-            if retransmit {
-                retrans.pop_front();
-            } else {
-                fresh += nsenders;
+            match source {
+                Source::Retransmit => {
+                    retrans.pop_front();
+                }
+                Source::Fresh => {
+                    fresh += 1;
+                    tail.note_fresh(idx);
+                }
+                Source::Tail => {
+                    if let Some((i, t)) = tail.take_pending() {
+                        shared.on_expiry(i, t, max_retries);
+                    }
+                    let newest = outstanding.back().map_or(0, |&(_, _, s)| s);
+                    tail.sent(idx, tryno, newest);
+                }
             }
             let dst = plan.targets[h];
             let len = probe.build(
                 &plan.id,
-                &mut buf,
+                batch.next_buf(),
                 plan.sources[h],
                 dst,
                 plan.ports[p],
                 tryno,
             );
             let t = shared.now_us();
+            // Marked sent before it leaves: the answer may arrive before the batch is out.
             shared.mark_sent(idx, tryno, t);
-            let queue = if tryno < shared.allowed_tryno(h) {
-                &mut outstanding
-            } else {
-                &mut last_tries
-            };
-            if tx.send(&buf[..len], dst)? == Sent::Busy {
-                // Local buffer full: the kernel is congested; treat it as loss and retry.
-                shared.on_local_drop();
+            // A tail probe waits in no queue: its port already has its verdict, and its answer
+            // only has to reach the receive thread.
+            if source != Source::Tail {
+                let queue = if tryno < shared.allowed_tryno(h) {
+                    &mut outstanding
+                } else {
+                    &mut last_tries
+                };
                 queue.push_back((idx, tryno, t));
+            }
+            burst += 1;
+            if batch.push(len, dst, source == Source::Retransmit)
+                && send_batch(shared, tx, &mut batch, &mut burst, &mut retransmissions)?
+            {
                 break;
             }
-            if tryno > 0 {
-                retransmissions += 1;
-            }
-            queue.push_back((idx, tryno, t));
-            burst += 1;
         }
+        send_batch(shared, tx, &mut batch, &mut burst, &mut retransmissions)?;
         if me == 0
             && let Some(cb) = &plan.progress
             && now >= last_progress + 100_000
@@ -1120,7 +1154,73 @@ fn send_loop(
             shared.sender_parked[me].store(false, Ordering::Release);
         }
     }
+    if let Some((idx, tryno)) = tail.take_pending() {
+        shared.on_expiry(idx, tryno, max_retries);
+    }
     Ok(retransmissions)
+}
+
+/// Where the send loop's next probe comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A retransmission of a silent probe.
+    Retransmit,
+    /// A port's first probe.
+    Fresh,
+    /// A tail probe ([`crate::tail`]).
+    Tail,
+}
+
+/// A tail probe to send at `now_us`, as (index, try number), if one is due: TCP probes only,
+/// no scan delay in force (nmap's back-off after heavy loss), the newest waiting first try
+/// (sent at `newest_us`) older than `rack_us`, and a recently probed port of this thread that
+/// answered with a RST and has no probe outstanding.
+fn tail_probe(
+    shared: &Shared,
+    tail: &crate::tail::TailProbe,
+    probe: RawProbe,
+    newest_us: Option<u64>,
+    rack_us: u64,
+    now_us: u64,
+) -> Option<(usize, u8)> {
+    let rst_state = match probe {
+        RawProbe::Syn => PortState::Closed,
+        RawProbe::Ack => PortState::Unfiltered,
+        RawProbe::Udp => return None,
+    };
+    if shared.scan_delay_us.load(Ordering::Acquire) > 0 || !tail.due(newest_us, now_us, rack_us) {
+        return None;
+    }
+    tail.candidates().find_map(|idx| {
+        let tries = shared.tries[idx].load(Ordering::Acquire);
+        let answered = decode_result(shared.results[idx].load(Ordering::Acquire))
+            .is_some_and(|(state, reason)| state == rst_state && reason == Reason::Reset);
+        (answered && tries & OUTSTANDING == 0).then_some((idx, tries & TRY_MASK))
+    })
+}
+
+/// Sends the probes waiting in `batch` (already marked sent and queued), counting what left
+/// in `retransmissions` and taking what did not out of `burst`. Returns `true` when the
+/// kernel's buffers were full: the unsent probes count as lost (they time out and are
+/// retransmitted), and the window backs off.
+fn send_batch(
+    shared: &Shared,
+    tx: &RawSender,
+    batch: &mut crate::net::SendBatch,
+    burst: &mut usize,
+    retransmissions: &mut u64,
+) -> Result<bool, ScanError> {
+    if batch.is_empty() {
+        return Ok(false);
+    }
+    let f = tx.send_batch(batch)?;
+    *retransmissions += f.retransmissions;
+    if f.outcome == Sent::Busy {
+        shared.on_local_drop();
+        *burst = burst.saturating_sub(f.unsent);
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -1164,6 +1264,52 @@ mod tests {
         assert_eq!(sh.on_expiry(0, 1, t.max_retries), None);
         let out = sh.into_outcome(1);
         assert_eq!(out.results[0], (PortState::Filtered, Reason::NoResponse));
+    }
+
+    #[test]
+    fn tail_probe_reprobes_a_closed_port_once_the_waiting_try_is_older_than_rack() {
+        let t = Timing::default();
+        let sh = Shared::new(ScanKind::Syn, 1, 3, &t, 1);
+        let mut tail = crate::tail::TailProbe::new();
+        for idx in 0..3 {
+            sh.mark_sent(idx, 0, 0);
+            tail.note_fresh(idx);
+        }
+        // Port 0 closed (RST), port 1 answered with an ICMP error, port 2 still waiting.
+        sh.on_reply(0, 0, 0, Reply::Tcp { flags: 0x14 });
+        sh.on_reply(
+            0,
+            1,
+            0,
+            Reply::Icmp4 {
+                icmp_type: 3,
+                code: 13,
+                from_target: true,
+            },
+        );
+        let due = |tail: &crate::tail::TailProbe, probe, now| {
+            tail_probe(&sh, tail, probe, Some(0), 1_000, now)
+        };
+        // Too early, and never for UDP.
+        assert_eq!(due(&tail, RawProbe::Syn, 1_000), None);
+        assert_eq!(due(&tail, RawProbe::Udp, 5_000), None);
+        // Only the port that answered with a RST is probed again (ICMP answers are rationed
+        // by the target), with its own try number.
+        assert_eq!(due(&tail, RawProbe::Syn, 5_000), Some((0, 0)));
+        tail.sent(0, 0, 0);
+        sh.mark_sent(0, 0, 5_000);
+        assert_eq!(
+            due(&tail, RawProbe::Syn, 9_000),
+            None,
+            "once per waiting try"
+        );
+        // Its answer leaves the window and dates the latest answer after the waiting try.
+        sh.on_reply(0, 0, 0, Reply::Tcp { flags: 0x14 });
+        assert_eq!(sh.in_flight(), 1);
+        assert_eq!(sh.latest_answered_sent(), 5_000);
+        let out = sh.into_outcome(0);
+        assert_eq!(out.results[0], (PortState::Closed, Reason::Reset));
+        assert_eq!(out.results[1].0, PortState::Filtered);
     }
 
     #[test]

@@ -49,10 +49,12 @@
 //! * [`classify`] — reply → (state, reason) and conflict rules; pure, unit-tested.
 //! * `probe/` — one module per probe type (SYN, ACK, UDP, connect) behind an enum.
 //! * `packet` — building probes with `pnet`, decoding replies.
-//! * `net` — raw send sockets, the packet receive socket, source selection.
+//! * `net` — raw send sockets (batched sendmmsg), the packet receive socket, source selection.
 //! * `engine` — send/receive threads, retransmission, congestion control.
 //! * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent
 //!   on targets that rate-limit their ICMP errors, at the rate they answer.
+//! * `fresh` — dealing first probes out to the send threads in chunks.
+//! * `tail` — the tail probe that ends a TCP scan's first pass one timeout sooner.
 //! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
@@ -69,6 +71,7 @@ pub mod classify;
 mod confirm;
 mod engine;
 mod error;
+mod fresh;
 pub mod model;
 mod net;
 mod packet;
@@ -76,6 +79,7 @@ pub mod ports;
 mod probe;
 pub mod report;
 mod scanner;
+mod tail;
 mod targets;
 pub mod timing;
 

@@ -3,6 +3,9 @@
 //!
 //! * IPv4 probes go out through one `SOCK_RAW/IPPROTO_RAW` socket (we write the IP header, so
 //!   the source address is ours to choose per packet).
+//! * A send thread builds its probes into a [`SendBatch`] and hands the batch to the kernel
+//!   with one sendmmsg(2) per family ([`RawSender::send_batch`]) instead of one sendto(2) per
+//!   probe.
 //! * IPv6 probes go out through a `SOCK_RAW` socket of the probe's protocol bound to the
 //!   source address; the kernel writes the IPv6 header. It never reads: a BPF filter that
 //!   accepts nothing keeps its receive queue empty.
@@ -233,43 +236,237 @@ impl RawSender {
         Ok(RawSender { v4, v6 })
     }
 
-    /// Sends one packet.
+    /// Sends every packet of `batch` and empties it: one sendmmsg(2) per family for the whole
+    /// batch, in the order the packets were added (IPv4 and IPv6 go out through different
+    /// sockets, so the two families are not ordered against each other).
+    ///
+    /// A packet refused for its destination (no neighbour, no route, a local firewall) counts
+    /// as handed over, as one lost on the way would: its port ends up silent. When the kernel's
+    /// buffers are full (`Sent::Busy`), that packet and the rest of its family are not sent;
+    /// the caller has already counted them as sent, so they are lost probes like any other.
     ///
     /// # Errors
     /// Only for failures that make scanning pointless (bad socket, no socket for the family).
-    /// Local congestion and per-destination failures are reported as [`Sent`] variants.
-    pub fn send(&self, pkt: &[u8], dst: IpAddr) -> Result<Sent, ScanError> {
-        let (sock, addr) = match dst {
-            IpAddr::V4(a) => (&self.v4, SockAddr::from(SocketAddrV4::new(a, 0))),
-            IpAddr::V6(a) => (&self.v6, SockAddr::from(SocketAddrV6::new(a, 0, 0, 0))),
+    pub fn send_batch(&self, batch: &mut SendBatch) -> Result<Flushed, ScanError> {
+        let mut out = Flushed {
+            unsent: 0,
+            retransmissions: 0,
+            outcome: Sent::Yes,
         };
-        let Some(sock) = sock else {
-            return Err(ScanError::Config(format!(
-                "no send socket for the family of {dst}"
-            )));
+        for v6 in [false, true] {
+            let mut slots = [0usize; SEND_BATCH];
+            let mut nslots = 0;
+            for i in (0..batch.n).filter(|&i| batch.dsts[i].is_ipv6() == v6) {
+                slots[nslots] = i;
+                nslots += 1;
+            }
+            let slots = &slots[..nslots];
+            let Some(&first) = slots.first() else {
+                continue;
+            };
+            let sock = if v6 { &self.v6 } else { &self.v4 };
+            let Some(sock) = sock else {
+                return Err(ScanError::Config(format!(
+                    "no send socket for the family of {}",
+                    batch.dsts[first]
+                )));
+            };
+            let handed = send_family(sock, batch, slots)?;
+            out.unsent += slots.len() - handed.count;
+            if handed.busy {
+                out.outcome = Sent::Busy;
+            }
+            out.retransmissions += slots[..handed.count]
+                .iter()
+                .filter(|&&i| batch.retransmission[i])
+                .count() as u64;
+        }
+        batch.n = 0;
+        Ok(out)
+    }
+}
+
+/// How far [`send_family`] got.
+struct FamilySent {
+    /// Leading packets of the slot list handed to the kernel (or refused for their
+    /// destination).
+    count: usize,
+    /// The kernel's buffers were full at packet `count`: it and the rest were not sent.
+    busy: bool,
+}
+
+/// Sends the packets `slots` of `batch` (all of one family) through `sock` with sendmmsg(2),
+/// calling it again after a partial send to learn the failed packet's error.
+fn send_family(sock: &Socket, batch: &SendBatch, slots: &[usize]) -> Result<FamilySent, ScanError> {
+    let n = slots.len().min(SEND_BATCH);
+    // SAFETY: all-zero sockaddr_storage and mmsghdr values are valid empty ones.
+    let mut addrs: [libc::sockaddr_storage; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; SEND_BATCH];
+    for (k, &i) in slots[..n].iter().enumerate() {
+        msgs[k].msg_hdr.msg_namelen = fill_sockaddr(&mut addrs[k], batch.dsts[i]);
+        iovs[k] = libc::iovec {
+            // The kernel only reads from it (sendmsg's iovec is declared mutable).
+            iov_base: batch.bufs[i].as_ptr() as *mut libc::c_void,
+            iov_len: batch.lens[i],
         };
-        match sock.send_to(pkt, &addr) {
-            Ok(_) => Ok(Sent::Yes),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOBUFS | libc::EAGAIN | libc::ENOMEM) => Ok(Sent::Busy),
-                // Neighbour resolution failed, no route, or a local OUTPUT rule refused it:
-                // the probe is lost like any other; the port ends up silent.
-                Some(
-                    libc::EHOSTUNREACH
-                    | libc::ENETUNREACH
-                    | libc::EHOSTDOWN
-                    | libc::ENETDOWN
-                    | libc::EPERM
-                    | libc::EACCES
-                    | libc::EINVAL,
-                ) => Ok(Sent::Refused),
-                _ => Err(ScanError::Socket {
-                    what: format!("sending a probe to {dst}"),
-                    source: e,
-                }),
-            },
+    }
+    for ((m, addr), iov) in msgs.iter_mut().zip(addrs.iter_mut()).zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let msgs = &mut msgs[..n];
+    let mut done = 0;
+    while done < msgs.len() {
+        let left = &mut msgs[done..];
+        // SAFETY: `left` holds initialised mmsghdr structs whose name and iovec point into
+        // `addrs`, `iovs` and `batch.bufs`, all alive and unmoved for the call.
+        let rc = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                left.as_mut_ptr(),
+                left.len() as libc::c_uint,
+                0,
+            )
+        };
+        if let Ok(sent @ 1..) = usize::try_from(rc) {
+            done += sent;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        match send_error(e, batch.dsts[slots[done]])? {
+            Sent::Busy => {
+                return Ok(FamilySent {
+                    count: done,
+                    busy: true,
+                });
+            }
+            // Refused for this destination: lost like any other probe; go on with the next.
+            Sent::Refused | Sent::Yes => done += 1,
         }
     }
+    Ok(FamilySent {
+        count: done,
+        busy: false,
+    })
+}
+
+/// Writes `dst` (port 0) into `ss`; returns the address's length.
+fn fill_sockaddr(ss: &mut libc::sockaddr_storage, dst: IpAddr) -> libc::socklen_t {
+    let sa = SockAddr::from(match dst {
+        IpAddr::V4(a) => SocketAddr::V4(SocketAddrV4::new(a, 0)),
+        IpAddr::V6(a) => SocketAddr::V6(SocketAddrV6::new(a, 0, 0, 0)),
+    });
+    let len = sa.len();
+    // SAFETY: `sa` holds `len` valid bytes of a socket address, at most the size of a
+    // sockaddr_storage, and `ss` is one.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+        );
+    }
+    len
+}
+
+/// What a failed send means: [`Sent::Busy`] (local buffers full), [`Sent::Refused`] (this
+/// destination cannot be sent to), or an error that makes scanning pointless.
+fn send_error(e: std::io::Error, dst: IpAddr) -> Result<Sent, ScanError> {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS | libc::EAGAIN | libc::ENOMEM) => Ok(Sent::Busy),
+        // Neighbour resolution failed, no route, or a local OUTPUT rule refused it:
+        // the probe is lost like any other; the port ends up silent.
+        Some(
+            libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::EHOSTDOWN
+            | libc::ENETDOWN
+            | libc::EPERM
+            | libc::EACCES
+            | libc::EINVAL,
+        ) => Ok(Sent::Refused),
+        _ => Err(ScanError::Socket {
+            what: format!("sending a probe to {dst}"),
+            source: e,
+        }),
+    }
+}
+
+/// Packets in one [`SendBatch`]: enough to spread a syscall over many probes, few enough that
+/// the last one leaves soon after its send time is recorded (each packet costs the sending
+/// CPU several microseconds of the stacks' work on a local path, so a packet waits for the
+/// ones before it in the batch).
+pub(crate) const SEND_BATCH: usize = 16;
+
+/// Largest probe packet (IPv4 header + TCP header with MSS, or UDP with the biggest payload).
+const PROBE_MAX: usize = 128;
+
+/// Probe packets built by one send thread, sent together by [`RawSender::send_batch`].
+pub(crate) struct SendBatch {
+    bufs: Box<[[u8; PROBE_MAX]; SEND_BATCH]>,
+    lens: [usize; SEND_BATCH],
+    dsts: [IpAddr; SEND_BATCH],
+    retransmission: [bool; SEND_BATCH],
+    n: usize,
+}
+
+impl SendBatch {
+    pub fn new() -> Self {
+        SendBatch {
+            bufs: Box::new([[0u8; PROBE_MAX]; SEND_BATCH]),
+            lens: [0; SEND_BATCH],
+            dsts: [IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED); SEND_BATCH],
+            retransmission: [false; SEND_BATCH],
+            n: 0,
+        }
+    }
+
+    /// The buffer the next packet is built in (at least [`PROBE_MAX`] bytes); [`push`] then
+    /// adds it. Only call it while the batch is not full.
+    ///
+    /// [`push`]: SendBatch::push
+    pub fn next_buf(&mut self) -> &mut [u8] {
+        let i = self.n.min(SEND_BATCH - 1);
+        &mut self.bufs[i]
+    }
+
+    /// Adds the packet just built in [`SendBatch::next_buf`]: `len` bytes for `dst`;
+    /// `retransmission` when it is not a port's first try. Returns whether the batch is now
+    /// full (send it before building another).
+    pub fn push(&mut self, len: usize, dst: IpAddr, retransmission: bool) -> bool {
+        if self.n < SEND_BATCH {
+            self.lens[self.n] = len.min(PROBE_MAX);
+            self.dsts[self.n] = dst;
+            self.retransmission[self.n] = retransmission;
+            self.n += 1;
+        }
+        self.n == SEND_BATCH
+    }
+
+    /// Whether no packet is waiting to be sent.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+/// What [`RawSender::send_batch`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    /// Packets not sent because the kernel's buffers were full.
+    pub unsent: usize,
+    /// Retransmissions among the packets sent (or refused for their destination).
+    pub retransmissions: u64,
+    /// [`Sent::Busy`] when the kernel's buffers were full and some packets were not sent
+    /// (back off); else [`Sent::Yes`].
+    pub outcome: Sent,
 }
 
 /// What happened to one send.
