@@ -62,9 +62,10 @@ fmt:
 
 # The benchmark suite (crates/bench, as root): portwarden's release binary against nmap, masscan
 # and iptables on a namespace lab; writes docs/benchmarks.md and docs/img/bench-*.png (about
-# 6 minutes on 2 cores after the build). Two builds, so the measured binary is exactly the one
+# 10 minutes on 2 cores after the build, most of it the UDP workloads under the node's ICMP
+# rate limit, which take the node's time). Two builds, so the measured binary is exactly the one
 # `cargo build --release -p portwarden` makes (building both at once would unify features). QUICK=1, or `make bench-quick`: every workload with fewer runs and
-# sizes in under two minutes, written under the target directory so a development run never
+# sizes in about three minutes, written under the target directory so a development run never
 # overwrites the committed report.
 BENCH_OUT = $(if $(QUICK),$(TARGET_DIR)/bench-quick/benchmarks.md,docs/benchmarks.md)
 bench:
