@@ -1499,6 +1499,11 @@ fn sighup_reloads_the_policy_directory_and_the_agent_keeps_running() {
             (events.len() >= round).then(|| events.pop().unwrap())
         });
         assert_eq!(event["level"], "INFO", "{event}");
+        // The signal is logged before the reload it causes; wait for that reload itself
+        // (in round 2 the file is already applied, so the rules alone cannot tell).
+        wait("the reload after this SIGHUP", || {
+            (loads(&agent).len() > round).then_some(())
+        });
         wait("the new file applied after SIGHUP", || {
             save(&node, backend, Family::Ipv4)
                 .contains("--dport 7001")
