@@ -122,10 +122,11 @@ pub fn compare_expected(expected: &Rendered, current: &[(Family, Ruleset)]) -> (
                 .count();
             differ += have.len().saturating_sub(rules.len());
         }
-        if let Some(jump) = &want.jump {
+        for (hook, jump) in [("INPUT", &want.jump), ("FORWARD", &want.forward_jump)] {
+            let Some(jump) = jump else { continue };
             total += 1;
             let first = table
-                .chain("INPUT")
+                .chain(hook)
                 .and_then(|c| c.rules.first())
                 .map(|r| tokens(&r.spec));
             if first != Some(tokens(jump)) {
@@ -268,7 +269,9 @@ fn measure(input: &Input) -> Result<Results> {
     for (n, policy) in &input.policies {
         progress(&format!("apply: {} entries", count(*n as f64)));
         let intent = intent(policy, &input.inventory)?;
-        let expected = render(&intent, &failsafe);
+        let addresses = portwarden_netfilter::addresses::node_addresses()
+            .context("listing the lab node's addresses")?;
+        let expected = render(&intent, &failsafe, &addresses);
         let hand = hand_restore(*n);
         clear(backend)?;
         let own: Vec<(Family, String)> = nf
@@ -707,7 +710,7 @@ mod tests {
         let intent = generated_intent(30);
         assert_eq!(intent.rules.len(), 30);
         let failsafe: Failsafe = DEFAULT_FAILSAFE.parse().expect("failsafe");
-        let r = render(&intent, &failsafe);
+        let r = render(&intent, &failsafe, &[]);
         assert!(r.v4.rule_count() > 0 && r.v6.rule_count() > 0);
     }
 
@@ -729,10 +732,11 @@ mod tests {
     #[test]
     fn expected_ruleset_comparison_counts_missing_and_foreign_rules() {
         let failsafe: Failsafe = DEFAULT_FAILSAFE.parse().expect("failsafe");
-        let want = render(&generated_intent(5), &failsafe);
+        let node: std::net::IpAddr = [10, 213, 0, 11].into();
+        let want = render(&generated_intent(5), &failsafe, &[node]);
         // Build the iptables-save text the kernel would print for exactly these rules.
         let save = |d: &portwarden_netfilter::Desired, drop_last: bool, extra: bool| {
-            let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n");
+            let mut s = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n");
             for (c, _) in &d.chains {
                 let _ = writeln!(s, ":{c} - [0:0]");
             }
@@ -741,6 +745,9 @@ mod tests {
             }
             if let Some(j) = &d.jump {
                 let _ = writeln!(s, "-A INPUT {j}");
+            }
+            if let Some(j) = &d.forward_jump {
+                let _ = writeln!(s, "-A FORWARD {j}");
             }
             for (c, rules) in &d.chains {
                 let keep = if drop_last {

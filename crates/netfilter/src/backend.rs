@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn the_census_counts_the_hosts_rules_not_ours() {
-        let jump = crate::render::jump_spec();
+        let jump = crate::render::jump_spec(crate::chains::Path::Input);
         let text = format!(
             "*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-INPUT - [0:0]\n:PORTWARDEN-FOO - [0:0]\n\
              [1:2] -A INPUT {jump}\n-A INPUT -j PORTWARDEN-INPUT\n-A PORTWARDEN-INPUT -j RETURN\n\

@@ -34,7 +34,19 @@
 //!               ├─ -p tcp --dport 0:4095 ─> PORTWARDEN-TCP-0        (level 1: 4096 ports)
 //!               │                             └─ --dport 0:255 ─> PORTWARDEN-TCP-0-255   (leaf)
 //!               └─ -p udp --dport ...    ─> PORTWARDEN-UDP-...
+//!
+//! FORWARD ─#1─> PORTWARDEN-FORWARD        replies and connections not DNAT'ed: RETURN;
+//!                 └─ --ctorigdst <each node address> ─> PORTWARDEN-FPORTS
+//!                      failsafe: RETURN; then by the connection's original port:
+//!                      ├─ -p tcp --ctorigdstport 0:4095 ─> PORTWARDEN-FTCP-0
+//!                      │                 └─ --ctorigdstport 0:255 ─> PORTWARDEN-FTCP-0-255
+//!                      └─ -p udp ...                    ─> PORTWARDEN-FUDP-...
 //! ```
+//!
+//! The forward path ([`Path::Forward`]) is the same intent for connections the node forwards
+//! after a DNAT of one of its own addresses (a Docker-published port, a NodePort, a hostPort):
+//! such packets never pass `INPUT`, and in `FORWARD` their destination is the container's, so
+//! its rules match conntrack's original destination instead (see [`crate::render`]).
 //!
 //! A key design decision is the two-level, fixed-size port bucketing. The first-match order of a
 //! node's rules is global (precedence), so chains cannot be cut per policy; but a packet to port
@@ -52,8 +64,91 @@ pub const PREFIX: &str = "PORTWARDEN-";
 /// The chain `INPUT` jumps to; the root of everything portwarden evaluates.
 pub const INPUT_CHAIN: &str = "PORTWARDEN-INPUT";
 
-/// The built-in chain that holds portwarden's only jump, at position 1.
+/// The built-in chain that holds portwarden's jump to [`INPUT_CHAIN`], at position 1.
 pub const HOOK_CHAIN: &str = "INPUT";
+
+/// The chain `FORWARD` jumps to; the root of the forward path.
+pub const FORWARD_CHAIN: &str = "PORTWARDEN-FORWARD";
+
+/// The built-in chain that holds portwarden's jump to [`FORWARD_CHAIN`], at position 1.
+pub const FORWARD_HOOK_CHAIN: &str = "FORWARD";
+
+/// The forward path's port dispatch, entered for connections to a node address only.
+pub const FORWARD_PORTS_CHAIN: &str = "PORTWARDEN-FPORTS";
+
+/// Comment on the jump from `FORWARD`.
+pub const FORWARD_JUMP_COMMENT: &str =
+    "portwarden: port exposure policies on forwarded ports, managed (do not edit)";
+
+/// Comment on the forward path's exemption of connections no DNAT of the node made.
+pub const NOT_DNAT_COMMENT: &str = "portwarden: not forwarded from a node port";
+
+/// Comment on a forward-path rule that selects connections to one of the node's addresses.
+pub const NODE_ADDRESS_COMMENT: &str = "portwarden: to a node address";
+
+/// The two ways a packet reaches what a node exposes, each with its own chains and jump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Packets to the node's own sockets: `INPUT`.
+    Input,
+    /// Connections to a node address that a DNAT rule forwards to a container or pod:
+    /// `FORWARD`.
+    Forward,
+}
+
+impl Path {
+    /// Both paths, `INPUT` first.
+    pub const ALL: [Path; 2] = [Path::Input, Path::Forward];
+
+    /// The built-in chain holding the path's jump.
+    pub fn hook(self) -> &'static str {
+        match self {
+            Path::Input => HOOK_CHAIN,
+            Path::Forward => FORWARD_HOOK_CHAIN,
+        }
+    }
+
+    /// The chain the jump goes to.
+    pub fn root(self) -> &'static str {
+        match self {
+            Path::Input => INPUT_CHAIN,
+            Path::Forward => FORWARD_CHAIN,
+        }
+    }
+
+    /// The comment on the jump.
+    pub fn jump_comment(self) -> &'static str {
+        match self {
+            Path::Input => JUMP_COMMENT,
+            Path::Forward => FORWARD_JUMP_COMMENT,
+        }
+    }
+
+    /// The path whose jump lives in the built-in chain `chain`, if any.
+    pub fn of_hook(chain: &str) -> Option<Path> {
+        Path::ALL.into_iter().find(|p| p.hook() == chain)
+    }
+
+    /// The bucket chains' tag for `protocol`: `TCP`, `UDP`, `FTCP`, `FUDP`.
+    fn tag(self, protocol: Protocol) -> &'static str {
+        match (self, protocol) {
+            (Path::Input, Protocol::Tcp) => "TCP",
+            (Path::Input, Protocol::Udp) => "UDP",
+            (Path::Forward, Protocol::Tcp) => "FTCP",
+            (Path::Forward, Protocol::Udp) => "FUDP",
+        }
+    }
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Input => "input",
+            Path::Forward => "forward",
+        })
+    }
+}
 
 /// Ports per first-level bucket.
 pub const LEVEL1_PORTS: u32 = 4096;
@@ -79,12 +174,12 @@ pub fn is_owned(chain: &str) -> bool {
     let Some(rest) = chain.strip_prefix(PREFIX) else {
         return false;
     };
-    if rest == "INPUT" {
+    if matches!(rest, "INPUT" | "FORWARD" | "FPORTS") {
         return true;
     }
-    let Some(ports) = rest
-        .strip_prefix("TCP-")
-        .or_else(|| rest.strip_prefix("UDP-"))
+    let Some(ports) = ["TCP-", "UDP-", "FTCP-", "FUDP-"]
+        .iter()
+        .find_map(|tag| rest.strip_prefix(tag))
     else {
         return false;
     };
@@ -111,10 +206,23 @@ pub fn is_lookalike_chain(chain: &str) -> bool {
     chain.starts_with(PREFIX) && !is_owned(chain)
 }
 
-/// Whether the rule `spec` of chain `chain` (outside portwarden's chains) is portwarden's
-/// jump: in [`HOOK_CHAIN`], to [`INPUT_CHAIN`], with the comment [`JUMP_COMMENT`].
+/// Whether the rule `spec` of chain `chain` (outside portwarden's chains) is one of
+/// portwarden's jumps: in [`HOOK_CHAIN`] to [`INPUT_CHAIN`] with the comment
+/// [`JUMP_COMMENT`], or in [`FORWARD_HOOK_CHAIN`] to [`FORWARD_CHAIN`] with
+/// [`FORWARD_JUMP_COMMENT`].
 pub fn is_our_jump(chain: &str, spec: &str) -> bool {
-    if chain != HOOK_CHAIN || !spec.contains(INPUT_CHAIN) {
+    jump_path(chain, spec).is_some()
+}
+
+/// The path whose jump the rule `spec` of chain `chain` is (see [`is_our_jump`]).
+pub fn jump_path(chain: &str, spec: &str) -> Option<Path> {
+    let path = Path::of_hook(chain)?;
+    is_jump_of(path, spec).then_some(path)
+}
+
+fn is_jump_of(path: Path, spec: &str) -> bool {
+    let (root, comment) = (path.root(), path.jump_comment());
+    if !spec.contains(root) {
         return false;
     }
     let t = crate::save::tokens(spec);
@@ -124,29 +232,22 @@ pub fn is_our_jump(chain: &str, spec: &str) -> bool {
             .map(|w| w[1].as_str())
             .collect::<Vec<_>>()
     };
-    after(&["-j", "--jump", "-g", "--goto"]).last() == Some(&INPUT_CHAIN)
-        && after(&["--comment"]).contains(&JUMP_COMMENT)
+    after(&["-j", "--jump", "-g", "--goto"]).last() == Some(&root)
+        && after(&["--comment"]).contains(&comment)
 }
 
-/// The first-level chain for `protocol` covering the bucket that starts at `start`.
-pub fn level1_chain(protocol: Protocol, start: u32) -> String {
-    format!("{PREFIX}{}-{start}", proto_tag(protocol))
+/// The first-level chain of `path` for `protocol` covering the bucket that starts at `start`.
+pub fn level1_chain(path: Path, protocol: Protocol, start: u32) -> String {
+    format!("{PREFIX}{}-{start}", path.tag(protocol))
 }
 
-/// The leaf chain for `protocol` covering `start..=start + LEAF_PORTS - 1`.
-pub fn leaf_chain(protocol: Protocol, start: u32) -> String {
+/// The leaf chain of `path` for `protocol` covering `start..=start + LEAF_PORTS - 1`.
+pub fn leaf_chain(path: Path, protocol: Protocol, start: u32) -> String {
     format!(
         "{PREFIX}{}-{start}-{}",
-        proto_tag(protocol),
+        path.tag(protocol),
         start + LEAF_PORTS - 1
     )
-}
-
-fn proto_tag(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-    }
 }
 
 /// The comment on a rule rendered from `policy`'s entries `entries` (0-based; several when
@@ -182,22 +283,38 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_limit() {
         // xt_table chain names are at most 28 characters.
-        for p in [Protocol::Tcp, Protocol::Udp] {
-            assert!(leaf_chain(p, 65280).len() <= 28, "{}", leaf_chain(p, 65280));
-            assert!(level1_chain(p, 61440).len() <= 28);
+        for path in Path::ALL {
+            for p in [Protocol::Tcp, Protocol::Udp] {
+                let leaf = leaf_chain(path, p, 65280);
+                assert!(leaf.len() <= 28, "{leaf}");
+                assert!(level1_chain(path, p, 61440).len() <= 28);
+            }
         }
-        assert_eq!(leaf_chain(Protocol::Tcp, 0), "PORTWARDEN-TCP-0-255");
-        assert!(is_owned(INPUT_CHAIN) && !is_owned("INPUT") && !is_owned("DOCKER"));
+        assert_eq!(
+            leaf_chain(Path::Input, Protocol::Tcp, 0),
+            "PORTWARDEN-TCP-0-255"
+        );
+        assert_eq!(
+            leaf_chain(Path::Forward, Protocol::Udp, 256),
+            "PORTWARDEN-FUDP-256-511"
+        );
+        for name in [INPUT_CHAIN, FORWARD_CHAIN, FORWARD_PORTS_CHAIN] {
+            assert!(is_owned(name) && name.len() <= 28, "{name}");
+        }
+        assert!(!is_owned("INPUT") && !is_owned("DOCKER") && !is_owned("FORWARD"));
     }
 
     #[test]
     fn ownership_is_the_naming_grammar_not_the_prefix() {
-        for p in [Protocol::Tcp, Protocol::Udp] {
-            for start in (0..65536).step_by(LEAF_PORTS as usize) {
-                assert!(is_owned(&leaf_chain(p, start)), "{}", leaf_chain(p, start));
-            }
-            for start in (0..65536).step_by(LEVEL1_PORTS as usize) {
-                assert!(is_owned(&level1_chain(p, start)));
+        for path in Path::ALL {
+            for p in [Protocol::Tcp, Protocol::Udp] {
+                for start in (0..65536).step_by(LEAF_PORTS as usize) {
+                    let leaf = leaf_chain(path, p, start);
+                    assert!(is_owned(&leaf), "{leaf}");
+                }
+                for start in (0..65536).step_by(LEVEL1_PORTS as usize) {
+                    assert!(is_owned(&level1_chain(path, p, start)));
+                }
             }
         }
         for foreign in [
@@ -212,6 +329,9 @@ mod tests {
             "PORTWARDEN-ICMP-0",
             "PORTWARDEN-TCP-0-255-X",
             "PORTWARDEN-TCP-+0",
+            "PORTWARDEN-FTCP-5",
+            "PORTWARDEN-FORWARD2",
+            "PORTWARDEN-FICMP-0",
             "portwarden-input",
         ] {
             assert!(!is_owned(foreign), "{foreign}");
@@ -222,14 +342,20 @@ mod tests {
 
     #[test]
     fn our_jump_is_input_to_the_root_with_the_comment() {
-        let jump = crate::render::jump_spec();
+        let jump = crate::render::jump_spec(Path::Input);
         assert!(is_our_jump(HOOK_CHAIN, &jump));
         // moved or edited, the comment still says it is ours
         assert!(is_our_jump(HOOK_CHAIN, &format!("-s 10.0.0.0/8 {jump}")));
         assert!(
             !is_our_jump("FORWARD", &jump),
-            "portwarden writes no jump there"
+            "the INPUT jump's text in FORWARD is not portwarden's"
         );
+        let forward = crate::render::jump_spec(Path::Forward);
+        assert_eq!(jump_path("FORWARD", &forward), Some(Path::Forward));
+        assert_eq!(jump_path(HOOK_CHAIN, &jump), Some(Path::Input));
+        assert!(!is_our_jump(HOOK_CHAIN, &forward));
+        assert!(!is_our_jump("DOCKER-USER", &forward));
+        assert!(!is_our_jump("FORWARD", "-j PORTWARDEN-FORWARD"));
         assert!(!is_our_jump(HOOK_CHAIN, "-j PORTWARDEN-INPUT"));
         assert!(!is_our_jump(
             HOOK_CHAIN,

@@ -33,7 +33,7 @@ use ipnet::IpNet;
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::Serialize;
 
-use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN};
+use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN, Path};
 use crate::render::{Desired, Family};
 use crate::save::{Ruleset, tokens};
 
@@ -214,8 +214,10 @@ pub struct FamilyPlan {
     pub delete: Vec<String>,
     /// Chains created, rewritten or deleted by the transaction.
     pub chains: Vec<String>,
-    /// The state of the jump before the change.
+    /// The state of the jump from `INPUT` before the change.
     pub jump: JumpState,
+    /// The state of the jump from `FORWARD` before the change.
+    pub forward_jump: JumpState,
     /// Foreign rules above the jump that shadow entries.
     pub shadowing: Vec<Shadowing>,
     /// Chains and rules that look like portwarden's but are not; never written.
@@ -244,11 +246,16 @@ impl FamilyPlan {
     /// labels an agent counts drift repairs by.
     pub fn drift_kinds(&self) -> Vec<DriftKind> {
         let mut kinds = Vec::new();
-        match self.jump {
-            JumpState::InPlace => {}
-            JumpState::Missing => kinds.push(DriftKind::JumpMissing),
-            JumpState::Displaced { .. } => kinds.push(DriftKind::JumpDisplaced),
-            JumpState::Unwanted => kinds.push(DriftKind::JumpUnwanted),
+        for state in [&self.jump, &self.forward_jump] {
+            let kind = match state {
+                JumpState::InPlace => continue,
+                JumpState::Missing => DriftKind::JumpMissing,
+                JumpState::Displaced { .. } => DriftKind::JumpDisplaced,
+                JumpState::Unwanted => DriftKind::JumpUnwanted,
+            };
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
         }
         let had = |name: &str| self.before.chains.iter().any(|(n, _)| n == name);
         let wanted = |name: &str| self.desired.chains.iter().any(|(n, _)| n == name);
@@ -444,33 +451,43 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         remove.push(&c.name);
     }
 
-    let jump_ok = match (&desired.jump, refs.as_slice()) {
-        (Some(want), [(chain, 0, spec)]) => *chain == HOOK_CHAIN && same_rule(spec, want),
-        (None, []) => true,
-        _ => false,
-    };
-    let jump = match (&desired.jump, refs.is_empty(), jump_ok) {
-        (_, _, true) => JumpState::InPlace,
-        (Some(_), true, false) => JumpState::Missing,
-        (Some(_), false, false) => JumpState::Displaced {
-            positions: refs
-                .iter()
-                .map(|(c, i, _)| format!("{c}#{}", i + 1))
-                .collect(),
-        },
-        (None, _, false) => JumpState::Unwanted,
-    };
     let mut jump_lines = String::new();
-    if !jump_ok {
-        for (chain, _, spec) in &refs {
-            delete.push(format!("{tool} -D {chain} {spec}"));
-            let _ = writeln!(jump_lines, "-D {chain} {spec}");
+    let mut jump_state = |path: Path| {
+        let ours: Vec<&(&str, usize, &str)> = refs
+            .iter()
+            .filter(|(c, _, spec)| chains::jump_path(c, spec) == Some(path))
+            .collect();
+        let want = desired.jump_of(path);
+        let ok = match (want, ours.as_slice()) {
+            (Some(want), [(_, 0, spec)]) => same_rule(spec, want),
+            (None, []) => true,
+            _ => false,
+        };
+        if !ok {
+            for (chain, _, spec) in &ours {
+                delete.push(format!("{tool} -D {chain} {spec}"));
+                let _ = writeln!(jump_lines, "-D {chain} {spec}");
+            }
+            if let Some(want) = want {
+                let hook = path.hook();
+                add.push(format!("{tool} -I {hook} 1 {want}"));
+                let _ = writeln!(jump_lines, "-I {hook} 1 {want}");
+            }
         }
-        if let Some(want) = &desired.jump {
-            add.push(format!("{tool} -I {HOOK_CHAIN} 1 {want}"));
-            let _ = writeln!(jump_lines, "-I {HOOK_CHAIN} 1 {want}");
+        match (want, ours.is_empty(), ok) {
+            (_, _, true) => JumpState::InPlace,
+            (Some(_), true, false) => JumpState::Missing,
+            (Some(_), false, false) => JumpState::Displaced {
+                positions: ours
+                    .iter()
+                    .map(|(c, i, _)| format!("{c}#{}", i + 1))
+                    .collect(),
+            },
+            (None, _, false) => JumpState::Unwanted,
         }
-    }
+    };
+    let jump = jump_state(Path::Input);
+    let forward_jump = jump_state(Path::Forward);
 
     // Foreign rules above the first jump in INPUT decide first (a foreign jump into our chains
     // decides as our chains do: a look-alike, not shadowing).
@@ -519,6 +536,7 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         delete,
         chains: flush.iter().map(|s| s.to_string()).collect(),
         jump,
+        forward_jump,
         shadowing,
         lookalikes,
         kept,
@@ -536,12 +554,17 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
                     )
                 })
                 .collect(),
-            jump: refs
-                .iter()
-                .find(|(c, _, _)| *c == HOOK_CHAIN)
-                .map(|(_, _, spec)| spec.to_string()),
+            jump: before_jump(&refs, Path::Input),
+            forward_jump: before_jump(&refs, Path::Forward),
         },
     }
+}
+
+/// The first of portwarden's jumps of `path` among `refs`, as found.
+fn before_jump(refs: &[(&str, usize, &str)], path: Path) -> Option<String> {
+    refs.iter()
+        .find(|(c, _, spec)| chains::jump_path(c, spec) == Some(path))
+        .map(|(_, _, spec)| spec.to_string())
 }
 
 /// Whether two rule specifications are the same rule: byte-equal (the common case, since
@@ -775,6 +798,10 @@ mod tests {
         for f in foreign_input {
             s.push_str(&format!("-A INPUT {f}\n"));
         }
+        if let Some(j) = &desired.forward_jump {
+            s.push_str(&format!("-A FORWARD {j}\n"));
+        }
+        s.push_str("-A FORWARD -j DOCKER-USER\n");
         s.push_str("-A DOCKER-USER -j RETURN\n");
         for (n, rules) in &desired.chains {
             for r in rules {
@@ -787,7 +814,7 @@ mod tests {
 
     #[test]
     fn converged_means_no_write() {
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let current = Ruleset::parse(&saved(&r.v4, &["-j KUBE-FIREWALL"])).unwrap();
         let p = diff(&r.v4, &current, Some(&intent()));
         assert!(p.is_converged(), "{}", p.restore);
@@ -797,7 +824,7 @@ mod tests {
 
     #[test]
     fn empty_node_gets_everything_in_one_transaction() {
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let current = Ruleset::parse(include_str!("../tests/samples/foreign-nft-v4.save")).unwrap();
         let p = diff(&r.v4, &current, Some(&intent()));
         assert_eq!(p.jump, JumpState::Missing);
@@ -806,8 +833,9 @@ mod tests {
                 .starts_with("*filter\n:PORTWARDEN-INPUT - [0:0]\n")
         );
         assert!(p.restore.ends_with(&format!(
-            "-I INPUT 1 {}\nCOMMIT\n",
-            crate::render::jump_spec()
+            "-I INPUT 1 {}\n-I FORWARD 1 {}\nCOMMIT\n",
+            crate::render::jump_spec(crate::chains::Path::Input),
+            crate::render::jump_spec(crate::chains::Path::Forward)
         )));
         // nothing foreign is written
         for line in p.restore.lines() {
@@ -816,6 +844,7 @@ mod tests {
                 "{line}"
             );
             assert!(!line.starts_with(":INPUT") && !line.starts_with("-A INPUT"));
+            assert!(!line.starts_with(":FORWARD") && !line.starts_with("-A FORWARD"));
         }
         assert_eq!(p.add.len(), r.v4.rule_count() + r.v4.chains.len());
         assert!(p.delete.is_empty());
@@ -823,7 +852,7 @@ mod tests {
 
     #[test]
     fn drift_kinds_name_what_a_foreign_tool_did() {
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let kinds = |text: &str| diff(&r.v4, &Ruleset::parse(text).unwrap(), None).drift_kinds();
         let ours = saved(&r.v4, &[]);
         assert_eq!(kinds(&ours), []);
@@ -867,26 +896,37 @@ mod tests {
     }
 
     #[test]
-    fn one_changed_entry_rewrites_one_chain() {
-        let before = render(&intent(), &Failsafe::default());
+    fn one_changed_entry_rewrites_one_chain_per_path() {
+        let before = render(&intent(), &Failsafe::default(), &[]);
         let mut changed = intent();
         changed.rules[1].state = State::Filtered;
-        let after = render(&changed, &Failsafe::default());
+        let after = render(&changed, &Failsafe::default(), &[]);
         let current = Ruleset::parse(&saved(&before.v4, &[])).unwrap();
         let p = diff(&after.v4, &current, Some(&changed));
-        assert_eq!(p.chains, ["PORTWARDEN-TCP-7936-8191"]);
-        assert_eq!(p.add.len(), 1);
-        assert_eq!(p.delete.len(), 1);
+        assert_eq!(
+            p.chains,
+            ["PORTWARDEN-TCP-7936-8191", "PORTWARDEN-FTCP-7936-8191"]
+        );
+        assert_eq!(p.add.len(), 2);
+        assert_eq!(p.delete.len(), 2);
         assert!(
             p.add[0].starts_with("iptables -A PORTWARDEN-TCP-7936-8191 ")
                 && p.add[0].ends_with("-j DROP")
         );
-        assert_eq!(p.restore.lines().count(), 4);
+        assert!(
+            p.add[1].starts_with(
+                "iptables -A PORTWARDEN-FTCP-7936-8191 -p tcp -m conntrack --ctorigdstport 8080 "
+            ) && p.add[1].ends_with("-j DROP"),
+            "{}",
+            p.add[1]
+        );
+        // *filter, a declaration and a rule per chain, COMMIT
+        assert_eq!(p.restore.lines().count(), 6);
     }
 
     #[test]
     fn displaced_jump_is_reinserted_and_shadowing_reported() {
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let jump = r.v4.jump.clone().unwrap();
         let mut text = saved(
             &Desired {
@@ -926,7 +966,7 @@ mod tests {
 
     #[test]
     fn reset_removes_our_chains_and_jump_and_keeps_a_chain_in_foreign_use() {
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let current = Ruleset::parse(&saved(&r.v4, &[])).unwrap();
         let p = diff(&Desired::empty(Family::Ipv4), &current, None);
         assert!(matches!(p.jump, JumpState::Unwanted));
@@ -957,6 +997,7 @@ mod tests {
         let emptied = text
             .lines()
             .filter(|l| !l.contains("-A PORTWARDEN-") && !l.contains("-A INPUT"))
+            .filter(|l| !l.contains("-j PORTWARDEN-FORWARD"))
             .filter(|l| !l.starts_with(':') || !l.contains("PORTWARDEN-") || l.contains("-INPUT "))
             .map(|l| format!("{l}\n"))
             .collect::<String>();
@@ -978,7 +1019,7 @@ mod tests {
         // Issue 13 item 7: a foreign chain named like ours, the foreign INPUT rule that jumps
         // to it, and foreign rules (FORWARD, a user chain, INPUT without our comment) that jump
         // into our chains are not portwarden's.
-        let r = render(&intent(), &Failsafe::default());
+        let r = render(&intent(), &Failsafe::default(), &[]);
         let text = saved(&r.v4, &["-p tcp -m tcp --dport 9000 -j PORTWARDEN-FOO"])
             .replace(
                 ":DOCKER-USER - [0:0]\n",
@@ -1000,7 +1041,9 @@ mod tests {
         let p = diff(&Desired::empty(Family::Ipv4), &current, None);
         for line in p.restore.lines() {
             assert!(
-                !line.contains("FOO") && !line.contains("DOCKER-USER") && !line.contains("FORWARD"),
+                !line.contains("FOO")
+                    && !line.contains("DOCKER-USER")
+                    && !line.contains("FORWARD -j PORTWARDEN-INPUT"),
                 "foreign rule written: {line}\n{}",
                 p.restore
             );
@@ -1018,8 +1061,10 @@ mod tests {
         assert!(p.restore.contains(":PORTWARDEN-INPUT - [0:0]\n"), "emptied");
         assert!(p.restore.contains("-X PORTWARDEN-TCP-0-255\n"));
         assert!(
-            p.restore
-                .contains(&format!("-D INPUT {}\n", crate::render::jump_spec())),
+            p.restore.contains(&format!(
+                "-D INPUT {}\n",
+                crate::render::jump_spec(crate::chains::Path::Input)
+            )),
             "our jump goes"
         );
         assert!(!p.delete.iter().any(|d| d.contains("-X PORTWARDEN-INPUT")));

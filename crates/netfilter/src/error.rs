@@ -211,6 +211,15 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The node's own addresses (which the forward path needs) cannot be listed.
+    #[error(
+        "cannot list this network namespace's addresses with getifaddrs: {source}; without \
+         them forwarded ports cannot be governed, so nothing was written"
+    )]
+    Addresses {
+        /// Why.
+        source: io::Error,
+    },
     /// Another portwarden writer kept this network namespace's writer lock for the whole wait.
     #[error(
         "another portwarden writer is changing this network namespace's rules: {holder} holds \

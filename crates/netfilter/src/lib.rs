@@ -40,7 +40,8 @@
 //!
 //! # Layout
 //!
-//! * [`chains`] — every chain name and comment; ownership test; bucket layout.
+//! * [`chains`] — every chain name and comment; ownership test; bucket layout; the two paths.
+//! * [`addresses`] — the node's own addresses, for the forward path.
 //! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
@@ -54,6 +55,7 @@
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
 
+pub mod addresses;
 pub mod backend;
 pub mod chains;
 pub mod diff;

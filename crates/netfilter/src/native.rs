@@ -25,7 +25,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN, JUMP_COMMENT};
+use crate::chains::{self, Path};
 use crate::diff::{Kept, Lookalike, LookalikeKind};
 use crate::render::Family;
 
@@ -87,9 +87,9 @@ enum Comment {
     Foreign,
 }
 
-fn comment(rule: &Value) -> Comment {
+fn comment(rule: &Value, path: Path) -> Comment {
     if let Some(c) = rule.get("comment").and_then(Value::as_str) {
-        return if c == JUMP_COMMENT {
+        return if c == path.jump_comment() {
             Comment::Ours
         } else {
             Comment::Foreign
@@ -112,8 +112,8 @@ fn comment(rule: &Value) -> Comment {
 /// (`json`; empty text for a table that does not exist).
 ///
 /// # Guarantees
-/// The script names only chains [`chains::is_owned`] accepts and rules of `INPUT` that jump to
-/// [`INPUT_CHAIN`] with portwarden's comment, or with the only comment nft cannot show (by
+/// The script names only chains [`chains::is_owned`] accepts and rules of `INPUT` (`FORWARD`)
+/// that jump to [`chains::INPUT_CHAIN`] ([`chains::FORWARD_CHAIN`]) with portwarden's comment, or with the only comment nft cannot show (by
 /// handle; see the module docs); chains a foreign rule jumps to are flushed but not deleted;
 /// nothing else of the table is touched.
 ///
@@ -155,17 +155,20 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
             });
         }
     }
-    // How many rules of INPUT to PORTWARDEN-INPUT carry a comment: an unshown one is ours
-    // only when it is the only one.
-    let to_our_input = |r: &Rule<'_>| {
+    // How many rules of INPUT to PORTWARDEN-INPUT (FORWARD to PORTWARDEN-FORWARD) carry a
+    // comment: an unshown one is ours only when it is the only one.
+    let to_our_root = |r: &Rule<'_>, path: Path| {
         let mut to = Vec::new();
         targets(r.value, &mut to);
-        r.chain == HOOK_CHAIN && to.contains(&INPUT_CHAIN)
+        r.chain == path.hook() && to.contains(&path.root())
     };
-    let commented = rules
-        .iter()
-        .filter(|r| to_our_input(r) && comment(r.value) != Comment::Foreign)
-        .count();
+    let commented = |path: Path| {
+        rules
+            .iter()
+            .filter(|r| to_our_root(r, path) && comment(r.value, path) != Comment::Foreign)
+            .count()
+    };
+    let commented = [commented(Path::Input), commented(Path::Forward)];
     let mut out = Removal::default();
     let mut non_empty: Vec<&str> = Vec::new();
     let mut foreign_refs: HashMap<&str, Vec<String>> = HashMap::new();
@@ -182,18 +185,19 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
         let mut to = Vec::new();
         targets(r.value, &mut to);
         for t in to.into_iter().filter(|t| chains::is_owned(t)) {
-            let jump = r.chain == HOOK_CHAIN && t == INPUT_CHAIN;
-            let kind = comment(r.value);
-            if jump && (kind == Comment::Ours || kind == Comment::Unshown && commented == 1) {
-                let cmd = format!("delete rule {fam} filter {HOOK_CHAIN} handle {}", r.handle);
+            let path = Path::of_hook(r.chain).filter(|p| p.root() == t);
+            let kind = path.map_or(Comment::Foreign, |p| comment(r.value, p));
+            let only = path.is_some_and(|p| commented[p as usize] == 1);
+            if path.is_some() && (kind == Comment::Ours || kind == Comment::Unshown && only) {
+                let cmd = format!("delete rule {fam} filter {} handle {}", r.chain, r.handle);
                 let _ = writeln!(out.script, "{cmd}");
                 out.delete.push(format!("nft {cmd}"));
             } else {
-                if jump && kind == Comment::Unshown {
+                if path.is_some() && kind == Comment::Unshown {
                     out.lookalikes.push(Lookalike {
                         family,
                         kind: LookalikeKind::UnknownJump,
-                        chain: HOOK_CHAIN.into(),
+                        chain: r.chain.into(),
                         position: Some(*n),
                         rule: Some(format!("nft handle {}", r.handle)),
                     });
@@ -308,7 +312,10 @@ mod tests {
         // portwarden's comment shown the nftables way is its own, whatever else is there.
         let shown = LISTING.replace(
             r#""handle": 7, "expr": [{"xt": {"type": "match", "name": "comment"}}, "#,
-            &format!(r#""handle": 7, "comment": "{JUMP_COMMENT}", "expr": ["#),
+            &format!(
+                r#""handle": 7, "comment": "{}", "expr": ["#,
+                chains::JUMP_COMMENT
+            ),
         );
         let r = removal(Family::Ipv4, &shown).unwrap();
         assert!(

@@ -79,6 +79,7 @@ pub struct Applied {
 struct Memo {
     intent: NodeIntent,
     failsafe: Failsafe,
+    addresses: Vec<std::net::IpAddr>,
     rendered: Arc<Rendered>,
 }
 
@@ -276,7 +277,7 @@ impl Netfilter {
     pub fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
-        let rendered = self.rendered(intent, failsafe);
+        let rendered = self.rendered(intent, failsafe)?;
         let plan = Plan::from_rendered(&rendered, intent, &refs);
         // Gone from here: maybe moved to the other backend behind this handle's back.
         let gone = plan
@@ -336,23 +337,28 @@ impl Netfilter {
             .map_err(|message| Error::NftJson { command, message })
     }
 
-    /// `render(intent, failsafe)`, reused from the previous call when both are equal.
-    fn rendered(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Arc<Rendered> {
+    /// `render(intent, failsafe, node addresses)`, reused from the previous call when all
+    /// three are equal. The addresses are read afresh every time (see [`crate::addresses`]).
+    fn rendered(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Arc<Rendered>, Error> {
+        let addresses =
+            crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
         // A poisoned lock only means another thread panicked mid-render: render afresh.
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = memo.as_ref()
             && m.failsafe == *failsafe
+            && m.addresses == addresses
             && m.intent == *intent
         {
-            return m.rendered.clone();
+            return Ok(m.rendered.clone());
         }
-        let rendered = Arc::new(render(intent, failsafe));
+        let rendered = Arc::new(render(intent, failsafe, &addresses));
         *memo = Some(Memo {
             intent: intent.clone(),
             failsafe: failsafe.clone(),
+            addresses,
             rendered: rendered.clone(),
         });
-        rendered
+        Ok(rendered)
     }
 
     /// How long to wait for a lock another program holds.
@@ -960,7 +966,7 @@ mod tests {
         let ours =
             Ruleset::parse("*filter\n:INPUT ACCEPT [0:0]\n:PORTWARDEN-INPUT - [0:0]\nCOMMIT\n")
                 .unwrap();
-        let move_plan = Plan::compute(&NodeIntent::default(), &Failsafe::default(), &[])
+        let move_plan = Plan::compute(&NodeIntent::default(), &Failsafe::default(), &[], &[])
             .with_cleanup(vec![cleanup(Backend::Nft)], Vec::new());
         let said = written_before(Backend::Legacy, 1, &move_plan, &move_plan.cleanup[0]);
         assert!(

@@ -2,6 +2,7 @@
 
 use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::{Serialize, Serializer};
+use std::net::IpAddr;
 
 use crate::backend::Backend;
 use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
@@ -122,16 +123,19 @@ impl Plan {
     /// Computes a plan from the current rulesets (pure).
     ///
     /// `current` holds each family's parsed `iptables-save`; families that are not listed are
-    /// left out of the plan.
+    /// left out of the plan. `node_addresses` are the node's own addresses, whose forwarded
+    /// ports the forward path governs ([`crate::addresses`]).
     pub fn compute(
         intent: &NodeIntent,
         failsafe: &Failsafe,
+        node_addresses: &[IpAddr],
         current: &[(Family, &Ruleset)],
     ) -> Plan {
-        Plan::from_rendered(&render(intent, failsafe), intent, current)
+        Plan::from_rendered(&render(intent, failsafe, node_addresses), intent, current)
     }
 
-    /// As [`Plan::compute`], with `rendered` = `render(intent, failsafe)` already at hand.
+    /// As [`Plan::compute`], with `rendered` = `render(intent, failsafe, node_addresses)`
+    /// already at hand.
     pub fn from_rendered(
         rendered: &Rendered,
         intent: &NodeIntent,
@@ -257,6 +261,7 @@ mod tests {
         let plan = Plan::compute(
             &intent,
             &Failsafe::default(),
+            &[],
             &[(Family::Ipv4, &empty), (Family::Ipv6, &empty)],
         );
         let v = serde_json::to_value(&plan).unwrap();

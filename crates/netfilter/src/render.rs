@@ -1,8 +1,9 @@
 //! Rendering a node's compiled intent into the chains portwarden wants, per address family.
 //!
-//! Pure: [`render`] maps a [`NodeIntent`] and a [`Failsafe`] list to [`Desired`] chains (rule
-//! specifications in exactly the form `iptables-save` prints them, so a converged node compares
-//! equal) and the [`Conflict`]s found on the way. See [`crate::chains`] for the chain layout.
+//! Pure: [`render`] maps a [`NodeIntent`], a [`Failsafe`] list and the node's own addresses to
+//! [`Desired`] chains (rule specifications in exactly the form `iptables-save` prints them, so
+//! a converged node compares equal) and the [`Conflict`]s found on the way. See
+//! [`crate::chains`] for the chain layout.
 //!
 //! # Intent → rule
 //!
@@ -20,6 +21,34 @@
 //! filtered port looks filtered to every probe type. Loopback is returned as well: portwarden
 //! governs what the network sees, and blocking `lo` would break node-local services.
 //!
+//! # The forward path
+//!
+//! A key design decision: a port the node *forwards* (a DNAT in `nat PREROUTING` of one of its
+//! addresses to a container or pod: Docker's `-p 8080:80`, a NodePort, a CNI hostPort) must
+//! look to a scanner exactly as the same port served by the node itself. Such packets never
+//! pass `INPUT`, and in `FORWARD` their destination is already the container's, so the same
+//! intent is rendered a second time for `FORWARD` ([`Path::Forward`](crate::chains::Path)),
+//! matching what conntrack remembers of the connection instead of the header, as Docker's
+//! documentation recommends for `DOCKER-USER`:
+//!
+//! * only connections in the `ORIGINAL` direction that a DNAT rewrote (`--ctstate DNAT`) and
+//!   whose original destination is one of the node's own addresses (`--ctorigdst`, one rule per
+//!   address, given to [`render`]); routed traffic, pod-to-pod traffic and connections to
+//!   Service IPs that are not the node's are returned untouched;
+//! * the port is the original one (`--ctorigdstport`), so the policy's `8080` is the port the
+//!   scanner probed, whatever port the container listens on;
+//! * the verdicts are INPUT's (`REJECT` is valid in `FORWARD`: a closed port answers with a
+//!   reset or a port-unreachable from the node, as nmap expects).
+//!
+//! Every rule is in the `filter` table, so the forward path changes in the same
+//! `iptables-restore` transaction as `INPUT`'s. conntrack's port match takes one range per rule
+//! (no `multiport`), so a forward leaf has one rule per range where `INPUT`'s leaf has one per
+//! up to fifteen; contiguous ranges of one rule are joined first.
+//!
+//! Limits: packets that never meet netfilter's `FORWARD` (an eBPF dataplane such as Cilium's
+//! kube-proxy replacement, or XDP) are outside what iptables can enforce; a DNAT to a local
+//! address (`REDIRECT`) lands in `INPUT` with the translated port.
+//!
 //! # Caveats
 //!
 //! The reply rule needs connection tracking: applying loads `nf_conntrack` for the namespace if
@@ -27,13 +56,16 @@
 //! --notrack`) are never "replies", so they meet the policy like any inbound packet.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use portwarden_policy::{NodeIntent, PortRange, Protocol, Rule, State};
 use serde::Serialize;
 
-use crate::chains::{self, INPUT_CHAIN, LEAF_PORTS, LEVEL1_PORTS};
+use crate::chains::{
+    self, FORWARD_CHAIN, FORWARD_PORTS_CHAIN, INPUT_CHAIN, LEAF_PORTS, LEVEL1_PORTS, Path,
+};
 use crate::failsafe::{Failsafe, FailsafePort};
 use crate::save::quote;
 
@@ -129,6 +161,9 @@ pub struct Desired {
     /// The specification of the jump from `INPUT` (after `-I INPUT 1 `); `None` when nothing
     /// is wanted (reset).
     pub jump: Option<String>,
+    /// The specification of the jump from `FORWARD` (after `-I FORWARD 1 `); `None` when
+    /// nothing is wanted.
+    pub forward_jump: Option<String>,
 }
 
 impl Desired {
@@ -138,12 +173,23 @@ impl Desired {
             family,
             chains: Vec::new(),
             jump: None,
+            forward_jump: None,
         }
     }
 
-    /// Number of rules, the jump included.
+    /// The wanted jump of `path`.
+    pub fn jump_of(&self, path: Path) -> Option<&String> {
+        match path {
+            Path::Input => self.jump.as_ref(),
+            Path::Forward => self.forward_jump.as_ref(),
+        }
+    }
+
+    /// Number of rules, the jumps included.
     pub fn rule_count(&self) -> usize {
-        self.chains.iter().map(|(_, r)| r.len()).sum::<usize>() + usize::from(self.jump.is_some())
+        self.chains.iter().map(|(_, r)| r.len()).sum::<usize>()
+            + usize::from(self.jump.is_some())
+            + usize::from(self.forward_jump.is_some())
     }
 }
 
@@ -240,11 +286,13 @@ fn subtract(range: PortRange, cut: &[PortRange]) -> Vec<PortRange> {
 ///   replies to connections the node opened, which are always returned to the rest of `INPUT`.
 /// * Rules without a source go to both families; IPv4 sources only to IPv4, IPv6 only to IPv6.
 /// * Every policy rule carries a comment naming its policy and entry.
-pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
+/// * The forward path decides a DNAT'ed connection to one of `node_addresses` exactly as
+///   `INPUT` decides a packet to the same (original) port; connections not DNAT'ed or to other
+///   addresses are returned untouched. Loopback addresses are ignored.
+pub fn render(intent: &NodeIntent, failsafe: &Failsafe, node_addresses: &[IpAddr]) -> Rendered {
     let mut conflicts: Vec<Conflict> = Vec::new();
     // (family, protocol) -> leaf start -> rules in first-match order
-    let mut leaves: BTreeMap<(Family, Protocol), BTreeMap<u32, Vec<LeafRule<'_>>>> =
-        BTreeMap::new();
+    let mut leaves: Leaves<'_> = BTreeMap::new();
     let cut_tcp: Vec<PortRange> = failsafe.ranges(Protocol::Tcp).collect();
     let cut_udp: Vec<PortRange> = failsafe.ranges(Protocol::Udp).collect();
     for rule in &intent.rules {
@@ -321,46 +369,21 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
         }
     }
     let family = |f: Family| {
-        let mut root = head_rules(failsafe);
-        let mut chains: Vec<(String, Vec<String>)> = Vec::new();
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            let Some(buckets) = leaves.get(&(f, protocol)) else {
-                continue;
-            };
-            let mut level1: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-            let mut leaf_chains = Vec::new();
-            for (&lo, rules) in buckets {
-                let l1 = lo / LEVEL1_PORTS * LEVEL1_PORTS;
-                let leaf = chains::leaf_chain(protocol, lo);
-                level1.entry(l1).or_default().push(format!(
-                    "-p {p} -m {p} --dport {lo}:{} -j {leaf}",
-                    lo + LEAF_PORTS - 1,
-                    p = protocol.as_str()
-                ));
-                let specs: Vec<String> = rules.iter().map(|r| leaf_rule(f, r)).collect();
-                leaf_chains.push((l1, leaf, specs));
-            }
-            for (l1, jumps) in level1 {
-                let name = chains::level1_chain(protocol, l1);
-                root.push(format!(
-                    "-p {p} -m {p} --dport {l1}:{} -j {name}",
-                    l1 + LEVEL1_PORTS - 1,
-                    p = protocol.as_str()
-                ));
-                chains.push((name, jumps));
-                chains.extend(
-                    leaf_chains
-                        .iter()
-                        .filter(|(l, _, _)| *l == l1)
-                        .map(|(_, n, s)| (n.clone(), s.clone())),
-                );
-            }
-        }
-        chains.insert(0, (INPUT_CHAIN.to_string(), root));
+        let mut chains = path_chains(Path::Input, f, &leaves, head_rules(failsafe));
+        let forward_head = forward_head(f, node_addresses);
+        chains.extend(path_chains(Path::Forward, f, &leaves, Vec::new()));
+        chains.insert(
+            chains
+                .iter()
+                .position(|(n, _)| n == FORWARD_PORTS_CHAIN)
+                .unwrap_or(chains.len()),
+            (FORWARD_CHAIN.to_string(), forward_head),
+        );
         Desired {
             family: f,
             chains,
-            jump: Some(jump_spec()),
+            jump: Some(jump_spec(Path::Input)),
+            forward_jump: Some(jump_spec(Path::Forward)),
         }
     };
     Rendered {
@@ -370,11 +393,111 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe) -> Rendered {
     }
 }
 
-/// The specification of the jump from `INPUT`.
-pub fn jump_spec() -> String {
+/// Leaf rules in first-match order, per (family, protocol) and leaf start.
+type Leaves<'a> = BTreeMap<(Family, Protocol), BTreeMap<u32, Vec<LeafRule<'a>>>>;
+
+/// The chains of one path in one family: its port dispatch (after `head`), first-level
+/// buckets and leaves, dispatch chain first.
+fn path_chains(
+    path: Path,
+    f: Family,
+    leaves: &Leaves<'_>,
+    mut root: Vec<String>,
+) -> Vec<(String, Vec<String>)> {
+    let mut chains: Vec<(String, Vec<String>)> = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let Some(buckets) = leaves.get(&(f, protocol)) else {
+            continue;
+        };
+        let mut level1: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        let mut leaf_chains = Vec::new();
+        for (&lo, rules) in buckets {
+            let l1 = lo / LEVEL1_PORTS * LEVEL1_PORTS;
+            let leaf = chains::leaf_chain(path, protocol, lo);
+            level1.entry(l1).or_default().push(format!(
+                "{} -j {leaf}",
+                dispatch_match(path, protocol, lo, lo + LEAF_PORTS - 1)
+            ));
+            let specs: Vec<String> = match path {
+                Path::Input => rules.iter().map(|r| leaf_rule(f, r)).collect(),
+                Path::Forward => rules
+                    .iter()
+                    .flat_map(|r| forward_leaf_rules(f, r))
+                    .collect(),
+            };
+            leaf_chains.push((l1, leaf, specs));
+        }
+        for (l1, jumps) in level1 {
+            let name = chains::level1_chain(path, protocol, l1);
+            root.push(format!(
+                "{} -j {name}",
+                dispatch_match(path, protocol, l1, l1 + LEVEL1_PORTS - 1)
+            ));
+            chains.push((name, jumps));
+            chains.extend(
+                leaf_chains
+                    .iter()
+                    .filter(|(l, _, _)| *l == l1)
+                    .map(|(_, n, s)| (n.clone(), s.clone())),
+            );
+        }
+    }
+    let dispatch = match path {
+        Path::Input => INPUT_CHAIN,
+        Path::Forward => FORWARD_PORTS_CHAIN,
+    };
+    chains.insert(0, (dispatch.to_string(), root));
+    chains
+}
+
+/// The match of a dispatch rule to the bucket `lo..=hi`: the header's port on `INPUT`, the
+/// connection's original port on the forward path.
+fn dispatch_match(path: Path, protocol: Protocol, lo: u32, hi: u32) -> String {
+    match path {
+        Path::Input => format!("-p {p} -m {p} --dport {lo}:{hi}", p = protocol.as_str()),
+        Path::Forward => format!(
+            "-p {} -m conntrack --ctorigdstport {lo}:{hi}",
+            protocol.as_str()
+        ),
+    }
+}
+
+/// `PORTWARDEN-FORWARD`: replies and connections no DNAT rewrote go back to `FORWARD`; a
+/// connection whose original destination is one of the node's addresses of this family goes
+/// on to the port dispatch.
+fn forward_head(f: Family, node_addresses: &[IpAddr]) -> Vec<String> {
+    let mut v = vec![
+        format!(
+            "-m conntrack --ctdir REPLY -m comment --comment {} -j RETURN",
+            quote(chains::REPLIES_COMMENT)
+        ),
+        format!(
+            "-m conntrack ! --ctstate DNAT -m comment --comment {} -j RETURN",
+            quote(chains::NOT_DNAT_COMMENT)
+        ),
+    ];
+    let mut own: Vec<IpAddr> = node_addresses
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv4() == (f == Family::Ipv4) && !a.is_loopback() && !a.is_unspecified())
+        .collect();
+    own.sort();
+    own.dedup();
+    v.extend(own.iter().map(|a| {
+        format!(
+            "-m conntrack --ctorigdst {a} -m comment --comment {} -j {FORWARD_PORTS_CHAIN}",
+            quote(chains::NODE_ADDRESS_COMMENT)
+        )
+    }));
+    v
+}
+
+/// The specification of the jump of `path` (from `INPUT` or `FORWARD`).
+pub fn jump_spec(path: Path) -> String {
     format!(
-        "-m comment --comment {} -j {INPUT_CHAIN}",
-        quote(chains::JUMP_COMMENT)
+        "-m comment --comment {} -j {}",
+        quote(path.jump_comment()),
+        path.root()
     )
 }
 
@@ -449,6 +572,38 @@ pub fn target(family: Family, protocol: Protocol, state: State) -> &'static str 
 }
 
 fn leaf_rule(family: Family, r: &LeafRule<'_>) -> String {
+    leaf_spec(family, r, &port_match(r.rule.protocol, &r.ranges))
+}
+
+/// The forward path's rules for one leaf rule: one per range of original ports (conntrack's
+/// match takes one range), contiguous ranges joined.
+fn forward_leaf_rules(family: Family, r: &LeafRule<'_>) -> Vec<String> {
+    let mut ranges = r.ranges.clone();
+    ranges.sort_by_key(|p| p.start);
+    let mut joined: Vec<PortRange> = Vec::with_capacity(ranges.len());
+    for p in ranges {
+        match joined.last_mut() {
+            Some(last) if u32::from(p.start) <= u32::from(last.end) + 1 => {
+                last.end = last.end.max(p.end);
+            }
+            _ => joined.push(p),
+        }
+    }
+    joined
+        .iter()
+        .map(|p| {
+            let ports = if p.start == p.end {
+                p.start.to_string()
+            } else {
+                format!("{}:{}", p.start, p.end)
+            };
+            leaf_spec(family, r, &format!("-m conntrack --ctorigdstport {ports}"))
+        })
+        .collect()
+}
+
+/// `[-s SOURCE] -p PROTO <ports> -m comment --comment "..." -j TARGET`.
+fn leaf_spec(family: Family, r: &LeafRule<'_>, ports: &str) -> String {
     let rule = r.rule;
     let mut s = String::with_capacity(128);
     if let Some(net) = rule.source.map(|n| n.trunc())
@@ -461,7 +616,7 @@ fn leaf_rule(family: Family, r: &LeafRule<'_>) -> String {
     s.push_str("-p ");
     s.push_str(rule.protocol.as_str());
     s.push(' ');
-    s.push_str(&port_match(rule.protocol, &r.ranges));
+    s.push_str(ports);
     s.push_str(" -m comment --comment ");
     s.push_str(&quote(&chains::entry_comment(
         &rule.policy,
@@ -531,7 +686,7 @@ mod tests {
                 State::Closed,
             ),
         ]);
-        let r = render(&i, &Failsafe::default());
+        let r = render(&i, &Failsafe::default(), &[]);
         assert!(r.conflicts.is_empty());
         assert_eq!(
             chain(&r.v4, "PORTWARDEN-TCP-0-255"),
@@ -558,7 +713,10 @@ mod tests {
                 "-p tcp -m tcp --dport 4096:8191 -j PORTWARDEN-TCP-4096",
             ]
         );
-        assert_eq!(r.v4.jump.as_deref(), Some(jump_spec().as_str()));
+        assert_eq!(
+            r.v4.jump.as_deref(),
+            Some(jump_spec(crate::chains::Path::Input).as_str())
+        );
     }
 
     #[test]
@@ -568,7 +726,7 @@ mod tests {
             rule("p", 1, Protocol::Udp, (162, 162), None, State::Filtered),
             rule("p", 2, Protocol::Tcp, (443, 443), None, State::Open),
         ]);
-        let r = render(&i, &Failsafe::none());
+        let r = render(&i, &Failsafe::none(), &[]);
         let v4 = chain(&r.v4, "PORTWARDEN-UDP-0-255");
         let v6 = chain(&r.v6, "PORTWARDEN-UDP-0-255");
         assert!(v4[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"));
@@ -589,7 +747,7 @@ mod tests {
             None,
             State::Filtered,
         )]);
-        let r = render(&i, &Failsafe::default());
+        let r = render(&i, &Failsafe::default(), &[]);
         assert_eq!(r.conflicts.len(), 1);
         let c = &r.conflicts[0];
         assert_eq!((&*c.policy, c.entry, c.failsafe.len()), ("lockdown", 0, 4));
@@ -601,13 +759,23 @@ mod tests {
                 "-p tcp -m multiport --dports 1:21,23:255 -m comment --comment \"lockdown entry 0: filtered\" -j DROP"
             ]
         );
-        // every leaf of the range exists, none of them mentions port 22
-        let leaves =
-            r.v4.chains
-                .iter()
-                .filter(|(n, _)| n.matches('-').count() == 3)
-                .count();
-        assert_eq!(leaves, 256);
+        // the forward path cuts the failsafe port out the same way, one range per rule
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-FTCP-0-255"),
+            [
+                "-p tcp -m conntrack --ctorigdstport 1:21 -m comment --comment \"lockdown entry 0: filtered\" -j DROP",
+                "-p tcp -m conntrack --ctorigdstport 23:255 -m comment --comment \"lockdown entry 0: filtered\" -j DROP",
+            ]
+        );
+        // every leaf of the range exists on both paths, none of them mentions port 22
+        for prefix in ["PORTWARDEN-TCP-", "PORTWARDEN-FTCP-"] {
+            let leaves =
+                r.v4.chains
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(prefix) && n.matches('-').count() == 3)
+                    .count();
+            assert_eq!(leaves, 256, "{prefix}");
+        }
         // an open entry on a failsafe port is no conflict
         let i = intent(vec![rule(
             "ssh",
@@ -617,9 +785,10 @@ mod tests {
             None,
             State::Open,
         )]);
-        let r = render(&i, &Failsafe::default());
+        let r = render(&i, &Failsafe::default(), &[]);
         assert!(r.conflicts.is_empty());
-        assert_eq!(r.v4.chains.len(), 1);
+        let names: Vec<&str> = r.v4.chains.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [INPUT_CHAIN, FORWARD_CHAIN, FORWARD_PORTS_CHAIN]);
     }
 
     #[test]
@@ -637,7 +806,7 @@ mod tests {
             ),
             rule("web", 0, Protocol::Tcp, (90, 90), None, State::Open),
         ]);
-        let r = render(&i, &Failsafe::none());
+        let r = render(&i, &Failsafe::none(), &[]);
         let leaf = chain(&r.v4, "PORTWARDEN-TCP-0-255");
         assert_eq!(leaf.len(), 3);
         assert!(leaf[0].contains("--dports 80,81 "), "{}", leaf[0]);
@@ -677,7 +846,7 @@ mod tests {
                 State::Closed,
             ),
         ]);
-        let r = render(&i, &Failsafe::none());
+        let r = render(&i, &Failsafe::none(), &[]);
         assert!(
             chain(&r.v4, "PORTWARDEN-TCP-0-255")[0]
                 .starts_with("-s 10.0.0.0/8 -p tcp -m tcp --dport 250:255 ")
@@ -704,64 +873,116 @@ mod tests {
         port: u16,
         source: std::net::IpAddr,
     ) -> Option<State> {
-        fn walk(
-            d: &Desired,
-            chain: &str,
-            protocol: Protocol,
-            port: u16,
-            source: std::net::IpAddr,
-            depth: u8,
-        ) -> Option<Option<State>> {
-            assert!(depth < 5, "chain nesting too deep");
-            let rules = &d
-                .chains
-                .iter()
-                .find(|(n, _)| n == chain)
-                .expect("jump to a missing chain")
-                .1;
-            'rule: for spec in rules {
-                let t = crate::save::tokens(spec);
-                let mut target = None;
-                let mut i = 0;
-                while i < t.len() {
-                    let next = t.get(i + 1).map(String::as_str).unwrap_or("");
-                    let ok = match t[i].as_str() {
-                        "-i" => next != "lo",
-                        "--ctdir" => next != "REPLY",
-                        "-p" => next == protocol.as_str(),
-                        "-s" => next.parse::<IpNet>().unwrap().contains(&source),
-                        "--dport" | "--dports" => next.split(',').any(|r| {
-                            let (a, b) = r.split_once(':').unwrap_or((r, r));
-                            (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&port)
-                        }),
-                        "-j" => {
-                            target = Some(next.to_string());
-                            true
-                        }
-                        _ => true,
-                    };
-                    if !ok {
-                        continue 'rule;
-                    }
-                    i += 1;
-                }
-                match target.as_deref() {
-                    Some("RETURN") => return Some(None),
-                    Some("ACCEPT") => return Some(Some(State::Open)),
-                    Some("DROP") => return Some(Some(State::Filtered)),
-                    Some("REJECT") => return Some(Some(State::Closed)),
-                    Some(c) => {
-                        if let Some(v) = walk(d, c, protocol, port, source, depth + 1) {
-                            return Some(v);
-                        }
-                    }
-                    None => {}
-                }
-            }
-            None
-        }
-        walk(d, INPUT_CHAIN, protocol, port, source, 0).flatten()
+        walk(d, INPUT_CHAIN, protocol, port, source, None, 0).flatten()
     }
+
+    /// As [`evaluate`] for a forwarded packet of a connection a DNAT rewrote (`dnat`) from
+    /// `dest:port`, or one no DNAT touched.
+    fn evaluate_forward(
+        d: &Desired,
+        protocol: Protocol,
+        port: u16,
+        source: std::net::IpAddr,
+        dest: std::net::IpAddr,
+        dnat: bool,
+    ) -> Option<State> {
+        walk(
+            d,
+            FORWARD_CHAIN,
+            protocol,
+            port,
+            source,
+            Some((dest, dnat)),
+            0,
+        )
+        .flatten()
+    }
+
+    fn walk(
+        d: &Desired,
+        chain: &str,
+        protocol: Protocol,
+        port: u16,
+        source: std::net::IpAddr,
+        forwarded: Option<(std::net::IpAddr, bool)>,
+        depth: u8,
+    ) -> Option<Option<State>> {
+        assert!(depth < 5, "chain nesting too deep");
+        let rules = &d
+            .chains
+            .iter()
+            .find(|(n, _)| n == chain)
+            .expect("jump to a missing chain")
+            .1;
+        let in_ports = |list: &str| {
+            list.split(',').any(|r| {
+                let (a, b) = r.split_once(':').unwrap_or((r, r));
+                (a.parse::<u16>().unwrap()..=b.parse::<u16>().unwrap()).contains(&port)
+            })
+        };
+        'rule: for spec in rules {
+            let t = crate::save::tokens(spec);
+            let mut target = None;
+            let mut negate = false;
+            let mut i = 0;
+            while i < t.len() {
+                let next = t.get(i + 1).map(String::as_str).unwrap_or("");
+                let ok = match t[i].as_str() {
+                    "!" => {
+                        negate = true;
+                        i += 1;
+                        continue;
+                    }
+                    "-i" => next != "lo",
+                    "--ctdir" => next != "REPLY",
+                    "-p" => next == protocol.as_str(),
+                    "-s" => next.parse::<IpNet>().unwrap().contains(&source),
+                    "--dport" | "--dports" => {
+                        assert!(
+                            forwarded.is_none(),
+                            "a header port match on the forward path"
+                        );
+                        in_ports(next)
+                    }
+                    "--ctorigdstport" => {
+                        assert!(forwarded.is_some(), "a conntrack port match on INPUT");
+                        in_ports(next)
+                    }
+                    "--ctstate" => {
+                        assert_eq!(next, "DNAT");
+                        forwarded.is_some_and(|(_, dnat)| dnat)
+                    }
+                    "--ctorigdst" => forwarded
+                        .is_some_and(|(dest, _)| dest == next.parse::<std::net::IpAddr>().unwrap()),
+                    "-j" => {
+                        target = Some(next.to_string());
+                        true
+                    }
+                    _ => true,
+                };
+                if ok == negate {
+                    continue 'rule;
+                }
+                negate = false;
+                i += 1;
+            }
+            match target.as_deref() {
+                Some("RETURN") => return Some(None),
+                Some("ACCEPT") => return Some(Some(State::Open)),
+                Some("DROP") => return Some(Some(State::Filtered)),
+                Some("REJECT") => return Some(Some(State::Closed)),
+                Some(c) => {
+                    if let Some(v) = walk(d, c, protocol, port, source, forwarded, depth + 1) {
+                        return Some(v);
+                    }
+                }
+                None => {}
+            }
+        }
+        None
+    }
+
+    const NODE_ADDRESSES: [&str; 3] = ["10.213.0.11", "fd00:213::11", "127.0.0.1"];
 
     const SOURCES: [&str; 6] = [
         "10.0.0.0/8",
@@ -790,7 +1011,7 @@ mod tests {
             rules.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
             let i = intent(rules);
             let failsafe: Failsafe = "tcp:22,tcp:1000-1010,udp:68".parse().unwrap();
-            let r = render(&i, &failsafe);
+            let r = render(&i, &failsafe, &NODE_ADDRESSES.map(|a| a.parse().unwrap()));
             for (p, port, src) in packets {
                 let protocol = if p == 0 { Protocol::Tcp } else { Protocol::Udp };
                 let source: std::net::IpAddr = PACKETS[src].parse().unwrap();
@@ -798,8 +1019,68 @@ mod tests {
                 let fs = failsafe.ranges(protocol).any(|f| f.contains(port));
                 let want = if fs { None } else { i.first_match(protocol, port, source).map(|r| r.state) };
                 proptest::prop_assert_eq!(evaluate(family, protocol, port, source), want, "{} {}/{} from {}", family.family, port, protocol, source);
+                // Forwarded after a DNAT of a node address: the same verdict; of another
+                // address, or not DNAT'ed at all: untouched.
+                let (node, other) = if source.is_ipv4() { ("10.213.0.11", "10.96.0.10") } else { ("fd00:213::11", "fd00:96::10") };
+                let (node, other) = (node.parse().unwrap(), other.parse().unwrap());
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, true), want, "forwarded {}/{} from {}", port, protocol, source);
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, other, true), None);
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, false), None);
             }
         }
+    }
+
+    #[test]
+    fn forward_path_selects_dnat_to_node_addresses_by_original_port() {
+        let i = intent(vec![
+            rule("web", 0, Protocol::Tcp, (8080, 8080), None, State::Filtered),
+            rule("web", 0, Protocol::Tcp, (8081, 8081), None, State::Filtered),
+            rule("web", 1, Protocol::Udp, (53, 53), None, State::Closed),
+        ]);
+        let addresses: Vec<IpAddr> = ["10.213.0.11", "127.0.0.1", "fd00:213::11", "172.17.0.1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let r = render(&i, &Failsafe::none(), &addresses);
+        let head = |d: &Desired| chain(d, FORWARD_CHAIN).to_vec();
+        let comment = "-m comment --comment \"portwarden: to a node address\" -j PORTWARDEN-FPORTS";
+        assert_eq!(
+            head(&r.v4),
+            [
+                "-m conntrack --ctdir REPLY -m comment --comment \"portwarden: replies to connections this node opened\" -j RETURN".to_string(),
+                "-m conntrack ! --ctstate DNAT -m comment --comment \"portwarden: not forwarded from a node port\" -j RETURN".into(),
+                format!("-m conntrack --ctorigdst 10.213.0.11 {comment}"),
+                format!("-m conntrack --ctorigdst 172.17.0.1 {comment}"),
+            ]
+        );
+        assert_eq!(
+            head(&r.v6)[2..],
+            [format!("-m conntrack --ctorigdst fd00:213::11 {comment}")]
+        );
+        assert_eq!(
+            chain(&r.v4, FORWARD_PORTS_CHAIN),
+            [
+                "-p tcp -m conntrack --ctorigdstport 4096:8191 -j PORTWARDEN-FTCP-4096",
+                "-p udp -m conntrack --ctorigdstport 0:4095 -j PORTWARDEN-FUDP-0",
+            ]
+        );
+        // adjacent ports of one rule become one range
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-FTCP-7936-8191"),
+            [
+                "-p tcp -m conntrack --ctorigdstport 8080:8081 -m comment --comment \"web entry 0: filtered\" -j DROP"
+            ]
+        );
+        assert_eq!(
+            chain(&r.v6, "PORTWARDEN-FUDP-0-255"),
+            [
+                "-p udp -m conntrack --ctorigdstport 53 -m comment --comment \"web entry 1: closed\" -j REJECT --reject-with icmp6-port-unreachable"
+            ]
+        );
+        assert_eq!(
+            r.v4.forward_jump.as_deref(),
+            Some(jump_spec(Path::Forward).as_str())
+        );
     }
 
     #[test]

@@ -299,7 +299,12 @@ pub fn fuzz_check(data: &[u8]) {
     }
     let intent = fuzz_intent();
     let current = [(crate::Family::Ipv4, &rs), (crate::Family::Ipv6, &rs)];
-    let plan = crate::Plan::compute(intent, &crate::Failsafe::default(), &current);
+    let plan = crate::Plan::compute(
+        intent,
+        &crate::Failsafe::default(),
+        &[std::net::IpAddr::from([10, 0, 0, 1])],
+        &current,
+    );
     assert_eq!(plan.changes, plan.add.len() + plan.delete.len());
     let reset = crate::Plan::reset(&current);
     for fp in plan.families.iter().chain(&reset.families) {
@@ -307,9 +312,9 @@ pub fn fuzz_check(data: &[u8]) {
     }
 }
 
-/// Panics unless every line of a restore input touches only portwarden's chains and jump.
+/// Panics unless every line of a restore input touches only portwarden's chains and jumps.
 fn writes_only_ours(restore: &str) {
-    use crate::chains::{HOOK_CHAIN, is_our_jump, is_owned};
+    use crate::chains::{is_our_jump, is_owned};
     for line in restore.lines() {
         let ok = match line.split_once(' ') {
             _ if line == "*filter" || line == "COMMIT" => true,
@@ -323,7 +328,7 @@ fn writes_only_ours(restore: &str) {
                 };
                 match op {
                     "-A" => is_owned(chain),
-                    _ => is_owned(chain) || (chain == HOOK_CHAIN && is_our_jump(chain, spec)),
+                    _ => is_owned(chain) || is_our_jump(chain, spec),
                 }
             }
             _ => false,

@@ -70,6 +70,13 @@ fn big_intent(dir: &Path, n: u32) -> NodeIntent {
     loaded.policies.compile(&BTreeMap::new())
 }
 
+/// The addresses the forward path of a plan made in `node` selects.
+fn node_addresses(node: &Netns) -> Vec<std::net::IpAddr> {
+    node.run(portwarden_netfilter::addresses::node_addresses)
+        .unwrap()
+        .unwrap()
+}
+
 /// portwarden's part of a family as `-A` lines (its chains' rules and every rule jumping into
 /// them), sorted: what "exactly A" and "exactly B" compare.
 fn ours_in(save: &str) -> Vec<String> {
@@ -89,6 +96,7 @@ fn ours_wanted(d: &Desired) -> Vec<String> {
         .iter()
         .flat_map(|(name, rules)| rules.iter().map(move |r| format!("-A {name} {r}")))
         .chain(d.jump.iter().map(|j| format!("-A INPUT {j}")))
+        .chain(d.forward_jump.iter().map(|j| format!("-A FORWARD {j}")))
         .collect();
     v.sort();
     v
@@ -178,9 +186,10 @@ fn killed_restore_leaves_the_old_or_the_new_ruleset() {
         let lab = lab("fkill");
         let node = lab.node(0).clone();
         install_foreign_state(&node, backend);
+        let addresses = node_addresses(&node);
         let (a, b) = (
-            render(&small, &Failsafe::default()),
-            render(&big, &Failsafe::default()),
+            render(&small, &Failsafe::default(), &addresses),
+            render(&big, &Failsafe::default(), &addresses),
         );
         let apply_a = {
             let small = small.clone();
@@ -364,9 +373,10 @@ fn a_killed_restore_child_is_reported_and_the_next_apply_finishes() {
     for backend in BACKENDS {
         let lab = lab("fchild");
         let node = lab.node(0).clone();
+        let addresses = node_addresses(&node);
         let (a, b) = (
-            render(&small, &Failsafe::default()),
-            render(&big, &Failsafe::default()),
+            render(&small, &Failsafe::default(), &addresses),
+            render(&big, &Failsafe::default(), &addresses),
         );
         let dir = tool_dir(&scratch.0, backend, true, None);
         let (s2, b2, d2) = (small.clone(), big.clone(), dir.clone());
@@ -457,10 +467,10 @@ fn apply_waits_for_the_xtables_lock_and_then_succeeds() {
     skip_unless_lab!();
     let scratch = Scratch::new("lock");
     let small = intent(&["examples/web", "examples/quarantine"], &[("role", "web")]);
-    let want = render(&small, &Failsafe::default());
     for backend in BACKENDS {
         let lab = lab("flock");
         let node = lab.node(0).clone();
+        let want = render(&small, &Failsafe::default(), &node_addresses(&node));
         // a private lock: never /run/xtables.lock, which the host's own tools use
         let lock = scratch.0.join(format!("xtables-{backend}.lock"));
         std::fs::write(&lock, "").unwrap();

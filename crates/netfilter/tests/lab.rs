@@ -614,7 +614,17 @@ fn a_failing_family_rolls_back_the_ones_before_it() {
 /// Lines of portwarden's in [`normalized`] save output: the declarations and rules of `owned`
 /// chains and the jump from INPUT.
 fn without_ours(text: &str, owned: &[String]) -> String {
-    let jump = format!("-A INPUT {}", portwarden_netfilter::render::jump_spec());
+    use portwarden_netfilter::chains::Path;
+    let jumps: Vec<String> = Path::ALL
+        .iter()
+        .map(|p| {
+            format!(
+                "-A {} {}",
+                p.hook(),
+                portwarden_netfilter::render::jump_spec(*p)
+            )
+        })
+        .collect();
     normalized(text)
         .lines()
         .filter(|l| {
@@ -622,7 +632,7 @@ fn without_ours(text: &str, owned: &[String]) -> String {
                 .strip_prefix(':')
                 .or_else(|| l.strip_prefix("-A "))
                 .and_then(|r| r.split_whitespace().next());
-            !(chain.is_some_and(|c| owned.iter().any(|o| o == c)) || *l == jump)
+            !(chain.is_some_and(|c| owned.iter().any(|o| o == c)) || jumps.iter().any(|j| j == l))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -688,7 +698,7 @@ fn a_backend_switch_moves_portwarden_to_the_chosen_backend() {
     assert_eq!(
         without_ours(
             &save(&node, Backend::Legacy, Family::Ipv4),
-            &render(&web, &Failsafe::default())
+            &render(&web, &Failsafe::default(), &[])
                 .v4
                 .chains
                 .iter()
@@ -809,7 +819,7 @@ fn lookalikes_are_reported_and_left_byte_identical() {
         let lockdown = intent(&["crates/netfilter/tests/fixtures/lockdown.yaml"], &[]);
         let mut owned: Vec<String> = Vec::new();
         for i in [&web, &lockdown] {
-            let r = render(i, &Failsafe::default());
+            let r = render(i, &Failsafe::default(), &[]);
             owned.extend(
                 r.v4.chains
                     .iter()

@@ -485,7 +485,7 @@ pub(crate) mod tests {
             &[(Protocol::Tcp, 80, 80), (Protocol::Tcp, 8080, 8081)],
             false,
         );
-        let plan = Plan::compute(&ignore, &portwarden_netfilter::Failsafe::none(), &[]);
+        let plan = Plan::compute(&ignore, &portwarden_netfilter::Failsafe::none(), &[], &[]);
         let view = InsideView::new("n", &plan, &ignore, listeners.clone());
         let ports: Vec<u16> = view.listeners.iter().map(|l| l.port).collect();
         assert_eq!(ports, [80, 8080, 8081], "{view:?}");
