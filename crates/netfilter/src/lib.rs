@@ -43,6 +43,7 @@
 //! * [`chains`] — every chain name and comment; ownership test; bucket layout; the two paths.
 //! * [`addresses`] — the node's own addresses, for the forward path.
 //! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
+//! * [`forwarding`] — which node ports the `nat` table DNATs elsewhere, for explanations (pure).
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
@@ -61,6 +62,7 @@ pub mod chains;
 pub mod diff;
 mod error;
 pub mod failsafe;
+pub mod forwarding;
 pub mod lockwait;
 pub mod native;
 mod netfilter;

@@ -187,6 +187,23 @@ impl Netfilter {
         Ok(rs)
     }
 
+    /// The node ports the `nat` table forwards elsewhere (DNAT to a container or pod), both
+    /// managed families, from one `*-save -t nat` run each (see [`crate::forwarding`]). For
+    /// explanations only: the forward path enforces the intent whatever this finds.
+    ///
+    /// # Errors
+    /// As [`Netfilter::read`] for the `nat` table, and [`Error::Addresses`].
+    pub fn forwards(&self) -> Result<Vec<crate::forwarding::Forward>, Error> {
+        let addresses =
+            crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
+        let mut out = Vec::new();
+        for (family, t) in &self.families {
+            let nat = backend::read_save(t, *family, &["-t", "nat"])?;
+            out.extend(crate::forwarding::forwards(&nat, *family, &addresses));
+        }
+        Ok(out)
+    }
+
     /// The refusal of a filter table that `t`'s save tool cannot print.
     fn incompatible(&self, family: Family, t: &Tools) -> Error {
         Error::Incompatible {

@@ -10,7 +10,10 @@ use serde::Serialize;
 
 use crate::Outcome;
 use crate::args::Format;
-use crate::cmd::plan::{IntentArgs, explain_lock_error, print_findings, warn_if_an_agent_runs};
+use crate::cmd::plan::{
+    IntentArgs, explain_lock_error, forwarded, print_findings, print_forwarded,
+    warn_if_an_agent_runs,
+};
 
 /// Arguments of `apply`.
 #[derive(clap::Args, Debug)]
@@ -35,6 +38,9 @@ struct ApplyOutput<'a> {
     shadowing: &'a [portwarden_netfilter::Shadowing],
     lookalikes: &'a [portwarden_netfilter::Lookalike],
     kept: &'a [portwarden_netfilter::Kept],
+    /// Managed ports the nat table forwards to a container or pod (enforced on the forward
+    /// path).
+    forwarded: &'a [portwarden_netfilter::forwarding::Managed],
 }
 
 /// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
@@ -65,6 +71,7 @@ pub fn run(a: Args) -> Outcome {
         .netfilter
         .converge(&r.intent, &r.failsafe)
         .map_err(explain_lock_error)?;
+    let forwarded = forwarded(&r.netfilter, &r.intent);
     match a.output {
         Format::Json => {
             let out = ApplyOutput {
@@ -75,11 +82,13 @@ pub fn run(a: Args) -> Outcome {
                 shadowing: &plan.shadowing,
                 lookalikes: &plan.lookalikes,
                 kept: &plan.kept,
+                forwarded: &forwarded,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Table => {
             print_findings(&plan, true);
+            print_forwarded(&forwarded);
             if applied.transactions == 0 {
                 println!(
                     "no changes: netfilter already says what the policies say (nothing written)"

@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use portwarden_netfilter::forwarding::Managed;
 use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Netfilter, Options, Plan};
 use portwarden_policy::{NodeIntent, text};
 use serde::Serialize;
@@ -132,6 +133,37 @@ struct PlanOutput<'a> {
     backend: &'a str,
     #[serde(flatten)]
     plan: &'a Plan,
+    /// Managed ports the nat table forwards to a container or pod.
+    forwarded: &'a [Managed],
+}
+
+/// The managed ports this namespace's `nat` table DNATs elsewhere; a warning (and none) when
+/// the table cannot be read, which only costs the explanation: the forward path enforces the
+/// intent either way.
+pub fn forwarded(netfilter: &Netfilter, intent: &NodeIntent) -> Vec<Managed> {
+    match netfilter.forwards() {
+        Ok(f) => portwarden_netfilter::forwarding::managed(&f, intent),
+        Err(e) => {
+            eprintln!(
+                "warning: could not read the nat table, so forwarded ports are not named: {}",
+                text::printable(&e.to_string())
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Prints the forwarded managed ports: each is enforced on the forward path.
+pub fn print_forwarded(forwarded: &[Managed]) {
+    for m in forwarded {
+        println!(
+            "forwarded: {} (policy {} entry {}: {})",
+            text::printable(&m.description),
+            text::printable(&m.policy),
+            m.entry,
+            m.state
+        );
+    }
 }
 
 /// Prints conflicts, shadowing, look-alikes and kept chains, which matter to `plan`, `apply`
@@ -163,12 +195,14 @@ pub fn print_findings(plan: &Plan, to_stderr: bool) {
 pub fn run(a: Args) -> Outcome {
     let r = a.intent.resolve()?;
     let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
+    let forwarded = forwarded(&r.netfilter, &r.intent);
     match a.output {
         Format::Json => {
             let out = PlanOutput {
                 node: &r.node,
                 backend: r.netfilter.backend().as_str(),
                 plan: &plan,
+                forwarded: &forwarded,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -189,6 +223,7 @@ pub fn run(a: Args) -> Outcome {
                 say(format!("+ {a}"));
             }
             print_findings(&plan, false);
+            print_forwarded(&forwarded);
             let current = r.netfilter.backend();
             for b in plan.other_backends(current) {
                 println!(
