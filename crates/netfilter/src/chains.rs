@@ -11,10 +11,12 @@
 //!   (`start` a multiple of [`LEAF_PORTS`], `end = start + LEAF_PORTS - 1`), in canonical
 //!   decimal. Every rule inside such a chain is portwarden's (it rewrites the whole chain, so a
 //!   rule someone added there is drift, and repaired).
-//! * **The jump**: a rule in [`HOOK_CHAIN`] whose target is [`INPUT_CHAIN`] and that carries the
-//!   comment [`JUMP_COMMENT`] ([`is_our_jump`]) — the only rule portwarden writes outside its
-//!   chains. One that was moved down, duplicated or edited (same comment) is still portwarden's,
-//!   and is repaired.
+//! * **The jumps**: a rule in [`HOOK_CHAIN`] whose target is [`INPUT_CHAIN`] and that carries
+//!   the comment [`JUMP_COMMENT`], and a rule in [`FORWARD_HOOK_CHAIN`] to [`FORWARD_CHAIN`]
+//!   with [`FORWARD_JUMP_COMMENT`] ([`is_our_jump`]) — the only rules portwarden writes outside
+//!   its chains. One that was moved down, duplicated or edited (same comment) is still
+//!   portwarden's, and is repaired. The forward path's chains are named like `INPUT`'s with an
+//!   `F`: `PORTWARDEN-FORWARD`, `PORTWARDEN-FPORTS`, `PORTWARDEN-FTCP-<start>`, ...
 //!
 //! Everything else is foreign and never written, even when it looks like portwarden's
 //! ([`is_lookalike_chain`]): a chain `PORTWARDEN-FOO`, a rule in `FORWARD` or a user chain that

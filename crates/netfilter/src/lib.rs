@@ -26,7 +26,9 @@
 //!
 //! portwarden owns exactly what it writes: the filter-table chains whose names its grammar
 //! generates (`PORTWARDEN-INPUT`, `PORTWARDEN-TCP-0`, `PORTWARDEN-TCP-0-255`, ...; IPv4 and
-//! IPv6) and its one jump, the `INPUT` rule to `PORTWARDEN-INPUT` carrying its comment — see
+//! IPv6; the forward path's `PORTWARDEN-FORWARD`, `PORTWARDEN-FPORTS`, `PORTWARDEN-FTCP-0`, ...)
+//! and its two jumps, the `INPUT` rule to `PORTWARDEN-INPUT` and the `FORWARD` rule to
+//! `PORTWARDEN-FORWARD`, each carrying its comment — see
 //! [`chains`]. It never edits, reorders or deletes anything else, also not what merely looks
 //! like its own (a chain `PORTWARDEN-FOO`, a foreign jump to `PORTWARDEN-INPUT`): plans report
 //! those as [`Lookalike`]s. It finds its rules in either iptables backend and moves them to the
