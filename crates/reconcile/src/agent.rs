@@ -277,7 +277,16 @@ impl Shared {
         let failsafe = self.config.effective_failsafe();
         let mut view = match (&intent, self.netfilter()) {
             (Some(intent), Ok(nf)) => match nf.plan_unlocked(intent, &failsafe) {
-                Ok(plan) => InsideView::new(&self.config.node, &plan, intent, listeners),
+                Ok(plan) => {
+                    let mut view = InsideView::new(&self.config.node, &plan, intent, listeners);
+                    // Explanations only: a nat table that cannot be read leaves them out.
+                    if let Ok(forwards) = nf.forwards() {
+                        view.forwarded = crate::inside::ForwardView::of(
+                            &portwarden_netfilter::forwarding::managed(&forwards, intent),
+                        );
+                    }
+                    view
+                }
                 Err(_) => InsideView {
                     node: self.config.node.clone(),
                     apply_failed: true,

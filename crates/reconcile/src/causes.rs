@@ -56,6 +56,21 @@ pub fn cause(s: &Symptom<'_>, inside: &Inside<'_>) -> String {
         );
     }
     let answered = matches!(s.observed, PortState::Open | PortState::Closed);
+    if let Some(f) = view.forwarding(s.protocol, s.port) {
+        // No socket of the node's serves a forwarded port: listeners say nothing about it.
+        return match (s.expected, s.observed) {
+            (State::Open, PortState::Closed) => format!(
+                "{}; the container or pod behind it does not answer on its port",
+                f.description
+            ),
+            (State::Closed | State::Filtered, PortState::Open) => format!(
+                "{}, yet the container behind it answers: something forwards the probe \
+                 outside netfilter's FORWARD chain (an eBPF dataplane?) — {}",
+                f.description, s.outside
+            ),
+            _ => format!("{} — {}", f.description, s.outside),
+        };
+    }
     match (s.expected, s.observed) {
         (State::Open, PortState::Closed) | (State::Open, PortState::OpenFiltered) => {
             match view.listening(s.protocol, s.port) {
@@ -102,6 +117,35 @@ mod tests {
             converged: true,
             ..InsideView::default()
         }
+    }
+
+    #[test]
+    fn a_forwarded_port_is_named_instead_of_its_missing_listener() {
+        let mut v = view();
+        v.forwarded.push(crate::inside::ForwardView {
+            family: "ipv4".into(),
+            protocol: Protocol::Tcp,
+            start: 80,
+            end: 80,
+            description: "80/tcp is DNAT'ed by nat DOCKER#1 to 172.17.0.2:8080 \
+                          (Docker-published); the policy is enforced on the forward path"
+                .into(),
+        });
+        let c = cause(&symptom(State::Open, PortState::Closed), &Inside::Known(&v));
+        assert!(c.starts_with("80/tcp is DNAT'ed by nat DOCKER#1"), "{c}");
+        assert!(!c.contains("nothing is listening"), "{c}");
+        let c = cause(
+            &symptom(State::Filtered, PortState::Open),
+            &Inside::Known(&v),
+        );
+        assert!(c.contains("outside netfilter's FORWARD chain"), "{c}");
+        // another port of the node is judged as before
+        let mut other = symptom(State::Open, PortState::Closed);
+        other.port = 81;
+        assert_eq!(
+            cause(&other, &Inside::Known(&v)),
+            "nothing is listening on 81/tcp"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The inside view: what a node's agent can see that a scanner cannot — whether portwarden's
-//! rules are in place, foreign rules that shadow them, and which sockets listen on the ports
-//! its policies manage. The agent serves it as JSON (`GET /v1/inside`) to any host; `verify`
+//! rules are in place, foreign rules that shadow them, which sockets listen on the ports its
+//! policies manage, and which of those ports the node forwards (DNAT) to a container or pod. The agent serves it as JSON (`GET /v1/inside`) to any host; `verify`
 //! fetches it to explain drift precisely.
 //!
 //! A key design decision is that the view carries only what `verify` uses, because anyone who
@@ -48,6 +48,46 @@ impl ShadowView {
     }
 }
 
+/// A managed port range the node's `nat` table forwards to a container or pod (see
+/// [`portwarden_netfilter::forwarding`]): no socket of the node's serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardView {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// First port.
+    pub start: u16,
+    /// Last port.
+    pub end: u16,
+    /// "8080/tcp is DNAT'ed by nat DOCKER#1 to 172.17.0.2:80 (Docker-published); the policy
+    /// is enforced on the forward path".
+    pub description: String,
+}
+
+impl ForwardView {
+    /// The views of `managed` forwards, one per (family, protocol, ports) with the first
+    /// description.
+    pub fn of(managed: &[portwarden_netfilter::forwarding::Managed]) -> Vec<ForwardView> {
+        let mut out: Vec<ForwardView> = Vec::new();
+        for m in managed {
+            let v = ForwardView {
+                family: m.forward.family.to_string().to_lowercase(),
+                protocol: m.managed_protocol,
+                start: m.managed_ports.start,
+                end: m.managed_ports.end,
+                description: m.description.clone(),
+            };
+            if !out.iter().any(|o| {
+                (&o.family, o.protocol, o.start, o.end) == (&v.family, v.protocol, v.start, v.end)
+            }) {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
 /// What the agent on a node reports about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InsideView {
@@ -61,6 +101,9 @@ pub struct InsideView {
     pub shadowing: Vec<ShadowView>,
     /// Listening sockets of the ports the node's policies manage (see [`exposed_listeners`]).
     pub listeners: Vec<Listener>,
+    /// Managed ports the node forwards to a container or pod.
+    #[serde(default)]
+    pub forwarded: Vec<ForwardView>,
     /// Whether the current policy documents are invalid (the last good state stays
     /// applied). What the loader said is in the agent's log, not here: it names paths and
     /// quotes values, and any host can read this view.
@@ -122,6 +165,7 @@ impl InsideView {
                 })
                 .collect(),
             listeners: exposed_listeners(Some(intent), listeners),
+            forwarded: Vec::new(),
             policy_invalid: false,
             apply_failed: false,
         }
@@ -133,6 +177,13 @@ impl InsideView {
             .iter()
             .filter(|l| l.protocol == protocol && l.port == port)
             .max_by_key(|l| l.reachable_from_outside())
+    }
+
+    /// The forwarding of this port, if the node forwards it.
+    pub fn forwarding(&self, protocol: Protocol, port: u16) -> Option<&ForwardView> {
+        self.forwarded
+            .iter()
+            .find(|f| f.protocol == protocol && (f.start..=f.end).contains(&port))
     }
 
     /// The foreign rule that shadows an entry, if any.
