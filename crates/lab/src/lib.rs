@@ -79,20 +79,35 @@
 //! * `corpus` — [`replay_corpus`]: a fuzz corpus replayed as a test.
 //! * `error` — [`LabError`].
 
+mod client;
 mod corpus;
+mod docker;
 mod error;
+mod firewalld;
+mod forwarded;
 mod lab;
 mod listener;
 mod lock;
 mod netns;
 mod nft;
+mod pod;
+mod subnet;
 
+pub use client::{HttpResponse, Protocol, wait_for};
 pub use corpus::replay_corpus;
+pub use docker::{Container, DockerEngine, LAB_IMAGE, PortMap, Published, rootfs_tarball};
 pub use error::LabError;
+pub use firewalld::{Block, firewalld_ruleset};
+pub use forwarded::{
+    Backend, NodePort, WrittenRules, cluster_ip, docker_style_rules, kube_chain_hash,
+    kube_proxy_rules, write_docker_style_rules, write_kube_proxy_rules,
+};
 pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};
 pub use lock::LockHolder;
 pub use netns::{LIFTED_ICMP_LIMITS, LabChild, Netns};
+pub use pod::Pod;
+pub use subnet::SubnetLease;
 
 /// Returns early from the current test, with a message on standard error, when the machine
 /// cannot run labs (not root, or `ip` missing).
@@ -109,6 +124,26 @@ macro_rules! skip_unless_lab {
                 panic!("lab required (CI or PORTWARDEN_REQUIRE_LAB set) but unavailable: {e}");
             }
             eprintln!("skipping lab test: {e}");
+            return;
+        }
+    };
+}
+
+/// Like [`skip_unless_lab!`], and also returns early (with a message) when no lab Docker engine
+/// can run here: `dockerd`, `docker` or `nsenter` missing
+/// ([`DockerEngine::check_environment`]). Under `CI` or `PORTWARDEN_REQUIRE_LAB` that is a
+/// failure, not a skip.
+#[macro_export]
+macro_rules! skip_unless_docker {
+    () => {
+        $crate::skip_unless_lab!();
+        if let Err(e) = $crate::DockerEngine::check_environment() {
+            if std::env::var_os("CI").is_some()
+                || std::env::var_os("PORTWARDEN_REQUIRE_LAB").is_some()
+            {
+                panic!("lab Docker engine required (CI or PORTWARDEN_REQUIRE_LAB set) but unavailable: {e}");
+            }
+            eprintln!("skipping Docker lab test: {e}");
             return;
         }
     };
