@@ -20,7 +20,8 @@
 //!
 //! Storage: `fuse-overlayfs` when it is installed and `/dev/fuse` exists; when dockerd cannot
 //! start with it, the engine retries once with `vfs` and says so on standard error
-//! ([`DockerEngine::storage_driver`] tells which one runs).
+//! ([`DockerEngine::storage_driver`] tells which one runs). `PORTWARDEN_LAB_STORAGE_DRIVER=vfs`
+//! (or any driver) forces one driver, with no fallback.
 //!
 //! # Cleanup
 //!
@@ -118,8 +119,8 @@ pub struct Container {
     pub http_body: String,
 }
 
-/// A `dockerd` running in a lab node's network namespace; see the
-/// [module documentation](self). Stops and cleans up on drop.
+/// A `dockerd` running in a lab node's network namespace (how it runs: the crate's *Forwarded
+/// ports* and `docs/lab.md`). Stops and cleans up on drop.
 #[derive(Debug)]
 pub struct DockerEngine {
     node: Netns,
@@ -307,14 +308,18 @@ impl DockerEngine {
             containers: Vec::new(),
         };
         let mut drivers = Vec::new();
-        if on_path("fuse-overlayfs") && Path::new("/dev/fuse").exists() {
-            drivers.push("fuse-overlayfs");
+        let forced = std::env::var("PORTWARDEN_LAB_STORAGE_DRIVER").ok();
+        if let Some(d) = forced.as_deref() {
+            eprintln!("lab docker: storage driver {d} (PORTWARDEN_LAB_STORAGE_DRIVER)");
+            drivers.push(d);
+        } else if on_path("fuse-overlayfs") && Path::new("/dev/fuse").exists() {
+            drivers.extend(["fuse-overlayfs", "vfs"]);
         } else {
             eprintln!(
                 "lab docker: fuse-overlayfs or /dev/fuse missing; using the vfs storage driver"
             );
+            drivers.push("vfs");
         }
-        drivers.push("vfs");
         let mut last = None;
         for driver in drivers {
             match engine.spawn(driver) {

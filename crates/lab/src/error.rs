@@ -72,7 +72,9 @@ pub enum LabError {
         last: String,
     },
     /// A lab Docker engine could not be started, used or stopped.
-    #[error("lab Docker engine: {what}; its log ({log}) ends with:\n{tail}")]
+    #[error(
+        "lab Docker engine: {what}; its log {log} (removed with the engine) ended with:\n{tail}"
+    )]
     Docker {
         /// What went wrong.
         what: String,

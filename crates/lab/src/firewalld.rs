@@ -38,8 +38,9 @@ pub fn firewalld_ruleset(ports: &[(Protocol, u16, Block)]) -> String {
 }
 
 impl Netns {
-    /// Creates the firewalld-style table `inet firewalld` in this namespace (see the
-    /// [module documentation](self)) and returns the input it gave `nft -f`.
+    /// Creates the firewalld-style table `inet firewalld` in this namespace (`chain
+    /// filter_INPUT` at `priority filter + 10`, policy accept, established/related, DNAT'ed and
+    /// loopback accepted, invalid dropped, then the blocks) and returns the input it gave `nft -f`.
     ///
     /// # Errors
     /// [`LabError::Spawn`] when `nft` cannot start, [`LabError::CommandFailed`] (with the

@@ -223,8 +223,8 @@ pub fn cluster_ip(i: usize, ipv6: bool) -> IpAddr {
 }
 
 /// The `iptables-restore --noflush` input kube-proxy (iptables mode, 1.29+) would write for
-/// `services` with the pod as their one endpoint, for one family. See the
-/// [module documentation](self).
+/// `services` with the pod as their one endpoint, for one family (the shapes: `docs/lab.md`
+/// and this module's source).
 ///
 /// # Errors
 /// As [`kube_chain_hash`].
@@ -417,7 +417,7 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
 }
 
 /// The `iptables-restore --noflush` input Docker would write for `ports` published by a
-/// container at the pod's address, for one family. See the [module documentation](self).
+/// container at the pod's address, for one family. See `docs/lab.md`.
 pub fn docker_style_rules(pod: &Pod, ports: &[PortMap], ipv6: bool) -> String {
     let iface = pod.node_interface();
     let (pod_ip, host_len, net, lo) = if ipv6 {

@@ -22,7 +22,8 @@ const LEASE_DIR: &str = "/run/portwarden-lab/leases";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// One claimed subnet index; see the [module documentation](self).
+/// One claimed subnet index `X`, released on drop: a file in `/run/portwarden-lab/leases`
+/// holding the claiming process id (a dead process's lease is taken over).
 #[derive(Debug)]
 pub struct SubnetLease {
     index: u8,
