@@ -128,7 +128,8 @@ pub struct DockerEngine {
     child: Option<Child>,
     storage_driver: String,
     lease: SubnetLease,
-    containers: Vec<String>,
+    /// Container ids with the host pid of their first process (0 until known).
+    containers: Vec<(String, i32)>,
 }
 
 fn on_path(tool: &str) -> bool {
@@ -145,7 +146,9 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// Processes whose command line mentions `dir` (the engine's own processes).
 fn pids_mentioning(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
+    // Every argument of the engine's processes names a path inside the directory: matching
+    // "DIR/" keeps /tmp/pwd-1-1 from matching /tmp/pwd-1-10's processes.
+    let needle = format!("{}/", dir.to_string_lossy());
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -584,7 +587,12 @@ impl DockerEngine {
             .map_err(|e| self.error(&format!("docker run {name}: {e}")))?
             .trim()
             .to_string();
-        self.containers.push(id.clone());
+        let pid = self
+            .docker(&["inspect", "-f", "{{.State.Pid}}", &id])
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        self.containers.push((id.clone(), pid));
         let mut container = self.inspect(&id, name)?;
         container.http_body = body;
         self.wait_services(&container, ports)?;
@@ -699,10 +707,21 @@ impl DockerEngine {
 
     fn shutdown(&mut self) -> Result<(), LabError> {
         if self.child.is_some() {
-            for id in std::mem::take(&mut self.containers) {
-                let _ = self.docker(&["rm", "-f", "-v", &id]);
+            for (id, _) in &self.containers {
+                let _ = self.docker(&["rm", "-f", "-v", id]);
             }
             self.stop_daemon();
+        }
+        // A container whose daemon died first (the lab's namespace deleted under it, say) keeps
+        // running without its shim: kill its processes, recognised by the container's cgroup.
+        for (id, pid) in std::mem::take(&mut self.containers) {
+            let in_container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|c| c.contains(&id))
+                .unwrap_or(false);
+            if pid > 0 && in_container {
+                eprintln!("lab docker: killing container {id}'s process {pid} left running");
+                kill_pids(&[pid]);
+            }
         }
         let leftovers = pids_mentioning(&self.dir);
         kill_pids(&leftovers);

@@ -205,7 +205,10 @@ macro_rules! skip_unless_docker {
             if std::env::var_os("CI").is_some()
                 || std::env::var_os("PORTWARDEN_REQUIRE_LAB").is_some()
             {
-                panic!("lab Docker engine required (CI or PORTWARDEN_REQUIRE_LAB set) but unavailable: {e}");
+                panic!(
+                    "lab Docker engine required (CI or PORTWARDEN_REQUIRE_LAB set) but \
+                     unavailable: {e}"
+                );
             }
             eprintln!("skipping Docker lab test: {e}");
             return;

@@ -453,3 +453,32 @@ fn a_firewalld_style_table_is_listed_and_blocks_its_ports() {
         }
     }
 }
+
+#[test]
+fn a_docker_engine_cleans_up_even_when_its_lab_is_deleted_first() {
+    skip_unless_docker!();
+    let lab = Lab::builder("dockorder").build().expect("lab");
+    let mut engine = DockerEngine::start(lab.node(0)).expect("dockerd in the node");
+    engine.import_base_image().expect("import");
+    let web = engine
+        .run_web("web", &[PortMap::tcp(8080, 80)])
+        .expect("container");
+    let pid = engine
+        .docker(&["inspect", "-f", "{{.State.Pid}}", &web.id])
+        .expect("inspect")
+        .trim()
+        .to_string();
+    let dir = engine.dir().to_path_buf();
+    // The namespace goes first: dockerd, containerd and the shims are killed with it, the
+    // container's processes (in namespaces of their own) are not.
+    drop(lab);
+    drop(engine);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        !cgroup.contains(&web.id),
+        "container process {pid} still runs"
+    );
+    assert!(!dir.exists(), "{} removed", dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&*dir.to_string_lossy()), "{mounts}");
+}
