@@ -168,6 +168,24 @@ fn pids_mentioning(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Whether `pid` is a running (not exited) process of container `id`, told by its cgroup.
+pub(crate) fn container_process_alive(pid: i32, id: &str) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(") ")?.1.chars().next()?;
+            Some(state == 'Z' || state == 'X')
+        })
+        .unwrap_or(true);
+    let in_container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|c| c.contains(id))
+        .unwrap_or(false);
+    in_container && !zombie
+}
+
 fn kill_pids(pids: &[i32]) {
     for pid in pids {
         let _ = nix::sys::signal::kill(
@@ -715,12 +733,18 @@ impl DockerEngine {
         // A container whose daemon died first (the lab's namespace deleted under it, say) keeps
         // running without its shim: kill its processes, recognised by the container's cgroup.
         for (id, pid) in std::mem::take(&mut self.containers) {
-            let in_container = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .map(|c| c.contains(&id))
-                .unwrap_or(false);
-            if pid > 0 && in_container {
+            if container_process_alive(pid, &id) {
                 eprintln!("lab docker: killing container {id}'s process {pid} left running");
                 kill_pids(&[pid]);
+                // Killing a container's first process ends its PID namespace; wait until it
+                // has exited (a zombie waiting for its reaper has).
+                let _ = wait_for("a killed container process to exit", STOP, || {
+                    if container_process_alive(pid, &id) {
+                        Err(format!("process {pid} still runs"))
+                    } else {
+                        Ok(())
+                    }
+                });
             }
         }
         let leftovers = pids_mentioning(&self.dir);
