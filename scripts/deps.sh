@@ -19,10 +19,19 @@ declare -A pkgs=(
   [nsenter]=util-linux
 )
 if [ "$want" = test ]; then
-  # The chart tests' Python (a venv below) and the container image's base (debootstrap); the
-  # image test borrows busybox's httpd as the nodes' web servers.
+  # The chart tests' Python (a venv below) and the container image's base (debootstrap, also
+  # the lab engines' image); the image test and the lab's containers and pods borrow busybox's
+  # httpd as web servers.
   pkgs[debootstrap]=debootstrap
   pkgs[busybox]=busybox-static
+  # The lab's own Docker engines (crates/lab, docker.rs): dockerd in a node's namespace on
+  # fuse-overlayfs (vfs when that cannot work), the firewalld-style nft table, kube-proxy's
+  # chain hashes (sha256sum).
+  pkgs[dockerd]=docker.io
+  pkgs[docker]=docker.io
+  pkgs[fuse-overlayfs]=fuse-overlayfs
+  pkgs[nft]=nftables
+  pkgs[sha256sum]=coreutils
   /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs[pw-python3-venv]=python3-venv
 fi
 if [ "$want" = bench ]; then

@@ -61,6 +61,28 @@ pub enum LabError {
         /// The namespace name.
         namespace: String,
     },
+    /// A condition the lab waited for did not come true in time.
+    #[error("timed out after {seconds} s waiting for {what}: {last}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The deadline, in seconds.
+        seconds: u64,
+        /// The last failure seen while polling.
+        last: String,
+    },
+    /// A lab Docker engine could not be started, used or stopped.
+    #[error(
+        "lab Docker engine: {what}; its log {log} (removed with the engine) ended with:\n{tail}"
+    )]
+    Docker {
+        /// What went wrong.
+        what: String,
+        /// The engine's log file.
+        log: String,
+        /// The last lines of that log.
+        tail: String,
+    },
     /// The builder was asked for something the lab cannot do.
     #[error("invalid lab: {0}")]
     Invalid(String),

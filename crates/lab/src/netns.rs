@@ -115,6 +115,40 @@ impl Netns {
             })
     }
 
+    /// Runs `args` inside the namespace with `input` on its standard input (`nft -f -`,
+    /// `iptables-restore`) and returns its standard output.
+    ///
+    /// # Errors
+    /// [`LabError::Spawn`] when it cannot start, [`LabError::CommandFailed`] — naming the
+    /// command and showing the input — when it exits unsuccessfully.
+    pub fn exec_stdin(&self, args: &[&str], input: &str) -> Result<String, LabError> {
+        use std::io::Write;
+        let full = self.netns_args(args);
+        let err = |source| LabError::Spawn {
+            command: show("ip", &full),
+            source,
+        };
+        let mut child = Command::new("ip")
+            .args(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).map_err(err)?;
+        }
+        let out = child.wait_with_output().map_err(err)?;
+        if !out.status.success() {
+            return Err(LabError::CommandFailed {
+                command: format!("{} <<EOF\n{input}EOF", show("ip", &full)),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Starts `args` inside the namespace as a child process; the returned guard kills it on
     /// drop. Standard output and error are discarded.
     ///

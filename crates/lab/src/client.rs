@@ -1,0 +1,187 @@
+//! Small clients that run inside a lab namespace — an HTTP GET, a UDP request/answer, an nmap
+//! port state — and [`wait_for`], the deadline poll every lab helper waits with.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::{LabError, Netns};
+
+/// A transport protocol of a published or forwarded port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// `"tcp"` or `"udp"`, as iptables and Docker spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// What an HTTP server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code of the status line.
+    pub status: u16,
+    /// Everything after the header.
+    pub body: String,
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` after `timeout`. Polls every
+/// 50 ms: a wait on a condition, never a sleep standing in for one.
+///
+/// # Errors
+/// [`LabError::Timeout`] naming `what` and the last error `check` reported.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => {
+                return Err(LabError::Timeout {
+                    what: what.to_string(),
+                    seconds: timeout.as_secs(),
+                    last,
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn http_get_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let host = match addr.ip() {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    };
+    write!(
+        s,
+        "GET / HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not HTTP: {text:?}"),
+        )
+    };
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(HttpResponse { status, body })
+}
+
+fn udp_once(addr: SocketAddr, payload: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.connect(addr)?;
+    s.send(payload)?;
+    let mut buf = [0u8; 2048];
+    let n = s.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+impl Netns {
+    /// `GET /` over HTTP/1.0 to `addr`, from inside this namespace.
+    ///
+    /// # Errors
+    /// [`LabError::Socket`] when the connection or the exchange fails (refused, timed out,
+    /// not HTTP), [`LabError::Enter`] when the namespace cannot be entered.
+    pub fn http_get(&self, addr: SocketAddr, timeout: Duration) -> Result<HttpResponse, LabError> {
+        let ns = self.name.clone();
+        self.run(move || http_get_once(addr, timeout))?
+            .map_err(|source| LabError::Socket {
+                what: format!("HTTP GET http://{addr}/"),
+                namespace: ns,
+                source,
+            })
+    }
+
+    /// Sends one UDP datagram to `addr` from inside this namespace and returns the first
+    /// answer.
+    ///
+    /// # Errors
+    /// [`LabError::Socket`] when nothing answers within `timeout` or the socket fails.
+    pub fn udp_request(
+        &self,
+        addr: SocketAddr,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LabError> {
+        let ns = self.name.clone();
+        let payload = payload.to_vec();
+        self.run(move || udp_once(addr, &payload, timeout))?
+            .map_err(|source| LabError::Socket {
+                what: format!("UDP request to {addr}"),
+                namespace: ns,
+                source,
+            })
+    }
+
+    /// The state nmap reports for one port of `addr` (`open`, `closed`, `filtered`,
+    /// `open|filtered`...), scanned from this namespace with `nmap -n -Pn` and `-sS` (TCP) or
+    /// `-sU` (UDP).
+    ///
+    /// # Errors
+    /// As [`Netns::exec`] (nmap missing or failing), [`LabError::Invalid`] when nmap's output
+    /// has no line for the port.
+    pub fn nmap_port_state(
+        &self,
+        addr: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<String, LabError> {
+        let p = port.to_string();
+        let a = addr.to_string();
+        let mut args = vec!["nmap", "-n", "-Pn"];
+        if addr.is_ipv6() {
+            args.push("-6");
+        }
+        args.extend_from_slice(&[
+            if protocol == Protocol::Tcp {
+                "-sS"
+            } else {
+                "-sU"
+            },
+            "-p",
+            &p,
+            &a,
+        ]);
+        let out = self.exec(&args)?;
+        let prefix = format!("{port}/{}", protocol.as_str());
+        out.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+            .ok_or_else(|| LabError::Invalid(format!("nmap printed no line for {prefix}:\n{out}")))
+    }
+}
