@@ -1022,3 +1022,199 @@ fn a_handle_finds_its_rules_moved_to_the_other_backend_behind_its_back() {
     }
     assert_eq!(plans.1.other_backends(Backend::Nft), [Backend::Legacy]);
 }
+
+/// Issue 15 item 1: ports the node forwards — a Docker-style `-p` layout and a kube-proxy
+/// NodePort, DNAT'ed to a pod behind the node — look to nmap exactly as the intent says, from
+/// two sources, IPv4 and IPv6, on both backends; a published port no entry manages stays open;
+/// traffic routed to the pod itself (no DNAT) is not touched although its port is managed;
+/// foreign rules are byte-identical after apply, after the repair of a jump Docker pushed down,
+/// and after reset, which removes both paths.
+#[test]
+fn forwarded_ports_look_as_intended_to_nmap() {
+    use portwarden_lab::{NodePort, Pod, PortMap};
+    skip_unless_lab!();
+    let intent = intent(&["crates/netfilter/tests/fixtures/forwarded.yaml"], &[]);
+    for backend in BACKENDS {
+        let lab = lab("nffwd");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        let mut pod = Pod::attach(&node).unwrap();
+        pod.serve_http(80).unwrap();
+        let lab_backend = match backend {
+            Backend::Nft => portwarden_lab::Backend::Nft,
+            Backend::Legacy => portwarden_lab::Backend::Legacy,
+        };
+        let published: Vec<PortMap> = [8080, 8081, 8082, 8083]
+            .map(|p| PortMap::tcp(p, 80))
+            .to_vec();
+        portwarden_lab::write_docker_style_rules(&pod, &published, lab_backend).unwrap();
+        portwarden_lab::write_kube_proxy_rules(
+            &pod,
+            &[
+                NodePort::tcp("web", 30080, 80),
+                NodePort::udp("dns", 30053, 53),
+            ],
+            lab_backend,
+        )
+        .unwrap();
+        let before: Vec<String> = Family::ALL
+            .iter()
+            .map(|&f| normalized(&save(&node, backend, f)))
+            .collect();
+        let i2 = intent.clone();
+        let plan = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&i2, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+            (plan, nf.forwards().unwrap())
+        });
+        let (plan, forwards) = plan;
+        assert!(plan.changes > 0);
+        let managed = portwarden_netfilter::forwarding::managed(&forwards, &intent);
+        let described: Vec<&str> = managed.iter().map(|m| m.description.as_str()).collect();
+        for port in ["8080/tcp", "8081/tcp", "8082/tcp", "30080/tcp", "30053/udp"] {
+            assert!(
+                described
+                    .iter()
+                    .any(|d| d.starts_with(&format!("{port} is DNAT'ed by nat "))),
+                "{backend}: {port} named: {described:#?}"
+            );
+        }
+        assert!(
+            described
+                .iter()
+                .all(|d| !d.starts_with("8083/") && !d.starts_with("80/")),
+            "{described:#?}"
+        );
+
+        let check = |when: &str| {
+            let sources: [(IpAddr, IpAddr); 4] = [
+                (node.v4().into(), scanner.ipv4[0].into()),
+                (node.v4().into(), scanner.ipv4[1].into()),
+                (node.v6().into(), scanner.ipv6[0].into()),
+                (node.v6().into(), scanner.ipv6[1].into()),
+            ];
+            for (target, source) in sources {
+                let seen = nmap(
+                    &scanner,
+                    "-sS",
+                    target,
+                    "8080,8081,8082,8083,30080",
+                    Some(source),
+                );
+                for port in [8080u16, 8081, 8082, 30080] {
+                    let want = nmap_word(
+                        intent
+                            .first_match(Protocol::Tcp, port, source)
+                            .expect("managed")
+                            .state,
+                        Protocol::Tcp,
+                    );
+                    assert_eq!(
+                        seen[&port], want,
+                        "{backend} {when}: forwarded tcp/{port} from {source} to {target}"
+                    );
+                }
+                assert_eq!(
+                    seen[&8083], "open",
+                    "{backend} {when}: an unmanaged published port is untouched"
+                );
+                let udp = nmap(&scanner, "-sU", target, "30053", Some(source));
+                assert_eq!(
+                    udp[&30053], "filtered",
+                    "{backend} {when}: udp/30053 from {source}"
+                );
+            }
+        };
+        check("after apply");
+
+        // Routed to the pod itself (no DNAT), port 80 is the pod's, not the node's: untouched.
+        scanner
+            .exec(&[
+                "ip",
+                "route",
+                "add",
+                &pod.network_v4(),
+                "via",
+                &node.v4().to_string(),
+            ])
+            .unwrap();
+        let to_pod = std::net::SocketAddr::new(pod.v4().into(), 80);
+        let reply = scanner.http_get(to_pod, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            reply.status, 200,
+            "{backend}: routed traffic to the pod is not governed"
+        );
+
+        let foreign = |f: Family| foreign_only(&save(&node, backend, f));
+        for (k, &f) in Family::ALL.iter().enumerate() {
+            assert_eq!(
+                foreign(f),
+                foreign_only(&before[k]),
+                "{backend} {f}: foreign rules after apply"
+            );
+        }
+
+        // Docker (re)inserts its jump above ours: the plan says so and repairs it.
+        ipt(
+            &node,
+            backend,
+            Family::Ipv4,
+            &["-I", "FORWARD", "1", "-j", "DOCKER-USER"],
+        );
+        let i3 = intent.clone();
+        let repair = inside(&node, move || {
+            let nf = netfilter(backend);
+            let plan = nf.plan(&i3, &Failsafe::default()).unwrap();
+            nf.apply(&plan).unwrap();
+            plan
+        });
+        let v4 = repair
+            .families
+            .iter()
+            .find(|f| f.family == Family::Ipv4)
+            .unwrap();
+        assert_eq!(
+            v4.forward_jump,
+            JumpState::Displaced {
+                positions: vec!["FORWARD#2".into()]
+            },
+            "{backend}"
+        );
+        assert_eq!(v4.jump, JumpState::InPlace, "{backend}");
+        let forward: Vec<String> = normalized(&save(&node, backend, Family::Ipv4))
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD "))
+            .map(String::from)
+            .collect();
+        assert!(forward[0].contains("-j PORTWARDEN-FORWARD"), "{forward:#?}");
+        assert_eq!(forward[1], "-A FORWARD -j DOCKER-USER", "{forward:#?}");
+        check("after the repair");
+
+        let applied = inside(&node, move || netfilter(backend).reset().unwrap().1);
+        assert!(applied.transactions >= 2, "{backend}");
+        for (k, &f) in Family::ALL.iter().enumerate() {
+            let now = save(&node, backend, f);
+            assert!(
+                !now.contains("PORTWARDEN"),
+                "{backend} {f}: reset left {now}"
+            );
+            let want = if f == Family::Ipv4 {
+                // the DOCKER-USER jump the test added
+                foreign_only(&before[k]).replacen(
+                    "-A FORWARD ",
+                    "-A FORWARD -j DOCKER-USER\n-A FORWARD ",
+                    1,
+                )
+            } else {
+                foreign_only(&before[k])
+            };
+            assert_eq!(foreign(f), want, "{backend} {f}: foreign rules after reset");
+        }
+        let seen = nmap(&scanner, "-sS", node.v4().into(), "8080,8081", None);
+        assert_eq!(
+            (seen[&8080].as_str(), seen[&8081].as_str()),
+            ("open", "open"),
+            "{backend}: after reset the layout alone decides"
+        );
+    }
+}
