@@ -467,9 +467,10 @@ impl ForeignDecision {
             (Some(_), None) => {
                 format!("portwarden cannot tell whether the packet still meets portwarden's {mine}")
             }
-            (Some(_), Some(_)) if ours == State::Open => {
-                format!("a {kind} in another table is final: it wins over portwarden's accept")
-            }
+            (Some(e), Some(_)) if ours == State::Open => format!(
+                "a {kind} in another table is final: it {}wins over portwarden's accept",
+                if e == Effect::May { "may " } else { "" }
+            ),
             (Some(Effect::Wins), Some(t)) => format!(
                 "it decides before portwarden's rules are reached: the port looks {t}, not {ours}"
             ),
@@ -2177,6 +2178,30 @@ mod tests {
         let f = findings(&t, &quiet, &Failsafe::default());
         assert!(f.is_empty(), "{f:#?}");
         assert!(findings(&ForeignTables::default(), &shadowed, &Failsafe::default()).is_empty());
+    }
+
+    #[test]
+    fn without_nft_the_tables_are_not_read_and_nothing_stops() {
+        match read(None) {
+            ForeignRead::NotRead(why) => {
+                assert_eq!(why, "not read: nft missing (apt-get install nftables)");
+            }
+            ForeignRead::Read(t) => panic!("read without nft: {t:?}"),
+        }
+        let plan = crate::Plan::compute(&NodeIntent::default(), &Failsafe::default(), &[])
+            .with_owners(
+                &read(None),
+                &NodeIntent::default(),
+                &Failsafe::default(),
+                None,
+            );
+        let v = serde_json::to_value(&plan).unwrap();
+        assert_eq!(
+            v["foreign_tables_unread"],
+            "not read: nft missing (apt-get install nftables)"
+        );
+        assert!(v["foreign_tables"].as_array().unwrap().is_empty());
+        assert!(v["mixed_backends"].is_null());
     }
 
     #[test]

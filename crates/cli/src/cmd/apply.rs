@@ -35,6 +35,9 @@ struct ApplyOutput<'a> {
     shadowing: &'a [portwarden_netfilter::Shadowing],
     lookalikes: &'a [portwarden_netfilter::Lookalike],
     kept: &'a [portwarden_netfilter::Kept],
+    foreign_tables: &'a [portwarden_netfilter::ForeignFinding],
+    foreign_tables_unread: &'a Option<String>,
+    mixed_backends: &'a Option<portwarden_netfilter::MixedBackends>,
 }
 
 /// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
@@ -75,6 +78,9 @@ pub fn run(a: Args) -> Outcome {
                 shadowing: &plan.shadowing,
                 lookalikes: &plan.lookalikes,
                 kept: &plan.kept,
+                foreign_tables: &plan.foreign_tables,
+                foreign_tables_unread: &plan.foreign_tables_unread,
+                mixed_backends: &plan.mixed_backends,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
