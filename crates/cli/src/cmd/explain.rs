@@ -81,6 +81,11 @@ struct ForeignExplained {
     message: String,
 }
 
+/// Why the foreign tables were not read by an `explain` without CAP_NET_ADMIN (which needs
+/// none for the policy part: the table output stays quiet about it).
+const NOT_PRIVILEGED: &str =
+    "not read: reading nftables needs root (CAP_NET_ADMIN) in the node's network namespace";
+
 /// What the foreign nftables tables of this network namespace decide for the packet (drops,
 /// rejects and unknowns; accepts end only their own chain), or why they cannot be read.
 fn foreign(
@@ -90,6 +95,9 @@ fn foreign(
     state: Option<State>,
 ) -> (Vec<ForeignExplained>, Option<String>) {
     use portwarden_netfilter::foreign_nft::{self, ForeignRead, Packet};
+    if crate::caps::has(crate::caps::Cap::NetAdmin) != Some(true) {
+        return (Vec::new(), Some(NOT_PRIVILEGED.into()));
+    }
     let nft = portwarden_netfilter::backend::find_program("nft", None);
     let tables = match foreign_nft::read(nft.as_deref()) {
         ForeignRead::Read(t) => t,
@@ -219,7 +227,11 @@ fn print_table(e: &Explanation) {
     for f in &e.foreign_tables {
         say(format!("  warning: another table decides: {}", f.message));
     }
-    if let Some(why) = &e.foreign_tables_unread {
+    if let Some(why) = e
+        .foreign_tables_unread
+        .as_ref()
+        .filter(|w| *w != NOT_PRIVILEGED)
+    {
         say(format!(
             "  native nftables tables (firewalld, kube-proxy, ...) {why}"
         ));
