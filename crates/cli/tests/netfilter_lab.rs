@@ -4,7 +4,8 @@
 //! reset restores the node's own rules byte for byte; bad input changes nothing and exits 1.
 //! Issue 13: plan names look-alike chains and rules and portwarden's rules left in the other
 //! backend; an agent facing a table iptables cannot print refuses at every refresh and never
-//! adds a jump.
+//! adds a jump. Other owners: `plan`, `apply` and `explain` warn about a firewalld-style
+//! nftables table that rejects or drops managed ports, and name rules in the other backend.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -366,4 +367,128 @@ fn plan_escapes_control_characters_of_foreign_rules() {
         .unwrap_or_else(|| panic!("no shadowing reported: {stdout}"));
     assert!(shadowed.contains("\\x1b[31mred\\x1b[0m"), "{shadowed:?}");
     assert!(!stdout.contains('\x1b'), "{stdout:?}");
+}
+
+#[test]
+fn plan_apply_and_explain_warn_about_other_owners() {
+    skip_unless_lab!();
+    let lab = Lab::builder("cliowners").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    let table = format!(
+        "{}/crates/netfilter/tests/fixtures/nft/firewalld-lab.nft",
+        root()
+    );
+    node.exec(&["nft", "-f", &table]).unwrap();
+    let listed = || {
+        node.exec(&["nft", "list", "table", "inet", "firewalld"])
+            .unwrap()
+    };
+    let before = listed();
+    // web-1 opens 80 and 443 (firewalld accepts them) and 9090 to 10.213.2.0/24 (firewalld
+    // rejects every port it does not list)
+    let out = pw_web1(node, "plan", "nft");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let warned: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: another table decides: "))
+        .collect();
+    assert!(
+        warned.iter().any(|l| l.starts_with(
+            "warning: another table decides: IPv4 9090/tcp from 10.213.2.0/24 (open by web \
+             entry 2): table inet firewalld, chain filter_INPUT (input hook, priority filter + \
+             10) rule 6 rejects (with icmpx admin-prohibited): a reject in another table is \
+             final: it wins over portwarden's accept"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        !warned
+            .iter()
+            .any(|l| l.contains(" 80/tcp") || l.contains(" 443/tcp")),
+        "firewalld accepts 80 and 443: {stdout}"
+    );
+    let json = pw(
+        node,
+        &[
+            "plan",
+            "--backend",
+            "nft",
+            "-f",
+            &format!("{}/examples", root()),
+            "--inventory",
+            &format!("{}/examples/inventory.yaml", root()),
+            "--node",
+            "web-1",
+            "-o",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        v["foreign_tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["ports"] == "9090" && f["decision"]["table"] == "inet firewalld"),
+        "{v}"
+    );
+    assert!(
+        v["foreign_tables_unread"].is_null() && v["mixed_backends"].is_null(),
+        "{v}"
+    );
+    // apply warns too (on stderr), goes ahead, and leaves the table as it was
+    node.exec(&[
+        "iptables-legacy",
+        "-w",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "3",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let out = pw_web1(node, "apply", "nft");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stderr.contains("warning: another table decides: IPv4 9090/tcp"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: iptables-legacy also holds rules: IPv4 filter INPUT (1 rule)"),
+        "{stderr}"
+    );
+    assert_eq!(listed(), before, "apply changed another table");
+    // explain, for the port firewalld drops
+    let out = pw(
+        node,
+        &[
+            "explain",
+            "-f",
+            &format!("{}/examples", root()),
+            "--inventory",
+            &format!("{}/examples/inventory.yaml", root()),
+            "--node",
+            "web-1",
+            "--port",
+            "8443",
+            "--from",
+            "10.213.2.7",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "warning: another table decides: table inet firewalld, chain filter_INPUT (input \
+             hook, priority filter + 10) rule 1 of filter_IN_public_deny drops tcp dport 8443"
+        ),
+        "{stdout}"
+    );
+    let out = pw(node, &["reset", "--backend", "nft"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(listed(), before, "reset changed another table");
 }

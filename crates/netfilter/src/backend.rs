@@ -241,6 +241,17 @@ pub fn legacy_filter_exists(family: Family) -> bool {
         .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
 }
 
+/// Whether the kernel has any legacy (x_tables) table for `family` in the calling thread's
+/// network namespace (`/proc/thread-self/net/ip_tables_names`); reading loads nothing.
+pub fn legacy_tables_exist(family: Family) -> bool {
+    let names = match family {
+        Family::Ipv4 => "ip_tables_names",
+        Family::Ipv6 => "ip6_tables_names",
+    };
+    std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
+        .is_ok_and(|t| t.lines().any(|l| !l.trim().is_empty()))
+}
+
 /// The census of `backend`'s filter tables, in every family whose tools are installed (one
 /// `*-save -t filter` each; none for a legacy table the kernel does not have).
 pub fn probe(backend: Backend, dir: Option<&Path>) -> Census {

@@ -53,6 +53,11 @@
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
 //! * [`native`] — removing portwarden's objects with `nft` from a table iptables cannot print.
+//! * [`foreign_nft`] — the other owners of the packet path: native nftables tables that are not
+//!   iptables-nft's (firewalld, kube-proxy's and Docker's nftables modes, hand-written tables),
+//!   their base chains, and what each decides for a new connection to a port (pure, and
+//!   [`foreign_nft::read`]).
+//! * [`mixed`] — both iptables backends holding rules (pure).
 //! * [`writer`] — one writer per network namespace at a time (a lock held across read, plan,
 //!   write and read-back), and one agent.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
@@ -64,8 +69,10 @@ pub mod chains;
 pub mod diff;
 mod error;
 pub mod failsafe;
+pub mod foreign_nft;
 pub mod forwarding;
 pub mod lockwait;
+pub mod mixed;
 pub mod native;
 mod netfilter;
 pub mod plan;
@@ -79,6 +86,10 @@ pub use diff::{
 };
 pub use error::Error;
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
+pub use foreign_nft::{
+    ForeignDecision, ForeignFinding, ForeignRead, ForeignTables, Hook, Packet, Verdict,
+};
+pub use mixed::{BackendHolding, HeldChain, MixedBackends};
 pub use netfilter::{Applied, Netfilter, Options};
 pub use plan::{Cleanup, Plan, Unread, Via};
 pub use render::{Conflict, Desired, Family, Rendered, render};

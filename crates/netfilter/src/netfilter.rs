@@ -23,7 +23,9 @@ use crate::Error;
 use crate::backend::{self, Backend, BackendChoice, Detection, Tools};
 use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, diff};
 use crate::failsafe::Failsafe;
+use crate::foreign_nft::{self, ForeignDecision, ForeignRead, Packet};
 use crate::lockwait;
+use crate::mixed::{BackendHolding, MixedBackends};
 use crate::native;
 use crate::plan::{Cleanup, Plan, Unread, Via};
 use crate::render::{Desired, Family, Rendered, render};
@@ -47,6 +49,13 @@ pub struct Options {
     /// Look for the iptables tools only in this directory (default: PATH, then /usr/sbin,
     /// /sbin, /usr/local/sbin).
     pub tool_dir: Option<PathBuf>,
+    /// Also look at the packet path's other owners in every plan ([`Netfilter::plan`],
+    /// [`Netfilter::converge`]): native nftables tables ([`crate::foreign_nft`]: one
+    /// `nft -j list tables`, plus one `nft -j list table` per foreign table) and the rules of
+    /// the iptables backend not in use ([`crate::mixed`]: one `*-save` of every table per
+    /// family and backend). Off by default, so an agent's no-op refresh reads only its own
+    /// tables; `portwarden plan` and `apply` turn it on.
+    pub owners: bool,
 }
 
 impl Default for Options {
@@ -56,6 +65,7 @@ impl Default for Options {
             families: Family::ALL.to_vec(),
             lock_wait_secs: 10,
             tool_dir: None,
+            owners: false,
         }
     }
 }
@@ -100,6 +110,8 @@ pub struct Netfilter {
     /// nftables' `nft`, for filter tables iptables cannot print (reset only).
     nft: Option<PathBuf>,
     lock_wait_secs: u32,
+    /// [`Options::owners`].
+    owners: bool,
     memo: Arc<Mutex<Option<Memo>>>,
 }
 
@@ -144,6 +156,7 @@ impl Netfilter {
             other,
             nft: backend::find_program("nft", dir),
             lock_wait_secs: options.lock_wait_secs,
+            owners: options.owners,
             memo: Arc::new(Mutex::new(None)),
         })
     }
@@ -292,6 +305,63 @@ impl Netfilter {
     /// A read at the moment another portwarden writes can see that write half-way (IPv4 new,
     /// IPv6 old): a difference that is gone at the next read.
     pub fn plan_unlocked(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
+        let plan = self.plan_own(intent, failsafe)?;
+        if !self.owners {
+            return Ok(plan);
+        }
+        Ok(plan.with_owners(
+            &self.foreign_tables(),
+            intent,
+            failsafe,
+            self.mixed_backends(),
+        ))
+    }
+
+    /// The native nftables tables of this namespace that are not iptables-nft's, read with
+    /// `nft` ([`foreign_nft::read`]); never an error: without `nft`, or when it fails,
+    /// [`ForeignRead::NotRead`] says why.
+    pub fn foreign_tables(&self) -> ForeignRead {
+        foreign_nft::read(self.nft.as_deref())
+    }
+
+    /// What every foreign nftables base chain on the way in decides for `packet`
+    /// ([`foreign_nft::ForeignTables::decide`]), for callers that explain one port (the agent's inside
+    /// view, verify's causes); at one hook (`forward`, say), read [`Netfilter::foreign_tables`]
+    /// once and call [`foreign_nft::ForeignTables::decide_at`].
+    ///
+    /// # Errors
+    /// Why the tables could not be read ([`ForeignRead::NotRead`]'s text).
+    pub fn foreign_decisions(&self, packet: &Packet) -> Result<Vec<ForeignDecision>, String> {
+        match self.foreign_tables() {
+            ForeignRead::Read(t) => Ok(t.decide(packet)),
+            ForeignRead::NotRead(why) => Err(why),
+        }
+    }
+
+    /// What both iptables backends hold apart from portwarden's rules, when the one not in use
+    /// holds anything ([`MixedBackends::of`]): every table of every managed family of each
+    /// backend, read with its `*-save` (a legacy family only when the kernel already has a
+    /// legacy table for it: reading would create one). A family that cannot be read is left
+    /// out (this is a warning, not a plan).
+    pub fn mixed_backends(&self) -> Option<MixedBackends> {
+        let read = |backend: Backend, tools: &[(Family, Tools)]| {
+            let sets: Vec<(Family, Ruleset)> = tools
+                .iter()
+                .filter(|(f, _)| backend == Backend::Nft || backend::legacy_tables_exist(*f))
+                .filter_map(|(f, t)| backend::read_save(t, *f, &[]).ok().map(|rs| (*f, rs)))
+                .collect();
+            let refs: Vec<(Family, &Ruleset)> = sets.iter().map(|(f, r)| (*f, r)).collect();
+            BackendHolding::of(backend, &refs)
+        };
+        let other = read(self.backend().other(), &self.other);
+        if other.chains.is_empty() {
+            return None;
+        }
+        MixedBackends::of(read(self.backend(), &self.families), other)
+    }
+
+    /// [`Netfilter::plan_unlocked`] without the other owners.
+    fn plan_own(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe)?;

@@ -7,14 +7,17 @@ use std::net::IpAddr;
 use crate::backend::Backend;
 use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
 use crate::failsafe::Failsafe;
+use crate::foreign_nft::{self, ForeignFinding, ForeignRead};
+use crate::mixed::MixedBackends;
 use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 
 /// The changes that bring a node's netfilter to its intent, per family.
 ///
 /// Serializes to the `plan -o json` shape of CLI.md, `{"changes": N, "add": [...], "delete":
-/// [...]}`, plus `conflicts`, `shadowing`, `lookalikes`, `kept`, `cleanup` and a per-family
-/// breakdown.
+/// [...]}`, plus `conflicts`, `shadowing`, `lookalikes`, `kept`, `cleanup`, the other owners
+/// of the packet path (`foreign_tables`, `foreign_tables_unread`, `mixed_backends`) and a
+/// per-family breakdown.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Plan {
     /// Number of items in `add` and `delete`; 0 when the node is converged.
@@ -39,6 +42,17 @@ pub struct Plan {
     /// `plan` exits 1 naming them, `apply` and `reset` do everything else, then fail naming
     /// them.
     pub unread: Vec<Unread>,
+    /// Native nftables base chains of other tables (firewalld, kube-proxy, ...) that drop,
+    /// reject or may decide packets of managed port ranges differently from portwarden, one per
+    /// chain and range (see [`crate::foreign_nft`]); never written. Filled by
+    /// [`crate::Netfilter::plan`] when [`crate::Options::owners`] is set.
+    pub foreign_tables: Vec<ForeignFinding>,
+    /// Why the nftables tables were not read, when they were not (`not read: nft missing
+    /// (apt-get install nftables)`); nothing else depends on them.
+    pub foreign_tables_unread: Option<String>,
+    /// Rules the iptables backend not in use holds (packets meet both backends'); never
+    /// written (see [`crate::mixed`]).
+    pub mixed_backends: Option<MixedBackends>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
     /// Whether this plan removes everything of portwarden's ([`Plan::reset`]).
@@ -173,6 +187,9 @@ impl Plan {
             kept: families.iter().flat_map(|f| f.kept.clone()).collect(),
             cleanup: Vec::new(),
             unread: Vec::new(),
+            foreign_tables: Vec::new(),
+            foreign_tables_unread: None,
+            mixed_backends: None,
             families,
             reset: false,
         }
@@ -187,6 +204,26 @@ impl Plan {
         self.changes = self.add.len() + self.delete.len();
         self.cleanup.extend(cleanup);
         self.kept.extend(kept);
+        self
+    }
+
+    /// Adds the other owners of the packet path (pure): the foreign nftables decisions over
+    /// `intent`'s managed port ranges ([`foreign_nft::findings`]) or why they were not read,
+    /// and the rules of the backend not in use.
+    pub fn with_owners(
+        mut self,
+        foreign: &ForeignRead,
+        intent: &NodeIntent,
+        failsafe: &Failsafe,
+        mixed: Option<MixedBackends>,
+    ) -> Plan {
+        match foreign {
+            ForeignRead::Read(tables) => {
+                self.foreign_tables = foreign_nft::findings(tables, intent, failsafe);
+            }
+            ForeignRead::NotRead(why) => self.foreign_tables_unread = Some(why.clone()),
+        }
+        self.mixed_backends = mixed;
         self
     }
 

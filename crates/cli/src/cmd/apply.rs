@@ -41,6 +41,9 @@ struct ApplyOutput<'a> {
     /// Managed ports the nat table forwards to a container or pod (enforced on the forward
     /// path).
     forwarded: &'a [portwarden_netfilter::forwarding::Managed],
+    foreign_tables: &'a [portwarden_netfilter::ForeignFinding],
+    foreign_tables_unread: &'a Option<String>,
+    mixed_backends: &'a Option<portwarden_netfilter::MixedBackends>,
 }
 
 /// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
@@ -83,6 +86,9 @@ pub fn run(a: Args) -> Outcome {
                 lookalikes: &plan.lookalikes,
                 kept: &plan.kept,
                 forwarded: &forwarded,
+                foreign_tables: &plan.foreign_tables,
+                foreign_tables_unread: &plan.foreign_tables_unread,
+                mixed_backends: &plan.mixed_backends,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

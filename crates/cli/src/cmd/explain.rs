@@ -1,11 +1,14 @@
 //! `portwarden explain`: which policy entry decides a port for a source on a node, and why.
-//! Evaluates the same precedence model the rules are compiled from.
+//! Evaluates the same precedence model the rules are compiled from, and (where it may read
+//! them: as root in the node's network namespace) what the native nftables tables of other
+//! owners — firewalld, kube-proxy, hand-written ones — decide for the same packet: a drop
+//! there wins over portwarden's accept.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use portwarden_policy::{Protocol, Rule, text};
+use portwarden_policy::{Protocol, Rule, State, text};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -63,6 +66,64 @@ struct Explanation {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     overrides: Vec<Overridden>,
+    /// Foreign nftables base chains that drop, reject or may decide this packet.
+    foreign_tables: Vec<ForeignExplained>,
+    /// Why they could not be read, when they could not.
+    foreign_tables_unread: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ForeignExplained {
+    #[serde(flatten)]
+    decision: portwarden_netfilter::ForeignDecision,
+    /// What it does beside the winning entry's state (none when the port is not managed).
+    effect: Option<portwarden_netfilter::foreign_nft::Effect>,
+    message: String,
+}
+
+/// Why the foreign tables were not read by an `explain` without CAP_NET_ADMIN (which needs
+/// none for the policy part: the table output stays quiet about it).
+const NOT_PRIVILEGED: &str =
+    "not read: reading nftables needs root (CAP_NET_ADMIN) in the node's network namespace";
+
+/// What the foreign nftables tables of this network namespace decide for the packet (drops,
+/// rejects and unknowns; accepts end only their own chain), or why they cannot be read.
+fn foreign(
+    port: u16,
+    protocol: Protocol,
+    from: IpAddr,
+    state: Option<State>,
+) -> (Vec<ForeignExplained>, Option<String>) {
+    use portwarden_netfilter::foreign_nft::{self, ForeignRead, Packet};
+    if crate::caps::has(crate::caps::Cap::NetAdmin) != Some(true) {
+        return (Vec::new(), Some(NOT_PRIVILEGED.into()));
+    }
+    let nft = portwarden_netfilter::backend::find_program("nft", None);
+    let tables = match foreign_nft::read(nft.as_deref()) {
+        ForeignRead::Read(t) => t,
+        ForeignRead::NotRead(why) => return (Vec::new(), Some(why)),
+    };
+    let packet = Packet {
+        family: match from {
+            IpAddr::V4(_) => portwarden_netfilter::Family::Ipv4,
+            IpAddr::V6(_) => portwarden_netfilter::Family::Ipv6,
+        },
+        protocol,
+        port,
+        source: Some(from.into()),
+        destination: None,
+    };
+    let found = tables
+        .decide(&packet)
+        .into_iter()
+        .filter(|d| !d.verdict.accepts())
+        .map(|d| ForeignExplained {
+            effect: state.and_then(|s| d.effect(s, protocol)),
+            message: state.map_or_else(|| d.summary(), |s| d.describe(s, protocol)),
+            decision: d,
+        })
+        .collect();
+    (found, None)
 }
 
 #[derive(Serialize)]
@@ -95,6 +156,8 @@ pub fn run(a: Args) -> Outcome {
         .as_ref()
         .and_then(|r| loaded.policies.entry(r))
         .and_then(|e| e.reason.clone());
+    let (foreign_tables, foreign_tables_unread) =
+        foreign(port, protocol, a.from, winner.as_ref().map(|r| r.state));
     let e = Explanation {
         node: node.name.clone(),
         port,
@@ -117,6 +180,8 @@ pub fn run(a: Args) -> Outcome {
                 ports: r.ports.to_string(),
             })
             .collect(),
+        foreign_tables,
+        foreign_tables_unread,
     };
     match a.output {
         Format::Json => {
@@ -158,5 +223,17 @@ fn print_table(e: &Explanation) {
                 e.node
             ));
         }
+    }
+    for f in &e.foreign_tables {
+        say(format!("  warning: another table decides: {}", f.message));
+    }
+    if let Some(why) = e
+        .foreign_tables_unread
+        .as_ref()
+        .filter(|w| *w != NOT_PRIVILEGED)
+    {
+        say(format!(
+            "  native nftables tables (firewalld, kube-proxy, ...) {why}"
+        ));
     }
 }

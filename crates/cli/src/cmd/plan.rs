@@ -37,6 +37,7 @@ impl NetfilterArgs {
         Ok(Netfilter::detect(&Options {
             backend,
             lock_wait_secs: self.wait,
+            owners: true,
             ..Options::default()
         })?)
     }
@@ -166,7 +167,8 @@ pub fn print_forwarded(forwarded: &[Managed]) {
     }
 }
 
-/// Prints conflicts, shadowing, look-alikes and kept chains, which matter to `plan`, `apply`
+/// Prints conflicts, shadowing, look-alikes, kept chains and the other owners of the packet
+/// path (foreign nftables tables, the other iptables backend), which matter to `plan`, `apply`
 /// and `reset` alike. They quote foreign rules' text, so control characters are escaped
 /// (`text::printable`).
 pub fn print_findings(plan: &Plan, to_stderr: bool) {
@@ -189,6 +191,18 @@ pub fn print_findings(plan: &Plan, to_stderr: bool) {
     }
     for k in &plan.kept {
         print(format!("kept: {k}"));
+    }
+    for f in &plan.foreign_tables {
+        print(format!("warning: another table decides: {f}"));
+    }
+    if let Some(why) = &plan.foreign_tables_unread {
+        print(format!(
+            "warning: native nftables tables (firewalld, kube-proxy, ...) {why}; a drop there \
+             would still win over portwarden's accept"
+        ));
+    }
+    if let Some(m) = &plan.mixed_backends {
+        print(format!("warning: {m}"));
     }
 }
 
