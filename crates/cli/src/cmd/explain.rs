@@ -68,6 +68,9 @@ struct Explanation {
     overrides: Vec<Overridden>,
     /// Foreign nftables base chains that drop, reject or may decide this packet.
     foreign_tables: Vec<ForeignExplained>,
+    /// The DNAT rules that forward this port to a container or pod (read where `explain` may:
+    /// with CAP_NET_ADMIN in the node's network namespace).
+    forwarded: Vec<String>,
     /// Why they could not be read, when they could not.
     foreign_tables_unread: Option<String>,
 }
@@ -126,6 +129,30 @@ fn foreign(
     (found, None)
 }
 
+/// How this namespace's `nat` table forwards the port, as [`Forward::describe`] says it
+/// (read only with CAP_NET_ADMIN, like the foreign tables; nothing otherwise).
+///
+/// [`Forward::describe`]: portwarden_netfilter::forwarding::Forward::describe
+fn forwarded(port: u16, protocol: Protocol, from: IpAddr) -> Vec<String> {
+    if crate::caps::has(crate::caps::Cap::NetAdmin) != Some(true) {
+        return Vec::new();
+    }
+    let Ok(nf) = portwarden_netfilter::Netfilter::detect(&portwarden_netfilter::Options::default())
+    else {
+        return Vec::new();
+    };
+    let family = match from {
+        IpAddr::V4(_) => portwarden_netfilter::Family::Ipv4,
+        IpAddr::V6(_) => portwarden_netfilter::Family::Ipv6,
+    };
+    nf.forwards()
+        .unwrap_or_default()
+        .iter()
+        .filter(|f| f.family == family && f.covers(protocol, port))
+        .map(|f| f.describe(protocol, port))
+        .collect()
+}
+
 #[derive(Serialize)]
 struct Overridden {
     policy: String,
@@ -181,6 +208,7 @@ pub fn run(a: Args) -> Outcome {
             })
             .collect(),
         foreign_tables,
+        forwarded: forwarded(port, protocol, a.from),
         foreign_tables_unread,
     };
     match a.output {
@@ -223,6 +251,9 @@ fn print_table(e: &Explanation) {
                 e.node
             ));
         }
+    }
+    for f in &e.forwarded {
+        say(format!("  forwarded: {f}"));
     }
     for f in &e.foreign_tables {
         say(format!("  warning: another table decides: {}", f.message));
