@@ -1218,3 +1218,102 @@ fn forwarded_ports_look_as_intended_to_nmap() {
         );
     }
 }
+
+/// Issue 15 items 1, 2 and 5 with the real thing: a Docker engine in the node's namespace
+/// publishes a container's web server on four ports (Docker writes its own DNAT and FORWARD
+/// rules, nft backend: dockerd calls the default `iptables`). After `apply`, nmap sees each
+/// managed one as the intent says from two sources, IPv4 and IPv6 (8080 filtered, 8081 closed,
+/// 8082 open to one source only), the unmanaged 8083 still open; the forwarding is
+/// named as Docker's; Docker's rules are byte-identical after apply and after reset, and after
+/// reset the published ports are open again.
+#[test]
+fn a_real_docker_engine_published_port_meets_the_intent() {
+    use portwarden_lab::{DockerEngine, PortMap, skip_unless_docker};
+    skip_unless_lab!();
+    skip_unless_docker!();
+    let backend = Backend::Nft;
+    let intent = intent(&["crates/netfilter/tests/fixtures/forwarded.yaml"], &[]);
+    let lab = lab("nfdocker");
+    let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+    let mut engine = DockerEngine::start(&node).expect("dockerd in the node");
+    engine.import_base_image().expect("the base image");
+    let ports = [8080, 8081, 8082, 8083].map(|p| PortMap::tcp(p, 80));
+    let web = engine
+        .run_web("web", &ports)
+        .expect("a published container");
+    assert!(web.ipv6.is_some(), "the lab engine publishes IPv6 too");
+    let targets: [IpAddr; 2] = [node.v4().into(), node.v6().into()];
+    for target in targets {
+        let seen = nmap(&scanner, "-sS", target, "8080,8081,8082,8083", None);
+        assert!(
+            seen.values().all(|s| s == "open"),
+            "Docker publishes before portwarden: {seen:?}"
+        );
+    }
+    let before: Vec<String> = Family::ALL
+        .iter()
+        .map(|&f| foreign_only(&save(&node, backend, f)))
+        .collect();
+    let i2 = intent.clone();
+    let forwards = inside(&node, move || {
+        let nf = netfilter(backend);
+        nf.apply(&nf.plan(&i2, &Failsafe::default()).unwrap())
+            .unwrap();
+        nf.forwards().unwrap()
+    });
+    let named: Vec<String> = forwards
+        .iter()
+        .filter(|f| f.covers(Protocol::Tcp, 8080))
+        .map(|f| f.describe(Protocol::Tcp, 8080))
+        .collect();
+    assert!(
+        named
+            .iter()
+            .any(|d| d.starts_with("8080/tcp is DNAT'ed by nat DOCKER#")
+                && d.contains("(Docker-published)")),
+        "{named:#?}"
+    );
+    let sources: [(IpAddr, IpAddr); 4] = [
+        (node.v4().into(), scanner.ipv4[0].into()),
+        (node.v4().into(), scanner.ipv4[1].into()),
+        (node.v6().into(), scanner.ipv6[0].into()),
+        (node.v6().into(), scanner.ipv6[1].into()),
+    ];
+    for (target, source) in sources {
+        let seen = nmap(&scanner, "-sS", target, "8080,8081,8082,8083", Some(source));
+        for port in [8080u16, 8081, 8082] {
+            let want = nmap_word(
+                intent
+                    .first_match(Protocol::Tcp, port, source)
+                    .expect("managed")
+                    .state,
+                Protocol::Tcp,
+            );
+            assert_eq!(seen[&port], want, "tcp/{port} from {source} to {target}");
+        }
+        assert_eq!(
+            seen[&8083], "open",
+            "{target}: the unmanaged published port"
+        );
+    }
+    for (k, &f) in Family::ALL.iter().enumerate() {
+        assert_eq!(
+            foreign_only(&save(&node, backend, f)),
+            before[k],
+            "{f}: Docker's rules after apply"
+        );
+    }
+    inside(&node, move || netfilter(backend).reset().unwrap());
+    for (k, &f) in Family::ALL.iter().enumerate() {
+        let now = save(&node, backend, f);
+        assert!(!now.contains("PORTWARDEN"), "{f}: {now}");
+        assert_eq!(
+            foreign_only(&now),
+            before[k],
+            "{f}: Docker's rules after reset"
+        );
+    }
+    let seen = nmap(&scanner, "-sS", node.v4().into(), "8080,8081", None);
+    assert!(seen.values().all(|s| s == "open"), "after reset: {seen:?}");
+    engine.stop().expect("the engine stops cleanly");
+}
