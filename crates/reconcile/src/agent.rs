@@ -278,6 +278,14 @@ impl Shared {
         let mut view = match (&intent, self.netfilter()) {
             (Some(intent), Ok(nf)) => match nf.plan_unlocked(intent, &failsafe) {
                 Ok(plan) => {
+                    // The packet path's other owners, for this view only: the refresh does
+                    // not pay for reading them.
+                    let plan = plan.with_owners(
+                        &nf.foreign_tables(),
+                        intent,
+                        &failsafe,
+                        nf.mixed_backends(),
+                    );
                     let mut view = InsideView::new(&self.config.node, &plan, intent, listeners);
                     // Explanations only: a nat table that cannot be read leaves them out.
                     if let Ok(forwards) = nf.forwards() {

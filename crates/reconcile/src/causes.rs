@@ -1,9 +1,10 @@
 //! Causes: why a port drifted, as precisely as the evidence allows.
 //!
 //! Outside evidence (the scan) gives the symptom; the agent's [`InsideView`] turns it into a
-//! cause: a foreign rule that matches first (named by chain and position), portwarden's rules
-//! missing or stale, nothing listening, or — when the node's own rules would let the probe in —
-//! filtering upstream of the node. Without an inside view the symptom is reported with the
+//! cause: a foreign rule that matches first (named by chain and position), a base chain of
+//! another nftables table that decides the port, portwarden's rules missing or stale, the DNAT
+//! that forwards the port, nothing listening, or — when the node's own rules would let the
+//! probe in — filtering upstream of the node. Without an inside view the symptom is reported with the
 //! reason the inside is unknown.
 
 use portwarden_policy::{Protocol, State};
@@ -47,6 +48,9 @@ pub fn cause(s: &Symptom<'_>, inside: &Inside<'_>) -> String {
     };
     if let Some(shadow) = view.shadowing_entry(s.policy, s.entry) {
         return format!("foreign rule {} matches first", shadow.describe());
+    }
+    if let Some(f) = view.foreign_table(s.protocol, s.port, s.policy, s.entry) {
+        return f.message.clone();
     }
     if !view.converged {
         return format!(
@@ -146,6 +150,32 @@ mod tests {
             cause(&other, &Inside::Known(&v)),
             "nothing is listening on 81/tcp"
         );
+    }
+
+    #[test]
+    fn another_nftables_table_that_decides_the_port_is_the_cause() {
+        let mut v = view();
+        let message = "table inet firewalld, chain filter_INPUT (input hook, priority filter \
+                       + 10) rule 3 drops tcp dport 80: a drop in another table is final: it \
+                       wins over portwarden's accept";
+        v.foreign_tables.push(crate::inside::ForeignTableView {
+            family: "ipv4".into(),
+            protocol: Protocol::Tcp,
+            start: 80,
+            end: 80,
+            policy: "web".into(),
+            entry: 0,
+            message: message.into(),
+        });
+        let c = cause(
+            &symptom(State::Open, PortState::Filtered),
+            &Inside::Known(&v),
+        );
+        assert_eq!(c, message);
+        assert!(!c.contains("upstream"));
+        let mut other = symptom(State::Open, PortState::Filtered);
+        other.entry = 1;
+        assert!(cause(&other, &Inside::Known(&v)).contains("filtered upstream"));
     }
 
     #[test]

@@ -88,6 +88,46 @@ impl ForwardView {
     }
 }
 
+/// A managed port range whose new connections a base chain of another nftables table (not
+/// iptables-nft's: firewalld, kube-proxy's nftables mode, a hand-written table) drops, rejects
+/// or may decide otherwise than portwarden (see [`portwarden_netfilter::foreign_nft`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignTableView {
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// First port.
+    pub start: u16,
+    /// Last port.
+    pub end: u16,
+    /// The policy whose entry manages the ports.
+    pub policy: String,
+    /// The entry.
+    pub entry: usize,
+    /// "table inet firewalld, chain filter_INPUT (input hook, priority filter + 10) rule 3
+    /// drops tcp dport 443: a drop in another table is final: it wins over portwarden's accept".
+    pub message: String,
+}
+
+impl ForeignTableView {
+    /// The views of plan findings.
+    pub fn of(findings: &[portwarden_netfilter::ForeignFinding]) -> Vec<ForeignTableView> {
+        findings
+            .iter()
+            .map(|f| ForeignTableView {
+                family: f.family.to_string().to_lowercase(),
+                protocol: f.protocol,
+                start: f.ports.start,
+                end: f.ports.end,
+                policy: f.policy.clone(),
+                entry: f.entry,
+                message: f.message.clone(),
+            })
+            .collect()
+    }
+}
+
 /// What the agent on a node reports about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InsideView {
@@ -104,6 +144,13 @@ pub struct InsideView {
     /// Managed ports the node forwards to a container or pod.
     #[serde(default)]
     pub forwarded: Vec<ForwardView>,
+    /// Managed ports another nftables table decides (drops, rejects, may decide).
+    #[serde(default)]
+    pub foreign_tables: Vec<ForeignTableView>,
+    /// "iptables-legacy also holds rules: IPv4 filter INPUT (3 rules); packets meet both",
+    /// when the iptables backend portwarden does not write holds rules.
+    #[serde(default)]
+    pub mixed_backends: Option<String>,
     /// Whether the current policy documents are invalid (the last good state stays
     /// applied). What the loader said is in the agent's log, not here: it names paths and
     /// quotes values, and any host can read this view.
@@ -166,6 +213,8 @@ impl InsideView {
                 .collect(),
             listeners: exposed_listeners(Some(intent), listeners),
             forwarded: Vec::new(),
+            foreign_tables: ForeignTableView::of(&plan.foreign_tables),
+            mixed_backends: plan.mixed_backends.as_ref().map(ToString::to_string),
             policy_invalid: false,
             apply_failed: false,
         }
@@ -184,6 +233,22 @@ impl InsideView {
         self.forwarded
             .iter()
             .find(|f| f.protocol == protocol && (f.start..=f.end).contains(&port))
+    }
+
+    /// What another nftables table decides for this port of this entry, if it does.
+    pub fn foreign_table(
+        &self,
+        protocol: Protocol,
+        port: u16,
+        policy: &str,
+        entry: usize,
+    ) -> Option<&ForeignTableView> {
+        self.foreign_tables.iter().find(|f| {
+            f.protocol == protocol
+                && (f.start..=f.end).contains(&port)
+                && f.policy == policy
+                && f.entry == entry
+        })
     }
 
     /// The foreign rule that shadows an entry, if any.
