@@ -805,3 +805,101 @@ fn agent_peer_scans_recheck_udp_ports_within_the_peers_rate_limit() {
         "every scan re-checked every port: the rate limit was never measured"
     );
 }
+
+/// Issue 15 item 2: a port the node forwards (Docker's layout, DNAT to a pod) that drifts is
+/// explained by the forwarding, never by the node's missing listener: 8080 is published to a
+/// pod port nothing listens on (the pod answers with a reset), the policy wants it open. The
+/// agent applies the forward path, so 8081 (published to the pod's web server, policy
+/// `closed`) is in sync.
+#[test]
+fn verify_names_the_forwarding_behind_a_drifting_published_port() {
+    use portwarden_lab::{Pod, PortMap};
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("e2efwd").build().unwrap();
+    let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+    let mut pod = Pod::attach(&node).unwrap();
+    pod.serve_http(80).unwrap();
+    portwarden_lab::write_docker_style_rules(
+        &pod,
+        &[PortMap::tcp(8080, 81), PortMap::tcp(8081, 80)],
+        portwarden_lab::Backend::Nft,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (policies, inventory) = write_setup(
+        dir.path(),
+        "published",
+        "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: published\nspec:\n  ports:\n    - ports: \"8080\"\n      state: open\n    - ports: \"8081\"\n      state: closed\n",
+        &[("n", vec![node.v4().to_string()])],
+    );
+    let _agent = node
+        .spawn(&[
+            BIN,
+            "agent",
+            "--policy-dir",
+            &policies,
+            "--inventory",
+            &inventory,
+            "--node",
+            "n",
+            "--refresh",
+            &NO_REFRESH.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+    let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let body = scanner
+            .run(move || http_get(addr, "/v1/inside", Duration::from_secs(2)))
+            .unwrap();
+        if let Ok(body) = &body
+            && body.contains("\"converged\":true")
+            && body.contains("DNAT'ed")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the agent never converged: {body:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = scanner
+        .output(&[
+            BIN,
+            "verify",
+            "-f",
+            &policies,
+            "--inventory",
+            &inventory,
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let row = |port: u16| {
+        report
+            .results
+            .iter()
+            .find(|r| r.port == port)
+            .unwrap_or_else(|| panic!("no row for {port}: {report:#?}"))
+    };
+    assert_eq!(row(8081).verdict, Verdict::InSync, "{report:#?}");
+    let drifted = row(8080);
+    assert_eq!(drifted.verdict, Verdict::Drift, "{report:#?}");
+    let cause = drifted.cause.clone().unwrap_or_default();
+    assert!(
+        cause.starts_with("8080/tcp is DNAT'ed by nat DOCKER#")
+            && cause.contains("(Docker-published)")
+            && !cause.contains("nothing is listening"),
+        "{cause}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{report:#?}");
+}
