@@ -60,7 +60,7 @@ TOGGLES = {
         },
     },
     "no-failsafe": {"agent": {"failsafe": []}},
-    "scan-rate": {"agent": {"scanRate": 5000}},
+    "scan-rate": {"agent": {"scanRate": 5000, "confirmBudget": 20}},
     "image-digest-and-pull-secret": {
         "image": {"repository": "registry.example/portwarden", "digest": "sha256:" + "a" * 64,
                   "pullPolicy": "Always"},
@@ -264,7 +264,9 @@ def test_agent_flags_follow_the_values(chart):
     assert "--failsafe=none" in no_failsafe["spec"]["template"]["spec"]["containers"][0]["args"]
     rated = one(render(chart, TOGGLES["scan-rate"]), "DaemonSet")
     assert "--scan-rate=5000" in rated["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--confirm-budget=20" in rated["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not any(a.startswith("--scan-rate") for a in c["args"]), "0 means no flag"
+    assert not any(a.startswith("--confirm-budget") for a in c["args"]), "0 means no flag"
     assert "scans are disabled" in notes(chart, v)
 
 
