@@ -233,12 +233,19 @@ pub(crate) fn read_error(family: Family, command: String, out: &std::process::Ou
 /// thread's network namespace. Reading `/proc` loads nothing; `iptables-legacy-save -t filter`
 /// would create the table (and load `iptable_filter`) just by asking.
 pub fn legacy_filter_exists(family: Family) -> bool {
+    legacy_table_exists(family, "filter")
+}
+
+/// Whether the kernel already has the legacy (x_tables) table `table` for `family` in the
+/// calling thread's network namespace; reading `/proc` loads nothing (`iptables-legacy-save -t
+/// nat` would create it).
+pub fn legacy_table_exists(family: Family, table: &str) -> bool {
     let names = match family {
         Family::Ipv4 => "ip_tables_names",
         Family::Ipv6 => "ip6_tables_names",
     };
     std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
-        .is_ok_and(|t| t.lines().any(|l| l.trim() == "filter"))
+        .is_ok_and(|t| t.lines().any(|l| l.trim() == table))
 }
 
 /// Whether the kernel has any legacy (x_tables) table for `family` in the calling thread's

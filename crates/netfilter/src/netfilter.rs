@@ -201,8 +201,10 @@ impl Netfilter {
     }
 
     /// The node ports the `nat` table forwards elsewhere (DNAT to a container or pod), both
-    /// managed families, from one `*-save -t nat` run each (see [`crate::forwarding`]). For
-    /// explanations only: the forward path enforces the intent whatever this finds.
+    /// managed families, from one `*-save -t nat` run each (see [`crate::forwarding`]); under
+    /// the legacy backend only where the kernel has a `nat` table, which reading would
+    /// otherwise create. For explanations only: the forward path enforces the intent whatever
+    /// this finds.
     ///
     /// # Errors
     /// As [`Netfilter::read`] for the `nat` table, and [`Error::Addresses`].
@@ -211,6 +213,10 @@ impl Netfilter {
             crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
         let mut out = Vec::new();
         for (family, t) in &self.families {
+            // Asking legacy for a table it does not have would create it: no table, no DNAT.
+            if self.backend() == Backend::Legacy && !backend::legacy_table_exists(*family, "nat") {
+                continue;
+            }
             let nat = backend::read_save(t, *family, &["-t", "nat"])?;
             out.extend(crate::forwarding::forwards(&nat, *family, &addresses));
         }
