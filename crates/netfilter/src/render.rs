@@ -540,19 +540,21 @@ fn head_rules(failsafe: &Failsafe) -> Vec<String> {
 
 /// `-m tcp --dport 80`, `-m tcp --dport 8000:8100` or `-m multiport --dports 80,443,8000:8100`.
 fn port_match(protocol: Protocol, ranges: &[PortRange]) -> String {
-    let one = |r: &PortRange| {
-        if r.start == r.end {
-            r.start.to_string()
-        } else {
-            format!("{}:{}", r.start, r.end)
-        }
-    };
     match ranges {
-        [r] => format!("-m {p} --dport {}", one(r), p = protocol.as_str()),
+        [r] => format!("-m {p} --dport {}", iptables_ports(r), p = protocol.as_str()),
         _ => {
-            let list: Vec<String> = ranges.iter().map(one).collect();
+            let list: Vec<String> = ranges.iter().map(iptables_ports).collect();
             format!("-m multiport --dports {}", list.join(","))
         }
+    }
+}
+
+/// `80` or `8000:8100`: a port range as iptables writes it.
+fn iptables_ports(r: &PortRange) -> String {
+    if r.start == r.end {
+        r.start.to_string()
+    } else {
+        format!("{}:{}", r.start, r.end)
     }
 }
 
@@ -592,11 +594,7 @@ fn forward_leaf_rules(family: Family, r: &LeafRule<'_>) -> Vec<String> {
     joined
         .iter()
         .map(|p| {
-            let ports = if p.start == p.end {
-                p.start.to_string()
-            } else {
-                format!("{}:{}", p.start, p.end)
-            };
+            let ports = iptables_ports(p);
             leaf_spec(family, r, &format!("-m conntrack --ctorigdstport {ports}"))
         })
         .collect()
