@@ -1,12 +1,69 @@
-//! The node's own addresses, which decide what the forward path governs: a DNAT'ed connection
-//! is the node's exposure when its original destination is one of them (see
-//! [`crate::render`]'s forward path).
+//! What the forward path needs to know of the node: its own addresses (a DNAT'ed connection
+//! is the node's exposure when its original destination is one of them) and whether it
+//! forwards packets at all, per family (see [`crate::render`]'s forward path).
 //!
-//! Read with getifaddrs(3) in the calling process's network namespace, every time a plan is
-//! made, so an address added or removed (DHCP, a Docker bridge, a CNI interface) is in the
-//! next plan. Loopback addresses are left out: nothing outside the node reaches them.
+//! Both are read in the calling thread's network namespace every time a plan is made, so an
+//! address added or removed (DHCP, a Docker bridge, a CNI interface) or forwarding switched on
+//! (Docker and kubelet do it when they start) is in the next plan. Loopback addresses are left
+//! out: nothing outside the node reaches them.
 
 use std::net::IpAddr;
+
+use crate::render::Family;
+
+/// What the forward path needs to know of the node, read in the calling thread's network
+/// namespace ([`Host::read`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Host {
+    /// Its addresses ([`node_addresses`]).
+    pub addresses: Vec<IpAddr>,
+    /// Whether it forwards IPv4, IPv6 ([`forwards`]).
+    pub forwarding: [bool; 2],
+}
+
+impl Host {
+    /// Reads this network namespace's addresses and forwarding settings.
+    ///
+    /// # Errors
+    /// As [`node_addresses`].
+    pub fn read() -> std::io::Result<Host> {
+        Ok(Host {
+            addresses: node_addresses()?,
+            forwarding: Family::ALL.map(forwards),
+        })
+    }
+
+    /// [`crate::render()`] for this host: both paths, without the forward path of a family
+    /// the host does not forward (it has no forwarded port; the path comes with the first plan
+    /// after forwarding is switched on).
+    pub fn render(
+        &self,
+        intent: &portwarden_policy::NodeIntent,
+        failsafe: &crate::Failsafe,
+    ) -> crate::Rendered {
+        let mut r = crate::render(intent, failsafe, &self.addresses);
+        let [v4, v6] = self.forwarding;
+        if !v4 {
+            r.v4 = r.v4.without_forward_path();
+        }
+        if !v6 {
+            r.v6 = r.v6.without_forward_path();
+        }
+        r
+    }
+}
+
+/// Whether this network namespace forwards packets of `family`
+/// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`). With forwarding off no packet of
+/// that family reaches `FORWARD` after a DNAT to another host or namespace, so there is no
+/// forwarded port to govern; when the setting cannot be read, forwarding is assumed.
+pub fn forwards(family: Family) -> bool {
+    let path = match family {
+        Family::Ipv4 => "/proc/sys/net/ipv4/ip_forward",
+        Family::Ipv6 => "/proc/sys/net/ipv6/conf/all/forwarding",
+    };
+    std::fs::read_to_string(path).map_or(true, |v| v.trim() != "0")
+}
 
 /// Every address of every interface of this network namespace, loopback excluded, sorted.
 ///

@@ -203,6 +203,18 @@ fn port_number(s: &str) -> Option<u32> {
     s.parse().ok().filter(|&n| canonical && n <= 65535)
 }
 
+/// The path a chain of portwarden's belongs to (`None` for any other chain).
+pub fn path_of(chain: &str) -> Option<Path> {
+    if !is_owned(chain) {
+        return None;
+    }
+    let rest = chain.strip_prefix(PREFIX)?;
+    let forward = ["FORWARD", "FPORTS"].contains(&rest)
+        || rest.starts_with("FTCP-")
+        || rest.starts_with("FUDP-");
+    Some(if forward { Path::Forward } else { Path::Input })
+}
+
 /// A chain named like portwarden's ([`PREFIX`]) that portwarden does not write.
 pub fn is_lookalike_chain(chain: &str) -> bool {
     chain.starts_with(PREFIX) && !is_owned(chain)
@@ -304,6 +316,11 @@ mod tests {
             assert!(is_owned(name) && name.len() <= 28, "{name}");
         }
         assert!(!is_owned("INPUT") && !is_owned("DOCKER") && !is_owned("FORWARD"));
+        assert_eq!(path_of(FORWARD_PORTS_CHAIN), Some(Path::Forward));
+        assert_eq!(path_of("PORTWARDEN-FUDP-0-255"), Some(Path::Forward));
+        assert_eq!(path_of("PORTWARDEN-TCP-0"), Some(Path::Input));
+        assert_eq!(path_of(INPUT_CHAIN), Some(Path::Input));
+        assert_eq!(path_of("PORTWARDEN-FOO"), None);
     }
 
     #[test]

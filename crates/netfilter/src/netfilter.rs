@@ -28,7 +28,7 @@ use crate::lockwait;
 use crate::mixed::{BackendHolding, MixedBackends};
 use crate::native;
 use crate::plan::{Cleanup, Plan, Unread, Via};
-use crate::render::{Desired, Family, Rendered, render};
+use crate::render::{Desired, Family, Rendered};
 use crate::save::Ruleset;
 use crate::writer::{self, Lock};
 
@@ -89,7 +89,7 @@ pub struct Applied {
 struct Memo {
     intent: NodeIntent,
     failsafe: Failsafe,
-    addresses: Vec<std::net::IpAddr>,
+    host: crate::addresses::Host,
     rendered: Arc<Rendered>,
 }
 
@@ -430,25 +430,25 @@ impl Netfilter {
             .map_err(|message| Error::NftJson { command, message })
     }
 
-    /// `render(intent, failsafe, node addresses)`, reused from the previous call when all
-    /// three are equal. The addresses are read afresh every time (see [`crate::addresses`]).
+    /// [`Host::render`](crate::addresses::Host::render) of this namespace, reused from the
+    /// previous call while the intent, failsafe list and host are equal. The host is read
+    /// afresh every time (see [`crate::addresses`]).
     fn rendered(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Arc<Rendered>, Error> {
-        let addresses =
-            crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
+        let host = crate::addresses::Host::read().map_err(|source| Error::Addresses { source })?;
         // A poisoned lock only means another thread panicked mid-render: render afresh.
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = memo.as_ref()
             && m.failsafe == *failsafe
-            && m.addresses == addresses
+            && m.host == host
             && m.intent == *intent
         {
             return Ok(m.rendered.clone());
         }
-        let rendered = Arc::new(render(intent, failsafe, &addresses));
+        let rendered = Arc::new(host.render(intent, failsafe));
         *memo = Some(Memo {
             intent: intent.clone(),
             failsafe: failsafe.clone(),
-            addresses,
+            host,
             rendered: rendered.clone(),
         });
         Ok(rendered)

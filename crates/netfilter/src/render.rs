@@ -177,6 +177,15 @@ impl Desired {
         }
     }
 
+    /// This family without its forward path (chains and jump): what a node that does not
+    /// forward this family needs ([`crate::addresses::forwards`]).
+    pub fn without_forward_path(mut self) -> Desired {
+        self.chains
+            .retain(|(name, _)| chains::path_of(name) != Some(Path::Forward));
+        self.forward_jump = None;
+        self
+    }
+
     /// The wanted jump of `path`.
     pub fn jump_of(&self, path: Path) -> Option<&String> {
         match path {
@@ -541,7 +550,11 @@ fn head_rules(failsafe: &Failsafe) -> Vec<String> {
 /// `-m tcp --dport 80`, `-m tcp --dport 8000:8100` or `-m multiport --dports 80,443,8000:8100`.
 fn port_match(protocol: Protocol, ranges: &[PortRange]) -> String {
     match ranges {
-        [r] => format!("-m {p} --dport {}", iptables_ports(r), p = protocol.as_str()),
+        [r] => format!(
+            "-m {p} --dport {}",
+            iptables_ports(r),
+            p = protocol.as_str()
+        ),
         _ => {
             let list: Vec<String> = ranges.iter().map(iptables_ports).collect();
             format!("-m multiport --dports {}", list.join(","))

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use portwarden_lab::{LockHolder, Netns, skip_unless_lab};
 use portwarden_netfilter::{
-    Backend, BackendChoice, Desired, Error, Failsafe, Family, Netfilter, Options, render,
+    Backend, BackendChoice, Desired, Error, Failsafe, Family, Netfilter, Options,
 };
 use portwarden_policy::NodeIntent;
 use support::*;
@@ -70,9 +70,9 @@ fn big_intent(dir: &Path, n: u32) -> NodeIntent {
     loaded.policies.compile(&BTreeMap::new())
 }
 
-/// The addresses the forward path of a plan made in `node` selects.
-fn node_addresses(node: &Netns) -> Vec<std::net::IpAddr> {
-    node.run(portwarden_netfilter::addresses::node_addresses)
+/// What a plan made in `node` knows of it (addresses, forwarding): what to render for it.
+fn host(node: &Netns) -> portwarden_netfilter::addresses::Host {
+    node.run(portwarden_netfilter::addresses::Host::read)
         .unwrap()
         .unwrap()
 }
@@ -186,10 +186,10 @@ fn killed_restore_leaves_the_old_or_the_new_ruleset() {
         let lab = lab("fkill");
         let node = lab.node(0).clone();
         install_foreign_state(&node, backend);
-        let addresses = node_addresses(&node);
+        let host = host(&node);
         let (a, b) = (
-            render(&small, &Failsafe::default(), &addresses),
-            render(&big, &Failsafe::default(), &addresses),
+            host.render(&small, &Failsafe::default()),
+            host.render(&big, &Failsafe::default()),
         );
         let apply_a = {
             let small = small.clone();
@@ -373,10 +373,10 @@ fn a_killed_restore_child_is_reported_and_the_next_apply_finishes() {
     for backend in BACKENDS {
         let lab = lab("fchild");
         let node = lab.node(0).clone();
-        let addresses = node_addresses(&node);
+        let host = host(&node);
         let (a, b) = (
-            render(&small, &Failsafe::default(), &addresses),
-            render(&big, &Failsafe::default(), &addresses),
+            host.render(&small, &Failsafe::default()),
+            host.render(&big, &Failsafe::default()),
         );
         let dir = tool_dir(&scratch.0, backend, true, None);
         let (s2, b2, d2) = (small.clone(), big.clone(), dir.clone());
@@ -470,7 +470,7 @@ fn apply_waits_for_the_xtables_lock_and_then_succeeds() {
     for backend in BACKENDS {
         let lab = lab("flock");
         let node = lab.node(0).clone();
-        let want = render(&small, &Failsafe::default(), &node_addresses(&node));
+        let want = host(&node).render(&small, &Failsafe::default());
         // a private lock: never /run/xtables.lock, which the host's own tools use
         let lock = scratch.0.join(format!("xtables-{backend}.lock"));
         std::fs::write(&lock, "").unwrap();

@@ -1317,3 +1317,67 @@ fn a_real_docker_engine_published_port_meets_the_intent() {
     assert!(seen.values().all(|s| s == "open"), "after reset: {seen:?}");
     engine.stop().expect("the engine stops cleanly");
 }
+
+/// A family the node does not forward has no forwarded port, so it gets no forward path (no
+/// `FORWARD` jump, no forward chains: a plain host pays nothing for it); switching forwarding on
+/// (what Docker and kubelet do when they start) makes the next plan add it, switching it off
+/// makes the next plan remove it. Per family.
+#[test]
+fn the_forward_path_follows_the_nodes_forwarding_setting() {
+    skip_unless_lab!();
+    let web = intent(&WEB, &[("role", "web")]);
+    for backend in BACKENDS {
+        let lab = lab("nffwdon");
+        let node = lab.node(0).clone();
+        let sysctl = |key: &str, on: bool| {
+            node.exec(&["sysctl", "-qw", &format!("{key}={}", u8::from(on))])
+                .unwrap();
+        };
+        let converge = {
+            let (web, node) = (web.clone(), node.clone());
+            move || {
+                let web = web.clone();
+                inside(&node, move || {
+                    netfilter(backend).converge(&web, &Failsafe::default())
+                })
+                .unwrap()
+            }
+        };
+        let has_forward_path = |f: Family| {
+            let text = save(&node, backend, f);
+            let jump = text.contains("-j PORTWARDEN-FORWARD");
+            assert_eq!(
+                jump,
+                text.contains(":PORTWARDEN-FPORTS"),
+                "{backend} {f}: {text}"
+            );
+            jump
+        };
+        sysctl("net.ipv4.ip_forward", false);
+        sysctl("net.ipv6.conf.all.forwarding", false);
+        converge();
+        assert!(!has_forward_path(Family::Ipv4) && !has_forward_path(Family::Ipv6));
+        sysctl("net.ipv4.ip_forward", true);
+        let (plan, applied) = converge();
+        let v4 = plan
+            .families
+            .iter()
+            .find(|f| f.family == Family::Ipv4)
+            .unwrap();
+        assert_eq!(v4.forward_jump, JumpState::Missing, "{backend}");
+        assert_eq!(applied.transactions, 1, "{backend}: IPv4 only");
+        assert!(has_forward_path(Family::Ipv4) && !has_forward_path(Family::Ipv6));
+        sysctl("net.ipv6.conf.all.forwarding", true);
+        converge();
+        assert!(has_forward_path(Family::Ipv6), "{backend}");
+        sysctl("net.ipv4.ip_forward", false);
+        let (plan, _) = converge();
+        let v4 = plan
+            .families
+            .iter()
+            .find(|f| f.family == Family::Ipv4)
+            .unwrap();
+        assert_eq!(v4.forward_jump, JumpState::Unwanted, "{backend}");
+        assert!(!has_forward_path(Family::Ipv4) && has_forward_path(Family::Ipv6));
+    }
+}
