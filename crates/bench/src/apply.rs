@@ -435,6 +435,12 @@ pub fn run_all(ctx: &Ctx) -> Result<Part> {
         .build()
         .context("building the apply lab")?;
     let node: Netns = lab.node(0).clone();
+    // The node forwards both families, as a Docker or Kubernetes node does: portwarden's
+    // forward path (FORWARD, for DNAT'ed ports) is part of every apply measured here.
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        node.exec(&["sysctl", "-qw", key])
+            .with_context(|| format!("sysctl {key} in the apply lab"))?;
+    }
     let inventory = ctx.work.join("inventory.yaml");
     std::fs::write(&inventory, inventory_yaml(&node.v4().to_string()))
         .context("writing the bench inventory")?;
@@ -570,7 +576,10 @@ fn build(s: &Settings, r: &Results) -> Part {
             setup: format!(
                 "One policy of {n} single-port TCP entries (ports {}-{}, states cycling open, \
                  closed, filtered, any source, so IPv4 and IPv6 both get rules) applied to a lab \
-                 node with an empty filter table ({} backend). portwarden's time includes \
+                 node with an empty filter table ({} backend) that forwards both families, as a \
+                 Docker or Kubernetes node does, so every entry is rendered for INPUT and for \
+                 the forward path (FORWARD, one rule per port: conntrack's original-port match \
+                 takes one range per rule). portwarden's time includes \
                  process start, loading and compiling the YAML, detecting the backend, reading \
                  the rules, rendering, diffing, one transaction per family and the read-back.",
                 FIRST_PORT,

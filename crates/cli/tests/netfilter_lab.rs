@@ -183,6 +183,11 @@ fn plan_reports_lookalikes_and_rules_left_in_the_other_backend() {
     skip_unless_lab!();
     let lab = Lab::builder("clilook").nodes(1).build().unwrap();
     let node = lab.node(0);
+    // A new namespace inherits IPv4 forwarding from the host: set it, so the forward path
+    // (and its FORWARD jump) is there whatever the host says.
+    for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+        node.exec(&["sysctl", "-qw", key]).unwrap();
+    }
     let with = |cmd: &str, backend: &str| pw_web1(node, cmd, backend);
     let out = with("apply", "nft");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -209,8 +214,9 @@ fn plan_reports_lookalikes_and_rules_left_in_the_other_backend() {
         stdout.contains("look-alike") && stdout.contains("PORTWARDEN-FOO"),
         "{stdout}"
     );
-    // The node forwards nothing, so portwarden has no FORWARD jump: the foreign one is #1.
-    assert!(stdout.contains("FORWARD#1"), "{stdout}");
+    // FORWARD#1 is portwarden's own forward-path jump (the node forwards, set above); the
+    // foreign one comes after it.
+    assert!(stdout.contains("FORWARD#2"), "{stdout}");
     let out = with("apply", "legacy");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

@@ -45,6 +45,10 @@
 //! (no `multiport`), so a forward leaf has one rule per range where `INPUT`'s leaf has one per
 //! up to fifteen; contiguous ranges of one rule are joined first.
 //!
+//! [`render`] renders the forward path for both families; [`crate::addresses::Host::render`]
+//! (what [`crate::Netfilter`] plans with) leaves it out of a family the node does not forward,
+//! where no DNAT'ed packet can reach `FORWARD`.
+//!
 //! Limits: packets that never meet netfilter's `FORWARD` (an eBPF dataplane such as Cilium's
 //! kube-proxy replacement, or XDP) are outside what iptables can enforce; a DNAT to a local
 //! address (`REDIRECT`) lands in `INPUT` with the translated port.
