@@ -213,8 +213,12 @@ impl Netfilter {
             crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
         let mut out = Vec::new();
         for (family, t) in &self.families {
-            // Asking legacy for a table it does not have would create it: no table, no DNAT.
-            if self.backend() == Backend::Legacy && !backend::legacy_table_exists(*family, "nat") {
+            // A family the node does not forward has no forwarded port. Asking legacy for a
+            // table it does not have would create it: no table, no DNAT.
+            if !crate::addresses::forwards(*family)
+                || self.backend() == Backend::Legacy
+                    && !backend::legacy_table_exists(*family, "nat")
+            {
                 continue;
             }
             let nat = backend::read_save(t, *family, &["-t", "nat"])?;
