@@ -423,6 +423,58 @@ fn write_setup(
     )
 }
 
+/// `portwarden agent --policy-dir POLICIES --inventory INVENTORY --node NODE --refresh 3600
+/// EXTRA...` in `ns`: no periodic refresh, repairs are triggered on purpose.
+fn spawn_agent(
+    ns: &portwarden_lab::Netns,
+    policies: &str,
+    inventory: &str,
+    node: &str,
+    extra: &[&str],
+) -> portwarden_lab::LabChild {
+    let refresh = NO_REFRESH.to_string();
+    let mut args = vec![
+        BIN,
+        "agent",
+        "--policy-dir",
+        policies,
+        "--inventory",
+        inventory,
+        "--node",
+        node,
+        "--refresh",
+        &refresh,
+    ];
+    args.extend_from_slice(extra);
+    ns.spawn(&args).unwrap()
+}
+
+/// `portwarden verify -f POLICIES --inventory INVENTORY -o json EXTRA...` from `scanner`: its
+/// exit code and report.
+fn verify_json(
+    scanner: &portwarden_lab::Netns,
+    policies: &str,
+    inventory: &str,
+    extra: &[&str],
+) -> (Option<i32>, Report) {
+    let mut args = vec![
+        BIN,
+        "verify",
+        "-f",
+        policies,
+        "--inventory",
+        inventory,
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = scanner.output(&args).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify printed no report ({e}): {stderr}"));
+    (out.status.code(), report)
+}
+
 /// A policy for every node (81/tcp and 5000/udp closed) and an inventory of two lab nodes
 /// `a` and `b` plus `c`, whose addresses (IPv4 and IPv6) the lab has no route to.
 fn unroutable_setup(lab: &portwarden_lab::Lab, dir: &Path) -> (String, String) {
@@ -467,44 +519,14 @@ fn an_unroutable_node_is_indeterminate_and_the_others_are_verified() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (policies, inventory) = unroutable_setup(&lab, dir.path());
-    let _agent = lab
-        .node(0)
-        .spawn(&[
-            BIN,
-            "agent",
-            "--policy-dir",
-            &policies,
-            "--inventory",
-            &inventory,
-            "--node",
-            "a",
-            "--refresh",
-            "3600",
-            "--scan-interval",
-            "1",
-            "--log-format",
-            "json",
-        ])
-        .unwrap();
-    let verify = || {
-        let out = lab
-            .scanner(0)
-            .output(&[
-                BIN,
-                "verify",
-                "-f",
-                &policies,
-                "--inventory",
-                &inventory,
-                "-o",
-                "json",
-            ])
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let report: Report = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("verify printed no report ({e}): {stderr}"));
-        (out.status.code(), report)
-    };
+    let _agent = spawn_agent(
+        lab.node(0),
+        &policies,
+        &inventory,
+        "a",
+        &["--scan-interval", "1", "--log-format", "json"],
+    );
+    let verify = || verify_json(lab.scanner(0), &policies, &inventory, &[]);
 
     // verify from the scanner: every node has rows; nothing drifts, so exit 0.
     let (code, report) = verify();
@@ -654,24 +676,9 @@ fn verify_reports_no_drift_from_a_nodes_icmp_rate_limit() {
         );
     }
     let verify = |extra: &[&str]| {
-        let mut args = vec![
-            BIN,
-            "verify",
-            "-f",
-            &policies,
-            "--inventory",
-            &inventory,
-            "--agent-port",
-            "0",
-            "-o",
-            "json",
-        ];
+        let mut args = vec!["--agent-port", "0"];
         args.extend_from_slice(extra);
-        let out = lab.scanner(0).output(&args).unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let report: Report = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("verify printed no report ({e}): {stderr}"));
-        (out.status.code(), report)
+        verify_json(lab.scanner(0), &policies, &inventory, &args)
     };
 
     // The default budget: everything confirmed closed.
@@ -750,20 +757,7 @@ fn agent_peer_scans_recheck_udp_ports_within_the_peers_rate_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (policies, inventory) = rate_limited_udp_setup(&lab, dir.path());
     let agent = |i: usize, name: &str, extra: &[&str]| {
-        let mut args = vec![
-            BIN,
-            "agent",
-            "--policy-dir",
-            &policies,
-            "--inventory",
-            &inventory,
-            "--node",
-            name,
-            "--refresh",
-            "3600",
-        ];
-        args.extend_from_slice(extra);
-        lab.node(i).spawn(&args).unwrap()
+        spawn_agent(lab.node(i), &policies, &inventory, name, extra)
     };
     let _b = agent(1, "b", &[]);
     let _a = agent(0, "a", &["--scan-interval", "1", "--confirm-budget", "2"]);
@@ -832,22 +826,7 @@ fn verify_names_the_forwarding_behind_a_drifting_published_port() {
         "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: published\nspec:\n  ports:\n    - ports: \"8080\"\n      state: open\n    - ports: \"8081\"\n      state: closed\n",
         &[("n", vec![node.v4().to_string()])],
     );
-    let _agent = node
-        .spawn(&[
-            BIN,
-            "agent",
-            "--policy-dir",
-            &policies,
-            "--inventory",
-            &inventory,
-            "--node",
-            "n",
-            "--refresh",
-            &NO_REFRESH.to_string(),
-            "--log-format",
-            "json",
-        ])
-        .unwrap();
+    let _agent = spawn_agent(&node, &policies, &inventory, "n", &["--log-format", "json"]);
     let addr = SocketAddr::new(node.v4().into(), DEFAULT_AGENT_PORT);
     let until = Instant::now() + DEADLINE;
     loop {
@@ -866,24 +845,7 @@ fn verify_names_the_forwarding_behind_a_drifting_published_port() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = scanner
-        .output(&[
-            BIN,
-            "verify",
-            "-f",
-            &policies,
-            "--inventory",
-            &inventory,
-            "-o",
-            "json",
-        ])
-        .unwrap();
-    let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "verify printed no report ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let (code, report) = verify_json(&scanner, &policies, &inventory, &[]);
     let row = |port: u16| {
         report
             .results
@@ -901,5 +863,5 @@ fn verify_names_the_forwarding_behind_a_drifting_published_port() {
             && !cause.contains("nothing is listening"),
         "{cause}"
     );
-    assert_eq!(out.status.code(), Some(2), "{report:#?}");
+    assert_eq!(code, Some(2), "{report:#?}");
 }

@@ -160,22 +160,24 @@ fn plan_apply_reset_exit_codes_and_output() {
 
 /// `portwarden CMD --backend BACKEND` for node web-1 of the examples.
 fn pw_web1(node: &Netns, cmd: &str, backend: &str) -> Output {
+    pw_examples(node, cmd, &["--backend", backend])
+}
+
+/// `portwarden CMD -f examples --inventory examples/inventory.yaml --node web-1 EXTRA...`.
+fn pw_examples(node: &Netns, cmd: &str, extra: &[&str]) -> Output {
     let examples = format!("{}/examples", root());
     let inventory = format!("{}/examples/inventory.yaml", root());
-    pw(
-        node,
-        &[
-            cmd,
-            "--backend",
-            backend,
-            "-f",
-            &examples,
-            "--inventory",
-            &inventory,
-            "--node",
-            "web-1",
-        ],
-    )
+    let mut args = vec![
+        cmd,
+        "-f",
+        &examples,
+        "--inventory",
+        &inventory,
+        "--node",
+        "web-1",
+    ];
+    args.extend_from_slice(extra);
+    pw(node, &args)
 }
 
 #[test]
@@ -415,22 +417,7 @@ fn plan_apply_and_explain_warn_about_other_owners() {
             .any(|l| l.contains(" 80/tcp") || l.contains(" 443/tcp")),
         "firewalld accepts 80 and 443: {stdout}"
     );
-    let json = pw(
-        node,
-        &[
-            "plan",
-            "--backend",
-            "nft",
-            "-f",
-            &format!("{}/examples", root()),
-            "--inventory",
-            &format!("{}/examples/inventory.yaml", root()),
-            "--node",
-            "web-1",
-            "-o",
-            "json",
-        ],
-    );
+    let json = pw_examples(node, "plan", &["--backend", "nft", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(
         v["foreign_tables"]
@@ -471,22 +458,7 @@ fn plan_apply_and_explain_warn_about_other_owners() {
     );
     assert_eq!(listed(), before, "apply changed another table");
     // explain, for the port firewalld drops
-    let out = pw(
-        node,
-        &[
-            "explain",
-            "-f",
-            &format!("{}/examples", root()),
-            "--inventory",
-            &format!("{}/examples/inventory.yaml", root()),
-            "--node",
-            "web-1",
-            "--port",
-            "8443",
-            "--from",
-            "10.213.2.7",
-        ],
-    );
+    let out = pw_examples(node, "explain", &["--port", "8443", "--from", "10.213.2.7"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(

@@ -287,7 +287,7 @@ impl Lab {
 }
 
 /// Kills the processes inside `ns` and deletes it; errors are ignored (best effort).
-fn delete_ns(ns: &str) {
+pub(crate) fn delete_ns(ns: &str) {
     if let Ok(pids) = run_checked("ip", &["netns", "pids", ns]) {
         for pid in pids
             .split_whitespace()

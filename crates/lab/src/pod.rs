@@ -207,19 +207,8 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         self.httpd.clear();
-        if let Ok(pids) = run_checked("ip", &["netns", "pids", &self.ns.name]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
         // Deleting the namespace deletes the veth pair, the node's end with it.
-        let _ = run_checked("ip", &["netns", "delete", &self.ns.name]);
+        crate::lab::delete_ns(&self.ns.name);
         let _ = std::fs::remove_dir_all(&self.www);
     }
 }

@@ -318,22 +318,7 @@ fn kube_nodeport(backend: Backend) {
     assert_eq!(input_drop_packets(&node, backend.iptables(true), 30080), 0);
 
     // FORWARD decides: a DROP ahead of KUBE-FORWARD's mark ACCEPT closes the NodePort.
-    for v6 in [false, true] {
-        node.exec(&[
-            backend.iptables(v6),
-            "-w",
-            "-I",
-            "KUBE-FORWARD",
-            "1",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DROP",
-        ])
-        .expect("KUBE-FORWARD DROP");
-    }
+    drop_pod_port_in(&node, backend, "KUBE-FORWARD");
     assert_http_blocked(&scanner, &node, 30080);
 }
 
@@ -347,6 +332,27 @@ fn kube_proxy_nodeports_forward_to_the_pod_nft() {
 fn kube_proxy_nodeports_forward_to_the_pod_legacy() {
     skip_unless_lab!();
     kube_nodeport(Backend::Legacy);
+}
+
+/// `-I CHAIN 1 -p tcp --dport 80 -j DROP` in both families of `node`: the pod's web port,
+/// after the DNAT, in a FORWARD chain the layout leaves to the administrator.
+fn drop_pod_port_in(node: &Netns, backend: Backend, chain: &str) {
+    for v6 in [false, true] {
+        node.exec(&[
+            backend.iptables(v6),
+            "-w",
+            "-I",
+            chain,
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DROP",
+        ])
+        .unwrap_or_else(|e| panic!("{chain} DROP: {e}"));
+    }
 }
 
 fn docker_style(backend: Backend) {
@@ -381,22 +387,7 @@ fn docker_style(backend: Backend) {
     );
 
     // DOCKER-USER, the chain Docker leaves to the administrator, closes it (both families).
-    for v6 in [false, true] {
-        node.exec(&[
-            backend.iptables(v6),
-            "-w",
-            "-I",
-            "DOCKER-USER",
-            "1",
-            "-p",
-            "tcp",
-            "--dport",
-            "80",
-            "-j",
-            "DROP",
-        ])
-        .expect("DOCKER-USER DROP");
-    }
+    drop_pod_port_in(&node, backend, "DOCKER-USER");
     assert_http_blocked(&scanner, &node, 8080);
 }
 

@@ -17,7 +17,7 @@ use crate::render::Family;
 pub struct Host {
     /// Its addresses ([`node_addresses`]).
     pub addresses: Vec<IpAddr>,
-    /// Whether it forwards IPv4, IPv6 ([`forwards`]).
+    /// Whether it forwards IPv4, IPv6 ([`forwarding`]).
     pub forwarding: [bool; 2],
 }
 
@@ -29,8 +29,16 @@ impl Host {
     pub fn read() -> std::io::Result<Host> {
         Ok(Host {
             addresses: node_addresses()?,
-            forwarding: Family::ALL.map(forwards),
+            forwarding: Family::ALL.map(forwarding),
         })
+    }
+
+    /// Whether the host forwards `family`.
+    pub fn forwards(&self, family: Family) -> bool {
+        match family {
+            Family::Ipv4 => self.forwarding[0],
+            Family::Ipv6 => self.forwarding[1],
+        }
     }
 
     /// [`crate::render()`] for this host: both paths, without the forward path of a family
@@ -42,11 +50,10 @@ impl Host {
         failsafe: &crate::Failsafe,
     ) -> crate::Rendered {
         let mut r = crate::render(intent, failsafe, &self.addresses);
-        let [v4, v6] = self.forwarding;
-        if !v4 {
+        if !self.forwards(Family::Ipv4) {
             r.v4 = r.v4.without_forward_path();
         }
-        if !v6 {
+        if !self.forwards(Family::Ipv6) {
             r.v6 = r.v6.without_forward_path();
         }
         r
@@ -57,7 +64,7 @@ impl Host {
 /// (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`). With forwarding off no packet of
 /// that family reaches `FORWARD` after a DNAT to another host or namespace, so there is no
 /// forwarded port to govern; when the setting cannot be read, forwarding is assumed.
-pub fn forwards(family: Family) -> bool {
+pub fn forwarding(family: Family) -> bool {
     let path = match family {
         Family::Ipv4 => "/proc/sys/net/ipv4/ip_forward",
         Family::Ipv6 => "/proc/sys/net/ipv6/conf/all/forwarding",

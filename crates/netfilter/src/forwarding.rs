@@ -72,7 +72,7 @@ pub struct Forward {
     /// Family.
     pub family: Family,
     /// The protocol the path demands; `None`: any.
-    #[serde(serialize_with = "ser_protocol")]
+    #[serde(serialize_with = "ser_any_protocol")]
     pub protocol: Option<Protocol>,
     /// The original destination ports the path demands (nmap's view of the node); all ports
     /// when the path names none.
@@ -93,7 +93,7 @@ pub struct Forward {
     pub owner: Owner,
 }
 
-fn ser_protocol<S: serde::Serializer>(p: &Option<Protocol>, s: S) -> Result<S::Ok, S::Error> {
+fn ser_any_protocol<S: serde::Serializer>(p: &Option<Protocol>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(p.map_or("any", Protocol::as_str))
 }
 
@@ -263,7 +263,7 @@ fn rule_demand(spec: &[String], before: &Demand, node: &[IpAddr]) -> Option<Dema
                     }
                 }
             }
-            ("--dst-type", false) if value != "LOCAL" && !value.contains("LOCAL") => return None,
+            ("--dst-type", false) if !value.contains("LOCAL") => return None,
             ("--dst-type", true) if value == "LOCAL" => return None,
             ("-d" | "--destination", false) => {
                 if let Ok(net) = value

@@ -209,20 +209,19 @@ impl Netfilter {
     /// # Errors
     /// As [`Netfilter::read`] for the `nat` table, and [`Error::Addresses`].
     pub fn forwards(&self) -> Result<Vec<crate::forwarding::Forward>, Error> {
-        let addresses =
-            crate::addresses::node_addresses().map_err(|source| Error::Addresses { source })?;
+        let host = crate::addresses::Host::read().map_err(|source| Error::Addresses { source })?;
         let mut out = Vec::new();
         for (family, t) in &self.families {
             // A family the node does not forward has no forwarded port. Asking legacy for a
             // table it does not have would create it: no table, no DNAT.
-            if !crate::addresses::forwards(*family)
+            if !host.forwards(*family)
                 || self.backend() == Backend::Legacy
                     && !backend::legacy_table_exists(*family, "nat")
             {
                 continue;
             }
             let nat = backend::read_save(t, *family, &["-t", "nat"])?;
-            out.extend(crate::forwarding::forwards(&nat, *family, &addresses));
+            out.extend(crate::forwarding::forwards(&nat, *family, &host.addresses));
         }
         Ok(out)
     }

@@ -182,7 +182,7 @@ impl Desired {
     }
 
     /// This family without its forward path (chains and jump): what a node that does not
-    /// forward this family needs ([`crate::addresses::forwards`]).
+    /// forward this family needs ([`crate::addresses::forwarding`]).
     pub fn without_forward_path(mut self) -> Desired {
         self.chains
             .retain(|(name, _)| chains::path_of(name) != Some(Path::Forward));

@@ -1023,6 +1023,54 @@ fn a_handle_finds_its_rules_moved_to_the_other_backend_behind_its_back() {
     assert_eq!(plans.1.other_backends(Backend::Nft), [Backend::Legacy]);
 }
 
+/// The node's address and each scanner address, per family: the four vantages of the
+/// forwarded-port tests.
+fn vantages(node: &Netns, scanner: &Netns) -> [(IpAddr, IpAddr); 4] {
+    [
+        (node.v4().into(), scanner.ipv4[0].into()),
+        (node.v4().into(), scanner.ipv4[1].into()),
+        (node.v6().into(), scanner.ipv6[0].into()),
+        (node.v6().into(), scanner.ipv6[1].into()),
+    ]
+}
+
+/// nmap -sS from every vantage: each of `managed` (TCP ports the node publishes) looks as
+/// `intent` says for that source, and `unmanaged` (published, no entry) is open.
+fn assert_published_ports_as_intended(
+    scanner: &Netns,
+    node: &Netns,
+    intent: &NodeIntent,
+    managed: &[u16],
+    unmanaged: u16,
+    what: &str,
+) {
+    let list: Vec<String> = managed
+        .iter()
+        .chain([&unmanaged])
+        .map(u16::to_string)
+        .collect();
+    for (target, source) in vantages(node, scanner) {
+        let seen = nmap(scanner, "-sS", target, &list.join(","), Some(source));
+        for &port in managed {
+            let want = nmap_word(
+                intent
+                    .first_match(Protocol::Tcp, port, source)
+                    .expect("managed")
+                    .state,
+                Protocol::Tcp,
+            );
+            assert_eq!(
+                seen[&port], want,
+                "{what}: forwarded tcp/{port} from {source} to {target}"
+            );
+        }
+        assert_eq!(
+            seen[&unmanaged], "open",
+            "{what}: the unmanaged published port {unmanaged} from {source} to {target}"
+        );
+    }
+}
+
 /// Issue 15 item 1: ports the node forwards — a Docker-style `-p` layout and a kube-proxy
 /// NodePort, DNAT'ed to a pod behind the node — look to nmap exactly as the intent says, from
 /// two sources, IPv4 and IPv6, on both backends; a published port no entry manages stays open;
@@ -1087,42 +1135,18 @@ fn forwarded_ports_look_as_intended_to_nmap() {
         );
 
         let check = |when: &str| {
-            let sources: [(IpAddr, IpAddr); 4] = [
-                (node.v4().into(), scanner.ipv4[0].into()),
-                (node.v4().into(), scanner.ipv4[1].into()),
-                (node.v6().into(), scanner.ipv6[0].into()),
-                (node.v6().into(), scanner.ipv6[1].into()),
-            ];
-            for (target, source) in sources {
-                let seen = nmap(
-                    &scanner,
-                    "-sS",
-                    target,
-                    "8080,8081,8082,8083,30080",
-                    Some(source),
-                );
-                for port in [8080u16, 8081, 8082, 30080] {
-                    let want = nmap_word(
-                        intent
-                            .first_match(Protocol::Tcp, port, source)
-                            .expect("managed")
-                            .state,
-                        Protocol::Tcp,
-                    );
-                    assert_eq!(
-                        seen[&port], want,
-                        "{backend} {when}: forwarded tcp/{port} from {source} to {target}"
-                    );
-                }
-                assert_eq!(
-                    seen[&8083], "open",
-                    "{backend} {when}: an unmanaged published port is untouched"
-                );
+            let what = format!("{backend} {when}");
+            assert_published_ports_as_intended(
+                &scanner,
+                &node,
+                &intent,
+                &[8080, 8081, 8082, 30080],
+                8083,
+                &what,
+            );
+            for (target, source) in vantages(&node, &scanner) {
                 let udp = nmap(&scanner, "-sU", target, "30053", Some(source));
-                assert_eq!(
-                    udp[&30053], "closed",
-                    "{backend} {when}: udp/30053 from {source}"
-                );
+                assert_eq!(udp[&30053], "closed", "{what}: udp/30053 from {source}");
             }
         };
         check("after apply");
@@ -1273,29 +1297,14 @@ fn a_real_docker_engine_published_port_meets_the_intent() {
                 && d.contains("(Docker-published)")),
         "{named:#?}"
     );
-    let sources: [(IpAddr, IpAddr); 4] = [
-        (node.v4().into(), scanner.ipv4[0].into()),
-        (node.v4().into(), scanner.ipv4[1].into()),
-        (node.v6().into(), scanner.ipv6[0].into()),
-        (node.v6().into(), scanner.ipv6[1].into()),
-    ];
-    for (target, source) in sources {
-        let seen = nmap(&scanner, "-sS", target, "8080,8081,8082,8083", Some(source));
-        for port in [8080u16, 8081, 8082] {
-            let want = nmap_word(
-                intent
-                    .first_match(Protocol::Tcp, port, source)
-                    .expect("managed")
-                    .state,
-                Protocol::Tcp,
-            );
-            assert_eq!(seen[&port], want, "tcp/{port} from {source} to {target}");
-        }
-        assert_eq!(
-            seen[&8083], "open",
-            "{target}: the unmanaged published port"
-        );
-    }
+    assert_published_ports_as_intended(
+        &scanner,
+        &node,
+        &intent,
+        &[8080, 8081, 8082],
+        8083,
+        "real Docker",
+    );
     for (k, &f) in Family::ALL.iter().enumerate() {
         assert_eq!(
             foreign_only(&save(&node, backend, f)),
