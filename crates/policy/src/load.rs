@@ -572,33 +572,17 @@ impl<'a> Share<'a> {
     }
 }
 
+/// Loads one file's text: its documents, decoded and validated, go to `accepted`; its
+/// problems to `found`, at most [`MAX_DIAGNOSTICS_PER_FILE`] errors and as many warnings.
 fn load_text(
     name: &str,
     text: Result<String, Diagnostic>,
     accepted: &mut Vec<Accepted>,
     found: &mut Problems,
 ) {
-    let source: std::sync::Arc<str> = match text {
-        Ok(s) => s.into(),
-        Err(d) => {
-            found.errors.push(d);
-            return;
-        }
-    };
-    if source.trim().is_empty() {
-        // A file with comments only is deliberate; one with nothing at all is what
-        // `render > policy.yaml` leaves when the render fails. Taking it for "no policies"
-        // would drop the policies it held.
-        found.errors.push(Diagnostic::file(
-            name,
-            "file is empty: it holds no documents (a render that failed, or a write cut short?)"
-                .into(),
-            Some(
-                "write its documents again, or delete the file if it is meant to hold none".into(),
-            ),
-        ));
+    let Some(source) = non_empty_source(name, text, found) else {
         return;
-    }
+    };
     let trees = match yaml::parse_stream(&source) {
         Ok(t) => t,
         Err(e) => {
@@ -615,43 +599,87 @@ fn load_text(
     let mut errors = Share::new(&mut found.errors);
     let mut warnings = Share::new(&mut found.warnings);
     for tree in trees {
-        let (doc, problems) = decode::decode(&tree);
-        for p in &problems {
-            errors.push(|| Diagnostic::at(name, &source, p.loc, p.message.clone(), p.help.clone()));
-        }
-        let Some(doc) = doc else { continue };
-        let validated = match &doc {
-            Document::Policy(p) => validate::policy(p).map(|p| (Valid::Policy(p), Vec::new())),
-            Document::Inventory(i) => validate::inventory(i)
-                .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
+        let at = Located {
+            file: file.clone(),
+            source: source.clone(),
+            tree,
         };
-        match validated {
-            Ok((value, said)) if problems.is_empty() => {
-                for w in said {
-                    let loc = tree.locate(&w.path);
-                    warnings
-                        .push(|| Diagnostic::at(name, &source, loc, w.message, w.help).warning());
-                }
-                accepted.push(Accepted {
-                    at: Located {
-                        file: file.clone(),
-                        source: source.clone(),
-                        tree,
-                    },
-                    value,
-                })
-            }
-            Ok(_) => {}
-            Err(issues) => {
-                let below_problem =
-                    |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
-                for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
-                    let loc = tree.locate(&i.path);
-                    errors.push(|| Diagnostic::at(name, &source, loc, i.message, i.help));
-                }
-            }
+        if let Some(value) = load_document(&at, &mut errors, &mut warnings) {
+            accepted.push(Accepted { at, value });
         }
     }
+    note_not_shown(name, errors, warnings);
+}
+
+/// The file's text, or `None` after reporting why there is none to load: it could not be
+/// read, or it is empty.
+fn non_empty_source(
+    name: &str,
+    text: Result<String, Diagnostic>,
+    found: &mut Problems,
+) -> Option<std::sync::Arc<str>> {
+    let source: std::sync::Arc<str> = match text {
+        Ok(s) => s.into(),
+        Err(d) => {
+            found.errors.push(d);
+            return None;
+        }
+    };
+    if source.trim().is_empty() {
+        // A file with comments only is deliberate; one with nothing at all is what
+        // `render > policy.yaml` leaves when the render fails. Taking it for "no policies"
+        // would drop the policies it held.
+        found.errors.push(Diagnostic::file(
+            name,
+            "file is empty: it holds no documents (a render that failed, or a write cut short?)"
+                .into(),
+            Some(
+                "write its documents again, or delete the file if it is meant to hold none".into(),
+            ),
+        ));
+        return None;
+    }
+    Some(source)
+}
+
+/// Decodes and validates one document of a file: its value when it has no problem; its
+/// problems (decoding first, then validation of what decoding left sound) and warnings go to
+/// the file's shares.
+fn load_document(at: &Located, errors: &mut Share<'_>, warnings: &mut Share<'_>) -> Option<Valid> {
+    let (name, source, tree) = (&*at.file, &at.source, &at.tree);
+    let (doc, problems) = decode::decode(tree);
+    for p in &problems {
+        errors.push(|| Diagnostic::at(name, source, p.loc, p.message.clone(), p.help.clone()));
+    }
+    let doc = doc?;
+    let validated = match &doc {
+        Document::Policy(p) => validate::policy(p).map(|p| (Valid::Policy(p), Vec::new())),
+        Document::Inventory(i) => validate::inventory(i)
+            .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
+    };
+    match validated {
+        Ok((value, said)) if problems.is_empty() => {
+            for w in said {
+                let loc = tree.locate(&w.path);
+                warnings.push(|| Diagnostic::at(name, source, loc, w.message, w.help).warning());
+            }
+            Some(value)
+        }
+        Ok(_) => None,
+        Err(issues) => {
+            let below_problem =
+                |path: &[PathSegment]| problems.iter().any(|p| path.starts_with(&p.path));
+            for i in issues.into_iter().filter(|i| !below_problem(&i.path)) {
+                let loc = tree.locate(&i.path);
+                errors.push(|| Diagnostic::at(name, source, loc, i.message, i.help));
+            }
+            None
+        }
+    }
+}
+
+/// One note per share that was used up, saying how many more were found in file `name`.
+fn note_not_shown(name: &str, errors: Share<'_>, warnings: Share<'_>) {
     if errors.more > 0 {
         // Documents count what they leave out themselves, so this count is a lower bound.
         errors.out.push(Diagnostic::file(
@@ -785,89 +813,32 @@ fn assemble(
     mut found: Problems,
     files: usize,
 ) -> Result<Loaded, Problems> {
-    let mut policies = Vec::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut inventories = 0;
-    let mut first_policy: BTreeMap<String, Place> = BTreeMap::new();
-    let mut first_node: BTreeMap<String, Place> = BTreeMap::new();
-    let mut first_address: HashMap<IpAddr, FirstAddress> = HashMap::new();
-    let name_path = [
-        PathSegment::Key("metadata".into()),
-        PathSegment::Key("name".into()),
-    ];
-    let mut report = CrossDocument {
-        out: &mut found.errors,
-        shown: 0,
-        unreported: None,
+    let mut set = Assembly {
+        report: CrossDocument {
+            out: &mut found.errors,
+            shown: 0,
+            unreported: None,
+        },
+        policies: Vec::new(),
+        nodes: Vec::new(),
+        inventories: 0,
+        first_policy: BTreeMap::new(),
+        first_node: BTreeMap::new(),
+        first_address: HashMap::new(),
     };
-    for Accepted { at: a, value } in accepted {
+    for Accepted { at, value } in accepted {
         match value {
-            Valid::Policy(p) => {
-                let loc = a.tree.locate(&name_path);
-                if let Some(first) = first_policy.get(&p.name) {
-                    report.push(&a.file, || {
-                        Diagnostic::at(
-                            &a.file,
-                            &a.source,
-                            loc,
-                            format!(
-                                "duplicate policy name \"{}\" (first defined at {first})",
-                                p.name
-                            ),
-                            Some("policy names must be unique; rename one of them".into()),
-                        )
-                    });
-                } else {
-                    let here = Place {
-                        file: a.file.clone(),
-                        loc,
-                    };
-                    first_policy.insert(p.name.clone(), here);
-                    policies.push(p);
-                }
-            }
-            Valid::Nodes(ns) => {
-                inventories += 1;
-                for (i, n) in ns.into_iter().enumerate() {
-                    let path = [
-                        PathSegment::Key("nodes".into()),
-                        PathSegment::Index(i),
-                        PathSegment::Key("name".into()),
-                    ];
-                    let loc = a.tree.locate(&path);
-                    if let Some(first) = first_node.get(&n.name) {
-                        report.push(&a.file, || {
-                            Diagnostic::at(
-                                &a.file,
-                                &a.source,
-                                loc,
-                                format!(
-                                    "duplicate node name \"{}\" (first defined at {first})",
-                                    n.name
-                                ),
-                                None,
-                            )
-                        });
-                        continue;
-                    }
-                    let here = Place {
-                        file: a.file.clone(),
-                        loc,
-                    };
-                    first_node.insert(n.name.clone(), here);
-                    check_addresses(
-                        &a,
-                        i,
-                        &n,
-                        (nodes.len(), &nodes),
-                        &mut first_address,
-                        &mut report,
-                    );
-                    nodes.push(n);
-                }
-            }
+            Valid::Policy(p) => set.take_policy(&at, p),
+            Valid::Nodes(ns) => set.take_nodes(&at, ns),
         }
     }
+    let Assembly {
+        report,
+        policies,
+        nodes,
+        inventories,
+        ..
+    } = set;
     report.finish();
     if !found.errors.is_empty() {
         return Err(found);
@@ -879,6 +850,93 @@ fn assemble(
         inventories,
         files,
     })
+}
+
+/// The documents taken so far, in file order, and where each name and address was first
+/// defined.
+struct Assembly<'a> {
+    report: CrossDocument<'a>,
+    policies: Vec<Policy>,
+    nodes: Vec<Node>,
+    inventories: usize,
+    first_policy: BTreeMap<String, Place>,
+    first_node: BTreeMap<String, Place>,
+    first_address: HashMap<IpAddr, FirstAddress>,
+}
+
+impl Assembly<'_> {
+    /// Takes policy `p`, or reports it as a duplicate of an earlier one of the same name.
+    fn take_policy(&mut self, a: &Located, p: Policy) {
+        let name_path = [
+            PathSegment::Key("metadata".into()),
+            PathSegment::Key("name".into()),
+        ];
+        let loc = a.tree.locate(&name_path);
+        if let Some(first) = self.first_policy.get(&p.name) {
+            self.report.push(&a.file, || {
+                Diagnostic::at(
+                    &a.file,
+                    &a.source,
+                    loc,
+                    format!(
+                        "duplicate policy name \"{}\" (first defined at {first})",
+                        p.name
+                    ),
+                    Some("policy names must be unique; rename one of them".into()),
+                )
+            });
+            return;
+        }
+        let here = Place {
+            file: a.file.clone(),
+            loc,
+        };
+        self.first_policy.insert(p.name.clone(), here);
+        self.policies.push(p);
+    }
+
+    /// Takes the nodes of one inventory, reporting each whose name an earlier node has, and
+    /// each address an earlier node has.
+    fn take_nodes(&mut self, a: &Located, nodes: Vec<Node>) {
+        self.inventories += 1;
+        for (i, n) in nodes.into_iter().enumerate() {
+            let path = [
+                PathSegment::Key("nodes".into()),
+                PathSegment::Index(i),
+                PathSegment::Key("name".into()),
+            ];
+            let loc = a.tree.locate(&path);
+            if let Some(first) = self.first_node.get(&n.name) {
+                self.report.push(&a.file, || {
+                    Diagnostic::at(
+                        &a.file,
+                        &a.source,
+                        loc,
+                        format!(
+                            "duplicate node name \"{}\" (first defined at {first})",
+                            n.name
+                        ),
+                        None,
+                    )
+                });
+                continue;
+            }
+            let here = Place {
+                file: a.file.clone(),
+                loc,
+            };
+            self.first_node.insert(n.name.clone(), here);
+            check_addresses(
+                a,
+                i,
+                &n,
+                (self.nodes.len(), &self.nodes),
+                &mut self.first_address,
+                &mut self.report,
+            );
+            self.nodes.push(n);
+        }
+    }
 }
 
 #[cfg(test)]
