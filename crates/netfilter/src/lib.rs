@@ -62,6 +62,8 @@
 //!   write and read-back), and one agent.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`].
+//! * `fuzzing` — the checks of the `iptables_save` fuzz target and its corpus replay (feature
+//!   `fuzzing`; not part of the API).
 
 pub mod addresses;
 pub mod backend;
@@ -71,6 +73,9 @@ mod error;
 pub mod failsafe;
 pub mod foreign_nft;
 pub mod forwarding;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lockwait;
 pub mod mixed;
 pub mod native;
