@@ -28,7 +28,6 @@
 //! backend, `iptables-legacy-save` loads the `ip_tables` modules (kube-proxy's wrapper does the
 //! same). Pass `--backend nft|legacy` to avoid probing.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -37,34 +36,9 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::chains;
-use crate::render::Family;
+pub use crate::place::Backend;
+use crate::place::Family;
 use crate::save::Ruleset;
-
-/// An iptables backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// iptables-nft: iptables rules stored as nftables objects.
-    Nft,
-    /// iptables-legacy: the x_tables kernel interface.
-    Legacy,
-}
-
-impl Backend {
-    /// `nft` or `legacy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The `--backend` choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,16 +274,6 @@ pub struct Detection {
     /// The other backend, when it holds portwarden's chains or jump (or its filter table cannot
     /// be printed, so it may): apply moves them to `backend`, reset removes them.
     pub ours_elsewhere: Option<Backend>,
-}
-
-impl Backend {
-    /// The other backend.
-    pub fn other(self) -> Backend {
-        match self {
-            Backend::Nft => Backend::Legacy,
-            Backend::Legacy => Backend::Nft,
-        }
-    }
 }
 
 /// Picks the backend: the fixed one, or the one holding more of the host's rules (IPv4 and IPv6

@@ -34,7 +34,8 @@ use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
 use serde::Serialize;
 
 use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN, Path};
-use crate::render::{Desired, Family};
+use crate::place::Family;
+use crate::render::Desired;
 use crate::save::{Ruleset, tokens};
 
 /// Where portwarden's jump from `INPUT` stands.
@@ -60,12 +61,12 @@ pub enum JumpState {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct EntryRef {
     /// Policy name.
-    #[serde(serialize_with = "crate::plan::ser_str")]
+    #[serde(serialize_with = "crate::ser::ser_str")]
     pub policy: Arc<str>,
     /// Entry index (0-based).
     pub entry: usize,
     /// The entry's intended state.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
 }
 

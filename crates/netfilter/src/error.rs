@@ -2,7 +2,7 @@
 
 use std::io;
 
-use crate::render::Family;
+use crate::place::Family;
 
 /// What went wrong while reading, planning or writing netfilter rules.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ pub enum Error {
     )]
     Cleanup {
         /// The backend cleaned.
-        backend: crate::Backend,
+        backend: crate::place::Backend,
         /// Family.
         family: Family,
         /// What was written before (`; the legacy backend's rules ... confirmed ...`), or empty.

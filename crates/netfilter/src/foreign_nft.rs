@@ -104,7 +104,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::failsafe::Failsafe;
-use crate::render::Family;
+use crate::place::Family;
 
 /// The table names iptables-nft writes (in families `ip` and `ip6`).
 pub const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
@@ -1478,15 +1478,15 @@ pub struct ForeignFinding {
     /// Family.
     pub family: Family,
     /// Protocol.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub protocol: Protocol,
     /// The ports it applies to (a part of one entry's range).
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub ports: PortRange,
     /// The entry's source, when it has one.
     pub source: Option<IpNet>,
     /// What portwarden's rules give these ports.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
     /// The policy and entry (0-based) whose ports these are.
     pub policy: String,

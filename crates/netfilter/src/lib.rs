@@ -42,6 +42,7 @@
 //!
 //! # Layout
 //!
+//! * `place` — [`Family`] and [`Backend`]: the address family and iptables backend of a table.
 //! * [`chains`] — every chain name and comment; ownership test; bucket layout; the two paths.
 //! * [`addresses`] — the node's own addresses, for the forward path.
 //! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
@@ -64,6 +65,8 @@
 //! * `error` — [`Error`].
 //! * `fuzzing` — the checks of the `iptables_save` fuzz target and its corpus replay (feature
 //!   `fuzzing`; not part of the API).
+//! * `ser` — how policy types (names, protocols, states, port ranges) are written in plans'
+//!   JSON.
 
 pub mod addresses;
 pub mod backend;
@@ -80,9 +83,11 @@ pub mod lockwait;
 pub mod mixed;
 pub mod native;
 mod netfilter;
+mod place;
 pub mod plan;
 pub mod render;
 pub mod save;
+mod ser;
 pub mod writer;
 
 pub use backend::{Backend, BackendChoice, Detection};

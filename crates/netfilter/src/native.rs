@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::chains::{self, Path};
 use crate::diff::{Kept, Lookalike, LookalikeKind};
-use crate::render::Family;
+use crate::place::Family;
 
 /// nftables' name of the family of iptables-nft's tables: `ip` or `ip6`.
 pub fn nft_family(family: Family) -> &'static str {

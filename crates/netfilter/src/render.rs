@@ -71,65 +71,26 @@ use crate::chains::{
     self, FORWARD_CHAIN, FORWARD_PORTS_CHAIN, INPUT_CHAIN, LEAF_PORTS, LEVEL1_PORTS, Path,
 };
 use crate::failsafe::{Failsafe, FailsafePort};
+pub use crate::place::Family;
 use crate::save::quote;
-
-/// An address family, with its own tables and tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// IPv4: `iptables`.
-    Ipv4,
-    /// IPv6: `ip6tables`.
-    Ipv6,
-}
-
-impl Family {
-    /// Both families, IPv4 first.
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
-    /// The command name prefix: `iptables` or `ip6tables`.
-    pub fn tool(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "iptables",
-            Family::Ipv6 => "ip6tables",
-        }
-    }
-
-    /// Whether a source network belongs to this family.
-    pub fn holds(self, net: &IpNet) -> bool {
-        matches!(
-            (self, net),
-            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
-        )
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "IPv4",
-            Family::Ipv6 => "IPv6",
-        })
-    }
-}
 
 /// A policy entry that tries to block a failsafe port. The failsafe ports are cut out of the
 /// rendered rules; the rest of the entry is enforced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Conflict {
     /// Policy name.
-    #[serde(serialize_with = "crate::plan::ser_str")]
+    #[serde(serialize_with = "crate::ser::ser_str")]
     pub policy: Arc<str>,
     /// Entry index in the policy (0-based).
     pub entry: usize,
     /// Protocol of the entry.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub protocol: Protocol,
     /// The entry's port range.
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub ports: PortRange,
     /// The blocking state it asks for.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
     /// Source, when the entry has one.
     pub source: Option<IpNet>,
