@@ -62,7 +62,7 @@
 //! * [`writer`] — one writer per network namespace at a time (a lock held across read, plan,
 //!   write and read-back), and one agent.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
-//! * `error` — [`Error`].
+//! * `error` — [`Error`], and the [`ErrorKind`] a caller may act on.
 //! * `fuzzing` — the checks of the `iptables_save` fuzz target and its corpus replay (feature
 //!   `fuzzing`; not part of the API).
 //! * `ser` — how policy types (names, protocols, states, port ranges) are written in plans'
@@ -94,7 +94,7 @@ pub use backend::{Backend, BackendChoice, Detection};
 pub use diff::{
     DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
 };
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use foreign_nft::{
     ForeignDecision, ForeignFinding, ForeignRead, ForeignTables, Hook, Packet, Verdict,

@@ -764,18 +764,11 @@ impl Netfilter {
         };
         let mut notes = Vec::new();
         for fp in done.iter().rev() {
-            let outcome = self.tools(fp.family).ok_or(()).and_then(|t| {
-                let now = self.read(fp.family).map_err(|_| ())?;
-                let back = diff(&fp.before, &now, None);
-                if back.is_converged() {
-                    return Ok(());
-                }
-                self.restore(fp.family, t, &back.restore).map_err(|_| ())
-            });
-            notes.push(match outcome {
+            notes.push(match self.roll_back_family(fp) {
                 Ok(()) => format!("{} was rolled back to its previous rules", fp.family),
-                Err(()) => format!(
-                    "{} was applied and could not be rolled back; rerun apply once the cause is fixed",
+                Err(why) => format!(
+                    "{} was applied and could not be rolled back ({why}); rerun apply once the \
+                     cause is fixed",
                     fp.family
                 ),
             });
@@ -787,6 +780,26 @@ impl Netfilter {
             failed_line,
             earlier: notes.iter().map(|n| format!("; {n}")).collect(),
         }
+    }
+
+    /// Returns one family already written to portwarden's part of it as planned (`fp.before`):
+    /// read it again, and write the difference back in one transaction.
+    ///
+    /// # Errors
+    /// Why it could not: the family's tools are gone, or the read or the transaction failed.
+    fn roll_back_family(&self, fp: &FamilyPlan) -> Result<(), Error> {
+        let Some(t) = self.tools(fp.family) else {
+            return Err(Error::ToolMissing {
+                tool: format!("{}-restore", fp.family.tool()),
+                purpose: "roll back a family already written",
+            });
+        };
+        let now = self.read(fp.family)?;
+        let back = diff(&fp.before, &now, None);
+        if back.is_converged() {
+            return Ok(());
+        }
+        self.restore(fp.family, t, &back.restore)
     }
 
     /// Removes every chain of portwarden's and its jump, in every managed family of both
