@@ -50,6 +50,8 @@
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
+//! * `foreign_rule` — what a foreign iptables rule matches and decides, for the shadowing
+//!   [`mod@diff`] reports (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
@@ -75,6 +77,7 @@ pub mod diff;
 mod error;
 pub mod failsafe;
 pub mod foreign_nft;
+mod foreign_rule;
 pub mod forwarding;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
