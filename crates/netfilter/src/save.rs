@@ -187,36 +187,8 @@ impl Ruleset {
             };
             if line == "COMMIT" {
                 open = false;
-            } else if let Some(decl) = line.strip_prefix(':') {
-                let mut parts = decl.split_whitespace();
-                let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
-                    return Err(bad("chain declaration without a policy"));
-                };
-                if chain_index.contains_key(name) {
-                    return Err(bad("chain declared twice in this table"));
-                }
-                chain_index.insert(name.to_string(), table.chains.len());
-                table.chains.push(Chain {
-                    name: name.to_string(),
-                    policy: (policy != "-").then(|| policy.to_string()),
-                    rules: Vec::new(),
-                });
             } else {
-                let (counters, rest) = split_counters(line).map_err(&bad)?;
-                let Some(rest) = rest.strip_prefix("-A ") else {
-                    return Err(bad("expected a chain (:), a rule (-A) or COMMIT"));
-                };
-                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-                let Some(c) = chain_index
-                    .get(chain)
-                    .and_then(|&i| table.chains.get_mut(i))
-                else {
-                    return Err(bad("rule for a chain that was not declared"));
-                };
-                c.rules.push(SavedRule {
-                    spec: spec.trim().to_string(),
-                    counters,
-                });
+                table_line(table, &mut chain_index, line).map_err(&bad)?;
             }
         }
         if open {
@@ -231,6 +203,50 @@ impl Ruleset {
             incompatible,
         })
     }
+}
+
+/// Reads one line of an open table other than `COMMIT`: a chain declaration or a rule (of a
+/// declared chain; `chain_index` maps the table's chain names to their index).
+///
+/// # Errors
+/// What is wrong with the line.
+fn table_line(
+    table: &mut Table,
+    chain_index: &mut HashMap<String, usize>,
+    line: &str,
+) -> Result<(), &'static str> {
+    if let Some(decl) = line.strip_prefix(':') {
+        let mut parts = decl.split_whitespace();
+        let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
+            return Err("chain declaration without a policy");
+        };
+        if chain_index.contains_key(name) {
+            return Err("chain declared twice in this table");
+        }
+        chain_index.insert(name.to_string(), table.chains.len());
+        table.chains.push(Chain {
+            name: name.to_string(),
+            policy: (policy != "-").then(|| policy.to_string()),
+            rules: Vec::new(),
+        });
+        return Ok(());
+    }
+    let (counters, rest) = split_counters(line)?;
+    let Some(rest) = rest.strip_prefix("-A ") else {
+        return Err("expected a chain (:), a rule (-A) or COMMIT");
+    };
+    let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+    let Some(c) = chain_index
+        .get(chain)
+        .and_then(|&i| table.chains.get_mut(i))
+    else {
+        return Err("rule for a chain that was not declared");
+    };
+    c.rules.push(SavedRule {
+        spec: spec.trim().to_string(),
+        counters,
+    });
+    Ok(())
 }
 
 /// The ruleset in `iptables-save -c` form: what [`Ruleset::parse`] reads back to the same
