@@ -8,7 +8,7 @@ use crate::save::{MAX_QUOTED_CHARS, Ruleset, to_save_text};
 use crate::{Error, Failsafe, Family, Plan};
 
 /// The `iptables_save` target on one input. Invariants: a parse error is located (1-based
-/// line) and quotes at most [`MAX_QUOTED_CHARS`] characters of the line; a parsed dump printed
+/// line) and quotes at most `save::MAX_QUOTED_CHARS` characters of the line; a parsed dump printed
 /// again ([`to_save_text`]) parses to the same ruleset; planning against it (for a fixture
 /// policy, and a reset) completes and writes nothing but portwarden's own chains and jump
 /// (look-alikes are never written).

@@ -1,7 +1,7 @@
 //! Where rules live: the two coordinates of every table portwarden reads or writes, an
 //! address [`Family`] (its tools: `iptables`, `ip6tables`) and an iptables [`Backend`] (nft or
 //! legacy). Leaf types: the error type and every module name them without depending on
-//! rendering ([`crate::render`]) or backend detection ([`crate::backend`]).
+//! rendering ([`mod@crate::render`]) or backend detection ([`crate::backend`]).
 
 use std::fmt;
 
