@@ -1,5 +1,5 @@
 //! `iptables-save` output through the parser, printed back and parsed again, then planned
-//! against; invariants in `portwarden_netfilter::save::fuzz_check`.
+//! against; invariants in `portwarden_netfilter::fuzzing::iptables_save`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| portwarden_netfilter::save::fuzz_check(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| portwarden_netfilter::fuzzing::iptables_save(data));

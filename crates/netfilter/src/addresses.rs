@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use crate::render::Family;
+use crate::place::Family;
 
 /// What the forward path needs to know of the node, read in the calling thread's network
 /// namespace ([`Host::read`]).

@@ -28,7 +28,6 @@
 //! backend, `iptables-legacy-save` loads the `ip_tables` modules (kube-proxy's wrapper does the
 //! same). Pass `--backend nft|legacy` to avoid probing.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -37,34 +36,9 @@ use serde::Serialize;
 
 use crate::Error;
 use crate::chains;
-use crate::render::Family;
+pub use crate::place::Backend;
+use crate::place::Family;
 use crate::save::Ruleset;
-
-/// An iptables backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// iptables-nft: iptables rules stored as nftables objects.
-    Nft,
-    /// iptables-legacy: the x_tables kernel interface.
-    Legacy,
-}
-
-impl Backend {
-    /// `nft` or `legacy`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The `--backend` choice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -302,16 +276,6 @@ pub struct Detection {
     pub ours_elsewhere: Option<Backend>,
 }
 
-impl Backend {
-    /// The other backend.
-    pub fn other(self) -> Backend {
-        match self {
-            Backend::Nft => Backend::Legacy,
-            Backend::Legacy => Backend::Nft,
-        }
-    }
-}
-
 /// Picks the backend: the fixed one, or the one holding more of the host's rules (IPv4 and IPv6
 /// together, portwarden's own not counted), on a tie the one holding portwarden's rules, else
 /// the one the host's `iptables` command uses (nft when that says nothing). Also says whether
@@ -321,58 +285,76 @@ impl Backend {
 /// # Errors
 /// [`Error::ToolMissing`] when neither backend's tools are installed (or the fixed one's).
 pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Error> {
-    let elsewhere = |b: Backend, there: Census, reason: String| {
-        let other = b.other();
-        let (ours_elsewhere, reason) = if there.ours {
-            (
-                Some(other),
-                format!(
-                    "{reason}; portwarden's rules are also in the {other} backend: apply moves \
-                     them to {b}"
-                ),
-            )
-        } else if there.hidden {
-            (
-                Some(other),
-                format!(
-                    "{reason}; iptables cannot print the {other} backend's filter table: \
-                     portwarden looks for its rules there with `nft`"
-                ),
-            )
-        } else {
-            (None, reason)
-        };
-        Detection {
-            backend: b,
-            reason,
-            ours_elsewhere,
-        }
-    };
     if let BackendChoice::Fixed(b) = choice {
         tools(b, Family::Ipv4, dir)?;
         let there = probe(b.other(), dir);
-        return Ok(elsewhere(b, there, "chosen with --backend".into()));
+        return Ok(detection(b, there, "chosen with --backend".into()));
     }
-    let count = |b: Backend| -> Option<Census> {
-        let mut n = Census::default();
-        let mut any = false;
-        for f in Family::ALL {
-            if let Ok(t) = tools(b, f, dir)
-                && let Ok(rs) = read_save(&t, f, &[])
-            {
-                n.add(Census::of(&rs));
-                any = true;
-            }
-        }
-        any.then_some(n)
+    let (nft_census, legacy_census) = (census(Backend::Nft, dir), census(Backend::Legacy, dir));
+    let (backend, reason) = choose(nft_census, legacy_census, dir)?;
+    let there = match backend.other() {
+        Backend::Nft => nft_census,
+        Backend::Legacy => legacy_census,
     };
-    let (nft_census, legacy_census) = (count(Backend::Nft), count(Backend::Legacy));
+    Ok(detection(backend, there.unwrap_or_default(), reason))
+}
+
+/// The [`Detection`] of `b`, chosen for `reason`, the other backend holding `there`.
+fn detection(b: Backend, there: Census, reason: String) -> Detection {
+    let other = b.other();
+    let (ours_elsewhere, reason) = if there.ours {
+        (
+            Some(other),
+            format!(
+                "{reason}; portwarden's rules are also in the {other} backend: apply moves \
+                 them to {b}"
+            ),
+        )
+    } else if there.hidden {
+        (
+            Some(other),
+            format!(
+                "{reason}; iptables cannot print the {other} backend's filter table: \
+                 portwarden looks for its rules there with `nft`"
+            ),
+        )
+    } else {
+        (None, reason)
+    };
+    Detection {
+        backend: b,
+        reason,
+        ours_elsewhere,
+    }
+}
+
+/// What `b` holds in both families together (one full `*-save` run each); `None` when none of
+/// its tools could be run.
+fn census(b: Backend, dir: Option<&Path>) -> Option<Census> {
+    let mut n = Census::default();
+    let mut any = false;
+    for f in Family::ALL {
+        if let Ok(t) = tools(b, f, dir)
+            && let Ok(rs) = read_save(&t, f, &[])
+        {
+            n.add(Census::of(&rs));
+            any = true;
+        }
+    }
+    any.then_some(n)
+}
+
+/// The automatic choice between the backends' censuses, and why (see [`detect`]).
+///
+/// # Errors
+/// [`Error::ToolMissing`] when neither backend could be read.
+fn choose(
+    nft_census: Option<Census>,
+    legacy_census: Option<Census>,
+    dir: Option<&Path>,
+) -> Result<(Backend, String), Error> {
     let nft = nft_census.map(|c| c.foreign);
     let legacy = legacy_census.map(|c| c.foreign);
-    let ours_in = |b: Backend| match b {
-        Backend::Nft => nft_census.is_some_and(|c| c.may_hold_ours()),
-        Backend::Legacy => legacy_census.is_some_and(|c| c.may_hold_ours()),
-    };
     // A filter table iptables cannot print hides the host's rules in it (counted as none):
     // that backend is the host's, whatever the other holds; plan and apply then refuse it.
     let hidden: Vec<Backend> = [(Backend::Nft, nft_census), (Backend::Legacy, legacy_census)]
@@ -380,7 +362,7 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
         .filter(|(_, c)| c.is_some_and(|c| c.hidden))
         .map(|(b, _)| b)
         .collect();
-    let (backend, reason) = match (nft, legacy) {
+    Ok(match (nft, legacy) {
         _ if hidden.len() == 1 => (
             hidden[0],
             format!(
@@ -413,6 +395,10 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
             format!("legacy holds {l} of the host's rules, nft {n}"),
         ),
         (Some(n), Some(_)) => {
+            let ours_in = |b: Backend| match b {
+                Backend::Nft => nft_census.is_some_and(|c| c.may_hold_ours()),
+                Backend::Legacy => legacy_census.is_some_and(|c| c.may_hold_ours()),
+            };
             let with_ours = [Backend::Nft, Backend::Legacy]
                 .into_iter()
                 .filter(|&b| ours_in(b))
@@ -431,12 +417,7 @@ pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Er
                 }
             }
         }
-    };
-    let there = match backend.other() {
-        Backend::Nft => nft_census,
-        Backend::Legacy => legacy_census,
-    };
-    Ok(elsewhere(backend, there.unwrap_or_default(), reason))
+    })
 }
 
 #[cfg(test)]

@@ -26,16 +26,17 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
-use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
+use portwarden_policy::{NodeIntent, State};
 use serde::Serialize;
 
 use crate::chains::{self, HOOK_CHAIN, INPUT_CHAIN, Path};
-use crate::render::{Desired, Family};
-use crate::save::{Ruleset, tokens};
+use crate::foreign_rule;
+pub use crate::foreign_rule::target_of;
+use crate::place::Family;
+use crate::render::Desired;
+use crate::save::{Chain, Ruleset, tokens};
 
 /// Where portwarden's jump from `INPUT` stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,12 +61,12 @@ pub enum JumpState {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct EntryRef {
     /// Policy name.
-    #[serde(serialize_with = "crate::plan::ser_str")]
+    #[serde(serialize_with = "crate::ser::ser_str")]
     pub policy: Arc<str>,
     /// Entry index (0-based).
     pub entry: usize,
     /// The entry's intended state.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
 }
 
@@ -326,134 +327,237 @@ impl fmt::Display for DriftKind {
 /// * An empty restore input (and empty `add`/`delete`) exactly when portwarden's chains and jump
 ///   already match `desired` token for token (a kept chain counts as matching once empty).
 pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -> FamilyPlan {
-    let tool = desired.family.tool();
     let empty = Vec::new();
     let filter_chains = current.table("filter").map_or(&empty, |t| &t.chains);
+    let outside = Outside::read(desired.family, filter_chains);
+    let mut change = Change::new(desired.family.tool());
+    change.rewrite_wanted(desired, filter_chains);
+    let kept = change.drop_unwanted(desired, filter_chains, &outside.foreign_refs);
+    let jump = change.jump(desired, &outside.jumps, Path::Input);
+    let forward_jump = change.jump(desired, &outside.jumps, Path::Forward);
+    let shadowing = intent.map_or_else(Vec::new, |intent| {
+        shadowing(desired.family, filter_chains, &outside.jumps, intent)
+    });
+    let restore = change.restore_text();
+    FamilyPlan {
+        family: desired.family,
+        chains: change.flush.iter().map(|s| s.to_string()).collect(),
+        add: change.add,
+        delete: change.delete,
+        jump,
+        forward_jump,
+        shadowing,
+        lookalikes: outside.lookalikes,
+        kept,
+        restore,
+        desired: desired.clone(),
+        before: before(desired.family, filter_chains, &outside.jumps),
+    }
+}
 
-    let mut add = Vec::new();
-    let mut delete = Vec::new();
-    let mut flush: Vec<&str> = Vec::new();
-    let mut write_rules = String::new();
-    let mut remove: Vec<&str> = Vec::new();
+/// One of portwarden's jumps as found: the chain holding it, its 0-based position there, and
+/// its specification.
+type FoundJump<'a> = (&'a str, usize, &'a str);
 
-    let current_owned: HashMap<&str, &crate::save::Chain> = filter_chains
-        .iter()
-        .filter(|c| chains::is_owned(&c.name))
-        .map(|c| (c.name.as_str(), c))
-        .collect();
-    let wanted: HashSet<&str> = desired.chains.iter().map(|(n, _)| n.as_str()).collect();
+/// What the chains that are not portwarden's hold of interest: portwarden's jumps (normally
+/// just one, at `INPUT#1`), what only looks like portwarden's, and the foreign rules that jump
+/// into portwarden's chains (they keep those chains alive).
+struct Outside<'a> {
+    jumps: Vec<FoundJump<'a>>,
+    lookalikes: Vec<Lookalike>,
+    /// Chain of portwarden's -> the foreign rules jumping to it, as `CHAIN#POSITION`.
+    foreign_refs: HashMap<&'a str, Vec<String>>,
+}
 
-    // Outside our chains: our jumps (normally just one, at INPUT#1), and what only looks like
-    // ours. Foreign rules that jump into our chains keep those chains alive.
-    let mut refs: Vec<(&str, usize, &str)> = Vec::new();
-    let mut lookalikes: Vec<Lookalike> = Vec::new();
-    let mut foreign_refs: HashMap<&str, Vec<String>> = HashMap::new();
-    for c in filter_chains.iter().filter(|c| !chains::is_owned(&c.name)) {
-        if chains::is_lookalike_chain(&c.name) {
-            lookalikes.push(Lookalike {
-                family: desired.family,
-                kind: LookalikeKind::Chain,
-                chain: c.name.clone(),
-                position: None,
-                rule: None,
-            });
+impl<'a> Outside<'a> {
+    /// Reads every chain of `filter_chains` that portwarden does not own.
+    fn read(family: Family, filter_chains: &'a [Chain]) -> Outside<'a> {
+        let mut outside = Outside {
+            jumps: Vec::new(),
+            lookalikes: Vec::new(),
+            foreign_refs: HashMap::new(),
+        };
+        for c in filter_chains.iter().filter(|c| !chains::is_owned(&c.name)) {
+            if chains::is_lookalike_chain(&c.name) {
+                outside.lookalikes.push(Lookalike {
+                    family,
+                    kind: LookalikeKind::Chain,
+                    chain: c.name.clone(),
+                    position: None,
+                    rule: None,
+                });
+            }
+            for (i, r) in c.rules.iter().enumerate() {
+                outside.rule(family, c, i, &r.spec);
+            }
         }
-        for (i, r) in c.rules.iter().enumerate() {
-            let Some(target) = target_of(&r.spec) else {
-                continue;
-            };
-            let kind = if chains::is_owned(target) {
-                if chains::is_our_jump(&c.name, &r.spec) {
-                    refs.push((&c.name, i, &r.spec));
-                    continue;
-                }
-                foreign_refs
-                    .entry(target)
-                    .or_default()
-                    .push(format!("{}#{}", c.name, i + 1));
-                LookalikeKind::JumpToOurs
-            } else if chains::is_lookalike_chain(target) {
-                LookalikeKind::JumpToLookalike
-            } else {
-                continue;
-            };
-            lookalikes.push(Lookalike {
-                family: desired.family,
-                kind,
-                chain: c.name.clone(),
-                position: Some(i + 1),
-                rule: Some(r.spec.clone()),
-            });
-        }
+        outside
     }
 
-    for (name, rules) in &desired.chains {
-        let same = current_owned.get(name.as_str()).map(|c| {
-            c.rules.len() == rules.len()
-                && c.rules
-                    .iter()
-                    .zip(rules)
-                    .all(|(a, b)| same_rule(&a.spec, b))
+    /// Files rule `i` (0-based) of the foreign chain `c`, when it jumps somewhere that matters.
+    fn rule(&mut self, family: Family, c: &'a Chain, i: usize, spec: &'a str) {
+        let Some(target) = target_of(spec) else {
+            return;
+        };
+        let kind = if chains::is_owned(target) {
+            if chains::is_our_jump(&c.name, spec) {
+                self.jumps.push((&c.name, i, spec));
+                return;
+            }
+            self.foreign_refs
+                .entry(target)
+                .or_default()
+                .push(format!("{}#{}", c.name, i + 1));
+            LookalikeKind::JumpToOurs
+        } else if chains::is_lookalike_chain(target) {
+            LookalikeKind::JumpToLookalike
+        } else {
+            return;
+        };
+        self.lookalikes.push(Lookalike {
+            family,
+            kind,
+            chain: c.name.clone(),
+            position: Some(i + 1),
+            rule: Some(spec.to_string()),
         });
-        match same {
-            Some(true) => continue,
-            None => {
-                add.push(format!("{tool} -N {name}"));
-                add.extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
-            }
-            Some(false) => {
-                let have: Vec<&str> = current_owned[name.as_str()]
-                    .rules
-                    .iter()
-                    .map(|r| r.spec.as_str())
-                    .collect();
-                let (plus, minus) = multiset_diff(rules, &have);
-                if plus.is_empty() && minus.is_empty() {
-                    // same rules, new order: show the whole chain as replaced
-                    delete.extend(have.iter().map(|r| format!("{tool} -D {name} {r}")));
-                    add.extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
-                } else {
-                    delete.extend(minus.iter().map(|r| format!("{tool} -D {name} {r}")));
-                    add.extend(plus.iter().map(|r| format!("{tool} -A {name} {r}")));
-                }
-            }
-        }
-        flush.push(name);
-        for r in rules {
-            let _ = writeln!(write_rules, "-A {name} {r}");
-        }
     }
-    let mut kept = Vec::new();
-    for c in filter_chains.iter().filter(|c| chains::is_owned(&c.name)) {
-        if wanted.contains(c.name.as_str()) {
-            continue;
+}
+
+/// The change being built for one family: what plans show (`add`, `delete`), and the parts of
+/// the restore input (see the module docs for their order).
+struct Change<'a> {
+    tool: &'static str,
+    add: Vec<String>,
+    delete: Vec<String>,
+    /// Chains declared in the transaction: created, or flushed (then rewritten, emptied or
+    /// deleted).
+    flush: Vec<&'a str>,
+    /// The rewritten chains' rules, as `-A CHAIN ...` lines.
+    write_rules: String,
+    /// The deletes and inserts of portwarden's jumps.
+    jump_lines: String,
+    /// Chains deleted (`-X`), after everything else.
+    remove: Vec<&'a str>,
+}
+
+impl<'a> Change<'a> {
+    fn new(tool: &'static str) -> Change<'a> {
+        Change {
+            tool,
+            add: Vec::new(),
+            delete: Vec::new(),
+            flush: Vec::new(),
+            write_rules: String::new(),
+            jump_lines: String::new(),
+            remove: Vec::new(),
         }
-        delete.extend(
-            c.rules
-                .iter()
-                .map(|r| format!("{tool} -D {} {}", c.name, r.spec)),
-        );
-        if let Some(by) = foreign_refs.get(c.name.as_str()) {
-            // In use by a foreign rule: the kernel would refuse -X (and fail the whole
-            // transaction); emptied, it decides nothing.
-            kept.push(Kept {
-                family: desired.family,
-                chain: c.name.clone(),
-                referenced_by: by.clone(),
-            });
-            if !c.rules.is_empty() {
-                flush.push(&c.name);
-            }
-            continue;
-        }
-        delete.push(format!("{tool} -X {}", c.name));
-        flush.push(&c.name);
-        remove.push(&c.name);
     }
 
-    let mut jump_lines = String::new();
-    let mut jump_state = |path: Path| {
-        let ours: Vec<&(&str, usize, &str)> = refs
+    /// Rewrites every wanted chain whose rules differ from what `filter_chains` holds (or that
+    /// is missing), showing the rules added and deleted.
+    fn rewrite_wanted(&mut self, desired: &'a Desired, filter_chains: &[Chain]) {
+        let tool = self.tool;
+        let current_owned: HashMap<&str, &Chain> = filter_chains
+            .iter()
+            .filter(|c| chains::is_owned(&c.name))
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        for (name, rules) in &desired.chains {
+            let same = current_owned.get(name.as_str()).map(|c| {
+                c.rules.len() == rules.len()
+                    && c.rules
+                        .iter()
+                        .zip(rules)
+                        .all(|(a, b)| same_rule(&a.spec, b))
+            });
+            match same {
+                Some(true) => continue,
+                None => {
+                    self.add.push(format!("{tool} -N {name}"));
+                    self.add
+                        .extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
+                }
+                Some(false) => {
+                    let have: Vec<&str> = current_owned[name.as_str()]
+                        .rules
+                        .iter()
+                        .map(|r| r.spec.as_str())
+                        .collect();
+                    self.show_rewrite(name, rules, &have);
+                }
+            }
+            self.flush.push(name);
+            for r in rules {
+                let _ = writeln!(self.write_rules, "-A {name} {r}");
+            }
+        }
+    }
+
+    /// Shows the rewrite of chain `name` from `have` to `rules` as the rules added and deleted.
+    fn show_rewrite(&mut self, name: &str, rules: &[String], have: &[&str]) {
+        let tool = self.tool;
+        let (plus, minus) = multiset_diff(rules, have);
+        if plus.is_empty() && minus.is_empty() {
+            // same rules, new order: show the whole chain as replaced
+            self.delete
+                .extend(have.iter().map(|r| format!("{tool} -D {name} {r}")));
+            self.add
+                .extend(rules.iter().map(|r| format!("{tool} -A {name} {r}")));
+        } else {
+            self.delete
+                .extend(minus.iter().map(|r| format!("{tool} -D {name} {r}")));
+            self.add
+                .extend(plus.iter().map(|r| format!("{tool} -A {name} {r}")));
+        }
+    }
+
+    /// Deletes every chain of portwarden's that `desired` does not want, except those a foreign
+    /// rule jumps to (`foreign_refs`): the kernel would refuse `-X` (and fail the whole
+    /// transaction), so they are emptied, and returned.
+    fn drop_unwanted(
+        &mut self,
+        desired: &Desired,
+        filter_chains: &'a [Chain],
+        foreign_refs: &HashMap<&str, Vec<String>>,
+    ) -> Vec<Kept> {
+        let tool = self.tool;
+        let wanted: HashSet<&str> = desired.chains.iter().map(|(n, _)| n.as_str()).collect();
+        let mut kept = Vec::new();
+        for c in filter_chains.iter().filter(|c| chains::is_owned(&c.name)) {
+            if wanted.contains(c.name.as_str()) {
+                continue;
+            }
+            self.delete.extend(
+                c.rules
+                    .iter()
+                    .map(|r| format!("{tool} -D {} {}", c.name, r.spec)),
+            );
+            if let Some(by) = foreign_refs.get(c.name.as_str()) {
+                // In use by a foreign rule: emptied, it decides nothing.
+                kept.push(Kept {
+                    family: desired.family,
+                    chain: c.name.clone(),
+                    referenced_by: by.clone(),
+                });
+                if !c.rules.is_empty() {
+                    self.flush.push(&c.name);
+                }
+                continue;
+            }
+            self.delete.push(format!("{tool} -X {}", c.name));
+            self.flush.push(&c.name);
+            self.remove.push(&c.name);
+        }
+        kept
+    }
+
+    /// Puts portwarden's jump of `path` where `desired` wants it (once, at position 1 of its
+    /// hook chain, or nowhere): unless already so, every jump of ours found there is deleted
+    /// by specification and the wanted one inserted. Returns where the jump stood.
+    fn jump(&mut self, desired: &Desired, jumps: &[FoundJump<'_>], path: Path) -> JumpState {
+        let tool = self.tool;
+        let ours: Vec<&FoundJump<'_>> = jumps
             .iter()
             .filter(|(c, _, spec)| chains::jump_path(c, spec) == Some(path))
             .collect();
@@ -465,13 +569,13 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
         };
         if !ok {
             for (chain, _, spec) in &ours {
-                delete.push(format!("{tool} -D {chain} {spec}"));
-                let _ = writeln!(jump_lines, "-D {chain} {spec}");
+                self.delete.push(format!("{tool} -D {chain} {spec}"));
+                let _ = writeln!(self.jump_lines, "-D {chain} {spec}");
             }
             if let Some(want) = want {
                 let hook = path.hook();
-                add.push(format!("{tool} -I {hook} 1 {want}"));
-                let _ = writeln!(jump_lines, "-I {hook} 1 {want}");
+                self.add.push(format!("{tool} -I {hook} 1 {want}"));
+                let _ = writeln!(self.jump_lines, "-I {hook} 1 {want}");
             }
         }
         match (want, ours.is_empty(), ok) {
@@ -485,83 +589,87 @@ pub fn diff(desired: &Desired, current: &Ruleset, intent: Option<&NodeIntent>) -
             },
             (None, _, false) => JumpState::Unwanted,
         }
-    };
-    let jump = jump_state(Path::Input);
-    let forward_jump = jump_state(Path::Forward);
-
-    // Foreign rules above the first jump in INPUT decide first (a foreign jump into our chains
-    // decides as our chains do: a look-alike, not shadowing).
-    let mut shadowing = Vec::new();
-    if let (Some(intent), Some(first)) = (
-        intent,
-        refs.iter()
-            .filter(|(c, _, _)| *c == HOOK_CHAIN)
-            .map(|(_, i, _)| *i)
-            .min(),
-    ) && let Some(input) = filter_chains.iter().find(|c| c.name == HOOK_CHAIN)
-    {
-        for (i, r) in input.rules[..first].iter().enumerate() {
-            if target_of(&r.spec).is_some_and(chains::is_owned) {
-                continue;
-            }
-            let entries = shadowed_entries(desired.family, &r.spec, intent);
-            if !entries.is_empty() {
-                shadowing.push(Shadowing {
-                    family: desired.family,
-                    chain: HOOK_CHAIN.to_string(),
-                    position: i + 1,
-                    rule: r.spec.clone(),
-                    entries,
-                });
-            }
-        }
     }
 
-    let mut restore = String::new();
-    if !flush.is_empty() || !jump_lines.is_empty() {
+    /// The `iptables-restore --noflush` input (see the module docs); empty when nothing changes.
+    fn restore_text(&self) -> String {
+        let mut restore = String::new();
+        if self.flush.is_empty() && self.jump_lines.is_empty() {
+            return restore;
+        }
         restore.push_str("*filter\n");
-        for name in &flush {
+        for name in &self.flush {
             let _ = writeln!(restore, ":{name} - [0:0]");
         }
-        restore.push_str(&write_rules);
-        restore.push_str(&jump_lines);
-        for name in &remove {
+        restore.push_str(&self.write_rules);
+        restore.push_str(&self.jump_lines);
+        for name in &self.remove {
             let _ = writeln!(restore, "-X {name}");
         }
         restore.push_str("COMMIT\n");
+        restore
     }
-    FamilyPlan {
-        family: desired.family,
-        add,
-        delete,
-        chains: flush.iter().map(|s| s.to_string()).collect(),
-        jump,
-        forward_jump,
-        shadowing,
-        lookalikes,
-        kept,
-        restore,
-        desired: desired.clone(),
-        before: Desired {
-            family: desired.family,
-            chains: filter_chains
-                .iter()
-                .filter(|c| chains::is_owned(&c.name))
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        c.rules.iter().map(|r| r.spec.clone()).collect(),
-                    )
-                })
-                .collect(),
-            jump: before_jump(&refs, Path::Input),
-            forward_jump: before_jump(&refs, Path::Forward),
-        },
+}
+
+/// Foreign rules above the first of portwarden's jumps in `INPUT`, which decide first, that
+/// shadow entries of `intent` (a foreign jump into portwarden's chains decides as they do: a
+/// look-alike, not shadowing).
+fn shadowing(
+    family: Family,
+    filter_chains: &[Chain],
+    jumps: &[FoundJump<'_>],
+    intent: &NodeIntent,
+) -> Vec<Shadowing> {
+    let first = jumps
+        .iter()
+        .filter(|(c, _, _)| *c == HOOK_CHAIN)
+        .map(|(_, i, _)| *i)
+        .min();
+    let (Some(first), Some(input)) = (first, filter_chains.iter().find(|c| c.name == HOOK_CHAIN))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, r) in input.rules[..first].iter().enumerate() {
+        if target_of(&r.spec).is_some_and(chains::is_owned) {
+            continue;
+        }
+        let entries = shadowed_entries(family, &r.spec, intent);
+        if !entries.is_empty() {
+            out.push(Shadowing {
+                family,
+                chain: HOOK_CHAIN.to_string(),
+                position: i + 1,
+                rule: r.spec.clone(),
+                entries,
+            });
+        }
+    }
+    out
+}
+
+/// portwarden's part of `filter_chains` as found: its chains, and the first of its jumps of
+/// each path (what a rollback returns the family to).
+fn before(family: Family, filter_chains: &[Chain], jumps: &[FoundJump<'_>]) -> Desired {
+    Desired {
+        family,
+        chains: filter_chains
+            .iter()
+            .filter(|c| chains::is_owned(&c.name))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.rules.iter().map(|r| r.spec.clone()).collect(),
+                )
+            })
+            .collect(),
+        jump: before_jump(jumps, Path::Input),
+        forward_jump: before_jump(jumps, Path::Forward),
     }
 }
 
 /// The first of portwarden's jumps of `path` among `refs`, as found.
-fn before_jump(refs: &[(&str, usize, &str)], path: Path) -> Option<String> {
+fn before_jump(refs: &[FoundJump<'_>], path: Path) -> Option<String> {
     refs.iter()
         .find(|(c, _, spec)| chains::jump_path(c, spec) == Some(path))
         .map(|(_, _, spec)| spec.to_string())
@@ -602,159 +710,18 @@ fn multiset_diff<'a>(want: &'a [String], have: &[&'a str]) -> (Vec<&'a str>, Vec
     (plus, minus)
 }
 
-/// The `-j`/`-g` target of a rule specification.
-pub fn target_of(spec: &str) -> Option<&str> {
-    let mut it = spec.split_whitespace();
-    let mut found = None;
-    while let Some(t) = it.next() {
-        if t == "-j" || t == "-g" || t == "--jump" || t == "--goto" {
-            found = it.next();
-        }
-    }
-    found
-}
-
-/// Targets that never decide a packet's fate.
-const NON_TERMINATING: &[&str] = &[
-    "LOG",
-    "NFLOG",
-    "ULOG",
-    "MARK",
-    "CONNMARK",
-    "CT",
-    "NOTRACK",
-    "TRACE",
-    "AUDIT",
-    "CLASSIFY",
-    "TCPMSS",
-    "DSCP",
-    "TOS",
-    "TTL",
-    "HL",
-    "SECMARK",
-    "CONNSECMARK",
-    "IDLETIMER",
-    "LED",
-];
-
-/// What a foreign rule's matches say, as far as ports and sources go.
-#[derive(Debug, Default)]
-struct ForeignMatch {
-    protocol: Option<Protocol>,
-    /// `None`: any (or not understood) port.
-    ports: Option<Vec<PortRange>>,
-    source: Option<IpNet>,
-    target: Option<String>,
-    reject_with: Option<String>,
-    /// A protocol other than tcp/udp (e.g. icmp): can never hit an entry.
-    other_protocol: bool,
-    /// Matches only loopback (`-i lo`), which portwarden does not govern.
-    loopback_only: bool,
-    /// Matches only packets of existing connections (`--ctstate`/`--state` of ESTABLISHED
-    /// and/or RELATED): never a probe or a new connection.
-    existing_only: bool,
-}
-
-fn parse_ports(list: &str) -> Option<Vec<PortRange>> {
-    list.split(',')
-        .map(|p| {
-            let (a, b) = p.split_once(':').unwrap_or((p, p));
-            let start = if a.is_empty() { 0 } else { a.parse().ok()? };
-            let end = if b.is_empty() { 65535 } else { b.parse().ok()? };
-            Some(PortRange { start, end })
-        })
-        .collect()
-}
-
-fn analyse(spec: &str) -> ForeignMatch {
-    let t = tokens(spec);
-    let mut m = ForeignMatch::default();
-    let mut i = 0;
-    while i < t.len() {
-        let negated = i > 0 && t[i - 1] == "!";
-        let next = t.get(i + 1).map(String::as_str);
-        match (t[i].as_str(), next) {
-            ("-p" | "--protocol", Some(p)) if !negated => match p {
-                "tcp" | "6" => m.protocol = Some(Protocol::Tcp),
-                "udp" | "17" => m.protocol = Some(Protocol::Udp),
-                "all" | "0" => {}
-                _ => m.other_protocol = true,
-            },
-            ("-s" | "--source", Some(s)) if !negated => {
-                m.source = s
-                    .parse()
-                    .ok()
-                    .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
-            }
-            ("--dport" | "--destination-port" | "--dports" | "--destination-ports", Some(p))
-                if !negated =>
-            {
-                m.ports = parse_ports(p);
-            }
-            ("-i" | "--in-interface", Some("lo")) if !negated => m.loopback_only = true,
-            ("--ctstate" | "--state", Some(states)) if !negated => {
-                m.existing_only = states
-                    .split(',')
-                    .all(|s| s == "ESTABLISHED" || s == "RELATED");
-            }
-            ("-j" | "-g" | "--jump" | "--goto", Some(j)) => m.target = Some(j.to_string()),
-            ("--reject-with", Some(r)) => m.reject_with = Some(r.to_string()),
-            _ => {}
-        }
-        i += 1;
-    }
-    m
-}
-
 /// Entries (of this family) whose packets a foreign rule above the jump decides differently
-/// from the entry, as far as its ports, protocol and source tell. Rules with matches this does
-/// not understand count as matching (reported rather than missed).
+/// from the entry, each once (see [`foreign_rule::decides_differently`]).
 fn shadowed_entries(family: Family, spec: &str, intent: &NodeIntent) -> Vec<EntryRef> {
-    let m = analyse(spec);
-    let Some(target) = m.target.as_deref() else {
-        return Vec::new();
-    };
-    if NON_TERMINATING.contains(&target) || m.other_protocol || m.loopback_only || m.existing_only {
-        return Vec::new();
-    }
-    let effect = |protocol: Protocol| -> Option<State> {
-        match target {
-            "ACCEPT" => Some(State::Open),
-            "DROP" => Some(State::Filtered),
-            "REJECT" => match (protocol, m.reject_with.as_deref()) {
-                (Protocol::Tcp, Some("tcp-reset")) => Some(State::Closed),
-                (
-                    Protocol::Udp,
-                    None | Some("icmp-port-unreachable" | "icmp6-port-unreachable"),
-                ) => Some(State::Closed),
-                _ => Some(State::Filtered),
-            },
-            _ => None, // a jump to another chain: may decide anything
-        }
-    };
     let mut out: Vec<EntryRef> = Vec::new();
-    for r in &intent.rules {
-        if r.source.is_some_and(|n| !family.holds(&n)) {
-            continue;
-        }
-        let proto_ok = m.protocol.is_none_or(|p| p == r.protocol);
-        let ports_ok = m
-            .ports
-            .as_ref()
-            .is_none_or(|ps| ps.iter().any(|p| p.overlaps(&r.ports)));
-        let source_ok = match (m.source, r.source) {
-            (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
-            _ => true,
+    for r in foreign_rule::decides_differently(family, spec, intent) {
+        let e = EntryRef {
+            policy: r.policy.clone(),
+            entry: r.entry,
+            state: r.state,
         };
-        if proto_ok && ports_ok && source_ok && effect(r.protocol) != Some(r.state) {
-            let e = EntryRef {
-                policy: r.policy.clone(),
-                entry: r.entry,
-                state: r.state,
-            };
-            if !out.contains(&e) {
-                out.push(e);
-            }
+        if !out.contains(&e) {
+            out.push(e);
         }
     }
     out
@@ -765,7 +732,7 @@ mod tests {
     use super::*;
     use crate::failsafe::Failsafe;
     use crate::render::render;
-    use portwarden_policy::Rule;
+    use portwarden_policy::{PortRange, Protocol, Rule};
 
     fn intent() -> NodeIntent {
         let r = |entry, port, state| Rule {

@@ -1,8 +1,9 @@
-//! The crate's error type: every variant says what failed, where, and what to do.
+//! The crate's error type: every variant says what failed, where, and what to do; and
+//! [`ErrorKind`], the few causes a caller may act on without reading the message.
 
 use std::io;
 
-use crate::render::Family;
+use crate::place::Family;
 
 /// What went wrong while reading, planning or writing netfilter rules.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +150,7 @@ pub enum Error {
     )]
     Cleanup {
         /// The backend cleaned.
-        backend: crate::Backend,
+        backend: crate::place::Backend,
         /// Family.
         family: Family,
         /// What was written before (`; the legacy backend's rules ... confirmed ...`), or empty.
@@ -264,4 +265,74 @@ pub enum Error {
     /// A `--backend` value could not be parsed.
     #[error("unknown iptables backend {0:?} (expected nft, legacy or auto)")]
     Backend(String),
+}
+
+/// A cause of an [`Error`] that a caller may want to act on (add advice, pick an exit code)
+/// without matching the message text; see [`Error::kind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An iptables tool could not open the xtables lock file (`Fatal: can't open lock file
+    /// /run/xtables.lock: Permission denied`): under the legacy backend every iptables writer
+    /// serialises on it, and it is usually root's with mode 0600.
+    XtablesLockDenied,
+    /// Anything else.
+    Other,
+}
+
+impl Error {
+    /// What caused this error, as far as a caller may act on it. An error that wraps others
+    /// ([`Error::Cleanup`], or [`Error::Unread`] naming places that could not be read) has the
+    /// kind of what it wraps.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Read { stderr, .. } | Error::Restore { stderr, .. } => {
+                kind_of_tool_output(stderr)
+            }
+            Error::Cleanup { source, .. } => source.kind(),
+            // The places are each with its error's text (the errors themselves are not kept).
+            Error::Unread { places, .. } => kind_of_tool_output(places),
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// The kind of failure an iptables tool's standard error reports.
+fn kind_of_tool_output(stderr: &str) -> ErrorKind {
+    // iptables' xshared.c: "Fatal: can't open lock file %s: %s" with strerror(EACCES).
+    if stderr.contains("lock file") && stderr.contains("Permission denied") {
+        ErrorKind::XtablesLockDenied
+    } else {
+        ErrorKind::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unopenable_xtables_lock_is_told_by_kind() {
+        let restore = |stderr: &str| Error::Restore {
+            family: Family::Ipv4,
+            command: "iptables-legacy-restore --noflush --wait=10".into(),
+            stderr: stderr.into(),
+            failed_line: String::new(),
+            earlier: String::new(),
+        };
+        let denied = restore("Fatal: can't open lock file /run/xtables.lock: Permission denied");
+        assert_eq!(denied.kind(), ErrorKind::XtablesLockDenied);
+        assert_eq!(
+            restore("iptables-restore: line 3 failed").kind(),
+            ErrorKind::Other
+        );
+        let wrapped = Error::Cleanup {
+            backend: crate::place::Backend::Legacy,
+            family: Family::Ipv4,
+            written: String::new(),
+            source: Box::new(denied),
+        };
+        assert_eq!(wrapped.kind(), ErrorKind::XtablesLockDenied);
+        assert_eq!(Error::Backend("x".into()).kind(), ErrorKind::Other);
+    }
 }

@@ -22,10 +22,10 @@ use crate::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FailsafePort {
     /// Protocol.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub protocol: Protocol,
     /// Ports.
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub ports: PortRange,
 }
 

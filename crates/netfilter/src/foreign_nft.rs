@@ -99,12 +99,12 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
-use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
+use portwarden_policy::{NodeIntent, PortRange, Protocol, Rule, State};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::failsafe::Failsafe;
-use crate::render::Family;
+use crate::place::Family;
 
 /// The table names iptables-nft writes (in families `ip` and `ip6`).
 pub const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
@@ -796,6 +796,16 @@ struct Walk<'a> {
 
 const MAX_DEPTH: usize = 32;
 
+/// What one statement of a nftables rule does for a packet ([`Walk::statement`]).
+enum Statement {
+    /// Nothing that decides (a counter, a log, a comment, ...).
+    Ignored,
+    /// A match: whether it holds, and its text (an unknown one is also recorded as unsure).
+    Match(Tri, String),
+    /// The rule's action, ending the rule, with the text it adds to the rule's matches.
+    Act(Option<String>, Action),
+}
+
 /// What a rule's statements do when its matches hold.
 enum Action {
     Verdict(Verdict),
@@ -930,86 +940,19 @@ impl<'a> Walk<'a> {
             let Some((name, inner)) = e.as_object().and_then(|o| o.iter().next()) else {
                 continue;
             };
-            match name.as_str() {
-                "match" => {
-                    let op = inner.get("op").and_then(Value::as_str).unwrap_or("==");
-                    let left = inner.get("left").unwrap_or(&Value::Null);
-                    let right = inner.get("right").unwrap_or(&Value::Null);
-                    let t = self.compare(op, &self.packet.key(left), right);
-                    let shown = if op == "==" || op == "in" {
-                        format!("{} {}", text(left), text(right))
-                    } else {
-                        format!("{} {op} {}", text(left), text(right))
-                    };
+            match self.statement(name, inner, e) {
+                Statement::Ignored => {}
+                Statement::Match(t, shown) => {
                     if t == Tri::Unknown {
                         unsure.push(shown.clone());
                     }
                     matched.push(shown);
                     truth = truth.and(t);
                 }
-                "counter" | "log" | "mangle" | "set" | "notrack" | "ct helper" | "ct timeout"
-                | "ct expectation" | "dup" | "meta" | "comment" => {}
-                "limit" | "quota" | "meter" | "xt" | "synproxy" | "ct count" | "last" => {
-                    let shown = match name.as_str() {
-                        "xt" => format!(
-                            "an iptables {} `{}` nft cannot show",
-                            inner
-                                .get("type")
-                                .and_then(Value::as_str)
-                                .unwrap_or("extension"),
-                            inner.get("name").and_then(Value::as_str).unwrap_or("?")
-                        ),
-                        n => n.to_string(),
-                    };
-                    let is_target = inner.get("type").and_then(Value::as_str) == Some("target");
-                    if name == "xt" && is_target {
-                        action = Some(Action::Verdict(Verdict::Unknown { what: shown }));
-                        break;
-                    }
-                    unsure.push(shown.clone());
-                    matched.push(shown);
-                    truth = truth.and(Tri::Unknown);
-                }
-                "reject" => {
-                    let with = reject_with(inner, self.packet.family);
-                    action = Some(Action::Verdict(Verdict::Reject { with }));
+                Statement::Act(shown, a) => {
+                    matched.extend(shown);
+                    action = Some(a);
                     break;
-                }
-                "vmap" => {
-                    matched.push(format!(
-                        "{} vmap {}",
-                        text(inner.get("key").unwrap_or(&Value::Null)),
-                        text(inner.get("data").unwrap_or(&Value::Null))
-                    ));
-                    action = Some(self.vmap(inner));
-                    break;
-                }
-                "dnat" | "redirect" | "tproxy" => {
-                    let to = match (inner.get("addr"), inner.get("port")) {
-                        (Some(a), Some(p)) => format!(" to {}:{}", text(a), text(p)),
-                        (Some(a), None) => format!(" to {}", text(a)),
-                        (None, Some(p)) => format!(" to :{}", text(p)),
-                        (None, None) => String::new(),
-                    };
-                    action = Some(Action::Verdict(Verdict::Nat {
-                        what: format!("{name}{to}"),
-                    }));
-                    break;
-                }
-                "snat" | "masquerade" => {
-                    action = Some(Action::Verdict(Verdict::Accept));
-                    break;
-                }
-                "continue" => {}
-                _ => {
-                    if let Some(a) = verdict_action(e) {
-                        action = Some(a);
-                        break;
-                    }
-                    let shown = format!("statement {}", text(e));
-                    unsure.push(shown.clone());
-                    matched.push(shown);
-                    truth = truth.and(Tri::Unknown);
                 }
             }
             if truth == Tri::False {
@@ -1017,6 +960,75 @@ impl<'a> Walk<'a> {
             }
         }
         (truth, action, matched.join(" "))
+    }
+
+    /// What the statement `e` (`{name: inner}`) of a rule does for this packet.
+    fn statement(&self, name: &str, inner: &Value, e: &Value) -> Statement {
+        match name {
+            "match" => {
+                let op = inner.get("op").and_then(Value::as_str).unwrap_or("==");
+                let left = inner.get("left").unwrap_or(&Value::Null);
+                let right = inner.get("right").unwrap_or(&Value::Null);
+                let t = self.compare(op, &self.packet.key(left), right);
+                let shown = if op == "==" || op == "in" {
+                    format!("{} {}", text(left), text(right))
+                } else {
+                    format!("{} {op} {}", text(left), text(right))
+                };
+                Statement::Match(t, shown)
+            }
+            "counter" | "log" | "mangle" | "set" | "notrack" | "ct helper" | "ct timeout"
+            | "ct expectation" | "dup" | "meta" | "comment" | "continue" => Statement::Ignored,
+            "limit" | "quota" | "meter" | "xt" | "synproxy" | "ct count" | "last" => {
+                let shown = match name {
+                    "xt" => format!(
+                        "an iptables {} `{}` nft cannot show",
+                        inner
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("extension"),
+                        inner.get("name").and_then(Value::as_str).unwrap_or("?")
+                    ),
+                    n => n.to_string(),
+                };
+                let is_target = inner.get("type").and_then(Value::as_str) == Some("target");
+                if name == "xt" && is_target {
+                    return Statement::Act(None, Action::Verdict(Verdict::Unknown { what: shown }));
+                }
+                Statement::Match(Tri::Unknown, shown)
+            }
+            "reject" => {
+                let with = reject_with(inner, self.packet.family);
+                Statement::Act(None, Action::Verdict(Verdict::Reject { with }))
+            }
+            "vmap" => Statement::Act(
+                Some(format!(
+                    "{} vmap {}",
+                    text(inner.get("key").unwrap_or(&Value::Null)),
+                    text(inner.get("data").unwrap_or(&Value::Null))
+                )),
+                self.vmap(inner),
+            ),
+            "dnat" | "redirect" | "tproxy" => {
+                let to = match (inner.get("addr"), inner.get("port")) {
+                    (Some(a), Some(p)) => format!(" to {}:{}", text(a), text(p)),
+                    (Some(a), None) => format!(" to {}", text(a)),
+                    (None, Some(p)) => format!(" to :{}", text(p)),
+                    (None, None) => String::new(),
+                };
+                Statement::Act(
+                    None,
+                    Action::Verdict(Verdict::Nat {
+                        what: format!("{name}{to}"),
+                    }),
+                )
+            }
+            "snat" | "masquerade" => Statement::Act(None, Action::Verdict(Verdict::Accept)),
+            _ => match verdict_action(e) {
+                Some(a) => Statement::Act(None, a),
+                None => Statement::Match(Tri::Unknown, format!("statement {}", text(e))),
+            },
+        }
     }
 
     /// Walks `chain`. `main` is whether this walk is on the main path: the one on which every
@@ -1161,6 +1173,10 @@ fn reject_with(inner: &Value, family: Family) -> String {
 }
 
 /// nft-like text of an expression (for messages; not parsed back).
+///
+/// Kept whole (a little over 80 lines): one match arm per kind of nft JSON expression, each a
+/// one-line formatting rule; split up, the table of kinds would be spread over several
+/// functions with nothing of their own.
 fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -1293,40 +1309,7 @@ impl ForeignTables {
                         .unwrap_or_default();
                     self.data.entry(id).or_default().sets.insert(name, elems);
                 }
-                "chain" => {
-                    let name = str_of(v, "name").ok_or("chain without a name")?;
-                    self.data
-                        .entry(id.clone())
-                        .or_default()
-                        .chains
-                        .entry(name.clone())
-                        .or_default();
-                    let Some(hook) = str_of(v, "hook").as_deref().and_then(Hook::parse) else {
-                        continue;
-                    };
-                    if is_iptables_chain(&family, &table, &name)
-                        || !matches!(family.as_str(), "ip" | "ip6" | "inet" | "netdev")
-                    {
-                        continue;
-                    }
-                    if is_iptables_table(&family, &table) && !self.tables.contains(&id) {
-                        self.tables.push(id.clone());
-                    }
-                    let priority = v
-                        .get("prio")
-                        .and_then(Value::as_i64)
-                        .and_then(|p| i32::try_from(p).ok())
-                        .unwrap_or(0);
-                    self.base_chains.push(BaseChain {
-                        priority_name: priority_name(&family, hook, priority),
-                        table: id,
-                        chain: name,
-                        kind: str_of(v, "type").unwrap_or_else(|| "filter".into()),
-                        hook,
-                        priority,
-                        policy: str_of(v, "policy").unwrap_or_else(|| "accept".into()),
-                    });
-                }
+                "chain" => self.add_chain(v, &family, &table, id)?,
                 "rule" => {
                     let chain = str_of(v, "chain").ok_or("rule without a chain")?;
                     let expr = v
@@ -1348,6 +1331,51 @@ impl ForeignTables {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Adds a chain of the listing (`v`, of table `id` = `family table`): every chain, for the
+    /// walks that jump to it, and a foreign base chain also to [`ForeignTables::base_chains`].
+    fn add_chain(
+        &mut self,
+        v: &Value,
+        family: &str,
+        table: &str,
+        id: String,
+    ) -> Result<(), String> {
+        let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let name = str_of(v, "name").ok_or("chain without a name")?;
+        self.data
+            .entry(id.clone())
+            .or_default()
+            .chains
+            .entry(name.clone())
+            .or_default();
+        let Some(hook) = str_of(v, "hook").as_deref().and_then(Hook::parse) else {
+            return Ok(());
+        };
+        if is_iptables_chain(family, table, &name)
+            || !matches!(family, "ip" | "ip6" | "inet" | "netdev")
+        {
+            return Ok(());
+        }
+        if is_iptables_table(family, table) && !self.tables.contains(&id) {
+            self.tables.push(id.clone());
+        }
+        let priority = v
+            .get("prio")
+            .and_then(Value::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or(0);
+        self.base_chains.push(BaseChain {
+            priority_name: priority_name(family, hook, priority),
+            table: id,
+            chain: name,
+            kind: str_of(v, "type").unwrap_or_else(|| "filter".into()),
+            hook,
+            priority,
+            policy: str_of(v, "policy").unwrap_or_else(|| "accept".into()),
+        });
         Ok(())
     }
 
@@ -1478,15 +1506,15 @@ pub struct ForeignFinding {
     /// Family.
     pub family: Family,
     /// Protocol.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub protocol: Protocol,
     /// The ports it applies to (a part of one entry's range).
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub ports: PortRange,
     /// The entry's source, when it has one.
     pub source: Option<IpNet>,
     /// What portwarden's rules give these ports.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
     /// The policy and entry (0-based) whose ports these are.
     pub policy: String,
@@ -1570,22 +1598,7 @@ pub fn findings(
     let cuts = tables.port_cuts();
     let mut out: Vec<ForeignFinding> = Vec::new();
     for (i, rule) in intent.rules.iter().enumerate() {
-        // Ports decided by an earlier rule for every source this one has.
-        let mut taken: Vec<PortRange> = failsafe.ranges(rule.protocol).collect();
-        taken.extend(
-            intent.rules[..i]
-                .iter()
-                .filter(|e| {
-                    e.protocol == rule.protocol
-                        && match (e.source, rule.source) {
-                            (None, _) => true,
-                            (Some(a), Some(b)) => a.contains(&b),
-                            (Some(_), None) => false,
-                        }
-                })
-                .map(|e| e.ports),
-        );
-        taken.sort_by_key(|r| r.start);
+        let taken = taken_ports(intent, i, failsafe);
         let families: Vec<Family> = match rule.source {
             Some(IpNet::V4(_)) => vec![Family::Ipv4],
             Some(IpNet::V6(_)) => vec![Family::Ipv6],
@@ -1601,60 +1614,107 @@ pub fn findings(
                 );
             }
             for &family in &families {
-                let mut open: Vec<(ForeignFinding, String)> = Vec::new();
-                for (k, &s) in starts.iter().enumerate() {
-                    let e = starts.get(k + 1).map_or(u32::from(part.end), |n| n - 1);
-                    let packet = Packet {
-                        family,
-                        protocol: rule.protocol,
-                        port: s as u16,
-                        source: rule.source,
-                        destination: None,
-                    };
-                    let mut now: Vec<(ForeignFinding, String)> = Vec::new();
-                    for d in tables.decide(&packet) {
-                        let Some(effect) = d.effect(rule.state, rule.protocol) else {
-                            continue;
-                        };
-                        let key = format!("{}|{}|{:?}", d.table, d.chain, d);
-                        now.push((
-                            ForeignFinding {
-                                family,
-                                protocol: rule.protocol,
-                                ports: PortRange {
-                                    start: s as u16,
-                                    end: e as u16,
-                                },
-                                source: rule.source,
-                                state: rule.state,
-                                policy: rule.policy.to_string(),
-                                entry: rule.entry,
-                                message: d.describe(rule.state, rule.protocol),
-                                decision: d,
-                                effect,
-                            },
-                            key,
-                        ));
-                    }
-                    // Extend the findings that continue; close the others.
-                    let mut next = Vec::new();
-                    for (f, key) in now {
-                        if let Some(pos) = open.iter().position(|(_, k)| *k == key) {
-                            let (mut prev, k) = open.remove(pos);
-                            prev.ports.end = e as u16;
-                            next.push((prev, k));
-                        } else {
-                            next.push((f, key));
-                        }
-                    }
-                    out.extend(open.drain(..).map(|(f, _)| f));
-                    open = next;
-                }
-                out.extend(open.into_iter().map(|(f, _)| f));
+                out.extend(part_findings(tables, rule, family, &starts, part.end));
             }
         }
     }
     out
+}
+
+/// The ports of rule `i` of `intent` that it does not decide: the failsafe ports, and those of
+/// an earlier rule for every source this one has; sorted by start.
+fn taken_ports(intent: &NodeIntent, i: usize, failsafe: &Failsafe) -> Vec<PortRange> {
+    let rule = &intent.rules[i];
+    let mut taken: Vec<PortRange> = failsafe.ranges(rule.protocol).collect();
+    taken.extend(
+        intent.rules[..i]
+            .iter()
+            .filter(|e| {
+                e.protocol == rule.protocol
+                    && match (e.source, rule.source) {
+                        (None, _) => true,
+                        (Some(a), Some(b)) => a.contains(&b),
+                        (Some(_), None) => false,
+                    }
+            })
+            .map(|e| e.ports),
+    );
+    taken.sort_by_key(|r| r.start);
+    taken
+}
+
+/// The findings of `rule` in `family` over one part of its ports, split at `starts` (pieces
+/// within which no foreign rule's constant changes; the last ends at `end`): one finding per
+/// foreign decision, extended over the pieces where it stays the same.
+fn part_findings(
+    tables: &ForeignTables,
+    rule: &Rule,
+    family: Family,
+    starts: &[u32],
+    end: u16,
+) -> Vec<ForeignFinding> {
+    let mut out = Vec::new();
+    let mut open: Vec<(ForeignFinding, String)> = Vec::new();
+    for (k, &s) in starts.iter().enumerate() {
+        let e = starts.get(k + 1).map_or(u32::from(end), |n| n - 1);
+        let now = piece_findings(tables, rule, family, s as u16, e as u16);
+        // Extend the findings that continue; close the others.
+        let mut next = Vec::new();
+        for (f, key) in now {
+            if let Some(pos) = open.iter().position(|(_, k)| *k == key) {
+                let (mut prev, k) = open.remove(pos);
+                prev.ports.end = e as u16;
+                next.push((prev, k));
+            } else {
+                next.push((f, key));
+            }
+        }
+        out.extend(open.drain(..).map(|(f, _)| f));
+        open = next;
+    }
+    out.extend(open.into_iter().map(|(f, _)| f));
+    out
+}
+
+/// The findings of `rule` in `family` for the ports `start..=end` (decided alike), each with
+/// the key that tells whether the next piece continues it.
+fn piece_findings(
+    tables: &ForeignTables,
+    rule: &Rule,
+    family: Family,
+    start: u16,
+    end: u16,
+) -> Vec<(ForeignFinding, String)> {
+    let packet = Packet {
+        family,
+        protocol: rule.protocol,
+        port: start,
+        source: rule.source,
+        destination: None,
+    };
+    let mut now = Vec::new();
+    for d in tables.decide(&packet) {
+        let Some(effect) = d.effect(rule.state, rule.protocol) else {
+            continue;
+        };
+        let key = format!("{}|{}|{:?}", d.table, d.chain, d);
+        now.push((
+            ForeignFinding {
+                family,
+                protocol: rule.protocol,
+                ports: PortRange { start, end },
+                source: rule.source,
+                state: rule.state,
+                policy: rule.policy.to_string(),
+                entry: rule.entry,
+                message: d.describe(rule.state, rule.protocol),
+                decision: d,
+                effect,
+            },
+            key,
+        ));
+    }
+    now
 }
 
 /// What [`read`] found.

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use portwarden_policy::{PortRange, Protocol};
 use serde::Serialize;
 
-use crate::render::Family;
+use crate::place::Family;
 use crate::save::{Ruleset, tokens};
 
 /// Longest jump chain followed (kube-proxy's is 5 deep: SERVICES, NODEPORTS, EXT, SVC, SEP).
@@ -140,17 +140,17 @@ pub struct Managed {
     #[serde(flatten)]
     pub forward: Forward,
     /// The entry's protocol.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub managed_protocol: Protocol,
     /// The ports both the forward and the entry cover.
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub managed_ports: PortRange,
     /// The entry's policy.
     pub policy: String,
     /// The entry (0-based).
     pub entry: usize,
     /// The state the entry asks for.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: portwarden_policy::State,
     /// [`Forward::describe`] for those ports.
     pub description: String,

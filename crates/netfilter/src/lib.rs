@@ -42,6 +42,7 @@
 //!
 //! # Layout
 //!
+//! * `place` — [`Family`] and [`Backend`]: the address family and iptables backend of a table.
 //! * [`chains`] — every chain name and comment; ownership test; bucket layout; the two paths.
 //! * [`addresses`] — the node's own addresses, for the forward path.
 //! * [`failsafe`] — failsafe ports and the `--failsafe` syntax.
@@ -49,6 +50,8 @@
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
+//! * `foreign_rule` — what a foreign iptables rule matches and decides, for the shadowing
+//!   [`mod@diff`] reports (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
@@ -61,7 +64,11 @@
 //! * [`writer`] — one writer per network namespace at a time (a lock held across read, plan,
 //!   write and read-back), and one agent.
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
-//! * `error` — [`Error`].
+//! * `error` — [`Error`], and the [`ErrorKind`] a caller may act on.
+//! * `fuzzing` — the checks of the `iptables_save` fuzz target and its corpus replay (feature
+//!   `fuzzing`; not part of the API).
+//! * `ser` — how policy types (names, protocols, states, port ranges) are written in plans'
+//!   JSON.
 
 pub mod addresses;
 pub mod backend;
@@ -70,21 +77,27 @@ pub mod diff;
 mod error;
 pub mod failsafe;
 pub mod foreign_nft;
+mod foreign_rule;
 pub mod forwarding;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lockwait;
 pub mod mixed;
 pub mod native;
 mod netfilter;
+mod place;
 pub mod plan;
 pub mod render;
 pub mod save;
+mod ser;
 pub mod writer;
 
 pub use backend::{Backend, BackendChoice, Detection};
 pub use diff::{
     DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
 };
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use foreign_nft::{
     ForeignDecision, ForeignFinding, ForeignRead, ForeignTables, Hook, Packet, Verdict,

@@ -17,9 +17,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
 use crate::chains;
-use crate::render::Family;
+use crate::place::Backend;
+use crate::place::Family;
 use crate::save::Ruleset;
 
 /// A chain that decides something: it has rules, or a policy other than `ACCEPT`.

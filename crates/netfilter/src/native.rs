@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::chains::{self, Path};
 use crate::diff::{Kept, Lookalike, LookalikeKind};
-use crate::render::Family;
+use crate::place::Family;
 
 /// nftables' name of the family of iptables-nft's tables: `ip` or `ip6`.
 pub fn nft_family(family: Family) -> &'static str {
@@ -128,7 +128,18 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
         .get("nftables")
         .and_then(Value::as_array)
         .ok_or("no \"nftables\" array")?;
-    let fam = nft_family(family);
+    let (owned, rules) = listing(items)?;
+    let mut out = Removal::default();
+    let (non_empty, foreign_refs) = remove_jumps(family, &rules, &mut out);
+    remove_chains(family, &owned, &non_empty, &foreign_refs, &mut out);
+    Ok(out)
+}
+
+/// The chains of portwarden's (each once) and every rule of a listing's `items`.
+///
+/// # Errors
+/// A message when a rule has no chain or handle.
+fn listing(items: &[Value]) -> Result<(Vec<&str>, Vec<Rule<'_>>), String> {
     let mut owned: Vec<&str> = Vec::new();
     let mut rules: Vec<Rule<'_>> = Vec::new();
     for item in items {
@@ -155,6 +166,18 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
             });
         }
     }
+    Ok((owned, rules))
+}
+
+/// Adds to `out` the deletion of portwarden's jumps among `rules` (and the look-alikes among
+/// them); returns the chains of portwarden's that hold rules, and the foreign rules (as
+/// `CHAIN#POSITION`) that jump to each chain of portwarden's.
+fn remove_jumps<'a>(
+    family: Family,
+    rules: &[Rule<'a>],
+    out: &mut Removal,
+) -> (Vec<&'a str>, HashMap<&'a str, Vec<String>>) {
+    let fam = nft_family(family);
     // How many rules of INPUT to PORTWARDEN-INPUT (FORWARD to PORTWARDEN-FORWARD) carry a
     // comment: an unshown one is ours only when it is the only one.
     let to_our_root = |r: &Rule<'_>, path: Path| {
@@ -169,11 +192,10 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
             .count()
     };
     let commented = [commented(Path::Input), commented(Path::Forward)];
-    let mut out = Removal::default();
     let mut non_empty: Vec<&str> = Vec::new();
     let mut foreign_refs: HashMap<&str, Vec<String>> = HashMap::new();
     let mut position: HashMap<&str, usize> = HashMap::new();
-    for r in &rules {
+    for r in rules {
         let n = position.entry(r.chain).or_default();
         *n += 1;
         if chains::is_owned(r.chain) {
@@ -209,14 +231,28 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
             }
         }
     }
-    for c in &owned {
+    (non_empty, foreign_refs)
+}
+
+/// Adds to `out` the flush of portwarden's `non_empty` chains, then the deletion of every chain
+/// of portwarden's (`owned`) that no foreign rule jumps to (`foreign_refs`); the others are
+/// kept.
+fn remove_chains(
+    family: Family,
+    owned: &[&str],
+    non_empty: &[&str],
+    foreign_refs: &HashMap<&str, Vec<String>>,
+    out: &mut Removal,
+) {
+    let fam = nft_family(family);
+    for c in owned {
         if non_empty.contains(c) {
             let cmd = format!("flush chain {fam} filter {c}");
             let _ = writeln!(out.script, "{cmd}");
             out.delete.push(format!("nft {cmd}"));
         }
     }
-    for c in &owned {
+    for c in owned {
         if let Some(by) = foreign_refs.get(c) {
             out.kept.push(Kept {
                 family,
@@ -229,7 +265,6 @@ pub fn removal(family: Family, json: &str) -> Result<Removal, String> {
         let _ = writeln!(out.script, "{cmd}");
         out.delete.push(format!("nft {cmd}"));
     }
-    Ok(out)
 }
 
 #[cfg(test)]

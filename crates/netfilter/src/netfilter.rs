@@ -764,18 +764,11 @@ impl Netfilter {
         };
         let mut notes = Vec::new();
         for fp in done.iter().rev() {
-            let outcome = self.tools(fp.family).ok_or(()).and_then(|t| {
-                let now = self.read(fp.family).map_err(|_| ())?;
-                let back = diff(&fp.before, &now, None);
-                if back.is_converged() {
-                    return Ok(());
-                }
-                self.restore(fp.family, t, &back.restore).map_err(|_| ())
-            });
-            notes.push(match outcome {
+            notes.push(match self.roll_back_family(fp) {
                 Ok(()) => format!("{} was rolled back to its previous rules", fp.family),
-                Err(()) => format!(
-                    "{} was applied and could not be rolled back; rerun apply once the cause is fixed",
+                Err(why) => format!(
+                    "{} was applied and could not be rolled back ({why}); rerun apply once the \
+                     cause is fixed",
                     fp.family
                 ),
             });
@@ -787,6 +780,26 @@ impl Netfilter {
             failed_line,
             earlier: notes.iter().map(|n| format!("; {n}")).collect(),
         }
+    }
+
+    /// Returns one family already written to portwarden's part of it as planned (`fp.before`):
+    /// read it again, and write the difference back in one transaction.
+    ///
+    /// # Errors
+    /// Why it could not: the family's tools are gone, or the read or the transaction failed.
+    fn roll_back_family(&self, fp: &FamilyPlan) -> Result<(), Error> {
+        let Some(t) = self.tools(fp.family) else {
+            return Err(Error::ToolMissing {
+                tool: format!("{}-restore", fp.family.tool()),
+                purpose: "roll back a family already written",
+            });
+        };
+        let now = self.read(fp.family)?;
+        let back = diff(&fp.before, &now, None);
+        if back.is_converged() {
+            return Ok(());
+        }
+        self.restore(fp.family, t, &back.restore)
     }
 
     /// Removes every chain of portwarden's and its jump, in every managed family of both
@@ -817,11 +830,49 @@ impl Netfilter {
     /// logged with the holder, once, and again when it got through.
     fn restore(&self, family: Family, t: &Tools, input: &str) -> Result<(), Error> {
         let wait = format!("--wait={}", self.lock_wait_secs);
-        let (mut child, command) = spawn_writer(&t.restore, &["--noflush", &wait])?;
+        let (child, command) = spawn_writer(&t.restore, &["--noflush", &wait])?;
+        let started = Instant::now();
+        let (out, waited_for) =
+            self.feed_and_wait(family, child, input)
+                .map_err(|source| Error::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
+        if let Some(h) = waited_for {
+            info!(
+                %family,
+                holder_pid = h.pid,
+                after_ms = started.elapsed().as_millis() as u64,
+                ok = out.status.success(),
+                "xtables lock wait over"
+            );
+        }
+        if let Some(signal) = out.status.signal() {
+            return Err(Error::Killed {
+                family,
+                command,
+                signal,
+                earlier: String::new(),
+            });
+        }
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(restore_error(family, command, &out, input))
+    }
+
+    /// Writes `input` to `child`'s standard input from a second thread and waits for it to
+    /// exit; meanwhile, every [`LOCK_CHECK`], logs (once) the holder of the xtables lock when
+    /// the child waits for it. Returns its output and the holder it waited for, if any.
+    fn feed_and_wait(
+        &self,
+        family: Family,
+        mut child: std::process::Child,
+        input: &str,
+    ) -> std::io::Result<(std::process::Output, Option<lockwait::Holder>)> {
         let pid = child.id();
         let stdin = child.stdin.take();
-        let started = Instant::now();
-        let out = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let (done, finished) = mpsc::channel();
             scope.spawn(move || {
                 if let Some(mut stdin) = stdin {
@@ -855,62 +906,48 @@ impl Netfilter {
                 }
             }
             .map(|out| (out, waited_for))
-        });
-        let (out, waited_for) = out.map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-        if let Some(h) = waited_for {
-            info!(
-                %family,
-                holder_pid = h.pid,
-                after_ms = started.elapsed().as_millis() as u64,
-                ok = out.status.success(),
-                "xtables lock wait over"
-            );
-        }
-        if let Some(signal) = out.status.signal() {
-            return Err(Error::Killed {
-                family,
-                command,
-                signal,
-                earlier: String::new(),
-            });
-        }
-        if out.status.success() {
-            return Ok(());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| !l.starts_with("# Warning"))
-            .collect::<Vec<_>>()
-            .join(" ")
-            .trim()
-            .to_string();
-        let failed_line = failing_line(&stderr)
-            .and_then(|n| input.lines().nth(n - 1).map(|l| (n, l)))
-            .map(|(n, l)| {
-                if l == "COMMIT" {
-                    format!(
-                        " (line {n}: the kernel refused the table at COMMIT; `dmesg` names the \
-                         rejected rule)"
-                    )
-                } else {
-                    format!(" (line {n}: {l})")
-                }
-            })
-            .unwrap_or_default();
-        Err(Error::Restore {
-            family,
-            command,
-            stderr: if stderr.is_empty() {
-                format!("exit status {}", out.status)
-            } else {
-                stderr
-            },
-            failed_line,
-            earlier: String::new(),
         })
+    }
+}
+
+/// The [`Error::Restore`] of a transaction (`input`) that `command` refused with `out`: its
+/// standard error (warnings left out), and the failing line of `input` when the tool names it.
+fn restore_error(
+    family: Family,
+    command: String,
+    out: &std::process::Output,
+    input: &str,
+) -> Error {
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("# Warning"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim()
+        .to_string();
+    let failed_line = failing_line(&stderr)
+        .and_then(|n| input.lines().nth(n - 1).map(|l| (n, l)))
+        .map(|(n, l)| {
+            if l == "COMMIT" {
+                format!(
+                    " (line {n}: the kernel refused the table at COMMIT; `dmesg` names the \
+                     rejected rule)"
+                )
+            } else {
+                format!(" (line {n}: {l})")
+            }
+        })
+        .unwrap_or_default();
+    Error::Restore {
+        family,
+        command,
+        stderr: if stderr.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            stderr
+        },
+        failed_line,
+        earlier: String::new(),
     }
 }
 

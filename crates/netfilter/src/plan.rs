@@ -1,14 +1,14 @@
 //! [`Plan`]: what `portwarden plan` shows and `portwarden apply` executes.
 
-use portwarden_policy::{NodeIntent, PortRange, Protocol, State};
-use serde::{Serialize, Serializer};
+use portwarden_policy::NodeIntent;
+use serde::Serialize;
 use std::net::IpAddr;
 
-use crate::backend::Backend;
 use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
 use crate::failsafe::Failsafe;
 use crate::foreign_nft::{self, ForeignFinding, ForeignRead};
 use crate::mixed::MixedBackends;
+use crate::place::Backend;
 use crate::render::{Conflict, Desired, Family, Rendered, render};
 use crate::save::Ruleset;
 
@@ -258,26 +258,10 @@ impl Plan {
     }
 }
 
-pub(crate) fn ser_str<S: Serializer>(p: &std::sync::Arc<str>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(p)
-}
-
-pub(crate) fn ser_protocol<S: Serializer>(p: &Protocol, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(p.as_str())
-}
-
-pub(crate) fn ser_state<S: Serializer>(p: &State, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(p.as_str())
-}
-
-pub(crate) fn ser_range<S: Serializer>(p: &PortRange, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(p)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portwarden_policy::Rule;
+    use portwarden_policy::{PortRange, Protocol, Rule, State};
 
     #[test]
     fn json_has_the_cli_shape() {

@@ -71,65 +71,26 @@ use crate::chains::{
     self, FORWARD_CHAIN, FORWARD_PORTS_CHAIN, INPUT_CHAIN, LEAF_PORTS, LEVEL1_PORTS, Path,
 };
 use crate::failsafe::{Failsafe, FailsafePort};
+pub use crate::place::Family;
 use crate::save::quote;
-
-/// An address family, with its own tables and tools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// IPv4: `iptables`.
-    Ipv4,
-    /// IPv6: `ip6tables`.
-    Ipv6,
-}
-
-impl Family {
-    /// Both families, IPv4 first.
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
-    /// The command name prefix: `iptables` or `ip6tables`.
-    pub fn tool(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "iptables",
-            Family::Ipv6 => "ip6tables",
-        }
-    }
-
-    /// Whether a source network belongs to this family.
-    pub fn holds(self, net: &IpNet) -> bool {
-        matches!(
-            (self, net),
-            (Family::Ipv4, IpNet::V4(_)) | (Family::Ipv6, IpNet::V6(_))
-        )
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "IPv4",
-            Family::Ipv6 => "IPv6",
-        })
-    }
-}
 
 /// A policy entry that tries to block a failsafe port. The failsafe ports are cut out of the
 /// rendered rules; the rest of the entry is enforced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Conflict {
     /// Policy name.
-    #[serde(serialize_with = "crate::plan::ser_str")]
+    #[serde(serialize_with = "crate::ser::ser_str")]
     pub policy: Arc<str>,
     /// Entry index in the policy (0-based).
     pub entry: usize,
     /// Protocol of the entry.
-    #[serde(serialize_with = "crate::plan::ser_protocol")]
+    #[serde(serialize_with = "crate::ser::ser_protocol")]
     pub protocol: Protocol,
     /// The entry's port range.
-    #[serde(serialize_with = "crate::plan::ser_range")]
+    #[serde(serialize_with = "crate::ser::ser_range")]
     pub ports: PortRange,
     /// The blocking state it asks for.
-    #[serde(serialize_with = "crate::plan::ser_state")]
+    #[serde(serialize_with = "crate::ser::ser_state")]
     pub state: State,
     /// Source, when the entry has one.
     pub source: Option<IpNet>,
@@ -314,25 +275,10 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe, node_addresses: &[IpAddr
             Protocol::Udp => &cut_udp,
         };
         let ranges = subtract(rule.ports, cut);
-        if rule.state != State::Open && ranges != [rule.ports] {
-            let overlapped: Vec<FailsafePort> = failsafe
-                .ports()
-                .iter()
-                .filter(|f| f.protocol == rule.protocol && f.ports.overlaps(&rule.ports))
-                .copied()
-                .collect();
-            let c = Conflict {
-                policy: rule.policy.clone(),
-                entry: rule.entry,
-                protocol: rule.protocol,
-                ports: rule.ports,
-                state: rule.state,
-                source: rule.source,
-                failsafe: overlapped,
-            };
-            if !conflicts.contains(&c) {
-                conflicts.push(c);
-            }
+        if let Some(c) = failsafe_conflict(rule, &ranges, failsafe)
+            && !conflicts.contains(&c)
+        {
+            conflicts.push(c);
         }
         if ranges.is_empty() {
             continue;
@@ -341,68 +287,112 @@ pub fn render(intent: &NodeIntent, failsafe: &Failsafe, node_addresses: &[IpAddr
             if rule.source.is_some_and(|n| !family.holds(&n)) {
                 continue;
             }
-            let buckets = leaves.entry((family, rule.protocol)).or_default();
-            let first = u32::from(ranges[0].start) / LEAF_PORTS;
-            let last = u32::from(ranges[ranges.len() - 1].end) / LEAF_PORTS;
-            for b in first..=last {
-                let lo = b * LEAF_PORTS;
-                let hi = lo + LEAF_PORTS - 1;
-                let clipped: Vec<PortRange> = ranges
-                    .iter()
-                    .filter(|r| u32::from(r.start) <= hi && u32::from(r.end) >= lo)
-                    .map(|r| PortRange {
-                        start: r.start.max(lo as u16),
-                        end: r.end.min(hi as u16),
-                    })
-                    .collect();
-                if clipped.is_empty() {
-                    continue;
-                }
-                let list = buckets.entry(lo).or_default();
-                let next = LeafRule {
-                    rule,
-                    entries: vec![rule.entry],
-                    ranges: clipped,
-                };
-                // Adjacent rules of one policy with the same source and action merge into one
-                // multiport rule: first-match order is unchanged because nothing sits between
-                // them, and the rule count (restore time, per-packet walk) drops up to 15x.
-                if let Some(prev) = list.last_mut()
-                    && prev.same_action(&next)
-                    && slots(&prev.ranges) + slots(&next.ranges) <= MULTIPORT_SLOTS
-                {
-                    prev.ranges.extend(next.ranges);
-                    if !prev.entries.contains(&rule.entry) {
-                        prev.entries.push(rule.entry);
-                    }
-                    continue;
-                }
-                list.push(next);
-            }
+            add_to_leaves(
+                leaves.entry((family, rule.protocol)).or_default(),
+                rule,
+                &ranges,
+            );
         }
     }
-    let family = |f: Family| {
-        let mut chains = path_chains(Path::Input, f, &leaves, head_rules(failsafe));
-        let forward_head = forward_head(f, node_addresses);
-        chains.extend(path_chains(Path::Forward, f, &leaves, Vec::new()));
-        chains.insert(
-            chains
-                .iter()
-                .position(|(n, _)| n == FORWARD_PORTS_CHAIN)
-                .unwrap_or(chains.len()),
-            (FORWARD_CHAIN.to_string(), forward_head),
-        );
-        Desired {
-            family: f,
-            chains,
-            jump: Some(jump_spec(Path::Input)),
-            forward_jump: Some(jump_spec(Path::Forward)),
-        }
-    };
     Rendered {
-        v4: family(Family::Ipv4),
-        v6: family(Family::Ipv6),
+        v4: family_chains(Family::Ipv4, &leaves, failsafe, node_addresses),
+        v6: family_chains(Family::Ipv6, &leaves, failsafe, node_addresses),
         conflicts,
+    }
+}
+
+/// The conflict of a blocking `rule` whose ports lost failsafe ports to the cut (`ranges` is
+/// what is left of them); `None` when it is open or nothing was cut.
+fn failsafe_conflict(rule: &Rule, ranges: &[PortRange], failsafe: &Failsafe) -> Option<Conflict> {
+    if rule.state == State::Open || ranges == [rule.ports] {
+        return None;
+    }
+    let overlapped: Vec<FailsafePort> = failsafe
+        .ports()
+        .iter()
+        .filter(|f| f.protocol == rule.protocol && f.ports.overlaps(&rule.ports))
+        .copied()
+        .collect();
+    Some(Conflict {
+        policy: rule.policy.clone(),
+        entry: rule.entry,
+        protocol: rule.protocol,
+        ports: rule.ports,
+        state: rule.state,
+        source: rule.source,
+        failsafe: overlapped,
+    })
+}
+
+/// Adds `rule` (its failsafe-cut `ranges`, in order) to the leaves of its family and protocol
+/// (`buckets`: leaf start -> rules), split at leaf boundaries.
+fn add_to_leaves<'a>(
+    buckets: &mut BTreeMap<u32, Vec<LeafRule<'a>>>,
+    rule: &'a Rule,
+    ranges: &[PortRange],
+) {
+    let first = u32::from(ranges[0].start) / LEAF_PORTS;
+    let last = u32::from(ranges[ranges.len() - 1].end) / LEAF_PORTS;
+    for b in first..=last {
+        let lo = b * LEAF_PORTS;
+        let hi = lo + LEAF_PORTS - 1;
+        let clipped: Vec<PortRange> = ranges
+            .iter()
+            .filter(|r| u32::from(r.start) <= hi && u32::from(r.end) >= lo)
+            .map(|r| PortRange {
+                start: r.start.max(lo as u16),
+                end: r.end.min(hi as u16),
+            })
+            .collect();
+        if clipped.is_empty() {
+            continue;
+        }
+        let list = buckets.entry(lo).or_default();
+        let next = LeafRule {
+            rule,
+            entries: vec![rule.entry],
+            ranges: clipped,
+        };
+        // Adjacent rules of one policy with the same source and action merge into one
+        // multiport rule: first-match order is unchanged because nothing sits between
+        // them, and the rule count (restore time, per-packet walk) drops up to 15x.
+        if let Some(prev) = list.last_mut()
+            && prev.same_action(&next)
+            && slots(&prev.ranges) + slots(&next.ranges) <= MULTIPORT_SLOTS
+        {
+            prev.ranges.extend(next.ranges);
+            if !prev.entries.contains(&rule.entry) {
+                prev.entries.push(rule.entry);
+            }
+            continue;
+        }
+        list.push(next);
+    }
+}
+
+/// Family `f`'s chains: the input path (after the failsafe head), then the forward path with
+/// its head (`FORWARD_CHAIN`) before its port dispatch, and both jumps.
+fn family_chains(
+    f: Family,
+    leaves: &Leaves<'_>,
+    failsafe: &Failsafe,
+    node_addresses: &[IpAddr],
+) -> Desired {
+    let mut chains = path_chains(Path::Input, f, leaves, head_rules(failsafe));
+    let forward_head = forward_head(f, node_addresses);
+    chains.extend(path_chains(Path::Forward, f, leaves, Vec::new()));
+    chains.insert(
+        chains
+            .iter()
+            .position(|(n, _)| n == FORWARD_PORTS_CHAIN)
+            .unwrap_or(chains.len()),
+        (FORWARD_CHAIN.to_string(), forward_head),
+    );
+    Desired {
+        family: f,
+        chains,
+        jump: Some(jump_spec(Path::Input)),
+        forward_jump: Some(jump_spec(Path::Forward)),
     }
 }
 

@@ -42,7 +42,7 @@ use serde::Serialize;
 use crate::Error;
 
 /// Longest line text an error quotes: a hostile dump can hold a line of megabytes.
-const MAX_QUOTED_CHARS: usize = 200;
+pub(crate) const MAX_QUOTED_CHARS: usize = 200;
 
 /// `line`, cut to [`MAX_QUOTED_CHARS`] characters (marked with `...`) for an error message.
 fn quoted_line(line: &str) -> String {
@@ -187,36 +187,8 @@ impl Ruleset {
             };
             if line == "COMMIT" {
                 open = false;
-            } else if let Some(decl) = line.strip_prefix(':') {
-                let mut parts = decl.split_whitespace();
-                let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
-                    return Err(bad("chain declaration without a policy"));
-                };
-                if chain_index.contains_key(name) {
-                    return Err(bad("chain declared twice in this table"));
-                }
-                chain_index.insert(name.to_string(), table.chains.len());
-                table.chains.push(Chain {
-                    name: name.to_string(),
-                    policy: (policy != "-").then(|| policy.to_string()),
-                    rules: Vec::new(),
-                });
             } else {
-                let (counters, rest) = split_counters(line).map_err(&bad)?;
-                let Some(rest) = rest.strip_prefix("-A ") else {
-                    return Err(bad("expected a chain (:), a rule (-A) or COMMIT"));
-                };
-                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-                let Some(c) = chain_index
-                    .get(chain)
-                    .and_then(|&i| table.chains.get_mut(i))
-                else {
-                    return Err(bad("rule for a chain that was not declared"));
-                };
-                c.rules.push(SavedRule {
-                    spec: spec.trim().to_string(),
-                    counters,
-                });
+                table_line(table, &mut chain_index, line).map_err(&bad)?;
             }
         }
         if open {
@@ -231,6 +203,50 @@ impl Ruleset {
             incompatible,
         })
     }
+}
+
+/// Reads one line of an open table other than `COMMIT`: a chain declaration or a rule (of a
+/// declared chain; `chain_index` maps the table's chain names to their index).
+///
+/// # Errors
+/// What is wrong with the line.
+fn table_line(
+    table: &mut Table,
+    chain_index: &mut HashMap<String, usize>,
+    line: &str,
+) -> Result<(), &'static str> {
+    if let Some(decl) = line.strip_prefix(':') {
+        let mut parts = decl.split_whitespace();
+        let (Some(name), Some(policy)) = (parts.next(), parts.next()) else {
+            return Err("chain declaration without a policy");
+        };
+        if chain_index.contains_key(name) {
+            return Err("chain declared twice in this table");
+        }
+        chain_index.insert(name.to_string(), table.chains.len());
+        table.chains.push(Chain {
+            name: name.to_string(),
+            policy: (policy != "-").then(|| policy.to_string()),
+            rules: Vec::new(),
+        });
+        return Ok(());
+    }
+    let (counters, rest) = split_counters(line)?;
+    let Some(rest) = rest.strip_prefix("-A ") else {
+        return Err("expected a chain (:), a rule (-A) or COMMIT");
+    };
+    let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
+    let Some(c) = chain_index
+        .get(chain)
+        .and_then(|&i| table.chains.get_mut(i))
+    else {
+        return Err("rule for a chain that was not declared");
+    };
+    c.rules.push(SavedRule {
+        spec: spec.trim().to_string(),
+        counters,
+    });
+    Ok(())
 }
 
 /// The ruleset in `iptables-save -c` form: what [`Ruleset::parse`] reads back to the same
@@ -262,95 +278,6 @@ pub fn to_save_text(rs: &Ruleset) -> String {
         out.push_str("COMMIT\n");
     }
     out
-}
-
-/// The checks of the `iptables_save` fuzz target (`fuzz/`) and the corpus replay test, on one
-/// input; not part of the API. Panics when an invariant fails, which is how a fuzzer reports
-/// it: a parsed dump printed again parses to the same ruleset, and planning against it (for
-/// a fixture policy, and a reset) completes and writes nothing but portwarden's own chains and
-/// jump (look-alikes are never written).
-#[doc(hidden)]
-pub fn fuzz_check(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let rs = match Ruleset::parse(text) {
-        Ok(rs) => rs,
-        Err(e) => {
-            let Error::Parse {
-                line, text: quoted, ..
-            } = &e
-            else {
-                panic!("parse error of another kind: {e}");
-            };
-            assert!(*line >= 1, "line numbers are 1-based: {e}");
-            assert!(
-                quoted.chars().count() <= MAX_QUOTED_CHARS + 3,
-                "error quotes {} chars",
-                quoted.chars().count()
-            );
-            return;
-        }
-    };
-    let printed = to_save_text(&rs);
-    match Ruleset::parse(&printed) {
-        Ok(again) => assert_eq!(again, rs, "printed as:\n{printed}"),
-        Err(e) => panic!("printed ruleset does not parse: {e}\n{printed}"),
-    }
-    let intent = fuzz_intent();
-    let current = [(crate::Family::Ipv4, &rs), (crate::Family::Ipv6, &rs)];
-    let plan = crate::Plan::compute(
-        intent,
-        &crate::Failsafe::default(),
-        &[std::net::IpAddr::from([10, 0, 0, 1])],
-        &current,
-    );
-    assert_eq!(plan.changes, plan.add.len() + plan.delete.len());
-    let reset = crate::Plan::reset(&current);
-    for fp in plan.families.iter().chain(&reset.families) {
-        writes_only_ours(&fp.restore);
-    }
-}
-
-/// Panics unless every line of a restore input touches only portwarden's chains and jumps.
-fn writes_only_ours(restore: &str) {
-    use crate::chains::{is_our_jump, is_owned};
-    for line in restore.lines() {
-        let ok = match line.split_once(' ') {
-            _ if line == "*filter" || line == "COMMIT" => true,
-            Some((decl, "- [0:0]")) => decl.strip_prefix(':').is_some_and(is_owned),
-            Some(("-X", chain)) => is_owned(chain),
-            Some((op @ ("-A" | "-D" | "-I"), rest)) => {
-                let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
-                let spec = match op {
-                    "-I" => spec.strip_prefix("1 ").unwrap_or(spec),
-                    _ => spec,
-                };
-                match op {
-                    "-A" => is_owned(chain),
-                    _ => is_owned(chain) || is_our_jump(chain, spec),
-                }
-            }
-            _ => false,
-        };
-        assert!(
-            ok,
-            "a plan writes what is not portwarden's: {line}\n{restore}"
-        );
-    }
-}
-
-/// The compiled intent of `tests/fixtures/mixed.yaml`, for [`fuzz_check`].
-fn fuzz_intent() -> &'static portwarden_policy::NodeIntent {
-    static INTENT: std::sync::OnceLock<portwarden_policy::NodeIntent> = std::sync::OnceLock::new();
-    INTENT.get_or_init(|| {
-        let loaded = portwarden_policy::load::load_source(
-            "mixed.yaml",
-            include_bytes!("../tests/fixtures/mixed.yaml"),
-        )
-        .expect("fixture policy loads");
-        loaded.policies.compile(&Default::default())
-    })
 }
 
 /// Splits an optional leading `[packets:bytes] ` off a rule line.

@@ -5,11 +5,12 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use portwarden_netfilter::Ruleset;
-use portwarden_netfilter::save::{fuzz_check, to_save_text};
+use portwarden_netfilter::fuzzing;
+use portwarden_netfilter::save::to_save_text;
 
 #[test]
 fn iptables_save_corpus() {
-    portwarden_lab::replay_corpus("iptables_save", 5, fuzz_check);
+    portwarden_lab::replay_corpus("iptables_save", 5, fuzzing::iptables_save);
 }
 
 #[test]
@@ -66,7 +67,7 @@ fn a_chain_declared_twice_is_refused() {
         "{e}"
     );
     let crash = include_bytes!("data/iptables-save-chain-declared-twice");
-    fuzz_check(crash);
+    fuzzing::iptables_save(crash);
     assert!(Ruleset::parse(std::str::from_utf8(crash).unwrap()).is_err());
     // The same name in two tables is fine, and a table's chains are not visible from the next.
     let rs = Ruleset::parse(

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use portwarden_netfilter::forwarding::Managed;
-use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Netfilter, Options, Plan};
+use portwarden_netfilter::{
+    BackendChoice, DEFAULT_FAILSAFE, ErrorKind, Failsafe, Netfilter, Options, Plan,
+};
 use portwarden_policy::{NodeIntent, text};
 use serde::Serialize;
 
@@ -61,9 +63,9 @@ pub fn warn_if_an_agent_runs(what: &str) {
 /// usually root's with mode 0600, so an agent running as another user with only its two
 /// capabilities cannot open it.
 pub fn explain_lock_error(e: portwarden_netfilter::Error) -> anyhow::Error {
-    let text = e.to_string();
+    let kind = e.kind();
     let e = anyhow::Error::new(e);
-    if text.contains("lock file") && text.contains("Permission denied") {
+    if kind == ErrorKind::XtablesLockDenied {
         return e.context(
             "the xtables lock file cannot be opened by this user: under the legacy backend every \
              iptables writer serialises on it. Create it writable for portwarden's group before \
