@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use portwarden_lab::{Lab, Netns, TcpListenerGuard, UdpListenerGuard};
+use portwarden_lab::{Lab, Netns, Nmap, TcpListenerGuard, UdpListenerGuard};
 
 use crate::Part;
 use crate::analysis;
@@ -183,10 +183,8 @@ fn nmap(
     targets: &[IpAddr],
     into: &mut Samples,
 ) -> Result<()> {
-    let mut argv: Vec<String> = ["nmap", "-n", "-Pn"].map(String::from).to_vec();
-    argv.extend(flags.iter().cloned());
-    argv.extend(["-p", ports, "-oX", "-"].map(String::from));
-    argv.extend(targets.iter().map(IpAddr::to_string));
+    // The lab's nmap command line, run under the measuring process runner.
+    let argv = Nmap::new(flags).ports(ports).targets(targets).argv();
     let m = run_in(scanner, Job::new(&argv).limit(Duration::from_secs(900)))?.check("nmap")?;
     into.states
         .push(parse::nmap_states(&m.stdout).map_err(|e| anyhow!(e))?);
