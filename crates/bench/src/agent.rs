@@ -12,12 +12,11 @@ use portwarden_lab::Netns;
 use portwarden_reconcile::DEFAULT_AGENT_PORT;
 use portwarden_reconcile::inside::http_get;
 
-use crate::apply::NODE;
 use crate::parse::{metric, proc_stat_ticks, proc_status_kb};
 use crate::process::{Job, run_in};
 use crate::report::{Row, Value, Workload, count, secs};
 use crate::stats::median;
-use crate::suite::{Ctx, progress};
+use crate::suite::{Ctx, NODE, progress};
 
 const COUNT: &str = "portwarden_reconcile_duration_seconds_count";
 const SUM: &str = "portwarden_reconcile_duration_seconds_sum";

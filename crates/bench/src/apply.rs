@@ -30,10 +30,8 @@ use crate::analysis;
 use crate::process::{Job, Measured, run_here};
 use crate::report::{Point, Row, Scaling, Series, Workload, count};
 use crate::stats::{median, power_fit};
-use crate::suite::{Ctx, Settings, progress};
+use crate::suite::{Ctx, NODE, Settings, progress};
 
-/// The inventory's name for the lab node.
-pub const NODE: &str = "bench";
 /// First port of the generated entries (entry `i` is port `FIRST_PORT + i`).
 pub const FIRST_PORT: u32 = 10_000;
 /// The chain the hand-written rules go to.
