@@ -45,13 +45,13 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     n.step("Build a lab: web-1, web-2, db-1 and a scanner, in network namespaces");
     let policy_dir = root.join("examples");
     let mut s = Scenario::new(&bin, &root, &policy_dir)?;
+    let nodes = NODES
+        .iter()
+        .map(|name| Ok(format!("{name}={}", s.address(name)?)))
+        .collect::<Result<Vec<_>>>()?;
     n.say(&format!(
         "nodes {} · scanner {} (and {} on the bastion network) · no default route anywhere",
-        NODES
-            .iter()
-            .map(|name| format!("{name}={}", s.address(name)))
-            .collect::<Vec<_>>()
-            .join(" "),
+        nodes.join(" "),
         s.scanner().v4(),
         s.scanner()
             .ipv4
@@ -77,7 +77,7 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     n.step("Break things the way life does");
     s.insert_foreign_drop("web-1")?;
     n.say("web-1: a foreign tool inserts `iptables -I INPUT 1 -p tcp --dport 443 -j DROP`");
-    s.stop_service("web-2", 80);
+    s.stop_service("web-2", 80)?;
     n.say("web-2: the web server on port 80 stops");
     let rule = s.delete_own_rule("db-1")?;
     n.say(&format!("db-1: someone deletes portwarden's rule `{rule}`"));
