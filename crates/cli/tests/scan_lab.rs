@@ -1,5 +1,5 @@
 //! `portwarden scan` end to end in a namespace lab: the binary runs inside the scanner
-//! namespace, its JSON has CLI.md's shape with nmap's state words, its XML is accepted by
+//! namespace, its JSON has docs/cli.md's shape with nmap's state words, its XML is accepted by
 //! `ndiff`, and its states equal those of the real nmap run beside it. Also: targets outside
 //! the inventory are refused unless `--any-target` is given, and `--max-rate-per-target` holds
 //! for each target as the target's own kernel measures it.
