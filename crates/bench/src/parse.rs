@@ -189,25 +189,7 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const NMAP_XML: &str = r#"<?xml version="1.0"?>
-<nmaprun scanner="nmap" args="nmap -n -Pn -sS -T4 -p1-70 -oX - 10.213.0.11 10.213.0.12">
-<hosthint><status state="up"/><address addr="10.213.0.99" addrtype="ipv4"/></hosthint>
-<host starttime="1" endtime="2"><status state="up" reason="arp-response"/>
-<address addr="10.213.0.11" addrtype="ipv4"/><address addr="52:90:B6:22:20:A6" addrtype="mac"/>
-<hostnames>
-</hostnames>
-<ports><extraports state="closed" count="67">
-<extrareasons reason="reset" count="67" proto="tcp" ports="1-21,23-63,65-69"/>
-</extraports>
-<extraports state="filtered" count="1">
-<extrareasons reason="no-response" count="1" proto="tcp" ports="64"/>
-</extraports>
-<port protocol="tcp" portid="22"><state state="open" reason="syn-ack" reason_ttl="64"/><service name="ssh" method="table" conf="3"/></port>
-<port protocol="tcp" portid="70"><state state="closed" reason="reset" reason_ttl="64"/></port>
-</ports></host>
-<host><status state="up"/><address addr="10.213.0.12" addrtype="ipv4"/>
-<ports><port protocol="udp" portid="53"><state state="open|filtered" reason="no-response"/></port></ports></host>
-<runstats><finished time="2"/></runstats></nmaprun>"#;
+    use portwarden_lab::SAMPLE_NMAP_XML as NMAP_XML;
 
     fn a(s: &str) -> IpAddr {
         s.parse().expect("address")

@@ -140,7 +140,7 @@
 //! * `client` — [`Netns::http_get`], [`Netns::udp_request`], [`Netns::nmap_port_state`],
 //!   [`wait_for`], [`Protocol`].
 //! * `nmap` — [`Nmap`]: the one nmap runner of tests, demo and benchmarks, and
-//!   [`parse_nmap_xml`]: nmap's XML as [`NmapPort`] rows.
+//!   [`parse_nmap_xml`]: nmap's XML as [`NmapPort`] rows ([`SAMPLE_NMAP_XML`] to test with).
 //! * `docker` — [`DockerEngine`]: a real dockerd in a node; [`Container`], [`PortMap`].
 //! * `pod` — [`Pod`]: a namespace behind a node, as a CNI plugin wires a pod.
 //! * `forwarded` — kube-proxy's NodePort rules and Docker's rules, rendered and written.
@@ -176,7 +176,7 @@ pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};
 pub use lock::LockHolder;
 pub use netns::{LIFTED_ICMP_LIMITS, LabChild, Netns};
-pub use nmap::{Nmap, NmapPort, NmapRun, parse_nmap_xml};
+pub use nmap::{Nmap, NmapPort, NmapRun, SAMPLE_NMAP_XML, parse_nmap_xml};
 pub use pod::Pod;
 pub use subnet::SubnetLease;
 

@@ -258,11 +258,10 @@ fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NMAP_XML: &str = r#"<?xml version="1.0"?>
+/// A small finished nmap XML report for parser tests: host 10.213.0.11 with TCP 22 open, 70
+/// closed and 1-69 in two `extraports` groups (64 filtered, the rest closed), host
+/// 10.213.0.12 with UDP 53 open|filtered, and a `hosthint` (10.213.0.99) that is no host.
+pub const SAMPLE_NMAP_XML: &str = r#"<?xml version="1.0"?>
 <nmaprun scanner="nmap" args="nmap -n -Pn -sS -T4 -p1-70 -oX - 10.213.0.11 10.213.0.12">
 <hosthint><status state="up"/><address addr="10.213.0.99" addrtype="ipv4"/></hosthint>
 <host starttime="1" endtime="2"><status state="up" reason="arp-response"/>
@@ -282,6 +281,10 @@ mod tests {
 <ports><port protocol="udp" portid="53"><state state="open|filtered" reason="no-response"/></port></ports></host>
 <runstats><finished time="2"/></runstats></nmaprun>"#;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     fn a(s: &str) -> IpAddr {
         s.parse().expect("address")
     }
@@ -294,7 +297,7 @@ mod tests {
 
     #[test]
     fn nmap_xml_lists_every_port_including_extraports() {
-        let rows = parse_nmap_xml(NMAP_XML).expect("parses");
+        let rows = parse_nmap_xml(SAMPLE_NMAP_XML).expect("parses");
         assert_eq!(rows.len(), 71);
         let r = row(&rows, "10.213.0.11", 22);
         assert_eq!((r.state.as_str(), r.reason.as_str()), ("open", "syn-ack"));
