@@ -336,34 +336,12 @@ pub fn cleanup_stale(prefix: &str) -> Result<usize, LabError> {
 /// brings the link up.
 fn address(members: &[Netns]) -> Result<(), LabError> {
     for m in members {
-        for a in &m.ipv4 {
-            run_checked(
-                "ip",
-                &[
-                    "-n",
-                    &m.name,
-                    "addr",
-                    "add",
-                    &format!("{a}/16"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-        }
-        for a in &m.ipv6 {
-            run_checked(
-                "ip",
-                &[
-                    "-n",
-                    &m.name,
-                    "addr",
-                    "add",
-                    &format!("{a}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            )?;
+        let v4 = m.ipv4.iter().map(|a| (format!("{a}/16"), None));
+        let v6 = m.ipv6.iter().map(|a| (format!("{a}/64"), Some("nodad")));
+        for (a, nodad) in v4.chain(v6) {
+            let mut args = vec!["-n", &m.name, "addr", "add", &a, "dev", "eth0"];
+            args.extend(nodad);
+            run_checked("ip", &args)?;
         }
         run_checked("ip", &["-n", &m.name, "link", "set", "eth0", "up"])?;
     }
