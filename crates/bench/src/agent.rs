@@ -8,16 +8,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use portwarden_lab::Netns;
+use portwarden_lab::{LabChild, Netns};
 use portwarden_reconcile::DEFAULT_AGENT_PORT;
 use portwarden_reconcile::inside::http_get;
 
-use crate::apply::NODE;
 use crate::parse::{metric, proc_stat_ticks, proc_status_kb};
 use crate::process::{Job, run_in};
 use crate::report::{Row, Value, Workload, count, secs};
 use crate::stats::median;
-use crate::suite::{Ctx, progress};
+use crate::suite::{Ctx, NODE, Settings, progress};
 
 const COUNT: &str = "portwarden_reconcile_duration_seconds_count";
 const SUM: &str = "portwarden_reconcile_duration_seconds_sum";
@@ -81,19 +80,9 @@ fn sample(node: &Netns, pid: u32) -> Result<Sample> {
     })
 }
 
-/// Measures the agent's steady state on `node` (whose filter table is empty).
-///
-/// # Errors
-/// When the agent does not start, converge, or report its metrics in time.
-pub fn steady(
-    ctx: &Ctx,
-    node: &Netns,
-    policy_dir: &Path,
-    inventory: &Path,
-    backend: &str,
-) -> Result<Workload> {
-    let s = &ctx.settings;
-    progress("agent: steady state");
+/// Starts the agent on `node` (`--refresh 1`, metrics on loopback) and waits until it is
+/// ready, checking the pid is still the agent's.
+fn start_agent(ctx: &Ctx, node: &Netns, policy_dir: &Path, inventory: &Path) -> Result<LabChild> {
     let listen = format!("127.0.0.1:{DEFAULT_AGENT_PORT}");
     let argv = [
         ctx.bin(),
@@ -124,6 +113,12 @@ pub fn steady(
         comm_now.trim(),
         comm.trim()
     );
+    Ok(agent)
+}
+
+/// The samples at the two ends of the measuring window: `agent_cycles` whole refreshes, from
+/// right after one has been counted.
+fn window(s: &Settings, node: &Netns, pid: u32) -> Result<(Sample, Sample)> {
     // Start the window right after a refresh has been counted.
     let first = sample(node, pid)?;
     let start = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
@@ -139,19 +134,12 @@ pub fn steady(
             Ok((x.count >= start.count + cycles).then_some(x))
         },
     )?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("reading the agent's status")?;
-    let rss = proc_status_kb(&status, "VmRSS").context("VmRSS")? as f64 / 1024.0;
-    let hwm = proc_status_kb(&status, "VmHWM").unwrap_or(0) as f64 / 1024.0;
-    drop(agent);
-    let wall = end.at.duration_since(start.at).as_secs_f64();
-    let cpu = (end.ticks.saturating_sub(start.ticks)) as f64 / clock_ticks();
-    let refreshes = end.count - start.count;
-    let per_refresh = (end.sum - start.sum) / refreshes.max(1.0);
-    let writes = end.changed - start.changed;
-    let errors = end.errors - start.errors;
+    Ok((start, end))
+}
 
-    // The floor: one iptables-save per family per refresh, with the rules in place.
+/// The peer's CPU per refresh: one iptables-save per family with the rules in place, the
+/// median of the peer runs (at least three).
+fn floor_cpu(s: &Settings, node: &Netns, backend: &str) -> Result<f64> {
     let mut floor = Vec::new();
     for _ in 0..s.runs_peer.max(3) {
         let mut c = 0.0;
@@ -165,7 +153,38 @@ pub fn steady(
         }
         floor.push(c);
     }
-    let floor_cpu = median(&floor).unwrap_or(0.0);
+    Ok(median(&floor).unwrap_or(0.0))
+}
+
+/// Measures the agent's steady state on `node` (whose filter table is empty).
+///
+/// # Errors
+/// When the agent does not start, converge, or report its metrics in time.
+pub fn steady(
+    ctx: &Ctx,
+    node: &Netns,
+    policy_dir: &Path,
+    inventory: &Path,
+    backend: &str,
+) -> Result<Workload> {
+    let s = &ctx.settings;
+    progress("agent: steady state");
+    let agent = start_agent(ctx, node, policy_dir, inventory)?;
+    let pid = agent.id();
+    let (start, end) = window(s, node, pid)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("reading the agent's status")?;
+    let rss = proc_status_kb(&status, "VmRSS").context("VmRSS")? as f64 / 1024.0;
+    let hwm = proc_status_kb(&status, "VmHWM").unwrap_or(0) as f64 / 1024.0;
+    drop(agent);
+    let wall = end.at.duration_since(start.at).as_secs_f64();
+    let cpu = (end.ticks.saturating_sub(start.ticks)) as f64 / clock_ticks();
+    let refreshes = end.count - start.count;
+    let per_refresh = (end.sum - start.sum) / refreshes.max(1.0);
+    let writes = end.changed - start.changed;
+    let errors = end.errors - start.errors;
+
+    let floor_cpu = floor_cpu(s, node, backend)?;
     let entries = count(s.steady_entries as f64);
     Ok(Workload {
         title: format!("Agent steady state at {entries} entries"),

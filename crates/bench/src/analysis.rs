@@ -102,32 +102,53 @@ pub fn scan(series: &[Series], unit: &str, per: f64, cores: usize, load: f64) ->
     s.push('.');
     out.push(s);
     if let Some(used) = used {
-        let why = if cpu_bound {
-            format!(
-                "At {} the scan keeps {used:.2} of the {cores} cores busy (user + system \
-                 CPU ÷ wall time): it is CPU-bound, and most of that is kernel work per probe \
-                 (the SYN's trip through the veth, the node's RST, the reply's receive), which no \
-                 scanner avoids; more cores or fewer probes are the only ways further.",
-                sized(hi.x, unit)
-            )
-        } else {
-            format!(
-                "At {} the scan keeps only {used:.2} of the {cores} cores busy: it is not \
-                 CPU-bound; the rest is waiting — the timeouts before silent (filtered) ports are \
-                 called filtered (nmap's -T4 timing, retransmitted once) and the wait for late \
-                 replies at the end — a fixed cost that larger scans amortise.",
-                sized(hi.x, unit)
-            )
-        };
-        out.push(why);
-        if load >= 0.75 * cores as f64 {
-            out.push(format!(
-                "Other processes kept this machine busy during the run (load average {load:.1} \
-                 on {cores} cores), so no scanner got all the cores; absolute times here are \
-                 pessimistic for every tool, the ratios less so."
-            ));
-        }
+        out.extend(cpu_sentences(hi, unit, used, cpu_bound, cores, load));
     }
+    out.extend(peer_sentences(series, &pts));
+    out
+}
+
+/// What the scan's CPU use at its largest size says: CPU-bound or waiting, and a warning when
+/// other processes kept the machine busy.
+fn cpu_sentences(
+    hi: &Point,
+    unit: &str,
+    used: f64,
+    cpu_bound: bool,
+    cores: usize,
+    load: f64,
+) -> Vec<String> {
+    let why = if cpu_bound {
+        format!(
+            "At {} the scan keeps {used:.2} of the {cores} cores busy (user + system \
+             CPU ÷ wall time): it is CPU-bound, and most of that is kernel work per probe \
+             (the SYN's trip through the veth, the node's RST, the reply's receive), which no \
+             scanner avoids; more cores or fewer probes are the only ways further.",
+            sized(hi.x, unit)
+        )
+    } else {
+        format!(
+            "At {} the scan keeps only {used:.2} of the {cores} cores busy: it is not \
+             CPU-bound; the rest is waiting — the timeouts before silent (filtered) ports are \
+             called filtered (nmap's -T4 timing, retransmitted once) and the wait for late \
+             replies at the end — a fixed cost that larger scans amortise.",
+            sized(hi.x, unit)
+        )
+    };
+    let mut out = vec![why];
+    if load >= 0.75 * cores as f64 {
+        out.push(format!(
+            "Other processes kept this machine busy during the run (load average {load:.1} \
+             on {cores} cores), so no scanner got all the cores; absolute times here are \
+             pessimistic for every tool, the ratios less so."
+        ));
+    }
+    out
+}
+
+/// Each peer's exponent and its time against portwarden's at every measured size.
+fn peer_sentences(series: &[Series], pts: &[&Point]) -> Vec<String> {
+    let mut out = Vec::new();
     for peer in series.iter().filter(|s| !s.ours) {
         let Some(f) = peer.fit() else { continue };
         let r: Vec<String> = measured(peer)

@@ -30,10 +30,8 @@ use crate::analysis;
 use crate::process::{Job, Measured, run_here};
 use crate::report::{Point, Row, Scaling, Series, Workload, count};
 use crate::stats::{median, power_fit};
-use crate::suite::{Ctx, Settings, progress};
+use crate::suite::{Ctx, NODE, Settings, progress};
 
-/// The inventory's name for the lab node.
-pub const NODE: &str = "bench";
 /// First port of the generated entries (entry `i` is port `FIRST_PORT + i`).
 pub const FIRST_PORT: u32 = 10_000;
 /// The chain the hand-written rules go to.
@@ -269,113 +267,147 @@ fn measure(input: &Input) -> Result<Results> {
     for (n, policy) in &input.policies {
         progress(&format!("apply: {} entries", count(*n as f64)));
         let intent = intent(policy, &input.inventory)?;
-        let addresses = portwarden_netfilter::addresses::node_addresses()
-            .context("listing the lab node's addresses")?;
-        let expected = render(&intent, &failsafe, &addresses);
-        let hand = hand_restore(*n);
-        clear(backend)?;
-        let own: Vec<(Family, String)> = nf
-            .plan(&intent, &failsafe)
-            .context("planning on an empty node")?
-            .families
-            .iter()
-            .map(|f| (f.family, f.restore.clone()))
-            .collect();
-        let mut size = Size {
-            n: *n,
-            ..Size::default()
-        };
-        for i in 0..s.runs_ours.max(s.runs_peer) {
-            if i < s.runs_peer {
-                clear(backend)?;
-                let t = Instant::now();
-                for f in Family::ALL {
-                    run(
-                        Job::new(&[tool(backend, f, "restore"), "--noflush".into()])
-                            .stdin(hand.clone()),
-                        "hand-written iptables-restore",
-                    )?;
-                }
-                size.hand.push(t.elapsed().as_secs_f64());
-                if i == 0 {
-                    let differ: usize = nf
-                        .read_all()?
-                        .iter()
-                        .map(|(_, r)| compare_hand(r, *n))
-                        .sum();
-                    size.hand_agree = if differ == 0 {
-                        format!("all {} rules in place (x2 families)", count(*n as f64))
-                    } else {
-                        format!("**{differ} rules differ from the text**")
-                    };
-                }
-                clear(backend)?;
-                let t = Instant::now();
-                for (f, text) in &own {
-                    run(
-                        Job::new(&[tool(backend, *f, "restore"), "--noflush".into()])
-                            .stdin(text.clone()),
-                        "replaying portwarden's transaction",
-                    )?;
-                }
-                size.own.push(t.elapsed().as_secs_f64());
-            }
-            if i < s.runs_ours {
-                clear(backend)?;
-                let m = run(apply_job(input, policy), "portwarden apply")?;
-                size.ours.push(m.wall);
-                let v: serde_json::Value =
-                    serde_json::from_str(&m.stdout).context("portwarden apply -o json output")?;
-                size.rules_written = v["changes"].as_u64().unwrap_or(0) as usize;
-                if i == 0 {
-                    let (differ, total) = compare_expected(&expected, &nf.read_all()?);
-                    size.ours_agree = if differ == 0 {
-                        format!(
-                            "iptables-save = expected ruleset ({} rules)",
-                            count(total as f64)
-                        )
-                    } else {
-                        format!(
-                            "**{differ} of {} rules differ from the expected ruleset**",
-                            count(total as f64)
-                        )
-                    };
-                }
-            }
-        }
+        let size = measure_size(input, &nf, &failsafe, &intent, *n, policy)?;
         if *n == s.steady_entries {
             out.noop = noop(input, policy, &nf, &intent, &failsafe, backend)?;
         }
         out.sizes.push(size);
     }
     for &n in &s.per_rule_sizes {
-        progress(&format!("apply: {n} iptables -A calls"));
-        let ipt = format!("{}-{backend}", Family::Ipv4.tool());
-        let mut pr = PerRule {
-            n,
-            ..PerRule::default()
-        };
-        for i in 0..s.runs_peer {
-            clear(backend)?;
-            run(
-                Job::new(&[ipt.clone(), "-w".into(), "-N".into(), HAND_CHAIN.into()]),
-                "iptables -N",
-            )?;
-            let t = Instant::now();
-            for r in 0..n {
-                let mut argv = vec![ipt.clone(), "-w".into(), "-A".into(), HAND_CHAIN.into()];
-                argv.extend(hand_rule(r));
-                run(Job::new(&argv), "iptables -A")?;
-            }
-            pr.times.push(t.elapsed().as_secs_f64());
-            if i == 0 {
-                pr.differ = compare_hand(&nf.read(Family::Ipv4)?, n);
-            }
-        }
-        out.per_rule.push(pr);
+        out.per_rule.push(measure_per_rule(s, &nf, n)?);
     }
     clear(backend)?;
     Ok(out)
+}
+
+/// One apply size, every run: the hand-written iptables-restore and the replay of
+/// portwarden's own transaction (the peers), then `portwarden apply`, each on an empty filter
+/// table; the first run of each is checked against the expected rules.
+fn measure_size(
+    input: &Input,
+    nf: &Netfilter,
+    failsafe: &Failsafe,
+    intent: &NodeIntent,
+    n: usize,
+    policy: &Path,
+) -> Result<Size> {
+    let s = &input.settings;
+    let backend = nf.backend();
+    let addresses = portwarden_netfilter::addresses::node_addresses()
+        .context("listing the lab node's addresses")?;
+    let expected = render(intent, failsafe, &addresses);
+    let hand = hand_restore(n);
+    clear(backend)?;
+    let own: Vec<(Family, String)> = nf
+        .plan(intent, failsafe)
+        .context("planning on an empty node")?
+        .families
+        .iter()
+        .map(|f| (f.family, f.restore.clone()))
+        .collect();
+    let mut size = Size {
+        n,
+        ..Size::default()
+    };
+    for i in 0..s.runs_ours.max(s.runs_peer) {
+        if i < s.runs_peer {
+            measure_peers(nf, &hand, &own, i == 0, &mut size)?;
+        }
+        if i < s.runs_ours {
+            clear(backend)?;
+            let m = run(apply_job(input, policy), "portwarden apply")?;
+            size.ours.push(m.wall);
+            let v: serde_json::Value =
+                serde_json::from_str(&m.stdout).context("portwarden apply -o json output")?;
+            size.rules_written = v["changes"].as_u64().unwrap_or(0) as usize;
+            if i == 0 {
+                let (differ, total) = compare_expected(&expected, &nf.read_all()?);
+                size.ours_agree = if differ == 0 {
+                    format!(
+                        "iptables-save = expected ruleset ({} rules)",
+                        count(total as f64)
+                    )
+                } else {
+                    format!(
+                        "**{differ} of {} rules differ from the expected ruleset**",
+                        count(total as f64)
+                    )
+                };
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// One run of the two peers of an apply size on an empty filter table: the hand-written
+/// iptables-restore (checked against its text when `first`) and the replay of portwarden's
+/// own transaction.
+fn measure_peers(
+    nf: &Netfilter,
+    hand: &str,
+    own: &[(Family, String)],
+    first: bool,
+    size: &mut Size,
+) -> Result<()> {
+    let backend = nf.backend();
+    let n = size.n;
+    clear(backend)?;
+    let t = Instant::now();
+    for f in Family::ALL {
+        run(
+            Job::new(&[tool(backend, f, "restore"), "--noflush".into()]).stdin(hand.to_string()),
+            "hand-written iptables-restore",
+        )?;
+    }
+    size.hand.push(t.elapsed().as_secs_f64());
+    if first {
+        let differ: usize = nf.read_all()?.iter().map(|(_, r)| compare_hand(r, n)).sum();
+        size.hand_agree = if differ == 0 {
+            format!("all {} rules in place (x2 families)", count(n as f64))
+        } else {
+            format!("**{differ} rules differ from the text**")
+        };
+    }
+    clear(backend)?;
+    let t = Instant::now();
+    for (f, text) in own {
+        run(
+            Job::new(&[tool(backend, *f, "restore"), "--noflush".into()]).stdin(text.clone()),
+            "replaying portwarden's transaction",
+        )?;
+    }
+    size.own.push(t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `n` rules added one `iptables -A` call each (IPv4), every peer run on an empty table; the
+/// first run is checked against the hand-written text.
+fn measure_per_rule(s: &Settings, nf: &Netfilter, n: usize) -> Result<PerRule> {
+    let backend = nf.backend();
+    progress(&format!("apply: {n} iptables -A calls"));
+    let ipt = format!("{}-{backend}", Family::Ipv4.tool());
+    let mut pr = PerRule {
+        n,
+        ..PerRule::default()
+    };
+    for i in 0..s.runs_peer {
+        clear(backend)?;
+        run(
+            Job::new(&[ipt.clone(), "-w".into(), "-N".into(), HAND_CHAIN.into()]),
+            "iptables -N",
+        )?;
+        let t = Instant::now();
+        for r in 0..n {
+            let mut argv = vec![ipt.clone(), "-w".into(), "-A".into(), HAND_CHAIN.into()];
+            argv.extend(hand_rule(r));
+            run(Job::new(&argv), "iptables -A")?;
+        }
+        pr.times.push(t.elapsed().as_secs_f64());
+        if i == 0 {
+            pr.differ = compare_hand(&nf.read(Family::Ipv4)?, n);
+        }
+    }
+    Ok(pr)
 }
 
 fn noop(
@@ -489,109 +521,128 @@ fn per_rule_estimate(per_rule: &[PerRule], n: usize) -> Option<(f64, bool, f64)>
     Some((largest.1 * (n as f64 / largest.0).powf(k), true, k))
 }
 
+/// The apply part of the report: one workload per size that gets a table, the no-op
+/// reconcile, and the scaling study.
 fn build(s: &Settings, r: &Results) -> Part {
     let mut part = Part::default();
-    let ipt = format!("iptables-{}", r.backend);
-    let restore = format!("iptables-{}-restore", r.backend);
     for size in r.sizes.iter().filter(|z| s.apply_workloads.contains(&z.n)) {
-        let n = count(size.n as f64);
-        let mut rows = vec![
-            Row::timed(
-                "portwarden apply",
-                &format!(
-                    "portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"
-                ),
-                true,
-                size.ours.clone(),
-            )
-            .agreement(size.ours_agree.clone())
-            .detail(format!(
-                "{} rules and chains written",
-                count(size.rules_written as f64)
-            )),
-            Row::timed(
-                "hand-written iptables-restore",
-                &format!("{restore} --noflush < hand.rules (+ ip6tables)"),
-                false,
-                size.hand.clone(),
-            )
-            .agreement(size.hand_agree.clone())
-            .detail(format!("{n} rules per family, one per entry")),
-            Row::timed(
-                "iptables-restore of portwarden's rules",
-                &format!("{restore} --noflush < portwarden's transaction (+ ip6tables)"),
-                false,
-                size.own.clone(),
-            )
-            .agreement("the same rules")
-            .detail("the kernel's floor for exactly these rules"),
-        ];
-        if let Some((t, estimated, k)) = per_rule_estimate(&r.per_rule, size.n) {
-            let mut row = Row::timed(
-                "one iptables -A per rule",
-                &format!("{ipt} -w -A {HAND_CHAIN} <rule>, x {n} (IPv4 only)"),
-                false,
-                if estimated {
-                    vec![t]
-                } else {
-                    r.per_rule
-                        .iter()
-                        .find(|p| p.n == size.n)
-                        .map(|p| p.times.clone())
-                        .unwrap_or_default()
-                },
-            );
-            row.estimated = estimated;
-            let measured = r
-                .per_rule
-                .iter()
-                .map(|p| count(p.n as f64))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let differ: usize = r.per_rule.iter().map(|p| p.differ).sum();
-            row = if estimated {
-                row.agreement(if differ == 0 {
-                    format!("same rules as the hand-written text (checked at {measured} calls)")
-                } else {
-                    format!("**{differ} rules differ at the measured sizes**")
-                })
-                .detail(format!("measured at {measured} calls, extrapolated as calls^{k:.2}; IPv4 only, so a lower bound"))
-            } else {
-                let differ = r
-                    .per_rule
-                    .iter()
-                    .find(|p| p.n == size.n)
-                    .map_or(0, |p| p.differ);
-                row.agreement(if differ == 0 {
-                    "same rules as the hand-written text".to_string()
-                } else {
-                    format!("**{differ} rules differ**")
-                })
-                .detail("IPv4 only: a lower bound for both families")
-            };
-            rows.push(row);
-        }
-        part.workloads.push(Workload {
-            title: format!("Apply {n} entries"),
-            setup: format!(
-                "One policy of {n} single-port TCP entries (ports {}-{}, states cycling open, \
-                 closed, filtered, any source, so IPv4 and IPv6 both get rules) applied to a lab \
-                 node with an empty filter table ({} backend) that forwards both families, as a \
-                 Docker or Kubernetes node does, so every entry is rendered for INPUT and for \
-                 the forward path (FORWARD, one rule per port: conntrack's original-port match \
-                 takes one range per rule). portwarden's time includes \
-                 process start, loading and compiling the YAML, detecting the backend, reading \
-                 the rules, rendering, diffing, one transaction per family and the read-back.",
-                FIRST_PORT,
-                FIRST_PORT + size.n as u32 - 1,
-                r.backend
-            ),
-            rows,
-            notes: Vec::new(),
-        });
+        part.workloads.push(size_workload(r, size));
     }
+    part.workloads.push(noop_workload(s, r));
+    part.scaling.push(scaling(r));
+    part
+}
+
+/// The workload of one apply size: portwarden apply against hand-written iptables-restore,
+/// the replay of portwarden's own transaction and one `iptables -A` per rule.
+fn size_workload(r: &Results, size: &Size) -> Workload {
+    let n = count(size.n as f64);
+    let restore = format!("iptables-{}-restore", r.backend);
+    let mut rows = vec![
+        Row::timed(
+            "portwarden apply",
+            &format!("portwarden apply -f policy.yaml --inventory inventory.yaml --node {NODE}"),
+            true,
+            size.ours.clone(),
+        )
+        .agreement(size.ours_agree.clone())
+        .detail(format!(
+            "{} rules and chains written",
+            count(size.rules_written as f64)
+        )),
+        Row::timed(
+            "hand-written iptables-restore",
+            &format!("{restore} --noflush < hand.rules (+ ip6tables)"),
+            false,
+            size.hand.clone(),
+        )
+        .agreement(size.hand_agree.clone())
+        .detail(format!("{n} rules per family, one per entry")),
+        Row::timed(
+            "iptables-restore of portwarden's rules",
+            &format!("{restore} --noflush < portwarden's transaction (+ ip6tables)"),
+            false,
+            size.own.clone(),
+        )
+        .agreement("the same rules")
+        .detail("the kernel's floor for exactly these rules"),
+    ];
+    rows.extend(per_rule_row(r, size, &n));
+    Workload {
+        title: format!("Apply {n} entries"),
+        setup: format!(
+            "One policy of {n} single-port TCP entries (ports {}-{}, states cycling open, \
+             closed, filtered, any source, so IPv4 and IPv6 both get rules) applied to a lab \
+             node with an empty filter table ({} backend) that forwards both families, as a \
+             Docker or Kubernetes node does, so every entry is rendered for INPUT and for \
+             the forward path (FORWARD, one rule per port: conntrack's original-port match \
+             takes one range per rule). portwarden's time includes \
+             process start, loading and compiling the YAML, detecting the backend, reading \
+             the rules, rendering, diffing, one transaction per family and the read-back.",
+            FIRST_PORT,
+            FIRST_PORT + size.n as u32 - 1,
+            r.backend
+        ),
+        rows,
+        notes: Vec::new(),
+    }
+}
+
+/// The one-`iptables -A`-per-rule row of an apply workload: measured at this size, or
+/// extrapolated from the measured sizes (None when nothing was measured).
+fn per_rule_row(r: &Results, size: &Size, n: &str) -> Option<Row> {
+    let ipt = format!("iptables-{}", r.backend);
+    let (t, estimated, k) = per_rule_estimate(&r.per_rule, size.n)?;
+    let mut row = Row::timed(
+        "one iptables -A per rule",
+        &format!("{ipt} -w -A {HAND_CHAIN} <rule>, x {n} (IPv4 only)"),
+        false,
+        if estimated {
+            vec![t]
+        } else {
+            r.per_rule
+                .iter()
+                .find(|p| p.n == size.n)
+                .map(|p| p.times.clone())
+                .unwrap_or_default()
+        },
+    );
+    row.estimated = estimated;
+    let measured = r
+        .per_rule
+        .iter()
+        .map(|p| count(p.n as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let differ: usize = r.per_rule.iter().map(|p| p.differ).sum();
+    row = if estimated {
+        row.agreement(if differ == 0 {
+            format!("same rules as the hand-written text (checked at {measured} calls)")
+        } else {
+            format!("**{differ} rules differ at the measured sizes**")
+        })
+        .detail(format!("measured at {measured} calls, extrapolated as calls^{k:.2}; IPv4 only, so a lower bound"))
+    } else {
+        let differ = r
+            .per_rule
+            .iter()
+            .find(|p| p.n == size.n)
+            .map_or(0, |p| p.differ);
+        row.agreement(if differ == 0 {
+            "same rules as the hand-written text".to_string()
+        } else {
+            format!("**{differ} rules differ**")
+        })
+        .detail("IPv4 only: a lower bound for both families")
+    };
+    Some(row)
+}
+
+/// The no-op reconcile workload: the agent's refresh and a fresh apply against
+/// `iptables-save`.
+fn noop_workload(s: &Settings, r: &Results) -> Workload {
     let steady = count(s.steady_entries as f64);
-    part.workloads.push(Workload {
+    Workload {
         title: format!("No-op reconcile at {steady} entries"),
         setup: format!(
             "The {steady}-entry policy already applied; nothing to change. The agent's refresh \
@@ -628,8 +679,12 @@ fn build(s: &Settings, r: &Results) -> Part {
             ),
         ],
         notes: Vec::new(),
-    });
-    // Scaling: time against entries.
+    }
+}
+
+/// Apply time against entries, each series' median per size (one `iptables -A` per rule
+/// extrapolated past the largest measured size).
+fn scaling(r: &Results) -> Scaling {
     let pts = |f: &dyn Fn(&Size) -> &Vec<f64>| -> Vec<Point> {
         r.sizes
             .iter()
@@ -690,14 +745,13 @@ fn build(s: &Settings, r: &Results) -> Part {
         },
     ];
     let analysis = analysis::apply(&series, own_name);
-    part.scaling.push(Scaling {
+    Scaling {
         title: "Apply time against rule count".into(),
         unit: "entries".into(),
         series,
         chart: None,
         analysis,
-    });
-    part
+    }
 }
 
 #[cfg(test)]

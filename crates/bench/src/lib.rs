@@ -11,7 +11,7 @@
 //!
 //! # Layout
 //!
-//! * [`suite`] — the two modes' sizes and run counts, the shared context.
+//! * [`suite`] — the two modes' sizes and run counts, the shared context, the node's name.
 //! * [`process`] — spawn a program inside a namespace and measure wall, CPU and peak memory.
 //! * [`scan`] — full-range, port-count, node-count and UDP scans against nmap and masscan.
 //! * [`apply`] — apply 1k/10k/50k entries and the no-op reconcile against iptables.

@@ -90,31 +90,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    for p in &args.only {
-        if !PARTS.contains(&p.as_str()) {
-            bail!(
-                "unknown part {p:?} in --only (expected some of {})",
-                PARTS.join(", ")
-            );
-        }
-    }
+    check_parts(&args.only)?;
     Lab::check_environment().context("the suite runs on namespace labs")?;
     check_tools(&["nmap", "masscan", "iptables", "ip6tables"])?;
-    let bin = match args.portwarden {
-        Some(b) => b,
-        None => std::env::current_exe()
-            .context("locating this program")?
-            .with_file_name("portwarden"),
-    };
-    if !bin.is_file() {
-        bail!(
-            "portwarden binary {} not found: build it first (cargo build --release -p portwarden) or pass --portwarden",
-            bin.display()
-        );
-    }
-    let bin = bin
-        .canonicalize()
-        .context("resolving the portwarden binary")?;
+    let bin = portwarden_bin(args.portwarden.clone())?;
     process::use_helper(std::env::current_exe().context("locating this program")?);
     let settings = if args.quick {
         Settings::quick()
@@ -145,29 +124,7 @@ fn run(args: Args) -> Result<()> {
         ctx.bin.display()
     ));
 
-    let wanted = |p: &str| args.only.is_empty() || args.only.iter().any(|o| o == p);
-    let mut parts: Vec<(&str, Result<Part>)> = Vec::new();
-    if wanted("scan-one") {
-        parts.push((
-            "Scans of one node (full range, port counts, UDP)",
-            scan::one_node(&ctx),
-        ));
-    }
-    if wanted("scan-nodes") {
-        parts.push(("Scans of several nodes", scan::nodes(&ctx)));
-    }
-    if wanted("scan-limited") {
-        parts.push((
-            "UDP scans under the kernel's ICMP rate limit",
-            scan::rate_limited(&ctx),
-        ));
-    }
-    if wanted("apply") {
-        parts.push(("Apply, no-op reconcile and agent", apply::run_all(&ctx)));
-    }
-    if wanted("policy") {
-        parts.push(("Policy load and compile", policy::run(&ctx)));
-    }
+    let parts = run_parts(&ctx, &args.only);
     let mut report = Report {
         mode: settings.mode.into(),
         command: if args.quick {
@@ -185,32 +142,9 @@ fn run(args: Args) -> Result<()> {
         scaling: Vec::new(),
         failures: Vec::new(),
     };
-    for (name, part) in parts {
-        match part {
-            Ok(p) => {
-                report.workloads.extend(p.workloads);
-                report.scaling.extend(p.scaling);
-            }
-            Err(e) => {
-                eprintln!("portwarden-bench: {name} failed: {e:#}");
-                report.failures.push(format!("{name}: {e:#}"));
-            }
-        }
-    }
+    collect(&mut report, parts);
     order(&mut report);
-    let out_dir = args
-        .out
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let img = out_dir.join("img");
-    std::fs::create_dir_all(&img).with_context(|| format!("creating {}", img.display()))?;
-    for s in &mut report.scaling {
-        let name = chart_name(&s.title);
-        match plot::draw(s, &img.join(&name)) {
-            Ok(()) => s.chart = Some(format!("img/{name}")),
-            Err(e) => report.failures.push(format!("chart {name}: {e:#}")),
-        }
-    }
+    draw_charts(&mut report, &args.out)?;
     report.duration = started.elapsed().as_secs_f64();
     std::fs::write(&args.out, render(&report))
         .with_context(|| format!("writing {}", args.out.display()))?;
@@ -226,6 +160,100 @@ fn run(args: Args) -> Result<()> {
             "{} part(s) failed; see the report's \"Not measured\" section",
             report.failures.len()
         );
+    }
+    Ok(())
+}
+
+/// Every `--only` name is a part.
+fn check_parts(only: &[String]) -> Result<()> {
+    for p in only {
+        if !PARTS.contains(&p.as_str()) {
+            bail!(
+                "unknown part {p:?} in --only (expected some of {})",
+                PARTS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Puts each part's workloads and scaling studies into the report, or its failure.
+fn collect(report: &mut Report, parts: Vec<(&str, Result<Part>)>) {
+    for (name, part) in parts {
+        match part {
+            Ok(p) => {
+                report.workloads.extend(p.workloads);
+                report.scaling.extend(p.scaling);
+            }
+            Err(e) => {
+                eprintln!("portwarden-bench: {name} failed: {e:#}");
+                report.failures.push(format!("{name}: {e:#}"));
+            }
+        }
+    }
+}
+
+/// The portwarden binary to measure: `--portwarden`, or `portwarden` beside this program.
+fn portwarden_bin(given: Option<PathBuf>) -> Result<PathBuf> {
+    let bin = match given {
+        Some(b) => b,
+        None => std::env::current_exe()
+            .context("locating this program")?
+            .with_file_name("portwarden"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "portwarden binary {} not found: build it first (cargo build --release -p portwarden) or pass --portwarden",
+            bin.display()
+        );
+    }
+    bin.canonicalize()
+        .context("resolving the portwarden binary")
+}
+
+/// Runs the parts `--only` names (all when it names none), in the report's order; a part's
+/// failure is kept for the report's "Not measured" section.
+fn run_parts(ctx: &Ctx, only: &[String]) -> Vec<(&'static str, Result<Part>)> {
+    let wanted = |p: &str| only.is_empty() || only.iter().any(|o| o == p);
+    let mut parts: Vec<(&'static str, Result<Part>)> = Vec::new();
+    if wanted("scan-one") {
+        parts.push((
+            "Scans of one node (full range, port counts, UDP)",
+            scan::one_node(ctx),
+        ));
+    }
+    if wanted("scan-nodes") {
+        parts.push(("Scans of several nodes", scan::nodes(ctx)));
+    }
+    if wanted("scan-limited") {
+        parts.push((
+            "UDP scans under the kernel's ICMP rate limit",
+            scan::rate_limited(ctx),
+        ));
+    }
+    if wanted("apply") {
+        parts.push(("Apply, no-op reconcile and agent", apply::run_all(ctx)));
+    }
+    if wanted("policy") {
+        parts.push(("Policy load and compile", policy::run(ctx)));
+    }
+    parts
+}
+
+/// Draws each scaling study's chart into `img/` beside the report; a chart that fails is a
+/// failure in the report, not an error.
+fn draw_charts(report: &mut Report, out: &Path) -> Result<()> {
+    let out_dir = out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let img = out_dir.join("img");
+    std::fs::create_dir_all(&img).with_context(|| format!("creating {}", img.display()))?;
+    for s in &mut report.scaling {
+        let name = chart_name(&s.title);
+        match plot::draw(s, &img.join(&name)) {
+            Ok(()) => s.chart = Some(format!("img/{name}")),
+            Err(e) => report.failures.push(format!("chart {name}: {e:#}")),
+        }
     }
     Ok(())
 }

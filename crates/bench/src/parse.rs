@@ -1,98 +1,28 @@
-//! Parsers for what the measured programs print: nmap's XML, masscan's list output,
-//! `portwarden scan -o json`, and the two `/proc` files the agent's CPU and memory are read
-//! from. Pure functions over text, so every format is unit-tested without running anything.
+//! Parsers for what the measured programs print: nmap's XML (rows from the lab's one nmap
+//! parser), masscan's list output, `portwarden scan -o json`, and the two `/proc` files the
+//! agent's CPU and memory are read from. Pure functions over text, so every format is
+//! unit-tested without running anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use portwarden_scan::PortList;
+use portwarden_lab::parse_nmap_xml;
 
 /// Port states by (address, port), in nmap's words (`open`, `closed`, `filtered`, ...).
 pub type States = BTreeMap<(IpAddr, u16), String>;
 
-/// The value of XML attribute `name` in `s`: the first `name="..."` that starts `s` or
-/// follows white space (so `addr` does not match inside `addrtype`, nor `state` in `estate`).
-fn attr<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let mut from = 0;
-    while let Some(i) = s[from..].find(&key) {
-        let at = from + i;
-        if at == 0 || s[..at].ends_with(char::is_whitespace) {
-            let start = at + key.len();
-            let end = s[start..].find('"')? + start;
-            return Some(&s[start..end]);
-        }
-        from = at + key.len();
-    }
-    None
-}
-
-/// The bodies of every `<tag ...>...</tag>` element in `xml` (not `<tagfoo>`: nmap has
-/// `<hosthint>` and `<hostnames>` beside `<host>`).
-fn elements<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
-    let open = format!("<{tag}");
-    let close = format!("</{tag}>");
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(i) = xml[from..].find(&open) {
-        let start = from + i + open.len();
-        from = start;
-        if !xml[start..].starts_with([' ', '>', '\n', '\t']) {
-            continue;
-        }
-        let end = xml[start..].find(&close).map_or(xml.len(), |e| start + e);
-        out.push(&xml[start..end]);
-        from = end;
-    }
-    out
-}
-
-/// The state of every scanned port in nmap's XML (`-oX -`): listed `<port>`s and the ports of
-/// `<extraports>` groups (nmap lists those in `<extrareasons ports="...">`).
+/// The state of every scanned port in nmap's XML (`-oX -`), by (address, port): the lab's
+/// [`parse_nmap_xml`] rows (listed `<port>`s and `<extraports>` groups).
 ///
 /// # Errors
 /// A message when the text is not nmap XML with a finished run (`<runstats>`), so a crashed or
 /// killed nmap is not taken for an empty result.
 pub fn nmap_states(xml: &str) -> Result<States, String> {
-    if !xml.contains("<nmaprun") || !xml.contains("<runstats>") {
-        return Err(format!(
-            "not a finished nmap XML report (first 200 bytes: {:?})",
-            xml.chars().take(200).collect::<String>()
-        ));
-    }
-    let mut out = States::new();
-    for host in elements(xml, "host") {
-        let Some(addr) = host
-            .split("<address ")
-            .skip(1)
-            .find_map(|a| attr(a, "addr").and_then(|s| s.parse::<IpAddr>().ok()))
-        else {
-            continue;
-        };
-        for chunk in host.split("<port ").skip(1) {
-            if let (Some(p), Some(i)) = (attr(chunk, "portid"), chunk.find("<state ")) {
-                let state = attr(&chunk[i..], "state").unwrap_or_default().to_string();
-                if let Ok(port) = p.parse() {
-                    out.insert((addr, port), state);
-                }
-            }
-        }
-        for chunk in host.split("<extraports ").skip(1) {
-            let state = attr(chunk, "state").unwrap_or_default().to_string();
-            let end = chunk.find("</extraports>").unwrap_or(chunk.len());
-            for r in chunk[..end].split("<extrareasons ").skip(1) {
-                let Some(ports) = attr(r, "ports") else {
-                    continue;
-                };
-                let list = PortList::parse(ports)
-                    .map_err(|e| format!("nmap extraports list {ports:?}: {e}"))?;
-                for &p in list.as_slice() {
-                    out.insert((addr, p), state.clone());
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(parse_nmap_xml(xml)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| ((r.address, r.port), r.state))
+        .collect())
 }
 
 /// The states in `portwarden scan -o json` output (`{"hosts":[{"address","ports":[...]}]}`).
@@ -259,25 +189,7 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const NMAP_XML: &str = r#"<?xml version="1.0"?>
-<nmaprun scanner="nmap" args="nmap -n -Pn -sS -T4 -p1-70 -oX - 10.213.0.11 10.213.0.12">
-<hosthint><status state="up"/><address addr="10.213.0.99" addrtype="ipv4"/></hosthint>
-<host starttime="1" endtime="2"><status state="up" reason="arp-response"/>
-<address addr="10.213.0.11" addrtype="ipv4"/><address addr="52:90:B6:22:20:A6" addrtype="mac"/>
-<hostnames>
-</hostnames>
-<ports><extraports state="closed" count="67">
-<extrareasons reason="reset" count="67" proto="tcp" ports="1-21,23-63,65-69"/>
-</extraports>
-<extraports state="filtered" count="1">
-<extrareasons reason="no-response" count="1" proto="tcp" ports="64"/>
-</extraports>
-<port protocol="tcp" portid="22"><state state="open" reason="syn-ack" reason_ttl="64"/><service name="ssh" method="table" conf="3"/></port>
-<port protocol="tcp" portid="70"><state state="closed" reason="reset" reason_ttl="64"/></port>
-</ports></host>
-<host><status state="up"/><address addr="10.213.0.12" addrtype="ipv4"/>
-<ports><port protocol="udp" portid="53"><state state="open|filtered" reason="no-response"/></port></ports></host>
-<runstats><finished time="2"/></runstats></nmaprun>"#;
+    use portwarden_lab::SAMPLE_NMAP_XML as NMAP_XML;
 
     fn a(s: &str) -> IpAddr {
         s.parse().expect("address")
@@ -296,19 +208,6 @@ mod tests {
             state_counts(&s),
             "1 open, 1 open|filtered, 1 filtered, 68 closed"
         );
-    }
-
-    #[test]
-    fn attributes_match_whole_names_only() {
-        assert_eq!(
-            attr(r#"addrtype="ipv4" addr="10.0.0.1""#, "addr"),
-            Some("10.0.0.1")
-        );
-        assert_eq!(
-            attr(r#"state="open" reason="syn-ack""#, "state"),
-            Some("open")
-        );
-        assert_eq!(attr(r#"xstate="a""#, "state"), None);
     }
 
     #[test]

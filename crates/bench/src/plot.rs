@@ -106,6 +106,13 @@ pub fn draw_rgb(s: &Scaling) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Paints one scaling study: axes from the points' bounds, one line per series (measured
+/// points filled, extrapolated ones dashed and hollow), the legend.
+///
+/// One function on purpose: it is plotters' builder sequence for a single chart, top to
+/// bottom, and a step of it taken out would have to name the chart's generic coordinate type
+/// (`ChartContext<DB, Cartesian2d<WithKeyPoints<LogCoord<f64>>, ...>>`), which says less than
+/// the lines it would replace.
 fn paint<DB: DrawingBackend>(
     s: &Scaling,
     root: DrawingArea<DB, plotters::coord::Shift>,

@@ -232,17 +232,7 @@ pub fn run_here(job: &Job) -> Result<Measured> {
         Some(_) => Some(tempfile::NamedTempFile::new().context("creating a usage file")?),
         None => None,
     };
-    let argv: Vec<String> = match (HELPER.get(), &usage_file) {
-        (Some(helper), Some(file)) => [
-            helper.to_string_lossy().into_owned(),
-            HELPER_FLAG.into(),
-            file.path().to_string_lossy().into_owned(),
-        ]
-        .into_iter()
-        .chain(job.argv.iter().cloned())
-        .collect(),
-        _ => job.argv.clone(),
-    };
+    let argv = command_line(job, usage_file.as_ref());
     let (program, args) = argv.split_first().context("empty command line")?;
     let started = Instant::now();
     let mut child = Command::new(program)
@@ -297,21 +287,7 @@ pub fn run_here(job: &Job) -> Result<Measured> {
         max_rss_kb: 0,
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
     };
-    let reported = usage_file
-        .as_ref()
-        .and_then(|f| std::fs::read_to_string(f.path()).ok())
-        .and_then(|l| Usage::parse(&l));
-    let (u, rss) = match (&usage_file, reported) {
-        (Some(_), Some(u)) if !killed => (u, Some(u.max_rss_kb)),
-        (Some(_), _) => (
-            Usage {
-                code: None,
-                ..direct
-            },
-            None,
-        ),
-        (None, _) => (direct, None),
-    };
+    let (u, rss) = chosen_usage(usage_file.as_ref(), direct, killed);
     Ok(Measured {
         wall: u.wall,
         user: u.user,
@@ -321,6 +297,46 @@ pub fn run_here(job: &Job) -> Result<Measured> {
         stdout,
         stderr,
     })
+}
+
+/// The command line to start: the program itself, or the usage helper wrapped around it when
+/// one is set (it writes the program's usage, peak memory included, to `usage_file`).
+fn command_line(job: &Job, usage_file: Option<&tempfile::NamedTempFile>) -> Vec<String> {
+    match (HELPER.get(), usage_file) {
+        (Some(helper), Some(file)) => [
+            helper.to_string_lossy().into_owned(),
+            HELPER_FLAG.into(),
+            file.path().to_string_lossy().into_owned(),
+        ]
+        .into_iter()
+        .chain(job.argv.iter().cloned())
+        .collect(),
+        _ => job.argv.clone(),
+    }
+}
+
+/// The usage to report, with the peak memory when known: the helper's report when a helper
+/// ran, wrote one and the program was not killed; the direct usage without an exit code when
+/// a helper ran otherwise; the direct usage when no helper ran.
+fn chosen_usage(
+    usage_file: Option<&tempfile::NamedTempFile>,
+    direct: Usage,
+    killed: bool,
+) -> (Usage, Option<u64>) {
+    let reported = usage_file
+        .and_then(|f| std::fs::read_to_string(f.path()).ok())
+        .and_then(|l| Usage::parse(&l));
+    match (usage_file, reported) {
+        (Some(_), Some(u)) if !killed => (u, Some(u.max_rss_kb)),
+        (Some(_), _) => (
+            Usage {
+                code: None,
+                ..direct
+            },
+            None,
+        ),
+        (None, _) => (direct, None),
+    }
 }
 
 /// Reaps `pid` and returns its wait status and resource usage.

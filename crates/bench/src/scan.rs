@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use portwarden_lab::{Lab, Netns, TcpListenerGuard, UdpListenerGuard};
+use portwarden_lab::{Lab, Netns, Nmap, TcpListenerGuard, UdpListenerGuard};
 
 use crate::Part;
 use crate::analysis;
@@ -24,7 +24,7 @@ use crate::parse::{self, Agreement, States};
 use crate::process::{Job, Measured, run_in};
 use crate::report::{Point, Row, Scaling, Series, Workload, count, sized};
 use crate::stats::median;
-use crate::suite::{Ctx, progress};
+use crate::suite::{Ctx, Settings, progress};
 
 /// TCP ports with a listener on every scanned node.
 pub const TCP_OPEN: [u16; 3] = [22, 80, 443];
@@ -183,10 +183,8 @@ fn nmap(
     targets: &[IpAddr],
     into: &mut Samples,
 ) -> Result<()> {
-    let mut argv: Vec<String> = ["nmap", "-n", "-Pn"].map(String::from).to_vec();
-    argv.extend(flags.iter().cloned());
-    argv.extend(["-p", ports, "-oX", "-"].map(String::from));
-    argv.extend(targets.iter().map(IpAddr::to_string));
+    // The lab's nmap command line, run under the measuring process runner.
+    let argv = Nmap::new(flags).ports(ports).targets(targets).argv();
     let m = run_in(scanner, Job::new(&argv).limit(Duration::from_secs(900)))?.check("nmap")?;
     into.states
         .push(parse::nmap_states(&m.stdout).map_err(|e| anyhow!(e))?);
@@ -403,7 +401,6 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
     let (node, scanner) = (lab.node(0), lab.scanner(0));
     let _services = tcp_node(node, u16::MAX)?;
     let target: IpAddr = node.v4().into();
-    let t = target.to_string();
     let router_mac = node
         .exec(&["cat", "/sys/class/net/eth0/address"])
         .context("reading the node's MAC address")?
@@ -425,38 +422,10 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
     let mut notes = Vec::new();
     for &n in &s.port_counts {
         let full = n == 65_535;
-        let ports = if full {
-            "-".to_string()
-        } else {
-            format!("1-{n}")
-        };
-        let mc_ports = format!("1-{n}");
-        let rates: Vec<u32> = if full {
-            s.masscan_rates.clone()
-        } else {
-            vec![s.masscan_scaling_rate]
-        };
-        progress(&format!("scan: one node, {} ports", count(f64::from(n))));
-        let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
-        let mut m: Vec<Samples> = rates.iter().map(|_| Samples::default()).collect();
-        for i in 0..s.runs_ours.max(s.runs_peer) {
-            if i < s.runs_ours {
-                ours(ctx, scanner, "syn", &ports, &[target], &[], &mut o)?;
-            }
-            if i < s.runs_peer {
-                nmap(scanner, &nmap_flags("syn", None), &ports, &[target], &mut a)?;
-                nmap(
-                    scanner,
-                    &nmap_flags("syn", Some(min_rate)),
-                    &ports,
-                    &[target],
-                    &mut b,
-                )?;
-                for (rate, into) in rates.iter().zip(m.iter_mut()) {
-                    mc.run(target, &mc_ports, *rate, into)?;
-                }
-            }
-        }
+        let runs = port_count_runs(ctx, &mc, target, n)?;
+        let PortCountRuns {
+            o, a, b, m, rates, ..
+        } = &runs;
         let reference = a.states.first().cloned().unwrap_or_default();
         let open_seen: BTreeSet<(IpAddr, u16)> = reference
             .iter()
@@ -489,68 +458,164 @@ pub fn one_node(ctx: &Ctx) -> Result<Part> {
             ));
             continue;
         }
-        let mut rows = standard_rows("syn", "-", &t, min_rate, [&o, &a, &b], &reference);
-        for (rate, sm) in rates.iter().zip(&m) {
-            rows.push(
-                Row::timed(
-                    &format!("masscan --rate {rate}"),
-                    &mc.argv(target, &mc_ports, *rate)
-                        .join(" ")
-                        .replace(&mc.router_mac, "<node MAC>"),
-                    false,
-                    sm.wall.clone(),
-                )
-                .agreement(sm.accuracy(&truth))
-                .detail(sm.detail()),
-            );
-        }
-        part.workloads.push(Workload {
-            title: "Full-range SYN scan of one node".into(),
-            setup: format!(
-                "All 65,535 TCP ports of one lab node: {} open (listeners), every {FILTER_EVERY}th \
-                 port filtered (DROP; {} ports), the rest closed. Scanned from the scanner \
-                 namespace over a veth pair.",
-                TCP_OPEN.len(),
-                count(filtered_up_to(u16::MAX).len() as f64)
-            ),
-            rows,
-            notes: Vec::new(),
-        });
+        part.workloads.push(full_range_workload(
+            &mc, target, min_rate, &runs, &truth, &reference,
+        ));
     }
-    part.scaling.push(Scaling {
-        title: "Scan time against port count".into(),
-        unit: "ports".into(),
-        series: vec![
-            Series {
-                name: "portwarden".into(),
-                ours: true,
-                points: series_ours,
-            },
-            Series {
-                name: "nmap -sS -T4".into(),
-                ours: false,
-                points: series_t4,
-            },
-            Series {
-                name: format!("nmap -sS -T5 --min-rate {min_rate}"),
-                ours: false,
-                points: series_t5,
-            },
-            Series {
-                name: format!("masscan --rate {}", s.masscan_scaling_rate),
-                ours: false,
-                points: series_mc,
-            },
-        ],
-        chart: None,
-        analysis: Vec::new(),
-    });
+    part.scaling.push(port_count_scaling(
+        s,
+        [series_ours, series_t4, series_t5, series_mc],
+    ));
     if let Some(sc) = part.scaling.last_mut() {
         sc.analysis = analysis::scan(&sc.series, "ports", 1.0, ctx.cores, ctx.load);
         sc.analysis.extend(notes);
     }
     part.workloads.push(udp(ctx, node, scanner)?);
     Ok(part)
+}
+
+/// Every tool's runs at one port count of the one-node scan.
+struct PortCountRuns {
+    /// portwarden.
+    o: Samples,
+    /// nmap -T4 (the reference).
+    a: Samples,
+    /// nmap -T5 --min-rate.
+    b: Samples,
+    /// masscan, one per rate of `rates`.
+    m: Vec<Samples>,
+    rates: Vec<u32>,
+    /// masscan's port list (`1-N`: it has no `-`).
+    mc_ports: String,
+}
+
+/// Scans `1-n` (`-` for the full range) of `target` with every tool, each its number of runs.
+fn port_count_runs(ctx: &Ctx, mc: &Masscan, target: IpAddr, n: u32) -> Result<PortCountRuns> {
+    let s = &ctx.settings;
+    let scanner = mc.scanner;
+    let min_rate = s.nmap_min_rate;
+    let full = n == 65_535;
+    let ports = if full {
+        "-".to_string()
+    } else {
+        format!("1-{n}")
+    };
+    let mc_ports = format!("1-{n}");
+    let rates: Vec<u32> = if full {
+        s.masscan_rates.clone()
+    } else {
+        vec![s.masscan_scaling_rate]
+    };
+    progress(&format!("scan: one node, {} ports", count(f64::from(n))));
+    let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
+    let mut m: Vec<Samples> = rates.iter().map(|_| Samples::default()).collect();
+    for i in 0..s.runs_ours.max(s.runs_peer) {
+        if i < s.runs_ours {
+            ours(ctx, scanner, "syn", &ports, &[target], &[], &mut o)?;
+        }
+        if i < s.runs_peer {
+            nmap(scanner, &nmap_flags("syn", None), &ports, &[target], &mut a)?;
+            nmap(
+                scanner,
+                &nmap_flags("syn", Some(min_rate)),
+                &ports,
+                &[target],
+                &mut b,
+            )?;
+            for (rate, into) in rates.iter().zip(m.iter_mut()) {
+                mc.run(target, &mc_ports, *rate, into)?;
+            }
+        }
+    }
+    Ok(PortCountRuns {
+        o,
+        a,
+        b,
+        m,
+        rates,
+        mc_ports,
+    })
+}
+
+/// The full-range workload: portwarden and the two nmap timings, each masscan rate against
+/// the lab's truth.
+fn full_range_workload(
+    mc: &Masscan,
+    target: IpAddr,
+    min_rate: u32,
+    runs: &PortCountRuns,
+    truth: &BTreeSet<(IpAddr, u16)>,
+    reference: &States,
+) -> Workload {
+    let PortCountRuns {
+        o,
+        a,
+        b,
+        m,
+        rates,
+        mc_ports,
+    } = runs;
+    let t = target.to_string();
+    let mut rows = standard_rows("syn", "-", &t, min_rate, [o, a, b], reference);
+    for (rate, sm) in rates.iter().zip(m) {
+        rows.push(
+            Row::timed(
+                &format!("masscan --rate {rate}"),
+                &mc.argv(target, mc_ports, *rate)
+                    .join(" ")
+                    .replace(&mc.router_mac, "<node MAC>"),
+                false,
+                sm.wall.clone(),
+            )
+            .agreement(sm.accuracy(truth))
+            .detail(sm.detail()),
+        );
+    }
+    Workload {
+        title: "Full-range SYN scan of one node".into(),
+        setup: format!(
+            "All 65,535 TCP ports of one lab node: {} open (listeners), every {FILTER_EVERY}th \
+             port filtered (DROP; {} ports), the rest closed. Scanned from the scanner \
+             namespace over a veth pair.",
+            TCP_OPEN.len(),
+            count(filtered_up_to(u16::MAX).len() as f64)
+        ),
+        rows,
+        notes: Vec::new(),
+    }
+}
+
+/// The port-count scaling study of the one-node scan (its analysis is added by the caller).
+fn port_count_scaling(s: &Settings, series: [Vec<Point>; 4]) -> Scaling {
+    let [ours, t4, t5, mc] = series;
+    Scaling {
+        title: "Scan time against port count".into(),
+        unit: "ports".into(),
+        series: vec![
+            Series {
+                name: "portwarden".into(),
+                ours: true,
+                points: ours,
+            },
+            Series {
+                name: "nmap -sS -T4".into(),
+                ours: false,
+                points: t4,
+            },
+            Series {
+                name: format!("nmap -sS -T5 --min-rate {}", s.nmap_min_rate),
+                ours: false,
+                points: t5,
+            },
+            Series {
+                name: format!("masscan --rate {}", s.masscan_scaling_rate),
+                ours: false,
+                points: mc,
+            },
+        ],
+        chart: None,
+        analysis: Vec::new(),
+    }
 }
 
 fn udp(ctx: &Ctx, node: &Netns, scanner: &Netns) -> Result<Workload> {
@@ -644,6 +709,156 @@ fn sysctl_number(node: &Netns, key: &str) -> Result<u64> {
         .with_context(|| format!("{key} in {} is not a number: {v:?}", node.name))
 }
 
+/// The runs of the rate-limit workloads: portwarden from one and from two scanner addresses,
+/// nmap -sU -T4 and nmap -sU, every run from addresses no earlier run used.
+struct LimitedRuns {
+    one: Samples,
+    two: Samples,
+    t4: Samples,
+    t3: Samples,
+}
+
+/// Runs every tool of the rate-limit workloads, in rounds, one after the other.
+fn limited_runs(ctx: &Ctx, scanner: &Netns, target: IpAddr, ports: &str) -> Result<LimitedRuns> {
+    let (runs_ours, runs_peer) = ctx.settings.limited_runs;
+    let mut fresh = Fresh {
+        all: &scanner.ipv4,
+        next: 0,
+    };
+    let flags = |timing: Option<&str>, src: String| -> Vec<String> {
+        let mut f = vec!["-sU".to_string()];
+        f.extend(timing.map(String::from));
+        f.extend(["-S".into(), src, "-e".into(), "eth0".into()]);
+        f
+    };
+    let (mut one, mut two) = (Samples::default(), Samples::default());
+    let (mut t4, mut t3) = (Samples::default(), Samples::default());
+    for i in 0..runs_ours.max(runs_peer) {
+        if i < runs_peer {
+            nmap(
+                scanner,
+                &flags(None, fresh.take()?),
+                ports,
+                &[target],
+                &mut t3,
+            )?;
+            nmap(
+                scanner,
+                &flags(Some("-T4"), fresh.take()?),
+                ports,
+                &[target],
+                &mut t4,
+            )?;
+        }
+        if i < runs_ours {
+            let a = ["-S".to_string(), fresh.take()?];
+            ours(ctx, scanner, "udp", ports, &[target], &a, &mut one)?;
+            let ab = [
+                "-S".to_string(),
+                fresh.take()?,
+                "-S".to_string(),
+                fresh.take()?,
+            ];
+            ours(ctx, scanner, "udp", ports, &[target], &ab, &mut two)?;
+        }
+    }
+    Ok(LimitedRuns { one, two, t4, t3 })
+}
+
+/// The two nmap rows of both rate-limit workloads (the same runs), `shown` spelling each
+/// command line.
+fn limited_nmap_rows(
+    shown: &dyn Fn(&str, &str) -> String,
+    t4: &Samples,
+    t3: &Samples,
+    reference: &States,
+) -> Vec<Row> {
+    vec![
+        Row::timed(
+            "nmap -sU -T4",
+            &shown("nmap -n -Pn -sU -T4", "-S <fresh address> -e eth0"),
+            false,
+            t4.wall.clone(),
+        )
+        .agreement(t4.agreement(reference))
+        .detail(t4.detail()),
+        Row::timed(
+            "nmap -sU (default timing)",
+            &shown("nmap -n -Pn -sU", "-S <fresh address> -e eth0"),
+            false,
+            t3.wall.clone(),
+        )
+        .agreement(format!(
+            "{}: {}",
+            t3.reference_agreement(),
+            parse::state_counts(reference)
+        ))
+        .detail(t3.detail()),
+    ]
+}
+
+/// A portwarden row's detail with the rate limit its first run reported.
+fn seen(sm: &Samples) -> String {
+    let first = sm
+        .rate_limits
+        .first()
+        .map(|r| r.join("; "))
+        .unwrap_or_default();
+    let d = sm.detail();
+    if first.is_empty() {
+        format!("{d}; no rate limit reported")
+    } else {
+        format!("{d}; rate limit reported (first run): {first}")
+    }
+}
+
+/// A note when the reference (nmap -sU's first run) is not the lab's truth: every port of
+/// `LIMITED_PORTS` closed.
+fn reference_notes(target: IpAddr, reference: &States) -> Vec<String> {
+    let (lo, hi) = LIMITED_PORTS;
+    let n_ports = u64::from(hi - lo + 1);
+    let truth: States = (lo..=hi)
+        .map(|p| ((target, p), "closed".to_string()))
+        .collect();
+    let mut notes = Vec::new();
+    let off = Agreement::of(&truth, reference);
+    if off.differ > 0 {
+        notes.push(format!(
+            "The reference itself is off: nmap -sU's first run against the lab's truth (all \
+             {n_ports} closed): {}.",
+            off.describe()
+        ));
+    }
+    notes
+}
+
+/// The setup text of a rate-limit workload scanned from `sources` addresses, with the floor
+/// any correct scan has there.
+fn limited_setup(ports: &str, n_ports: u64, interval_ms: u64, sources: u64) -> String {
+    let burst = 6;
+    let floor = |sources: u64| (n_ports.saturating_sub(burst * sources)) * interval_ms / sources;
+    format!(
+        "UDP ports {ports} of one node, nothing listening: the kernel answers each probe \
+         with an ICMP port-unreachable, but at the rate of a node nobody tuned \
+         (`net.ipv4.icmp_ratelimit={interval_ms}`, left as a new namespace has it: about \
+         {burst} answers at once, then one every {interval_ms} ms to each scanner address). \
+         Every run of every tool scans from scanner addresses no earlier run used (`-S`), so \
+         each starts with a full token bucket at the node; runs are one after the other, \
+         never at the same time. From {sources} {} a correct scan cannot take less than \
+         about {:.0} s (({n_ports} − {burst}·{sources}) answers at one per {interval_ms} ms \
+         per address). The reference is nmap's default timing (`-T3`); `nmap -sU -T4` is \
+         timed too (the issue's yardstick) and compared with it port by port.{}",
+        if sources == 1 { "address" } else { "addresses" },
+        floor(sources) as f64 / 1000.0,
+        if sources > 1 {
+            " The nmap rows are the same runs as in the one-address workload above. The \
+             goal is portwarden at least 1.8x faster than nmap."
+        } else {
+            " The goal: identical states, in no more time than nmap."
+        }
+    )
+}
+
 /// UDP ports 5100-5139 of one node under the kernel's ICMP rate limit (left as a new
 /// namespace has it): portwarden from one scanner address and from two, `nmap -sU -T4` and
 /// `nmap -sU` (its default timing, the reference). Every run of every tool scans from
@@ -667,122 +882,12 @@ pub fn rate_limited(ctx: &Ctx) -> Result<Part> {
     let interval_ms = sysctl_number(node, "net.ipv4.icmp_ratelimit")?;
     let target: IpAddr = node.v4().into();
     let t = target.to_string();
-    let mut fresh = Fresh {
-        all: &scanner.ipv4,
-        next: 0,
-    };
-    let flags = |timing: Option<&str>, src: String| -> Vec<String> {
-        let mut f = vec!["-sU".to_string()];
-        f.extend(timing.map(String::from));
-        f.extend(["-S".into(), src, "-e".into(), "eth0".into()]);
-        f
-    };
-    let (mut one, mut two) = (Samples::default(), Samples::default());
-    let (mut t4, mut t3) = (Samples::default(), Samples::default());
-    for i in 0..runs_ours.max(runs_peer) {
-        if i < runs_peer {
-            nmap(
-                scanner,
-                &flags(None, fresh.take()?),
-                &ports,
-                &[target],
-                &mut t3,
-            )?;
-            nmap(
-                scanner,
-                &flags(Some("-T4"), fresh.take()?),
-                &ports,
-                &[target],
-                &mut t4,
-            )?;
-        }
-        if i < runs_ours {
-            let a = ["-S".to_string(), fresh.take()?];
-            ours(ctx, scanner, "udp", &ports, &[target], &a, &mut one)?;
-            let ab = [
-                "-S".to_string(),
-                fresh.take()?,
-                "-S".to_string(),
-                fresh.take()?,
-            ];
-            ours(ctx, scanner, "udp", &ports, &[target], &ab, &mut two)?;
-        }
-    }
+    let LimitedRuns { one, two, t4, t3 } = limited_runs(ctx, scanner, target, &ports)?;
     let reference = t3.states.first().cloned().unwrap_or_default();
-    let truth: States = (lo..=hi)
-        .map(|p| ((target, p), "closed".to_string()))
-        .collect();
-    let mut notes = Vec::new();
-    let off = Agreement::of(&truth, &reference);
-    if off.differ > 0 {
-        notes.push(format!(
-            "The reference itself is off: nmap -sU's first run against the lab's truth (all \
-             {n_ports} closed): {}.",
-            off.describe()
-        ));
-    }
+    let notes = reference_notes(target, &reference);
     let shown = |who: &str, sources: &str| format!("{who} {sources} -p {ports} -oX - {t}");
-    let nmap_rows = || {
-        vec![
-            Row::timed(
-                "nmap -sU -T4",
-                &shown("nmap -n -Pn -sU -T4", "-S <fresh address> -e eth0"),
-                false,
-                t4.wall.clone(),
-            )
-            .agreement(t4.agreement(&reference))
-            .detail(t4.detail()),
-            Row::timed(
-                "nmap -sU (default timing)",
-                &shown("nmap -n -Pn -sU", "-S <fresh address> -e eth0"),
-                false,
-                t3.wall.clone(),
-            )
-            .agreement(format!(
-                "{}: {}",
-                t3.reference_agreement(),
-                parse::state_counts(&reference)
-            ))
-            .detail(t3.detail()),
-        ]
-    };
-    let seen = |sm: &Samples| -> String {
-        let first = sm
-            .rate_limits
-            .first()
-            .map(|r| r.join("; "))
-            .unwrap_or_default();
-        let d = sm.detail();
-        if first.is_empty() {
-            format!("{d}; no rate limit reported")
-        } else {
-            format!("{d}; rate limit reported (first run): {first}")
-        }
-    };
-    let burst = 6;
-    let floor = |sources: u64| (n_ports.saturating_sub(burst * sources)) * interval_ms / sources;
-    let setup = |sources: u64| {
-        format!(
-            "UDP ports {ports} of one node, nothing listening: the kernel answers each probe \
-             with an ICMP port-unreachable, but at the rate of a node nobody tuned \
-             (`net.ipv4.icmp_ratelimit={interval_ms}`, left as a new namespace has it: about \
-             {burst} answers at once, then one every {interval_ms} ms to each scanner address). \
-             Every run of every tool scans from scanner addresses no earlier run used (`-S`), so \
-             each starts with a full token bucket at the node; runs are one after the other, \
-             never at the same time. From {sources} {} a correct scan cannot take less than \
-             about {:.0} s (({n_ports} − {burst}·{sources}) answers at one per {interval_ms} ms \
-             per address). The reference is nmap's default timing (`-T3`); `nmap -sU -T4` is \
-             timed too (the issue's yardstick) and compared with it port by port.{}",
-            if sources == 1 { "address" } else { "addresses" },
-            floor(sources) as f64 / 1000.0,
-            if sources > 1 {
-                " The nmap rows are the same runs as in the one-address workload above. The \
-                 goal is portwarden at least 1.8x faster than nmap."
-            } else {
-                " The goal: identical states, in no more time than nmap."
-            }
-        )
-    };
+    let nmap_rows = || limited_nmap_rows(&shown, &t4, &t3, &reference);
+    let setup = |sources| limited_setup(&ports, n_ports, interval_ms, sources);
     let mut rows_one = vec![
         Row::timed(
             "portwarden",
@@ -832,6 +937,49 @@ pub fn rate_limited(ctx: &Ctx) -> Result<Part> {
     })
 }
 
+/// portwarden, nmap -T4 and nmap -T5 --min-rate on ports 1-1000 of `targets`, each its number
+/// of runs.
+fn node_count_runs(ctx: &Ctx, scanner: &Netns, targets: &[IpAddr]) -> Result<[Samples; 3]> {
+    let s = &ctx.settings;
+    let min_rate = s.nmap_min_rate;
+    let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
+    for i in 0..s.runs_ours.max(s.runs_peer) {
+        if i < s.runs_ours {
+            ours(ctx, scanner, "syn", "1-1000", targets, &[], &mut o)?;
+        }
+        if i < s.runs_peer {
+            nmap(scanner, &nmap_flags("syn", None), "1-1000", targets, &mut a)?;
+            nmap(
+                scanner,
+                &nmap_flags("syn", Some(min_rate)),
+                "1-1000",
+                targets,
+                &mut b,
+            )?;
+        }
+    }
+    Ok([o, a, b])
+}
+
+/// The workload of the 10-node scan: the standard rows, masscan left out.
+fn ten_nodes_workload(min_rate: u32, runs: [&Samples; 3], reference: &States) -> Workload {
+    Workload {
+        title: "1,000 ports on each of 10 nodes".into(),
+        setup: format!(
+            "Ten lab nodes behind a bridge, TCP ports 1-1000 of each scanned at once: {} open, \
+             every {FILTER_EVERY}th port filtered ({} per node), the rest closed.",
+            TCP_OPEN.len(),
+            filtered_up_to(1000).len()
+        ),
+        rows: standard_rows("syn", "1-1000", "<10 nodes>", min_rate, runs, reference),
+        notes: vec![
+            "masscan is left out here: it sends every probe to one `--router-mac`, so without a \
+             router it reaches only one host of a shared Ethernet segment."
+                .into(),
+        ],
+    }
+}
+
 /// 1,000 ports on each of several nodes at once (the 10-node workload and the node-count
 /// series).
 pub fn nodes(ctx: &Ctx) -> Result<Part> {
@@ -855,22 +1003,7 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
     for &n in &s.node_counts {
         progress(&format!("scan: {n} nodes x 1,000 ports"));
         let targets = &all[..n.min(all.len())];
-        let (mut o, mut a, mut b) = (Samples::default(), Samples::default(), Samples::default());
-        for i in 0..s.runs_ours.max(s.runs_peer) {
-            if i < s.runs_ours {
-                ours(ctx, scanner, "syn", "1-1000", targets, &[], &mut o)?;
-            }
-            if i < s.runs_peer {
-                nmap(scanner, &nmap_flags("syn", None), "1-1000", targets, &mut a)?;
-                nmap(
-                    scanner,
-                    &nmap_flags("syn", Some(min_rate)),
-                    "1-1000",
-                    targets,
-                    &mut b,
-                )?;
-            }
-        }
+        let [o, a, b] = node_count_runs(ctx, scanner, targets)?;
         let reference = a.states.first().cloned().unwrap_or_default();
         let x = n as f64;
         so.extend(o.point(x));
@@ -884,24 +1017,8 @@ pub fn nodes(ctx: &Ctx) -> Result<Part> {
             ));
             continue;
         }
-        part.workloads.push(Workload {
-            title: "1,000 ports on each of 10 nodes".into(),
-            setup: format!(
-                "Ten lab nodes behind a bridge, TCP ports 1-1000 of each scanned at once: {} open, \
-                 every {FILTER_EVERY}th port filtered ({} per node), the rest closed.",
-                TCP_OPEN.len(),
-                filtered_up_to(1000).len()
-            ),
-            rows: standard_rows(
-                "syn",
-                "1-1000",
-                "<10 nodes>",
-                min_rate,
-                [&o, &a, &b],
-                &reference,
-            ),
-            notes: vec!["masscan is left out here: it sends every probe to one `--router-mac`, so without a router it reaches only one host of a shared Ethernet segment.".into()],
-        });
+        part.workloads
+            .push(ten_nodes_workload(min_rate, [&o, &a, &b], &reference));
     }
     drop(services);
     let mut sc = Scaling {

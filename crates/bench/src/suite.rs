@@ -1,7 +1,12 @@
 //! What one run measures (sizes, run counts) in its two modes, and the context every workload
-//! shares: the settings, the portwarden binary and a scratch directory.
+//! shares: the settings, the portwarden binary, a scratch directory and the lab node's
+//! inventory name.
 
 use std::path::PathBuf;
+
+/// The inventory's name for the lab node: the node `apply` writes its inventory for and the
+/// agent of `agent` runs as (here, so both use it without importing each other).
+pub const NODE: &str = "bench";
 
 /// Sizes and run counts of one suite run.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,9 +1,9 @@
 //! The `portwarden` binary: a thin layer of argument parsing and printing over the library
 //! crates. One module per command under [`cmd`]; shared argument groups in [`args`].
 //!
-//! Exit codes (the contract in CLI.md): 0 success / in sync / no changes, 1 error, 2 changes
-//! pending (`plan`) or drift (`verify`). Usage errors exit 1 too, not clap's default 2, so that
-//! 2 always means "drift or changes".
+//! Exit codes (the contract in docs/cli.md): 0 success / in sync / no changes, 1 error,
+//! 2 changes pending (`plan`) or drift (`verify`). Usage errors exit 1 too, not clap's default
+//! 2, so that 2 always means "drift or changes".
 
 mod args;
 mod caps;

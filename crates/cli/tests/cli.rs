@@ -1,6 +1,6 @@
 //! End-to-end tests of the `portwarden` binary's pure commands (`validate`, `explain`): exit
 //! codes, located error messages for every fixture under `tests/fixtures/invalid/`, and the
-//! JSON shapes of CLI.md.
+//! JSON shapes of docs/cli.md.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 

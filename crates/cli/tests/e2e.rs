@@ -45,6 +45,7 @@ fn drift(report: &Report) -> Vec<(String, u16, String)> {
 fn rules(s: &Scenario, node: &str) -> String {
     let save = s
         .node(node)
+        .unwrap()
         .exec(&["iptables-save", "-t", "filter"])
         .unwrap();
     save.lines()
@@ -58,7 +59,7 @@ fn rules(s: &Scenario, node: &str) -> String {
 }
 
 fn metrics(s: &Scenario, node: &str) -> String {
-    let addr = SocketAddr::new(s.address(node), DEFAULT_AGENT_PORT);
+    let addr = SocketAddr::new(s.address(node).unwrap(), DEFAULT_AGENT_PORT);
     s.scanner()
         .run(move || http_get(addr, "/metrics", Duration::from_secs(2)))
         .unwrap()
@@ -118,7 +119,7 @@ fn demo_scenarios_from_the_json_report() {
     // Break things the way life does.
     let web1_before = rules(&s, "web-1");
     s.insert_foreign_drop("web-1").unwrap();
-    s.stop_service("web-2", 80);
+    s.stop_service("web-2", 80).unwrap();
     let deleted = s.delete_own_rule("db-1").unwrap();
     let (code, report) = s.verify_report().unwrap();
     assert_eq!(code, 2);
@@ -336,7 +337,7 @@ fn backdoors_upstream_filtering_unreachable_nodes_and_peer_scans() {
     );
 
     // Filtering between scanner and node: the node's own rules would let the probe in.
-    let web2 = s.address("web-2").to_string();
+    let web2 = s.address("web-2").unwrap().to_string();
     let upstream = [
         "OUTPUT", "-d", &web2, "-p", "tcp", "--dport", "443", "-j", "DROP",
     ];
@@ -367,6 +368,7 @@ fn backdoors_upstream_filtering_unreachable_nodes_and_peer_scans() {
 
     // A node that answers nothing, whose agent does not answer either: unreachable.
     s.node("web-2")
+        .unwrap()
         .iptables(&["-I", "INPUT", "1", "-j", "DROP"])
         .unwrap();
     let (_, report) = s.verify_report().unwrap();

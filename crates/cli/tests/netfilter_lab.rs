@@ -1,6 +1,6 @@
 //! `portwarden plan` / `apply` / `reset` end to end in a namespace lab: the binary runs inside
-//! the node namespace (`ip netns exec`), on both iptables backends. Exit codes follow CLI.md:
-//! plan 2 while changes are pending, 0 once converged; apply writes nothing the second time;
+//! the node namespace (`ip netns exec`), on both iptables backends. Exit codes follow
+//! docs/cli.md: plan 2 while changes are pending, 0 once converged; apply writes nothing the second time;
 //! reset restores the node's own rules byte for byte; bad input changes nothing and exits 1.
 //! Issue 13: plan names look-alike chains and rules and portwarden's rules left in the other
 //! backend; an agent facing a table iptables cannot print refuses at every refresh and never

@@ -1,5 +1,5 @@
 //! `portwarden scan` end to end in a namespace lab: the binary runs inside the scanner
-//! namespace, its JSON has CLI.md's shape with nmap's state words, its XML is accepted by
+//! namespace, its JSON has docs/cli.md's shape with nmap's state words, its XML is accepted by
 //! `ndiff`, and its states equal those of the real nmap run beside it. Also: targets outside
 //! the inventory are refused unless `--any-target` is given, and `--max-rate-per-target` holds
 //! for each target as the target's own kernel measures it.
@@ -11,22 +11,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use portwarden_lab::{Lab, skip_unless_lab};
+use portwarden_lab::{Lab, Nmap, Protocol, skip_unless_lab};
 
 use common::stderr_until;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
-
-/// `port -> state` from nmap's normal output lines such as `8080/tcp closed http-proxy`.
-fn nmap_states(out: &str) -> BTreeMap<u16, String> {
-    out.lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let port = f.next()?.strip_suffix("/tcp")?.parse().ok()?;
-            Some((port, f.next()?.to_string()))
-        })
-        .collect()
-}
 
 #[test]
 fn scan_json_xml_and_nmap_agree() {
@@ -94,11 +83,19 @@ fn scan_json_xml_and_nmap_agree() {
     assert_eq!(ours[&8080], "closed");
     assert_eq!(ours[&9000], "filtered");
 
-    let nmap = scanner
-        .exec(&["nmap", "-n", "-Pn", "-sS", "-p", ports, "--reason", &target])
+    let run = Nmap::new(&["-sS", "--reason"])
+        .ports(ports)
+        .target(node.v4().into())
+        .run(scanner)
         .unwrap();
-    let theirs = nmap_states(&nmap);
-    // nmap's normal output hides nothing for five ports; compare every one.
+    let nmap = &run.xml;
+    let theirs: BTreeMap<u16, String> = run
+        .ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| (p.port, p.state.clone()))
+        .collect();
+    // nmap's report lists all five ports; compare every one.
     assert_eq!(ours, theirs, "nmap said:\n{nmap}");
 
     // Two XML files of the same scan: ndiff accepts both and finds no difference. The

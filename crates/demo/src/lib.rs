@@ -93,10 +93,25 @@ impl Scenario {
         })
     }
 
+    /// The lab index of an inventory name.
+    ///
+    /// # Errors
+    /// A message naming the unknown node and the lab's nodes.
+    fn index(name: &str) -> Result<usize> {
+        NODES.iter().position(|n| *n == name).ok_or_else(|| {
+            format!(
+                "unknown node {name:?}: the lab's nodes are {}",
+                NODES.join(", ")
+            )
+        })
+    }
+
     /// The node namespace of an inventory name.
-    pub fn node(&self, name: &str) -> &Netns {
-        let i = NODES.iter().position(|n| *n == name).unwrap_or(0);
-        self.lab.node(i)
+    ///
+    /// # Errors
+    /// A message naming the unknown node and the lab's nodes.
+    pub fn node(&self, name: &str) -> Result<&Netns> {
+        Ok(self.lab.node(Self::index(name)?))
     }
 
     /// The scanner namespace.
@@ -120,10 +135,7 @@ impl Scenario {
         refresh_secs: u64,
         extra: &[&str],
     ) -> Result<()> {
-        let i = NODES
-            .iter()
-            .position(|n| *n == name)
-            .ok_or("unknown node")?;
+        let i = Self::index(name)?;
         self.agents[i] = None; // stop the old one first
         let bin = self.bin.to_string_lossy().into_owned();
         let policy_dir = self.policy_dir.to_string_lossy().into_owned();
@@ -155,10 +167,7 @@ impl Scenario {
 
     /// Sends SIGTERM to a node's agent and waits for it to exit; returns its exit status.
     pub fn terminate_agent(&mut self, name: &str) -> Result<std::process::ExitStatus> {
-        let i = NODES
-            .iter()
-            .position(|n| *n == name)
-            .ok_or("unknown node")?;
+        let i = Self::index(name)?;
         let child = self.agents[i].as_mut().ok_or("agent not running")?;
         let pid = child.id().to_string();
         let status = std::process::Command::new("kill")
@@ -183,21 +192,17 @@ impl Scenario {
         Ok(())
     }
 
-    /// Stops one node's agent (SIGKILL; its rules stay in place).
-    pub fn stop_agent(&mut self, name: &str) {
-        if let Some(i) = NODES.iter().position(|n| *n == name) {
-            self.agents[i] = None;
-        }
-    }
-
     /// The address of a node.
-    pub fn address(&self, name: &str) -> IpAddr {
-        IpAddr::V4(self.node(name).v4())
+    ///
+    /// # Errors
+    /// A message naming the unknown node and the lab's nodes.
+    pub fn address(&self, name: &str) -> Result<IpAddr> {
+        Ok(IpAddr::V4(self.node(name)?.v4()))
     }
 
     /// A plain GET of `path` on a node's agent, from the scanner namespace.
     pub fn agent_get(&self, name: &str, path: &str) -> Result<String> {
-        let addr = SocketAddr::new(self.address(name), DEFAULT_AGENT_PORT);
+        let addr = SocketAddr::new(self.address(name)?, DEFAULT_AGENT_PORT);
         let path = path.to_string();
         self.scanner()
             .run(move || inside::http_get(addr, &path, Duration::from_secs(2)))
@@ -206,7 +211,7 @@ impl Scenario {
 
     /// Asks a node's agent for its inside view, from the scanner namespace.
     pub fn inside(&self, name: &str) -> Result<InsideView> {
-        let addr = SocketAddr::new(self.address(name), DEFAULT_AGENT_PORT);
+        let addr = SocketAddr::new(self.address(name)?, DEFAULT_AGENT_PORT);
         self.scanner()
             .run(move || inside::fetch(addr, Duration::from_millis(500)))
             .map_err(lab_err("asking an agent"))?
@@ -281,7 +286,7 @@ impl Scenario {
 
     /// A foreign tool inserts a DROP for 443 above portwarden's jump on `name`.
     pub fn insert_foreign_drop(&self, name: &str) -> Result<()> {
-        self.node(name)
+        self.node(name)?
             .iptables(&[
                 "-I", "INPUT", "1", "-p", "tcp", "--dport", "443", "-j", "DROP",
             ])
@@ -291,10 +296,7 @@ impl Scenario {
 
     /// A new service starts listening on `port` of `name` (a backdoor, say).
     pub fn start_service(&mut self, name: &str, port: u16) -> Result<()> {
-        let i = NODES
-            .iter()
-            .position(|n| *n == name)
-            .ok_or("unknown node")?;
+        let i = Self::index(name)?;
         let guard = self
             .lab
             .node(i)
@@ -305,14 +307,18 @@ impl Scenario {
     }
 
     /// The service on `port` of `name` stops.
-    pub fn stop_service(&mut self, name: &str, port: u16) {
-        let i = NODES.iter().position(|n| *n == name).unwrap_or(0);
+    ///
+    /// # Errors
+    /// A message naming the unknown node and the lab's nodes.
+    pub fn stop_service(&mut self, name: &str, port: u16) -> Result<()> {
+        let i = Self::index(name)?;
         self.services[i].tcp.retain(|(p, _)| *p != port);
+        Ok(())
     }
 
     /// Someone deletes portwarden's DROP for 5432 on `name`.
     pub fn delete_own_rule(&self, name: &str) -> Result<String> {
-        let ns = self.node(name);
+        let ns = self.node(name)?;
         let save = ns
             .exec(&["iptables-save", "-t", "filter"])
             .map_err(lab_err("reading rules"))?;
@@ -376,6 +382,15 @@ mod tests {
                 "-j",
                 "DROP"
             ]
+        );
+    }
+
+    #[test]
+    fn a_mistyped_node_is_an_error_naming_the_known_ones() {
+        assert_eq!(Scenario::index("db-1"), Ok(2));
+        assert_eq!(
+            Scenario::index("web-3"),
+            Err("unknown node \"web-3\": the lab's nodes are web-1, web-2, db-1".to_string())
         );
     }
 }

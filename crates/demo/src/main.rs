@@ -41,17 +41,42 @@ impl Narrator {
     }
 }
 
+/// Waits (30 s at most) until the only drift `verify` reports is the stopped web server on
+/// web-2: the agents have repaired the rule drift.
+fn wait_for_repair(s: &Scenario) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, report) = s.verify_report()?;
+        let drifting: Vec<String> = report
+            .results
+            .iter()
+            .filter(|r| r.verdict == portwarden_reconcile::Verdict::Drift)
+            .map(|r| format!("{} {}/{}", r.node, r.port, r.protocol))
+            .collect();
+        if drifting == ["web-2 80/tcp"] {
+            break;
+        }
+        if Instant::now() > until {
+            return Err(format!(
+                "agents did not repair in time; still drifting: {drifting:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
 fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     n.step("Build a lab: web-1, web-2, db-1 and a scanner, in network namespaces");
     let policy_dir = root.join("examples");
     let mut s = Scenario::new(&bin, &root, &policy_dir)?;
+    let nodes = NODES
+        .iter()
+        .map(|name| Ok(format!("{name}={}", s.address(name)?)))
+        .collect::<Result<Vec<_>>>()?;
     n.say(&format!(
         "nodes {} · scanner {} (and {} on the bastion network) · no default route anywhere",
-        NODES
-            .iter()
-            .map(|name| format!("{name}={}", s.address(name)))
-            .collect::<Vec<_>>()
-            .join(" "),
+        nodes.join(" "),
         s.scanner().v4(),
         s.scanner()
             .ipv4
@@ -77,7 +102,7 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     n.step("Break things the way life does");
     s.insert_foreign_drop("web-1")?;
     n.say("web-1: a foreign tool inserts `iptables -I INPUT 1 -p tcp --dport 443 -j DROP`");
-    s.stop_service("web-2", 80);
+    s.stop_service("web-2", 80)?;
     n.say("web-2: the web server on port 80 stops");
     let rule = s.delete_own_rule("db-1")?;
     n.say(&format!("db-1: someone deletes portwarden's rule `{rule}`"));
@@ -91,25 +116,7 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     }
 
     n.step("Wait for the agents to repair rule drift (next refresh)");
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, report) = s.verify_report()?;
-        let drifting: Vec<String> = report
-            .results
-            .iter()
-            .filter(|r| r.verdict == portwarden_reconcile::Verdict::Drift)
-            .map(|r| format!("{} {}/{}", r.node, r.port, r.protocol))
-            .collect();
-        if drifting == ["web-2 80/tcp"] {
-            break;
-        }
-        if Instant::now() > until {
-            return Err(format!(
-                "agents did not repair in time; still drifting: {drifting:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_for_repair(&s)?;
     n.say("the jump is back at INPUT position 1 on web-1 and the deleted rule is back on db-1");
 
     n.step("portwarden verify: only the genuine drift remains");

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::{LabError, Netns};
+use crate::{LabError, Netns, Nmap};
 
 /// A transport protocol of a published or forwarded port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,40 +148,36 @@ impl Netns {
     }
 
     /// The state nmap reports for one port of `addr` (`open`, `closed`, `filtered`,
-    /// `open|filtered`...), scanned from this namespace with `nmap -n -Pn` and `-sS` (TCP) or
+    /// `open|filtered`...), scanned from this namespace with [`Nmap`] and `-sS` (TCP) or
     /// `-sU` (UDP).
     ///
     /// # Errors
-    /// As [`Netns::exec`] (nmap missing or failing), [`LabError::Invalid`] when nmap's output
-    /// has no line for the port.
+    /// As [`Nmap::run`] (nmap missing or failing, output not a report),
+    /// [`LabError::Invalid`] when nmap's report has no row for the port.
     pub fn nmap_port_state(
         &self,
         addr: IpAddr,
         port: u16,
         protocol: Protocol,
     ) -> Result<String, LabError> {
-        let p = port.to_string();
-        let a = addr.to_string();
-        let mut args = vec!["nmap", "-n", "-Pn"];
-        if addr.is_ipv6() {
-            args.push("-6");
-        }
-        args.extend_from_slice(&[
-            if protocol == Protocol::Tcp {
-                "-sS"
-            } else {
-                "-sU"
-            },
-            "-p",
-            &p,
-            &a,
-        ]);
-        let out = self.exec(&args)?;
-        let prefix = format!("{port}/{}", protocol.as_str());
-        out.lines()
-            .find(|l| l.starts_with(&prefix))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(str::to_string)
-            .ok_or_else(|| LabError::Invalid(format!("nmap printed no line for {prefix}:\n{out}")))
+        let scan = if protocol == Protocol::Tcp {
+            "-sS"
+        } else {
+            "-sU"
+        };
+        let run = Nmap::new(&[scan])
+            .ports(&port.to_string())
+            .target(addr)
+            .run(self)?;
+        run.host(addr)
+            .find(|r| r.port == port && r.protocol == protocol)
+            .map(|r| r.state.clone())
+            .ok_or_else(|| {
+                LabError::Invalid(format!(
+                    "nmap reported no {port}/{}:\n{}",
+                    protocol.as_str(),
+                    run.xml
+                ))
+            })
     }
 }

@@ -367,42 +367,13 @@ impl DockerEngine {
     }
 
     fn spawn(&mut self, driver: &str) -> Result<(), LabError> {
-        let d = self.dir.to_string_lossy().into_owned();
         let sock = self.host();
         if sock.len() > 100 {
             return Err(LabError::Invalid(format!(
                 "socket path {sock} is too long for a unix socket (108 bytes)"
             )));
         }
-        let netns = format!("--net=/var/run/netns/{}", self.node.name);
-        let bip = format!("{}/24", self.gateway_v4());
-        let v6 = format!("{}/80", self.lease.docker_v6());
-        let args: Vec<String> = [
-            netns.as_str(),
-            "dockerd",
-            "--config-file",
-            &format!("{d}/c.json"),
-            "--storage-driver",
-            driver,
-            "--data-root",
-            &format!("{d}/root"),
-            "--exec-root",
-            &format!("{d}/run"),
-            "--pidfile",
-            &format!("{d}/pid"),
-            "-H",
-            &sock,
-            "--bip",
-            &bip,
-            "--ipv6",
-            "--fixed-cidr-v6",
-            &v6,
-            "--experimental",
-            "--ip6tables",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args = self.dockerd_args(driver, &sock);
         let log_path = self.log_path();
         let log = File::options()
             .create(true)
@@ -447,6 +418,42 @@ impl DockerEngine {
             Ok(Err(what)) => Err(self.error(&what)),
             Err(e) => Err(self.error(&e.to_string())),
         }
+    }
+
+    /// `nsenter`'s arguments for this engine's dockerd: into the node's namespace, everything
+    /// under its own directory, its bridge and IPv6 range, on `driver` storage.
+    fn dockerd_args(&self, driver: &str, sock: &str) -> Vec<String> {
+        let d = self.dir.to_string_lossy().into_owned();
+        let netns = format!("--net=/var/run/netns/{}", self.node.name);
+        let bip = format!("{}/24", self.gateway_v4());
+        let v6 = format!("{}/80", self.lease.docker_v6());
+        let args: Vec<String> = [
+            netns.as_str(),
+            "dockerd",
+            "--config-file",
+            &format!("{d}/c.json"),
+            "--storage-driver",
+            driver,
+            "--data-root",
+            &format!("{d}/root"),
+            "--exec-root",
+            &format!("{d}/run"),
+            "--pidfile",
+            &format!("{d}/pid"),
+            "-H",
+            sock,
+            "--bip",
+            &bip,
+            "--ipv6",
+            "--fixed-cidr-v6",
+            &v6,
+            "--experimental",
+            "--ip6tables",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args
     }
 
     fn error(&self, what: &str) -> LabError {

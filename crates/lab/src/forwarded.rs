@@ -234,6 +234,69 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
     } else {
         (IpAddr::V4(pod.v4()), "10.216.0.0/16")
     };
+    Ok(kube_filter_table(ipv6) + &kube_nat_table(services, pod_ip, cluster_cidr, ipv6)?)
+}
+
+/// The jumps kube-proxy (and, for KUBE-FIREWALL, kubelet before it) prepend to the filter
+/// table's built-in chains, in the order they are ensured: each lands at position 1, so the
+/// last one ends up first. (chain, match, comment, target).
+const KUBE_FILTER_JUMPS: [(&str, &str, &str, &str); 11] = [
+    ("INPUT", "", "", "KUBE-FIREWALL"),
+    ("OUTPUT", "", "", "KUBE-FIREWALL"),
+    (
+        "INPUT",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+        "KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        "FORWARD",
+        "-m conntrack --ctstate NEW",
+        "kubernetes externally-visible service portals",
+        "KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        "INPUT",
+        "",
+        "kubernetes health check service ports",
+        "KUBE-NODEPORTS",
+    ),
+    (
+        "FORWARD",
+        "-m conntrack --ctstate NEW",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+    (
+        "OUTPUT",
+        "-m conntrack --ctstate NEW",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+    ("FORWARD", "", "kubernetes forwarding rules", "KUBE-FORWARD"),
+    (
+        "INPUT",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+        "KUBE-PROXY-FIREWALL",
+    ),
+    (
+        "OUTPUT",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+        "KUBE-PROXY-FIREWALL",
+    ),
+    (
+        "FORWARD",
+        "-m conntrack --ctstate NEW",
+        "kubernetes load balancer firewall",
+        "KUBE-PROXY-FIREWALL",
+    ),
+];
+
+/// kube-proxy's (and kubelet's) filter table: its chains, the jumps to them, and the
+/// firewall and forwarding rules.
+fn kube_filter_table(ipv6: bool) -> String {
     let mut f = String::from("*filter\n");
     f.push_str(":FORWARD DROP [0:0]\n");
     for c in [
@@ -246,57 +309,7 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
     ] {
         f.push_str(&format!(":{c} - [0:0]\n"));
     }
-    // The jumps kube-proxy (and, for KUBE-FIREWALL, kubelet before it) prepend, in the order
-    // they are ensured: each lands at position 1, so the last one ends up first.
-    let new = "-m conntrack --ctstate NEW";
-    for (chain, extra, comment, target) in [
-        ("INPUT", "", "", "KUBE-FIREWALL"),
-        ("OUTPUT", "", "", "KUBE-FIREWALL"),
-        (
-            "INPUT",
-            new,
-            "kubernetes externally-visible service portals",
-            "KUBE-EXTERNAL-SERVICES",
-        ),
-        (
-            "FORWARD",
-            new,
-            "kubernetes externally-visible service portals",
-            "KUBE-EXTERNAL-SERVICES",
-        ),
-        (
-            "INPUT",
-            "",
-            "kubernetes health check service ports",
-            "KUBE-NODEPORTS",
-        ),
-        (
-            "FORWARD",
-            new,
-            "kubernetes service portals",
-            "KUBE-SERVICES",
-        ),
-        ("OUTPUT", new, "kubernetes service portals", "KUBE-SERVICES"),
-        ("FORWARD", "", "kubernetes forwarding rules", "KUBE-FORWARD"),
-        (
-            "INPUT",
-            new,
-            "kubernetes load balancer firewall",
-            "KUBE-PROXY-FIREWALL",
-        ),
-        (
-            "OUTPUT",
-            new,
-            "kubernetes load balancer firewall",
-            "KUBE-PROXY-FIREWALL",
-        ),
-        (
-            "FORWARD",
-            new,
-            "kubernetes load balancer firewall",
-            "KUBE-PROXY-FIREWALL",
-        ),
-    ] {
+    for (chain, extra, comment, target) in KUBE_FILTER_JUMPS {
         let mut line = format!("-I {chain} 1");
         if !extra.is_empty() {
             line.push(' ');
@@ -324,7 +337,16 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
          -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
     );
     f.push_str("COMMIT\n");
+    f
+}
 
+/// kube-proxy's nat table for `services`, the pod their one endpoint.
+fn kube_nat_table(
+    services: &[NodePort],
+    pod_ip: IpAddr,
+    cluster_cidr: &str,
+    ipv6: bool,
+) -> Result<String, LabError> {
     let mut chains = vec![
         "KUBE-SERVICES".to_string(),
         "KUBE-NODEPORTS".to_string(),
@@ -335,46 +357,11 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
     let mut services_rules = Vec::new();
     let mut nodeports = Vec::new();
     for (i, s) in services.iter().enumerate() {
-        let spn = s.service_port_name();
-        let proto = s.protocol.as_str();
-        let hash = kube_chain_hash(&format!("{spn}{proto}"))?;
-        let ep = endpoint(pod_ip, s.target_port);
-        let sep = format!(
-            "KUBE-SEP-{}",
-            kube_chain_hash(&format!("{spn}{proto}{ep}"))?
-        );
-        let svc = format!("KUBE-SVC-{hash}");
-        let ext = format!("KUBE-EXT-{hash}");
-        let cip = cluster_ip(i, ipv6);
-        chains.extend([ext.clone(), svc.clone(), sep.clone()]);
-        services_rules.push(format!(
-            "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} \
-             -d {cip} --dport {} -j {svc}",
-            s.port
-        ));
-        nodeports.push(format!(
-            "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {} -j {ext}",
-            s.node_port
-        ));
-        rules.push(format!(
-            "-A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" \
-             -j KUBE-MARK-MASQ"
-        ));
-        rules.push(format!("-A {ext} -j {svc}"));
-        rules.push(format!(
-            "-A {svc} -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} \
-             --dport {} ! -s {cluster_cidr} -j KUBE-MARK-MASQ",
-            s.port
-        ));
-        rules.push(format!(
-            "-A {svc} -m comment --comment \"{spn} -> {ep}\" -j {sep}"
-        ));
-        rules.push(format!(
-            "-A {sep} -m comment --comment {spn} -s {pod_ip} -j KUBE-MARK-MASQ"
-        ));
-        rules.push(format!(
-            "-A {sep} -m comment --comment {spn} -m {proto} -p {proto} -j DNAT --to-destination {ep}"
-        ));
+        let k = kube_service(i, s, pod_ip, cluster_cidr, ipv6)?;
+        chains.extend(k.chains);
+        services_rules.push(k.service);
+        nodeports.push(k.nodeport);
+        rules.extend(k.rules);
     }
     let mut n = String::from("*nat\n");
     for c in &chains {
@@ -413,7 +400,72 @@ pub fn kube_proxy_rules(pod: &Pod, services: &[NodePort], ipv6: bool) -> Result<
         n.push('\n');
     }
     n.push_str("COMMIT\n");
-    Ok(f + &n)
+    Ok(n)
+}
+
+/// One NodePort service's nat state, as kube-proxy writes it: its chains, its
+/// `KUBE-SERVICES` and `KUBE-NODEPORTS` rules and the rules of its own chains.
+struct KubeService {
+    chains: [String; 3],
+    service: String,
+    nodeport: String,
+    rules: Vec<String>,
+}
+
+/// The nat state of service `i` with the pod (`pod_ip`, in `cluster_cidr`) its one endpoint.
+fn kube_service(
+    i: usize,
+    s: &NodePort,
+    pod_ip: IpAddr,
+    cluster_cidr: &str,
+    ipv6: bool,
+) -> Result<KubeService, LabError> {
+    let spn = s.service_port_name();
+    let proto = s.protocol.as_str();
+    let hash = kube_chain_hash(&format!("{spn}{proto}"))?;
+    let ep = endpoint(pod_ip, s.target_port);
+    let sep = format!(
+        "KUBE-SEP-{}",
+        kube_chain_hash(&format!("{spn}{proto}{ep}"))?
+    );
+    let svc = format!("KUBE-SVC-{hash}");
+    let ext = format!("KUBE-EXT-{hash}");
+    let cip = cluster_ip(i, ipv6);
+    let service = format!(
+        "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} \
+         -d {cip} --dport {} -j {svc}",
+        s.port
+    );
+    let nodeport = format!(
+        "-A KUBE-NODEPORTS -m comment --comment {spn} -m {proto} -p {proto} --dport {} -j {ext}",
+        s.node_port
+    );
+    let mut rules = Vec::new();
+    rules.push(format!(
+        "-A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" \
+         -j KUBE-MARK-MASQ"
+    ));
+    rules.push(format!("-A {ext} -j {svc}"));
+    rules.push(format!(
+        "-A {svc} -m comment --comment \"{spn} cluster IP\" -m {proto} -p {proto} -d {cip} \
+         --dport {} ! -s {cluster_cidr} -j KUBE-MARK-MASQ",
+        s.port
+    ));
+    rules.push(format!(
+        "-A {svc} -m comment --comment \"{spn} -> {ep}\" -j {sep}"
+    ));
+    rules.push(format!(
+        "-A {sep} -m comment --comment {spn} -s {pod_ip} -j KUBE-MARK-MASQ"
+    ));
+    rules.push(format!(
+        "-A {sep} -m comment --comment {spn} -m {proto} -p {proto} -j DNAT --to-destination {ep}"
+    ));
+    Ok(KubeService {
+        chains: [ext, svc, sep],
+        service,
+        nodeport,
+        rules,
+    })
 }
 
 /// The `iptables-restore --noflush` input Docker would write for `ports` published by a

@@ -193,7 +193,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Creates the namespaces, joins them and gives them their addresses.
     fn wire(&mut self, b: &LabBuilder) -> Result<(), LabError> {
+        self.add_members(b)?;
+        let members: Vec<Netns> = self.nodes.iter().chain(&self.scanners).cloned().collect();
+        self.link(&members)?;
+        address(&members)
+    }
+
+    /// Creates the node and scanner namespaces with the addresses they will get.
+    fn add_members(&mut self, b: &LabBuilder) -> Result<(), LabError> {
         for i in 0..b.nodes {
             let name = format!("{}-n{i}", self.name);
             self.add_ns(&name)?;
@@ -218,8 +227,12 @@ impl Lab {
                 ipv6: nets.map(|net| v6(net, host)).collect(),
             });
         }
-        let members: Vec<Netns> = self.nodes.iter().chain(&self.scanners).cloned().collect();
-        if let [a, b] = members.as_slice() {
+        Ok(())
+    }
+
+    /// Joins the members: one veth pair for two, a bridge namespace for more.
+    fn link(&mut self, members: &[Netns]) -> Result<(), LabError> {
+        if let [a, b] = members {
             // Created inside `a`, peer placed directly into `b`: nothing appears in the root
             // namespace, not even for a moment.
             run_checked(
@@ -249,38 +262,6 @@ impl Lab {
                     &["-n", &br, "link", "set", &port, "master", "br0", "up"],
                 )?;
             }
-        }
-        for m in &members {
-            for a in &m.ipv4 {
-                run_checked(
-                    "ip",
-                    &[
-                        "-n",
-                        &m.name,
-                        "addr",
-                        "add",
-                        &format!("{a}/16"),
-                        "dev",
-                        "eth0",
-                    ],
-                )?;
-            }
-            for a in &m.ipv6 {
-                run_checked(
-                    "ip",
-                    &[
-                        "-n",
-                        &m.name,
-                        "addr",
-                        "add",
-                        &format!("{a}/64"),
-                        "dev",
-                        "eth0",
-                        "nodad",
-                    ],
-                )?;
-            }
-            run_checked("ip", &["-n", &m.name, "link", "set", "eth0", "up"])?;
         }
         Ok(())
     }
@@ -349,6 +330,22 @@ pub fn cleanup_stale(prefix: &str) -> Result<usize, LabError> {
         }
     }
     Ok(deleted)
+}
+
+/// Puts each member's addresses on its `eth0` (IPv6 without duplicate address detection) and
+/// brings the link up.
+fn address(members: &[Netns]) -> Result<(), LabError> {
+    for m in members {
+        let v4 = m.ipv4.iter().map(|a| (format!("{a}/16"), None));
+        let v6 = m.ipv6.iter().map(|a| (format!("{a}/64"), Some("nodad")));
+        for (a, nodad) in v4.chain(v6) {
+            let mut args = vec!["-n", &m.name, "addr", "add", &a, "dev", "eth0"];
+            args.extend(nodad);
+            run_checked("ip", &args)?;
+        }
+        run_checked("ip", &["-n", &m.name, "link", "set", "eth0", "up"])?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

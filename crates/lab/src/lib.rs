@@ -39,6 +39,9 @@
 //! netns.http_get(addr, timeout) -> HttpResponse           GET / from inside the namespace
 //! netns.udp_request(addr, b"x", timeout) -> Vec<u8>        one datagram, the first answer
 //! netns.nmap_port_state(addr, 8080, Protocol::Tcp)        "open", "filtered"... (nmap -sS/-sU)
+//! Nmap::new(&["-sS", "-T4"]).ports("1-1000").source(src).target(addr)
+//!     .run(&netns) -> Result<NmapRun>                     { xml, ports: Vec<NmapPort> }
+//! parse_nmap_xml(&xml) -> Result<Vec<NmapPort>>           (address, port, protocol, state, reason)
 //! wait_for("what", timeout, || ...) -> Result<T>          poll a condition with a deadline
 //! cleanup_stale("pw-") -> Result<usize>                   remove labs of dead processes
 //! LockHolder::hold(path) -> Result<LockHolder>            a lock file held by flock(1) until drop
@@ -136,6 +139,8 @@
 //! * `corpus` — [`replay_corpus`]: a fuzz corpus replayed as a test.
 //! * `client` — [`Netns::http_get`], [`Netns::udp_request`], [`Netns::nmap_port_state`],
 //!   [`wait_for`], [`Protocol`].
+//! * `nmap` — [`Nmap`]: the one nmap runner of tests, demo and benchmarks, and
+//!   [`parse_nmap_xml`]: nmap's XML as [`NmapPort`] rows ([`SAMPLE_NMAP_XML`] to test with).
 //! * `docker` — [`DockerEngine`]: a real dockerd in a node; [`Container`], [`PortMap`].
 //! * `pod` — [`Pod`]: a namespace behind a node, as a CNI plugin wires a pod.
 //! * `forwarded` — kube-proxy's NodePort rules and Docker's rules, rendered and written.
@@ -154,6 +159,7 @@ mod listener;
 mod lock;
 mod netns;
 mod nft;
+mod nmap;
 mod pod;
 mod subnet;
 
@@ -170,6 +176,7 @@ pub use lab::{Lab, LabBuilder, cleanup_stale};
 pub use listener::{TcpListenerGuard, UdpListenerGuard};
 pub use lock::LockHolder;
 pub use netns::{LIFTED_ICMP_LIMITS, LabChild, Netns};
+pub use nmap::{Nmap, NmapPort, NmapRun, SAMPLE_NMAP_XML, parse_nmap_xml};
 pub use pod::Pod;
 pub use subnet::SubnetLease;
 

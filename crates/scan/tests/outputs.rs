@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use common::*;
-use portwarden_lab::{Lab, skip_unless_lab};
+use portwarden_lab::{Lab, Nmap, skip_unless_lab};
 use portwarden_scan::{PortList, ScanConfig, ScanKind, Scanner, TargetPolicy, report};
 
 fn ndiff(a: &str, b: &str) -> (i32, String) {
@@ -78,14 +78,13 @@ fn ndiff_reads_our_xml() {
     assert_eq!(parse_nmap_xml(&xa), states_of(&a));
 
     // nmap's XML of the same scan: ndiff reports no port changes.
-    let src_s = src.to_string();
-    let t = target.to_string();
-    let nmap_xml = scanner
-        .exec(&[
-            "nmap", "-n", "-Pn", "-sS", "-T4", "-S", &src_s, "-e", "eth0", "-p", "1-1000", "-oX",
-            "-", &t,
-        ])
-        .expect("nmap");
+    let nmap_xml = Nmap::new(&["-sS", "-T4"])
+        .ports("1-1000")
+        .source(src)
+        .target(target)
+        .run(scanner)
+        .expect("nmap")
+        .xml;
     // ndiff also reports nmap's service names (we print none) on changed lines; compare the
     // (port, state) pairs it removes and adds: they must be the same.
     let (_, out) = ndiff(&nmap_xml, &xa);
@@ -126,19 +125,14 @@ fn several_targets_in_one_scan_match_nmap() {
         .expect("thread")
         .expect("scan");
     assert_eq!(report.hosts.len(), 3);
-    let mut args = vec!["nmap", "-n", "-Pn", "-sS", "-T4", "-p", "1-100", "-oX", "-"];
-    let ts: Vec<String> = targets.iter().map(IpAddr::to_string).collect();
-    args.extend(ts.iter().map(String::as_str));
-    let xml = scanner.exec(&args).expect("nmap");
+    let run = Nmap::new(&["-sS", "-T4"])
+        .ports("1-100")
+        .targets(&targets)
+        .run(scanner)
+        .expect("nmap");
     for (host, addr) in report.hosts.iter().zip(&targets) {
         assert_eq!(host.address, *addr);
-        // `<host ` blocks only (nmap also writes `<hosthint>` elements with addresses).
-        let block = xml
-            .split("<host ")
-            .skip(1)
-            .find(|b| b.contains(&format!("addr=\"{addr}\"")))
-            .expect("host in nmap xml");
-        let theirs = parse_nmap_xml(block);
+        let theirs = rows_to_states(run.host(*addr));
         let mine = host
             .ports
             .iter()

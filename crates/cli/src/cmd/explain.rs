@@ -48,7 +48,7 @@ fn parse_port_proto(s: &str) -> Result<(u16, Protocol), String> {
     Ok((port, protocol))
 }
 
-/// The JSON shape of CLI.md, plus the details a person wants.
+/// The JSON shape of docs/cli.md, plus the details a person wants.
 #[derive(Serialize)]
 struct Explanation {
     node: String,

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::Outcome;
 use crate::args::{Format, PolicyArgs};
 
-/// `[--backend nft|legacy|auto] [--wait SECS]`
+/// The netfilter flags `plan`, `apply` and `reset` share, `[--backend auto|nft|legacy]
+/// [--wait SECS]`, and the [`Netfilter`] handle they open ([`NetfilterArgs::netfilter`]).
 #[derive(clap::Args, Debug, Clone)]
 pub struct NetfilterArgs {
     /// iptables backend: auto (whichever holds the host's rules), nft or legacy.
@@ -129,7 +130,7 @@ pub struct Args {
     output: Format,
 }
 
-/// `plan -o json`: the CLI.md shape (`changes`, `add`, `delete`) and the details.
+/// `plan -o json`: the docs/cli.md shape (`changes`, `add`, `delete`) and the details.
 #[derive(Serialize)]
 struct PlanOutput<'a> {
     node: &'a str,

@@ -223,40 +223,6 @@ pub fn install_foreign_state(node: &Netns, backend: Backend) {
     }
 }
 
-/// One port of an nmap XML report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Port {
-    pub protocol: String,
-    pub port: u16,
-    pub state: String,
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let i = tag.find(&key)? + key.len();
-    let j = tag[i..].find('"')? + i;
-    Some(&tag[i..j])
-}
-
-/// Parses the `<port>` elements of `nmap -oX -` output.
-pub fn parse_nmap(xml: &str) -> Vec<Port> {
-    let mut out = Vec::new();
-    for chunk in xml.split("<port ").skip(1) {
-        let (Some(protocol), Some(port)) = (attr(chunk, "protocol"), attr(chunk, "portid")) else {
-            continue;
-        };
-        let Some(state_tag) = chunk.split("<state ").nth(1) else {
-            continue;
-        };
-        out.push(Port {
-            protocol: protocol.to_string(),
-            port: port.parse().expect("nmap port number"),
-            state: attr(state_tag, "state").unwrap_or("").to_string(),
-        });
-    }
-    out
-}
-
 /// Runs nmap from `scanner` against `target` (`-sS` or `-sU`), optionally from a given source
 /// address, and returns port → state.
 pub fn nmap(
@@ -266,32 +232,15 @@ pub fn nmap(
     ports: &str,
     source: Option<std::net::IpAddr>,
 ) -> BTreeMap<u16, String> {
-    let target = target.to_string();
-    let src = source.map(|s| s.to_string());
-    let mut args = vec![
-        "nmap",
-        scan,
-        "-n",
-        "-Pn",
-        "-T4",
-        "--max-retries",
-        "2",
-        "-p",
-        ports,
-        "-oX",
-        "-",
-    ];
-    if target.contains(':') {
-        args.push("-6");
+    let mut run = portwarden_lab::Nmap::new(&[scan, "-T4", "--max-retries", "2"])
+        .ports(ports)
+        .target(target);
+    if let Some(s) = source {
+        run = run.source(s);
     }
-    if let Some(s) = &src {
-        args.extend_from_slice(&["-S", s, "-e", "eth0"]);
-    }
-    args.push(&target);
-    let xml = scanner.exec(&args).expect("nmap in the scanner namespace");
-    let ports = parse_nmap(&xml);
-    assert!(!ports.is_empty(), "nmap reported no ports: {xml}");
-    ports.into_iter().map(|p| (p.port, p.state)).collect()
+    let run = run.run(scanner).expect("nmap in the scanner namespace");
+    assert!(!run.ports.is_empty(), "nmap reported no ports: {}", run.xml);
+    run.ports.into_iter().map(|p| (p.port, p.state)).collect()
 }
 
 /// The nmap word for an intended state on a port that has a listener.

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portwarden_lab::{Lab, Netns, TcpListenerGuard, UdpListenerGuard};
+use portwarden_lab::{Lab, Netns, Nmap, NmapPort, TcpListenerGuard, UdpListenerGuard};
 use portwarden_scan::{PortList, ScanConfig, ScanKind, ScanReport, Scanner, TargetPolicy};
 
 /// TCP ports of the matrix and what is behind them.
@@ -325,47 +325,17 @@ impl Matrix {
 /// Per-port (state, reason) of one host.
 pub type States = BTreeMap<u16, (String, String)>;
 
-fn attr<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let start = s.find(&key)? + key.len();
-    let end = s[start..].find('"')? + start;
-    Some(&s[start..end])
+/// Per-port (state, reason) of nmap's XML, through the lab's parser (listed ports and
+/// `extraports` groups), every host's rows together.
+pub fn parse_nmap_xml(xml: &str) -> States {
+    rows_to_states(&portwarden_lab::parse_nmap_xml(xml).expect("nmap XML"))
 }
 
-/// Parses nmap's XML: listed ports plus `extraports` groups (with their `extrareasons`
-/// port lists).
-pub fn parse_nmap_xml(xml: &str) -> States {
-    let mut out = States::new();
-    for chunk in xml.split("<port ").skip(1) {
-        let (Some(port), Some(state_el)) = (attr(chunk, "portid"), chunk.find("<state ")) else {
-            continue;
-        };
-        let st = &chunk[state_el..];
-        let port: u16 = port.parse().expect("portid");
-        out.insert(
-            port,
-            (
-                attr(st, "state").unwrap_or("").to_string(),
-                attr(st, "reason").unwrap_or("").to_string(),
-            ),
-        );
-    }
-    for chunk in xml.split("<extraports ").skip(1) {
-        let state = attr(chunk, "state").unwrap_or("").to_string();
-        let end = chunk.find("</extraports>").unwrap_or(chunk.len());
-        for r in chunk[..end].split("<extrareasons ").skip(1) {
-            let reason = attr(r, "reason").unwrap_or("").to_string();
-            if let Some(ports) = attr(r, "ports") {
-                for p in PortList::parse(ports)
-                    .expect("extrareasons ports")
-                    .as_slice()
-                {
-                    out.insert(*p, (state.clone(), reason.clone()));
-                }
-            }
-        }
-    }
-    out
+/// Per-port (state, reason) of parsed nmap rows.
+pub fn rows_to_states<'a>(rows: impl IntoIterator<Item = &'a NmapPort>) -> States {
+    rows.into_iter()
+        .map(|r| (r.port, (r.state.clone(), r.reason.clone())))
+        .collect()
 }
 
 /// Runs nmap in the scanner namespace from `src` against `target`, with the timing template
@@ -383,31 +353,16 @@ pub fn nmap(
         .copied()
         .find(|a| a.starts_with("-T"))
         .unwrap_or("-T4");
-    let src = src.to_string();
-    let target = target.to_string();
-    let mut args = vec![
-        "nmap",
-        "-n",
-        "-Pn",
-        kind.nmap_flag(),
-        template,
-        "-S",
-        &src,
-        "-e",
-        "eth0",
-        "-p",
-        ports,
-        "-oX",
-        "-",
-    ];
-    if target.contains(':') {
-        args.push("-6");
-    }
-    args.extend(extra.iter().copied().filter(|a| !a.starts_with("-T")));
-    args.push(&target);
-    let xml = scanner.exec(&args).expect("nmap runs");
-    let states = parse_nmap_xml(&xml);
-    assert!(!states.is_empty(), "nmap produced no ports: {xml}");
+    let mut flags = vec![kind.nmap_flag(), template];
+    flags.extend(extra.iter().copied().filter(|a| !a.starts_with("-T")));
+    let run = Nmap::new(&flags)
+        .ports(ports)
+        .source(src)
+        .target(target)
+        .run(scanner)
+        .expect("nmap runs");
+    let states = rows_to_states(&run.ports);
+    assert!(!states.is_empty(), "nmap produced no ports: {}", run.xml);
     states
 }
 
