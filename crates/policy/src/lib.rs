@@ -24,10 +24,13 @@
 //! * [`intent`] — checked policies, entries, nodes; label selection.
 //! * [`model`] — precedence, per-packet evaluation, compiled rule order.
 //! * [`text`] — control characters of untrusted text escaped for terminals.
+//! * `fuzzing` — the checks of the fuzz targets (`fuzz/`) and the corpus replay test; built
+//!   for tests and with the `fuzzing` feature only.
 
 pub mod decode;
 pub mod diagnostic;
 pub mod document;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod intent;
