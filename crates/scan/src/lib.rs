@@ -49,6 +49,8 @@
 //! * [`classify`] — reply → (state, reason) and conflict rules; pure, unit-tested.
 //! * `probe/` — one module per probe type (SYN, ACK, UDP, connect) behind an enum.
 //! * `packet` — building probes with `pnet`, decoding replies.
+//! * `fuzzing` — the checks of the fuzz targets (`fuzz/`) and the corpus replay test; built
+//!   for tests and with the `fuzzing` feature only.
 //! * `net` — raw send sockets (batched sendmmsg), the packet receive socket, source selection.
 //! * `engine` — send/receive threads, retransmission, congestion control.
 //! * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent
@@ -72,6 +74,9 @@ mod confirm;
 mod engine;
 mod error;
 mod fresh;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 mod net;
 mod packet;
@@ -88,8 +93,6 @@ pub use model::{
     HostReport, PortResult, PortState, Protocol, RateLimit, Reason, ScanKind, ScanReport, ScanStats,
 };
 pub use net::source_for;
-#[doc(hidden)]
-pub use packet::fuzz_check as fuzz_packet;
 pub use ports::PortList;
 pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
 pub use targets::TargetPolicy;
