@@ -120,19 +120,6 @@ impl PortState {
         }
     }
 
-    /// Parses nmap's word back.
-    pub fn from_nmap(s: &str) -> Option<Self> {
-        Some(match s {
-            "open" => PortState::Open,
-            "closed" => PortState::Closed,
-            "filtered" => PortState::Filtered,
-            "unfiltered" => PortState::Unfiltered,
-            "open|filtered" => PortState::OpenFiltered,
-            "closed|filtered" => PortState::ClosedFiltered,
-            _ => return None,
-        })
-    }
-
     pub(crate) fn code(self) -> u8 {
         match self {
             PortState::Open => 1,
