@@ -31,6 +31,11 @@ impl FreshCursor {
         }
     }
 
+    /// Indexes the cursor deals, `0..total`.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// Makes `*next` the next index this thread should probe first, claiming a new chunk
     /// (`*next..*end`) when the current one is used up; the caller advances `*next` once that
     /// probe is on its way. Returns `false` once every index has been claimed and this thread's
