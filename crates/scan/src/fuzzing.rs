@@ -283,19 +283,7 @@ fn icmp_error_matches(case: &Case, sent: &Sent) -> Option<Reply> {
     };
     let pkt = decode(&error).unwrap_or_else(|| panic!("ICMP error for {probe:?} not decoded"));
     let from_target = from == dst;
-    let reply = if v6 {
-        Reply::Icmp6 {
-            icmp_type,
-            code,
-            from_target,
-        }
-    } else {
-        Reply::Icmp4 {
-            icmp_type,
-            code,
-            from_target,
-        }
-    };
+    let reply = Reply::icmp(v6, icmp_type, code, from_target);
     assert_eq!(
         probe.interpret(&ID, &pkt, |a| a == case.src),
         Some(case.expect(reply)),
