@@ -1,4 +1,5 @@
-//! Dealing a raw scan's first probes out to its send threads.
+//! Dealing a scan's first probes out to its send threads (the raw engine's several; the
+//! connect engine's one takes them all, in order).
 //!
 //! Every (target, port) index gets its first probe from exactly one send thread, which then
 //! owns that probe's retransmissions. Fixed stripes (thread `k` takes `k, k + n, ...`) make the

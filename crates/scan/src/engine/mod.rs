@@ -11,22 +11,29 @@
 //!   raw sender's outstanding probes (timeouts, presumed loss).
 //! * `pace` — the rate caps (`Timing::max_rate` in total, `max_rate_per_target` per target),
 //!   one token-bucket implementation for both.
-//! * `fresh` — dealing first probes out to the raw engine's send threads in chunks.
+//! * `fresh` — dealing first probes out to the send threads in chunks.
 //! * `tail` — the tail probe that ends a TCP scan's first pass one timeout sooner.
 //! * `raw` — the raw engine: send threads, the receive thread, raw confirmation rounds.
 //! * `connect` — the connect engine: non-blocking `connect()` attempts collected by `poll(2)`.
 //! * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent on
 //!   targets that rate-limit their ICMP errors, at the rate they answer.
 //!
+//! Why this split: both engines ask the same questions of every probe — which one goes next,
+//! may it leave now, what an answer or a timeout means for its port — and those answers live
+//! once, in `select`, `pace` and `shared`. What differs is only how a probe reaches the wire
+//! and how its answer comes back (send threads and a packet socket, or `poll(2)` over
+//! sockets), and that is all an engine module holds. The probes themselves stay one file per
+//! kind under `probe/`.
+//!
 //! # Design
 //!
 //! Every (target, port) pair has an index `host * nports + port_position`, and a few small
 //! atomics per index: the merged result (state and reason), the latest try number with an
 //! "outstanding" bit, and send times. Because a reply names its target, port and try number
-//! (see `probe`), the raw engine's receive thread turns a packet into an index with two array reads — no
-//! search through outstanding probes, no lock on the hot path except the small timing state.
-//! It drains the packet socket in batches without blocking on it, so senders never pay a
-//! wake-up per reply.
+//! (see `probe`), the raw engine's receive thread turns a packet into an index with two array
+//! reads — no search through outstanding probes, no lock on the hot path except the small
+//! timing state. It drains the packet socket in batches without blocking on it, so senders
+//! never pay a wake-up per reply.
 //!
 //! Send threads take fresh probes in chunks from one shared cursor (`fresh`), in port-major
 //! order (so several targets are interleaved), and send them in batches (one sendmmsg(2) per
