@@ -56,6 +56,7 @@
 //! * `engine/` — the two engines on one per-port state:
 //!   * `raw` (SYN, ACK, UDP: send threads and a receive thread) and `connect` (`poll(2)` over
 //!     connect attempts);
+//!   * `plan` — what a scan asks of an engine and what it gives back;
 //!   * `shared` — per-port results, tries and timing, and what replies and expiries do to them;
 //!   * `select` — the next probe (retransmission, then first probe) and outstanding probes;
 //!   * `pace` — the rate caps, total and per target, as one token bucket;
@@ -67,6 +68,7 @@
 //!   ([`timing::TargetPacer`]) and [`estimate`].
 //! * [`report`] — JSON, nmap XML and table output.
 //! * `scanner` — [`Scanner`], [`ScanConfig`].
+//! * `error` — [`ScanError`].
 //! * `targets` — [`TargetPolicy`]: which addresses a scan may probe (loopback only unless
 //!   told), checked by [`Scanner::scan`] before any socket is opened.
 //!
