@@ -62,6 +62,24 @@ pub enum Reply {
 }
 
 impl Reply {
+    /// An ICMP error (ICMPv6 when `v6`) of `icmp_type` and `code`, quoting the probe; sent by
+    /// the target itself or by a router on the way.
+    pub(crate) fn icmp(v6: bool, icmp_type: u8, code: u8, from_target: bool) -> Reply {
+        if v6 {
+            Reply::Icmp6 {
+                icmp_type,
+                code,
+                from_target,
+            }
+        } else {
+            Reply::Icmp4 {
+                icmp_type,
+                code,
+                from_target,
+            }
+        }
+    }
+
     /// Whether this is an ICMP error the target itself sent: the answers Linux rate-limits
     /// per peer (a reset or a service's datagram never is).
     pub fn is_icmp_from_target(&self) -> bool {

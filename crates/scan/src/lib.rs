@@ -45,19 +45,30 @@
 //! # Layout
 //!
 //! * [`ports`] — nmap's `-p` syntax ([`PortList`]).
-//! * [`model`] — [`ScanKind`], [`PortState`], [`Reason`], [`ScanReport`].
+//! * [`model`] — [`ScanKind`], [`PortState`], [`Reason`], [`ScanReport`], [`Progress`].
 //! * [`classify`] — reply → (state, reason) and conflict rules; pure, unit-tested.
-//! * `probe/` — one module per probe type (SYN, ACK, UDP, connect) behind an enum.
+//! * `probe/` — one module per probe kind: SYN, ACK and UDP packets behind an enum, and the
+//!   connect probe (one non-blocking `connect()`).
 //! * `packet` — building probes with `pnet`, decoding replies.
+//! * `fuzzing` — the checks of the fuzz targets (`fuzz/`) and the corpus replay test; built
+//!   for tests and with the `fuzzing` feature only.
 //! * `net` — raw send sockets (batched sendmmsg), the packet receive socket, source selection.
-//! * `engine` — send/receive threads, retransmission, congestion control.
-//! * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent
-//!   on targets that rate-limit their ICMP errors, at the rate they answer.
-//! * `fresh` — dealing first probes out to the send threads in chunks.
-//! * `tail` — the tail probe that ends a TCP scan's first pass one timeout sooner.
-//! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window.
+//! * `engine/` — the two engines on one per-port state:
+//!   * `raw` (SYN, ACK, UDP: send threads and a receive thread) and `connect` (`poll(2)` over
+//!     connect attempts);
+//!   * `plan` — what a scan asks of an engine and what it gives back;
+//!   * `shared` — per-port results, tries and timing, and what replies and expiries do to them;
+//!   * `select` — the next probe (retransmission, then first probe) and outstanding probes;
+//!   * `pace` — the rate caps, total and per target, as one token bucket;
+//!   * `fresh` — dealing first probes out to the send threads in chunks;
+//!   * `tail` — the tail probe that ends a TCP scan's first pass one timeout sooner;
+//!   * `confirm` — after the first pass of a UDP or connect scan: proving silent ports silent
+//!     on targets that rate-limit their ICMP errors, at the rate they answer.
+//! * [`timing`] — [`Timing`] knobs, RTT estimator, congestion window, the token bucket
+//!   ([`timing::TargetPacer`]) and [`estimate`].
 //! * [`report`] — JSON, nmap XML and table output.
-//! * `scanner` — [`Scanner`], [`ScanConfig`], [`Progress`].
+//! * `scanner` — [`Scanner`], [`ScanConfig`].
+//! * `error` — [`ScanError`].
 //! * `targets` — [`TargetPolicy`]: which addresses a scan may probe (loopback only unless
 //!   told), checked by [`Scanner::scan`] before any socket is opened.
 //!
@@ -68,10 +79,11 @@
 //! are opened by the calling thread, so a scan runs in that thread's network namespace.
 
 pub mod classify;
-mod confirm;
 mod engine;
 mod error;
-mod fresh;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 mod net;
 mod packet;
@@ -79,18 +91,16 @@ pub mod ports;
 mod probe;
 pub mod report;
 mod scanner;
-mod tail;
 mod targets;
 pub mod timing;
 
 pub use error::ScanError;
 pub use model::{
-    HostReport, PortResult, PortState, Protocol, RateLimit, Reason, ScanKind, ScanReport, ScanStats,
+    HostReport, PortResult, PortState, Progress, ProgressFn, Protocol, RateLimit, Reason, ScanKind,
+    ScanReport, ScanStats,
 };
 pub use net::source_for;
-#[doc(hidden)]
-pub use packet::fuzz_check as fuzz_packet;
 pub use ports::PortList;
-pub use scanner::{Progress, ProgressFn, ScanConfig, Scanner};
+pub use scanner::{ScanConfig, Scanner};
 pub use targets::TargetPolicy;
 pub use timing::{Bound, Estimate, Timing, estimate};

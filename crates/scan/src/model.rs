@@ -1,4 +1,5 @@
-//! The output model: what a scan found, per host and port, in nmap's own words.
+//! The output model: what a scan found, per host and port, in nmap's own words, and the
+//! [`Progress`] a running scan reports.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -118,19 +119,6 @@ impl PortState {
             PortState::OpenFiltered => "open|filtered",
             PortState::ClosedFiltered => "closed|filtered",
         }
-    }
-
-    /// Parses nmap's word back.
-    pub fn from_nmap(s: &str) -> Option<Self> {
-        Some(match s {
-            "open" => PortState::Open,
-            "closed" => PortState::Closed,
-            "filtered" => PortState::Filtered,
-            "unfiltered" => PortState::Unfiltered,
-            "open|filtered" => PortState::OpenFiltered,
-            "closed|filtered" => PortState::ClosedFiltered,
-            _ => return None,
-        })
     }
 
     pub(crate) fn code(self) -> u8 {
@@ -452,5 +440,66 @@ impl ScanReport {
         self.hosts
             .iter()
             .filter_map(|h| h.error.as_deref().map(|e| (h.address, e)))
+    }
+}
+
+/// How far a scan has come; passed to the progress callback about ten times a second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Ports with a final state.
+    pub done: u64,
+    /// Ports to scan (targets × ports).
+    pub total: u64,
+    /// Time since the scan started.
+    pub elapsed: Duration,
+    /// Probes sent so far, retransmissions included.
+    pub probes_sent: u64,
+    /// While the scan waits on a target that rate-limits its ICMP errors: the measured time
+    /// between its answers, per source address, in milliseconds (the reason the scan is slow).
+    pub rate_limit_interval_ms: Option<u64>,
+    /// The engine's own estimate of the time left, when it has a better one than a linear
+    /// extrapolation (while confirming silent ports of a rate-limited target).
+    pub estimated_left: Option<Duration>,
+}
+
+impl Progress {
+    /// The time left: the engine's estimate when it has one, else a linear one once
+    /// something is done.
+    pub fn eta(&self) -> Option<Duration> {
+        if self.done >= self.total {
+            return None;
+        }
+        if let Some(left) = self.estimated_left {
+            return Some(left);
+        }
+        if self.done == 0 {
+            return None;
+        }
+        let per = self.elapsed.as_secs_f64() / self.done as f64;
+        Some(Duration::from_secs_f64(
+            per * (self.total - self.done) as f64,
+        ))
+    }
+}
+
+/// The progress callback type.
+pub type ProgressFn = std::sync::Arc<dyn Fn(&Progress) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eta_is_linear() {
+        let p = Progress {
+            done: 25,
+            total: 100,
+            elapsed: Duration::from_secs(1),
+            probes_sent: 30,
+            rate_limit_interval_ms: None,
+            estimated_left: None,
+        };
+        assert_eq!(p.eta(), Some(Duration::from_secs(3)));
+        assert_eq!(Progress { done: 0, ..p }.eta(), None);
     }
 }

@@ -11,8 +11,8 @@ use pnet::packet::udp::{self, MutableUdpPacket};
 /// IP protocol numbers used here.
 pub(crate) const PROTO_TCP: u8 = 6;
 pub(crate) const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
+pub(crate) const PROTO_ICMP: u8 = 1;
+pub(crate) const PROTO_ICMPV6: u8 = 58;
 
 /// The transport header of a probe's packet that a reply or an ICMP error lets us see again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,13 +180,13 @@ pub(crate) struct ProbeFields {
 }
 
 /// Length of an IPv4 header as we build it.
-const IP4_LEN: usize = 20;
+pub(crate) const IP4_LEN: usize = 20;
 /// TCP header with one MSS option, like nmap's probes.
 const TCP_LEN: usize = 24;
 const UDP_LEN: usize = 8;
 
 /// Writes an IPv4 header for `payload_len` bytes of `proto` into `buf[..20]`.
-fn ipv4_header(
+pub(crate) fn ipv4_header(
     buf: &mut [u8],
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -272,215 +272,6 @@ pub(crate) fn build_udp(buf: &mut [u8], f: &ProbeFields, payload: &[u8]) -> usiz
         ipv4_header(buf, s, d, PROTO_UDP, ulen, f.dport ^ f.sport);
     }
     end
-}
-
-/// The receive path on fuzzer bytes, for the `packet` fuzz target (`fuzz/`) and the corpus
-/// replay test; not part of the API. Panics when an invariant fails, which is how a fuzzer
-/// reports it. The first byte chooses the mode:
-///
-/// * even: the rest is a packet as the receive socket delivers it, run through [`decode`], every
-///   probe kind's matcher and [`classify`](crate::classify::classify) (no panic, try numbers in
-///   range).
-/// * odd: the rest describes a probe (addresses, port, try number, reply flags, ICMP type);
-///   the probe is built, decoded, answered by a reply built from it and by an ICMP error
-///   quoting it, and each must decode and match back to the probe's target, port and try.
-#[doc(hidden)]
-pub fn fuzz_check(data: &[u8]) {
-    match data.split_first() {
-        Some((mode, rest)) if mode % 2 == 0 => fuzz_raw(rest),
-        Some((_, rest)) => fuzz_round_trip(rest),
-        None => {}
-    }
-}
-
-const FUZZ_ID: crate::probe::Identity = crate::probe::Identity {
-    secret: 0x5eed_f00d_cafe_d00d,
-    base_sport: 40000,
-};
-
-fn fuzz_raw(data: &[u8]) {
-    use crate::probe::{MAX_TRYNO, RawProbe};
-    let Some(pkt) = decode(data) else { return };
-    for probe in [RawProbe::Syn, RawProbe::Ack, RawProbe::Udp] {
-        if let Some(m) = probe.interpret(&FUZZ_ID, &pkt, |_| true) {
-            assert!(m.tryno <= MAX_TRYNO, "try number {} out of range", m.tryno);
-            for kind in [
-                crate::ScanKind::Syn,
-                crate::ScanKind::Ack,
-                crate::ScanKind::Udp,
-            ] {
-                let _ = crate::classify::classify(kind, m.reply);
-            }
-        }
-    }
-}
-
-/// An IPv6 header in front of `payload` (the kernel adds it to what we send).
-fn ip6_wrap(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(
-        &u16::try_from(payload.len())
-            .unwrap_or(u16::MAX)
-            .to_be_bytes(),
-    );
-    p.extend_from_slice(&[proto, 64]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
-}
-
-/// The packet as it arrives: IPv4 packets are built whole, IPv6 ones get their header here.
-fn as_received(buf: &[u8], src: IpAddr, dst: IpAddr, proto: u8) -> Vec<u8> {
-    match (src, dst) {
-        (IpAddr::V6(s), IpAddr::V6(d)) => ip6_wrap(s, d, proto, buf),
-        _ => buf.to_vec(),
-    }
-}
-
-fn fuzz_round_trip(data: &[u8]) {
-    use crate::classify::{Reply, tcp_flags};
-    use crate::probe::{Matched, RawProbe};
-    let mut b = [0u8; 48];
-    let n = data.len().min(b.len());
-    b[..n].copy_from_slice(&data[..n]);
-    let v6 = b[0] & 1 == 1;
-    let probe = [RawProbe::Syn, RawProbe::Ack, RawProbe::Udp][usize::from(b[1] % 3)];
-    let tryno = b[2] & 0x0f;
-    let dport = u16::from_be_bytes([b[3], b[4]]);
-    let reply_flags = b[5];
-    let (icmp_type, code, from_target) = (b[6], b[7], b[8] & 1 == 1);
-    let (src, dst, router): (IpAddr, IpAddr, IpAddr) = if v6 {
-        let a = |at: usize| {
-            let mut o = [0u8; 16];
-            o.copy_from_slice(&b[at..at + 16]);
-            IpAddr::V6(Ipv6Addr::from(o))
-        };
-        (a(9), a(25), IpAddr::V6(Ipv6Addr::LOCALHOST))
-    } else {
-        let a = |at: usize| IpAddr::V4(Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]));
-        (a(9), a(13), a(17))
-    };
-    let mut buf = [0u8; 128];
-    let len = probe.build(&FUZZ_ID, &mut buf, src, dst, dport, tryno);
-    assert!(len > 0, "probe did not fit");
-    let proto = if probe == RawProbe::Udp {
-        PROTO_UDP
-    } else {
-        PROTO_TCP
-    };
-    let sent = as_received(&buf[..len], src, dst, proto);
-    let (sport, seq, ack) = match decode(&sent) {
-        Some(Incoming::Tcp {
-            src: s,
-            dst: d,
-            sport,
-            dport: dp,
-            seq,
-            ack,
-            ..
-        }) if proto == PROTO_TCP && (s, d, dp) == (src, dst, dport) => (sport, seq, ack),
-        Some(Incoming::Udp {
-            src: s,
-            dst: d,
-            sport,
-            dport: dp,
-        }) if proto == PROTO_UDP && (s, d, dp) == (src, dst, dport) => (sport, 0, 0),
-        other => panic!("probe {probe:?} to {dst}:{dport} decoded as {other:?}"),
-    };
-    let is_source = |a: IpAddr| a == src;
-    let expect = |reply: Reply| Matched {
-        target: dst,
-        port: dport,
-        tryno,
-        reply,
-    };
-
-    // The target's answer.
-    let answer = ProbeFields {
-        src: dst,
-        dst: src,
-        sport: dport,
-        dport: sport,
-        seq: if probe == RawProbe::Ack {
-            ack
-        } else {
-            0x1234_5678
-        },
-        ack: seq.wrapping_add(1),
-        flags: match probe {
-            RawProbe::Syn => reply_flags | tcp_flags::ACK,
-            _ => reply_flags | tcp_flags::RST,
-        },
-    };
-    let mut rbuf = [0u8; 128];
-    let rlen = if proto == PROTO_UDP {
-        build_udp(&mut rbuf, &answer, &[])
-    } else {
-        build_tcp(&mut rbuf, &answer)
-    };
-    let received = as_received(&rbuf[..rlen], dst, src, proto);
-    let pkt = decode(&received).unwrap_or_else(|| panic!("reply to {probe:?} not decoded"));
-    let reply = if proto == PROTO_UDP {
-        Reply::Udp
-    } else {
-        Reply::Tcp {
-            flags: answer.flags,
-        }
-    };
-    assert_eq!(
-        probe.interpret(&FUZZ_ID, &pkt, is_source),
-        Some(expect(reply)),
-        "reply to {probe:?} not matched: {pkt:?}"
-    );
-
-    // An ICMP error quoting the probe (its IP header and 8 bytes of transport header).
-    let from = if from_target { dst } else { router };
-    let quote_len = if v6 { 40 + 8 } else { IP4_LEN + 8 };
-    let quote = &sent[..quote_len.min(sent.len())];
-    let icmp_type = if v6 {
-        [1, 3, 4][usize::from(icmp_type % 3)]
-    } else {
-        [3, 11][usize::from(icmp_type % 2)]
-    };
-    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(quote);
-    let error = match (from, src) {
-        (IpAddr::V6(f), IpAddr::V6(s)) => ip6_wrap(f, s, PROTO_ICMPV6, &icmp),
-        (IpAddr::V4(f), IpAddr::V4(s)) => {
-            let mut p = vec![0u8; IP4_LEN];
-            ipv4_header(&mut p, f, s, PROTO_ICMP, icmp.len(), 1);
-            p.extend_from_slice(&icmp);
-            p
-        }
-        _ => return,
-    };
-    let pkt = decode(&error).unwrap_or_else(|| panic!("ICMP error for {probe:?} not decoded"));
-    let reply = if v6 {
-        Reply::Icmp6 {
-            icmp_type,
-            code,
-            from_target: from == dst,
-        }
-    } else {
-        Reply::Icmp4 {
-            icmp_type,
-            code,
-            from_target: from == dst,
-        }
-    };
-    assert_eq!(
-        probe.interpret(&FUZZ_ID, &pkt, is_source),
-        Some(expect(reply)),
-        "ICMP error quoting {probe:?} not matched: {pkt:?}"
-    );
-    for kind in [
-        crate::ScanKind::Syn,
-        crate::ScanKind::Ack,
-        crate::ScanKind::Udp,
-    ] {
-        let _ = crate::classify::classify(kind, reply);
-    }
 }
 
 #[cfg(test)]

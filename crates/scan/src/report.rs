@@ -60,9 +60,19 @@ fn compact(ports: &[u16]) -> String {
 
 /// nmap-compatible XML. `args` is recorded as the command line (`nmaprun args=`).
 pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
+    let mut x = String::new();
+    xml_header(&mut x, report, args);
+    for h in &report.hosts {
+        xml_host(&mut x, report, h);
+    }
+    xml_runstats(&mut x, report);
+    x
+}
+
+/// The XML declaration, `<nmaprun>` and `<scaninfo>` (every port scanned on some host).
+fn xml_header(x: &mut String, report: &ScanReport, args: &str) {
     let proto = report.kind.protocol().as_str();
     let start = report.started_unix;
-    let end = start + report.elapsed.as_secs();
     let mut services: Vec<u16> = report
         .hosts
         .iter()
@@ -70,7 +80,6 @@ pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
         .collect();
     services.sort_unstable();
     services.dedup();
-    let mut x = String::new();
     let _ = writeln!(x, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
     let _ = writeln!(x, "<!DOCTYPE nmaprun>");
     let _ = writeln!(
@@ -86,53 +95,67 @@ pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
         services.len(),
         compact(&services)
     );
-    for h in &report.hosts {
-        let addrtype = if h.address.is_ipv4() { "ipv4" } else { "ipv6" };
-        let _ = writeln!(x, "<host starttime=\"{start}\" endtime=\"{end}\">");
-        // A target that could not be scanned is "down" with nmap's reason word for a missing
-        // route, and has no ports.
-        let (state, reason) = if h.error.is_some() {
-            ("down", "no-route")
-        } else {
-            ("up", "user-set")
-        };
-        let _ = writeln!(
-            x,
-            "<status state=\"{state}\" reason=\"{reason}\" reason_ttl=\"0\"/>"
-        );
-        let _ = writeln!(
-            x,
-            "<address addr=\"{}\" addrtype=\"{addrtype}\"/>",
-            h.address
-        );
-        let _ = writeln!(x, "<hostnames>\n</hostnames>");
-        let _ = writeln!(x, "<ports>");
-        let hidden = collapsed(h);
-        for (state, count, reasons) in &hidden {
-            let _ = writeln!(x, "<extraports state=\"{state}\" count=\"{count}\">");
-            for (reason, ports) in reasons {
-                let _ = writeln!(
-                    x,
-                    "<extrareasons reason=\"{reason}\" count=\"{}\" proto=\"{proto}\" ports=\"{}\"/>",
-                    ports.len(),
-                    compact(ports)
-                );
-            }
-            let _ = writeln!(x, "</extraports>");
-        }
-        for p in &h.ports {
-            if hidden.iter().any(|(s, _, _)| *s == p.state) {
-                continue;
-            }
+}
+
+/// One `<host>`: status, address and ports.
+fn xml_host(x: &mut String, report: &ScanReport, h: &HostReport) {
+    let start = report.started_unix;
+    let end = start + report.elapsed.as_secs();
+    let addrtype = if h.address.is_ipv4() { "ipv4" } else { "ipv6" };
+    let _ = writeln!(x, "<host starttime=\"{start}\" endtime=\"{end}\">");
+    // A target that could not be scanned is "down" with nmap's reason word for a missing
+    // route, and has no ports.
+    let (state, reason) = if h.error.is_some() {
+        ("down", "no-route")
+    } else {
+        ("up", "user-set")
+    };
+    let _ = writeln!(
+        x,
+        "<status state=\"{state}\" reason=\"{reason}\" reason_ttl=\"0\"/>"
+    );
+    let _ = writeln!(
+        x,
+        "<address addr=\"{}\" addrtype=\"{addrtype}\"/>",
+        h.address
+    );
+    let _ = writeln!(x, "<hostnames>\n</hostnames>");
+    xml_ports(x, report.kind.protocol().as_str(), h);
+    let _ = writeln!(x, "</host>");
+}
+
+/// A host's `<ports>`: the collapsed states as `<extraports>`, then every other port.
+fn xml_ports(x: &mut String, proto: &str, h: &HostReport) {
+    let _ = writeln!(x, "<ports>");
+    let hidden = collapsed(h);
+    for (state, count, reasons) in &hidden {
+        let _ = writeln!(x, "<extraports state=\"{state}\" count=\"{count}\">");
+        for (reason, ports) in reasons {
             let _ = writeln!(
                 x,
-                "<port protocol=\"{}\" portid=\"{}\"><state state=\"{}\" reason=\"{}\" reason_ttl=\"0\"/></port>",
-                p.protocol, p.port, p.state, p.reason
+                "<extrareasons reason=\"{reason}\" count=\"{}\" proto=\"{proto}\" ports=\"{}\"/>",
+                ports.len(),
+                compact(ports)
             );
         }
-        let _ = writeln!(x, "</ports>");
-        let _ = writeln!(x, "</host>");
+        let _ = writeln!(x, "</extraports>");
     }
+    for p in &h.ports {
+        if hidden.iter().any(|(s, _, _)| *s == p.state) {
+            continue;
+        }
+        let _ = writeln!(
+            x,
+            "<port protocol=\"{}\" portid=\"{}\"><state state=\"{}\" reason=\"{}\" reason_ttl=\"0\"/></port>",
+            p.protocol, p.port, p.state, p.reason
+        );
+    }
+    let _ = writeln!(x, "</ports>");
+}
+
+/// `<runstats>` and the end of `<nmaprun>`.
+fn xml_runstats(x: &mut String, report: &ScanReport) {
+    let end = report.started_unix + report.elapsed.as_secs();
     let n = report.hosts.len();
     let down = report.unscanned().count();
     let up = n - down;
@@ -144,7 +167,6 @@ pub fn to_nmap_xml(report: &ScanReport, args: &str) -> String {
     );
     let _ = writeln!(x, "</runstats>");
     let _ = writeln!(x, "</nmaprun>");
-    x
 }
 
 /// A table for people, one block per host, nmap's layout:

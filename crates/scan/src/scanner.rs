@@ -2,55 +2,22 @@
 //! engine for the scan kind, and turns the flat results into a [`ScanReport`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{self, Plan};
 use crate::model::{HostReport, PortResult, ScanKind, ScanReport};
 use crate::probe::{self, Identity};
-use crate::{PortList, ScanError, TargetPolicy, Timing, net};
+use crate::{PortList, Progress, ProgressFn, ScanError, TargetPolicy, Timing, net};
 
-/// How far a scan has come; passed to the progress callback about ten times a second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Ports with a final state.
-    pub done: u64,
-    /// Ports to scan (targets × ports).
-    pub total: u64,
-    /// Time since the scan started.
-    pub elapsed: Duration,
-    /// Probes sent so far, retransmissions included.
-    pub probes_sent: u64,
-    /// While the scan waits on a target that rate-limits its ICMP errors: the measured time
-    /// between its answers, per source address, in milliseconds (the reason the scan is slow).
-    pub rate_limit_interval_ms: Option<u64>,
-    /// The engine's own estimate of the time left, when it has a better one than a linear
-    /// extrapolation (while confirming silent ports of a rate-limited target).
-    pub estimated_left: Option<Duration>,
+/// The routing of a scan's targets (see [`Scanner::scan`]).
+struct Routes {
+    /// The targets that can be scanned, in order.
+    routable: Vec<IpAddr>,
+    /// The source address of each routable target.
+    sources: Vec<IpAddr>,
+    /// Per target: its index among the routable ones, or why it cannot be scanned.
+    slots: Vec<Result<usize, String>>,
 }
-
-impl Progress {
-    /// The time left: the engine's estimate when it has one, else a linear one once
-    /// something is done.
-    pub fn eta(&self) -> Option<Duration> {
-        if self.done >= self.total {
-            return None;
-        }
-        if let Some(left) = self.estimated_left {
-            return Some(left);
-        }
-        if self.done == 0 {
-            return None;
-        }
-        let per = self.elapsed.as_secs_f64() / self.done as f64;
-        Some(Duration::from_secs_f64(
-            per * (self.total - self.done) as f64,
-        ))
-    }
-}
-
-/// The progress callback type.
-pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Scan settings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -126,7 +93,7 @@ impl Scanner {
     /// Calls `f` with a [`Progress`] about ten times a second during a scan, and once at the
     /// end (from the scanning thread).
     pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(f));
+        self.progress = Some(std::sync::Arc::new(f));
         self
     }
 
@@ -159,6 +126,59 @@ impl Scanner {
         ports: &PortList,
         kind: ScanKind,
     ) -> Result<ScanReport, ScanError> {
+        let uniq = self.checked_targets(targets, ports)?;
+        let Routes {
+            routable,
+            sources,
+            slots,
+        } = self.route(&uniq, kind)?;
+        let id = self.identity(kind)?;
+        let plan = Plan {
+            kind,
+            targets: routable.clone(),
+            sources,
+            ports: ports.as_slice().to_vec(),
+            timing: self.config.timing.clone().normalised(),
+            id,
+            progress: self.progress.clone(),
+            extra_sources: self.config.extra_sources.clone(),
+            confirm_budget: self.config.confirm_budget,
+        };
+        let started = SystemTime::now();
+        let t0 = std::time::Instant::now();
+        let outcome = match kind {
+            _ if routable.is_empty() => engine::Outcome::default(),
+            ScanKind::Connect => engine::run_connect(plan)?,
+            ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
+        };
+        let elapsed = t0.elapsed();
+        let hosts = host_reports(
+            &uniq,
+            slots,
+            &outcome.results,
+            &outcome.rate_limits,
+            ports,
+            kind,
+        )?;
+        Ok(ScanReport {
+            kind,
+            hosts,
+            started_unix: started
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            elapsed,
+            stats: outcome.stats,
+        })
+    }
+
+    /// The targets without repeats, once the request is checked: something to scan, no rate
+    /// cap of 0, every target allowed, every extra source address one of this host's.
+    fn checked_targets(
+        &self,
+        targets: &[IpAddr],
+        ports: &PortList,
+    ) -> Result<Vec<IpAddr>, ScanError> {
         let mut uniq: Vec<IpAddr> = Vec::with_capacity(targets.len());
         for t in targets {
             if !uniq.contains(t) {
@@ -186,13 +206,16 @@ impl Scanner {
                 ))
             })?;
         }
-        // The routing lookup decides which targets can be scanned at all; an explicit source
-        // address does not make an unroutable target reachable.
+        Ok(uniq)
+    }
+
+    /// Which targets can be scanned at all, and from which source address. The routing lookup
+    /// decides; an explicit source address does not make an unroutable target reachable.
+    fn route(&self, uniq: &[IpAddr], kind: ScanKind) -> Result<Routes, ScanError> {
         let mut routable = Vec::with_capacity(uniq.len());
         let mut sources = Vec::with_capacity(uniq.len());
-        // Per target: its index among the routable ones, or why it cannot be scanned.
         let mut slots: Vec<Result<usize, String>> = Vec::with_capacity(uniq.len());
-        for t in &uniq {
+        for t in uniq {
             let routed = match net::source_for(*t) {
                 Ok(s) => s,
                 Err(ScanError::NoRoute { target, source }) => {
@@ -217,6 +240,15 @@ impl Scanner {
                     .into(),
             ));
         }
+        Ok(Routes {
+            routable,
+            sources,
+            slots,
+        })
+    }
+
+    /// The scan's probe identity: a random secret, and the source port (given, or random).
+    fn identity(&self, kind: ScanKind) -> Result<Identity, ScanError> {
         let rnd = random_u64();
         let base_sport = self
             .config
@@ -228,45 +260,9 @@ impl Scanner {
                 u16::MAX - u16::from(probe::MAX_TRYNO)
             )));
         }
-        let plan = Plan {
-            kind,
-            targets: routable.clone(),
-            sources,
-            ports: ports.as_slice().to_vec(),
-            timing: self.config.timing.clone().normalised(),
-            id: Identity {
-                secret: rnd.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15,
-                base_sport,
-            },
-            progress: self.progress.clone(),
-            extra_sources: self.config.extra_sources.clone(),
-            confirm_budget: self.config.confirm_budget,
-        };
-        let started = SystemTime::now();
-        let t0 = std::time::Instant::now();
-        let outcome = match kind {
-            _ if routable.is_empty() => engine::Outcome::default(),
-            ScanKind::Connect => probe::connect::run(plan)?,
-            ScanKind::Syn | ScanKind::Ack | ScanKind::Udp => engine::run_raw(plan)?,
-        };
-        let elapsed = t0.elapsed();
-        let hosts = host_reports(
-            &uniq,
-            slots,
-            &outcome.results,
-            &outcome.rate_limits,
-            ports,
-            kind,
-        )?;
-        Ok(ScanReport {
-            kind,
-            hosts,
-            started_unix: started
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            elapsed,
-            stats: outcome.stats,
+        Ok(Identity {
+            secret: rnd.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15,
+            base_sport,
         })
     }
 }
@@ -425,19 +421,5 @@ mod tests {
             .scan(&[target], &ports, ScanKind::Connect)
             .expect_err("not in the list");
         assert!(e.to_string().contains("refusing to scan 192.0.2.7"), "{e}");
-    }
-
-    #[test]
-    fn eta_is_linear() {
-        let p = Progress {
-            done: 25,
-            total: 100,
-            elapsed: Duration::from_secs(1),
-            probes_sent: 30,
-            rate_limit_interval_ms: None,
-            estimated_left: None,
-        };
-        assert_eq!(p.eta(), Some(Duration::from_secs(3)));
-        assert_eq!(Progress { done: 0, ..p }.eta(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! Timing: nmap's round-trip-time estimator (`adjust_timeouts2()` in `timing.cc`), a congestion
 //! window with slow start and multiplicative back-off on loss (`ultra_timing_vals` in nmap),
-//! optional rate caps (in total, and per target with [`TargetPacer`]), and nmap's
-//! retransmission allowance (`allowedTryno`).
+//! the token bucket behind the optional rate caps ([`TargetPacer`]: the engine's `pace` uses
+//! it for the total cap and for each target's), and nmap's retransmission allowance
+//! (`allowedTryno`).
 //!
 //! Why a window rather than a fixed rate: a window self-clocks on the replies, so the engine
 //! sends as fast as the path answers and no faster; the fastest loss-free rate is found by
@@ -280,10 +281,20 @@ impl TargetPacer {
     /// A pacer for `targets` targets at `rate` probes per second each; `None` when there is
     /// no cap (`rate` is `None` or 0).
     pub fn new(rate: Option<u32>, targets: usize) -> Option<TargetPacer> {
-        let rate = u64::from(rate.filter(|r| *r > 0)?);
         // A millisecond's worth of probes, at least one: smooth enough for a rate limiter
         // on the target's side, and the send loop need not wake for every single probe.
-        let burst = (rate / 1000).clamp(1, 64);
+        Self::with_max_burst(rate, targets, 64)
+    }
+
+    /// Like [`TargetPacer::new`], with bursts of a millisecond's worth of probes up to
+    /// `max_burst` (the total rate cap allows larger ones than a single target gets).
+    pub(crate) fn with_max_burst(
+        rate: Option<u32>,
+        targets: usize,
+        max_burst: u64,
+    ) -> Option<TargetPacer> {
+        let rate = u64::from(rate.filter(|r| *r > 0)?);
+        let burst = (rate / 1000).clamp(1, max_burst.max(1));
         let interval_ns = 1_000_000_000u64.div_ceil(rate);
         Some(TargetPacer {
             interval_ns,
@@ -303,25 +314,55 @@ impl TargetPacer {
     /// is taken), else the nanoseconds to wait (nothing taken). Targets out of range are
     /// never paced.
     pub fn take(&self, target: usize, now_ns: u64) -> u64 {
+        match self.take_undoable(target, now_ns) {
+            Ok(_) => 0,
+            Err(wait) => wait,
+        }
+    }
+
+    /// Like [`TargetPacer::take`]; a granted token comes with what
+    /// [`TargetPacer::put_back`] needs to return it.
+    pub(crate) fn take_undoable(&self, target: usize, now_ns: u64) -> Result<Taken, u64> {
         use std::sync::atomic::Ordering;
         let Some(slot) = self.tat.get(target) else {
-            return 0;
+            return Ok(Taken {
+                target,
+                before: 0,
+                after: 0,
+            });
         };
         let mut tat = slot.load(Ordering::Acquire);
         loop {
             let from = tat.max(now_ns);
             if from > now_ns + self.tolerance_ns {
-                return (from - self.tolerance_ns - now_ns).max(1);
+                return Err((from - self.tolerance_ns - now_ns).max(1));
             }
-            match slot.compare_exchange_weak(
-                tat,
-                from + self.interval_ns,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return 0,
+            let after = from + self.interval_ns;
+            match slot.compare_exchange_weak(tat, after, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    return Ok(Taken {
+                        target,
+                        before: tat,
+                        after,
+                    });
+                }
                 Err(actual) => tat = actual,
             }
+        }
+    }
+
+    /// Returns a token taken with [`TargetPacer::take_undoable`] for a probe that did not go,
+    /// unless another token was taken for its target since: then it stays spent (the cap is
+    /// only ever stricter for it, never looser).
+    pub(crate) fn put_back(&self, taken: Taken) {
+        use std::sync::atomic::Ordering;
+        if let Some(slot) = self.tat.get(taken.target) {
+            let _ = slot.compare_exchange(
+                taken.after,
+                taken.before,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
@@ -333,6 +374,14 @@ impl TargetPacer {
         let tat = slot.load(std::sync::atomic::Ordering::Acquire);
         tat.saturating_sub(now_ns + self.tolerance_ns)
     }
+}
+
+/// A token [`TargetPacer::take_undoable`] granted: the target's arrival time before and after.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    target: usize,
+    before: u64,
+    after: u64,
 }
 
 /// nmap's retransmission allowance: the highest try number a silent probe may reach, given

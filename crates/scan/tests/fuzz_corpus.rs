@@ -4,14 +4,10 @@
 
 #[test]
 fn packet_corpus() {
-    portwarden_lab::replay_corpus("packet", 10, portwarden_scan::fuzz_packet);
+    portwarden_lab::replay_corpus("packet", 10, portwarden_scan::fuzzing::packet);
 }
 
 #[test]
 fn port_list_corpus() {
-    portwarden_lab::replay_corpus("port_list", 10, |data| {
-        if let Ok(text) = std::str::from_utf8(data) {
-            portwarden_scan::ports::fuzz_check(text);
-        }
-    });
+    portwarden_lab::replay_corpus("port_list", 10, portwarden_scan::fuzzing::port_list);
 }

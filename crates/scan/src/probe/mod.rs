@@ -128,20 +128,7 @@ impl RawProbe {
                         udp::tryno_of(id, quoted.sport)?
                     }
                 };
-                let from_target = from == quoted.dst;
-                let reply = if v6 {
-                    Reply::Icmp6 {
-                        icmp_type,
-                        code,
-                        from_target,
-                    }
-                } else {
-                    Reply::Icmp4 {
-                        icmp_type,
-                        code,
-                        from_target,
-                    }
-                };
+                let reply = Reply::icmp(v6, icmp_type, code, from == quoted.dst);
                 Some(Matched {
                     target: quoted.dst,
                     port: quoted.dport,

@@ -1,4 +1,5 @@
-//! Dealing a raw scan's first probes out to its send threads.
+//! Dealing a scan's first probes out to its send threads (the raw engine's several; the
+//! connect engine's one takes them all, in order).
 //!
 //! Every (target, port) index gets its first probe from exactly one send thread, which then
 //! owns that probe's retransmissions. Fixed stripes (thread `k` takes `k, k + n, ...`) make the
@@ -29,6 +30,11 @@ impl FreshCursor {
             next: AtomicUsize::new(0),
             total,
         }
+    }
+
+    /// Indexes the cursor deals, `0..total`.
+    pub fn total(&self) -> usize {
+        self.total
     }
 
     /// Makes `*next` the next index this thread should probe first, claiming a new chunk

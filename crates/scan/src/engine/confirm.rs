@@ -28,7 +28,8 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::engine::Shared;
+use super::plan::Plan;
+use super::shared::Shared;
 use crate::model::{RateLimit, Reason};
 use crate::probe::CONFIRM_TRYNO;
 use crate::{Progress, ProgressFn, ScanError};
@@ -103,6 +104,19 @@ impl Host {
         self.sources.iter().filter_map(|s| s.interval_us).min()
     }
 
+    /// When one of its sources needs attention next: its round's timeout, or its next round
+    /// while ports are pending; `None` when neither.
+    fn next_wake(&self, timeout_us: u64) -> Option<u64> {
+        self.sources
+            .iter()
+            .filter_map(|s| match &s.round {
+                Some(r) => Some(r.sent_us + timeout_us),
+                None if self.pending.is_empty() => None,
+                None => Some(s.next_round_us),
+            })
+            .min()
+    }
+
     fn in_round(&self, idx: usize) -> bool {
         self.sources
             .iter()
@@ -121,12 +135,41 @@ pub(crate) struct Setup<'a> {
     pub total: u64,
 }
 
+impl<'a> Setup<'a> {
+    /// What the confirmation phase needs to know of `plan`.
+    pub(crate) fn of(plan: &'a Plan) -> Self {
+        Setup {
+            targets: &plan.targets,
+            sources: &plan.sources,
+            extra_sources: &plan.extra_sources,
+            budget: plan.confirm_budget,
+            progress: plan.progress.as_ref(),
+            total: (plan.targets.len() * plan.ports.len()) as u64,
+        }
+    }
+}
+
 /// Runs the confirmation phase; returns per target what was learned of its ICMP rate limit.
 pub(crate) fn run(
     shared: &Shared,
     setup: &Setup<'_>,
     io: &mut impl RoundIo,
 ) -> Result<Vec<Option<RateLimit>>, ScanError> {
+    let mut hosts = hosts_to_confirm(shared, setup);
+    if hosts.is_empty() {
+        return Ok(vec![None; setup.targets.len()]);
+    }
+    let start = shared.now_us();
+    let deadline = setup
+        .budget
+        .map(|b| start.saturating_add(u64::try_from(b.as_micros()).unwrap_or(u64::MAX)));
+    let out_of_time = run_rounds(shared, setup, &mut hosts, deadline, io)?;
+    Ok(rate_limits(shared, setup, &mut hosts, start, out_of_time))
+}
+
+/// The targets with silent ports to confirm: those that answered some probe with an ICMP
+/// error (a sentinel); their silent verdicts are withdrawn until confirmed.
+fn hosts_to_confirm(shared: &Shared, setup: &Setup<'_>) -> Vec<Host> {
     let nports = shared.nports();
     let mut hosts: Vec<Host> = Vec::new();
     for (h, target) in setup.targets.iter().enumerate() {
@@ -154,46 +197,36 @@ pub(crate) fn run(
             needed: 3,
             sentinels,
             next_sentinel: 0,
-            sources: addrs
-                .into_iter()
-                .map(|addr| Source {
-                    addr,
-                    next_round_us: 0,
-                    round: None,
-                    rounds: 0,
-                    exhausted_at_us: None,
-                    answers_since: 0,
-                    idle_rounds: 0,
-                    interval_us: None,
-                })
-                .collect(),
+            sources: addrs.into_iter().map(Source::new).collect(),
             limited: false,
             unconfirmed: 0,
             done_at_us: None,
         });
     }
-    let mut limits: Vec<Option<RateLimit>> = vec![None; setup.targets.len()];
-    if hosts.is_empty() {
-        return Ok(limits);
-    }
-    let start = shared.now_us();
-    let deadline = setup
-        .budget
-        .map(|b| start.saturating_add(u64::try_from(b.as_micros()).unwrap_or(u64::MAX)));
+    hosts
+}
+
+/// Runs rounds until every pending port is settled or `deadline` passes; returns whether it
+/// did (out of time).
+fn run_rounds(
+    shared: &Shared,
+    setup: &Setup<'_>,
+    hosts: &mut [Host],
+    deadline: Option<u64>,
+    io: &mut impl RoundIo,
+) -> Result<bool, ScanError> {
     let mut last_progress = 0u64;
-    let mut out_of_time = false;
     while hosts.iter().any(|h| !h.pending.is_empty()) {
         let now = shared.now_us();
         if deadline.is_some_and(|d| now >= d) {
-            out_of_time = true;
-            break;
+            return Ok(true);
         }
         let (timeout_us, _) = shared.timing_now();
         // A round is over once its sentinel's answer is in (with a little grace for answers
         // the network reordered), or after a full probe timeout.
         let grace = (2 * shared.srtt_us()).clamp(1_000, timeout_us.max(1_000));
         let mut wake = now + timeout_us;
-        for host in &mut hosts {
+        for host in hosts.iter_mut() {
             finish_rounds(shared, host, now, timeout_us, grace);
             if host.sources.iter().all(|s| s.idle_rounds >= GIVE_UP_ROUNDS) {
                 for (idx, _) in host.pending.drain(..) {
@@ -205,26 +238,32 @@ pub(crate) fn run(
                 host.done_at_us.get_or_insert(now);
             }
             start_rounds(shared, host, now, io)?;
-            for s in &host.sources {
-                let at = match &s.round {
-                    Some(r) => r.sent_us + timeout_us,
-                    None if host.pending.is_empty() => continue,
-                    None => s.next_round_us,
-                };
-                wake = wake.min(at);
-            }
+            wake = wake.min(host.next_wake(timeout_us).unwrap_or(wake));
         }
         if let Some(cb) = setup.progress
             && now >= last_progress + 100_000
         {
             last_progress = now;
-            cb(&progress(shared, &hosts, setup.total));
+            cb(&progress(shared, hosts, setup.total));
         }
         let until = deadline.map_or(wake, |d| wake.min(d)).max(now + 50);
         io.pump(shared, until)?;
     }
+    Ok(false)
+}
+
+/// Ends the phase: what is still pending keeps its silent state with the reason
+/// `rate-limited`, and each limited target gets its [`RateLimit`].
+fn rate_limits(
+    shared: &Shared,
+    setup: &Setup<'_>,
+    hosts: &mut [Host],
+    start: u64,
+    out_of_time: bool,
+) -> Vec<Option<RateLimit>> {
+    let mut limits: Vec<Option<RateLimit>> = vec![None; setup.targets.len()];
     let end = shared.now_us();
-    for host in &mut hosts {
+    for host in hosts.iter_mut() {
         // Rounds still out when the budget ran out settle nothing.
         for s in &mut host.sources {
             s.round = None;
@@ -247,7 +286,7 @@ pub(crate) fn run(
             });
         }
     }
-    Ok(limits)
+    limits
 }
 
 /// Settles the rounds of `host` that are over.
@@ -264,78 +303,123 @@ fn finish_rounds(shared: &Shared, host: &mut Host, now: u64, timeout_us: u64, gr
         let Some(r) = host.sources[si].round.take() else {
             continue;
         };
-        let mut answered = 0u32;
-        let mut keep = VecDeque::with_capacity(host.pending.len());
-        while let Some((idx, n)) = host.pending.pop_front() {
-            if !r.ports.contains(&idx) {
-                keep.push_back((idx, n));
-                continue;
-            }
-            if shared.has_result(idx) {
-                answered += 1;
-                if n > 0 {
-                    // Confirmed silent once, answered now: the path loses packets.
-                    host.needed = 4;
-                }
-                continue;
-            }
-            if sentinel_answered {
-                if n + 1 >= host.needed {
-                    shared.settle_silent(idx, Reason::NoResponse);
-                    continue;
-                }
-                keep.push_back((idx, n + 1));
-            } else {
-                keep.push_back((idx, n));
-            }
-        }
-        // Ports of this round go to the back: the next round starts with the others.
-        let (mut front, back): (VecDeque<_>, VecDeque<_>) =
-            keep.into_iter().partition(|(i, _)| !r.ports.contains(i));
-        front.extend(back);
-        host.pending = front;
+        let answered = settle_round(shared, host, &r, sentinel_answered);
+        let pending = host.pending.len();
+        let burst = shared.icmp_first(host.host);
         let s = &mut host.sources[si];
-        s.rounds += 1;
-        if answered == 0 && !sentinel_answered {
-            s.idle_rounds += 1;
+        if s.after_round(now, timeout_us, answered, sentinel_answered, pending, burst) {
+            host.limited = true;
+        }
+    }
+}
+
+/// Settles the ports of round `r` that is over: answered ones leave, silent ones gain a
+/// confirmation when its sentinel was answered (and are settled silent with enough); the
+/// round's ports go to the back of the queue. Returns the ports of the round answered.
+fn settle_round(shared: &Shared, host: &mut Host, r: &Round, sentinel_answered: bool) -> u32 {
+    let mut answered = 0u32;
+    let mut keep = VecDeque::with_capacity(host.pending.len());
+    while let Some((idx, n)) = host.pending.pop_front() {
+        if !r.ports.contains(&idx) {
+            keep.push_back((idx, n));
+            continue;
+        }
+        if shared.has_result(idx) {
+            answered += 1;
+            if n > 0 {
+                // Confirmed silent once, answered now: the path loses packets.
+                host.needed = 4;
+            }
+            continue;
+        }
+        if sentinel_answered {
+            if n + 1 >= host.needed {
+                shared.settle_silent(idx, Reason::NoResponse);
+                continue;
+            }
+            keep.push_back((idx, n + 1));
         } else {
-            s.idle_rounds = 0;
+            keep.push_back((idx, n));
+        }
+    }
+    // Ports of this round go to the back: the next round starts with the others.
+    let (mut front, back): (VecDeque<_>, VecDeque<_>) =
+        keep.into_iter().partition(|(i, _)| !r.ports.contains(i));
+    front.extend(back);
+    host.pending = front;
+    answered
+}
+
+impl Source {
+    fn new(addr: IpAddr) -> Self {
+        Source {
+            addr,
+            next_round_us: 0,
+            round: None,
+            rounds: 0,
+            exhausted_at_us: None,
+            answers_since: 0,
+            idle_rounds: 0,
+            interval_us: None,
+        }
+    }
+
+    /// Learns from a round that ended at `now` with `answered` ports answered: the refill
+    /// rate, and when the next round may start (`pending` ports left on a target whose first
+    /// tries drew `burst` ICMP errors). Returns `true` when this round found the budget
+    /// empty for the first time (the target rate-limits).
+    fn after_round(
+        &mut self,
+        now: u64,
+        timeout_us: u64,
+        mut answered: u32,
+        sentinel_answered: bool,
+        pending: usize,
+        burst: u32,
+    ) -> bool {
+        self.rounds += 1;
+        if answered == 0 && !sentinel_answered {
+            self.idle_rounds += 1;
+        } else {
+            self.idle_rounds = 0;
         }
         if sentinel_answered {
             answered += 1;
         }
+        let mut now_limited = false;
         // The refill rate counts the answers that came after the budget first ran out:
         // those of the round that emptied it were spent from the burst.
-        match s.exhausted_at_us {
+        match self.exhausted_at_us {
             Some(at) => {
-                s.answers_since += answered;
-                if s.answers_since > 0 {
-                    s.interval_us = Some(now.saturating_sub(at) / u64::from(s.answers_since));
+                self.answers_since += answered;
+                if self.answers_since > 0 {
+                    self.interval_us = Some(now.saturating_sub(at) / u64::from(self.answers_since));
                 }
             }
             None if !sentinel_answered => {
-                host.limited = true;
-                s.exhausted_at_us = Some(now);
+                now_limited = true;
+                self.exhausted_at_us = Some(now);
             }
             None => {}
         }
-        s.next_round_us = if sentinel_answered {
+        self.next_round_us = if sentinel_answered {
             now
         } else {
             // Wait until the budget should hold a few answers again.
-            let tokens = u64::try_from(host.pending.len() + 1)
+            let tokens = u64::try_from(pending + 1)
                 .unwrap_or(u64::MAX)
-                .min(u64::from(shared.icmp_first(host.host).clamp(1, 4)));
-            let since = s.exhausted_at_us.map_or(0, |at| now.saturating_sub(at));
-            let pause = if s.answers_since == 0 {
+                .min(u64::from(burst.clamp(1, 4)));
+            let since = self.exhausted_at_us.map_or(0, |at| now.saturating_sub(at));
+            let pause = if self.answers_since == 0 {
                 // Nothing has come back since the budget ran out: back off exponentially
                 // until the first refill shows the rate.
                 2 * since
             } else {
-                since / u64::from(s.answers_since) * tokens
+                since / u64::from(self.answers_since) * tokens
             };
             now + pause.clamp(timeout_us.min(MAX_PAUSE_US), MAX_PAUSE_US)
         };
+        now_limited
     }
 }
 
