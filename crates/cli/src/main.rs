@@ -1,5 +1,6 @@
 //! The `portwarden` binary: a thin layer of argument parsing and printing over the library
-//! crates. One module per command under [`cmd`]; shared argument groups in [`args`].
+//! crates. One module per command under [`cmd`]; shared argument groups in [`args`]; the
+//! Linux capabilities the commands check before they start in [`caps`].
 //!
 //! Exit codes (the contract in docs/cli.md): 0 success / in sync / no changes, 1 error,
 //! 2 changes pending (`plan`) or drift (`verify`). Usage errors exit 1 too, not clap's default
