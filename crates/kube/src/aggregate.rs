@@ -26,10 +26,11 @@ use portwarden_policy::{Policy, selects};
 
 use crate::conditions::{self, APPLIED, Decided, IN_SYNC, Status};
 use crate::crd::{Counts, PortPolicy, PortPolicyStatus, PortReport};
+use crate::policy::issues_text;
 use crate::report::truncate;
 
 /// A report whose `reportedAt` is older than this is silent: its agent is gone (it confirms its
-/// report at least every [`crate::agent::REPORT_HEARTBEAT`]), so its node counts as not
+/// report at least every [`crate::report::REPORT_HEARTBEAT`]), so its node counts as not
 /// applied and its observations are not counted.
 pub const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(1800);
 
@@ -51,22 +52,6 @@ pub struct NodeLabels {
     pub name: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-}
-
-/// Formats semantic issues as one line each: `spec.ports[0].ports: message (help)`.
-pub fn issues_text(issues: &[Issue]) -> String {
-    issues
-        .iter()
-        .map(|i| {
-            let path: String = i.path.iter().map(ToString::to_string).collect();
-            let path = path.trim_start_matches('.');
-            match &i.help {
-                Some(h) => format!("{path}: {} ({h})", i.message),
-                None => format!("{path}: {}", i.message),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Names, at most `max`, then "and N more".
@@ -392,7 +377,7 @@ mod tests {
     #[test]
     fn applied_pending_failed_and_in_sync() {
         let p = policy("quarantine", 2, "web");
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         // web-1 applied generation 2 and saw drift on web-2; web-2 applied generation 1.
         let reports = vec![
             Arc::new(report(
@@ -441,7 +426,7 @@ mod tests {
     fn invalid_policy_is_reported_never_applied() {
         let mut p = policy("bad", 3, "web");
         p.spec.0.ports[0].ports = portwarden_policy::document::Ports::Text("9000-8000".into());
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         assert!(v.is_err());
         let s = status(&p, &v, &nodes(), &[], &now(1));
         assert_eq!(cond(&s, APPLIED), ("False", "InvalidSpec"));
@@ -458,7 +443,7 @@ mod tests {
     #[test]
     fn a_silent_agent_is_not_counted_as_applied() {
         let p = policy("quarantine", 2, "web");
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         let mut old = report(
             "web-1",
             &[("quarantine", 2)],
@@ -499,7 +484,7 @@ mod tests {
             from: vec![],
             reason: None,
         }];
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         let set = PolicySet::new(vec![v.clone().unwrap()]);
         let labels = [("role".to_string(), "web".to_string())].into();
         let target = Target {
@@ -594,7 +579,7 @@ mod tests {
     #[test]
     fn no_matching_nodes() {
         let p = policy("lonely", 1, "nothing");
-        let s = status(&p, &crate::agent::validate(&p), &nodes(), &[], &now(1));
+        let s = status(&p, &crate::policy::validate(&p), &nodes(), &[], &now(1));
         assert_eq!(s.matched_nodes, 0);
         assert_eq!(cond(&s, APPLIED), ("True", "NoMatchingNodes"));
     }

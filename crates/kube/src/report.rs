@@ -72,6 +72,11 @@ fn owners<'a>(row: &'a Row, unlisted: &'a BTreeMap<String, Vec<String>>) -> Vec<
     }
 }
 
+/// An unchanged report is rewritten (for its `reportedAt`) at most this often, so the
+/// controller tells a live agent from a dead one (it calls a report silent after
+/// `aggregate::SILENT_AFTER`).
+pub const REPORT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Builds the spec of `node`'s report.
 pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSpec {
     let mut spec = PortReportSpec {
