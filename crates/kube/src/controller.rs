@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::aggregate::{self, NodeLabels};
+use crate::conditions::Status;
 use crate::crd::{PortPolicy, PortPolicyStatus, PortReport};
 use crate::metrics::{ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels};
 use crate::{CONTROLLER_MANAGER, Error};
@@ -141,11 +142,11 @@ impl Context {
             self.metrics.policy_drift.remove(&policy);
             self.metrics.policy_nodes.remove(&policy);
             for condition in [crate::conditions::APPLIED, crate::conditions::IN_SYNC] {
-                for status in ["True", "False", "Unknown"] {
+                for status in Status::ALL {
                     self.metrics.policy_condition.remove(&ConditionLabels {
                         policy: name.clone(),
                         condition: condition.into(),
-                        status: status.into(),
+                        status: status.as_str().into(),
                     });
                 }
             }
@@ -259,7 +260,7 @@ fn record_metrics(m: &ControllerMetrics, name: &str, status: &PortPolicyStatus) 
         .get_or_create(&policy)
         .set(i64::from(status.matched_nodes));
     for c in &status.conditions {
-        for s in ["True", "False", "Unknown"] {
+        for s in Status::ALL.map(Status::as_str) {
             m.policy_condition
                 .get_or_create(&ConditionLabels {
                     policy: name.to_string(),

@@ -432,15 +432,6 @@ pub fn fetch_view(addr: SocketAddr, deadline: Duration) -> Result<InsideView, Fe
     })
 }
 
-/// [`fetch_view`] with the error as text.
-///
-/// # Errors
-///
-/// As [`fetch_view`].
-pub fn fetch(addr: SocketAddr, deadline: Duration) -> Result<InsideView, String> {
-    fetch_view(addr, deadline).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use portwarden_scan::{
 
 use crate::causes::{self, Inside, Symptom};
 use crate::expect::{Expectation, expectations, for_any_vantage};
-use crate::inside::{self, InsideView};
+use crate::inside::{self, FetchError, InsideView};
 use crate::ledger::Ledger;
 use crate::report::{Report, Row, rfc3339};
 use crate::verdict::{Verdict, judge, judge_unconfirmed};
@@ -533,11 +533,11 @@ fn fetch_insides(
             let Some((_, addr)) = nodes.get(i) else {
                 return done;
             };
-            let view = inside::fetch(SocketAddr::new(*addr, port), opts.agent_timeout);
+            let view = inside::fetch_view(SocketAddr::new(*addr, port), opts.agent_timeout);
             done.push((i, view));
         }
     };
-    let mut fetched: Vec<Option<Result<InsideView, String>>> = vec![None; nodes.len()];
+    let mut fetched: Vec<Option<Result<InsideView, FetchError>>> = vec![None; nodes.len()];
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..FETCH_PARALLEL.min(nodes.len()))
             .map(|_| {
@@ -567,9 +567,11 @@ fn fetch_insides(
         .iter()
         .zip(fetched)
         .map(|((node, _), view)| {
-            let view = view.unwrap_or_else(|| {
-                Err("not asked: no query thread could start, or it panicked".into())
-            });
+            // The error's words from here on: they become the notes and the causes' text.
+            let view = match view {
+                Some(fetched) => fetched.map_err(|e| e.to_string()),
+                None => Err("not asked: no query thread could start, or it panicked".into()),
+            };
             (node.to_string(), view)
         })
         .collect();
