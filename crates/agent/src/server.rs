@@ -518,36 +518,10 @@ pub async fn serve(
         };
         let source = connection_key(peer.ip(), stream.local_addr().ok().map(|a| a.ip()));
         let (evict, evicted) = oneshot::channel();
-        let admitted = {
-            let mut b = lock(&book);
-            let admitted = b.admit(source, evict);
-            metrics.connections_open.set(b.open as i64);
-            admitted
-        };
-        let id = match admitted {
-            Ok((id, victim)) => {
-                if let Some(victim) = victim {
-                    let _ = victim.send(());
-                    metrics.closed("evicted");
-                }
-                id
-            }
-            Err(refusal) => {
-                // Dropped unread: closed at once, the kernel resets it.
-                drop(stream);
-                metrics.refused(refusal.as_str());
-                refusals.1 += 1;
-                if refusals.0.ready() {
-                    warn!(
-                        cap = refusal.as_str(),
-                        source = %peer.ip(),
-                        refused = refusals.1,
-                        "HTTP connections refused over a cap (counted in http_connections_refused_total)"
-                    );
-                    refusals.1 = 0;
-                }
-                continue;
-            }
+        let Some(id) = admit(&book, source, evict, &metrics, &mut refusals, peer.ip()) else {
+            // Dropped unread: closed at once, the kernel resets it.
+            drop(stream);
+            continue;
         };
         let slot = Slot {
             book: book.clone(),
@@ -577,6 +551,48 @@ pub async fn serve(
             "HTTP connections still open at shutdown; closing them"
         );
         tasks.abort_all();
+    }
+}
+
+/// Books a connection from `source` (`peer`): its id, evicting the connection it displaces
+/// (`evict` closes this one if it is displaced later), or `None` when a cap refuses it
+/// (counted, and logged at most every 10 s with the refusals since).
+fn admit(
+    book: &SharedBook,
+    source: IpAddr,
+    evict: oneshot::Sender<()>,
+    metrics: &HttpMetrics,
+    refusals: &mut (Throttle, u64),
+    peer: IpAddr,
+) -> Option<u64> {
+    let admitted = {
+        let mut b = lock(book);
+        let admitted = b.admit(source, evict);
+        metrics.connections_open.set(b.open as i64);
+        admitted
+    };
+    match admitted {
+        Ok((id, victim)) => {
+            if let Some(victim) = victim {
+                let _ = victim.send(());
+                metrics.closed("evicted");
+            }
+            Some(id)
+        }
+        Err(refusal) => {
+            metrics.refused(refusal.as_str());
+            refusals.1 += 1;
+            if refusals.0.ready() {
+                warn!(
+                    cap = refusal.as_str(),
+                    source = %peer,
+                    refused = refusals.1,
+                    "HTTP connections refused over a cap (counted in http_connections_refused_total)"
+                );
+                refusals.1 = 0;
+            }
+            None
+        }
     }
 }
 

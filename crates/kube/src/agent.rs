@@ -181,6 +181,45 @@ impl NodePlan {
     }
 }
 
+/// The addresses of the peers `names` with their intents (evaluated as `wanted` and
+/// `intents` say), and for each peer its `unlisted: report` policies.
+fn peer_targets(
+    set: &PolicySet,
+    intents: &BTreeMap<String, Arc<NodeIntent>>,
+    wanted: &[portwarden_policy::Node],
+    peer_names: &[String],
+) -> (Vec<Target>, BTreeMap<String, Vec<String>>) {
+    let report_policies: Vec<&str> = set
+        .policies()
+        .iter()
+        .filter(|p| p.unlisted == Unlisted::Report)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut peers = Vec::new();
+    let mut unlisted = BTreeMap::new();
+    for name in peer_names {
+        let Some(node) = wanted.iter().find(|n| &n.name == name) else {
+            continue;
+        };
+        let peer_intent = intents.get(name).cloned().unwrap_or_default();
+        let u: Vec<String> = peer_intent
+            .policies
+            .iter()
+            .filter(|p| report_policies.contains(&&***p))
+            .map(|p| p.to_string())
+            .collect();
+        if !u.is_empty() {
+            unlisted.insert(name.clone(), u);
+        }
+        peers.extend(node.addresses.iter().map(|&address| Target {
+            node: name.clone(),
+            address,
+            intent: peer_intent.clone(),
+        }));
+    }
+    (peers, unlisted)
+}
+
 /// The plan of node `me`: its intent from the cached policies and its Node's labels, and its
 /// assigned ready peers with their intents.
 pub fn plan_node(
@@ -226,34 +265,7 @@ pub fn plan_node(
         .collect();
     let intents = set.compile_nodes(&wanted);
     let intent = intents.get(me).cloned().unwrap_or_default();
-    let report_policies: Vec<&str> = set
-        .policies()
-        .iter()
-        .filter(|p| p.unlisted == Unlisted::Report)
-        .map(|p| p.name.as_str())
-        .collect();
-    let mut peers = Vec::new();
-    let mut unlisted = BTreeMap::new();
-    for name in &peer_names {
-        let Some(node) = wanted.iter().find(|n| &n.name == name) else {
-            continue;
-        };
-        let peer_intent = intents.get(name).cloned().unwrap_or_default();
-        let u: Vec<String> = peer_intent
-            .policies
-            .iter()
-            .filter(|p| report_policies.contains(&&***p))
-            .map(|p| p.to_string())
-            .collect();
-        if !u.is_empty() {
-            unlisted.insert(name.clone(), u);
-        }
-        peers.extend(node.addresses.iter().map(|&address| Target {
-            node: name.clone(),
-            address,
-            intent: peer_intent.clone(),
-        }));
-    }
+    let (peers, unlisted) = peer_targets(&set, &intents, &wanted, &peer_names);
     NodePlan {
         applied: intent
             .policies

@@ -193,33 +193,7 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
     base.status = previous.clone();
     let status = aggregate::status(&base, &validated, &nodes, &reports, &now);
 
-    for e in aggregate::events(previous.as_ref(), &status) {
-        let event = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.into(),
-            note: Some(crate::report::truncate(&e.note, 1024)),
-            action: e.action.into(),
-            secondary: None,
-        };
-        match ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-            Ok(()) => {
-                ctx.metrics
-                    .events
-                    .get_or_create(&EventLabels {
-                        reason: e.reason.into(),
-                    })
-                    .inc();
-            }
-            Err(err) => {
-                ctx.metrics.event_errors.inc();
-                warn!(policy = %name, reason = e.reason, error = %err, "failed to publish Event");
-            }
-        }
-    }
+    publish_events(&ctx, &policy, aggregate::events(previous.as_ref(), &status)).await;
 
     if policy.status.as_ref() != Some(&status) {
         let api: Api<PortPolicy> = Api::all(ctx.client.clone());
@@ -247,6 +221,39 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Publishes the Events of a policy's transition; a failed one is logged and counted, not an
+/// error (the status carries the same facts).
+async fn publish_events(ctx: &Context, policy: &PortPolicy, events: Vec<aggregate::EventSpec>) {
+    let name = policy.name_any();
+    for e in events {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.into(),
+            note: Some(crate::report::truncate(&e.note, 1024)),
+            action: e.action.into(),
+            secondary: None,
+        };
+        match ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            Ok(()) => {
+                ctx.metrics
+                    .events
+                    .get_or_create(&EventLabels {
+                        reason: e.reason.into(),
+                    })
+                    .inc();
+            }
+            Err(err) => {
+                ctx.metrics.event_errors.inc();
+                warn!(policy = %name, reason = e.reason, error = %err, "failed to publish Event");
+            }
+        }
+    }
 }
 
 fn record_metrics(m: &ControllerMetrics, name: &str, status: &PortPolicyStatus) {
