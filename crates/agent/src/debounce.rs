@@ -1,4 +1,4 @@
-//! When the standalone agent loads its policy files: a cheap [`fingerprint`] of what the
+//! When the standalone agent loads its policy files: a cheap fingerprint of what the
 //! loader would read, the [`Debounce`] that waits for a change to hold still (but not
 //! forever), and the change time the apply latency is measured from. Pure but for the
 //! fingerprint's `stat`s, so tests drive it without sleeping.
@@ -69,9 +69,9 @@ pub enum Step {
 /// `max_wait`, so that a stream of changes cannot postpone loading forever.
 ///
 /// A forced load can catch a file half-written. That is harmless: a half-written document is
-/// invalid (the last good state stays: the standalone agent refuses it) or, if it happens to parse, is
-/// replaced by the complete one at the next load — the completed write changes the fingerprint
-/// again, so the last state written is always loaded.
+/// invalid (the standalone agent refuses it, the last good state stays) or, if it happens to
+/// parse, is replaced by the complete one at the next load — the completed write changes the
+/// fingerprint again, so the last state written is always loaded.
 ///
 /// Pure: the caller passes the fingerprint and the time, so tests drive it without sleeping.
 #[derive(Debug)]
