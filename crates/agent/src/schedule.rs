@@ -112,3 +112,70 @@ pub fn run<D: Driver>(shared: &Shared, driver: &mut D, control: &Receiver<D::Mes
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::config;
+
+    /// Records what the loop hands it; asks for one poll, now; never stops by itself.
+    struct Recorder {
+        batches: Vec<Vec<u32>>,
+        polls: usize,
+        due: Option<Instant>,
+    }
+
+    impl Recorder {
+        fn new() -> Recorder {
+            Recorder {
+                batches: Vec::new(),
+                polls: 0,
+                due: Some(Instant::now()),
+            }
+        }
+    }
+
+    impl Driver for Recorder {
+        type Message = u32;
+
+        fn next_poll(&self) -> Option<Instant> {
+            self.due
+        }
+
+        fn poll(&mut self, _shared: &Shared, _now: Instant) -> Polled {
+            self.polls += 1;
+            self.due = None;
+            Polled::Done
+        }
+
+        fn receive(&mut self, _shared: &Shared, messages: Vec<u32>) -> bool {
+            let stop = messages.contains(&0);
+            self.batches.push(messages);
+            stop
+        }
+
+        fn scan(&mut self, _shared: &Shared) {}
+    }
+
+    #[test]
+    fn queued_messages_come_together_and_a_stop_or_no_sender_ends_the_loop() {
+        let shared = Shared::new(config("p".into(), "i".into(), "127.0.0.1:9750"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for m in [3, 0, 4] {
+            tx.send(m).unwrap();
+        }
+        let mut driver = Recorder::new();
+        run(&shared, &mut driver, &rx);
+        assert_eq!(driver.batches, vec![vec![3, 0, 4]]);
+        assert_eq!(
+            driver.polls, 1,
+            "polled when the driver asked, before waiting"
+        );
+        shared.with_state(|s| assert!(s.heartbeat.is_some()));
+        // No message, every sender gone: the loop ends too.
+        drop(tx);
+        let mut driver = Recorder::new();
+        run(&shared, &mut driver, &rx);
+        assert!(driver.batches.is_empty());
+    }
+}
