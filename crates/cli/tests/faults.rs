@@ -1102,8 +1102,9 @@ fn dying_restore_tools(dir: &Path, backend: Backend) -> PathBuf {
 
 #[test]
 fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
+    use portwarden_agent::converge::{Reason, converge};
+    use portwarden_agent::{AgentConfig, Files, Shared, Source};
     use portwarden_netfilter::{BackendChoice, Failsafe, Options};
-    use portwarden_reconcile::agent::{AgentConfig, Shared, converge};
     skip_unless_lab!();
     for backend in BACKENDS {
         let lab = lab("fdying");
@@ -1114,14 +1115,17 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         let labels = [("role".to_string(), "web".to_string())].into();
         let intent = std::sync::Arc::new(loaded.policies.compile(&labels));
         let shared = Shared::new(AgentConfig {
-            policy_dir: s.path("policies"),
-            inventory: s.path("inventory.yaml"),
+            source: Source::Files(Files {
+                policy_dir: s.path("policies"),
+                inventory: s.path("inventory.yaml"),
+                poll: Duration::from_millis(100),
+                allow_empty_policy: false,
+            }),
             node: "n1".into(),
             refresh: Duration::from_secs(1),
             scan_interval: None,
             scan_rate: None,
             confirm_budget: None,
-            poll: Duration::from_millis(100),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_AGENT_PORT)),
             failsafe: Failsafe::default(),
             netfilter: Options {
@@ -1129,13 +1133,12 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
                 tool_dir: Some(dying_restore_tools(s.dir.path(), backend)),
                 ..Options::default()
             },
-            allow_empty_policy: false,
         });
         shared.set_intent(Some(intent), None);
         let sh = shared.clone();
         let first = node
             .run(move || {
-                converge(&sh, "policy change");
+                converge(&sh, Reason::PolicyChange);
                 sh.with_state(|st| (st.ready, st.apply_error.clone()))
             })
             .unwrap();
@@ -1170,7 +1173,7 @@ fn a_dying_iptables_restore_is_an_error_and_the_next_reconcile_repairs() {
         let sh = shared.clone();
         let second = node
             .run(move || {
-                converge(&sh, "refresh");
+                converge(&sh, Reason::Refresh);
                 sh.with_state(|st| (st.ready, st.apply_error.clone()))
             })
             .unwrap();

@@ -704,7 +704,7 @@ fn agent_keeps_up_with_200_changes_per_minute() {
 #[test]
 fn a_stream_faster_than_the_poll_is_still_applied_while_it_lasts() {
     skip_unless_lab!();
-    let bound = POLL * portwarden_reconcile::agent::DEBOUNCE_MAX_POLLS;
+    let bound = POLL * portwarden_agent::debounce::DEBOUNCE_MAX_POLLS;
     let out = run_load(&LoadConfig {
         files: 5,
         entries: 20,

@@ -213,7 +213,9 @@ impl Scenario {
     pub fn inside(&self, name: &str) -> Result<InsideView> {
         let addr = SocketAddr::new(self.address(name)?, DEFAULT_AGENT_PORT);
         self.scanner()
-            .run(move || inside::fetch(addr, Duration::from_millis(500)))
+            .run(move || {
+                inside::fetch_view(addr, Duration::from_millis(500)).map_err(|e| e.to_string())
+            })
             .map_err(lab_err("asking an agent"))?
     }
 

@@ -3,8 +3,9 @@
 //! outcome goes to the node's `PortReport`.
 //!
 //! A key design decision is that the netfilter side is exactly the standalone agent's: the same
-//! [`Shared`] state, [`converge`] and [`scan_peers`] from `portwarden-reconcile`, on a plain
-//! thread that does one thing at a time, and the same HTTP endpoints. Only the *source* differs:
+//! [`Shared`] state, [`converge`] and [`scan_peers`] from `portwarden-agent`, driven by the
+//! same schedule ([`schedule::run`]) on a plain thread that does one thing at a time, and the
+//! same HTTP endpoints. Only the *source* differs:
 //! a tokio task keeps kube-runtime reflectors of PortPolicies and Nodes (the watcher lists,
 //! watches, restarts with backoff and relists after `410 Gone`), recomputes the node's plan
 //! with the pure [`plan_node`] on every change, and hands the thread a new plan only when it
@@ -22,7 +23,7 @@
 //! * Peers are those [`crate::assign::peers`] gives over the ready nodes; each peer's expected
 //!   state is its own intent evaluated for this node's address (the vantage), as in `verify`.
 //! * One agent per network namespace: a second one (standalone or `--kube`) refuses to start,
-//!   naming the first (`portwarden_reconcile::agent::take_agent_lock`).
+//!   naming the first (`portwarden_agent::process::take_agent_lock`).
 //! * Shutdown leaves the rules in place.
 //!
 //! # Caveats
@@ -33,8 +34,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Instant;
+use std::sync::mpsc::Receiver;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -45,50 +45,21 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
-use portwarden_policy::validate::Issue;
-use portwarden_policy::{NodeIntent, Policy, PolicySet, Unlisted};
+use portwarden_agent::converge::converge;
+use portwarden_agent::lifecycle::backoff;
+use portwarden_agent::process::run_agent;
+use portwarden_agent::scan::scan_peers;
+use portwarden_agent::schedule::{self, Driver};
+use portwarden_agent::{AgentConfig, Reason, Shared, Source};
+use portwarden_policy::{API_VERSION, NodeIntent, Policy, PolicySet, Unlisted};
 use portwarden_reconcile::Target;
-use portwarden_reconcile::agent::{
-    AgentConfig, HEARTBEAT_LIMIT, Shared, converge, run_agent, scan_peers,
-};
 use prometheus_client::metrics::counter::Counter;
 use tracing::{info, warn};
 
 use crate::crd::{AppliedPolicy, PortPolicy, PortReport, PortReportSpec};
-use crate::report::{self, Applied, Scan};
+use crate::policy::{issues_text, validate};
+use crate::report::{self, Applied, REPORT_HEARTBEAT, Scan};
 use crate::{AGENT_MANAGER, Error};
-
-/// How the agent runs in a cluster.
-#[derive(Clone, Debug)]
-pub struct KubeAgentConfig {
-    /// The standalone agent's settings (node name, refresh, scan interval, HTTP address,
-    /// failsafe, netfilter); the policy directory and inventory are unused.
-    pub agent: AgentConfig,
-    /// How many peers each node scans (each ready node is scanned by this many others).
-    pub peers_per_node: usize,
-}
-
-/// The standalone document of a `PortPolicy` object, for the one validator.
-pub fn document(p: &PortPolicy) -> portwarden_policy::PortPolicy {
-    portwarden_policy::PortPolicy {
-        api_version: portwarden_policy::API_VERSION.to_string(),
-        kind: "PortPolicy".to_string(),
-        metadata: portwarden_policy::document::Metadata {
-            name: p.name_any(),
-            labels: p.labels().clone(),
-        },
-        spec: p.spec.0.clone(),
-    }
-}
-
-/// Validates a `PortPolicy` object with the same rules as a file.
-///
-/// # Errors
-///
-/// Every semantic problem of the object.
-pub fn validate(p: &PortPolicy) -> Result<Policy, Vec<Issue>> {
-    portwarden_policy::validate::policy(&document(p))
-}
 
 /// What the agent needs of a Node.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,7 +131,7 @@ impl PolicyCache {
                     if let Some(previous) = self.good.remove(&name) {
                         good.insert(name.clone(), previous);
                     }
-                    invalid.insert(name, crate::aggregate::issues_text(&issues));
+                    invalid.insert(name, issues_text(&issues));
                 }
             }
         }
@@ -210,6 +181,45 @@ impl NodePlan {
     }
 }
 
+/// The addresses of the peers `names` with their intents (evaluated as `wanted` and
+/// `intents` say), and for each peer its `unlisted: report` policies.
+fn peer_targets(
+    set: &PolicySet,
+    intents: &BTreeMap<String, Arc<NodeIntent>>,
+    wanted: &[portwarden_policy::Node],
+    peer_names: &[String],
+) -> (Vec<Target>, BTreeMap<String, Vec<String>>) {
+    let report_policies: Vec<&str> = set
+        .policies()
+        .iter()
+        .filter(|p| p.unlisted == Unlisted::Report)
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut peers = Vec::new();
+    let mut unlisted = BTreeMap::new();
+    for name in peer_names {
+        let Some(node) = wanted.iter().find(|n| &n.name == name) else {
+            continue;
+        };
+        let peer_intent = intents.get(name).cloned().unwrap_or_default();
+        let u: Vec<String> = peer_intent
+            .policies
+            .iter()
+            .filter(|p| report_policies.contains(&&***p))
+            .map(|p| p.to_string())
+            .collect();
+        if !u.is_empty() {
+            unlisted.insert(name.clone(), u);
+        }
+        peers.extend(node.addresses.iter().map(|&address| Target {
+            node: name.clone(),
+            address,
+            intent: peer_intent.clone(),
+        }));
+    }
+    (peers, unlisted)
+}
+
 /// The plan of node `me`: its intent from the cached policies and its Node's labels, and its
 /// assigned ready peers with their intents.
 pub fn plan_node(
@@ -255,34 +265,7 @@ pub fn plan_node(
         .collect();
     let intents = set.compile_nodes(&wanted);
     let intent = intents.get(me).cloned().unwrap_or_default();
-    let report_policies: Vec<&str> = set
-        .policies()
-        .iter()
-        .filter(|p| p.unlisted == Unlisted::Report)
-        .map(|p| p.name.as_str())
-        .collect();
-    let mut peers = Vec::new();
-    let mut unlisted = BTreeMap::new();
-    for name in &peer_names {
-        let Some(node) = wanted.iter().find(|n| &n.name == name) else {
-            continue;
-        };
-        let peer_intent = intents.get(name).cloned().unwrap_or_default();
-        let u: Vec<String> = peer_intent
-            .policies
-            .iter()
-            .filter(|p| report_policies.contains(&&***p))
-            .map(|p| p.to_string())
-            .collect();
-        if !u.is_empty() {
-            unlisted.insert(name.clone(), u);
-        }
-        peers.extend(node.addresses.iter().map(|&address| Target {
-            node: name.clone(),
-            address,
-            intent: peer_intent.clone(),
-        }));
-    }
+    let (peers, unlisted) = peer_targets(&set, &intents, &wanted, &peer_names);
     NodePlan {
         applied: intent
             .policies
@@ -316,7 +299,7 @@ pub fn report_object(spec: &PortReportSpec, node_uid: Option<&str>) -> serde_jso
         metadata["ownerReferences"] = serde_json::json!([owner]);
     }
     serde_json::json!({
-        "apiVersion": "portwarden.io/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "PortReport",
         "metadata": metadata,
         "spec": spec,
@@ -347,9 +330,6 @@ pub async fn apply_report(
     })
 }
 
-/// An unchanged report is rewritten (for its `scannedAt`) at most this often.
-pub const REPORT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// What the reconcile thread tells the watch task.
 #[derive(Debug)]
 enum Outcome {
@@ -357,95 +337,88 @@ enum Outcome {
     Scanned(Scan),
 }
 
-/// The reconcile thread: applies each new plan, repairs every `refresh`, scans every
-/// `scan_interval`. Returns when the plan sender is dropped.
-fn reconcile_loop(
-    shared: Arc<Shared>,
-    plans: Receiver<NodePlan>,
+/// The Kubernetes agent's side of the schedule ([`schedule::run`]): applies each new plan the
+/// watch task sends, tells it what was applied after every apply and refresh, and scans the
+/// plan's peers. The loop returns when the plan sender is dropped.
+struct PlanDriver {
+    plan: Option<NodePlan>,
     outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
-) {
-    let cfg = shared.config.clone();
-    let mut plan: Option<NodePlan> = None;
-    let start = Instant::now();
-    let mut next_refresh = start + cfg.refresh;
-    let mut next_scan = cfg.scan_interval.map(|i| start + i);
-    let applied = |shared: &Shared, plan: &NodePlan| {
+}
+
+impl PlanDriver {
+    /// Tells the watch task what `plan` applied and whether the last apply failed.
+    fn send_applied(&self, shared: &Shared, plan: &NodePlan) {
         let error = shared.with_state(|s| s.apply_error.clone());
-        Outcome::Applied(Applied {
+        let _ = self.outcomes.send(Outcome::Applied(Applied {
             policies: plan.applied.clone(),
             rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
             error,
-        })
-    };
-    loop {
-        shared.heartbeat();
-        let wake = [Some(next_refresh), next_scan]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_refresh);
-        // Never longer than half the heartbeat limit: an idle loop stays alive (`/healthz`)
-        // whatever the refresh and scan intervals.
-        let wait = wake
-            .saturating_duration_since(Instant::now())
-            .min(HEARTBEAT_LIMIT / 2);
-        match plans.recv_timeout(wait) {
-            Ok(p) => {
-                shared.set_intent(p.intent.clone(), p.policy_error.clone());
-                if let Some(e) = &p.policy_error {
-                    warn!(problems = %e, "invalid PortPolicies are not applied (their last good generation stays)");
-                }
-                shared
-                    .metrics
-                    .policy_valid
-                    .set(i64::from(p.policy_error.is_none()));
-                shared
-                    .metrics
-                    .intent_rules
-                    .set(p.intent.as_ref().map_or(0, |i| i.rules.len() as i64));
-                converge(&shared, "policy change");
-                let _ = outcomes.send(applied(&shared, &p));
-                plan = Some(p);
+        }));
+    }
+}
+
+impl Driver for PlanDriver {
+    type Message = NodePlan;
+
+    fn receive(&mut self, shared: &Shared, plans: Vec<NodePlan>) -> bool {
+        for p in plans {
+            shared.set_intent(p.intent.clone(), p.policy_error.clone());
+            if let Some(e) = &p.policy_error {
+                warn!(problems = %e, "invalid PortPolicies are not applied (their last good generation stays)");
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                info!("agent loop stopped; rules stay in place (portwarden reset removes them)");
-                return;
-            }
+            shared
+                .metrics
+                .policy_valid
+                .set(i64::from(p.policy_error.is_none()));
+            shared
+                .metrics
+                .intent_rules
+                .set(p.intent.as_ref().map_or(0, |i| i.rules.len() as i64));
+            converge(shared, Reason::PolicyChange);
+            self.send_applied(shared, &p);
+            self.plan = Some(p);
         }
-        let now = Instant::now();
-        if now >= next_refresh {
-            converge(&shared, "refresh");
-            if let Some(p) = &plan {
-                let _ = outcomes.send(applied(&shared, p));
-            }
-            next_refresh = now + cfg.refresh;
-        }
-        if let (Some(at), Some(interval)) = (next_scan, cfg.scan_interval)
-            && now >= at
-        {
-            if let Some(p) = &plan {
-                let report = if p.peers.is_empty() {
-                    Some(portwarden_reconcile::Report::default())
-                } else {
-                    let before = shared.with_state(|s| s.scans_completed);
-                    scan_peers(&shared, &p.peers);
-                    shared
-                        .with_state(|s| (s.scans_completed > before).then(|| s.report.clone()))
-                        .flatten()
-                };
-                if let Some(report) = report {
-                    let _ = outcomes.send(Outcome::Scanned(Scan {
-                        report,
-                        at: Time(Timestamp::now()),
-                        peers: p.peer_names.clone(),
-                        unlisted: p.unlisted.clone(),
-                    }));
-                }
-            }
-            next_scan = Some(Instant::now() + interval);
+        false
+    }
+
+    fn refreshed(&mut self, shared: &Shared) {
+        if let Some(p) = &self.plan {
+            self.send_applied(shared, p);
         }
     }
+
+    fn scan(&mut self, shared: &Shared) {
+        let Some(p) = &self.plan else {
+            return;
+        };
+        let report = if p.peers.is_empty() {
+            Some(portwarden_reconcile::Report::default())
+        } else {
+            scan_peers(shared, &p.peers)
+        };
+        if let Some(report) = report {
+            let _ = self.outcomes.send(Outcome::Scanned(Scan {
+                report,
+                at: Time(Timestamp::now()),
+                peers: p.peer_names.clone(),
+                unlisted: p.unlisted.clone(),
+            }));
+        }
+    }
+}
+
+/// The reconcile thread: applies each new plan, repairs every `refresh`, scans every
+/// `scan_interval`. Returns when the plan sender is dropped.
+fn reconcile_loop(
+    shared: &Shared,
+    plans: &Receiver<NodePlan>,
+    outcomes: tokio::sync::mpsc::UnboundedSender<Outcome>,
+) {
+    let mut driver = PlanDriver {
+        plan: None,
+        outcomes,
+    };
+    schedule::run(shared, &mut driver, plans);
 }
 
 /// Which watch an event came from, and whether it completed a (re)list.
@@ -470,25 +443,33 @@ fn change<K>(r: Result<Event<K>, watcher::Error>, tag: fn(bool) -> Change) -> Ch
 ///
 /// # Errors
 ///
-/// When no Kubernetes client can be configured, another agent manages this network namespace
-/// (it is named), the HTTP address cannot be bound, or the runtime cannot start. API errors
-/// while running are retried, not returned.
-pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
+/// When `cfg`'s source is not [`Source::Kube`], no Kubernetes client can be configured,
+/// another agent manages this network namespace (it is named), the HTTP address cannot be
+/// bound, or the runtime cannot start. API errors while running are retried, not returned.
+pub fn run(cfg: AgentConfig) -> Result<(), Error> {
+    let Source::Kube { peers_per_node } = cfg.source else {
+        return Err(Error::Start(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the Kubernetes agent watches the cluster: its source must be Source::Kube",
+        )));
+    };
     let (plan_tx, plan_rx) = std::sync::mpsc::channel();
     let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (me, listen) = (cfg.node.clone(), cfg.listen);
     run_agent(
-        cfg.agent.clone(),
+        cfg,
         || info!("SIGHUP ignored: in Kubernetes mode policies come from the API server's watch, there is nothing to reload"),
-        move |shared| reconcile_loop(shared, plan_rx, out_tx),
+        move |shared| reconcile_loop(&shared, &plan_rx, out_tx),
         move |shared, shutdown| async move {
             let client = Client::try_default().await.map_err(Error::Client)?;
-            info!(node = %cfg.agent.node, listen = %cfg.agent.listen, "agent started in Kubernetes mode");
+            info!(node = %me, listen = %listen, "agent started in Kubernetes mode");
             let counters = (
                 shared.metrics.report_writes.clone(),
                 shared.metrics.report_write_errors.clone(),
             );
             // Returns on SIGTERM or SIGINT, dropping `plan_tx`: that stops the loop.
-            watch_and_report(client, counters, &cfg, plan_tx, out_rx, shutdown).await;
+            watch_and_report(client, counters, (me, peers_per_node), plan_tx, out_rx, shutdown)
+                .await;
             Ok(())
         },
     )
@@ -500,12 +481,11 @@ pub fn run(cfg: KubeAgentConfig) -> Result<(), Error> {
 async fn watch_and_report(
     client: Client,
     (writes, write_errors): (Counter, Counter),
-    cfg: &KubeAgentConfig,
+    (me, peers_per_node): (String, usize),
     plans: std::sync::mpsc::Sender<NodePlan>,
     mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let me = cfg.agent.node.clone();
     let reports: Api<PortReport> = Api::all(client.clone());
     let (policies, policy_writer) = reflector::store::<PortPolicy>();
     let (nodes, node_writer) = reflector::store::<Node>();
@@ -520,7 +500,7 @@ async fn watch_and_report(
     .map(|r| change(r, Change::Policies));
     // Managed fields and images are most of a Node's bytes and none of our business.
     // Without peer scans the agent needs its own Node only: one object instead of all of them.
-    let node_config = if cfg.peers_per_node == 0 {
+    let node_config = if peers_per_node == 0 {
         watcher::Config::default().fields(&format!("metadata.name={me}"))
     } else {
         watcher::Config::default()
@@ -537,7 +517,7 @@ async fn watch_and_report(
     .default_backoff()
     .map(|r| change(r, Change::Nodes));
     let mut changes = std::pin::pin!(futures::stream::select(policy_events, node_events));
-    let mut state = AgentState::new(me, cfg.peers_per_node);
+    let mut state = AgentState::new(me, peers_per_node);
     state.writes = writes;
     state.write_errors = write_errors;
     let mut retry: Option<tokio::time::Instant> = None;
@@ -667,7 +647,7 @@ impl AgentState {
             Err(e) => {
                 self.failures += 1;
                 self.write_errors.inc();
-                let delay = crate::controller::backoff(self.failures);
+                let delay = backoff(self.failures);
                 warn!(error = %e, retry_in = ?delay, "PortReport not written");
                 Some(tokio::time::Instant::now() + delay)
             }
@@ -874,23 +854,6 @@ mod tests {
         ));
         let (plan_tx, plan_rx) = std::sync::mpsc::channel::<NodePlan>();
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
-        let cfg = KubeAgentConfig {
-            agent: AgentConfig {
-                policy_dir: std::path::PathBuf::new(),
-                inventory: std::path::PathBuf::new(),
-                node: "web-1".into(),
-                refresh: Duration::from_secs(10),
-                scan_interval: None,
-                scan_rate: None,
-                confirm_budget: None,
-                poll: Duration::from_secs(1),
-                listen: "127.0.0.1:9750".parse().unwrap(),
-                failsafe: portwarden_netfilter::Failsafe::default(),
-                netfilter: portwarden_netfilter::Options::default(),
-                allow_empty_policy: false,
-            },
-            peers_per_node: 1,
-        };
         // The loop's part: take the plan, answer with what it applied.
         let looper = std::thread::spawn(move || {
             let plan = plan_rx.recv().unwrap();
@@ -906,7 +869,7 @@ mod tests {
         let task = watch_and_report(
             client,
             (Counter::default(), Counter::default()),
-            &cfg,
+            ("web-1".into(), 1),
             plan_tx,
             out_rx,
             std::future::pending(),
@@ -1069,18 +1032,15 @@ mod tests {
         assert_eq!(plan.peer_names, vec!["n1".to_string()]);
 
         let config = AgentConfig {
-            policy_dir: std::path::PathBuf::new(),
-            inventory: std::path::PathBuf::new(),
+            source: Source::Kube { peers_per_node: 1 },
             node: "n0".into(),
             refresh: Duration::from_secs(3600),
             scan_interval: Some(Duration::from_millis(50)),
             scan_rate: None,
             confirm_budget: None,
-            poll: Duration::from_secs(1),
             listen: "127.0.0.1:9750".parse().unwrap(),
             failsafe: portwarden_netfilter::Failsafe::default(),
             netfilter: portwarden_netfilter::Options::default(),
-            allow_empty_policy: false,
         };
         let shared = Shared::new(config);
         let (plan_tx, plan_rx) = std::sync::mpsc::channel();
@@ -1089,7 +1049,7 @@ mod tests {
         let ns = n0.clone();
         let worker = std::thread::spawn(move || {
             ns.enter_current_thread().unwrap();
-            reconcile_loop(shared, plan_rx, out_tx);
+            reconcile_loop(&shared, &plan_rx, out_tx);
         });
         let Some(Outcome::Applied(applied)) = out_rx.blocking_recv() else {
             panic!("first outcome is the apply");

@@ -23,13 +23,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use portwarden_policy::validate::Issue;
 use portwarden_policy::{Policy, selects};
+use portwarden_reconcile::Verdict;
 
-use crate::conditions::{self, APPLIED, Decided, IN_SYNC, Status};
+use crate::conditions::{self, APPLIED, Decided, IN_SYNC, Status, reason};
 use crate::crd::{Counts, PortPolicy, PortPolicyStatus, PortReport};
+use crate::policy::issues_text;
 use crate::report::truncate;
 
 /// A report whose `reportedAt` is older than this is silent: its agent is gone (it confirms its
-/// report at least every [`crate::agent::REPORT_HEARTBEAT`]), so its node counts as not
+/// report at least every [`crate::report::REPORT_HEARTBEAT`]), so its node counts as not
 /// applied and its observations are not counted.
 pub const SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(1800);
 
@@ -53,22 +55,6 @@ pub struct NodeLabels {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Formats semantic issues as one line each: `spec.ports[0].ports: message (help)`.
-pub fn issues_text(issues: &[Issue]) -> String {
-    issues
-        .iter()
-        .map(|i| {
-            let path: String = i.path.iter().map(ToString::to_string).collect();
-            let path = path.trim_start_matches('.');
-            match &i.help {
-                Some(h) => format!("{path}: {} ({h})", i.message),
-                None => format!("{path}: {}", i.message),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// Names, at most `max`, then "and N more".
 fn list(names: &[&str], max: usize) -> String {
     let shown: Vec<&str> = names.iter().take(max).copied().collect();
@@ -77,6 +63,255 @@ fn list(names: &[&str], max: usize) -> String {
         s.push_str(&format!(" and {} more", names.len() - max));
     }
     s
+}
+
+/// What the reports say about one policy: where it is applied, and what the scans saw.
+struct Tally<'a> {
+    /// Nodes the policy's selector matches.
+    matched: usize,
+    /// Matched nodes that applied the policy's current generation.
+    applied: u32,
+    /// Matched nodes whose last apply failed, with the error.
+    failed: Vec<(&'a str, &'a str)>,
+    /// Matched nodes that have not applied the current generation yet.
+    pending: Vec<&'a str>,
+    /// Matched nodes whose report is silent ([`SILENT_AFTER`]).
+    silent: Vec<&'a str>,
+    /// Port observations of the policy, summed over the live reports.
+    ports: Counts,
+    /// Nodes on which a scan saw the policy's ports drift.
+    drift_nodes: BTreeSet<&'a str>,
+    /// Up to three drifting observations, for the message.
+    examples: Vec<String>,
+}
+
+impl<'a> Tally<'a> {
+    /// Counts `policy` (named `name`) over `nodes` and `reports` at `now`.
+    fn of(
+        policy: &PortPolicy,
+        name: &str,
+        nodes: &'a [NodeLabels],
+        reports: &'a [Arc<PortReport>],
+        now: &Time,
+    ) -> Tally<'a> {
+        let matched: Vec<&NodeLabels> = nodes
+            .iter()
+            .filter(|n| selects(&policy.spec.0.node_selector, &n.labels))
+            .collect();
+        let (silent_reports, live): (Vec<&Arc<PortReport>>, Vec<&Arc<PortReport>>) =
+            reports.iter().partition(|r| is_silent(r, now));
+        let mut tally = Tally {
+            matched: matched.len(),
+            applied: 0,
+            failed: Vec::new(),
+            pending: Vec::new(),
+            silent: Vec::new(),
+            ports: Counts::default(),
+            drift_nodes: BTreeSet::new(),
+            examples: drift_examples(name, &live),
+        };
+        tally.count_applied(
+            &matched,
+            &silent_reports,
+            &live,
+            name,
+            policy.metadata.generation,
+        );
+        for r in &live {
+            for pc in r.spec.policies.iter().filter(|pc| pc.policy == name) {
+                tally.ports.add(&pc.counts);
+                tally
+                    .drift_nodes
+                    .extend(pc.drift_nodes.iter().map(String::as_str));
+            }
+        }
+        tally
+    }
+
+    /// Sorts the matched nodes into silent, failed, applied (at `generation`) and pending.
+    fn count_applied(
+        &mut self,
+        matched: &[&'a NodeLabels],
+        silent_reports: &[&'a Arc<PortReport>],
+        live: &[&'a Arc<PortReport>],
+        name: &str,
+        generation: Option<i64>,
+    ) {
+        let silent_nodes: BTreeSet<&str> = silent_reports
+            .iter()
+            .map(|r| r.spec.node.as_str())
+            .collect();
+        let by_node: BTreeMap<&str, &'a PortReport> = live
+            .iter()
+            .map(|&r| (r.spec.node.as_str(), r.as_ref()))
+            .collect();
+        for n in matched {
+            if silent_nodes.contains(n.name.as_str()) {
+                self.silent.push(n.name.as_str());
+                continue;
+            }
+            let report = by_node.get(n.name.as_str());
+            let has = report.is_some_and(|r| {
+                r.spec
+                    .applied
+                    .iter()
+                    .any(|a| a.name == name && Some(a.generation) == generation)
+            });
+            match (report.and_then(|r| r.spec.apply_error.as_deref()), has) {
+                (Some(e), _) => self.failed.push((n.name.as_str(), e)),
+                (None, true) => self.applied += 1,
+                (None, false) => self.pending.push(n.name.as_str()),
+            }
+        }
+    }
+}
+
+/// Up to three drifting observations of policy `name` in `reports`, one line each.
+fn drift_examples(name: &str, reports: &[&Arc<PortReport>]) -> Vec<String> {
+    reports
+        .iter()
+        .flat_map(|r| r.spec.findings.iter())
+        .filter(|f| f.policy.as_deref() == Some(name) && f.verdict == Verdict::Drift.as_str())
+        .take(3)
+        .map(|f| {
+            let mut s = format!(
+                "{} {}/{} from {}: expected {}, observed {}",
+                f.node, f.port, f.protocol, f.from, f.expected, f.observed
+            );
+            if let Some(c) = &f.cause {
+                s.push_str(&format!(" ({c})"));
+            }
+            s
+        })
+        .collect()
+}
+
+/// The conditions of an invalid policy: not applied anywhere, so not verified either.
+fn invalid_conditions(issues: &[Issue]) -> [Decided; 2] {
+    [
+        Decided {
+            type_: APPLIED,
+            status: Status::False,
+            reason: reason::INVALID_SPEC,
+            message: truncate(
+                &format!(
+                    "the policy is not applied anywhere: {}",
+                    issues_text(issues)
+                ),
+                1024,
+            ),
+        },
+        Decided {
+            type_: IN_SYNC,
+            status: Status::Unknown,
+            reason: reason::INVALID_SPEC,
+            message: "an invalid policy is not applied, so it is not verified".into(),
+        },
+    ]
+}
+
+/// The `Applied` condition of a valid policy: the first of no matching node, a failed apply,
+/// a silent agent, and a pending node that holds, else applied.
+fn applied_condition(t: &Tally<'_>) -> Decided {
+    let matched = t.matched;
+    let (status, reason, message) = if matched == 0 {
+        (
+            Status::True,
+            reason::NO_MATCHING_NODES,
+            "the node selector matches no node".into(),
+        )
+    } else if !t.failed.is_empty() {
+        let detail: Vec<String> = t
+            .failed
+            .iter()
+            .take(3)
+            .map(|(n, e)| format!("{n}: {e}"))
+            .collect();
+        let message = format!(
+            "applying failed on {} of {matched} nodes: {}",
+            t.failed.len(),
+            detail.join("; ")
+        );
+        (
+            Status::False,
+            reason::APPLY_FAILED,
+            truncate(&message, 1024),
+        )
+    } else if !t.silent.is_empty() {
+        (
+            Status::False,
+            reason::AGENT_SILENT,
+            format!(
+                "applied on {} of {matched} matched nodes; no report for over {} min from {} (is the agent running?)",
+                t.applied,
+                SILENT_AFTER.as_secs() / 60,
+                list(&t.silent, 5)
+            ),
+        )
+    } else if t.pending.is_empty() {
+        (
+            Status::True,
+            reason::APPLIED,
+            format!("applied on all {matched} matched nodes"),
+        )
+    } else {
+        (
+            Status::False,
+            reason::PENDING,
+            format!(
+                "applied on {} of {matched} matched nodes; waiting for {}",
+                t.applied,
+                list(&t.pending, 5)
+            ),
+        )
+    };
+    Decided {
+        type_: APPLIED,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// The `InSync` condition of a valid policy: drift seen, nothing scanned yet, or in sync.
+fn in_sync_condition(t: &Tally<'_>) -> Decided {
+    let ports = &t.ports;
+    let (status, reason, message) = if ports.drift > 0 {
+        let nodes: Vec<&str> = t.drift_nodes.iter().copied().collect();
+        let message = format!(
+            "{} port observation(s) drift on {}: {}",
+            ports.drift,
+            list(&nodes, 5),
+            t.examples.join("; ")
+        );
+        (
+            Status::False,
+            reason::DRIFT_DETECTED,
+            truncate(&message, 1024),
+        )
+    } else if ports.total() == 0 {
+        (
+            Status::Unknown,
+            reason::NOT_SCANNED,
+            "no peer scan has covered this policy's ports yet (agents scan with --scan-interval)"
+                .into(),
+        )
+    } else {
+        let mut message = format!("{} port observation(s) in sync", ports.in_sync);
+        if ports.indeterminate > 0 {
+            message.push_str(&format!(
+                ", {} indeterminate (silent UDP services, or ports a node that rate-limits its ICMP errors did not confirm in time: see the PortReports' findings)",
+                ports.indeterminate
+            ));
+        }
+        (Status::True, reason::IN_SYNC, message)
+    };
+    Decided {
+        type_: IN_SYNC,
+        status,
+        reason,
+        message,
+    }
 }
 
 /// The status of `policy` given every node and every report.
@@ -89,189 +324,11 @@ pub fn status(
 ) -> PortPolicyStatus {
     let name = policy.name_any();
     let generation = policy.metadata.generation;
-    let matched: Vec<&NodeLabels> = nodes
-        .iter()
-        .filter(|n| selects(&policy.spec.0.node_selector, &n.labels))
-        .collect();
-    let (silent_reports, reports): (Vec<&Arc<PortReport>>, Vec<&Arc<PortReport>>) =
-        reports.iter().partition(|r| is_silent(r, now));
-    let silent_nodes: BTreeSet<&str> = silent_reports
-        .iter()
-        .map(|r| r.spec.node.as_str())
-        .collect();
-    let by_node: BTreeMap<&str, &PortReport> = reports
-        .iter()
-        .map(|r| (r.spec.node.as_str(), r.as_ref()))
-        .collect();
-
-    let mut applied = 0u32;
-    let mut failed: Vec<(&str, &str)> = Vec::new();
-    let mut pending: Vec<&str> = Vec::new();
-    let mut silent: Vec<&str> = Vec::new();
-    for n in &matched {
-        if silent_nodes.contains(n.name.as_str()) {
-            silent.push(n.name.as_str());
-            continue;
-        }
-        let report = by_node.get(n.name.as_str());
-        let has = report.is_some_and(|r| {
-            r.spec
-                .applied
-                .iter()
-                .any(|a| a.name == name && Some(a.generation) == generation)
-        });
-        match (report.and_then(|r| r.spec.apply_error.as_deref()), has) {
-            (Some(e), _) => failed.push((n.name.as_str(), e)),
-            (None, true) => applied += 1,
-            (None, false) => pending.push(n.name.as_str()),
-        }
-    }
-
-    let mut ports = Counts::default();
-    let mut drift_nodes: BTreeSet<&str> = BTreeSet::new();
-    for r in &reports {
-        for pc in r.spec.policies.iter().filter(|pc| pc.policy == name) {
-            ports.add(&pc.counts);
-            drift_nodes.extend(pc.drift_nodes.iter().map(String::as_str));
-        }
-    }
-    let examples: Vec<String> = reports
-        .iter()
-        .flat_map(|r| r.spec.findings.iter())
-        .filter(|f| f.policy.as_deref() == Some(name.as_str()) && f.verdict == "drift")
-        .take(3)
-        .map(|f| {
-            let mut s = format!(
-                "{} {}/{} from {}: expected {}, observed {}",
-                f.node, f.port, f.protocol, f.from, f.expected, f.observed
-            );
-            if let Some(c) = &f.cause {
-                s.push_str(&format!(" ({c})"));
-            }
-            s
-        })
-        .collect();
-
-    let matched_n = matched.len();
-    let (applied_c, in_sync_c) = match validated {
-        Err(issues) => (
-            Decided {
-                type_: APPLIED,
-                status: Status::False,
-                reason: "InvalidSpec",
-                message: truncate(
-                    &format!(
-                        "the policy is not applied anywhere: {}",
-                        issues_text(issues)
-                    ),
-                    1024,
-                ),
-            },
-            Decided {
-                type_: IN_SYNC,
-                status: Status::Unknown,
-                reason: "InvalidSpec",
-                message: "an invalid policy is not applied, so it is not verified".into(),
-            },
-        ),
-        Ok(_) => {
-            let applied_c = if matched_n == 0 {
-                Decided {
-                    type_: APPLIED,
-                    status: Status::True,
-                    reason: "NoMatchingNodes",
-                    message: "the node selector matches no node".into(),
-                }
-            } else if !failed.is_empty() {
-                let detail: Vec<String> = failed
-                    .iter()
-                    .take(3)
-                    .map(|(n, e)| format!("{n}: {e}"))
-                    .collect();
-                Decided {
-                    type_: APPLIED,
-                    status: Status::False,
-                    reason: "ApplyFailed",
-                    message: truncate(
-                        &format!(
-                            "applying failed on {} of {matched_n} nodes: {}",
-                            failed.len(),
-                            detail.join("; ")
-                        ),
-                        1024,
-                    ),
-                }
-            } else if !silent.is_empty() {
-                Decided {
-                    type_: APPLIED,
-                    status: Status::False,
-                    reason: "AgentSilent",
-                    message: format!(
-                        "applied on {applied} of {matched_n} matched nodes; no report for over {} min from {} (is the agent running?)",
-                        SILENT_AFTER.as_secs() / 60,
-                        list(&silent, 5)
-                    ),
-                }
-            } else if pending.is_empty() {
-                Decided {
-                    type_: APPLIED,
-                    status: Status::True,
-                    reason: "Applied",
-                    message: format!("applied on all {matched_n} matched nodes"),
-                }
-            } else {
-                Decided {
-                    type_: APPLIED,
-                    status: Status::False,
-                    reason: "Pending",
-                    message: format!(
-                        "applied on {applied} of {matched_n} matched nodes; waiting for {}",
-                        list(&pending, 5)
-                    ),
-                }
-            };
-            let in_sync_c = if ports.drift > 0 {
-                let nodes: Vec<&str> = drift_nodes.iter().copied().collect();
-                Decided {
-                    type_: IN_SYNC,
-                    status: Status::False,
-                    reason: "DriftDetected",
-                    message: truncate(
-                        &format!(
-                            "{} port observation(s) drift on {}: {}",
-                            ports.drift,
-                            list(&nodes, 5),
-                            examples.join("; ")
-                        ),
-                        1024,
-                    ),
-                }
-            } else if ports.total() == 0 {
-                Decided {
-                    type_: IN_SYNC,
-                    status: Status::Unknown,
-                    reason: "NotScanned",
-                    message: "no peer scan has covered this policy's ports yet (agents scan with --scan-interval)".into(),
-                }
-            } else {
-                let mut message = format!("{} port observation(s) in sync", ports.in_sync);
-                if ports.indeterminate > 0 {
-                    message.push_str(&format!(
-                        ", {} indeterminate (silent UDP services, or ports a node that rate-limits its ICMP errors did not confirm in time: see the PortReports' findings)",
-                        ports.indeterminate
-                    ));
-                }
-                Decided {
-                    type_: IN_SYNC,
-                    status: Status::True,
-                    reason: "InSync",
-                    message,
-                }
-            };
-            (applied_c, in_sync_c)
-        }
+    let tally = Tally::of(policy, &name, nodes, reports, now);
+    let decided = match validated {
+        Err(issues) => invalid_conditions(issues),
+        Ok(_) => [applied_condition(&tally), in_sync_condition(&tally)],
     };
-
     let old = policy
         .status
         .as_ref()
@@ -279,11 +336,16 @@ pub fn status(
         .unwrap_or_default();
     PortPolicyStatus {
         observed_generation: generation,
-        matched_nodes: matched_n as u32,
-        applied_nodes: applied,
-        ports,
-        drift_nodes: drift_nodes.iter().take(20).map(|s| s.to_string()).collect(),
-        conditions: conditions::merge(old, &[applied_c, in_sync_c], generation, now),
+        matched_nodes: tally.matched as u32,
+        applied_nodes: tally.applied,
+        drift_nodes: tally
+            .drift_nodes
+            .iter()
+            .take(20)
+            .map(|s| s.to_string())
+            .collect(),
+        ports: tally.ports,
+        conditions: conditions::merge(old, &decided, generation, now),
     }
 }
 
@@ -314,24 +376,24 @@ pub fn events(old: Option<&PortPolicyStatus>, new: &PortPolicyStatus) -> Vec<Eve
     let (old_s, new_s) = (cond(old, IN_SYNC), cond(Some(new), IN_SYNC));
     let reason_of = |c: &Option<(String, String, String)>| c.as_ref().map(|c| c.1.clone());
     let new_generation = old.and_then(|o| o.observed_generation) != new.observed_generation;
-    if let Some((_, reason, message)) = &new_a {
-        let changed = reason_of(&old_a).as_deref() != Some(reason.as_str());
-        match reason.as_str() {
-            "InvalidSpec" if changed || new_generation => out.push(EventSpec {
+    if let Some((_, why, message)) = &new_a {
+        let changed = reason_of(&old_a).as_deref() != Some(why.as_str());
+        match why.as_str() {
+            reason::INVALID_SPEC if changed || new_generation => out.push(EventSpec {
                 warning: true,
-                reason: "InvalidSpec",
+                reason: reason::INVALID_SPEC,
                 action: "Validate",
                 note: message.clone(),
             }),
-            "ApplyFailed" if changed => out.push(EventSpec {
+            reason::APPLY_FAILED if changed => out.push(EventSpec {
                 warning: true,
-                reason: "ApplyFailed",
+                reason: reason::APPLY_FAILED,
                 action: "Apply",
                 note: message.clone(),
             }),
-            "Applied" if changed => out.push(EventSpec {
+            reason::APPLIED if changed => out.push(EventSpec {
                 warning: false,
-                reason: "Applied",
+                reason: reason::APPLIED,
                 action: "Apply",
                 note: message.clone(),
             }),
@@ -340,17 +402,18 @@ pub fn events(old: Option<&PortPolicyStatus>, new: &PortPolicyStatus) -> Vec<Eve
     }
     if let Some((status, _, message)) = &new_s {
         let was = old_s.as_ref().map(|c| c.0.as_str());
-        if status == "False" && was != Some("False") {
+        let (true_, false_) = (Status::True.as_str(), Status::False.as_str());
+        if status == false_ && was != Some(false_) {
             out.push(EventSpec {
                 warning: true,
-                reason: "DriftDetected",
+                reason: reason::DRIFT_DETECTED,
                 action: "Scan",
                 note: message.clone(),
             });
-        } else if status == "True" && was == Some("False") {
+        } else if status == true_ && was == Some(false_) {
             out.push(EventSpec {
                 warning: false,
-                reason: "DriftCleared",
+                reason: reason::DRIFT_CLEARED,
                 action: "Scan",
                 note: message.clone(),
             });
@@ -392,7 +455,7 @@ mod tests {
     #[test]
     fn applied_pending_failed_and_in_sync() {
         let p = policy("quarantine", 2, "web");
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         // web-1 applied generation 2 and saw drift on web-2; web-2 applied generation 1.
         let reports = vec![
             Arc::new(report(
@@ -441,7 +504,7 @@ mod tests {
     fn invalid_policy_is_reported_never_applied() {
         let mut p = policy("bad", 3, "web");
         p.spec.0.ports[0].ports = portwarden_policy::document::Ports::Text("9000-8000".into());
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         assert!(v.is_err());
         let s = status(&p, &v, &nodes(), &[], &now(1));
         assert_eq!(cond(&s, APPLIED), ("False", "InvalidSpec"));
@@ -458,7 +521,7 @@ mod tests {
     #[test]
     fn a_silent_agent_is_not_counted_as_applied() {
         let p = policy("quarantine", 2, "web");
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         let mut old = report(
             "web-1",
             &[("quarantine", 2)],
@@ -499,7 +562,7 @@ mod tests {
             from: vec![],
             reason: None,
         }];
-        let v = crate::agent::validate(&p);
+        let v = crate::policy::validate(&p);
         let set = PolicySet::new(vec![v.clone().unwrap()]);
         let labels = [("role".to_string(), "web".to_string())].into();
         let target = Target {
@@ -594,7 +657,7 @@ mod tests {
     #[test]
     fn no_matching_nodes() {
         let p = policy("lonely", 1, "nothing");
-        let s = status(&p, &crate::agent::validate(&p), &nodes(), &[], &now(1));
+        let s = status(&p, &crate::policy::validate(&p), &nodes(), &[], &now(1));
         assert_eq!(s.matched_nodes, 0);
         assert_eq!(cond(&s, APPLIED), ("True", "NoMatchingNodes"));
     }

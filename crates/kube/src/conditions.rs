@@ -9,6 +9,30 @@ pub const APPLIED: &str = "Applied";
 /// The type of the condition that says whether the scans see what the policy says.
 pub const IN_SYNC: &str = "InSync";
 
+/// The CamelCase reasons of the conditions, and of the Events that share them.
+pub mod reason {
+    /// Applied=False, InSync=Unknown: the schema admitted the policy, the validator refused it.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Applied=True: the node selector matches no node.
+    pub const NO_MATCHING_NODES: &str = "NoMatchingNodes";
+    /// Applied=False: applying failed on some node.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// Applied=False: a matched node's agent has not reported for too long.
+    pub const AGENT_SILENT: &str = "AgentSilent";
+    /// Applied=True: applied on every matched node.
+    pub const APPLIED: &str = "Applied";
+    /// Applied=False: some matched nodes have not applied the current generation yet.
+    pub const PENDING: &str = "Pending";
+    /// InSync=False: a scan sees a port other than the policy says.
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    /// InSync=Unknown: no scan has covered the policy's ports yet.
+    pub const NOT_SCANNED: &str = "NotScanned";
+    /// InSync=True: every scan sees what the policy says.
+    pub const IN_SYNC: &str = "InSync";
+    /// The Event of InSync turning True again after False.
+    pub const DRIFT_CLEARED: &str = "DriftCleared";
+}
+
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -21,6 +45,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the API's order.
+    pub const ALL: [Status; 3] = [Status::True, Status::False, Status::Unknown];
+
     /// The API's word.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,7 +65,7 @@ pub struct Decided {
     pub type_: &'static str,
     /// The status.
     pub status: Status,
-    /// CamelCase, machine-readable.
+    /// CamelCase, machine-readable: one of [`reason`].
     pub reason: &'static str,
     /// For people.
     pub message: String,

@@ -36,15 +36,17 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use portwarden_reconcile::metrics::{
-    ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels,
-};
-use portwarden_reconcile::server::{Limits, fit_descriptors, serve, shutdown_signal};
+use portwarden_agent::http::metrics_response;
+use portwarden_agent::lifecycle::{backoff, shutdown_signal};
+use portwarden_agent::server::{Limits, fit_descriptors, serve};
+use portwarden_policy::API_VERSION;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::aggregate::{self, NodeLabels};
+use crate::conditions::Status;
 use crate::crd::{PortPolicy, PortPolicyStatus, PortReport};
+use crate::metrics::{ConditionLabels, ControllerMetrics, EventLabels, PolicyLabels};
 use crate::{CONTROLLER_MANAGER, Error};
 
 /// How the controller runs.
@@ -140,22 +142,16 @@ impl Context {
             self.metrics.policy_drift.remove(&policy);
             self.metrics.policy_nodes.remove(&policy);
             for condition in [crate::conditions::APPLIED, crate::conditions::IN_SYNC] {
-                for status in ["True", "False", "Unknown"] {
+                for status in Status::ALL {
                     self.metrics.policy_condition.remove(&ConditionLabels {
                         policy: name.clone(),
                         condition: condition.into(),
-                        status: status.into(),
+                        status: status.as_str().into(),
                     });
                 }
             }
         }
     }
-}
-
-/// The retry delay after `failures` consecutive failures: 1 s, 2 s, 4 s, ... up to 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let secs = 1u64 << failures.saturating_sub(1).min(9);
-    Duration::from_secs(secs.min(300))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,7 +173,7 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
         // A lookup per remembered policy in the cache's index, not a copy of the cache.
         ctx.forget_deleted(|name| store.get(&ObjectRef::new(name)).is_some());
     }
-    let validated = crate::agent::validate(&policy);
+    let validated = crate::policy::validate(&policy);
     let nodes: Vec<NodeLabels> = ctx
         .nodes
         .state()
@@ -197,7 +193,41 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
     base.status = previous.clone();
     let status = aggregate::status(&base, &validated, &nodes, &reports, &now);
 
-    for e in aggregate::events(previous.as_ref(), &status) {
+    publish_events(&ctx, &policy, aggregate::events(previous.as_ref(), &status)).await;
+
+    if policy.status.as_ref() != Some(&status) {
+        let api: Api<PortPolicy> = Api::all(ctx.client.clone());
+        let body = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": "PortPolicy",
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(CONTROLLER_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|source| Error::PatchStatus {
+            name: name.clone(),
+            source,
+        })?;
+        ctx.metrics.status_patches.inc();
+    }
+    record_metrics(&ctx.metrics, &name, &status);
+    lock(&ctx.written).insert(name.clone(), status);
+    lock(&ctx.failures).remove(&name);
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Action::requeue(ctx.resync))
+}
+
+/// Publishes the Events of a policy's transition; a failed one is logged and counted, not an
+/// error (the status carries the same facts).
+async fn publish_events(ctx: &Context, policy: &PortPolicy, events: Vec<aggregate::EventSpec>) {
+    let name = policy.name_any();
+    for e in events {
         let event = Event {
             type_: if e.warning {
                 EventType::Warning
@@ -224,33 +254,6 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-
-    if policy.status.as_ref() != Some(&status) {
-        let api: Api<PortPolicy> = Api::all(ctx.client.clone());
-        let body = serde_json::json!({
-            "apiVersion": "portwarden.io/v1alpha1",
-            "kind": "PortPolicy",
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(CONTROLLER_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .map_err(|source| Error::PatchStatus {
-            name: name.clone(),
-            source,
-        })?;
-        ctx.metrics.status_patches.inc();
-    }
-    record_metrics(&ctx.metrics, &name, &status);
-    lock(&ctx.written).insert(name.clone(), status);
-    lock(&ctx.failures).remove(&name);
-    ctx.metrics
-        .reconcile_duration
-        .observe(started.elapsed().as_secs_f64());
-    Ok(Action::requeue(ctx.resync))
 }
 
 fn record_metrics(m: &ControllerMetrics, name: &str, status: &PortPolicyStatus) {
@@ -264,7 +267,7 @@ fn record_metrics(m: &ControllerMetrics, name: &str, status: &PortPolicyStatus) 
         .get_or_create(&policy)
         .set(i64::from(status.matched_nodes));
     for c in &status.conditions {
-        for s in ["True", "False", "Unknown"] {
+        for s in Status::ALL.map(Status::as_str) {
             m.policy_condition
                 .get_or_create(&ConditionLabels {
                     policy: name.to_string(),
@@ -421,24 +424,13 @@ pub async fn while_leader<F, Fut>(
 /// HTTP: `/metrics`, `/healthz` (the process serves), `/readyz` (ready to take over: always,
 /// since a standby is useful; leadership is the `portwarden_controller_leader` metric).
 fn router(metrics: Arc<ControllerMetrics>) -> axum::Router {
-    use axum::http::header;
-    use axum::response::IntoResponse;
     use axum::routing::get;
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                        .into_response()
-                }
+                async move { metrics_response(m.encode()) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -523,14 +515,6 @@ pub async fn run(cfg: ControllerConfig) -> Result<(), Error> {
 mod tests {
     use super::*;
     use crate::fixtures::{ApiServer, node, node_meta, policy, report};
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(40), Duration::from_secs(300));
-    }
 
     #[test]
     fn reports_map_to_the_policies_they_mention() {
@@ -717,7 +701,7 @@ mod tests {
         );
         let status = aggregate::status(
             &policy("gone", 1, "web"),
-            &crate::agent::validate(&policy("gone", 1, "web")),
+            &crate::policy::validate(&policy("gone", 1, "web")),
             &[],
             &[],
             &Time(Timestamp::UNIX_EPOCH),

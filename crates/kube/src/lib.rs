@@ -28,12 +28,13 @@
 //! # Layout
 //!
 //! * [`crd`] — the resources, their schema (with CEL rules) and `portwarden crd`'s output.
+//! * [`policy`] — a `PortPolicy` object as a document, validated by the files' rules.
 //! * [`assign`] — which peers each node scans.
 //! * [`agent`] — `portwarden agent --kube`.
 //! * [`report`] — drift report → bounded `PortReport`.
 //! * [`conditions`] — conditions per the Kubernetes API conventions.
 //! * [`aggregate`] — reports → policy status and Events.
-//! * [`controller`] — `portwarden controller`.
+//! * [`controller`] — `portwarden controller`; [`metrics`] — its metrics.
 
 pub mod agent;
 pub mod aggregate;
@@ -42,6 +43,8 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 mod error;
+pub mod metrics;
+pub mod policy;
 pub mod report;
 
 #[cfg(test)]

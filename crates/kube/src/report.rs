@@ -72,6 +72,33 @@ fn owners<'a>(row: &'a Row, unlisted: &'a BTreeMap<String, Vec<String>>) -> Vec<
     }
 }
 
+/// An unchanged report is rewritten (for its `reportedAt`) at most this often, so the
+/// controller tells a live agent from a dead one (it calls a report silent after
+/// `aggregate::SILENT_AFTER`).
+pub const REPORT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The finding of a row that is not in sync, its texts within the report's bounds.
+fn finding(r: &Row, unlisted: &BTreeMap<String, Vec<String>>) -> Finding {
+    Finding {
+        node: r.node.clone(),
+        address: r.address.to_string(),
+        port: r.port,
+        protocol: r.protocol.clone(),
+        from: r.from.to_string(),
+        expected: r.expected.clone(),
+        observed: r.observed.clone(),
+        verdict: r.verdict.as_str().to_string(),
+        cause: r.cause.as_deref().map(|c| truncate(c, 512)),
+        policy: owners(r, unlisted).first().map(|p| p.to_string()),
+        entry: r.entry.map(|e| e as u32),
+        confirmed_at: r
+            .confirmed_at
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(Time),
+    }
+}
+
 /// Builds the spec of `node`'s report.
 pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSpec {
     let mut spec = PortReportSpec {
@@ -141,24 +168,7 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
     spec.findings = findings
         .into_iter()
         .take(MAX_FINDINGS)
-        .map(|r| Finding {
-            node: r.node.clone(),
-            address: r.address.to_string(),
-            port: r.port,
-            protocol: r.protocol.clone(),
-            from: r.from.to_string(),
-            expected: r.expected.clone(),
-            observed: r.observed.clone(),
-            verdict: r.verdict.as_str().to_string(),
-            cause: r.cause.as_deref().map(|c| truncate(c, 512)),
-            policy: owners(r, &scan.unlisted).first().map(|p| p.to_string()),
-            entry: r.entry.map(|e| e as u32),
-            confirmed_at: r
-                .confirmed_at
-                .as_deref()
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .map(Time),
-        })
+        .map(|r| finding(r, &scan.unlisted))
         .collect();
     spec
 }

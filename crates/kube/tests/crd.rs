@@ -301,7 +301,7 @@ fn examples_pass_the_generated_schema_and_its_cel_rules() {
         );
         // And the kube type reads it, and the semantic validator accepts it.
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(doc.clone()).unwrap();
-        portwarden_kube::agent::validate(&obj).unwrap();
+        portwarden_kube::policy::validate(&obj).unwrap();
     }
 }
 
@@ -403,7 +403,7 @@ fn cel_refuses_bad_sources_and_selectors() {
         // Same meaning as the semantic validator.
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
         assert_eq!(
-            portwarden_kube::agent::validate(&obj).is_ok(),
+            portwarden_kube::policy::validate(&obj).is_ok(),
             ok,
             "{source}"
         );
@@ -431,7 +431,11 @@ fn cel_refuses_bad_sources_and_selectors() {
         let errors = cel_errors("PortPolicy", &p);
         assert_eq!(errors.is_empty(), ok, "{expr}: {errors:?}");
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
-        assert_eq!(portwarden_kube::agent::validate(&obj).is_ok(), ok, "{expr}");
+        assert_eq!(
+            portwarden_kube::policy::validate(&obj).is_ok(),
+            ok,
+            "{expr}"
+        );
     }
 }
 
@@ -455,9 +459,9 @@ fn what_the_schema_cannot_see_the_validator_catches() {
         assert!(openapi_errors("PortPolicy", &p).is_empty(), "{ports}");
         assert!(cel_errors("PortPolicy", &p).is_empty(), "{ports}");
         let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
-        let issues = portwarden_kube::agent::validate(&obj).unwrap_err();
+        let issues = portwarden_kube::policy::validate(&obj).unwrap_err();
         assert!(
-            portwarden_kube::aggregate::issues_text(&issues).contains("spec.ports[0].ports"),
+            portwarden_kube::policy::issues_text(&issues).contains("spec.ports[0].ports"),
             "{ports}: {issues:?}"
         );
     }

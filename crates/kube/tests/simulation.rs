@@ -238,7 +238,7 @@ fn aggregation_of_1000_reports_for_200_policies() {
     let statuses: Vec<_> = policies
         .iter()
         .map(|p| {
-            let v = portwarden_kube::agent::validate(p);
+            let v = portwarden_kube::policy::validate(p);
             aggregate::status(p, &v, &nodes, &reports, &now)
         })
         .collect();
@@ -260,7 +260,7 @@ fn aggregation_of_1000_reports_for_200_policies() {
     assert!(drifting > 0);
 
     let one = Instant::now();
-    let v = portwarden_kube::agent::validate(&policies[0]);
+    let v = portwarden_kube::policy::validate(&policies[0]);
     let _ = aggregate::status(&policies[0], &v, &nodes, &reports, &now);
     let single = one.elapsed();
 

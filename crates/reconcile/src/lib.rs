@@ -1,5 +1,5 @@
-//! portwarden's loop: from intent and scans to drift reports with causes, and the standalone
-//! agent that keeps a node converged.
+//! portwarden's verdicts: from intent and scans to drift reports with causes. The agents that
+//! run this loop on a node are `portwarden-agent`'s.
 //!
 //! A key design decision is that the expected state of a port is evaluated *per vantage*: a
 //! scan from source V is compared with the node's first-match rules evaluated for V, so
@@ -16,21 +16,15 @@
 //! * [`verify`] — scan, compare, explain: the `verify` command's engine.
 //! * [`ledger`] — the agent's peer scans: which UDP ports each re-checks, and the last
 //!   confirmed observation of every one.
-//! * [`agent`] — the standalone agent's loop: watch, apply, repair, scan peers.
-//! * [`http`] — the agent's endpoints; [`metrics`] — every metric name.
-//! * [`server`] — the HTTP server of every long-running command (connection caps, timeouts,
-//!   descriptors kept for the reconcile path) and their signal handling.
+//! * [`inside`] — the inside view an agent serves and `verify` asks for, and the client that
+//!   asks for it.
 
-pub mod agent;
 pub mod causes;
 pub mod expect;
-pub mod http;
 pub mod inside;
 pub mod ledger;
 pub mod listeners;
-pub mod metrics;
 pub mod report;
-pub mod server;
 pub mod verdict;
 pub mod verify;
 

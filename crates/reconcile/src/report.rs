@@ -131,6 +131,66 @@ pub fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+/// The table of `rows` (those not in sync), one line each with its cause, coloured by
+/// `paint`, then an empty line.
+fn drift_table(out: &mut String, rows: &[&Row], paint: &dyn Fn(&str, &str) -> String) {
+    // The CONFIRMED column only when some row is reported from an earlier scan (an agent's
+    // report): verify's own rows are all observed now.
+    let dated = rows.iter().any(|r| r.confirmed_at.is_some());
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut c = vec![
+                printable(&r.node).into_owned(),
+                r.address.to_string(),
+                printable(&format!("{}/{}", r.port, r.protocol)).into_owned(),
+                r.from.to_string(),
+                printable(&r.expected).into_owned(),
+                printable(&r.observed).into_owned(),
+                r.verdict.as_str().to_string(),
+            ];
+            if dated {
+                c.push(printable(r.confirmed_at.as_deref().unwrap_or("-")).into_owned());
+            }
+            c
+        })
+        .collect();
+    let mut header = vec![
+        "NODE", "ADDRESS", "PORT", "FROM", "EXPECTED", "OBSERVED", "VERDICT",
+    ];
+    if dated {
+        header.push("CONFIRMED");
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for c in &cells {
+        for (w, cell) in widths.iter_mut().zip(c) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cols: &[String]| {
+        cols.iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    let _ = writeln!(out, "{}  CAUSE", line(&header));
+    for (r, c) in rows.iter().zip(&cells) {
+        let text = line(c);
+        let text = match r.verdict {
+            Verdict::Drift => paint("31", &text),
+            _ => paint("33", &text),
+        };
+        let _ = writeln!(
+            out,
+            "{text}  {}",
+            printable(r.cause.as_deref().unwrap_or(""))
+        );
+    }
+    out.push('\n');
+}
+
 /// A table of the rows that are not in sync, then a line per node and the summary. Colors
 /// (ANSI) only when `color` is set, which callers do on a terminal. Node names, causes and
 /// notes come from inventories, policies and agents: their control characters are escaped
@@ -150,61 +210,7 @@ pub fn to_table(report: &Report, color: bool) -> String {
         .filter(|r| r.verdict != Verdict::InSync)
         .collect();
     if !rows.is_empty() {
-        // The CONFIRMED column only when some row is reported from an earlier scan (an agent's
-        // report): verify's own rows are all observed now.
-        let dated = rows.iter().any(|r| r.confirmed_at.is_some());
-        let cells: Vec<Vec<String>> = rows
-            .iter()
-            .map(|r| {
-                let mut c = vec![
-                    printable(&r.node).into_owned(),
-                    r.address.to_string(),
-                    printable(&format!("{}/{}", r.port, r.protocol)).into_owned(),
-                    r.from.to_string(),
-                    printable(&r.expected).into_owned(),
-                    printable(&r.observed).into_owned(),
-                    r.verdict.as_str().to_string(),
-                ];
-                if dated {
-                    c.push(printable(r.confirmed_at.as_deref().unwrap_or("-")).into_owned());
-                }
-                c
-            })
-            .collect();
-        let mut header = vec![
-            "NODE", "ADDRESS", "PORT", "FROM", "EXPECTED", "OBSERVED", "VERDICT",
-        ];
-        if dated {
-            header.push("CONFIRMED");
-        }
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for c in &cells {
-            for (w, cell) in widths.iter_mut().zip(c) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let line = |cols: &[String]| {
-            cols.iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-        let _ = writeln!(out, "{}  CAUSE", line(&header));
-        for (r, c) in rows.iter().zip(&cells) {
-            let text = line(c);
-            let text = match r.verdict {
-                Verdict::Drift => paint("31", &text),
-                _ => paint("33", &text),
-            };
-            let _ = writeln!(
-                out,
-                "{text}  {}",
-                printable(r.cause.as_deref().unwrap_or(""))
-            );
-        }
-        out.push('\n');
+        drift_table(&mut out, &rows, &paint);
     }
     let mut per_node: BTreeMap<&str, crate::report::Summary> = BTreeMap::new();
     for r in &report.results {

@@ -32,7 +32,7 @@ use portwarden_scan::{
 
 use crate::causes::{self, Inside, Symptom};
 use crate::expect::{Expectation, expectations, for_any_vantage};
-use crate::inside::{self, InsideView};
+use crate::inside::{self, FetchError, InsideView};
 use crate::ledger::Ledger;
 use crate::report::{Report, Row, rfc3339};
 use crate::verdict::{Verdict, judge, judge_unconfirmed};
@@ -208,12 +208,13 @@ pub fn compare(
     Report::new(rows, notes)
 }
 
-fn run(
-    targets: &[Target],
-    opts: &VerifyOptions,
-    mut ledger: Option<&mut Ledger>,
-) -> Result<Verification, ScanError> {
-    let mut notes = Vec::new();
+/// Each target with its vantage (the probes' source address) and what it expects from there;
+/// an address without a route is planned as unreachable.
+///
+/// # Errors
+///
+/// A failure to find a source address other than a missing route.
+fn plan<'a>(targets: &'a [Target], opts: &VerifyOptions) -> Result<Vec<Planned<'a>>, ScanError> {
     let mut planned: Vec<Planned<'_>> = Vec::new();
     for t in targets {
         let (vantage, unreachable) = match portwarden_scan::source_for(t.address) {
@@ -240,17 +241,81 @@ fn run(
             exp,
         });
     }
+    Ok(planned)
+}
+
+/// Scans `addresses` for `ports` of `protocol`: TCP with `tcp_kind`, falling back to a connect
+/// scan (for this and every later group) when raw sockets are denied; UDP unless raw sockets
+/// were denied before (`udp_denied`, then `None`). Each fallback leaves a note.
+///
+/// # Errors
+///
+/// The scanner's, but for the denied raw sockets it falls back from.
+fn scan_group(
+    scanner: impl Fn() -> Scanner,
+    protocol: Protocol,
+    (addresses, ports): (&[IpAddr], &PortList),
+    (tcp_kind, udp_denied): (&mut ScanKind, &mut bool),
+    notes: &mut Vec<String>,
+) -> Result<Option<ScanReport>, ScanError> {
+    let report = match protocol {
+        Protocol::Tcp => match scanner().scan(addresses, ports, *tcp_kind) {
+            Err(ScanError::RawSocketDenied { .. }) if *tcp_kind != ScanKind::Connect => {
+                notes.push(
+                    "raw sockets are not permitted: TCP was verified with a connect scan".into(),
+                );
+                *tcp_kind = ScanKind::Connect;
+                scanner().scan(addresses, ports, *tcp_kind)?
+            }
+            other => other?,
+        },
+        Protocol::Udp if *udp_denied => return Ok(None),
+        Protocol::Udp => match scanner().scan(addresses, ports, ScanKind::Udp) {
+            Err(ScanError::RawSocketDenied { .. }) => {
+                notes.push("raw sockets are not permitted: UDP entries could not be verified (indeterminate)".into());
+                *udp_denied = true;
+                return Ok(None);
+            }
+            other => other?,
+        },
+    };
+    Ok(Some(report))
+}
+
+/// Starts a round of the ledger over the planned addresses' managed UDP ports (forgetting
+/// the ones no longer managed).
+fn begin_round(ledger: &mut Ledger, planned: &[Planned<'_>], opts: &VerifyOptions) {
+    let managed: BTreeMap<IpAddr, Vec<u16>> = planned
+        .iter()
+        .map(|p| (p.target.address, ports_for(p, Protocol::Udp, opts)))
+        .collect();
+    ledger.retain(&managed);
+    ledger.begin_round();
+}
+
+/// A scan's hosts, each with the scan's kind.
+fn hosts_of(report: &ScanReport) -> Vec<(ScanKind, HostReport)> {
+    report
+        .hosts
+        .iter()
+        .cloned()
+        .map(|h| (report.kind, h))
+        .collect()
+}
+
+fn run(
+    targets: &[Target],
+    opts: &VerifyOptions,
+    mut ledger: Option<&mut Ledger>,
+) -> Result<Verification, ScanError> {
+    let mut notes = Vec::new();
+    let planned = plan(targets, opts)?;
     let extra = usable_extra_sources(&planned, opts, &mut notes);
     // The inside views first: they must describe the nodes as the scan finds them, and an
     // agent may repair rule drift while a long scan runs.
     let insides = fetch_insides(&planned, opts, &mut notes);
     if let Some(ledger) = ledger.as_deref_mut() {
-        let managed: BTreeMap<IpAddr, Vec<u16>> = planned
-            .iter()
-            .map(|p| (p.target.address, ports_for(p, Protocol::Udp, opts)))
-            .collect();
-        ledger.retain(&managed);
-        ledger.begin_round();
+        begin_round(ledger, &planned, opts);
     }
     let scanner = || Scanner::new(scan_config(targets, opts, &extra));
     let mut tcp_kind = opts.tcp_kind;
@@ -276,33 +341,17 @@ fn run(
                 notes.push(share_note(&addresses, probe.len(), managed.len(), opts));
             }
             let ports = PortList::from_ports(probe);
-            let report = match protocol {
-                Protocol::Tcp => {
-                    match scanner().scan(&addresses, &ports, tcp_kind) {
-                        Err(ScanError::RawSocketDenied { .. }) if tcp_kind != ScanKind::Connect => {
-                            notes.push("raw sockets are not permitted: TCP was verified with a connect scan".into());
-                            tcp_kind = ScanKind::Connect;
-                            scanner().scan(&addresses, &ports, tcp_kind)?
-                        }
-                        other => other?,
-                    }
-                }
-                Protocol::Udp if udp_denied => continue,
-                Protocol::Udp => match scanner().scan(&addresses, &ports, ScanKind::Udp) {
-                    Err(ScanError::RawSocketDenied { .. }) => {
-                        notes.push("raw sockets are not permitted: UDP entries could not be verified (indeterminate)".into());
-                        udp_denied = true;
-                        continue;
-                    }
-                    other => other?,
-                },
+            let Some(report) = scan_group(
+                scanner,
+                protocol,
+                (&addresses, &ports),
+                (&mut tcp_kind, &mut udp_denied),
+                &mut notes,
+            )?
+            else {
+                continue;
             };
-            let fresh: Vec<(ScanKind, HostReport)> = report
-                .hosts
-                .iter()
-                .cloned()
-                .map(|h| (report.kind, h))
-                .collect();
+            let fresh = hosts_of(&report);
             notes.extend(rate_limit_notes(&planned, &fresh));
             let finished = SystemTime::now();
             for (kind, host) in fresh {
@@ -533,11 +582,11 @@ fn fetch_insides(
             let Some((_, addr)) = nodes.get(i) else {
                 return done;
             };
-            let view = inside::fetch(SocketAddr::new(*addr, port), opts.agent_timeout);
+            let view = inside::fetch_view(SocketAddr::new(*addr, port), opts.agent_timeout);
             done.push((i, view));
         }
     };
-    let mut fetched: Vec<Option<Result<InsideView, String>>> = vec![None; nodes.len()];
+    let mut fetched: Vec<Option<Result<InsideView, FetchError>>> = vec![None; nodes.len()];
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..FETCH_PARALLEL.min(nodes.len()))
             .map(|_| {
@@ -567,9 +616,11 @@ fn fetch_insides(
         .iter()
         .zip(fetched)
         .map(|((node, _), view)| {
-            let view = view.unwrap_or_else(|| {
-                Err("not asked: no query thread could start, or it panicked".into())
-            });
+            // The error's words from here on: they become the notes and the causes' text.
+            let view = match view {
+                Some(fetched) => fetched.map_err(|e| e.to_string()),
+                None => Err("not asked: no query thread could start, or it panicked".into()),
+            };
             (node.to_string(), view)
         })
         .collect();
@@ -692,41 +743,61 @@ impl Compare<'_> {
                 if verdict == Verdict::Indeterminate && unconfirmed {
                     r.cause = Some(rate_limited_cause(scan.and_then(|h| h.rate_limit.as_ref())));
                 } else if verdict != Verdict::InSync {
-                    let outside = outside.unwrap_or("unexpected state");
-                    let mut cause = if silent && e.protocol == Protocol::Tcp {
-                        match self.inside {
-                            Inside::Known(_) => format!("no answer on any port from {}: filtered upstream of the node (its agent answers)", self.vantage),
-                            Inside::Unknown(why) => format!("node unreachable: no answer on any port, and its agent does not answer ({why})"),
-                        }
-                    } else {
-                        causes::cause(
-                            &Symptom {
-                                protocol: e.protocol,
-                                port: e.port,
-                                expected: e.state,
-                                observed,
-                                policy: &e.policy,
-                                entry: e.entry,
-                                outside,
-                            },
-                            self.inside,
-                        )
-                    };
-                    if unconfirmed {
-                        // Drift whichever way (an open TCP port that does not answer): only
-                        // whether it is dropped or rejected is unknown.
-                        let measured = scan
-                            .and_then(|h| h.rate_limit.as_ref())
-                            .map_or_else(String::new, |rl| format!(": {}", rl.describe()));
-                        cause.push_str(&format!(
-                            " (the node rate-limits its ICMP errors, so the probes may be rejected rather than dropped{measured})"
-                        ));
-                    }
-                    r.cause = Some(cause);
+                    r.cause = Some(self.drift_cause(e, observed, outside, silent, unconfirmed, scan));
                 }
                 r
             })
             .collect()
+    }
+
+    /// Why the expectation `e` does not hold: the node as a whole is silent (`silent`; filtered
+    /// upstream, or unreachable), or what [`causes::cause`] makes of the port and the inside
+    /// view; for an `unconfirmed` port (the node withheld ICMP errors) with that said too.
+    fn drift_cause(
+        &self,
+        e: &Expectation,
+        observed: PortState,
+        outside: Option<&str>,
+        silent: bool,
+        unconfirmed: bool,
+        scan: Option<&HostReport>,
+    ) -> String {
+        let outside = outside.unwrap_or("unexpected state");
+        let mut cause = if silent && e.protocol == Protocol::Tcp {
+            match self.inside {
+                Inside::Known(_) => format!(
+                    "no answer on any port from {}: filtered upstream of the node (its agent answers)",
+                    self.vantage
+                ),
+                Inside::Unknown(why) => format!(
+                    "node unreachable: no answer on any port, and its agent does not answer ({why})"
+                ),
+            }
+        } else {
+            causes::cause(
+                &Symptom {
+                    protocol: e.protocol,
+                    port: e.port,
+                    expected: e.state,
+                    observed,
+                    policy: &e.policy,
+                    entry: e.entry,
+                    outside,
+                },
+                self.inside,
+            )
+        };
+        if unconfirmed {
+            // Drift whichever way (an open TCP port that does not answer): only
+            // whether it is dropped or rejected is unknown.
+            let measured = scan
+                .and_then(|h| h.rate_limit.as_ref())
+                .map_or_else(String::new, |rl| format!(": {}", rl.describe()));
+            cause.push_str(&format!(
+                " (the node rate-limits its ICMP errors, so the probes may be rejected rather than dropped{measured})"
+            ));
+        }
+        cause
     }
 
     /// Every expectation of an address that could not be probed from this vantage:

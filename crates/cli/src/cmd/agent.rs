@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
+use portwarden_agent::{AgentConfig, Files, Source};
 use portwarden_netfilter::{BackendChoice, DEFAULT_FAILSAFE, Failsafe, Options};
 use portwarden_reconcile::DEFAULT_AGENT_PORT;
-use portwarden_reconcile::agent::{self, AgentConfig};
 
 use crate::Outcome;
 use crate::args::host_name;
@@ -112,9 +112,16 @@ pub(crate) fn init_logging_default(format: LogFormat, default: &str) {
 }
 
 pub fn run(a: Args) -> Outcome {
-    let (policy_dir, inventory) = match (a.kube, a.policy_dir, a.inventory) {
-        (true, _, _) => (PathBuf::new(), PathBuf::new()),
-        (false, Some(p), Some(i)) => (p, i),
+    let source = match (a.kube, a.policy_dir, a.inventory) {
+        (true, _, _) => Source::Kube {
+            peers_per_node: a.peers,
+        },
+        (false, Some(policy_dir), Some(inventory)) => Source::Files(Files {
+            policy_dir,
+            inventory,
+            poll: Duration::from_millis(a.poll_ms.max(10)),
+            allow_empty_policy: a.allow_empty_policy,
+        }),
         (false, _, _) => bail!("pass --policy-dir DIR and --inventory FILE, or --kube"),
     };
     if a.refresh == 0 {
@@ -145,29 +152,22 @@ pub fn run(a: Args) -> Outcome {
         );
     }
     let config = AgentConfig {
-        policy_dir,
-        inventory,
+        source,
         node,
         refresh: Duration::from_secs(a.refresh),
         scan_interval: (a.scan_interval > 0).then(|| Duration::from_secs(a.scan_interval)),
         scan_rate: a.scan_rate,
         confirm_budget: a.confirm_budget.map(Duration::from_secs),
-        poll: Duration::from_millis(a.poll_ms.max(10)),
         listen: a.metrics_addr,
         failsafe,
         netfilter: Options {
             backend,
             ..Options::default()
         },
-        allow_empty_policy: a.allow_empty_policy,
     };
-    if a.kube {
-        portwarden_kube::agent::run(portwarden_kube::agent::KubeAgentConfig {
-            agent: config,
-            peers_per_node: a.peers,
-        })?;
-    } else {
-        agent::run(config)?;
+    match config.source {
+        Source::Kube { .. } => portwarden_kube::agent::run(config)?,
+        Source::Files(_) => portwarden_agent::standalone::run(config)?,
     }
     Ok(ExitCode::SUCCESS)
 }

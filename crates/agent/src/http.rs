@@ -4,7 +4,7 @@
 //!
 //! # Guarantees
 //!
-//! * `/healthz` is 200 while the loop is healthy ([`crate::agent::State::health`]), else 503
+//! * `/healthz` is 200 while the loop is healthy ([`crate::state::State::health`]), else 503
 //!   with the reason.
 //! * Any host can reach these endpoints, so `/readyz` and `/v1/inside` say what failed (the
 //!   documents are invalid, an apply failed), never the loader's or iptables' words: those
@@ -18,8 +18,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
-use crate::agent::Shared;
-use crate::inside::INSIDE_PATH;
+use portwarden_reconcile::inside::INSIDE_PATH;
+
+use crate::state::Shared;
 
 /// Inside views computed at once: each runs `iptables-save` and a plan (children, pipes, CPU),
 /// so many clients asking together wait here (up to the request timeout) instead of taking
@@ -37,15 +38,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// The content type of `/metrics`.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A `/metrics` answer: `text`, a Prometheus text exposition, as [`OPENMETRICS`]. The
+/// controller's `/metrics` answers with it too.
+pub fn metrics_response(text: String) -> Response {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+}
+
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+    metrics_response(s.metrics.encode())
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
@@ -113,7 +116,7 @@ mod tests {
     use super::*;
 
     fn shared() -> Arc<Shared> {
-        Shared::new(crate::agent::tests::config(
+        Shared::new(crate::config::tests::config(
             "p".into(),
             "i".into(),
             "127.0.0.1:9750",

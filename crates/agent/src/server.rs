@@ -1,7 +1,7 @@
 //! The HTTP server of every long-running command — the standalone agent, the Kubernetes agent
-//! and the controller — and the signals that stop them: one accept loop over hyper's HTTP/1
-//! connections ([`serve`]) with the limits that keep hostile clients from starving the reconcile
-//! path, and one [`shutdown_signal`].
+//! and the controller: one accept loop over hyper's HTTP/1 connections ([`serve`]) with the
+//! limits that keep hostile clients from starving the reconcile path. The signals that stop
+//! them are [`crate::lifecycle`]'s.
 //!
 //! A key design decision is that a connection costs a descriptor, and the reconcile path needs
 //! descriptors too (iptables children and their pipes, policy files, raw sockets for peer
@@ -67,7 +67,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::HttpMetrics;
 
@@ -246,84 +246,6 @@ fn set_descriptor_limit(target: impl FnOnce(u64) -> u64) -> std::io::Result<u64>
 /// Descriptors this process has open (`/proc/self/fd`), 0 when that cannot be read.
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
-
-/// What [`shutdown_signal`] returns, boxed so it can be handed on by name.
-pub type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Resolves on SIGTERM or SIGINT (logged); calls `on_hangup` on every SIGHUP, which no longer
-/// terminates the process.
-///
-/// # Guarantees
-///
-/// The handlers are installed, and a task that watches them is started, when this function is
-/// called — not when the future is first polled. So call it first thing: a SIGHUP during
-/// start-up is handled too, and `on_hangup` runs at once even while the caller is busy
-/// elsewhere (a controller waiting for the API server before it awaits the future).
-///
-/// # Caveats
-///
-/// Must be called inside a Tokio runtime with signals enabled (it panics otherwise, as
-/// `tokio::signal` and `tokio::spawn` do). When a handler cannot be installed the error is
-/// logged; without SIGTERM and SIGINT handlers the future never resolves (stop the process
-/// with SIGKILL).
-pub fn shutdown_signal<F>(mut on_hangup: F) -> impl Future<Output = ()> + Send + 'static
-where
-    F: FnMut() + Send + 'static,
-{
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    let hup = signal(SignalKind::hangup());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let mut hup = match hup {
-            Ok(h) => Some(h),
-            Err(e) => {
-                error!(error = %e, "cannot install a SIGHUP handler; SIGHUP will terminate the process");
-                None
-            }
-        };
-        let (mut term, mut int) = match (term, int) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                error!(error = %e, "cannot install signal handlers; stop the process with SIGKILL");
-                // Keeps `stop` alive: the shutdown future never resolves.
-                let _stop = stop;
-                return std::future::pending().await;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => {
-                    info!("SIGTERM: shutting down");
-                    break;
-                }
-                _ = int.recv() => {
-                    info!("SIGINT: shutting down");
-                    break;
-                }
-                Some(()) = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => None,
-                    }
-                } => on_hangup(),
-            }
-        }
-        let _ = stop.send(());
-        // Still here for later SIGHUPs, while the process shuts down.
-        while let Some(h) = hup.as_mut() {
-            if h.recv().await.is_none() {
-                break;
-            }
-            on_hangup();
-        }
-    });
-    async move {
-        // An error means the runtime is going away: shut down too.
-        let _ = stopped.await;
-    }
 }
 
 /// Which cap refused a connection.
@@ -596,36 +518,10 @@ pub async fn serve(
         };
         let source = connection_key(peer.ip(), stream.local_addr().ok().map(|a| a.ip()));
         let (evict, evicted) = oneshot::channel();
-        let admitted = {
-            let mut b = lock(&book);
-            let admitted = b.admit(source, evict);
-            metrics.connections_open.set(b.open as i64);
-            admitted
-        };
-        let id = match admitted {
-            Ok((id, victim)) => {
-                if let Some(victim) = victim {
-                    let _ = victim.send(());
-                    metrics.closed("evicted");
-                }
-                id
-            }
-            Err(refusal) => {
-                // Dropped unread: closed at once, the kernel resets it.
-                drop(stream);
-                metrics.refused(refusal.as_str());
-                refusals.1 += 1;
-                if refusals.0.ready() {
-                    warn!(
-                        cap = refusal.as_str(),
-                        source = %peer.ip(),
-                        refused = refusals.1,
-                        "HTTP connections refused over a cap (counted in http_connections_refused_total)"
-                    );
-                    refusals.1 = 0;
-                }
-                continue;
-            }
+        let Some(id) = admit(&book, source, evict, &metrics, &mut refusals, peer.ip()) else {
+            // Dropped unread: closed at once, the kernel resets it.
+            drop(stream);
+            continue;
         };
         let slot = Slot {
             book: book.clone(),
@@ -655,6 +551,48 @@ pub async fn serve(
             "HTTP connections still open at shutdown; closing them"
         );
         tasks.abort_all();
+    }
+}
+
+/// Books a connection from `source` (`peer`): its id, evicting the connection it displaces
+/// (`evict` closes this one if it is displaced later), or `None` when a cap refuses it
+/// (counted, and logged at most every 10 s with the refusals since).
+fn admit(
+    book: &SharedBook,
+    source: IpAddr,
+    evict: oneshot::Sender<()>,
+    metrics: &HttpMetrics,
+    refusals: &mut (Throttle, u64),
+    peer: IpAddr,
+) -> Option<u64> {
+    let admitted = {
+        let mut b = lock(book);
+        let admitted = b.admit(source, evict);
+        metrics.connections_open.set(b.open as i64);
+        admitted
+    };
+    match admitted {
+        Ok((id, victim)) => {
+            if let Some(victim) = victim {
+                let _ = victim.send(());
+                metrics.closed("evicted");
+            }
+            Some(id)
+        }
+        Err(refusal) => {
+            metrics.refused(refusal.as_str());
+            refusals.1 += 1;
+            if refusals.0.ready() {
+                warn!(
+                    cap = refusal.as_str(),
+                    source = %peer,
+                    refused = refusals.1,
+                    "HTTP connections refused over a cap (counted in http_connections_refused_total)"
+                );
+                refusals.1 = 0;
+            }
+            None
+        }
     }
 }
 
@@ -928,28 +866,5 @@ mod tests {
             })
             .count();
         assert!(admitted <= 64, "one /48 holds {admitted} of 512 slots");
-    }
-
-    #[tokio::test]
-    async fn sighup_calls_the_hook_and_does_not_stop() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let shutdown = shutdown_signal(move || {
-            let _ = tx.send(());
-        });
-        let pid = std::process::id().to_string();
-        let waiting = tokio::spawn(shutdown);
-        for _ in 0..2 {
-            let kill = std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap();
-            assert!(kill.success());
-            tokio::time::timeout(Duration::from_secs(10), rx.recv())
-                .await
-                .expect("SIGHUP reached the hook")
-                .unwrap();
-        }
-        assert!(!waiting.is_finished(), "SIGHUP must not stop the process");
-        waiting.abort();
     }
 }
