@@ -390,13 +390,14 @@ def test_alerts_cover_drift_and_a_failing_agent(chart):
 
 
 def exported_metrics():
-    """Every metric name registered in crates/reconcile/src/metrics.rs, with the suffixes the
-    Prometheus client adds (counters: _total; histograms: _bucket, _sum, _count)."""
-    src = (ROOT / "crates/reconcile/src/metrics.rs").read_text()
+    """Every metric name registered in crates/agent/src/metrics.rs (the agents') and
+    crates/kube/src/metrics.rs (the controller's), with the suffixes the Prometheus client adds
+    (counters: _total; histograms: _bucket, _sum, _count)."""
     names = set()
-    for block, prefix in ((src.split("pub struct ControllerMetrics")[0], "portwarden_"),
-                          (src.split("pub struct ControllerMetrics")[1], "portwarden_controller_")):
-        for name in re.findall(r'register\(\s*"([a-z_]+)"', block):
+    for path, prefix in (("crates/agent/src/metrics.rs", "portwarden_"),
+                         ("crates/kube/src/metrics.rs", "portwarden_controller_")):
+        src = (ROOT / path).read_text()
+        for name in re.findall(r'register\(\s*"([a-z_]+)"', src):
             base = prefix + name
             names |= {base, base + "_total", base + "_bucket", base + "_sum", base + "_count"}
     names.add("up")
