@@ -35,6 +35,7 @@
 //! * [`conditions`] — conditions per the Kubernetes API conventions.
 //! * [`aggregate`] — reports → policy status and Events.
 //! * [`controller`] — `portwarden controller`; [`metrics`] — its metrics.
+//! * `error` — the crate's [`Error`]; `fixtures` (tests only) — the objects the tests script.
 
 pub mod agent;
 pub mod aggregate;
