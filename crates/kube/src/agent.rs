@@ -1021,6 +1021,7 @@ mod tests {
             state: portwarden_policy::State::Filtered,
             from: vec![],
             reason: None,
+            expires: None,
         });
         let mut cache = PolicyCache::default();
         cache.update(&[Arc::new(p)]);

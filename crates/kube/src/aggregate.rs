@@ -561,6 +561,7 @@ mod tests {
             state: State::Closed,
             from: vec![],
             reason: None,
+            expires: None,
         }];
         let v = crate::policy::validate(&p);
         let set = PolicySet::new(vec![v.clone().unwrap()]);

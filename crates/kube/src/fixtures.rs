@@ -30,6 +30,7 @@ pub fn policy(name: &str, generation: i64, role: &str) -> PortPolicy {
         state: State::Closed,
         from,
         reason: Some("INC-1234".into()),
+        expires: None,
     };
     let mut p = PortPolicy::new(
         name,

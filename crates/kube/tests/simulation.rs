@@ -91,6 +91,7 @@ fn policy(i: usize) -> PortPolicy {
                 vec![format!("10.{}.0.0/16", e)]
             },
             reason: Some(format!("policy {i} entry {e}")),
+            expires: None,
         })
         .collect();
     let mut p = PortPolicy::new(

@@ -743,6 +743,7 @@ mod tests {
             ports: PortRange::single(port),
             source: None,
             state,
+            expires: None,
         };
         NodeIntent {
             policies: vec!["web".into()],

@@ -2159,6 +2159,7 @@ mod tests {
             ports: PortRange { start, end },
             source: source.map(|s| s.parse().unwrap()),
             state,
+            expires: None,
         };
         let intent = NodeIntent {
             policies: vec!["web".into()],

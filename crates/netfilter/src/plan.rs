@@ -275,6 +275,7 @@ mod tests {
                 ports: PortRange { start: 1, end: 100 },
                 source: None,
                 state: State::Filtered,
+                expires: None,
             }],
             report_unlisted: false,
         };

@@ -656,6 +656,7 @@ mod tests {
             },
             source: source.map(|s| s.parse().unwrap()),
             state,
+            expires: None,
         }
     }
 

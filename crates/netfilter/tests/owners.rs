@@ -39,6 +39,7 @@ fn rule(entry: usize, start: u16, end: u16, state: State) -> Rule {
         ports: PortRange { start, end },
         source: None,
         state,
+        expires: None,
     }
 }
 

@@ -471,11 +471,12 @@ impl Decoder {
             state: State::Open,
             from: Vec::new(),
             reason: None,
+            expires: None,
         };
         let Some(f) = self.fields(
             node,
             what,
-            &["ports", "protocol", "state", "from", "reason"],
+            &["ports", "protocol", "state", "from", "reason", "expires"],
         ) else {
             return placeholder;
         };
@@ -518,12 +519,17 @@ impl Decoder {
         let reason = self
             .field(&f, "reason", |d, n| d.string(n, "reason"))
             .flatten();
+        // Checked (RFC 3339 with an offset) by validation, which the Kubernetes layer runs too.
+        let expires = self
+            .field(&f, "expires", |d, n| d.string(n, "expires"))
+            .flatten();
         PortEntry {
             ports,
             protocol,
             state,
             from,
             reason,
+            expires,
         }
     }
 

@@ -91,6 +91,13 @@ pub struct PortEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
+    /// When the entry stops applying: an RFC 3339 date-time with an offset
+    /// (`2026-12-24T18:00:00Z`). The rules carry a kernel time match, so the entry stops
+    /// matching at that instant even when no portwarden process runs, and the next entry in
+    /// precedence order decides, as if it were deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"), length(max = 64))]
+    pub expires: Option<String>,
 }
 
 /// The schema of `from`: a bounded list of addresses or networks without host bits, checked by

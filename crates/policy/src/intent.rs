@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::document::{LabelSelector, Protocol, SelectorOperator, State, Unlisted};
+use crate::expiry::Timestamp;
 use crate::ports::PortRange;
 
 /// A validated policy.
@@ -41,6 +42,8 @@ pub struct Entry {
     pub from: Vec<IpNet>,
     /// Why the entry exists.
     pub reason: Option<String>,
+    /// When the entry stops applying (see [`crate::expiry`]); `None` for a permanent entry.
+    pub expires: Option<Timestamp>,
 }
 
 /// A validated inventory node.

@@ -21,6 +21,7 @@
 //! * [`document`] — wire types (`PortPolicy`, `Inventory`), shared with the Kubernetes CRDs.
 //! * [`yaml`], [`decode`], [`validate`], [`load`], [`diagnostic`] — reading and checking.
 //! * [`ports`] — port ranges and port-list syntax.
+//! * [`expiry`] — expiry instants (RFC 3339 in, seconds since the epoch, `--datestop` out).
 //! * [`intent`] — checked policies, entries, nodes; label selection.
 //! * [`model`] — precedence, per-packet evaluation, compiled rule order.
 //! * [`text`] — control characters of untrusted text escaped for terminals.
@@ -30,6 +31,7 @@
 pub mod decode;
 pub mod diagnostic;
 pub mod document;
+pub mod expiry;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -46,6 +48,7 @@ pub use document::{
     API_VERSION, Inventory, InventoryNode, LabelSelector, PortEntry, PortPolicy, PortPolicySpec,
     Protocol, State, Unlisted,
 };
+pub use expiry::Timestamp;
 pub use intent::{Entry, Node, Policy, selects};
 pub use load::{Loaded, Problems, load_paths, load_paths_with_warnings, load_source};
 pub use model::{NodeIntent, PolicySet, Rule};

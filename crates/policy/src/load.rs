@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use crate::decode::{self, Document};
 use crate::diagnostic::Diagnostic;
+use crate::expiry::Timestamp;
 use crate::intent::{Node, Policy};
 use crate::model::PolicySet;
 use crate::validate;
@@ -653,7 +654,10 @@ fn load_document(at: &Located, errors: &mut Share<'_>, warnings: &mut Share<'_>)
     }
     let doc = doc?;
     let validated = match &doc {
-        Document::Policy(p) => validate::policy(p).map(|p| (Valid::Policy(p), Vec::new())),
+        Document::Policy(p) => validate::policy(p).map(|v| {
+            let said = validate::policy_warnings(&v, Timestamp::now());
+            (Valid::Policy(v), said)
+        }),
         Document::Inventory(i) => validate::inventory(i)
             .map(|nodes| (Valid::Nodes(nodes), validate::inventory_warnings(i))),
     };
@@ -1455,6 +1459,54 @@ mod tests {
                 "inv.yaml:5:16: warning: node \"a\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
                 "inv.yaml:6:5: warning: node \"b\" has no addresses: its agent enforces its rules, but verify and peer scans cannot check it",
             ]
+        );
+    }
+
+    #[test]
+    fn expiries_are_checked_at_their_token_and_expired_entries_warned_about() {
+        let policy = |expires: &str| {
+            format!(
+                "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: p\nspec:\n  ports:\n    - ports: 8080\n      state: filtered\n      expires: {expires}\n    - ports: 8080\n      state: closed\n"
+            )
+        };
+        let d = load_source("p.yaml", policy("2026-12-24T18:00:00").as_bytes()).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].headline()
+                .starts_with("p.yaml:9:16: error: time \"2026-12-24T18:00:00\" has no UTC offset"),
+            "{}",
+            d[0].headline()
+        );
+        // quoted or not, and a number is no time
+        assert!(load_source("p.yaml", policy("\"2026-12-24T18:00:00+01:00\"").as_bytes()).is_ok());
+        let d = load_source("p.yaml", policy("1798135200").as_bytes()).unwrap_err();
+        assert!(
+            d[0].headline()
+                .contains("9:16: error: expires must be a string"),
+            "{}",
+            d[0].headline()
+        );
+        // long expired: valid, with a warning at the token; the entry is left out of the rules
+        let loaded = load_source("p.yaml", policy("2001-01-01T00:00:00Z").as_bytes()).unwrap();
+        let w: Vec<String> = loaded.warnings.iter().map(|w| w.headline()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "p.yaml:9:16: warning: entry 0 of policy \"p\" expired at 2001-01-01T00:00:00Z ("
+            ),
+            "{}",
+            w[0]
+        );
+        let intent = loaded.policies.compile(&BTreeMap::new());
+        assert_eq!(intent.rules.len(), 1);
+        assert_eq!(intent.rules[0].entry, 1);
+        // in the future: no warning, carried into the rules
+        let loaded = load_source("p.yaml", policy("2038-12-24T18:00:00Z").as_bytes()).unwrap();
+        assert!(loaded.warnings.is_empty());
+        let intent = loaded.policies.compile(&BTreeMap::new());
+        assert_eq!(
+            intent.rules[0].expires.map(|t| t.to_string()).as_deref(),
+            Some("2038-12-24T18:00:00Z")
         );
     }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::document::{Protocol, State, Unlisted};
+use crate::expiry::Timestamp;
 use crate::intent::{Entry, Node, Policy, selects};
 use crate::ports::PortRange;
 
@@ -40,6 +41,10 @@ pub struct Rule {
     pub source: Option<IpNet>,
     /// Intended state.
     pub state: State,
+    /// When the rule stops matching (its entry's `expires`); `None` for a permanent rule. It is
+    /// not part of the precedence key: an expiring rule decides like a permanent one until the
+    /// instant, and is then as if deleted (the kernel's time match stops it).
+    pub expires: Option<Timestamp>,
 }
 
 /// The sort key of [`Rule::precedence`]: smaller wins.
@@ -117,9 +122,11 @@ impl PolicySet {
             .collect()
     }
 
-    fn rules_of(&self, i: usize) -> impl Iterator<Item = Rule> + '_ {
+    /// The rules of policy `i` whose entries have not expired at `now`.
+    fn rules_of(&self, i: usize, now: Timestamp) -> impl Iterator<Item = Rule> + '_ {
         let p = &self.policies[i];
-        p.entries.iter().flat_map(move |e| {
+        let live = move |e: &&Entry| e.expires.is_none_or(|t| !t.expired_at(now));
+        p.entries.iter().filter(live).flat_map(move |e| {
             let sources: Vec<Option<IpNet>> = if e.from.is_empty() {
                 vec![None]
             } else {
@@ -134,13 +141,13 @@ impl PolicySet {
                     ports,
                     source,
                     state: e.state,
+                    expires: e.expires,
                 })
             })
         })
     }
 
-    /// The per-packet model: the rule that decides a packet of `protocol` to `port` from
-    /// `source` on a node with these labels, or `None` when no policy covers it.
+    /// [`PolicySet::expected_at`] the current time.
     pub fn expected(
         &self,
         labels: &BTreeMap<String, String>,
@@ -148,26 +155,44 @@ impl PolicySet {
         port: u16,
         source: IpAddr,
     ) -> Option<Rule> {
+        self.expected_at(labels, protocol, port, source, Timestamp::now())
+    }
+
+    /// The per-packet model: the rule that decides a packet of `protocol` to `port` from
+    /// `source` on a node with these labels at `now`, or `None` when no policy covers it.
+    /// Entries expired at `now` are left out, as if deleted.
+    pub fn expected_at(
+        &self,
+        labels: &BTreeMap<String, String>,
+        protocol: Protocol,
+        port: u16,
+        source: IpAddr,
+        now: Timestamp,
+    ) -> Option<Rule> {
         self.selected(labels)
             .into_iter()
-            .flat_map(|i| self.rules_of(i))
+            .flat_map(|i| self.rules_of(i, now))
             .filter(|r| r.matches(protocol, port, source))
             .min_by(|a, b| a.precedence().cmp(&b.precedence()))
     }
 
     /// Every rule that matches a packet on a node with these labels, winner first: what
-    /// `explain` shows to say why one entry decides and which ones it overrides.
+    /// `explain` shows to say why one entry decides and which ones it overrides. With
+    /// `now`, rules expired then are left out; with `None`, every rule is in (`explain`
+    /// shows the expired ones as no longer applied).
     pub fn candidates(
         &self,
         labels: &BTreeMap<String, String>,
         protocol: Protocol,
         port: u16,
         source: IpAddr,
+        now: Option<Timestamp>,
     ) -> Vec<Rule> {
+        let now = now.unwrap_or(Timestamp::from_unix(i64::MIN));
         let mut rules: Vec<Rule> = self
             .selected(labels)
             .into_iter()
-            .flat_map(|i| self.rules_of(i))
+            .flat_map(|i| self.rules_of(i, now))
             .filter(|r| r.matches(protocol, port, source))
             .collect();
         rules.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
@@ -180,13 +205,22 @@ impl PolicySet {
         policy.entries.iter().find(|e| e.index == rule.entry)
     }
 
-    /// Compiles the first-match rule list of a node with these labels.
+    /// [`PolicySet::compile_at`] the current time.
     pub fn compile(&self, labels: &BTreeMap<String, String>) -> NodeIntent {
-        self.compile_selected(&self.selected(labels))
+        self.compile_at(labels, Timestamp::now())
     }
 
-    fn compile_selected(&self, selected: &[usize]) -> NodeIntent {
-        let mut rules: Vec<Rule> = selected.iter().flat_map(|&i| self.rules_of(i)).collect();
+    /// Compiles the first-match rule list of a node with these labels at `now`: entries
+    /// expired at `now` are left out, unexpired ones carry their expiry into their rules.
+    pub fn compile_at(&self, labels: &BTreeMap<String, String>, now: Timestamp) -> NodeIntent {
+        self.compile_selected(&self.selected(labels), now)
+    }
+
+    fn compile_selected(&self, selected: &[usize], now: Timestamp) -> NodeIntent {
+        let mut rules: Vec<Rule> = selected
+            .iter()
+            .flat_map(|&i| self.rules_of(i, now))
+            .collect();
         rules.sort_unstable_by(|a, b| a.precedence().cmp(&b.precedence()));
         rules.dedup();
         NodeIntent {
@@ -198,10 +232,19 @@ impl PolicySet {
         }
     }
 
-    /// Compiles every node's intent. Nodes selected by the same set of policies share one
-    /// compiled list, so the cost grows with the number of distinct label combinations, not
-    /// with the number of nodes.
+    /// [`PolicySet::compile_nodes_at`] the current time.
     pub fn compile_nodes(&self, nodes: &[Node]) -> BTreeMap<String, Arc<NodeIntent>> {
+        self.compile_nodes_at(nodes, Timestamp::now())
+    }
+
+    /// Compiles every node's intent at `now` (see [`PolicySet::compile_at`]). Nodes selected
+    /// by the same set of policies share one compiled list, so the cost grows with the number
+    /// of distinct label combinations, not with the number of nodes.
+    pub fn compile_nodes_at(
+        &self,
+        nodes: &[Node],
+        now: Timestamp,
+    ) -> BTreeMap<String, Arc<NodeIntent>> {
         let mut by_selection: HashMap<Vec<usize>, Arc<NodeIntent>> = HashMap::new();
         nodes
             .iter()
@@ -209,7 +252,7 @@ impl PolicySet {
                 let selected = self.selected(&n.labels);
                 let intent = by_selection
                     .entry(selected)
-                    .or_insert_with_key(|sel| Arc::new(self.compile_selected(sel)))
+                    .or_insert_with_key(|sel| Arc::new(self.compile_selected(sel, now)))
                     .clone();
                 (n.name.clone(), intent)
             })
@@ -244,6 +287,7 @@ mod tests {
             state,
             from: from.iter().map(|s| s.parse().unwrap()).collect(),
             reason: None,
+            expires: None,
         }
     }
 
@@ -372,6 +416,7 @@ mod tests {
                     state: [State::Open, State::Closed, State::Filtered][st as usize],
                     from: from.into_iter().map(|i| SOURCES[i].parse().unwrap()).collect(),
                     reason: None,
+                    expires: None,
                 }).collect();
                 policy(&format!("p{pi}"), prio, entries)
             }).collect();
@@ -384,6 +429,89 @@ mod tests {
                 let model = set.expected(&labels, protocol, port, source);
                 let first = compiled.first_match(protocol, port, source).cloned();
                 prop_assert_eq!(model, first);
+            }
+        }
+    }
+
+    /// An [`arb_entry`] value with an optional expiry (seconds).
+    type RawEntry = ((Vec<(u16, u16)>, u8, u8, Vec<usize>), Option<i64>);
+
+    /// Policies (priority, entries) from raw values.
+    fn build(raw: Vec<(u32, Vec<RawEntry>)>) -> Vec<Policy> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(pi, (prio, entries))| {
+                let entries = entries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(ei, ((ports, st, proto, from), exp))| Entry {
+                        index: ei,
+                        ports: crate::ports::normalize(
+                            ports
+                                .into_iter()
+                                .map(|(start, end)| PortRange { start, end })
+                                .collect(),
+                        ),
+                        protocol: if proto == 0 {
+                            Protocol::Tcp
+                        } else {
+                            Protocol::Udp
+                        },
+                        state: [State::Open, State::Closed, State::Filtered][st as usize],
+                        from: from
+                            .into_iter()
+                            .map(|i| SOURCES[i].parse().unwrap())
+                            .collect(),
+                        reason: None,
+                        expires: exp.map(Timestamp::from_unix),
+                    })
+                    .collect();
+                policy(&format!("p{pi}"), prio, entries)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// An expired entry is as if deleted: a set with expired entries decides every packet
+        /// like the same set without them (model and compiled list). And the compiled list of
+        /// an earlier instant, walked as the kernel does (a rule whose expiry has passed does
+        /// not match), decides like the list compiled at the later instant: the kernel's time
+        /// match alone gives the fallback, no recompilation needed.
+        #[test]
+        fn expired_entries_are_as_if_deleted(
+            policies in prop::collection::vec(
+                (prop::sample::select(vec![10u32, 100, 1000]),
+                 prop::collection::vec((arb_entry(), prop::option::of(90i64..110)), 1..6)),
+                1..4),
+            now in 95i64..105,
+            later in 0i64..10,
+            packets in prop::collection::vec((0u8..2, 1u16..55, 0usize..PACKET_SOURCES.len()), 20),
+        ) {
+            let now = Timestamp::from_unix(now);
+            let later = Timestamp::from_unix(now.unix() + later);
+            let with = PolicySet::new(build(policies.clone()));
+            // the same set with the entries expired at `now` deleted (indices kept)
+            let without = PolicySet::new(build(policies).into_iter().map(|mut p| {
+                p.entries.retain(|e| e.expires.is_none_or(|t| !t.expired_at(now)));
+                p
+            }).collect());
+            let labels = BTreeMap::new();
+            let compiled = with.compile_at(&labels, now);
+            let reference = without.compile_at(&labels, now);
+            prop_assert!(compiled.rules.iter().all(|r| r.expires.is_none_or(|t| !t.expired_at(now))));
+            let at_later = with.compile_at(&labels, later);
+            for (proto, port, src) in packets {
+                let protocol = if proto == 0 { Protocol::Tcp } else { Protocol::Udp };
+                let source = ip(PACKET_SOURCES[src]);
+                let want = without.expected_at(&labels, protocol, port, source, now);
+                prop_assert_eq!(&with.expected_at(&labels, protocol, port, source, now), &want);
+                prop_assert_eq!(compiled.first_match(protocol, port, source), want.as_ref());
+                prop_assert_eq!(reference.first_match(protocol, port, source), want.as_ref());
+                let kernel = compiled.rules.iter().find(|r| {
+                    r.matches(protocol, port, source) && r.expires.is_none_or(|t| !t.expired_at(later))
+                });
+                prop_assert_eq!(kernel, at_later.first_match(protocol, port, source));
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::document::{
     API_VERSION, Inventory, LabelSelector, PortEntry, PortItem, PortPolicy, Ports, Protocol,
     SelectorOperator, State,
 };
+use crate::expiry::{self, Timestamp};
 use crate::intent::{Entry, Node, Policy};
 use crate::ports::{self, PortRange};
 use crate::yaml::PathSegment;
@@ -359,6 +360,10 @@ fn check_entry(c: &mut Checker, index: usize, e: &PortEntry) -> Option<Entry> {
             .map(|(j, s)| c.index(j, |c| check_source(c, s)))
             .collect()
     });
+    let expires = match &e.expires {
+        None => Some(None),
+        Some(t) => c.key("expires", |c| check_expires(c, t)).map(Some),
+    };
     let ranges = ranges?;
     let from: Option<Vec<IpNet>> = from.into_iter().collect();
     Some(Entry {
@@ -368,7 +373,60 @@ fn check_entry(c: &mut Checker, index: usize, e: &PortEntry) -> Option<Entry> {
         state: e.state,
         from: from?,
         reason: e.reason.clone(),
+        expires: expires?,
     })
+}
+
+/// Parses `expires`: RFC 3339 with an offset, within what iptables' time match can hold.
+fn check_expires(c: &mut Checker, text: &str) -> Option<Timestamp> {
+    match Timestamp::parse_rfc3339(text) {
+        Ok(t) if t < expiry::EARLIEST => {
+            c.error(format!("expiry {t} is before 1970"), None);
+            None
+        }
+        Ok(t) if t > expiry::LATEST => {
+            c.error(
+                format!(
+                    "expiry {t} is after {}, the last instant iptables' time match can hold",
+                    expiry::LATEST
+                ),
+                Some("choose an earlier expiry, or leave \"expires\" out".into()),
+            );
+            None
+        }
+        Ok(t) => Some(t),
+        Err((message, help)) => {
+            c.error(message, help);
+            None
+        }
+    }
+}
+
+/// What is valid in a policy but worth a warning: an entry that has already expired at `now`
+/// (it is as if deleted: its rules are no longer applied). The paths point at each `expires`.
+pub fn policy_warnings(policy: &Policy, now: Timestamp) -> Vec<Issue> {
+    policy
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let t = e.expires?;
+            t.expired_at(now).then(|| Issue {
+                path: vec![
+                    PathSegment::Key("spec".into()),
+                    PathSegment::Key("ports".into()),
+                    PathSegment::Index(e.index),
+                    PathSegment::Key("expires".into()),
+                ],
+                message: format!(
+                    "entry {} of policy \"{}\" expired at {t} ({} ago): it is no longer applied",
+                    e.index,
+                    policy.name,
+                    expiry::human_span(now.unix() - t.unix())
+                ),
+                help: Some("remove the entry, or move its expiry into the future".into()),
+            })
+        })
+        .collect()
 }
 
 /// Parses the `ports` field into sorted, disjoint ranges.
@@ -623,7 +681,72 @@ mod tests {
             state: State::Closed,
             from: from.iter().map(|s| s.to_string()).collect(),
             reason: None,
+            expires: None,
         }
+    }
+
+    fn expiring(text: &str) -> PortEntry {
+        let mut e = entry(Ports::Number(8080), &[]);
+        e.expires = Some(text.into());
+        e
+    }
+
+    #[test]
+    fn expiries_are_parsed_and_carried_into_the_entry() {
+        let p = policy(&doc(vec![
+            expiring("2026-12-24T19:00:00+01:00"),
+            entry(Ports::Number(80), &[]),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.entries[0].expires,
+            Some(Timestamp::from_unix(1_798_135_200))
+        );
+        assert_eq!(p.entries[1].expires, None);
+    }
+
+    #[test]
+    fn malformed_expiries_are_issues_at_the_field() {
+        let m = messages(&doc(vec![
+            expiring("2026-12-24T18:00:00"),
+            expiring("next tuesday"),
+            expiring("2039-01-01T00:00:01Z"),
+            expiring("1969-12-31T23:59:59Z"),
+        ]));
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(
+            m[0].starts_with(
+                ".spec.ports[0].expires: time \"2026-12-24T18:00:00\" has no UTC offset"
+            ),
+            "{}",
+            m[0]
+        );
+        assert!(
+            m[1].starts_with(".spec.ports[1].expires: invalid time \"next tuesday\""),
+            "{}",
+            m[1]
+        );
+        assert!(m[2].contains("after 2039-01-01T00:00:00Z"), "{}", m[2]);
+        assert!(m[3].contains("before 1970"), "{}", m[3]);
+    }
+
+    #[test]
+    fn expired_entries_are_warned_about() {
+        let p = policy(&doc(vec![
+            expiring("2026-12-24T18:00:00Z"),
+            expiring("2026-12-24T20:00:00Z"),
+        ]))
+        .unwrap();
+        let now = Timestamp::from_unix(1_798_135_200 + 300);
+        let w = policy_warnings(&p, now);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let path: String = w[0].path.iter().map(|s| s.to_string()).collect();
+        assert_eq!(path, ".spec.ports[0].expires");
+        assert_eq!(
+            w[0].message,
+            "entry 0 of policy \"p\" expired at 2026-12-24T18:00:00Z (5 min ago): it is no longer applied"
+        );
+        assert!(policy_warnings(&p, Timestamp::from_unix(0)).is_empty());
     }
 
     fn doc(entries: Vec<PortEntry>) -> PortPolicy {
@@ -829,7 +952,9 @@ mod tests {
         let mut open = entry(Ports::Number(22), &[]);
         open.state = State::Open;
         let clear = entry(Ports::Text("80,443".into()), &[]);
-        let etcd = entry(Ports::Number(2380), &["10.0.0.5"]);
+        // an expiring entry conflicts exactly as a permanent one
+        let mut etcd = entry(Ports::Number(2380), &["10.0.0.5"]);
+        etcd.expires = Some("2026-12-24T18:00:00Z".into());
         let p = policy(&doc(vec![all, udp, open, clear, etcd])).unwrap();
         let c = failsafe_conflicts(std::slice::from_ref(&p), &failsafe);
         let got: Vec<(usize, Vec<PortRange>)> =

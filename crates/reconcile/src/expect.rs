@@ -135,6 +135,7 @@ mod tests {
             },
             source: source.map(|s| s.parse().unwrap()),
             state,
+            expires: None,
         }
     }
 

@@ -575,6 +575,7 @@ pub(crate) mod tests {
                     ports: portwarden_policy::PortRange { start, end },
                     source: None,
                     state: portwarden_policy::State::Closed,
+                    expires: None,
                 })
                 .collect(),
             report_unlisted,

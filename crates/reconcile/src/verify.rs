@@ -982,6 +982,7 @@ mod tests {
             ports: PortRange::single(port),
             source: source.map(|s| s.parse::<ipnet::IpNet>().expect("network")),
             state,
+            expires: None,
         };
         // 80: closed to 10.0.0.0/8, open to everyone else; 81: closed to 10.0.0.0/8 only;
         // 82: closed to everyone.
@@ -1151,6 +1152,7 @@ mod tests {
             ports: PortRange { start, end },
             source: None,
             state,
+            expires: None,
         };
         Target {
             node: "web-2".into(),
@@ -1415,6 +1417,7 @@ mod tests {
                 ports: PortRange::single(5000),
                 source: Some("10.213.1.3/32".parse().expect("network")),
                 state: State::Open,
+                expires: None,
             },
         );
         target.intent = Arc::new(NodeIntent {

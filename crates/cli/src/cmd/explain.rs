@@ -176,7 +176,13 @@ pub fn run(a: Args) -> Outcome {
     }
     let mut candidates = loaded
         .policies
-        .candidates(&node.labels, protocol, port, a.from)
+        .candidates(
+            &node.labels,
+            protocol,
+            port,
+            a.from,
+            Some(portwarden_policy::Timestamp::now()),
+        )
         .into_iter();
     let winner = candidates.next();
     let reason = winner
