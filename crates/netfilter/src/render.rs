@@ -13,6 +13,13 @@
 //! | closed | `REJECT --reject-with tcp-reset` | `REJECT --reject-with icmp-port-unreachable` / `icmp6-port-unreachable` |
 //! | filtered | `DROP` | `DROP` |
 //!
+//! A rule of an entry with `expires` carries `-m time --datestop YYYY-MM-DDTHH:MM:SS` (UTC, the
+//! last second it matches: see [`portwarden_policy::expiry`]) after its port match, the form
+//! `iptables-save` prints back on both backends, so a converged node compares equal. At the
+//! instant the kernel stops matching it and the next rule in first-match order decides, with
+//! no process running. Rules of different expiries never merge into one multiport rule; the
+//! failsafe cut and its conflicts are those of a permanent rule.
+//!
 //! Block rules must only hit traffic the remote side initiated, or a filtered range that overlaps
 //! the ephemeral port range would eat the replies to the node's own connections. Instead of a
 //! `-m conntrack --ctdir ORIGINAL` on every rule, `PORTWARDEN-INPUT` returns packets in the
@@ -198,12 +205,14 @@ struct LeafRule<'a> {
 }
 
 impl LeafRule<'_> {
-    /// Same policy, source and state (the protocol is the leaf's): the two rules differ only
-    /// in ports, so when adjacent they can be one multiport rule.
+    /// Same policy, source, state and expiry (the protocol is the leaf's): the two rules differ
+    /// only in ports, so when adjacent they can be one multiport rule. Rules that expire at
+    /// different instants never merge: each must stop matching at its own.
     fn same_action(&self, other: &LeafRule<'_>) -> bool {
         self.rule.policy == other.rule.policy
             && self.rule.state == other.rule.state
             && self.rule.source == other.rule.source
+            && self.rule.expires == other.rule.expires
     }
 }
 
@@ -607,7 +616,9 @@ fn forward_leaf_rules(family: Family, r: &LeafRule<'_>) -> Vec<String> {
         .collect()
 }
 
-/// `[-s SOURCE] -p PROTO <ports> -m comment --comment "..." -j TARGET`.
+/// `[-s SOURCE] -p PROTO <ports> [-m time --datestop YYYY-MM-DDTHH:MM:SS] -m comment --comment
+/// "..." -j TARGET`: the order `iptables-save` prints the matches in (checked on both backends
+/// and families by the lab tests).
 fn leaf_spec(family: Family, r: &LeafRule<'_>, ports: &str) -> String {
     let rule = r.rule;
     let mut s = String::with_capacity(128);
@@ -622,6 +633,11 @@ fn leaf_spec(family: Family, r: &LeafRule<'_>, ports: &str) -> String {
     s.push_str(rule.protocol.as_str());
     s.push(' ');
     s.push_str(ports);
+    if let Some(t) = rule.expires {
+        // Stops matching at the instant, with no process running (see portwarden_policy::expiry).
+        s.push_str(" -m time --datestop ");
+        s.push_str(&t.datestop());
+    }
     s.push_str(" -m comment --comment ");
     s.push_str(&quote(&chains::entry_comment(
         &rule.policy,
@@ -878,8 +894,9 @@ mod tests {
         protocol: Protocol,
         port: u16,
         source: std::net::IpAddr,
+        now: i64,
     ) -> Option<State> {
-        walk(d, INPUT_CHAIN, protocol, port, source, None, 0).flatten()
+        walk(d, INPUT_CHAIN, protocol, port, source, None, now, 0).flatten()
     }
 
     /// As [`evaluate`] for a forwarded packet of a connection a DNAT rewrote (`dnat`) from
@@ -891,6 +908,7 @@ mod tests {
         source: std::net::IpAddr,
         dest: std::net::IpAddr,
         dnat: bool,
+        now: i64,
     ) -> Option<State> {
         walk(
             d,
@@ -899,11 +917,14 @@ mod tests {
             port,
             source,
             Some((dest, dnat)),
+            now,
             0,
         )
         .flatten()
     }
 
+    // The packet's fields and the clock, spelled out: a test model, read beside iptables.
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         d: &Desired,
         chain: &str,
@@ -911,6 +932,7 @@ mod tests {
         port: u16,
         source: std::net::IpAddr,
         forwarded: Option<(std::net::IpAddr, bool)>,
+        now: i64,
         depth: u8,
     ) -> Option<Option<State>> {
         assert!(depth < 5, "chain nesting too deep");
@@ -958,6 +980,12 @@ mod tests {
                         assert_eq!(next, "DNAT");
                         forwarded.is_some_and(|(_, dnat)| dnat)
                     }
+                    // the kernel's time match: on or before the last second
+                    "--datestop" => {
+                        let stop = portwarden_policy::Timestamp::parse_rfc3339(&format!("{next}Z"))
+                            .unwrap();
+                        now <= stop.unix()
+                    }
                     "--ctorigdst" => forwarded
                         .is_some_and(|(dest, _)| dest == next.parse::<std::net::IpAddr>().unwrap()),
                     "-j" => {
@@ -978,7 +1006,7 @@ mod tests {
                 Some("DROP") => return Some(Some(State::Filtered)),
                 Some("REJECT") => return Some(Some(State::Closed)),
                 Some(c) => {
-                    if let Some(v) = walk(d, c, protocol, port, source, forwarded, depth + 1) {
+                    if let Some(v) = walk(d, c, protocol, port, source, forwarded, now, depth + 1) {
                         return Some(v);
                     }
                 }
@@ -1002,18 +1030,26 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
-        /// The rendered chains decide every packet as the policy model's first match does.
+        /// The rendered chains decide every packet as the policy model's first match does, at
+        /// every instant: an expiring rule stops matching at its expiry and the next decides.
         #[test]
         fn rendered_chains_decide_like_the_model(
             raw in proptest::collection::vec((0u8..2, 1u16..1200, 0u16..700, 0u8..3, proptest::option::of(0usize..SOURCES.len())), 1..40),
+            expiries in proptest::collection::vec(proptest::option::of(1_000_000_100i64..1_000_000_104), 40),
+            now in 1_000_000_098i64..1_000_000_106,
             packets in proptest::collection::vec((0u8..2, 1u16..2000, 0usize..PACKETS.len()), 60),
         ) {
+            // Rules compiled before any expiry, some expiring; the chains are walked at `now`,
+            // as the kernel's time match does: the first rule not yet expired then decides.
             let mut rules: Vec<Rule> = raw.iter().enumerate().map(|(i, &(p, start, width, st, src))| {
                 let protocol = if p == 0 { Protocol::Tcp } else { Protocol::Udp };
                 let state = [State::Open, State::Closed, State::Filtered][st as usize];
                 let end = start.saturating_add(width);
-                rule(&format!("p{}", i % 3), i, protocol, (start, end), src.map(|s| SOURCES[s]), state)
+                let mut r = rule(&format!("p{}", i % 3), i, protocol, (start, end), src.map(|s| SOURCES[s]), state);
+                r.expires = expiries[i].map(portwarden_policy::Timestamp::from_unix);
+                r
             }).collect();
+            let live = |r: &&Rule| r.expires.is_none_or(|t| !t.expired_at(portwarden_policy::Timestamp::from_unix(now)));
             rules.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
             let i = intent(rules);
             let failsafe: Failsafe = "tcp:22,tcp:1000-1010,udp:68".parse().unwrap();
@@ -1023,15 +1059,16 @@ mod tests {
                 let source: std::net::IpAddr = PACKETS[src].parse().unwrap();
                 let family = if source.is_ipv4() { &r.v4 } else { &r.v6 };
                 let fs = failsafe.ranges(protocol).any(|f| f.contains(port));
-                let want = if fs { None } else { i.first_match(protocol, port, source).map(|r| r.state) };
-                proptest::prop_assert_eq!(evaluate(family, protocol, port, source), want, "{} {}/{} from {}", family.family, port, protocol, source);
+                let first = i.rules.iter().filter(live).find(|r| r.matches(protocol, port, source));
+                let want = if fs { None } else { first.map(|r| r.state) };
+                proptest::prop_assert_eq!(evaluate(family, protocol, port, source, now), want, "{} {}/{} from {}", family.family, port, protocol, source);
                 // Forwarded after a DNAT of a node address: the same verdict; of another
                 // address, or not DNAT'ed at all: untouched.
                 let (node, other) = if source.is_ipv4() { ("10.213.0.11", "10.96.0.10") } else { ("fd00:213::11", "fd00:96::10") };
                 let (node, other) = (node.parse().unwrap(), other.parse().unwrap());
-                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, true), want, "forwarded {}/{} from {}", port, protocol, source);
-                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, other, true), None);
-                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, false), None);
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, true, now), want, "forwarded {}/{} from {}", port, protocol, source);
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, other, true, now), None);
+                proptest::prop_assert_eq!(evaluate_forward(family, protocol, port, source, node, false, now), None);
             }
         }
     }
@@ -1086,6 +1123,62 @@ mod tests {
         assert_eq!(
             r.v4.forward_jump.as_deref(),
             Some(jump_spec(Path::Forward).as_str())
+        );
+    }
+
+    #[test]
+    fn expiring_rules_carry_the_time_match_and_never_merge_across_expiries() {
+        let at = |t: &str| Some(portwarden_policy::Timestamp::parse_rfc3339(t).unwrap());
+        let mut rules = vec![
+            rule("q", 0, Protocol::Tcp, (8080, 8080), None, State::Filtered),
+            rule("q", 1, Protocol::Tcp, (8081, 8081), None, State::Filtered),
+            rule("q", 2, Protocol::Tcp, (8082, 8082), None, State::Filtered),
+            rule("q", 3, Protocol::Tcp, (8083, 8083), None, State::Filtered),
+            rule("q", 4, Protocol::Tcp, (8080, 8080), None, State::Closed),
+        ];
+        rules[0].expires = at("2026-12-24T18:00:00Z");
+        rules[1].expires = at("2026-12-24T19:00:00+01:00");
+        rules[2].expires = at("2026-12-24T18:30:00Z");
+        let mut forwarding = rules.clone();
+        let r = render(
+            &intent(rules),
+            &Failsafe::none(),
+            &["10.0.0.1".parse().unwrap()],
+        );
+        let comment = |e: &str| format!("-m comment --comment \"q {e}: filtered\" -j DROP");
+        let stop = "-m time --datestop 2026-12-24T17:59:59";
+        for d in [&r.v4, &r.v6] {
+            assert_eq!(
+                chain(d, "PORTWARDEN-TCP-7936-8191"),
+                [
+                    format!("-p tcp -m multiport --dports 8080,8081 {stop} {}", comment("entries 0,1")),
+                    format!(
+                        "-p tcp -m tcp --dport 8082 -m time --datestop 2026-12-24T18:29:59 {}",
+                        comment("entry 2")
+                    ),
+                    format!("-p tcp -m tcp --dport 8083 {}", comment("entry 3")),
+                    "-p tcp -m tcp --dport 8080 -m comment --comment \"q entry 4: closed\" -j REJECT --reject-with tcp-reset".into(),
+                ]
+            );
+        }
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-FTCP-7936-8191")[0],
+            format!(
+                "-p tcp -m conntrack --ctorigdstport 8080:8081 {stop} {}",
+                comment("entries 0,1")
+            )
+        );
+        // an expiring entry that blocks a failsafe port is the same conflict as a permanent one
+        forwarding.truncate(1);
+        forwarding[0].ports = PortRange { start: 1, end: 100 };
+        let expiring = render(&intent(forwarding.clone()), &Failsafe::default(), &[]);
+        forwarding[0].expires = None;
+        let permanent = render(&intent(forwarding), &Failsafe::default(), &[]);
+        assert_eq!(expiring.conflicts.len(), 1);
+        assert_eq!(expiring.conflicts, permanent.conflicts);
+        assert!(
+            chain(&expiring.v4, "PORTWARDEN-TCP-0-255")[0]
+                .starts_with("-p tcp -m multiport --dports 1:21,23:100 -m time --datestop ")
         );
     }
 
