@@ -4,10 +4,13 @@
 //! 1. `expiring_rules_read_back_equal_on_both_backends` — rules with `-m time --datestop`
 //!    (single port, multiport, the forward path) are printed back by `iptables-save` exactly
 //!    as rendered: the next plan has no change.
+//! 2. `an_entry_expires_while_no_portwarden_runs` — `8080 filtered` expiring a few seconds
+//!    ahead above a lower-precedence `8080 closed`; applied, then no portwarden code runs: nmap
+//!    sees filtered before the instant and closed after it.
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portwarden_lab::skip_unless_lab;
 use portwarden_netfilter::{Failsafe, Family};
@@ -95,5 +98,62 @@ fn expiring_rules_read_back_equal_on_both_backends() {
                 eprintln!("{backend} {family}: {l}");
             }
         }
+    }
+}
+
+#[test]
+fn an_entry_expires_while_no_portwarden_runs() {
+    skip_unless_lab!();
+    for backend in BACKENDS {
+        let lab = lab("nfexpire");
+        let (node, scanner) = (lab.node(0).clone(), lab.scanner(0).clone());
+        // A listener: after the expiry "closed" can only come from the fallback entry's REJECT.
+        let _l = node.tcp_listener(8080).unwrap();
+        let expires = Timestamp::from_unix(unix_now() + 8);
+        let text = policy(&format!(
+            "    - ports: 8080\n      state: filtered\n      reason: INC-1234 quarantine\n      expires: \"{expires}\"\n\
+             \x20   - ports: 8080\n      state: closed\n      from: [\"0.0.0.0/0\", \"::/0\"]\n"
+        ));
+        let intent = intent_of(&text, Timestamp::now());
+        assert_eq!(intent.rules[0].expires, Some(expires));
+        let i2 = intent.clone();
+        inside(&node, move || {
+            let nf = netfilter(backend);
+            nf.apply(&nf.plan(&i2, &Failsafe::default()).unwrap())
+                .unwrap();
+        });
+        // From here on no portwarden code touches the node: only the kernel and nmap.
+        let targets = [node.v4().into(), node.v6().into()];
+        for target in targets {
+            let seen = nmap(&scanner, "-sS", target, "8080", None);
+            assert_eq!(
+                seen[&8080], "filtered",
+                "{backend}: before the expiry, {target}"
+            );
+        }
+        assert!(
+            unix_now() < expires.unix(),
+            "{backend}: the scans before the expiry took too long to prove anything"
+        );
+        // Wait for the instant by the clock (the kernel's time match reads the same one).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while unix_now() < expires.unix() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{backend}: the clock never reached {expires}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for target in targets {
+            let seen = nmap(&scanner, "-sS", target, "8080", None);
+            assert_eq!(
+                seen[&8080], "closed",
+                "{backend}: after the expiry the next entry decides, {target}"
+            );
+        }
+        // The model agrees: compiled now, the expired entry is gone and the closed one decides.
+        let later = intent_of(&text, Timestamp::now());
+        assert_eq!(later.rules.len(), 2);
+        assert!(later.rules.iter().all(|r| r.entry == 1));
     }
 }
