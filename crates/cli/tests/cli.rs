@@ -505,3 +505,102 @@ fn logs_are_coloured_only_on_a_terminal_without_no_color() {
     let tty = on_terminal(true);
     assert!(tty.contains("TRACE") && !tty.contains('\x1b'), "{tty:?}");
 }
+
+/// A policy file with one entry per `(state, from, expires)`, all on 8080/tcp, in a fresh
+/// directory.
+fn expiring_policy(entries: &[(&str, &str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from(
+        "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: quarantine\nspec:\n  priority: 100\n  ports:\n",
+    );
+    for (state, from, expires) in entries {
+        text.push_str(&format!("    - ports: 8080\n      state: {state}\n"));
+        if !from.is_empty() {
+            text.push_str(&format!("      from: [\"{from}\"]\n"));
+        }
+        if !expires.is_empty() {
+            text.push_str(&format!("      expires: \"{expires}\"\n"));
+        }
+    }
+    std::fs::write(dir.path().join("q.yaml"), text).unwrap();
+    dir
+}
+
+/// The instant `secs` seconds from now, RFC 3339.
+fn from_now(secs: i64) -> String {
+    portwarden_policy::Timestamp::from_unix(portwarden_policy::Timestamp::now().unix() + secs)
+        .to_string()
+}
+
+#[test]
+fn explain_shows_when_entries_expire_and_which_have_expired() {
+    let dir = expiring_policy(&[
+        ("filtered", "", from_now(3 * 3600 + 12 * 60 + 30)),
+        ("closed", "172.16.7.80", from_now(-(5 * 60 + 10))),
+        ("closed", "", String::new()),
+    ]);
+    let path = dir.path().to_str().unwrap();
+    let args = [
+        "explain",
+        "-f",
+        path,
+        "--labels",
+        "role=web",
+        "--port",
+        "8080",
+        "--from",
+        "172.16.7.80",
+    ];
+    let out = portwarden(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0], "8080/tcp on vm from 172.16.7.80: filtered",
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("  expires in 3h12m (")
+            && lines[2].ends_with("); the next entry decides then"),
+        "{table}"
+    );
+    assert!(
+        table.contains("  quarantine, entry 1: closed (priority 100, source 172.16.7.80/32, ports 8080) expired 5 min ago ("),
+        "{table}"
+    );
+    assert!(table.contains("), no longer applied"), "{table}");
+    // the expired entry is also warned about at its token
+    assert!(
+        text(&out.stderr)
+            .contains("q.yaml:14:16: warning: entry 1 of policy \"quarantine\" expired at "),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut json = args.to_vec();
+    json.extend(["-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&portwarden(&json).stdout).unwrap();
+    assert_eq!(v["entry"], 0);
+    assert!(v["expires_in_seconds"].as_i64().unwrap() > 3 * 3600);
+    assert_eq!(v["overrides"][0]["entry"], 2);
+    assert_eq!(v["expired"][0]["entry"], 1);
+    assert!(v["expired"][0]["seconds_ago"].as_i64().unwrap() >= 310);
+    // another source: the expired /32 entry does not match it, so it is not listed
+    let v = explain_json(&[
+        "-f", path, "--labels", "role=web", "--port", "8080", "--from", "10.0.0.1",
+    ]);
+    assert_eq!(v["expired"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn validate_warns_about_an_expired_entry_and_accepts_it() {
+    let dir = expiring_policy(&[("filtered", "", "2020-01-01T00:00:00+01:00".into())]);
+    let out = portwarden(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            ":10:16: warning: entry 0 of policy \"quarantine\" expired at 2019-12-31T23:00:00Z ("
+        ),
+        "{err}"
+    );
+}

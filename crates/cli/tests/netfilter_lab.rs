@@ -471,3 +471,82 @@ fn plan_apply_and_explain_warn_about_other_owners() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(listed(), before, "reset changed another table");
 }
+
+#[test]
+fn plan_and_apply_list_the_expiries_before_the_next_refresh() {
+    skip_unless_lab!();
+    let at = |secs: i64| {
+        portwarden_policy::Timestamp::from_unix(portwarden_policy::Timestamp::now().unix() + secs)
+    };
+    let (soon, later) = (at(6), at(3600));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("q.yaml"),
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: incident\nspec:\n  ports:\n    - ports: 8080\n      state: filtered\n      expires: \"{soon}\"\n    - ports: 9090\n      state: closed\n      expires: \"{later}\"\n    - ports: 8080\n      state: closed\n"
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let lab = Lab::builder("cliexp").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    let args = |cmd: &'static str, json: bool| {
+        let mut v = vec![cmd, "-f", &path, "--labels", "role=web", "--backend", "nft"];
+        if json {
+            v.extend(["-o", "json"]);
+        }
+        pw(node, &v)
+    };
+    let out = args("plan", false);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("expires: "))
+        .collect();
+    // within the agent's default refresh (10 s): the 8080 entry only
+    assert_eq!(listed.len(), 1, "{stdout}");
+    assert!(
+        listed[0].starts_with(&format!(
+            "expires: policy incident entry 0 (8080/tcp filtered) at {soon}, in "
+        )) && listed[0].ends_with(
+            ": the kernel stops matching its rules then and the next entry decides; the next refresh removes them"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("-m time --datestop {} ", soon.datestop())),
+        "{stdout}"
+    );
+    let out = args("plan", true);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["expiring"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["expiring"][0]["entry"], 0);
+    assert_eq!(v["expiring"][0]["expires"], soon.to_string());
+    let out = args("apply", false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("expires: policy incident entry 0 (8080/tcp filtered)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // converged: nothing pending while the entry runs out
+    let out = args("plan", false);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

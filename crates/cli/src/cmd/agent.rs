@@ -17,6 +17,10 @@ use crate::Outcome;
 use crate::args::host_name;
 use crate::caps::{self, Cap};
 
+/// The agent's default `--refresh` interval, in seconds; also the window `plan` and `apply`
+/// list expiries in ("before the next refresh").
+pub const DEFAULT_REFRESH_SECS: u64 = 10;
+
 /// Arguments of `agent`.
 #[derive(clap::Args, Debug)]
 #[command(
@@ -46,7 +50,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
     /// Seconds between re-reading netfilter and repairing rule drift.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_REFRESH_SECS)]
     refresh: u64,
     /// Seconds between scans of the inventory's other nodes; 0 disables peer scans.
     #[arg(long, value_name = "SECS", default_value_t = 0)]

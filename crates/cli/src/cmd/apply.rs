@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::Outcome;
 use crate::args::Format;
 use crate::cmd::plan::{
-    IntentArgs, explain_lock_error, forwarded, print_findings, print_forwarded,
-    warn_if_an_agent_runs,
+    IntentArgs, expiring, explain_lock_error, forwarded, print_expiring, print_findings,
+    print_forwarded, warn_if_an_agent_runs,
 };
 
 /// Arguments of `apply`.
@@ -41,6 +41,8 @@ struct ApplyOutput<'a> {
     /// Managed ports the nat table forwards to a container or pod (enforced on the forward
     /// path).
     forwarded: &'a [portwarden_netfilter::forwarding::Managed],
+    /// Entries whose expiry falls before the next refresh.
+    expiring: &'a [crate::cmd::plan::Expiring],
     foreign_tables: &'a [portwarden_netfilter::ForeignFinding],
     foreign_tables_unread: &'a Option<String>,
     mixed_backends: &'a Option<portwarden_netfilter::MixedBackends>,
@@ -75,6 +77,7 @@ pub fn run(a: Args) -> Outcome {
         .converge(&r.intent, &r.failsafe)
         .map_err(explain_lock_error)?;
     let forwarded = forwarded(&r.netfilter, &r.intent);
+    let expiring = expiring(&r.intent, r.now, crate::cmd::agent::DEFAULT_REFRESH_SECS);
     match a.output {
         Format::Json => {
             let out = ApplyOutput {
@@ -86,6 +89,7 @@ pub fn run(a: Args) -> Outcome {
                 lookalikes: &plan.lookalikes,
                 kept: &plan.kept,
                 forwarded: &forwarded,
+                expiring: &expiring,
                 foreign_tables: &plan.foreign_tables,
                 foreign_tables_unread: &plan.foreign_tables_unread,
                 mixed_backends: &plan.mixed_backends,
@@ -95,6 +99,7 @@ pub fn run(a: Args) -> Outcome {
         Format::Table => {
             print_findings(&plan, true);
             print_forwarded(&forwarded);
+            print_expiring(&expiring);
             if applied.transactions == 0 {
                 println!(
                     "no changes: netfilter already says what the policies say (nothing written)"

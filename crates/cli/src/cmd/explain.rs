@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use portwarden_policy::{Protocol, Rule, State, text};
+use portwarden_policy::{Protocol, Rule, State, Timestamp, text};
 use serde::Serialize;
 
 use crate::Outcome;
@@ -63,9 +63,16 @@ struct Explanation {
     priority: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    /// When the deciding entry stops applying (RFC 3339, UTC), and in how many seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     overrides: Vec<Overridden>,
+    /// Entries that would match but have expired: no longer applied.
+    expired: Vec<Expired>,
     /// Foreign nftables base chains that drop, reject or may decide this packet.
     foreign_tables: Vec<ForeignExplained>,
     /// The DNAT rules that forward this port to a container or pod (read where `explain` may:
@@ -161,6 +168,27 @@ struct Overridden {
     priority: u32,
     source: String,
     ports: String,
+    /// When it stops applying (RFC 3339, UTC); absent for a permanent entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    /// Seconds until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in_seconds: Option<i64>,
+}
+
+/// An entry that would match the packet but has expired: as if deleted.
+#[derive(Serialize)]
+struct Expired {
+    policy: String,
+    entry: usize,
+    state: &'static str,
+    priority: u32,
+    source: String,
+    ports: String,
+    /// When it stopped applying (RFC 3339, UTC).
+    expired: String,
+    /// Seconds since then.
+    seconds_ago: i64,
 }
 
 fn source_text(r: &Rule) -> String {
@@ -174,15 +202,28 @@ pub fn run(a: Args) -> Outcome {
     if loaded.policies.policies().is_empty() {
         bail!("no PortPolicy documents in the -f paths");
     }
+    let now = Timestamp::now();
+    let expired: Vec<Expired> = loaded
+        .policies
+        .candidates(&node.labels, protocol, port, a.from, None)
+        .into_iter()
+        .filter_map(|r| {
+            let t = r.expires.filter(|t| t.expired_at(now))?;
+            Some(Expired {
+                policy: r.policy.to_string(),
+                entry: r.entry,
+                state: r.state.as_str(),
+                priority: r.priority,
+                source: source_text(&r),
+                ports: r.ports.to_string(),
+                expired: t.to_string(),
+                seconds_ago: now.unix() - t.unix(),
+            })
+        })
+        .collect();
     let mut candidates = loaded
         .policies
-        .candidates(
-            &node.labels,
-            protocol,
-            port,
-            a.from,
-            Some(portwarden_policy::Timestamp::now()),
-        )
+        .candidates(&node.labels, protocol, port, a.from, Some(now))
         .into_iter();
     let winner = candidates.next();
     let reason = winner
@@ -202,6 +243,14 @@ pub fn run(a: Args) -> Outcome {
         managed: winner.is_some(),
         priority: winner.as_ref().map(|r| r.priority),
         source: winner.as_ref().map(source_text),
+        expires: winner
+            .as_ref()
+            .and_then(|r| r.expires)
+            .map(|t| t.to_string()),
+        expires_in_seconds: winner
+            .as_ref()
+            .and_then(|r| r.expires)
+            .map(|t| t.unix() - now.unix()),
         reason,
         overrides: candidates
             .map(|r| Overridden {
@@ -211,8 +260,11 @@ pub fn run(a: Args) -> Outcome {
                 priority: r.priority,
                 source: source_text(&r),
                 ports: r.ports.to_string(),
+                expires: r.expires.map(|t| t.to_string()),
+                expires_in_seconds: r.expires.map(|t| t.unix() - now.unix()),
             })
             .collect(),
+        expired,
         foreign_tables,
         forwarded: forwarded(port, protocol, a.from),
         foreign_tables_unread,
@@ -240,12 +292,25 @@ fn print_table(e: &Explanation) {
                 e.priority.unwrap_or_default(),
                 e.source.as_deref().unwrap_or("any")
             ));
+            if let (Some(t), Some(secs)) = (&e.expires, e.expires_in_seconds) {
+                say(format!(
+                    "  expires in {} ({t}); the next entry decides then",
+                    portwarden_policy::expiry::human_span(secs)
+                ));
+            }
             if let Some(r) = &e.reason {
                 say(format!("  reason: {r}"));
             }
             for o in &e.overrides {
+                let until = match (&o.expires, o.expires_in_seconds) {
+                    (Some(t), Some(secs)) => format!(
+                        ", expires in {} ({t})",
+                        portwarden_policy::expiry::human_span(secs)
+                    ),
+                    _ => String::new(),
+                };
                 say(format!(
-                    "  overrides {}, entry {}: {} (priority {}, source {}, ports {})",
+                    "  overrides {}, entry {}: {} (priority {}, source {}, ports {}{until})",
                     o.policy, o.entry, o.state, o.priority, o.source, o.ports
                 ));
             }
@@ -257,6 +322,19 @@ fn print_table(e: &Explanation) {
                 e.node
             ));
         }
+    }
+    for x in &e.expired {
+        say(format!(
+            "  {}, entry {}: {} (priority {}, source {}, ports {}) expired {} ago ({}), no longer applied",
+            x.policy,
+            x.entry,
+            x.state,
+            x.priority,
+            x.source,
+            x.ports,
+            portwarden_policy::expiry::human_span(x.seconds_ago),
+            x.expired
+        ));
     }
     for f in &e.forwarded {
         say(format!("  forwarded: {f}"));

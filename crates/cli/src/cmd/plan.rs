@@ -93,6 +93,8 @@ pub struct IntentArgs {
 /// What `plan` and `apply` work from.
 pub struct Resolved {
     pub node: String,
+    /// The instant the intent was compiled at.
+    pub now: portwarden_policy::Timestamp,
     pub intent: NodeIntent,
     pub failsafe: Failsafe,
     pub netfilter: Netfilter,
@@ -107,9 +109,11 @@ impl IntentArgs {
             .parse()
             .with_context(|| format!("invalid --failsafe \"{}\"", self.failsafe))?;
         let (loaded, node) = self.policy.load()?;
-        let intent = loaded.policies.compile(&node.labels);
+        let now = portwarden_policy::Timestamp::now();
+        let intent = loaded.policies.compile_at(&node.labels, now);
         Ok(Resolved {
             node: node.name,
+            now,
             intent,
             failsafe,
             netfilter: self.netfilter.netfilter()?,
@@ -139,6 +143,8 @@ struct PlanOutput<'a> {
     plan: &'a Plan,
     /// Managed ports the nat table forwards to a container or pod.
     forwarded: &'a [Managed],
+    /// Entries whose expiry falls before the next refresh.
+    expiring: &'a [Expiring],
 }
 
 /// The managed ports this namespace's `nat` table DNATs elsewhere; a warning (and none) when
@@ -154,6 +160,91 @@ pub fn forwarded(netfilter: &Netfilter, intent: &NodeIntent) -> Vec<Managed> {
             );
             Vec::new()
         }
+    }
+}
+
+/// An entry of the intent whose expiry falls before the next refresh (see [`expiring`]).
+#[derive(Serialize, Debug, PartialEq)]
+pub struct Expiring {
+    /// Policy name.
+    pub policy: String,
+    /// Entry index.
+    pub entry: usize,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The entry's port ranges, as `80,8000-8100`.
+    pub ports: String,
+    /// The state it enforces until then.
+    pub state: &'static str,
+    /// The instant, RFC 3339 in UTC.
+    pub expires: String,
+    /// Seconds from now.
+    pub in_seconds: i64,
+}
+
+/// The entries of `intent` whose expiry falls within `window_secs` of `now`, soonest first.
+/// For a one-off plan or apply the window is the agent's default `--refresh` interval
+/// ([`crate::cmd::agent::DEFAULT_REFRESH_SECS`]): an agent with that interval removes them at
+/// its next refresh, and until then the kernel's time match has already stopped them.
+pub fn expiring(
+    intent: &NodeIntent,
+    now: portwarden_policy::Timestamp,
+    window_secs: u64,
+) -> Vec<Expiring> {
+    let window = i64::try_from(window_secs).unwrap_or(i64::MAX);
+    let mut by_entry: std::collections::BTreeMap<
+        (i64, &str, usize),
+        Vec<&portwarden_policy::Rule>,
+    > = std::collections::BTreeMap::new();
+    for r in &intent.rules {
+        if let Some(t) = r.expires
+            && t.unix().saturating_sub(now.unix()) <= window
+        {
+            by_entry
+                .entry((t.unix(), &r.policy, r.entry))
+                .or_default()
+                .push(r);
+        }
+    }
+    by_entry
+        .into_iter()
+        .map(|((t, policy, entry), rules)| {
+            let mut ranges: Vec<portwarden_policy::PortRange> =
+                rules.iter().map(|r| r.ports).collect();
+            ranges.sort_by_key(|p| p.start);
+            ranges.dedup();
+            let ports: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            Expiring {
+                policy: policy.to_string(),
+                entry,
+                protocol: rules[0].protocol.as_str(),
+                ports: ports.join(","),
+                state: rules[0].state.as_str(),
+                expires: portwarden_policy::Timestamp::from_unix(t).to_string(),
+                in_seconds: t - now.unix(),
+            }
+        })
+        .collect()
+}
+
+/// The `expires:` line of an entry that expires before the next refresh.
+pub fn expiring_line(e: &Expiring) -> String {
+    format!(
+        "expires: policy {} entry {} ({}/{} {}) at {}, in {}: the kernel stops matching its rules then and the next entry decides; the next refresh removes them",
+        e.policy,
+        e.entry,
+        e.ports,
+        e.protocol,
+        e.state,
+        e.expires,
+        portwarden_policy::expiry::human_span(e.in_seconds)
+    )
+}
+
+/// Prints the entries that expire before the next refresh.
+pub fn print_expiring(expiring: &[Expiring]) {
+    for e in expiring {
+        println!("{}", text::printable(&expiring_line(e)));
     }
 }
 
@@ -213,6 +304,7 @@ pub fn run(a: Args) -> Outcome {
     let r = a.intent.resolve()?;
     let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
     let forwarded = forwarded(&r.netfilter, &r.intent);
+    let expiring = expiring(&r.intent, r.now, crate::cmd::agent::DEFAULT_REFRESH_SECS);
     match a.output {
         Format::Json => {
             let out = PlanOutput {
@@ -220,6 +312,7 @@ pub fn run(a: Args) -> Outcome {
                 backend: r.netfilter.backend().as_str(),
                 plan: &plan,
                 forwarded: &forwarded,
+                expiring: &expiring,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -241,6 +334,7 @@ pub fn run(a: Args) -> Outcome {
             }
             print_findings(&plan, false);
             print_forwarded(&forwarded);
+            print_expiring(&expiring);
             let current = r.netfilter.backend();
             for b in plan.other_backends(current) {
                 println!(
