@@ -466,3 +466,39 @@ fn what_the_schema_cannot_see_the_validator_catches() {
         );
     }
 }
+
+#[test]
+fn expires_is_a_date_time_and_the_validator_wants_an_offset() {
+    let schema = schema_of("PortPolicy");
+    let expires =
+        &schema["properties"]["spec"]["properties"]["ports"]["items"]["properties"]["expires"];
+    assert_eq!(expires["type"], "string", "{expires}");
+    assert_eq!(expires["format"], "date-time", "{expires}");
+    let entry = |expires: Value| json!({"ports": "8080", "state": "filtered", "expires": expires});
+    // Admitted, and valid: RFC 3339 with an offset.
+    for t in ["2026-12-24T18:00:00Z", "2026-12-24T19:00:00+01:00"] {
+        let p = policy_with(entry(json!(t)), json!({}));
+        assert!(openapi_errors("PortPolicy", &p).is_empty(), "{t}");
+        let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
+        let policy = portwarden_kube::policy::validate(&obj).unwrap();
+        assert!(policy.entries[0].expires.is_some(), "{t}");
+    }
+    // Not a string: refused by the schema.
+    let p = policy_with(entry(json!(1798135200)), json!({}));
+    assert!(
+        openapi_errors("PortPolicy", &p)
+            .iter()
+            .any(|e| e.contains("spec.ports[0].expires: must be a string")),
+        "{p}"
+    );
+    // Whatever the API server's date-time format admits, a time without an offset (a local
+    // time: another instant on every node) is refused by the validator, at the field.
+    let p = policy_with(entry(json!("2026-12-24T18:00:00")), json!({}));
+    let obj: portwarden_kube::PortPolicy = serde_json::from_value(p).unwrap();
+    let issues = portwarden_kube::policy::validate(&obj).unwrap_err();
+    let text = portwarden_kube::policy::issues_text(&issues);
+    assert!(
+        text.contains("spec.ports[0].expires") && text.contains("has no UTC offset"),
+        "{text}"
+    );
+}
