@@ -35,10 +35,33 @@ impl Reason {
 /// Plans against the kernel's rules and applies when anything differs. The outcome is left in
 /// the shared state (`ready`, `apply_error`) and the metrics.
 pub fn converge(shared: &Shared, reason: Reason) {
-    let Some(intent) = shared.with_state(|s| s.intent.clone()) else {
+    let Some(mut intent) = shared.with_state(|s| s.intent.clone()) else {
         return;
     };
     let _step = shared.step("reconcile");
+    // Entries that expired since the intent was compiled: the kernel's time match already
+    // stopped their rules; they are removed now, as an intent change (not drift).
+    let now = portwarden_policy::Timestamp::now();
+    let mut reason = reason;
+    if intent.has_expired_at(now) {
+        let live = std::sync::Arc::new(intent.at(now));
+        info!(
+            expired = intent.rules.len() - live.rules.len(),
+            "expired entries: removing their rules"
+        );
+        {
+            // unless a reload stored a newer intent meanwhile
+            let mut s = shared.lock();
+            if s.intent
+                .as_ref()
+                .is_some_and(|i| std::sync::Arc::ptr_eq(i, &intent))
+            {
+                s.intent = Some(live.clone());
+            }
+        }
+        intent = live;
+        reason = Reason::PolicyChange;
+    }
     // After a failed apply, what the next refresh finds is our own unfinished change, not
     // someone else's drift.
     let retry = shared.with_state(|s| s.apply_error.is_some());

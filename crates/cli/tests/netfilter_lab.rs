@@ -550,3 +550,88 @@ fn plan_and_apply_list_the_expiries_before_the_next_refresh() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn an_agent_removes_the_rules_of_an_expired_entry_at_its_next_refresh() {
+    skip_unless_lab!();
+    let lab = Lab::builder("cliexpagent").nodes(1).build().unwrap();
+    let node = lab.node(0);
+    let expires =
+        portwarden_policy::Timestamp::from_unix(portwarden_policy::Timestamp::now().unix() + 4);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("q.yaml"),
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: PortPolicy\nmetadata:\n  name: incident\nspec:\n  ports:\n    - ports: 8080\n      state: filtered\n      expires: \"{expires}\"\n    - ports: 8080\n      state: closed\n"
+        ),
+    )
+    .unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: n1\n    addresses: [\"{}\"]\n",
+            node.v4()
+        ),
+    )
+    .unwrap();
+    let _agent = node
+        .spawn(&[
+            BIN,
+            "agent",
+            "--policy-dir",
+            policies.to_str().unwrap(),
+            "--inventory",
+            inventory.to_str().unwrap(),
+            "--node",
+            "n1",
+            "--refresh",
+            "1",
+            "--backend",
+            "nft",
+        ])
+        .unwrap();
+    let timed = || {
+        save(node, "nft")
+            .lines()
+            .filter(|l| l.contains("-m time --datestop"))
+            .count()
+    };
+    let closed = || {
+        save(node, "nft")
+            .matches("incident entry 1: closed")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while timed() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never applied the expiring entry"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // poll interval, not a synchronisation
+    }
+    assert!(
+        portwarden_policy::Timestamp::now() < expires,
+        "the agent took too long to apply to prove anything"
+    );
+    // past the instant, the next refresh (1 s) removes the expired entry's rules
+    while timed() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired entry's rules are still there: {}",
+            save(node, "nft")
+        );
+        std::thread::sleep(Duration::from_millis(50)); // poll interval, not a synchronisation
+    }
+    assert!(
+        portwarden_policy::Timestamp::now() >= expires,
+        "removed before it expired"
+    );
+    assert!(
+        closed() >= 2,
+        "the fallback entry stays (INPUT of both families, and the forward path where the node forwards): {}",
+        save(node, "nft")
+    );
+}

@@ -84,6 +84,29 @@ pub struct NodeIntent {
 }
 
 impl NodeIntent {
+    /// This intent at a later instant `now`: without the rules expired then. Equal to the
+    /// intent compiled at `now` (removing rules from a sorted list keeps it sorted), so an
+    /// agent drops expired rules at a refresh without reloading its documents.
+    pub fn at(&self, now: Timestamp) -> NodeIntent {
+        NodeIntent {
+            policies: self.policies.clone(),
+            rules: self
+                .rules
+                .iter()
+                .filter(|r| r.expires.is_none_or(|t| !t.expired_at(now)))
+                .cloned()
+                .collect(),
+            report_unlisted: self.report_unlisted,
+        }
+    }
+
+    /// Whether a rule of this intent has expired at `now` (see [`NodeIntent::at`]).
+    pub fn has_expired_at(&self, now: Timestamp) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.expires.is_some_and(|t| t.expired_at(now)))
+    }
+
     /// The rule that decides a packet, by first match over the compiled order.
     pub fn first_match(&self, protocol: Protocol, port: u16, source: IpAddr) -> Option<&Rule> {
         self.rules
@@ -501,6 +524,9 @@ mod tests {
             let reference = without.compile_at(&labels, now);
             prop_assert!(compiled.rules.iter().all(|r| r.expires.is_none_or(|t| !t.expired_at(now))));
             let at_later = with.compile_at(&labels, later);
+            // what an agent does at a refresh: the earlier list without what expired since
+            prop_assert_eq!(&compiled.at(later), &at_later);
+            prop_assert_eq!(compiled.has_expired_at(later), compiled.rules.len() != at_later.rules.len());
             for (proto, port, src) in packets {
                 let protocol = if proto == 0 { Protocol::Tcp } else { Protocol::Udp };
                 let source = ip(PACKET_SOURCES[src]);
