@@ -303,11 +303,32 @@ fn hosts_of(report: &ScanReport) -> Vec<(ScanKind, HostReport)> {
         .collect()
 }
 
+/// The targets with their intents at `now` (without the rules expired then), or `None` when
+/// no rule of theirs has expired.
+fn unexpired(targets: &[Target], now: portwarden_policy::Timestamp) -> Option<Vec<Target>> {
+    targets
+        .iter()
+        .any(|t| t.intent.has_expired_at(now))
+        .then(|| {
+            targets
+                .iter()
+                .map(|t| Target {
+                    intent: Arc::new(t.intent.at(now)),
+                    ..t.clone()
+                })
+                .collect()
+        })
+}
+
 fn run(
     targets: &[Target],
     opts: &VerifyOptions,
     mut ledger: Option<&mut Ledger>,
 ) -> Result<Verification, ScanError> {
+    // Entries that expired since the intents were compiled (an agent's peers, compiled at
+    // load) are as if deleted: the kernel's time match has stopped their rules.
+    let current = unexpired(targets, portwarden_policy::Timestamp::now());
+    let targets = current.as_deref().unwrap_or(targets);
     let mut notes = Vec::new();
     let planned = plan(targets, opts)?;
     let extra = usable_extra_sources(&planned, opts, &mut notes);
@@ -967,6 +988,43 @@ mod tests {
                 v.report.notes
             );
         }
+    }
+
+    /// A peer's intent compiled before one of its entries expired is verified as if the entry
+    /// were deleted: the next entry is what a scan must see.
+    #[test]
+    fn expired_entries_of_a_peer_are_not_expected() {
+        use portwarden_policy::{PortRange, Rule, State, Timestamp};
+        let rule = |entry, state, expires: Option<i64>| Rule {
+            priority: 100,
+            policy: "incident".into(),
+            entry,
+            protocol: Protocol::Tcp,
+            ports: PortRange::single(8080),
+            source: None,
+            state,
+            expires: expires.map(Timestamp::from_unix),
+        };
+        let target = Target {
+            node: "web-1".into(),
+            address: "10.213.0.11".parse().expect("address"),
+            intent: Arc::new(NodeIntent {
+                policies: vec!["incident".into()],
+                rules: vec![
+                    rule(0, State::Filtered, Some(100)),
+                    rule(1, State::Closed, None),
+                ],
+                report_unlisted: false,
+            }),
+        };
+        let targets = [target];
+        assert!(unexpired(&targets, Timestamp::from_unix(99)).is_none());
+        let later = unexpired(&targets, Timestamp::from_unix(100)).expect("one expired");
+        assert_eq!(later[0].intent.rules, [rule(1, State::Closed, None)]);
+        assert_eq!(
+            (later[0].node.as_str(), later[0].address),
+            ("web-1", targets[0].address)
+        );
     }
 
     /// An address that cannot be probed has no vantage: a state that depends on the source
