@@ -76,14 +76,7 @@ impl Timestamp {
             )
         };
         let b = text.as_bytes();
-        let digits = |range: std::ops::Range<usize>| -> Option<i64> {
-            let s = b.get(range)?;
-            if s.iter().all(u8::is_ascii_digit) {
-                std::str::from_utf8(s).ok()?.parse().ok()
-            } else {
-                None
-            }
-        };
+        let digits = |range: std::ops::Range<usize>| digits_at(b, range);
         let sep = |i: usize, c: u8| b.get(i) == Some(&c);
         let (Some(year), Some(month), Some(day)) = (digits(0..4), digits(5..7), digits(8..10))
         else {
@@ -109,41 +102,8 @@ impl Timestamp {
         if !sep(13, b':') || !sep(16, b':') {
             return Err(shape());
         }
-        let mut i = 19;
-        if sep(i, b'.') {
-            i += 1;
-            let start = i;
-            while b.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            if i == start {
-                return Err(shape());
-            }
-        }
-        let offset = match b.get(i) {
-            None => {
-                return Err((
-                    format!(
-                        "time \"{text}\" has no UTC offset, so it means a different instant on every node"
-                    ),
-                    Some(format!(
-                        "add \"Z\" for UTC (\"{text}Z\") or an offset such as \"+01:00\""
-                    )),
-                ));
-            }
-            Some(b'Z' | b'z') if b.len() == i + 1 => 0,
-            Some(&s @ (b'+' | b'-')) if b.len() == i + 6 && sep(i + 3, b':') => {
-                let (Some(h), Some(m)) = (digits(i + 1..i + 3), digits(i + 4..i + 6)) else {
-                    return Err(shape());
-                };
-                if h > 23 || m > 59 {
-                    return Err((format!("invalid UTC offset in \"{text}\""), None));
-                }
-                let o = h * 3600 + m * 60;
-                if s == b'-' { -o } else { o }
-            }
-            Some(_) => return Err(shape()),
-        };
+        let i = after_fraction(b, 19).ok_or_else(shape)?;
+        let offset = offset_at(text, i)?.ok_or_else(shape)?;
         if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
             return Err((format!("no such date in \"{text}\""), None));
         }
@@ -153,6 +113,63 @@ impl Timestamp {
         let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
             - offset;
         Ok(Timestamp(secs))
+    }
+}
+
+/// The number in `b[range]`, if every byte there is a digit.
+fn digits_at(b: &[u8], range: std::ops::Range<usize>) -> Option<i64> {
+    let s = b.get(range)?;
+    if s.iter().all(u8::is_ascii_digit) {
+        std::str::from_utf8(s).ok()?.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Where the text goes on after the seconds at `i`: past a fraction (`.` and at least one
+/// digit) if there is one; `None` for a `.` without digits.
+fn after_fraction(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'.') {
+        return Some(i);
+    }
+    i += 1;
+    let start = i;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
+/// The UTC offset in seconds that ends `text` at byte `i` (`Z` or `+HH:MM` / `-HH:MM`);
+/// `Ok(None)` when what stands there has the wrong shape.
+///
+/// # Errors
+///
+/// No offset at all, or one out of range: what is wrong and, for a missing one, the fix.
+fn offset_at(text: &str, i: usize) -> Result<Option<i64>, (String, Option<String>)> {
+    let b = text.as_bytes();
+    match b.get(i) {
+        None => Err((
+            format!(
+                "time \"{text}\" has no UTC offset, so it means a different instant on every node"
+            ),
+            Some(format!(
+                "add \"Z\" for UTC (\"{text}Z\") or an offset such as \"+01:00\""
+            )),
+        )),
+        Some(b'Z' | b'z') if b.len() == i + 1 => Ok(Some(0)),
+        Some(&s @ (b'+' | b'-')) if b.len() == i + 6 && b.get(i + 3) == Some(&b':') => {
+            let (Some(h), Some(m)) = (digits_at(b, i + 1..i + 3), digits_at(b, i + 4..i + 6))
+            else {
+                return Ok(None);
+            };
+            if h > 23 || m > 59 {
+                return Err((format!("invalid UTC offset in \"{text}\""), None));
+            }
+            let o = h * 3600 + m * 60;
+            Ok(Some(if s == b'-' { -o } else { o }))
+        }
+        Some(_) => Ok(None),
     }
 }
 

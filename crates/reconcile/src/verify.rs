@@ -344,16 +344,7 @@ fn run(
     let mut scans: Vec<ScanReport> = Vec::new();
     let mut results: Vec<(ScanKind, HostReport)> = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
-        // Targets that need the same ports are scanned together, each group once.
-        // Unreachable addresses are left out: nothing can be sent to them.
-        let mut groups: BTreeMap<Vec<u16>, Vec<IpAddr>> = BTreeMap::new();
-        for p in planned.iter().filter(|p| p.unreachable.is_none()) {
-            let ports = ports_for(p, protocol, opts);
-            if !ports.is_empty() {
-                groups.entry(ports).or_default().push(p.target.address);
-            }
-        }
-        for (managed, addresses) in groups {
+        for (managed, addresses) in scan_groups(&planned, protocol, opts) {
             let probe = match (protocol, ledger.as_deref()) {
                 (Protocol::Udp, Some(l)) => l.share(&addresses, &managed, opts.confirm_budget),
                 _ => managed.clone(),
@@ -400,6 +391,24 @@ fn run(
         report: Report::new(rows, notes),
         scans,
     })
+}
+
+/// The addresses to scan for `protocol`, grouped by the ports they need: targets that need the
+/// same ports are scanned together, each group once. Unreachable addresses are left out:
+/// nothing can be sent to them.
+fn scan_groups(
+    planned: &[Planned<'_>],
+    protocol: Protocol,
+    opts: &VerifyOptions,
+) -> BTreeMap<Vec<u16>, Vec<IpAddr>> {
+    let mut groups: BTreeMap<Vec<u16>, Vec<IpAddr>> = BTreeMap::new();
+    for p in planned.iter().filter(|p| p.unreachable.is_none()) {
+        let ports = ports_for(p, protocol, opts);
+        if !ports.is_empty() {
+            groups.entry(ports).or_default().push(p.target.address);
+        }
+    }
+    groups
 }
 
 /// The ports to probe on one planned address for `protocol`: the managed ones, and for TCP on

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use portwarden_policy::{Protocol, Rule, State, Timestamp, text};
+use portwarden_policy::{Loaded, Protocol, Rule, State, Timestamp, text};
 use serde::Serialize;
 
 use crate::Outcome;
-use crate::args::{Format, PolicyArgs};
+use crate::args::{Format, PolicyArgs, ResolvedNode};
 
 /// Arguments of `explain`.
 #[derive(clap::Args, Debug)]
@@ -196,16 +196,17 @@ fn source_text(r: &Rule) -> String {
         .map_or_else(|| "any".to_string(), |n| n.to_string())
 }
 
-pub fn run(a: Args) -> Outcome {
-    let (loaded, node) = a.policy.load()?;
-    let (port, protocol) = a.port;
-    if loaded.policies.policies().is_empty() {
-        bail!("no PortPolicy documents in the -f paths");
-    }
-    let now = Timestamp::now();
-    let expired: Vec<Expired> = loaded
+/// The entries that would match the packet but have expired by `now`, in precedence order.
+fn expired_entries(
+    loaded: &Loaded,
+    node: &ResolvedNode,
+    (port, protocol): (u16, Protocol),
+    from: IpAddr,
+    now: Timestamp,
+) -> Vec<Expired> {
+    loaded
         .policies
-        .candidates(&node.labels, protocol, port, a.from, None)
+        .candidates(&node.labels, protocol, port, from, None)
         .into_iter()
         .filter_map(|r| {
             let t = r.expires.filter(|t| t.expired_at(now))?;
@@ -220,7 +221,17 @@ pub fn run(a: Args) -> Outcome {
                 seconds_ago: now.unix() - t.unix(),
             })
         })
-        .collect();
+        .collect()
+}
+
+pub fn run(a: Args) -> Outcome {
+    let (loaded, node) = a.policy.load()?;
+    let (port, protocol) = a.port;
+    if loaded.policies.policies().is_empty() {
+        bail!("no PortPolicy documents in the -f paths");
+    }
+    let now = Timestamp::now();
+    let expired = expired_entries(&loaded, &node, a.port, a.from, now);
     let mut candidates = loaded
         .policies
         .candidates(&node.labels, protocol, port, a.from, Some(now))
