@@ -4,23 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `YYYY-MM-DD HH:MM UTC` for `secs` seconds since the Unix epoch.
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3_600,
-        rem % 3_600 / 60
-    )
+    // RFC 3339 (`2026-12-01T12:51:56Z`) cut to the minute.
+    let t = portwarden_policy::Timestamp::from_unix(i64::try_from(secs).unwrap_or(i64::MAX));
+    let text = t.to_string();
+    format!("{} {} UTC", &text[..10], &text[11..16])
 }
 
 /// Now, as [`utc`].

@@ -321,26 +321,16 @@ fn syn_and_udp_with_five_percent_loss_match_nmap() {
             // of a closed UDP port and call it open|filtered), so a pair of scans that
             // disagree is run again, up to three pairs in all: a systematic difference fails
             // every pair, a lost packet does not repeat.
-            let mut c = compare_from(
-                &m,
-                kind,
-                v6,
-                (m.source(v6, 0, 0), m.source(v6, 0, 0)),
-                ports,
-                Limits::Lifted,
-            );
+            let pair = || {
+                let source = m.source(v6, 0, 0);
+                compare_from(&m, kind, v6, (source, source), ports, Limits::Lifted)
+            };
+            let mut c = pair();
             for _ in 1..3 {
                 if same_states(&c.theirs, &c.mine) {
                     break;
                 }
-                c = compare_from(
-                    &m,
-                    kind,
-                    v6,
-                    (m.source(v6, 0, 0), m.source(v6, 0, 0)),
-                    ports,
-                    Limits::Lifted,
-                );
+                c = pair();
             }
             assert_same_states(&c.what, &c.theirs, &c.mine);
         }
