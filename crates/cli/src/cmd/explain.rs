@@ -160,14 +160,34 @@ fn forwarded(port: u16, protocol: Protocol, from: IpAddr) -> Vec<String> {
         .collect()
 }
 
+/// A policy entry that matches the packet, as `explain` names it.
 #[derive(Serialize)]
-struct Overridden {
+struct Candidate {
     policy: String,
     entry: usize,
     state: &'static str,
     priority: u32,
     source: String,
     ports: String,
+}
+
+impl Candidate {
+    fn of(r: &Rule) -> Candidate {
+        Candidate {
+            policy: r.policy.to_string(),
+            entry: r.entry,
+            state: r.state.as_str(),
+            priority: r.priority,
+            source: source_text(r),
+            ports: r.ports.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Overridden {
+    #[serde(flatten)]
+    of: Candidate,
     /// When it stops applying (RFC 3339, UTC); absent for a permanent entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires: Option<String>,
@@ -179,12 +199,8 @@ struct Overridden {
 /// An entry that would match the packet but has expired: as if deleted.
 #[derive(Serialize)]
 struct Expired {
-    policy: String,
-    entry: usize,
-    state: &'static str,
-    priority: u32,
-    source: String,
-    ports: String,
+    #[serde(flatten)]
+    of: Candidate,
     /// When it stopped applying (RFC 3339, UTC).
     expired: String,
     /// Seconds since then.
@@ -211,12 +227,7 @@ fn expired_entries(
         .filter_map(|r| {
             let t = r.expires.filter(|t| t.expired_at(now))?;
             Some(Expired {
-                policy: r.policy.to_string(),
-                entry: r.entry,
-                state: r.state.as_str(),
-                priority: r.priority,
-                source: source_text(&r),
-                ports: r.ports.to_string(),
+                of: Candidate::of(&r),
                 expired: t.to_string(),
                 seconds_ago: now.unix() - t.unix(),
             })
@@ -265,12 +276,7 @@ pub fn run(a: Args) -> Outcome {
         reason,
         overrides: candidates
             .map(|r| Overridden {
-                policy: r.policy.to_string(),
-                entry: r.entry,
-                state: r.state.as_str(),
-                priority: r.priority,
-                source: source_text(&r),
-                ports: r.ports.to_string(),
+                of: Candidate::of(&r),
                 expires: r.expires.map(|t| t.to_string()),
                 expires_in_seconds: r.expires.map(|t| t.unix() - now.unix()),
             })
@@ -322,7 +328,7 @@ fn print_table(e: &Explanation) {
                 };
                 say(format!(
                     "  overrides {}, entry {}: {} (priority {}, source {}, ports {}{until})",
-                    o.policy, o.entry, o.state, o.priority, o.source, o.ports
+                    o.of.policy, o.of.entry, o.of.state, o.of.priority, o.of.source, o.of.ports
                 ));
             }
         }
@@ -337,12 +343,12 @@ fn print_table(e: &Explanation) {
     for x in &e.expired {
         say(format!(
             "  {}, entry {}: {} (priority {}, source {}, ports {}) expired {} ago ({}), no longer applied",
-            x.policy,
-            x.entry,
-            x.state,
-            x.priority,
-            x.source,
-            x.ports,
+            x.of.policy,
+            x.of.entry,
+            x.of.state,
+            x.of.priority,
+            x.of.source,
+            x.of.ports,
             portwarden_policy::expiry::human_span(x.seconds_ago),
             x.expired
         ));
