@@ -9,7 +9,7 @@
 //!
 //! Everything is torn down when the [`Scenario`] is dropped, also when a test fails.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,55 @@ use portwarden_reconcile::{DEFAULT_AGENT_PORT, InsideView, Report, inside};
 
 /// The inventory names of the lab's nodes, in lab order.
 pub const NODES: [&str; 3] = ["web-1", "web-2", "db-1"];
+
+/// The host the seed story's attack came from: `examples/quarantine` closes port 80 to it.
+pub const ATTACKER: Ipv4Addr = Ipv4Addr::new(172, 16, 7, 80);
+
+/// The line of `examples/quarantine/quarantine.yaml` that ends the entry quarantining the
+/// attack source; [`examples_with_expiry`] adds the expiry after it.
+const ATTACK_SOURCE_REASON: &str = "      reason: \"INC-1234: attack source\"\n";
+
+/// Copies `root/examples` to `dir` (recursively) with the quarantine of the attack source
+/// given `expires: EXPIRES`, as an SRE would write it during an incident: the block lifts by
+/// itself when the investigation's window ends. Returns the copy's path.
+///
+/// # Errors
+/// A message naming the file that could not be read or written, or the quarantine file that
+/// no longer has the entry this edits.
+pub fn examples_with_expiry(root: &Path, dir: &Path, expires: &str) -> Result<PathBuf> {
+    let copy = dir.join("examples");
+    copy_tree(&root.join("examples"), &copy)?;
+    let file = copy.join("quarantine/quarantine.yaml");
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if !text.contains(ATTACK_SOURCE_REASON) {
+        return Err(format!(
+            "{}: the entry for the attack source (reason \"INC-1234: attack source\") is gone",
+            file.display()
+        ));
+    }
+    let edited = text.replace(
+        ATTACK_SOURCE_REASON,
+        &format!("{ATTACK_SOURCE_REASON}      expires: \"{expires}\"\n"),
+    );
+    std::fs::write(&file, edited).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(copy)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
 
 /// Errors of the scenario: a message that says which step failed.
 pub type Result<T> = std::result::Result<T, String>;
@@ -282,6 +331,62 @@ impl Scenario {
         let report =
             serde_json::from_str(&out).map_err(|e| format!("verify JSON: {e}; stderr: {err}"))?;
         Ok((code, report))
+    }
+
+    /// Runs `portwarden ARGS` inside a node's namespace; returns (exit code, stdout, stderr).
+    pub fn portwarden_on(&self, name: &str, args: &[&str]) -> Result<(i32, String, String)> {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let mut argv = vec![bin.as_str()];
+        argv.extend_from_slice(args);
+        let out = self
+            .node(name)?
+            .output(&argv)
+            .map_err(lab_err("running portwarden on a node"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The policy directory and inventory as arguments: `-f DIR --inventory FILE`.
+    pub fn policy_args(&self) -> [String; 4] {
+        [
+            "-f".into(),
+            self.policy_dir.to_string_lossy().into_owned(),
+            "--inventory".into(),
+            self.inventory().to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// Gives the scanner the attacker's address ([`ATTACKER`]) as well, and `name` a route
+    /// back to it over the lab bridge (no node has a default route).
+    pub fn add_attacker(&self, name: &str) -> Result<()> {
+        let host = format!("{ATTACKER}/32");
+        self.scanner()
+            .exec(&["ip", "addr", "add", &host, "dev", "eth0"])
+            .map_err(lab_err("giving the scanner the attacker's address"))?;
+        self.node(name)?
+            .exec(&["ip", "route", "add", &host, "dev", "eth0"])
+            .map_err(lab_err("routing the attacker's address"))?;
+        Ok(())
+    }
+
+    /// `count` TCP connection attempts from `source` (an address of the scanner) to `port` of
+    /// `name`, one SYN each; returns how many connected.
+    pub fn knock(&self, source: IpAddr, name: &str, port: u16, count: usize) -> Result<usize> {
+        let to = SocketAddr::new(self.address(name)?, port);
+        let mut connected = 0;
+        for _ in 0..count {
+            if self
+                .scanner()
+                .tcp_knock(source, to, Duration::from_secs(2))
+                .map_err(lab_err("knocking"))?
+            {
+                connected += 1;
+            }
+        }
+        Ok(connected)
     }
 
     // --- the ways life breaks things ---

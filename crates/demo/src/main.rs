@@ -12,11 +12,12 @@
 //! The lab is removed on exit, also on failure. Colors only on a terminal.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use portwarden_demo::{NODES, Result, Scenario};
+use portwarden_demo::{ATTACKER, NODES, Result, Scenario, examples_with_expiry};
+use portwarden_policy::Timestamp;
 
 struct Narrator {
     color: bool,
@@ -66,9 +67,53 @@ fn wait_for_repair(s: &Scenario) -> Result<()> {
     Ok(())
 }
 
+/// A scratch directory removed when dropped (also when the demo fails).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The policies the lab runs on: `examples/`, with the quarantine of the attack source
+/// expiring four hours from now, as it would be written during the incident.
+fn incident_policies(n: &Narrator, bin: &Path, root: &Path, scratch: &Scratch) -> Result<PathBuf> {
+    let expires = Timestamp::from_unix(Timestamp::now().unix() / 60 * 60 + 4 * 3600);
+    let dir = examples_with_expiry(root, &scratch.0, &expires.to_string())?;
+    n.say(&format!(
+        "the lab runs examples/ with the quarantine of the attack source ending by itself: \
+         `expires: \"{expires}\"` (the kernel stops matching the rule then)"
+    ));
+    let out = std::process::Command::new(bin)
+        .arg("explain")
+        .arg("-f")
+        .arg(&dir)
+        .args([
+            "--node",
+            "web-1",
+            "--port",
+            "80/tcp",
+            "--from",
+            &ATTACKER.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("running explain: {e}"))?;
+    print!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir)
+}
+
 fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
+    n.step("The incident's quarantine expires by itself");
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("portwarden-demo-{}", std::process::id())));
+    let policy_dir = incident_policies(n, &bin, &root, &scratch)?;
+
     n.step("Build a lab: web-1, web-2, db-1 and a scanner, in network namespaces");
-    let policy_dir = root.join("examples");
     let mut s = Scenario::new(&bin, &root, &policy_dir)?;
     let nodes = NODES
         .iter()

@@ -1,5 +1,6 @@
-//! Small clients that run inside a lab namespace — an HTTP GET, a UDP request/answer, an nmap
-//! port state — and [`wait_for`], the deadline poll every lab helper waits with.
+//! Small clients that run inside a lab namespace — an HTTP GET, a TCP knock from a chosen
+//! source address, a UDP request/answer, an nmap port state — and [`wait_for`], the deadline
+//! poll every lab helper waits with.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -110,6 +111,24 @@ fn udp_once(addr: SocketAddr, payload: &[u8], timeout: Duration) -> std::io::Res
     Ok(buf[..n].to_vec())
 }
 
+fn knock_once(source: IpAddr, addr: SocketAddr, timeout: Duration) -> std::io::Result<bool> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect_timeout(&addr.into(), timeout) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Netns {
     /// `GET /` over HTTP/1.0 to `addr`, from inside this namespace.
     ///
@@ -144,6 +163,28 @@ impl Netns {
                 what: format!("UDP request to {addr}"),
                 namespace: ns,
                 source,
+            })
+    }
+
+    /// Opens a TCP connection to `addr` from `source` (an address of this namespace) and
+    /// closes it at once: one SYN on the wire, answered or not. `Ok(true)` when it connected,
+    /// `Ok(false)` when it was refused (a reset) or timed out.
+    ///
+    /// # Errors
+    /// [`LabError::Socket`] when the socket cannot be made or bound to `source` (not an
+    /// address of this namespace), [`LabError::Enter`] when the namespace cannot be entered.
+    pub fn tcp_knock(
+        &self,
+        source: IpAddr,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<bool, LabError> {
+        let ns = self.name.clone();
+        self.run(move || knock_once(source, addr, timeout))?
+            .map_err(|source_err| LabError::Socket {
+                what: format!("TCP connection from {source} to {addr}"),
+                namespace: ns,
+                source: source_err,
             })
     }
 
