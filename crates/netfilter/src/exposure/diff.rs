@@ -8,7 +8,14 @@
 //! CIDR holds. CIDRs are nested or disjoint, so every address of a class matches the same
 //! rules, and one representative address decides for the class; a class with no address of its
 //! own (its narrower CIDRs cover it) is skipped.
+//!
+//! A change is reported under the narrowest source that a rule *for that segment* names (or
+//! the whole family): a class whose own CIDR no rule for those ports names decides there as
+//! that enclosing source does, so `443/tcp from 0.0.0.0/0` is one row, not one per source some
+//! other port's rule names. A row's source therefore means its addresses that no narrower
+//! source of a rule for those ports holds.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -18,8 +25,8 @@ use super::read::{Decision, Decisions};
 use super::{Exposure, ExposureChange};
 use crate::place::Family;
 
-/// The changes from `before` to `after` of one family: one per protocol, source class and
-/// pair of exposures, its ports merged into ranges, in protocol, first port, source order.
+/// The changes from `before` to `after` of one family: one per protocol, source and pair of
+/// exposures, its ports merged into ranges, in protocol, first port, source order.
 pub fn changes(family: Family, before: &Decisions, after: &Decisions) -> Vec<ExposureChange> {
     let mut out = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
@@ -27,25 +34,39 @@ pub fn changes(family: Family, before: &Decisions, after: &Decisions) -> Vec<Exp
         let a: Vec<&Decision> = of(after, protocol);
         let segments = Segments::new(b.iter().chain(&a).copied());
         let classes = classes(family, b.iter().chain(&a).copied());
-        let mut rows: Vec<ExposureChange> = Vec::new();
+        let named = segments.named(b.iter().chain(&a).copied());
+        // (segment, the source it is reported under) -> (before, after)
+        let mut found: BTreeMap<(usize, IpNet), (Exposure, Exposure)> = BTreeMap::new();
         for class in &classes {
             let Some(rep) = representative(*class, &classes) else {
                 continue;
             };
             let was = segments.paint(&b, rep);
             let now = segments.paint(&a, rep);
-            rows.extend(segments.changes(protocol, *class, &was, &now));
+            let mut enclosing: Vec<IpNet> = classes
+                .iter()
+                .filter(|m| m.contains(class))
+                .copied()
+                .collect();
+            enclosing.sort_by_key(|m| std::cmp::Reverse(m.prefix_len()));
+            for i in (0..was.len()).filter(|&i| was[i] != now[i]) {
+                let owner = enclosing
+                    .iter()
+                    .find(|m| m.prefix_len() == 0 || named.get(*m).is_some_and(|v| covers(v, i)))
+                    .copied()
+                    .unwrap_or(*class);
+                found.insert((i, owner), (was[i], now[i]));
+            }
         }
-        rows.sort_by(|x, y| {
-            (x.ports[0].start, x.source.prefix_len(), x.source.network()).cmp(&(
-                y.ports[0].start,
-                y.source.prefix_len(),
-                y.source.network(),
-            ))
-        });
-        out.extend(rows);
+        out.extend(segments.rows(protocol, &found));
     }
     out
+}
+
+/// Whether the sorted, disjoint segment intervals `v` (`[lo, hi)`) hold segment `i`.
+fn covers(v: &[(usize, usize)], i: usize) -> bool {
+    let k = v.partition_point(|&(lo, _)| lo <= i);
+    k > 0 && i < v[k - 1].1
 }
 
 fn of(d: &Decisions, protocol: Protocol) -> Vec<&Decision> {
@@ -152,36 +173,74 @@ impl Segments {
         out
     }
 
-    /// The rows of one class: segments whose exposure changed, merged per pair of exposures.
-    fn changes(
+    /// For every source some rule names, the segments its rules cover, as sorted, joined
+    /// `[lo, hi)` intervals of segment indices.
+    fn named<'a>(
+        &self,
+        rules: impl Iterator<Item = &'a Decision>,
+    ) -> HashMap<IpNet, Vec<(usize, usize)>> {
+        let mut m: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::new();
+        for r in rules {
+            let Some(source) = r.source else { continue };
+            let v = m.entry(source.trunc()).or_default();
+            v.extend(r.ports.iter().map(|p| {
+                (
+                    self.index(u32::from(p.start)),
+                    self.index(u32::from(p.end) + 1),
+                )
+            }));
+        }
+        for v in m.values_mut() {
+            v.sort_unstable();
+            let mut joined: Vec<(usize, usize)> = Vec::with_capacity(v.len());
+            for &(lo, hi) in v.iter() {
+                match joined.last_mut() {
+                    Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+                    _ => joined.push((lo, hi)),
+                }
+            }
+            *v = joined;
+        }
+        m
+    }
+
+    /// The rows of `found` ((segment, source) -> (before, after)): per source and pair of
+    /// exposures, the segments merged into port ranges, in first port, source order.
+    fn rows(
         &self,
         protocol: Protocol,
-        source: IpNet,
-        was: &[Exposure],
-        now: &[Exposure],
+        found: &BTreeMap<(usize, IpNet), (Exposure, Exposure)>,
     ) -> Vec<ExposureChange> {
         let mut rows: Vec<ExposureChange> = Vec::new();
-        for i in (0..self.starts.len()).filter(|&i| was[i] != now[i]) {
+        let mut index: HashMap<(IpNet, Exposure, Exposure), usize> = HashMap::new();
+        for (&(i, source), &(before, after)) in found {
             let start = self.starts[i] as u16;
             let end = self.starts.get(i + 1).map_or(65535, |&s| (s - 1) as u16);
             let range = PortRange { start, end };
-            match rows
-                .iter_mut()
-                .find(|r| r.before == was[i] && r.after == now[i])
-            {
-                Some(row) => match row.ports.last_mut() {
+            match index.get(&(source, before, after)) {
+                Some(&k) => match rows[k].ports.last_mut() {
                     Some(last) if u32::from(last.end) + 1 == u32::from(start) => last.end = end,
-                    _ => row.ports.push(range),
+                    _ => rows[k].ports.push(range),
                 },
-                None => rows.push(ExposureChange {
-                    ports: vec![range],
-                    protocol,
-                    source,
-                    before: was[i],
-                    after: now[i],
-                }),
+                None => {
+                    index.insert((source, before, after), rows.len());
+                    rows.push(ExposureChange {
+                        ports: vec![range],
+                        protocol,
+                        source,
+                        before,
+                        after,
+                    });
+                }
             }
         }
+        rows.sort_by(|x, y| {
+            (x.ports[0].start, x.source.prefix_len(), x.source.network()).cmp(&(
+                y.ports[0].start,
+                y.source.prefix_len(),
+                y.source.network(),
+            ))
+        });
         rows
     }
 }

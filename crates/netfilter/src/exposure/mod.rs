@@ -69,8 +69,8 @@ impl std::fmt::Display for Exposure {
 }
 
 /// One change a scanner will see: probes of `protocol` to `ports` from the source class
-/// `source` (its addresses that no narrower source listed for this protocol holds) meet
-/// `before` now and `after` once the plan is applied.
+/// `source` (its addresses that no narrower source of a rule for these ports holds, before or
+/// after) meet `before` now and `after` once the plan is applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExposureChange {
     /// Port ranges, sorted, written `1-21,23-255`.

@@ -338,7 +338,7 @@ proptest::proptest! {
 
     /// The diff names exactly the probes whose decision changes: a probe's decision differs
     /// before and after iff a change covers its port and its source class (the narrowest
-    /// listed source holding it), with those two decisions.
+    /// source holding it that a rule for its port names), with those two decisions.
     #[test]
     fn the_diff_names_exactly_the_probes_that_change(
         before in raw_rules(),
@@ -352,17 +352,21 @@ proptest::proptest! {
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let now = Timestamp::from_unix(NOW);
         let diff = compute(&ra, &refs, now);
+        let sides = |family: Family| {
+            let side = |r: &crate::render::Rendered| read(family, &desired_ruleset(r.family(family)), now);
+            [side(&rb), side(&ra)]
+        };
+        let (v4, v6) = (sides(Family::Ipv4), sides(Family::Ipv6));
         for (p, port, src) in probes {
             let protocol = if p == 0 { Protocol::Tcp } else { Protocol::Udp };
             let source = ip(PACKETS[src]);
             let was = model(&b, &failsafe, protocol, port, source, NOW);
             let will = model(&a, &failsafe, protocol, port, source, NOW);
-            // the probe's class: the narrowest source of either side's rules of this protocol
-            // (as read: an expired rule and one the failsafe cut away name none)
-            let family = if source.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 };
-            let (db, da) = (read(family, &desired_ruleset(rb.family(family)), now), read(family, &desired_ruleset(ra.family(family)), now));
+            // the probe's class: the narrowest source of either side's rules for its port (as
+            // read: an expired rule and one the failsafe cut away name none)
+            let [db, da] = if source.is_ipv4() { &v4 } else { &v6 };
             let class = db.rules.iter().chain(&da.rules)
-                .filter(|r| r.protocol == protocol)
+                .filter(|r| r.protocol == protocol && r.ports.iter().any(|x| x.contains(port)))
                 .filter_map(|r| r.source)
                 .filter(|n| n.contains(&source))
                 .max_by_key(IpNet::prefix_len)
