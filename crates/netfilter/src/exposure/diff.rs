@@ -2,18 +2,17 @@
 //! a scanner sees change.
 //!
 //! The port space of each protocol is cut at every range boundary of either side, so within a
-//! segment every rule of both sides matches all ports or none. The sources are cut into
-//! classes: every distinct source CIDR of either side's rules of that protocol, plus the whole
-//! family (`0.0.0.0/0`, `::/0`); the class of a CIDR is its addresses that no narrower listed
-//! CIDR holds. CIDRs are nested or disjoint, so every address of a class matches the same
-//! rules, and one representative address decides for the class; a class with no address of its
-//! own (its narrower CIDRs cover it) is skipped.
+//! segment every rule of both sides matches all ports or none. Per segment, the sources are cut
+//! into classes: every distinct source CIDR that a rule of either side for the segment names,
+//! plus the whole family (`0.0.0.0/0`, `::/0`); the class of a CIDR is its addresses that no
+//! narrower one of those holds. CIDRs are nested or disjoint, so every address of a class
+//! matches the same rules there, and one representative address decides for the class; a
+//! class with no address of its own (its narrower CIDRs cover it) is skipped.
 //!
-//! A change is reported under the narrowest source that a rule *for that segment* names (or
-//! the whole family): a class whose own CIDR no rule for those ports names decides there as
-//! that enclosing source does, so `443/tcp from 0.0.0.0/0` is one row, not one per source some
-//! other port's rule names. A row's source therefore means its addresses that no narrower
-//! source of a rule for those ports holds.
+//! Naming only the sources of a segment's own rules keeps the rows few: tightening 443 for
+//! everyone is one row `443/tcp from 0.0.0.0/0`, not one more per source that some other
+//! port's rule names. Work is per segment and proportional to the rules covering it, and a
+//! segment whose covering rules decide alike on both sides is skipped outright.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -25,37 +24,33 @@ use super::read::{Decision, Decisions};
 use super::{Exposure, ExposureChange};
 use crate::place::Family;
 
-/// The changes from `before` to `after` of one family: one per protocol, source and pair of
-/// exposures, its ports merged into ranges, in protocol, first port, source order.
+/// The changes from `before` to `after` of one family: one per protocol, source class and
+/// pair of exposures, its ports merged into ranges, in protocol, first port, source order.
 pub fn changes(family: Family, before: &Decisions, after: &Decisions) -> Vec<ExposureChange> {
     let mut out = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let b: Vec<&Decision> = of(before, protocol);
         let a: Vec<&Decision> = of(after, protocol);
         let segments = Segments::new(b.iter().chain(&a).copied());
-        let classes = classes(family, b.iter().chain(&a).copied());
-        let named = segments.named(b.iter().chain(&a).copied());
-        // (segment, the source it is reported under) -> (before, after)
+        let (cover_b, cover_a) = (segments.cover(&b), segments.cover(&a));
+        // (segment, source class) -> (before, after)
         let mut found: BTreeMap<(usize, IpNet), (Exposure, Exposure)> = BTreeMap::new();
-        for class in &classes {
-            let Some(rep) = representative(*class, &classes) else {
+        for i in 0..segments.starts.len() {
+            let (rb, ra) = (&cover_b[i], &cover_a[i]);
+            let alike =
+                |x: &&Decision, y: &&Decision| (x.source, x.exposure) == (y.source, y.exposure);
+            if rb.len() == ra.len() && rb.iter().zip(ra).all(|(x, y)| alike(x, y)) {
                 continue;
-            };
-            let was = segments.paint(&b, rep);
-            let now = segments.paint(&a, rep);
-            let mut enclosing: Vec<IpNet> = classes
-                .iter()
-                .filter(|m| m.contains(class))
-                .copied()
-                .collect();
-            enclosing.sort_by_key(|m| std::cmp::Reverse(m.prefix_len()));
-            for i in (0..was.len()).filter(|&i| was[i] != now[i]) {
-                let owner = enclosing
-                    .iter()
-                    .find(|m| m.prefix_len() == 0 || named.get(*m).is_some_and(|v| covers(v, i)))
-                    .copied()
-                    .unwrap_or(*class);
-                found.insert((i, owner), (was[i], now[i]));
+            }
+            let classes = classes(family, rb.iter().chain(ra).copied());
+            for class in &classes {
+                let Some(rep) = representative(*class, &classes) else {
+                    continue;
+                };
+                let (was, now) = (first_match(rb, rep), first_match(ra, rep));
+                if was != now {
+                    found.insert((i, *class), (was, now));
+                }
             }
         }
         out.extend(segments.rows(protocol, &found));
@@ -63,14 +58,17 @@ pub fn changes(family: Family, before: &Decisions, after: &Decisions) -> Vec<Exp
     out
 }
 
-/// Whether the sorted, disjoint segment intervals `v` (`[lo, hi)`) hold segment `i`.
-fn covers(v: &[(usize, usize)], i: usize) -> bool {
-    let k = v.partition_point(|&(lo, _)| lo <= i);
-    k > 0 && i < v[k - 1].1
-}
-
 fn of(d: &Decisions, protocol: Protocol) -> Vec<&Decision> {
     d.rules.iter().filter(|r| r.protocol == protocol).collect()
+}
+
+/// The exposure the first of `rules` (all covering one segment, in order) that matches
+/// `source` gives.
+fn first_match(rules: &[&Decision], source: IpAddr) -> Exposure {
+    rules
+        .iter()
+        .find(|r| r.source.is_none_or(|s| s.contains(&source)))
+        .map_or(Exposure::Unmanaged, |r| r.exposure)
 }
 
 /// The source classes: the distinct sources and the whole family, sorted.
@@ -149,59 +147,21 @@ impl Segments {
         self.starts.partition_point(|&s| s < port)
     }
 
-    /// The exposure of every segment for a probe from `source`, by first match over `rules`:
-    /// each rule paints the segments no earlier rule has, skipping painted runs.
-    fn paint(&self, rules: &[&Decision], source: IpAddr) -> Vec<Exposure> {
-        let n = self.starts.len();
-        let mut out = vec![Exposure::Unmanaged; n];
-        // next[i]: the first unpainted segment at or after i (n: none)
-        let mut next: Vec<usize> = (0..=n).collect();
-        for r in rules
-            .iter()
-            .filter(|r| r.source.is_none_or(|s| s.contains(&source)))
-        {
+    /// For every segment, the rules of `rules` that cover it, in order.
+    fn cover<'a>(&self, rules: &[&'a Decision]) -> Vec<Vec<&'a Decision>> {
+        let mut out: Vec<Vec<&Decision>> = vec![Vec::new(); self.starts.len()];
+        for r in rules {
             for p in &r.ports {
-                let end = self.index(u32::from(p.end) + 1);
-                let mut i = find(&mut next, self.index(u32::from(p.start)));
-                while i < end {
-                    out[i] = r.exposure;
-                    next[i] = i + 1;
-                    i = find(&mut next, i + 1);
+                let (lo, hi) = (
+                    self.index(u32::from(p.start)),
+                    self.index(u32::from(p.end) + 1),
+                );
+                for seg in &mut out[lo..hi] {
+                    seg.push(*r);
                 }
             }
         }
         out
-    }
-
-    /// For every source some rule names, the segments its rules cover, as sorted, joined
-    /// `[lo, hi)` intervals of segment indices.
-    fn named<'a>(
-        &self,
-        rules: impl Iterator<Item = &'a Decision>,
-    ) -> HashMap<IpNet, Vec<(usize, usize)>> {
-        let mut m: HashMap<IpNet, Vec<(usize, usize)>> = HashMap::new();
-        for r in rules {
-            let Some(source) = r.source else { continue };
-            let v = m.entry(source.trunc()).or_default();
-            v.extend(r.ports.iter().map(|p| {
-                (
-                    self.index(u32::from(p.start)),
-                    self.index(u32::from(p.end) + 1),
-                )
-            }));
-        }
-        for v in m.values_mut() {
-            v.sort_unstable();
-            let mut joined: Vec<(usize, usize)> = Vec::with_capacity(v.len());
-            for &(lo, hi) in v.iter() {
-                match joined.last_mut() {
-                    Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
-                    _ => joined.push((lo, hi)),
-                }
-            }
-            *v = joined;
-        }
-        m
     }
 
     /// The rows of `found` ((segment, source) -> (before, after)): per source and pair of
@@ -243,13 +203,4 @@ impl Segments {
         });
         rows
     }
-}
-
-/// The root of `i` in the skip list `next`, with path halving.
-fn find(next: &mut [usize], mut i: usize) -> usize {
-    while next[i] != i {
-        next[i] = next[next[i]];
-        i = next[i];
-    }
-    i
 }
