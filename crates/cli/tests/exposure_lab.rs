@@ -1,7 +1,7 @@
 //! `portwarden plan`'s exposure diff end to end in a namespace lab, on both iptables backends:
 //! after policy A is applied, planning policy B names what a scanner will see change (from the
 //! rules in the kernel, read back), a change of rules alone says "no change in exposure", and
-//! a rule deleted by hand shows as the drift it is.
+//! a rule deleted by hand shows as the drift it is; `apply -o json` reports its change alike.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -146,5 +146,12 @@ fn plan_shows_the_exposure_a_scanner_will_see_change() {
             ["443/tcp from 0.0.0.0/0: unmanaged -> open"],
             "{backend}"
         );
+
+        // apply -o json reports what it changed the same way
+        let out = run(node, dir.path(), A, "apply", backend, false);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        let out = run(node, dir.path(), B, "apply", backend, true);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {}", text(&out));
+        assert_eq!(rows(&out), want, "{backend}");
     }
 }
