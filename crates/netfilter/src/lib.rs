@@ -52,6 +52,9 @@
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
 //! * `foreign_rule` — what a foreign iptables rule matches and decides, for the shadowing
 //!   [`mod@diff`] reports (pure).
+//! * [`exposure`] — what a scanner sees change when a plan is applied: the decisions of
+//!   portwarden's `INPUT` path read back from a filter table, now and as rendered, compared
+//!   per port range and source class (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
 //! * [`backend`] — nft vs legacy detection, tool lookup.
 //! * [`lockwait`] — is our `iptables-restore` waiting for the xtables lock, and for whom.
@@ -75,6 +78,7 @@ pub mod backend;
 pub mod chains;
 pub mod diff;
 mod error;
+pub mod exposure;
 pub mod failsafe;
 pub mod foreign_nft;
 mod foreign_rule;
@@ -98,6 +102,7 @@ pub use diff::{
     DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
 };
 pub use error::{Error, ErrorKind};
+pub use exposure::{Exposure, ExposureChange};
 pub use failsafe::{DEFAULT_FAILSAFE, Failsafe, FailsafePort};
 pub use foreign_nft::{
     ForeignDecision, ForeignFinding, ForeignRead, ForeignTables, Hook, Packet, Verdict,

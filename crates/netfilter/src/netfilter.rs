@@ -112,6 +112,8 @@ pub struct Netfilter {
     lock_wait_secs: u32,
     /// [`Options::owners`].
     owners: bool,
+    /// Whether plans carry the exposure diff ([`Netfilter::with_exposure`]).
+    exposure: bool,
     memo: Arc<Mutex<Option<Memo>>>,
 }
 
@@ -157,8 +159,19 @@ impl Netfilter {
             nft: backend::find_program("nft", dir),
             lock_wait_secs: options.lock_wait_secs,
             owners: options.owners,
+            exposure: false,
             memo: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// This handle, with (`true`) or without the exposure diff in every plan
+    /// ([`Plan::exposure`], [`crate::exposure`]): computed from the rulesets the plan reads and
+    /// its rendering, at the time of the read. Off by default: it costs time in proportion to
+    /// port boundaries times distinct sources, which an agent's refresh has no use for;
+    /// `portwarden plan` turns it on.
+    pub fn with_exposure(mut self, on: bool) -> Netfilter {
+        self.exposure = on;
+        self
     }
 
     /// The backend in use.
@@ -374,7 +387,11 @@ impl Netfilter {
         let current = self.read_all()?;
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe)?;
-        let plan = Plan::from_rendered(&rendered, intent, &refs);
+        let mut plan = Plan::from_rendered(&rendered, intent, &refs);
+        if self.exposure {
+            let now = portwarden_policy::Timestamp::now();
+            plan = plan.with_exposure(crate::exposure::compute(&rendered, &refs, now));
+        }
         // Gone from here: maybe moved to the other backend behind this handle's back.
         let gone = plan
             .drift_kinds()

@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::net::IpAddr;
 
 use crate::diff::{DriftKind, FamilyPlan, Kept, Lookalike, Shadowing, diff};
+use crate::exposure::{ExposureChange, ExposureDiff};
 use crate::failsafe::Failsafe;
 use crate::foreign_nft::{self, ForeignFinding, ForeignRead};
 use crate::mixed::MixedBackends;
@@ -53,6 +54,14 @@ pub struct Plan {
     /// Rules the iptables backend not in use holds (packets meet both backends'); never
     /// written (see [`crate::mixed`]).
     pub mixed_backends: Option<MixedBackends>,
+    /// What a scanner will see change once the plan is applied ([`crate::exposure`]), IPv4
+    /// first; `None` when not asked for ([`crate::Netfilter::with_exposure`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Vec<ExposureChange>>,
+    /// Rules of portwarden's chains in the kernel that the exposure diff could not evaluate
+    /// (left out of its "before"), each with its family, chain, position, rule and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exposure_unread: Vec<String>,
     /// Per-family detail.
     pub families: Vec<FamilyPlan>,
     /// Whether this plan removes everything of portwarden's ([`Plan::reset`]).
@@ -190,6 +199,8 @@ impl Plan {
             foreign_tables: Vec::new(),
             foreign_tables_unread: None,
             mixed_backends: None,
+            exposure: None,
+            exposure_unread: Vec::new(),
             families,
             reset: false,
         }
@@ -224,6 +235,13 @@ impl Plan {
             ForeignRead::NotRead(why) => self.foreign_tables_unread = Some(why.clone()),
         }
         self.mixed_backends = mixed;
+        self
+    }
+
+    /// Adds the exposure diff ([`crate::exposure::compute`] of the same rendering and rulesets).
+    pub fn with_exposure(mut self, diff: ExposureDiff) -> Plan {
+        self.exposure = Some(diff.changes);
+        self.exposure_unread = diff.unread;
         self
     }
 

@@ -46,6 +46,8 @@ struct ApplyOutput<'a> {
     foreign_tables: &'a [portwarden_netfilter::ForeignFinding],
     foreign_tables_unread: &'a Option<String>,
     mixed_backends: &'a Option<portwarden_netfilter::MixedBackends>,
+    /// What a scanner sees change, as in `plan -o json`.
+    exposure: &'a Option<Vec<portwarden_netfilter::ExposureChange>>,
 }
 
 /// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
@@ -69,7 +71,8 @@ pub fn written(
 }
 
 pub fn run(a: Args) -> Outcome {
-    let r = a.intent.resolve()?;
+    let mut r = a.intent.resolve()?;
+    r.netfilter = r.netfilter.with_exposure(true);
     warn_if_an_agent_runs("apply");
     // Read, plan, write and read back as the namespace's one writer.
     let (plan, applied) = r
@@ -93,6 +96,7 @@ pub fn run(a: Args) -> Outcome {
                 foreign_tables: &plan.foreign_tables,
                 foreign_tables_unread: &plan.foreign_tables_unread,
                 mixed_backends: &plan.mixed_backends,
+                exposure: &plan.exposure,
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

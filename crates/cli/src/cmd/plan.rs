@@ -300,8 +300,38 @@ pub fn print_findings(plan: &Plan, to_stderr: bool) {
     }
 }
 
+/// The exposure section of `plan`'s table: an `exposure:` header and one line per change, or
+/// `N rule changes, no change in exposure` when rules change but nothing a scanner sees; nothing
+/// when converged. Rules the diff could not read follow as warnings.
+pub fn exposure_lines(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    match plan.exposure.as_deref() {
+        _ if plan.is_converged() => {}
+        None => {}
+        Some([]) => out.push(format!(
+            "{} rule change{}, no change in exposure",
+            plan.changes,
+            if plan.changes == 1 { "" } else { "s" }
+        )),
+        Some(changes) => {
+            out.push(
+                "exposure (what a scanner will see change; unmanaged: left to the host's rules):"
+                    .to_string(),
+            );
+            out.extend(changes.iter().map(|c| format!("  {c}")));
+        }
+    }
+    out.extend(
+        plan.exposure_unread
+            .iter()
+            .map(|u| format!("warning: exposure: {u}; left out of the exposure before the change")),
+    );
+    out
+}
+
 pub fn run(a: Args) -> Outcome {
-    let r = a.intent.resolve()?;
+    let mut r = a.intent.resolve()?;
+    r.netfilter = r.netfilter.with_exposure(true);
     let plan = r.netfilter.plan(&r.intent, &r.failsafe)?;
     let forwarded = forwarded(&r.netfilter, &r.intent);
     let expiring = expiring(&r.intent, r.now, crate::cmd::agent::DEFAULT_REFRESH_SECS);
@@ -332,6 +362,7 @@ pub fn run(a: Args) -> Outcome {
             for a in &plan.add {
                 say(format!("+ {a}"));
             }
+            exposure_lines(&plan).into_iter().for_each(say);
             print_findings(&plan, false);
             print_forwarded(&forwarded);
             print_expiring(&expiring);
