@@ -88,7 +88,7 @@ pub enum Status {
 /// What the watcher did at the deadline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
-    /// When it started (took the writer lock), ms since the epoch.
+    /// When it woke at the deadline to roll back, ms since the epoch.
     pub started_ms: i64,
     /// When the previous rules were written and read back (or the attempt failed), ms since
     /// the epoch.
