@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use portwarden_netfilter::rollback::{self, Rollback, StateFile, Status};
 
 use crate::Outcome;
@@ -18,12 +18,23 @@ use crate::cmd::rollback::{STATE_WAIT, hms, rfc3339, stop_watcher, watcher_alive
 pub struct Args {}
 
 pub fn run(_a: Args) -> Outcome {
-    let state = StateFile::lock(STATE_WAIT)?;
-    let Some(mut r) = state.read()? else {
-        bail!(
+    let nothing = || {
+        anyhow!(
             "nothing to confirm: no rollback is pending in this network namespace (no `apply \
              --confirm-within` armed one)"
-        );
+        )
+    };
+    // Looked at first without the lock, so that nothing is created where nothing was armed
+    // (a read that fails, as one racing a write may, is settled under the lock below).
+    if matches!(
+        rollback::peek(&portwarden_netfilter::writer::lock_dir()),
+        Ok(None)
+    ) {
+        return Err(nothing());
+    }
+    let state = StateFile::lock(STATE_WAIT)?;
+    let Some(mut r) = state.read()? else {
+        return Err(nothing());
     };
     match r.status {
         Status::Pending => {}

@@ -151,51 +151,11 @@ pub fn arm(plan: &Plan, req: &Request<'_>) -> anyhow::Result<Option<Armed>> {
     }
     let state = StateFile::lock(STATE_WAIT)?;
     let existing = state.read()?;
-    let pending = existing
-        .as_ref()
-        .filter(|r| r.status == Status::Pending)
-        .filter(|r| {
-            let alive = watcher_alive(r);
-            if !alive {
-                eprintln!(
-                    "warning: an earlier rollback (due at {}) never ran: its watcher (pid {}) is \
-                     gone; arming a new one from portwarden's rules as they are now",
-                    hms(r.deadline_ms),
-                    r.watcher_pid.unwrap_or(0)
-                );
-            }
-            alive
-        });
+    let pending = live_pending(existing.as_ref());
     if plan.is_converged() && pending.is_none() {
         return Ok(None);
     }
-    let now = rollback::now_ms();
-    let window_ms = i64::try_from(req.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let mut r = Rollback {
-        version: rollback::VERSION,
-        id: format!("{}-{now}", std::process::id()),
-        namespace: portwarden_netfilter::writer::namespace_id()?,
-        status: Status::Pending,
-        node: req.node.to_string(),
-        backend: req.backend,
-        lock_wait_secs: req.lock_wait_secs,
-        command: portwarden_netfilter::lockwait::command(std::process::id()),
-        first_applied_ms: pending.map_or(now, |p| p.first_applied_ms),
-        applied_ms: now,
-        window_secs: req.window_secs,
-        deadline_ms: now.saturating_add(window_ms),
-        watcher_pid: None,
-        previous: match pending {
-            Some(p) => p.previous.clone(),
-            None => plan
-                .families
-                .iter()
-                .map(|f| Previous::from(&f.before))
-                .collect(),
-        },
-        confirmed_ms: None,
-        outcome: None,
-    };
+    let mut r = new_rollback(plan, req, pending)?;
     state.write(Some(&r))?;
     let started = spawn_watcher(&r.id).and_then(|mut child| {
         r.watcher_pid = Some(child.id());
@@ -221,6 +181,58 @@ pub fn arm(plan: &Plan, req: &Request<'_>) -> anyhow::Result<Option<Armed>> {
         path,
         replaced,
     }))
+}
+
+/// The pending rollback `existing` records, when its watcher still runs (one that is gone is
+/// stale: a warning says so, and it is not kept).
+fn live_pending(existing: Option<&Rollback>) -> Option<&Rollback> {
+    let r = existing.filter(|r| r.status == Status::Pending)?;
+    if watcher_alive(r) {
+        return Some(r);
+    }
+    eprintln!(
+        "warning: an earlier rollback (due at {}) never ran: its watcher (pid {}) is gone; \
+         arming a new one from portwarden's rules as they are now",
+        hms(r.deadline_ms),
+        r.watcher_pid.unwrap_or(0)
+    );
+    None
+}
+
+/// The state of a new arming for `plan`: its previous rules are those of `pending` when a
+/// rollback is pending (the state before the first unconfirmed apply), else the plan's.
+fn new_rollback(
+    plan: &Plan,
+    req: &Request<'_>,
+    pending: Option<&Rollback>,
+) -> anyhow::Result<Rollback> {
+    let now = rollback::now_ms();
+    let window_ms = i64::try_from(req.window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    Ok(Rollback {
+        version: rollback::VERSION,
+        id: format!("{}-{now}", std::process::id()),
+        namespace: portwarden_netfilter::writer::namespace_id()?,
+        status: Status::Pending,
+        node: req.node.to_string(),
+        backend: req.backend,
+        lock_wait_secs: req.lock_wait_secs,
+        command: portwarden_netfilter::lockwait::command(std::process::id()),
+        first_applied_ms: pending.map_or(now, |p| p.first_applied_ms),
+        applied_ms: now,
+        window_secs: req.window_secs,
+        deadline_ms: now.saturating_add(window_ms),
+        watcher_pid: None,
+        previous: match pending {
+            Some(p) => p.previous.clone(),
+            None => plan
+                .families
+                .iter()
+                .map(|f| Previous::from(&f.before))
+                .collect(),
+        },
+        confirmed_ms: None,
+        outcome: None,
+    })
 }
 
 /// Starts the watcher for arming `id` and waits for it to say `armed`.
