@@ -156,15 +156,18 @@ pub fn arm(plan: &Plan, req: &Request<'_>) -> anyhow::Result<Option<Armed>> {
         return Ok(None);
     }
     let mut r = new_rollback(plan, req, pending)?;
-    state.write(Some(&r))?;
-    let started = spawn_watcher(&r.id).and_then(|mut child| {
-        r.watcher_pid = Some(child.id());
-        state.write(Some(&r)).map_err(|e| {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow!(e)
-        })
-    });
+    let started = state
+        .write(Some(&r))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| spawn_watcher(&r.id))
+        .and_then(|mut child| {
+            r.watcher_pid = Some(child.id());
+            state.write(Some(&r)).map_err(|e| {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow!(e)
+            })
+        });
     if let Err(e) = started {
         // Put back what was there: a pending rollback keeps its own watcher.
         let _ = state.write(existing.as_ref());
