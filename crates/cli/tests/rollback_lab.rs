@@ -3,7 +3,8 @@
 //! `iptables-save` of both families.
 //!
 //! 1. `confirm_within_the_window_keeps_the_new_rules` — confirm exits 0, the watcher ends,
-//!    the new rules stay; a second confirm exits 1 ("confirmed already").
+//!    the new rules stay; a second confirm exits 1 ("confirmed already"); a relative
+//!    `PORTWARDEN_LOCK_DIR` reaches the watcher (which runs from `/`).
 //! 2. `timeout_restores_the_previous_rules_exactly` — at the deadline portwarden's chains and
 //!    jumps are exactly those from before the apply (both families, both backends), foreign
 //!    rules added meanwhile survive; a confirm after that exits 1 naming when; from a
@@ -278,6 +279,40 @@ fn confirm_within_the_window_keeps_the_new_rules() {
     wait_until("the watcher to end", || !watching(pid));
     assert_eq!(s.state(node)["status"], "confirmed");
     assert_eq!(ours(node, "nft"), new_rules, "the new rules stay");
+    // A relative lock directory reaches the watcher too (it runs from `/`).
+    let out = s
+        .command(
+            node,
+            &[
+                "apply",
+                "-f",
+                "c",
+                "--labels",
+                "",
+                "--node",
+                "n",
+                "--backend",
+                "nft",
+                "--confirm-within",
+                "30s",
+            ],
+        )
+        .current_dir(s.path(""))
+        .env("PORTWARDEN_LOCK_DIR", "locks")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let relative = s
+        .command(node, &["confirm"])
+        .current_dir(s.path(""))
+        .env("PORTWARDEN_LOCK_DIR", "locks")
+        .output()
+        .unwrap();
+    assert_eq!(relative.status.code(), Some(0), "{relative:?}");
+    wait_until("that watcher to end", || {
+        !watching(watcher_pid(&text(&out)))
+    });
+    assert!(s.apply(node, "b", "nft", &[]).status.success());
     let plan_b = s.apply_args("b", "nft", &[]);
     let mut plan: Vec<&str> = plan_b.iter().map(String::as_str).collect();
     plan[0] = "plan";

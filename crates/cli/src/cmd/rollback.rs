@@ -242,8 +242,13 @@ fn new_rollback(
 fn spawn_watcher(id: &str) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()
         .context("cannot find this program's own binary to start the rollback watcher")?;
+    // The watcher runs from `/`: a relative lock directory is handed over made absolute.
+    let dir = portwarden_netfilter::writer::lock_dir();
+    let dir = std::path::absolute(&dir)
+        .with_context(|| format!("cannot make the lock directory {} absolute", dir.display()))?;
     let mut cmd = Command::new(&exe);
     cmd.args([WATCH_COMMAND, "--id", id])
+        .env(portwarden_netfilter::writer::LOCK_DIR_ENV, dir)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
