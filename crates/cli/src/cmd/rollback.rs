@@ -470,3 +470,64 @@ fn record(id: &str, state: Option<StateFile>, r: &Rollback) -> ExitCode {
         _ => ExitCode::FAILURE,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portwarden_netfilter::{Cleanup, Family, Via};
+
+    #[test]
+    fn a_move_between_backends_is_refused_before_anything_is_armed() {
+        let plan = Plan::reset(&[]).with_cleanup(
+            vec![Cleanup {
+                backend: Backend::Legacy,
+                family: Family::Ipv4,
+                via: Via::IptablesRestore,
+                delete: vec!["iptables-legacy -X PORTWARDEN-INPUT".into()],
+                script: "*filter\n-X PORTWARDEN-INPUT\nCOMMIT\n".into(),
+            }],
+            Vec::new(),
+        );
+        let req = Request {
+            window_secs: 60,
+            node: "n",
+            backend: Backend::Nft,
+            lock_wait_secs: 10,
+        };
+        let e = arm(&plan, &req)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("removes portwarden's rules from the legacy backend")
+                && e.contains("nothing was written"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn instants_read_as_utc_clock_times() {
+        assert_eq!(hms(1_796_157_760_886), "20:42:40 UTC");
+        assert_eq!(rfc3339(1_796_157_760_886), "2026-12-01T20:42:40Z");
+        let r = Rollback {
+            version: rollback::VERSION,
+            id: "1-2".into(),
+            namespace: 1,
+            status: Status::Pending,
+            node: "n".into(),
+            backend: Backend::Nft,
+            lock_wait_secs: 10,
+            command: String::new(),
+            first_applied_ms: 0,
+            applied_ms: 0,
+            window_secs: 1,
+            deadline_ms: 1000,
+            watcher_pid: Some(std::process::id()),
+            previous: Vec::new(),
+            confirmed_ms: None,
+            outcome: None,
+        };
+        // This test process is no watcher, whatever the file says.
+        assert!(!watcher_alive(&r));
+    }
+}
