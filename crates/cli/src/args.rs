@@ -80,6 +80,82 @@ pub fn parse_rate(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The longest `--confirm-within`: a day. A rollback is for the hour after a change; a
+/// longer window is more likely a typo than a plan.
+pub const MAX_WINDOW_SECS: u64 = 24 * 3600;
+
+/// A rollback window (`apply --confirm-within`), in seconds: `90`, `90s`, `5m`, `1h`,
+/// `1h30m`. A bare number is seconds, as for every other duration flag (`--wait`, `--refresh`,
+/// `--confirm-budget`), which is also the safe side of a mistake: `5` meant as minutes rolls
+/// back sooner, not later. At least 1 s, at most [`MAX_WINDOW_SECS`].
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    const EXAMPLE: &str = "give a duration such as 60s, 5m, 1h30m or 90 (seconds)";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("empty: {EXAMPLE}"));
+    }
+    if t.starts_with('-') {
+        return Err(format!("\"{t}\" is negative: {EXAMPLE}"));
+    }
+    let too_long = || {
+        format!(
+            "\"{t}\" is longer than the longest window, 24h (a rollback is for the hour after a change)"
+        )
+    };
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!(
+                "\"{t}\": expected a number at \"{rest}\"; {EXAMPLE}"
+            ));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
+        rest = &rest[digits..];
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
+        let unit = &rest[..unit_len];
+        let scale = match unit {
+            "" if total == 0 && rest.is_empty() => 1,
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "" if rest.is_empty() => {
+                return Err(format!(
+                    "\"{t}\": a number without a unit after another; {EXAMPLE}"
+                ));
+            }
+            "" => {
+                return Err(format!(
+                    "\"{t}\": unexpected \"{rest}\" (whole numbers, each with s, m or h); {EXAMPLE}"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "\"{t}\": unknown unit \"{other}\" (s, m or h); {EXAMPLE}"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(too_long)?;
+    }
+    if total == 0 {
+        return Err(format!(
+            "\"{t}\" is no window at all: the rollback would undo the apply at once; give at least 1s, or leave --confirm-within out to apply for good"
+        ));
+    }
+    if total > MAX_WINDOW_SECS {
+        return Err(too_long());
+    }
+    Ok(total)
+}
+
 /// Prints the warnings, then the errors to standard error followed by a count of the errors
 /// (warnings are shown but not counted), and returns the error to exit on.
 pub fn report_diagnostics(problems: &Problems) -> anyhow::Error {
@@ -204,6 +280,32 @@ mod tests {
         let e = parse_labels("bad label=x").unwrap_err();
         assert!(e.starts_with("\"bad label=x\": invalid label key"), "{e}");
         assert!(parse_labels("role=").unwrap()["role"].is_empty());
+    }
+
+    #[test]
+    fn windows_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_window("60s"), Ok(60));
+        assert_eq!(parse_window("60"), Ok(60));
+        assert_eq!(parse_window(" 5m "), Ok(300));
+        assert_eq!(parse_window("1h30m"), Ok(5400));
+        assert_eq!(parse_window("1m30s"), Ok(90));
+        assert_eq!(parse_window("24h"), Ok(MAX_WINDOW_SECS));
+        let err = |s: &str| parse_window(s).unwrap_err();
+        assert!(err("0").contains("no window at all"), "{}", err("0"));
+        assert!(err("0s").contains("no window at all"));
+        assert!(err("-5s").contains("negative"));
+        assert!(err("1x").contains("unknown unit \"x\""), "{}", err("1x"));
+        assert!(
+            err("1.5s").contains("unexpected \".5s\""),
+            "{}",
+            err("1.5s")
+        );
+        assert!(err("s").contains("expected a number"));
+        assert!(err("").contains("empty"));
+        assert!(err("25h").contains("longer than the longest window"));
+        assert!(err("99999999999999999999s").contains("longer than"));
+        assert!(err("9999999999999999h").contains("longer than"));
+        assert!(err("1m30").contains("without a unit"), "{}", err("1m30"));
     }
 
     #[test]

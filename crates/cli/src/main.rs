@@ -47,12 +47,18 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Make this namespace's netfilter say what the policies say: one transaction per family.
     Apply(cmd::apply::Args),
+    /// Keep the ruleset of an `apply --confirm-within`: cancel its pending rollback.
+    Confirm(cmd::confirm::Args),
     /// Remove every chain and jump of portwarden's; leave everything else as it is.
     Reset(cmd::reset::Args),
     /// Kubernetes: aggregate PortReports into PortPolicy status, Events and metrics (leader-elected).
     Controller(cmd::controller::Args),
     /// Print the CustomResourceDefinitions (PortPolicy, PortReport) as YAML.
     Crd(cmd::crd::Args),
+    /// Internal: the watcher an `apply --confirm-within` starts, which rolls back at the
+    /// deadline unless confirmed.
+    #[command(name = "__rollback-watch", hide = true)]
+    RollbackWatch(cmd::rollback::WatchArgs),
 }
 
 /// What a command reports back to `main`: the process exit code.
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Reset(a) => cmd::reset::run(a),
         Command::Controller(a) => cmd::controller::run(a),
         Command::Crd(a) => cmd::crd::run(a),
+        Command::Confirm(a) => cmd::confirm::run(a),
+        Command::RollbackWatch(a) => cmd::rollback::watch(a),
     };
     match result {
         Ok(code) => code,

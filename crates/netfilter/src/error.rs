@@ -237,6 +237,34 @@ pub enum Error {
         /// How long this writer waited.
         waited: std::time::Duration,
     },
+    /// Another process kept this network namespace's pending-rollback state file locked for
+    /// the whole wait.
+    #[error(
+        "the pending-rollback state {} is held by {holder} (an apply --confirm-within, a \
+         confirm or a rollback in progress) and was not let go within {waited:?}; nothing was \
+         changed. Run again once it is done; if that process is stuck, stop it",
+        path.display()
+    )]
+    StateBusy {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// Who holds it.
+        holder: String,
+        /// How long this process waited.
+        waited: std::time::Duration,
+    },
+    /// The pending-rollback state file cannot be read, parsed or written.
+    #[error(
+        "the pending-rollback state {} {problem}; it is portwarden's own file (one per network \
+         namespace, beside the writer lock): if no `apply --confirm-within` is pending, remove it",
+        path.display()
+    )]
+    StateFile {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// What is wrong (`cannot be parsed: ...`, `cannot be written: ...`).
+        problem: String,
+    },
     /// Another agent already manages this network namespace.
     #[error(
         "another portwarden agent already manages this network namespace: {holder} (lock {}); \

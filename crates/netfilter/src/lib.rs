@@ -66,6 +66,8 @@
 //! * [`mixed`] — both iptables backends holding rules (pure).
 //! * [`writer`] — one writer per network namespace at a time (a lock held across read, plan,
 //!   write and read-back), and one agent.
+//! * [`rollback`] — the pending rollback of `apply --confirm-within`: its state file beside the
+//!   writer lock (portwarden's previous chains and jumps, the deadline, the outcome).
 //! * `netfilter` — [`Netfilter`]: read, apply, reset (I/O).
 //! * `error` — [`Error`], and the [`ErrorKind`] a caller may act on.
 //! * `fuzzing` — the checks of the `iptables_save` fuzz target and its corpus replay (feature
@@ -93,6 +95,7 @@ mod netfilter;
 mod place;
 pub mod plan;
 pub mod render;
+pub mod rollback;
 pub mod save;
 mod ser;
 pub mod writer;

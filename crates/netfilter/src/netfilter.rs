@@ -529,6 +529,82 @@ impl Netfilter {
         Ok((plan, applied))
     }
 
+    /// [`Netfilter::converge`] with a `gate` run under the writer lock between the plan and
+    /// the write: `apply --confirm-within` records portwarden's rules as planned
+    /// ([`FamilyPlan::before`]) and starts its rollback watcher there. A gate that fails stops
+    /// everything before a single write. Returns the plan, what the gate returned, and the
+    /// write's outcome (the gate's work stands either way).
+    ///
+    /// # Guarantees
+    /// As [`Netfilter::converge`]; nothing is written unless `gate` succeeds.
+    ///
+    /// # Errors
+    /// The lock's and the plan's errors, and the gate's.
+    ///
+    /// # Caveats
+    /// `gate` must not call a method of this crate that takes the writer lock: it would wait
+    /// for itself until `lock_wait_secs` runs out.
+    #[allow(clippy::type_complexity)]
+    pub fn converge_gated<G, E: From<Error>>(
+        &self,
+        intent: &NodeIntent,
+        failsafe: &Failsafe,
+        gate: impl FnOnce(&Plan) -> Result<G, E>,
+    ) -> Result<(Plan, G, Result<Applied, Error>), E> {
+        let writing = self.lock()?;
+        let plan = self.plan_unlocked(intent, failsafe)?;
+        let g = gate(&plan)?;
+        let applied = self.apply_locked(&writing, &plan);
+        Ok((plan, g, applied))
+    }
+
+    /// Puts portwarden's own chains and jumps back to earlier ones, as one writer: takes the
+    /// writer lock, asks `gate` (under it) whether to go on and to what — `None` stops here,
+    /// nothing written — then reads every managed family and writes, in one transaction per
+    /// family that differs, what makes portwarden's part of it exactly the target (a family
+    /// the target does not name gets nothing of portwarden's), and reads it back
+    /// ([`Plan::back_to`], [`Netfilter::apply`]). What the rollback of `apply
+    /// --confirm-within` runs.
+    ///
+    /// # Guarantees
+    /// As [`Netfilter::apply`]: foreign rules, chains and tables (Docker's, kube-proxy's,
+    /// rules added since) stay as they are; only portwarden's chains and its two jumps change.
+    ///
+    /// # Errors
+    /// The lock's errors and the gate's; the read's and the write's are returned beside the
+    /// gate's value, so that the caller can record them.
+    ///
+    /// # Caveats
+    /// As [`Netfilter::converge_gated`]; a jump comes back at position 1 of its chain.
+    #[allow(clippy::type_complexity)]
+    pub fn restore_gated<G, E: From<Error>>(
+        &self,
+        gate: impl FnOnce() -> Result<Option<(G, Vec<Desired>)>, E>,
+    ) -> Result<Option<(G, Result<(Plan, Applied), Error>)>, E> {
+        let writing = self.lock()?;
+        let Some((g, targets)) = gate()? else {
+            return Ok(None);
+        };
+        let written = self.read_all().and_then(|current| {
+            let targets: Vec<Desired> = current
+                .iter()
+                .map(|(f, _)| {
+                    targets
+                        .iter()
+                        .find(|t| t.family == *f)
+                        .cloned()
+                        .unwrap_or_else(|| Desired::empty(*f))
+                })
+                .collect();
+            let refs: Vec<(&Desired, &Ruleset)> =
+                targets.iter().zip(current.iter().map(|(_, r)| r)).collect();
+            let plan = Plan::back_to(&refs);
+            let applied = self.apply_locked(&writing, &plan)?;
+            Ok((plan, applied))
+        });
+        Ok(Some((g, written)))
+    }
+
     /// What it takes to remove everything of portwarden's, from both backends: the chosen
     /// backend's families as [`Plan::families`], a table iptables cannot print and the other
     /// backend (when its tools are installed) as [`Plan::cleanup`].

@@ -183,6 +183,17 @@ impl Plan {
         }
     }
 
+    /// A plan that puts portwarden's part of each family back to `target` (pure): its chains
+    /// and jumps become exactly the target's, foreign rules and chains stay as they are. What
+    /// a rollback of `apply --confirm-within` runs ([`crate::Netfilter::restore_gated`]).
+    pub fn back_to(current: &[(&Desired, &Ruleset)]) -> Plan {
+        let families = current
+            .iter()
+            .map(|(target, rs)| diff(target, rs, None))
+            .collect();
+        Plan::from_families(families, Vec::new())
+    }
+
     fn from_families(families: Vec<FamilyPlan>, conflicts: Vec<Conflict>) -> Plan {
         let add: Vec<String> = families.iter().flat_map(|f| f.add.clone()).collect();
         let delete: Vec<String> = families.iter().flat_map(|f| f.delete.clone()).collect();

@@ -51,6 +51,11 @@
 //!   agent's whole life: a second agent in the namespace refuses to start
 //!   ([`Error::AgentRunning`]), and a hand-run writer can tell that an agent will undo its
 //!   change ([`running_agent`]).
+//! * **The pending-rollback state** of `apply --confirm-within`, `net-<inode>.rollback.json`
+//!   beside it, is opened with the same checks (only files portwarden made) and locked
+//!   exclusively for each read-modify-write; the file holds the state itself (see
+//!   [`crate::rollback`]). Lock order: the writer lock first, then the state file, never the
+//!   other way round.
 //!
 //! Outside the crate nobody can hold the writer lock around a call that takes it again:
 //!
@@ -142,6 +147,9 @@ enum Kind {
     Read,
     /// The agent lock, exclusively, for the agent's life.
     Agent,
+    /// The pending-rollback state file, exclusively, for one read-modify-write (see
+    /// [`crate::rollback`]).
+    Rollback,
 }
 
 impl Kind {
@@ -150,6 +158,7 @@ impl Kind {
         match self {
             Kind::Write | Kind::Read => format!("net-{ns}.lock"),
             Kind::Agent => format!("net-{ns}.agent.lock"),
+            Kind::Rollback => format!("net-{ns}.rollback.json"),
         }
     }
 }
@@ -201,9 +210,27 @@ impl Lock {
         take(dir, Kind::Agent, AGENT_GRACE)
     }
 
+    /// Takes the pending-rollback state file of the calling thread's network namespace
+    /// (`net-<inode>.rollback.json`, created empty when missing) exclusively, waiting up to
+    /// `wait` for another holder (an `apply --confirm-within`, a `confirm`, a rollback
+    /// watcher). The file itself holds the state (see [`crate::rollback`]); no holder line is
+    /// written into it.
+    ///
+    /// # Errors
+    /// [`Error::StateBusy`] naming the holder when it is still held after `wait`;
+    /// [`Error::LockDir`], [`Error::LockFile`], [`Error::Namespace`] as [`Lock::writer`].
+    pub(crate) fn rollback_state(dir: &Path, wait: Duration) -> Result<Lock, Error> {
+        take(dir, Kind::Rollback, wait)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open lock file (for a lock whose file holds data: [`Lock::rollback_state`]).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// Writes this process's line into the lock file, for waiters of other PID namespaces.
@@ -238,7 +265,7 @@ fn take(dir: &Path, kind: Kind, wait: Duration) -> Result<Lock, Error> {
         let (file, writable) = open(dir, &path)?;
         let tried = match kind {
             Kind::Read => file.try_lock_shared(),
-            Kind::Write | Kind::Agent => file.try_lock(),
+            Kind::Write | Kind::Agent | Kind::Rollback => file.try_lock(),
         };
         match tried {
             Ok(()) if still_at(&file, &path) => {
@@ -255,7 +282,7 @@ fn take(dir: &Path, kind: Kind, wait: Duration) -> Result<Lock, Error> {
                     path,
                     recorded: false,
                 };
-                if kind != Kind::Read && writable {
+                if matches!(kind, Kind::Write | Kind::Agent) && writable {
                     lock.record();
                 }
                 return Ok(lock);
@@ -278,6 +305,11 @@ fn take(dir: &Path, kind: Kind, wait: Duration) -> Result<Lock, Error> {
                     lock: path,
                     holder: holder.to_string(),
                 },
+                Kind::Rollback => Error::StateBusy {
+                    path,
+                    holder: holder.to_string(),
+                    waited: wait,
+                },
                 Kind::Write | Kind::Read => Error::WriterBusy {
                     lock: path,
                     holder: holder.to_string(),
@@ -286,7 +318,10 @@ fn take(dir: &Path, kind: Kind, wait: Duration) -> Result<Lock, Error> {
             });
         }
         let new = logged.as_ref().is_none_or(|l| l.pid != holder.pid);
-        if kind != Kind::Agent && new && (holder.pid.is_some() || waited >= DESCRIBE_AFTER) {
+        if matches!(kind, Kind::Write | Kind::Read)
+            && new
+            && (holder.pid.is_some() || waited >= DESCRIBE_AFTER)
+        {
             warn!(
                 lock = %path.display(),
                 holder_pid = holder.pid.unwrap_or(0),
@@ -342,6 +377,30 @@ fn open(dir: &Path, path: &Path) -> Result<(File, bool), Error> {
         },
     })?;
     Ok((checked(file, dir, path)?, writable))
+}
+
+/// The pending-rollback state file of the calling thread's network namespace in `dir`,
+/// opened read-only without its lock (for a reader that must not wait for the holder), when
+/// it exists and is one portwarden made; `None` when there is none.
+///
+/// # Errors
+/// [`Error::LockFile`] for a file portwarden did not make, [`Error::LockDir`] when it cannot
+/// be opened, [`Error::Namespace`].
+pub(crate) fn peek_rollback_state(dir: &Path) -> Result<Option<(File, PathBuf)>, Error> {
+    let path = dir.join(Kind::Rollback.file_name(namespace_id()?));
+    match open_existing(&path, false) {
+        Ok(file) => Ok(Some((checked(file, dir, &path)?, path))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) if source.raw_os_error() == Some(libc::ELOOP) => Err(Error::LockFile {
+            path,
+            problem: "it is a symbolic link".into(),
+        }),
+        Err(source) => Err(Error::LockDir {
+            path,
+            action: "open",
+            source,
+        }),
+    }
 }
 
 /// Opens the existing file `path` without following a link or blocking on a FIFO.

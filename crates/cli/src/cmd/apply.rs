@@ -2,7 +2,8 @@
 //! the node — one `iptables-restore --noflush` transaction per family, read back and confirmed;
 //! nothing written when already converged. See `portwarden_netfilter::Netfilter::apply` for the
 //! contract (atomic per family, foreign rules untouched) and `Netfilter::converge` for the lock
-//! that makes it the namespace's only writer while it runs.
+//! that makes it the namespace's only writer while it runs. With `--confirm-within`, a
+//! rollback is armed before the write ([`crate::cmd::rollback`]).
 
 use std::process::ExitCode;
 
@@ -11,18 +12,28 @@ use serde::Serialize;
 use crate::Outcome;
 use crate::args::Format;
 use crate::cmd::plan::{
-    IntentArgs, expiring, explain_lock_error, forwarded, print_expiring, print_findings,
+    IntentArgs, Resolved, expiring, explain_lock_error, forwarded, print_expiring, print_findings,
     print_forwarded, warn_if_an_agent_runs,
 };
+use crate::cmd::rollback::{self, Armed};
 
 /// Arguments of `apply`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Example (as root, in the namespace to manage; in a lab: ip netns exec NS portwarden apply ...):\n  portwarden apply -f examples/ --inventory examples/inventory.yaml --node web-1\n\nExit codes: 0 applied (or nothing to do), 1 error (nothing changed in the failing family; also when another writer of this namespace held its lock for all of --wait)."
+    after_help = "Example (as root, in the namespace to manage; in a lab: ip netns exec NS portwarden apply ...):\n  portwarden apply -f examples/ --inventory examples/inventory.yaml --node web-1\n  portwarden apply -f examples/ --inventory examples/inventory.yaml --node web-1 --confirm-within 2m\n  portwarden confirm    # within the 2 minutes, to keep the new rules\n\nExit codes: 0 applied (or nothing to do), 1 error (nothing changed in the failing family; also when another writer of this namespace held its lock for all of --wait)."
 )]
 pub struct Args {
     #[command(flatten)]
     intent: IntentArgs,
+    /// Roll back automatically: unless `portwarden confirm` runs within DURATION (`90s`, `5m`,
+    /// `1h30m`; a bare number is seconds; 1s to 24h), a watcher process of its own restores
+    /// portwarden's rules from before this apply, both families, one transaction each. It
+    /// survives this terminal and this process (SIGHUP, SIGKILL), not a reboot. While one is
+    /// pending, another `--confirm-within` apply replaces its window and keeps its rules from
+    /// before the first unconfirmed apply.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = crate::args::parse_window)]
+    confirm_within: Option<u64>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     output: Format,
@@ -48,6 +59,9 @@ struct ApplyOutput<'a> {
     mixed_backends: &'a Option<portwarden_netfilter::MixedBackends>,
     /// What a scanner sees change, as in `plan -o json`.
     exposure: &'a Option<Vec<portwarden_netfilter::ExposureChange>>,
+    /// With `--confirm-within`: the armed rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback: Option<rollback::RollbackJson>,
 }
 
 /// Where an apply or reset wrote: `backend nft (IPv4, IPv6)`, then
@@ -74,11 +88,18 @@ pub fn run(a: Args) -> Outcome {
     let mut r = a.intent.resolve()?;
     r.netfilter = r.netfilter.with_exposure(true);
     warn_if_an_agent_runs("apply");
-    // Read, plan, write and read back as the namespace's one writer.
-    let (plan, applied) = r
-        .netfilter
-        .converge(&r.intent, &r.failsafe)
-        .map_err(explain_lock_error)?;
+    let (plan, armed, applied) = match a.confirm_within {
+        None => {
+            rollback::warn_if_pending("apply");
+            // Read, plan, write and read back as the namespace's one writer.
+            let (plan, applied) = r
+                .netfilter
+                .converge(&r.intent, &r.failsafe)
+                .map_err(explain_lock_error)?;
+            (plan, None, applied)
+        }
+        Some(window_secs) => converge_armed(&r, window_secs, a.intent.netfilter.wait)?,
+    };
     let forwarded = forwarded(&r.netfilter, &r.intent);
     let expiring = expiring(&r.intent, r.now, crate::cmd::agent::DEFAULT_REFRESH_SECS);
     match a.output {
@@ -97,6 +118,7 @@ pub fn run(a: Args) -> Outcome {
                 foreign_tables_unread: &plan.foreign_tables_unread,
                 mixed_backends: &plan.mixed_backends,
                 exposure: &plan.exposure,
+                rollback: armed.as_ref().map(Armed::json),
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -104,20 +126,66 @@ pub fn run(a: Args) -> Outcome {
             print_findings(&plan, true);
             print_forwarded(&forwarded);
             print_expiring(&expiring);
-            if applied.transactions == 0 {
-                println!(
-                    "no changes: netfilter already says what the policies say (nothing written)"
-                );
-            } else {
-                println!(
-                    "applied {} change(s) for node {} in {} transaction(s): {}; read back and confirmed",
-                    applied.changes,
-                    r.node,
-                    applied.transactions,
-                    written(&applied, r.netfilter.backend())
-                );
-            }
+            println!("{}", summary(&r, &applied, armed.as_ref()));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `apply --confirm-within`: as the namespace's one writer, arms the rollback between the
+/// plan and the write (nothing is written when that fails), then writes. A failed write
+/// leaves the rollback armed (it restores the rules from before, whatever the write left)
+/// and says so.
+fn converge_armed(
+    r: &Resolved,
+    window_secs: u64,
+    lock_wait_secs: u32,
+) -> anyhow::Result<(
+    portwarden_netfilter::Plan,
+    Option<Armed>,
+    portwarden_netfilter::Applied,
+)> {
+    let req = rollback::Request {
+        window_secs,
+        node: &r.node,
+        backend: r.netfilter.backend(),
+        lock_wait_secs,
+    };
+    let (plan, armed, applied) = r.netfilter.converge_gated(&r.intent, &r.failsafe, |plan| {
+        let armed = rollback::arm(plan, &req)?;
+        if let Some(a) = &armed {
+            eprintln!("rollback armed before writing: this apply {}", a.sentence());
+        }
+        Ok::<_, anyhow::Error>(armed)
+    })?;
+    let applied = applied
+        .map_err(explain_lock_error)
+        .map_err(|e| match &armed {
+            Some(a) => anyhow::anyhow!(
+                "{e:#}; the rollback stays armed: this apply {}",
+                a.sentence()
+            ),
+            None => e,
+        })?;
+    Ok((plan, armed, applied))
+}
+
+/// The table output's last line: what was written, and the rollback when one is armed.
+fn summary(r: &Resolved, applied: &portwarden_netfilter::Applied, armed: Option<&Armed>) -> String {
+    let mut line = if applied.transactions == 0 {
+        "no changes: netfilter already says what the policies say (nothing written)".to_string()
+    } else {
+        format!(
+            "applied {} change(s) for node {} in {} transaction(s): {}; read back and confirmed",
+            applied.changes,
+            r.node,
+            applied.transactions,
+            written(applied, r.netfilter.backend())
+        )
+    };
+    if let Some(a) = armed {
+        line.push_str("; ");
+        line.push_str(&a.sentence());
+    }
+    line
 }

@@ -21,6 +21,7 @@ pub struct Args {
 pub fn run(a: Args) -> Outcome {
     let nf = a.netfilter.netfilter()?;
     crate::cmd::plan::warn_if_an_agent_runs("reset");
+    crate::cmd::rollback::warn_if_pending("reset");
     let (plan, applied) = nf.reset().map_err(crate::cmd::plan::explain_lock_error)?;
     crate::cmd::plan::print_findings(&plan, false);
     if applied.transactions == 0 && !plan.kept.is_empty() {
