@@ -6,8 +6,9 @@
 //!   decides it, however many there are.
 //! * Listed detail is bounded: at most [`MAX_FINDINGS`] not-in-sync ports (drift before
 //!   indeterminate, then by node, protocol, port), the rest counted in `omittedFindings`; at most
-//!   [`MAX_POLICY_COUNTS`] policies, [`MAX_PEERS`] peers, [`MAX_NOTES`] notes, and causes and
-//!   notes cut at 512 bytes. A report is therefore tens of KiB at most.
+//!   [`MAX_POLICY_COUNTS`] policies, [`MAX_PEERS`] peers, [`MAX_NOTES`] notes, [`MAX_EXPIRED`]
+//!   expired entries (the rest counted in `omittedExpiredEntries`), and causes and notes cut at
+//!   512 bytes. A report is therefore tens of KiB at most.
 //! * Deterministic: the same inputs give the same spec, so an unchanged scan is not rewritten
 //!   ([`undated`]: a newer confirmation time alone is no change).
 
@@ -18,8 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 use portwarden_reconcile::{Report, Row, Verdict};
 
 use crate::crd::{
-    AppliedPolicy, Counts, Finding, MAX_FINDINGS, MAX_NOTES, MAX_PEERS, MAX_POLICY_COUNTS,
-    PolicyCounts, PortReportSpec,
+    AppliedPolicy, Counts, Finding, MAX_EXPIRED, MAX_FINDINGS, MAX_NOTES, MAX_PEERS,
+    MAX_POLICY_COUNTS, NodeExpiredEntry, PolicyCounts, PortReportSpec,
 };
 
 /// The node's own side: what its agent applied.
@@ -31,6 +32,8 @@ pub struct Applied {
     pub rules: u32,
     /// The last apply error.
     pub error: Option<String>,
+    /// Entries of those policies that had expired at the agent's last refresh.
+    pub expired: Vec<NodeExpiredEntry>,
 }
 
 /// The scanning side: the last peer scan.
@@ -110,6 +113,11 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
     };
     spec.applied.sort();
     spec.applied.truncate(1024);
+    let mut expired = applied.expired.clone();
+    expired.sort();
+    spec.omitted_expired_entries = expired.len().saturating_sub(MAX_EXPIRED) as u32;
+    expired.truncate(MAX_EXPIRED);
+    spec.expired_entries = expired;
     let Some(scan) = scan else {
         return spec;
     };
@@ -290,6 +298,38 @@ mod tests {
         r.verdict = Verdict::Drift;
         let drift = build("db-1", &Applied::default(), Some(&scan(vec![r])));
         assert_ne!(undated(&spec), undated(&drift));
+    }
+
+    #[test]
+    fn expired_entries_are_sorted_and_bounded() {
+        let expired = |policy: &str, entry: u32| NodeExpiredEntry {
+            policy: policy.into(),
+            entry: crate::crd::ExpiredEntry {
+                entry,
+                ports: "8080".into(),
+                protocol: "tcp".into(),
+                expires: Time(Timestamp::from_second(1_798_135_200).unwrap()),
+            },
+        };
+        let applied = Applied {
+            expired: (0..150).rev().map(|e| expired("quarantine", e)).collect(),
+            ..Applied::default()
+        };
+        let spec = build("web-1", &applied, None);
+        assert_eq!(spec.expired_entries.len(), MAX_EXPIRED);
+        assert_eq!(spec.omitted_expired_entries, 50);
+        assert_eq!(spec.expired_entries[0], expired("quarantine", 0));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json["expiredEntries"][0],
+            serde_json::json!({"policy": "quarantine", "entry": 0, "ports": "8080", "protocol": "tcp", "expires": "2026-12-24T18:00:00Z"})
+        );
+        assert_eq!(json["omittedExpiredEntries"], 50);
+        // None expired: neither field is written.
+        let json = serde_json::to_value(build("web-1", &Applied::default(), None)).unwrap();
+        assert!(
+            json.get("expiredEntries").is_none() && json.get("omittedExpiredEntries").is_none()
+        );
     }
 
     #[test]
