@@ -7,7 +7,7 @@
 //!
 //! # Attribution
 //!
-//! Every rule portwarden renders stands for exactly one entry ([`crate::render`] merges rules
+//! Every rule portwarden renders stands for exactly one entry ([`mod@crate::render`] merges rules
 //! into a multiport rule only within one entry) and carries its comment,
 //! [`chains::entry_comment`] (`web entry 3: open`). A rule in one of portwarden's chains
 //! ([`chains::is_owned`]) whose comment is the one this intent's entry would get counts for that
