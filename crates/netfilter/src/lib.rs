@@ -50,6 +50,8 @@
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
+//! * [`counters`] — the kernel's rule counters per policy entry and family, and whether each
+//!   entry's rules are in place (pure; read with [`Netfilter::read_counters`]).
 //! * `foreign_rule` — what a foreign iptables rule matches and decides, for the shadowing
 //!   [`mod@diff`] reports (pure).
 //! * [`plan`] — [`Plan`], the serializable result.
@@ -73,6 +75,7 @@
 pub mod addresses;
 pub mod backend;
 pub mod chains;
+pub mod counters;
 pub mod diff;
 mod error;
 pub mod failsafe;
@@ -94,6 +97,7 @@ mod ser;
 pub mod writer;
 
 pub use backend::{Backend, BackendChoice, Detection};
+pub use counters::{EntryCounters, entry_counters};
 pub use diff::{
     DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
 };
