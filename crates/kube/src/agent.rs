@@ -356,8 +356,8 @@ struct PlanDriver {
 }
 
 impl PlanDriver {
-    /// Tells the watch task what `plan` applied, whether the last apply failed, and which
-    /// of its entries have expired by now.
+    /// Tells the watch task what `plan` applied, whether the last apply failed, which of its
+    /// entries have expired by now, and the last refresh's per-entry counts.
     fn send_applied(&self, shared: &Shared, plan: &NodePlan) {
         // The shared intent, not the plan's: a refresh drops the rules of expired entries.
         let (error, rules) = shared.with_state(|s| {
@@ -367,11 +367,16 @@ impl PlanDriver {
                 rules.map_or(0, |i| i.rules.len() as u32),
             )
         });
+        let (counted, counted_at) = shared.entry_counts();
         let _ = self.outcomes.send(Outcome::Applied(Applied {
             policies: plan.applied.clone(),
             rules,
             error,
             expired: crate::expired::passed(&plan.expiring, &Time(Timestamp::now())),
+            entries: report::entry_counts(&counted),
+            counted_at: counted_at
+                .and_then(|t| Timestamp::from_second(t.unix()).ok())
+                .map(Time),
         }));
     }
 }
@@ -823,6 +828,7 @@ mod tests {
                     expires: Time(Timestamp::from_second(3).unwrap()),
                 },
             }],
+            ..Applied::default()
         }));
         let at = |secs: i64| Time(Timestamp::from_second(secs).unwrap());
         let script = server.run(|mut s| async move {
@@ -919,7 +925,7 @@ mod tests {
                     policies: plan.applied.clone(),
                     rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
                     error: None,
-                    expired: vec![],
+                    ..Applied::default()
                 }))
                 .unwrap();
             plan

@@ -623,7 +623,7 @@ mod tests {
                     }],
                     rules: 1,
                     error: None,
-                    expired: vec![],
+                    ..Applied::default()
                 },
                 Some(&Scan {
                     report,

@@ -40,6 +40,10 @@ pub const MAX_NOTES: usize = 16;
 /// rest are counted in `omittedExpiredEntries`.
 pub const MAX_EXPIRED: usize = 100;
 
+/// At most this many per-entry packet counts in one `PortReport` (those that matched last and
+/// most); the rest are counted in `omittedEntries`.
+pub const MAX_ENTRY_COUNTS: usize = 100;
+
 /// At most this many expired entries in a `PortPolicy`'s status: as many as a policy can have
 /// ([`portwarden_policy::document::MAX_ENTRIES`]), so none is left out.
 pub const MAX_STATUS_EXPIRED: usize = portwarden_policy::document::MAX_ENTRIES as usize;
@@ -296,6 +300,27 @@ pub struct NodeExpiredEntry {
     pub entry: ExpiredEntry,
 }
 
+/// The packets one entry's rules matched on the node, both families summed: the kernel's
+/// counters, which count from when the rules were written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryCount {
+    /// The entry's policy.
+    pub policy: String,
+    /// Its index in the policy's `spec.ports`.
+    pub entry: u32,
+    /// Packets matched.
+    #[serde(default)]
+    pub packets: u64,
+    /// Bytes of those packets.
+    #[serde(default)]
+    pub bytes: u64,
+    /// When the agent last saw the count grow between two of its refreshes (at most one
+    /// refresh late); absent when it has not since the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_match: Option<Time>,
+}
+
 /// What one node's agent applied and what its scans of its peers saw.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -359,6 +384,19 @@ pub struct PortReportSpec {
     /// Expired entries left out of `expiredEntries` by the bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub omitted_expired_entries: u32,
+    /// Per-entry packet counts of the entries that matched any packet, by policy and entry, at
+    /// most 100 (those that matched last, then most, are kept). As of `countedAt`: a new entry
+    /// matching rewrites the report at once, growing counts only with the next write (at
+    /// least every 10 minutes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub entries: Vec<EntryCount>,
+    /// Entries with packets left out of `entries` by the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_entries: u32,
+    /// When the agent read the counters in `entries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<Time>,
     /// When the peers were last scanned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanned_at: Option<Time>,
