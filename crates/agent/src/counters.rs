@@ -20,7 +20,7 @@
 //! * An entry whose rules were partly rewritten between two refreshes while its other rules
 //!   matched can show a smaller total: then that refresh's matches are taken for a baseline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use portwarden_netfilter::addresses::Host;
@@ -71,8 +71,10 @@ impl MatchTracker {
             packets.insert(key, r.packets);
         }
         self.packets = packets;
+        let present: HashSet<(&str, usize)> =
+            rows.iter().map(|r| (r.policy.as_str(), r.entry)).collect();
         self.last_match
-            .retain(|(p, e), _| rows.iter().any(|r| r.entry == *e && r.policy == *p));
+            .retain(|(p, e), _| present.contains(&(p.as_str(), *e)));
         rows.into_iter()
             .map(|counters| Counted {
                 last_match: self
