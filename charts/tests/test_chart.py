@@ -397,7 +397,8 @@ def exported_metrics():
     for path, prefix in (("crates/agent/src/metrics.rs", "portwarden_"),
                          ("crates/kube/src/metrics.rs", "portwarden_controller_")):
         src = (ROOT / path).read_text()
-        for name in re.findall(r'register\(\s*"([a-z_]+)"', src):
+        # register("name", ...) and a collector's encode_descriptor("name", ...)
+        for name in re.findall(r'(?:register|encode_descriptor)\(\s*"([a-z_]+)"', src):
             base = prefix + name
             names |= {base, base + "_total", base + "_bucket", base + "_sum", base + "_count"}
     names.add("up")
@@ -419,6 +420,7 @@ def test_grafana_dashboard_is_picked_up_by_the_sidecar_and_shows_drift_and_laten
     assert {"Drift by node and port", "Reconcile latency (agents)", "Scan latency (agents)"} <= set(titles)
     assert "by (node, port, protocol)" in titles["Drift by node and port"]["targets"][0]["expr"]
     assert "scan_duration_seconds_bucket" in titles["Scan latency (agents)"]["targets"][0]["expr"]
+    assert "portwarden_entry_packets_total" in titles["Packets by entry"]["targets"][0]["expr"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:

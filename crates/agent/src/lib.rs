@@ -12,6 +12,7 @@
 //! * [`config`] — [`AgentConfig`] and the policy [`Source`] (files, or a cluster).
 //! * [`state`] — what the loop knows and shares with the HTTP handlers ([`Shared`]).
 //! * [`converge`] — one reconcile, and why it runs ([`Reason`]).
+//! * [`counters`] — per-entry packet counters at each refresh, and when each entry last matched.
 //! * [`scan`] — the peer scans.
 //! * [`schedule`] — the one loop both agents drive.
 //! * [`debounce`] — when the standalone agent loads changed files.
@@ -25,6 +26,7 @@
 
 pub mod config;
 pub mod converge;
+pub mod counters;
 pub mod debounce;
 pub mod http;
 pub mod lifecycle;

@@ -2,13 +2,17 @@
 //! agent and the controller under their prefixes), and their text encoding. The controller's
 //! own metrics are `portwarden-kube`'s.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 /// Labels of a drifting port.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +129,109 @@ impl HttpMetrics {
     }
 }
 
+/// Labels of an entry's counters in one family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntryFamilyLabels {
+    /// Policy name.
+    pub policy: String,
+    /// Entry index.
+    pub entry: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+}
+
+/// Labels of an entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntryLabels {
+    /// Policy name.
+    pub policy: String,
+    /// Entry index.
+    pub entry: String,
+}
+
+/// One entry's counters in one family, as the last refresh read them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntrySample {
+    /// Policy name.
+    pub policy: String,
+    /// Entry index.
+    pub entry: usize,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// The kernel's packet counter of the entry's rules.
+    pub packets: u64,
+    /// Its byte counter.
+    pub bytes: u64,
+    /// Unix time the agent last saw the entry's packets grow; `None` when not since it started.
+    pub last_match: Option<i64>,
+}
+
+/// The per-entry counters, exported as they were last read: the kernel's counters are the
+/// values (a rewritten rule starts again from 0, which Prometheus takes for a counter reset),
+/// and an entry that is gone from the intent is gone from `/metrics` at the next refresh.
+/// Registered in [`Metrics`] as a collector; [`EntryMetrics::set`] replaces the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct EntryMetrics(Arc<Mutex<Vec<EntrySample>>>);
+
+impl EntryMetrics {
+    /// Replaces the exported samples by those of the latest refresh.
+    pub fn set(&self, samples: Vec<EntrySample>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = samples;
+    }
+}
+
+impl Collector for EntryMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let labels = |s: &EntrySample| EntryFamilyLabels {
+            policy: s.policy.clone(),
+            entry: s.entry.to_string(),
+            family: s.family.clone(),
+        };
+        // Help texts end with the period `Registry::register` adds to the others.
+        let counter = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "entry_packets",
+            "Packets the entry's rules matched (the kernel's counters, from when the rules were written).",
+            None,
+            counter.metric_type(),
+        )?;
+        for s in &samples {
+            ConstCounter::new(s.packets).encode(family.encode_family(&labels(s))?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "entry_bytes",
+            "Bytes of the packets the entry's rules matched.",
+            None,
+            counter.metric_type(),
+        )?;
+        for s in &samples {
+            ConstCounter::new(s.bytes).encode(family.encode_family(&labels(s))?)?;
+        }
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "entry_last_match_timestamp_seconds",
+            "Unix time the agent last saw the entry's packet count grow between two refreshes.",
+            None,
+            gauge.metric_type(),
+        )?;
+        // One series per entry, whatever its families.
+        let mut seen: std::collections::HashSet<(&str, usize)> = std::collections::HashSet::new();
+        for s in &samples {
+            let Some(at) = s.last_match else { continue };
+            if !seen.insert((s.policy.as_str(), s.entry)) {
+                continue;
+            }
+            let l = EntryLabels {
+                policy: s.policy.clone(),
+                entry: s.entry.to_string(),
+            };
+            ConstGauge::new(at).encode(family.encode_family(&l)?)?;
+        }
+        Ok(())
+    }
+}
+
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -167,6 +274,8 @@ pub struct Metrics {
     pub report_write_errors: Counter,
     /// The HTTP endpoint's connections.
     pub http: HttpMetrics,
+    /// Per-entry packet counters (`portwarden_entry_...`).
+    pub entries: EntryMetrics,
 }
 
 impl Default for Metrics {
@@ -201,6 +310,7 @@ impl Metrics {
             report_writes: Counter::default(),
             report_write_errors: Counter::default(),
             http: HttpMetrics::default(),
+            entries: EntryMetrics::default(),
             registry: Registry::default(),
         };
         m.http.register(&mut registry);
@@ -294,6 +404,9 @@ impl Metrics {
             "Kubernetes mode: PortReport writes that failed",
             m.report_write_errors.clone(),
         );
+        // entry_packets (_total), entry_bytes (_total), entry_last_match_timestamp_seconds:
+        // the collector's descriptors, named in `EntryMetrics::encode`.
+        registry.register_collector(Box::new(m.entries.clone()));
         Metrics { registry, ..m }
     }
 
@@ -360,6 +473,56 @@ mod tests {
             text.contains("portwarden_http_connections_open 0"),
             "{text}"
         );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn entry_counters_are_exported_as_read() {
+        let m = Metrics::new();
+        let sample = |family: &str, packets, last_match| EntrySample {
+            policy: "quarantine".into(),
+            entry: 0,
+            family: family.into(),
+            packets,
+            bytes: packets * 60,
+            last_match,
+        };
+        m.entries.set(vec![
+            sample("ipv4", 3, Some(1_798_135_200)),
+            sample("ipv6", 0, Some(1_798_135_200)),
+            EntrySample {
+                policy: "web".into(),
+                entry: 2,
+                ..sample("ipv4", 0, None)
+            },
+        ]);
+        let text = m.encode();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("portwarden_entry_"))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "# HELP portwarden_entry_packets Packets the entry's rules matched (the kernel's counters, from when the rules were written).",
+                "# TYPE portwarden_entry_packets counter",
+                "portwarden_entry_packets_total{policy=\"quarantine\",entry=\"0\",family=\"ipv4\"} 3",
+                "portwarden_entry_packets_total{policy=\"quarantine\",entry=\"0\",family=\"ipv6\"} 0",
+                "portwarden_entry_packets_total{policy=\"web\",entry=\"2\",family=\"ipv4\"} 0",
+                "# HELP portwarden_entry_bytes Bytes of the packets the entry's rules matched.",
+                "# TYPE portwarden_entry_bytes counter",
+                "portwarden_entry_bytes_total{policy=\"quarantine\",entry=\"0\",family=\"ipv4\"} 180",
+                "portwarden_entry_bytes_total{policy=\"quarantine\",entry=\"0\",family=\"ipv6\"} 0",
+                "portwarden_entry_bytes_total{policy=\"web\",entry=\"2\",family=\"ipv4\"} 0",
+                "# HELP portwarden_entry_last_match_timestamp_seconds Unix time the agent last saw the entry's packet count grow between two refreshes.",
+                "# TYPE portwarden_entry_last_match_timestamp_seconds gauge",
+                "portwarden_entry_last_match_timestamp_seconds{policy=\"quarantine\",entry=\"0\"} 1798135200",
+            ]
+        );
+        // The next refresh's snapshot replaces this one: a removed entry's series go.
+        m.entries.set(Vec::new());
+        let text = m.encode();
+        assert!(!text.contains("policy=\"quarantine\""), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

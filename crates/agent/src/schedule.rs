@@ -1,6 +1,7 @@
-//! The one schedule of every agent: repair every `refresh`, scan peers every `scan_interval`,
-//! poll the policy source when it wants to be polled, take messages from outside (signals, new
-//! plans) in between, and beat the heart that `/healthz` reads.
+//! The one schedule of every agent: repair and read the per-entry counters every `refresh`,
+//! scan peers every `scan_interval`, poll the policy source when it wants to be polled, take
+//! messages from outside (signals, new plans) in between, and beat the heart that `/healthz`
+//! reads.
 //!
 //! A key design decision is that the loop is a plain thread that does one thing at a time —
 //! load, reconcile, scan — because every step shells out to iptables or sends probes and must
@@ -53,7 +54,7 @@ pub trait Driver {
     /// The messages that arrived together, oldest first. Returns whether to stop.
     fn receive(&mut self, shared: &Shared, messages: Vec<Self::Message>) -> bool;
 
-    /// After each refresh's reconcile.
+    /// After each refresh's reconcile and counter read.
     fn refreshed(&mut self, _shared: &Shared) {}
 
     /// A peer scan is due.
@@ -77,6 +78,7 @@ pub fn run<D: Driver>(shared: &Shared, driver: &mut D, control: &Receiver<D::Mes
         }
         if now >= next_refresh {
             converge(shared, Reason::Refresh);
+            crate::counters::refresh(shared);
             driver.refreshed(shared);
             next_refresh = now + cfg.refresh;
         }

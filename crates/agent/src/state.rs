@@ -1,6 +1,7 @@
 //! What an agent's loop knows and shares with its HTTP handlers: the last good intent, the
 //! errors (logged, never served), readiness, the heartbeat and the step the loop is in, the
-//! last peer scan, and the inside view computed on request.
+//! last peer scan, the last refresh's per-entry counters, and the inside view computed on
+//! request.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use portwarden_reconcile::report::Report;
 use tracing::info;
 
 use crate::config::AgentConfig;
+use crate::counters::{Counted, EntryCounts};
 use crate::metrics::Metrics;
 
 /// What the loop knows, shared with the HTTP handlers.
@@ -105,6 +107,8 @@ pub struct Shared {
     /// What the peer scans remember of the peers' UDP ports ([`portwarden_reconcile::ledger`]); only the
     /// loop's peer scan uses it.
     pub ledger: Mutex<Ledger>,
+    /// The per-entry counters of the last refresh ([`crate::counters`]).
+    pub counts: Mutex<EntryCounts>,
 }
 
 impl Shared {
@@ -116,11 +120,22 @@ impl Shared {
             metrics: Metrics::new(),
             netfilter: Mutex::new(None),
             ledger: Mutex::new(Ledger::default()),
+            counts: Mutex::new(EntryCounts::default()),
         })
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn counts(&self) -> std::sync::MutexGuard<'_, EntryCounts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last refresh's per-entry counters and when they were read (shared, not copied).
+    pub fn entry_counts(&self) -> (Arc<Vec<Counted>>, Option<portwarden_policy::Timestamp>) {
+        let c = self.counts();
+        (c.counted.clone(), c.at)
     }
 
     /// Reads state under the lock.
@@ -220,6 +235,10 @@ impl Shared {
         };
         view.policy_invalid = policy_invalid;
         view.apply_failed |= apply_failed;
+        if intent.is_some() {
+            let (counted, at) = self.entry_counts();
+            crate::counters::into_view(&mut view, &counted, at);
+        }
         view
     }
 }

@@ -43,6 +43,8 @@
 //!     child runs with it.
 //! 13. `the_inside_view_and_readyz_carry_no_error_text` — the loader's message (a path, a
 //!     quoted value) is logged, not served.
+//! 14. `the_agent_counts_packets_per_entry_and_dates_the_last_match` — a connection attempt
+//!     to a closed entry shows in `/metrics` and `/v1/inside` as packets and a last match.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -1726,4 +1728,58 @@ fn the_inside_view_and_readyz_carry_no_error_text() {
     }
     let view: serde_json::Value = serde_json::from_str(&inside).unwrap();
     assert_eq!(view["policy_invalid"], true, "{inside}");
+}
+
+/// Issue 17 part 2: the agent counts packets per entry at every refresh. A connection attempt
+/// from the scanner to the closed 8080 (web entry 2) shows in `/metrics` and the inside view,
+/// dated as a match because the count grew after a refresh had seen it at 0; entry 0 (80,
+/// nothing sent) keeps no last match.
+#[test]
+fn the_agent_counts_packets_per_entry_and_dates_the_last_match() {
+    skip_unless_lab!();
+    let (lab, node, s) = web_lab("fcount");
+    let agent = Agent::start(&node, &s, &s.path("policies"), Backend::Nft, 1, &[]);
+    let row = |v: &InsideView, entry: usize| {
+        v.entries
+            .iter()
+            .find(|r| r.policy == "web" && r.entry == entry && r.family == "ipv4")
+            .cloned()
+    };
+    // A refresh has read the counters, before any traffic: the baseline.
+    agent.wait_for("the counters read once", |v| {
+        v.converged && v.counted_at.is_some() && row(v, 2).is_some_and(|r| r.packets == 0)
+    });
+    let target = SocketAddr::new(node.v4().into(), 8080);
+    let refused = lab
+        .scanner(0)
+        .run(move || TcpStream::connect_timeout(&target, Duration::from_secs(2)))
+        .unwrap();
+    assert!(refused.is_err(), "8080 is closed: {refused:?}");
+    let view = agent.wait_for("web entry 2 seen matching", |v| {
+        row(v, 2).is_some_and(|r| r.packets >= 1 && r.last_match.is_some())
+    });
+    let matched = row(&view, 2).unwrap();
+    assert!(matched.bytes >= 40, "{matched:?}");
+    // Its rules on the input path (and the forward path where the node forwards) are in place.
+    assert!(
+        matched.rules_expected >= 1 && matched.rules_in_place == matched.rules_expected,
+        "{matched:?}"
+    );
+    assert!(
+        row(&view, 0).is_some_and(|r| r.last_match.is_none()),
+        "{view:?}"
+    );
+    let text = agent.get("/metrics").unwrap();
+    let packets =
+        agent.metric("portwarden_entry_packets_total{policy=\"web\",entry=\"2\",family=\"ipv4\"}");
+    assert!(packets >= 1.0, "{text}");
+    assert!(
+        agent.metric("portwarden_entry_last_match_timestamp_seconds{policy=\"web\",entry=\"2\"}")
+            > 1.7e9,
+        "{text}"
+    );
+    assert!(
+        !text.contains("portwarden_entry_last_match_timestamp_seconds{policy=\"web\",entry=\"0\"}"),
+        "{text}"
+    );
 }

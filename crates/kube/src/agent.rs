@@ -162,6 +162,9 @@ pub struct NodePlan {
     pub unlisted: BTreeMap<String, Vec<String>>,
     /// The node's UID, for the report's owner reference.
     pub uid: Option<String>,
+    /// Every entry with an expiry of the policies in the intent, passed or not: each
+    /// refresh reports those passed by then ([`crate::expired::passed`]).
+    pub expiring: Vec<crate::crd::NodeExpiredEntry>,
 }
 
 impl NodePlan {
@@ -178,6 +181,7 @@ impl NodePlan {
             && self.policy_error == other.policy_error
             && targets(self) == targets(other)
             && self.unlisted == other.unlisted
+            && self.expiring == other.expiring
     }
 }
 
@@ -266,7 +270,13 @@ pub fn plan_node(
     let intents = set.compile_nodes(&wanted);
     let intent = intents.get(me).cloned().unwrap_or_default();
     let (peers, unlisted) = peer_targets(&set, &intents, &wanted, &peer_names);
+    let expiring = crate::expired::expiring(
+        set.policies()
+            .iter()
+            .filter(|p| intent.policies.iter().any(|n| **n == *p.name)),
+    );
     NodePlan {
+        expiring,
         applied: intent
             .policies
             .iter()
@@ -346,13 +356,27 @@ struct PlanDriver {
 }
 
 impl PlanDriver {
-    /// Tells the watch task what `plan` applied and whether the last apply failed.
+    /// Tells the watch task what `plan` applied, whether the last apply failed, which of its
+    /// entries have expired by now, and the last refresh's per-entry counts.
     fn send_applied(&self, shared: &Shared, plan: &NodePlan) {
-        let error = shared.with_state(|s| s.apply_error.clone());
+        // The shared intent, not the plan's: a refresh drops the rules of expired entries.
+        let (error, rules) = shared.with_state(|s| {
+            let rules = s.intent.as_ref().or(plan.intent.as_ref());
+            (
+                s.apply_error.clone(),
+                rules.map_or(0, |i| i.rules.len() as u32),
+            )
+        });
+        let (counted, counted_at) = shared.entry_counts();
         let _ = self.outcomes.send(Outcome::Applied(Applied {
             policies: plan.applied.clone(),
-            rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
+            rules,
             error,
+            expired: crate::expired::passed(&plan.expiring, &Time(Timestamp::now())),
+            entries: report::entry_counts(&counted),
+            counted_at: counted_at
+                .and_then(|t| Timestamp::from_second(t.unix()).ok())
+                .map(Time),
         }));
     }
 }
@@ -749,6 +773,34 @@ mod tests {
         assert!(plan.intent.unwrap().rules.is_empty());
     }
 
+    /// An entry that has expired is not in the intent, but the plan keeps it (with the ones
+    /// still to come) so each refresh reports the ones passed by then.
+    #[test]
+    fn plan_keeps_the_expiring_entries_of_the_nodes_policies() {
+        let mut q = policy("quarantine", 1, "web");
+        q.spec.0.ports[0].expires = Some("2020-01-01T00:00:00Z".into());
+        q.spec.0.ports[1].expires = Some("2038-01-01T00:00:00Z".into());
+        let mut other = policy("db", 1, "db");
+        other.spec.0.ports[0].expires = Some("2020-01-01T00:00:00Z".into());
+        let mut cache = PolicyCache::default();
+        cache.update(&[Arc::new(q), Arc::new(other)]);
+        let nodes = infos(&[node("web-1", "web", "10.0.0.11", true)]);
+        let plan = plan_node("web-1", &cache, &nodes, 1);
+        assert_eq!(plan.intent.as_ref().unwrap().rules.len(), 1);
+        let kept: Vec<(&str, u32)> = plan
+            .expiring
+            .iter()
+            .map(|e| (e.policy.as_str(), e.entry.entry))
+            .collect();
+        assert_eq!(kept, vec![("quarantine", 0), ("quarantine", 1)]);
+        let passed = crate::expired::passed(&plan.expiring, &Time(Timestamp::now()));
+        assert_eq!(passed.len(), 1);
+        assert_eq!(
+            passed[0].entry.expires.0.to_string(),
+            "2020-01-01T00:00:00Z"
+        );
+    }
+
     /// The report goes out by server-side apply with the agent's field manager and the Node as
     /// owner; an unchanged report is not rewritten; a refused write is retried with backoff.
     #[tokio::test]
@@ -767,6 +819,16 @@ mod tests {
             }],
             rules: 2,
             error: None,
+            expired: vec![crate::crd::NodeExpiredEntry {
+                policy: "quarantine".into(),
+                entry: crate::crd::ExpiredEntry {
+                    entry: 1,
+                    ports: "80".into(),
+                    protocol: "tcp".into(),
+                    expires: Time(Timestamp::from_second(3).unwrap()),
+                },
+            }],
+            ..Applied::default()
         }));
         let at = |secs: i64| Time(Timestamp::from_second(secs).unwrap());
         let script = server.run(|mut s| async move {
@@ -785,6 +847,7 @@ mod tests {
                         "node": "web-1",
                         "applied": [{"name": "quarantine", "generation": 3}],
                         "rules": 2,
+                        "expiredEntries": [{"policy": "quarantine", "entry": 1, "ports": "80", "protocol": "tcp", "expires": "1970-01-01T00:00:03Z"}],
                         "summary": {"inSync": 0, "drift": 0, "indeterminate": 0},
                         "omittedFindings": 0,
                         "reportedAt": "1970-01-01T00:00:10Z"
@@ -862,6 +925,7 @@ mod tests {
                     policies: plan.applied.clone(),
                     rules: plan.intent.as_ref().map_or(0, |i| i.rules.len() as u32),
                     error: None,
+                    ..Applied::default()
                 }))
                 .unwrap();
             plan

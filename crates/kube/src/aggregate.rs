@@ -26,7 +26,8 @@ use portwarden_policy::{Policy, selects};
 use portwarden_reconcile::Verdict;
 
 use crate::conditions::{self, APPLIED, Decided, IN_SYNC, Status, reason};
-use crate::crd::{Counts, PortPolicy, PortPolicyStatus, PortReport};
+use crate::crd::{Counts, MAX_STATUS_EXPIRED, PortPolicy, PortPolicyStatus, PortReport};
+use crate::expired;
 use crate::policy::issues_text;
 use crate::report::truncate;
 
@@ -314,7 +315,7 @@ fn in_sync_condition(t: &Tally<'_>) -> Decided {
     }
 }
 
-/// The status of `policy` given every node and every report.
+/// The status of `policy` given every node and every report, with its entries expired at `now`.
 pub fn status(
     policy: &PortPolicy,
     validated: &Result<Policy, Vec<Issue>>,
@@ -329,6 +330,11 @@ pub fn status(
         Err(issues) => invalid_conditions(issues),
         Ok(_) => [applied_condition(&tally), in_sync_condition(&tally)],
     };
+    let mut expired_entries = validated
+        .as_ref()
+        .map(|p| expired::of_policy(p, expired::model_time(now)))
+        .unwrap_or_default();
+    expired_entries.truncate(MAX_STATUS_EXPIRED);
     let old = policy
         .status
         .as_ref()
@@ -345,6 +351,7 @@ pub fn status(
             .map(|s| s.to_string())
             .collect(),
         ports: tally.ports,
+        expired_entries,
         conditions: conditions::merge(old, &decided, generation, now),
     }
 }
@@ -616,6 +623,7 @@ mod tests {
                     }],
                     rules: 1,
                     error: None,
+                    ..Applied::default()
                 },
                 Some(&Scan {
                     report,

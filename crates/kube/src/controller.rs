@@ -14,7 +14,8 @@
 //! * An Event is published once per transition (not per reconcile): the previous status the
 //!   controller wrote is remembered, so a stale watch cache cannot repeat an Event.
 //! * API errors requeue the policy with exponential backoff ([`backoff`]: 1 s doubling to
-//!   5 min), reset on success; every policy is also resynced every `resync`.
+//!   5 min), reset on success; every policy is also resynced every `resync`, and at each of
+//!   its entries' expiries (so `expiredEntries` changes at the instant, without a spec edit).
 //! * Watches restart by themselves (kube-runtime's watcher with its default backoff, relisting
 //!   after `410 Gone`); reconciles start only after the report and node caches have listed once.
 //! * Losing the Lease stops the controller at once; gaining it starts a fresh one.
@@ -84,6 +85,8 @@ pub struct Context {
     resync: Duration,
     /// The controller's own cache of policies, to forget the deleted ones.
     policies: Option<Store<PortPolicy>>,
+    /// The clock the status is computed at ([`Timestamp::now`]; tests set their own).
+    clock: fn() -> Timestamp,
 }
 
 impl Context {
@@ -113,7 +116,14 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             resync,
             policies: None,
+            clock: Timestamp::now,
         }
+    }
+
+    /// Computes statuses at the instants `clock` gives instead of the wall clock's.
+    pub fn with_clock(mut self, clock: fn() -> Timestamp) -> Context {
+        self.clock = clock;
+        self
     }
 
     /// Uses the controller's cache of policies to forget deleted ones.
@@ -184,7 +194,7 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
         })
         .collect();
     let reports = ctx.reports.state();
-    let now = Time(Timestamp::now());
+    let now = Time((ctx.clock)());
     let previous = lock(&ctx.written)
         .get(&name)
         .cloned()
@@ -220,7 +230,26 @@ pub async fn reconcile(policy: Arc<PortPolicy>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
-    Ok(Action::requeue(ctx.resync))
+    Ok(Action::requeue(requeue_after(
+        validated.as_ref().ok(),
+        &now,
+        ctx.resync,
+    )))
+}
+
+/// When to reconcile a policy again: after `resync`, or at its next entry expiry if that
+/// comes sooner, so `expiredEntries` changes at the instant without a spec edit.
+fn requeue_after(
+    policy: Option<&portwarden_policy::Policy>,
+    now: &Time,
+    resync: Duration,
+) -> Duration {
+    let now = crate::expired::model_time(now);
+    policy
+        .and_then(|p| crate::expired::next_expiry(p, now))
+        // Whole seconds from the rounded-down `now`: never before the instant.
+        .map(|t| Duration::from_secs(u64::try_from(t.unix() - now.unix()).unwrap_or(0)))
+        .map_or(resync, |d| d.min(resync))
 }
 
 /// Publishes the Events of a policy's transition; a failed one is logged and counted, not an
@@ -609,6 +638,98 @@ mod tests {
             text.contains("portwarden_controller_status_patches_total 1"),
             "{text}"
         );
+    }
+
+    /// An entry's expiry passes without a spec edit: the first reconcile lists the entry that
+    /// has expired and requeues at the next expiry (sooner than the resync); at that instant
+    /// the status lists both, and then the resync applies again.
+    #[tokio::test]
+    async fn expired_entries_reach_the_status_and_the_next_expiry_requeues() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        const T0: i64 = 1_798_135_200; // 2026-12-24T18:00:00Z
+        static NOW: AtomicI64 = AtomicI64::new(T0);
+        fn clock() -> Timestamp {
+            Timestamp::from_second(NOW.load(Ordering::SeqCst)).unwrap()
+        }
+        let (client, server) = ApiServer::new();
+        let (reports, nodes) = stores(
+            vec![report(
+                "web-1",
+                &[("quarantine", 2)],
+                &[("quarantine", 1, 0, "")],
+            )],
+            vec![node_meta("web-1", "web")],
+        );
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                reports,
+                nodes,
+                Arc::new(ControllerMetrics::new()),
+                "controller-0",
+                Duration::from_secs(300),
+            )
+            .with_clock(clock),
+        );
+        let mut p = policy("quarantine", 2, "web");
+        p.spec.0.ports[0].expires = Some("2026-12-24T17:00:00Z".into());
+        p.spec.0.ports[1].expires = Some("2026-12-24T19:01:30+01:00".into());
+        let script = server.run(|mut s| async move {
+            s.expect_event_post("Applied", "Normal", "quarantine").await;
+            let status = s.expect_status_apply("quarantine").await;
+            assert_eq!(
+                status["expiredEntries"],
+                serde_json::json!([
+                    {"entry": 0, "ports": "8080", "protocol": "tcp", "expires": "2026-12-24T17:00:00Z"}
+                ])
+            );
+            assert_eq!(status["conditions"][0]["reason"], "Applied");
+            s
+        });
+        let action = reconcile(Arc::new(p.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(90)));
+        let server = script.await.unwrap();
+
+        // The requeue fires at the expiry; the watch cache shows the status written before.
+        NOW.store(T0 + 90, Ordering::SeqCst);
+        p.status = lock(&ctx.written).get("quarantine").cloned();
+        let script = server.run(|mut s| async move {
+            let status = s.expect_status_apply("quarantine").await;
+            assert_eq!(
+                status["expiredEntries"],
+                serde_json::json!([
+                    {"entry": 0, "ports": "8080", "protocol": "tcp", "expires": "2026-12-24T17:00:00Z"},
+                    {"entry": 1, "ports": "80", "protocol": "tcp", "expires": "2026-12-24T18:01:30Z"}
+                ])
+            );
+            s
+        });
+        let action = reconcile(Arc::new(p), ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        script.await.unwrap().done().await;
+    }
+
+    #[test]
+    fn requeue_comes_at_the_next_expiry_never_before_it() {
+        let mut p = policy("quarantine", 1, "web");
+        p.spec.0.ports[0].expires = Some("2026-12-24T18:00:00Z".into());
+        let p = crate::policy::validate(&p).unwrap();
+        let resync = Duration::from_secs(300);
+        let at = |s, ns| Time(Timestamp::new(s, ns).unwrap());
+        // 0.9 s before the instant: a whole second, so the requeue lands at or after it.
+        assert_eq!(
+            requeue_after(Some(&p), &at(1_798_135_199, 100_000_000), resync),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            requeue_after(Some(&p), &at(1_798_135_200 - 3600, 0), resync),
+            resync
+        );
+        assert_eq!(
+            requeue_after(Some(&p), &at(1_798_135_200, 0), resync),
+            resync
+        );
+        assert_eq!(requeue_after(None, &at(0, 0), resync), resync);
     }
 
     /// A policy the schema admits but the validator refuses: status and a Warning Event, no crash.

@@ -36,6 +36,18 @@ pub const MAX_PEERS: usize = 64;
 /// At most this many notes in one `PortReport`.
 pub const MAX_NOTES: usize = 16;
 
+/// At most this many expired entries listed in one `PortReport` (by policy, then entry); the
+/// rest are counted in `omittedExpiredEntries`.
+pub const MAX_EXPIRED: usize = 100;
+
+/// At most this many per-entry packet counts in one `PortReport` (those that matched last and
+/// most); the rest are counted in `omittedEntries`.
+pub const MAX_ENTRY_COUNTS: usize = 100;
+
+/// At most this many expired entries in a `PortPolicy`'s status: as many as a policy can have
+/// ([`portwarden_policy::document::MAX_ENTRIES`]), so none is left out.
+pub const MAX_STATUS_EXPIRED: usize = portwarden_policy::document::MAX_ENTRIES as usize;
+
 /// What the policy says: which nodes it selects, its priority, and for each entry which ports
 /// must look open, closed or filtered to which sources.
 // Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
@@ -187,6 +199,12 @@ pub struct PortPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub drift_nodes: Vec<String>,
+    /// The policy's entries whose `expires` has passed by the controller's clock, by entry:
+    /// no longer applied anywhere (the kernel's time match stopped their rules at the
+    /// instant, the agents remove them at their next refresh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub expired_entries: Vec<ExpiredEntry>,
     /// `Applied` and `InSync`, following the Kubernetes API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -256,6 +274,53 @@ pub struct Finding {
     pub confirmed_at: Option<Time>,
 }
 
+/// A port entry whose `expires` has passed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiredEntry {
+    /// Its index in the policy's `spec.ports`.
+    pub entry: u32,
+    /// Its ports, as ranges (`8080`, `8000-8100,9000`).
+    #[schemars(length(max = 1024))]
+    pub ports: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// When it expired.
+    pub expires: Time,
+}
+
+/// An expired entry of one of the policies applied on a node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeExpiredEntry {
+    /// The entry's policy.
+    pub policy: String,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: ExpiredEntry,
+}
+
+/// The packets one entry's rules matched on the node, both families summed: the kernel's
+/// counters, which count from when the rules were written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryCount {
+    /// The entry's policy.
+    pub policy: String,
+    /// Its index in the policy's `spec.ports`.
+    pub entry: u32,
+    /// Packets matched.
+    #[serde(default)]
+    pub packets: u64,
+    /// Bytes of those packets.
+    #[serde(default)]
+    pub bytes: u64,
+    /// When the agent last saw the count grow between two of its refreshes (at most one
+    /// refresh late); absent when it has not since the agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_match: Option<Time>,
+}
+
 /// What one node's agent applied and what its scans of its peers saw.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -311,6 +376,27 @@ pub struct PortReportSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub apply_error: Option<String>,
+    /// Entries of the node's policies whose `expires` has passed (by the agent's clock at its
+    /// last refresh), by policy and entry, at most 100: their rules are gone from the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub expired_entries: Vec<NodeExpiredEntry>,
+    /// Expired entries left out of `expiredEntries` by the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_expired_entries: u32,
+    /// Per-entry packet counts of the entries that matched any packet, by policy and entry, at
+    /// most 100 (those that matched last, then most, are kept). As of `countedAt`: a new entry
+    /// matching rewrites the report at once, growing counts only with the next write (at
+    /// least every 10 minutes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub entries: Vec<EntryCount>,
+    /// Entries with packets left out of `entries` by the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_entries: u32,
+    /// When the agent read the counters in `entries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<Time>,
     /// When the peers were last scanned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanned_at: Option<Time>,
@@ -340,6 +426,10 @@ pub struct PortReportSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(max = 512)))]
     pub notes: Vec<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Both CustomResourceDefinitions, PortPolicy first.

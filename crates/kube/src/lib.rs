@@ -33,6 +33,7 @@
 //! * [`agent`] — `portwarden agent --kube`.
 //! * [`report`] — drift report → bounded `PortReport`.
 //! * [`conditions`] — conditions per the Kubernetes API conventions.
+//! * [`expired`] — which entries have expired (status, reports) and when the next one will.
 //! * [`aggregate`] — reports → policy status and Events.
 //! * [`controller`] — `portwarden controller`; [`metrics`] — its metrics.
 //! * `error` — the crate's [`Error`]; `fixtures` (tests only) — the objects the tests script.
@@ -44,6 +45,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 mod error;
+pub mod expired;
 pub mod metrics;
 pub mod policy;
 pub mod report;

@@ -6,10 +6,13 @@
 //!   decides it, however many there are.
 //! * Listed detail is bounded: at most [`MAX_FINDINGS`] not-in-sync ports (drift before
 //!   indeterminate, then by node, protocol, port), the rest counted in `omittedFindings`; at most
-//!   [`MAX_POLICY_COUNTS`] policies, [`MAX_PEERS`] peers, [`MAX_NOTES`] notes, and causes and
-//!   notes cut at 512 bytes. A report is therefore tens of KiB at most.
+//!   [`MAX_POLICY_COUNTS`] policies, [`MAX_PEERS`] peers, [`MAX_NOTES`] notes, [`MAX_EXPIRED`]
+//!   expired entries (the rest counted in `omittedExpiredEntries`), and causes and notes cut at
+//!   512 bytes. A report is therefore tens of KiB at most.
+//! * Per-entry packet counts: at most [`MAX_ENTRY_COUNTS`] entries with packets (those that
+//!   matched last, then most), the rest counted in `omittedEntries`.
 //! * Deterministic: the same inputs give the same spec, so an unchanged scan is not rewritten
-//!   ([`undated`]: a newer confirmation time alone is no change).
+//!   ([`undated`]: a newer confirmation time alone is no change, nor are growing counters).
 
 use std::collections::BTreeMap;
 
@@ -17,9 +20,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use portwarden_reconcile::{Report, Row, Verdict};
 
+use portwarden_agent::counters::Counted;
+
 use crate::crd::{
-    AppliedPolicy, Counts, Finding, MAX_FINDINGS, MAX_NOTES, MAX_PEERS, MAX_POLICY_COUNTS,
-    PolicyCounts, PortReportSpec,
+    AppliedPolicy, Counts, EntryCount, Finding, MAX_ENTRY_COUNTS, MAX_EXPIRED, MAX_FINDINGS,
+    MAX_NOTES, MAX_PEERS, MAX_POLICY_COUNTS, NodeExpiredEntry, PolicyCounts, PortReportSpec,
 };
 
 /// The node's own side: what its agent applied.
@@ -31,6 +36,63 @@ pub struct Applied {
     pub rules: u32,
     /// The last apply error.
     pub error: Option<String>,
+    /// Entries of those policies that had expired at the agent's last refresh.
+    pub expired: Vec<NodeExpiredEntry>,
+    /// Per-entry packet counts of the last refresh, both families summed ([`entry_counts`]).
+    pub entries: Vec<EntryCount>,
+    /// When they were read.
+    pub counted_at: Option<Time>,
+}
+
+/// The report's per-entry counts of an agent's last refresh: both families summed, the latest
+/// match of either; entries without a packet left out.
+pub fn entry_counts(counted: &[Counted]) -> Vec<EntryCount> {
+    let mut by_entry: BTreeMap<(&str, usize), EntryCount> = BTreeMap::new();
+    for c in counted.iter().filter(|c| c.counters.packets > 0) {
+        let e = by_entry
+            .entry((c.counters.policy.as_str(), c.counters.entry))
+            .or_insert_with(|| EntryCount {
+                policy: c.counters.policy.clone(),
+                entry: u32::try_from(c.counters.entry).unwrap_or(u32::MAX),
+                packets: 0,
+                bytes: 0,
+                last_match: None,
+            });
+        e.packets += c.counters.packets;
+        e.bytes += c.counters.bytes;
+        let at = c
+            .last_match
+            .and_then(|t| Timestamp::from_second(t.unix()).ok())
+            .map(Time);
+        if at
+            .as_ref()
+            .is_some_and(|t| e.last_match.as_ref().is_none_or(|l| t.0 > l.0))
+        {
+            e.last_match = at;
+        }
+    }
+    by_entry.into_values().collect()
+}
+
+/// At most [`MAX_ENTRY_COUNTS`] of `counts`: those that matched last, then most; listed by
+/// policy and entry. Returns them and how many were left out.
+fn bounded_counts(counts: &[EntryCount]) -> (Vec<EntryCount>, u32) {
+    let mut kept: Vec<EntryCount> = counts.to_vec();
+    let omitted = kept.len().saturating_sub(MAX_ENTRY_COUNTS);
+    if omitted > 0 {
+        kept.sort_by(|a, b| {
+            let key = |c: &EntryCount| {
+                (
+                    std::cmp::Reverse(c.last_match.as_ref().map(|t| t.0)),
+                    std::cmp::Reverse(c.packets),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        kept.truncate(MAX_ENTRY_COUNTS);
+    }
+    kept.sort_by(|a, b| (&a.policy, a.entry).cmp(&(&b.policy, b.entry)));
+    (kept, omitted as u32)
 }
 
 /// The scanning side: the last peer scan.
@@ -110,6 +172,16 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
     };
     spec.applied.sort();
     spec.applied.truncate(1024);
+    let mut expired = applied.expired.clone();
+    expired.sort();
+    spec.omitted_expired_entries = expired.len().saturating_sub(MAX_EXPIRED) as u32;
+    expired.truncate(MAX_EXPIRED);
+    spec.expired_entries = expired;
+    (spec.entries, spec.omitted_entries) = bounded_counts(&applied.entries);
+    spec.counted_at = applied
+        .counted_at
+        .clone()
+        .filter(|_| !applied.entries.is_empty());
     let Some(scan) = scan else {
         return spec;
     };
@@ -173,18 +245,26 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
     spec
 }
 
-/// `spec` without what changes at every scan although nothing else did: when the peers were
-/// scanned, when the report was written, and when each finding was last confirmed. Two
-/// reports that are equal so need no write ([`crate::agent`]); the agent's heartbeat rewrite
-/// refreshes those times.
+/// `spec` without what changes at every scan or refresh although nothing else did: when the
+/// peers were scanned, when the report was written, when each finding was last confirmed, and
+/// how many packets each listed entry matched when (only *whether* it was seen matching
+/// counts). Two reports that are equal so need no write ([`crate::agent`]); the agent's
+/// heartbeat rewrite refreshes those values. Traffic on an entry thus costs no API write,
+/// while a new entry being hit, or being seen matching, is written at once.
 pub fn undated(spec: &PortReportSpec) -> PortReportSpec {
     let mut s = PortReportSpec {
         scanned_at: None,
         reported_at: None,
+        counted_at: None,
         ..spec.clone()
     };
     for f in &mut s.findings {
         f.confirmed_at = None;
+    }
+    for e in &mut s.entries {
+        e.packets = 0;
+        e.bytes = 0;
+        e.last_match = e.last_match.as_ref().map(|_| Time(Timestamp::UNIX_EPOCH));
     }
     s
 }
@@ -290,6 +370,134 @@ mod tests {
         r.verdict = Verdict::Drift;
         let drift = build("db-1", &Applied::default(), Some(&scan(vec![r])));
         assert_ne!(undated(&spec), undated(&drift));
+    }
+
+    #[test]
+    fn expired_entries_are_sorted_and_bounded() {
+        let expired = |policy: &str, entry: u32| NodeExpiredEntry {
+            policy: policy.into(),
+            entry: crate::crd::ExpiredEntry {
+                entry,
+                ports: "8080".into(),
+                protocol: "tcp".into(),
+                expires: Time(Timestamp::from_second(1_798_135_200).unwrap()),
+            },
+        };
+        let applied = Applied {
+            expired: (0..150).rev().map(|e| expired("quarantine", e)).collect(),
+            ..Applied::default()
+        };
+        let spec = build("web-1", &applied, None);
+        assert_eq!(spec.expired_entries.len(), MAX_EXPIRED);
+        assert_eq!(spec.omitted_expired_entries, 50);
+        assert_eq!(spec.expired_entries[0], expired("quarantine", 0));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json["expiredEntries"][0],
+            serde_json::json!({"policy": "quarantine", "entry": 0, "ports": "8080", "protocol": "tcp", "expires": "2026-12-24T18:00:00Z"})
+        );
+        assert_eq!(json["omittedExpiredEntries"], 50);
+        // None expired: neither field is written.
+        let json = serde_json::to_value(build("web-1", &Applied::default(), None)).unwrap();
+        assert!(
+            json.get("expiredEntries").is_none() && json.get("omittedExpiredEntries").is_none()
+        );
+    }
+
+    fn counted(
+        policy: &str,
+        entry: usize,
+        family: portwarden_netfilter::Family,
+        packets: u64,
+        last_match: Option<i64>,
+    ) -> Counted {
+        Counted {
+            counters: portwarden_netfilter::EntryCounters {
+                policy: policy.into(),
+                entry,
+                family,
+                packets,
+                bytes: packets * 60,
+                rules_expected: 1,
+                rules_in_place: 1,
+            },
+            last_match: last_match.map(portwarden_policy::Timestamp::from_unix),
+        }
+    }
+
+    #[test]
+    fn entry_counts_sum_the_families_and_growing_counts_are_no_change() {
+        use portwarden_netfilter::Family::{Ipv4, Ipv6};
+        let t = 1_798_135_200;
+        let rows = |v4, v6, v6_match| {
+            entry_counts(&[
+                counted("quarantine", 0, Ipv4, v4, Some(t)),
+                counted("quarantine", 0, Ipv6, v6, v6_match),
+                counted("web", 1, Ipv4, 0, None),
+            ])
+        };
+        let applied = |entries| Applied {
+            entries,
+            counted_at: Some(Time(Timestamp::from_second(t + 5).unwrap())),
+            ..Applied::default()
+        };
+        let spec = build("web-1", &applied(rows(3, 2, Some(t + 1))), None);
+        let json = serde_json::to_value(&spec).unwrap();
+        // web entry 1 matched nothing: not listed.
+        assert_eq!(
+            json["entries"],
+            serde_json::json!([{"policy": "quarantine", "entry": 0, "packets": 5, "bytes": 300,
+                "lastMatch": "2026-12-24T18:00:01Z"}])
+        );
+        assert_eq!(json["countedAt"], "2026-12-24T18:00:05Z");
+        assert!(json.get("omittedEntries").is_none());
+        // More packets, a later match: no change worth a write.
+        let later = build("web-1", &applied(rows(30, 20, Some(t + 60))), None);
+        assert_ne!(spec, later);
+        assert_eq!(undated(&spec), undated(&later));
+        // An entry hit for the first time, or first seen matching, is.
+        let mut hit = rows(3, 2, Some(t + 1));
+        hit.extend(entry_counts(&[counted("web", 1, Ipv4, 1, None)]));
+        assert_ne!(
+            undated(&spec),
+            undated(&build("web-1", &applied(hit), None))
+        );
+        let unmatched = entry_counts(&[counted("quarantine", 0, Ipv4, 5, None)]);
+        let seen = entry_counts(&[counted("quarantine", 0, Ipv4, 5, Some(t))]);
+        assert_ne!(
+            undated(&build("web-1", &applied(unmatched), None)),
+            undated(&build("web-1", &applied(seen), None))
+        );
+    }
+
+    #[test]
+    fn entry_counts_keep_the_latest_matches_within_the_bound() {
+        use portwarden_netfilter::Family::Ipv4;
+        let rows: Vec<Counted> = (0..MAX_ENTRY_COUNTS + 10)
+            .map(|e| {
+                // Entry 0 matched last, with the fewest packets; the others never matched.
+                let last = (e == 0).then_some(1_798_135_200);
+                counted("many", e, Ipv4, 1 + e as u64, last)
+            })
+            .collect();
+        let spec = build(
+            "web-1",
+            &Applied {
+                entries: entry_counts(&rows),
+                ..Applied::default()
+            },
+            None,
+        );
+        assert_eq!(spec.entries.len(), MAX_ENTRY_COUNTS);
+        assert_eq!(spec.omitted_entries, 10);
+        let listed: Vec<u32> = spec.entries.iter().map(|e| e.entry).collect();
+        // Entry 0, then the most packets (11..110), by entry.
+        let mut expected = vec![0];
+        expected.extend(11..(MAX_ENTRY_COUNTS as u32 + 10));
+        assert_eq!(listed, expected);
+        assert!(spec.counted_at.is_none());
+        let bytes = serde_json::to_vec(&spec).unwrap().len();
+        assert!(bytes < 20 * 1024, "{bytes} bytes");
     }
 
     #[test]

@@ -264,18 +264,11 @@ pub fn leaf_chain(path: Path, protocol: Protocol, start: u32) -> String {
     )
 }
 
-/// The comment on a rule rendered from `policy`'s entries `entries` (0-based; several when
-/// adjacent entries of one policy with the same action share a multiport rule): at most 255
-/// bytes (the kernel's limit), restricted to characters every iptables version saves and
-/// restores unchanged.
-pub fn entry_comment(policy: &str, entries: &[usize], state: &str) -> String {
-    let list: Vec<String> = entries.iter().map(ToString::to_string).collect();
-    let word = if entries.len() == 1 {
-        "entry"
-    } else {
-        "entries"
-    };
-    let tail = format!(" {word} {}: {state}", list.join(","));
+/// The comment on a rule rendered from `policy`'s entry `entry` (0-based; every rendered rule
+/// is of one entry, see [`crate::render`]): at most 255 bytes (the kernel's limit), restricted
+/// to characters every iptables version saves and restores unchanged.
+pub fn entry_comment(policy: &str, entry: usize, state: &str) -> String {
+    let tail = format!(" entry {entry}: {state}");
     let clean: String = policy
         .chars()
         .map(|c| {
@@ -288,6 +281,37 @@ pub fn entry_comment(policy: &str, entries: &[usize], state: &str) -> String {
         .take(255usize.saturating_sub(tail.len()))
         .collect();
     format!("{clean}{tail}")
+}
+
+/// What an entry comment says: the policy name as written in it (cleaned and possibly cut, see
+/// [`entry_comment`]), the entries and the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryComment<'a> {
+    /// The policy name as the comment carries it.
+    pub policy: &'a str,
+    /// The entries: one for every rule rendered now; several for a rule an older version wrote
+    /// for adjacent entries of one policy (`web entries 0,1: open`).
+    pub entries: Vec<usize>,
+    /// The state word (`open`, `closed`, `filtered`).
+    pub state: &'a str,
+}
+
+/// Parses a comment [`entry_comment`] writes, and the older `POLICY entries A,B: STATE` form;
+/// `None` for any other comment.
+pub fn parse_entry_comment(comment: &str) -> Option<EntryComment<'_>> {
+    let (head, state) = comment.rsplit_once(": ")?;
+    let (policy, list) = head
+        .rsplit_once(" entry ")
+        .or_else(|| head.rsplit_once(" entries "))?;
+    let entries = list
+        .split(',')
+        .map(|n| n.parse::<usize>().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    (!policy.is_empty() && !state.is_empty() && !state.contains(' ')).then_some(EntryComment {
+        policy,
+        entries,
+        state,
+    })
 }
 
 #[cfg(test)]
@@ -389,14 +413,38 @@ mod tests {
     #[test]
     fn comments_are_bounded_and_plain() {
         let long = "a".repeat(300);
-        let c = entry_comment(&long, &[3], "closed");
+        let c = entry_comment(&long, 3, "closed");
         assert!(c.len() <= 255 && c.ends_with(" entry 3: closed"));
-        let c = entry_comment(&long, &[10000, 10003, 10006], "open");
-        assert!(
-            c.len() <= 255 && c.ends_with(" entries 10000,10003,10006: open"),
-            "{c}"
+        let c = entry_comment(&long, 10000, "open");
+        assert!(c.len() <= 255 && c.ends_with(" entry 10000: open"), "{c}");
+        assert_eq!(entry_comment("we\"b", 0, "open"), "we_b entry 0: open");
+    }
+
+    #[test]
+    fn entry_comments_parse_back_in_the_old_merged_form_too() {
+        let c = entry_comment("web.v2", 7, "filtered");
+        assert_eq!(
+            parse_entry_comment(&c),
+            Some(EntryComment {
+                policy: "web.v2",
+                entries: vec![7],
+                state: "filtered"
+            })
         );
-        assert!(c.len() <= 255);
-        assert_eq!(entry_comment("we\"b", &[0], "open"), "we_b entry 0: open");
+        let old = parse_entry_comment("q entries 0,1: filtered").expect("old form");
+        assert_eq!(
+            (old.policy, old.entries, old.state),
+            ("q", vec![0, 1], "filtered")
+        );
+        for other in [
+            JUMP_COMMENT.to_string(),
+            REPLIES_COMMENT.to_string(),
+            "web entry x: open".into(),
+            "web entry 1:".into(),
+            " entry 1: open".into(),
+            "kubernetes service portals".into(),
+        ] {
+            assert_eq!(parse_entry_comment(&other), None, "{other}");
+        }
     }
 }

@@ -50,6 +50,8 @@
 //! * [`mod@render`] — intent → desired chains (pure).
 //! * [`save`] — `iptables-save` parser, argument quoting (pure).
 //! * [`mod@diff`] — desired vs current → per-family change and restore input (pure).
+//! * [`counters`] — the kernel's rule counters per policy entry and family, and whether each
+//!   entry's rules are in place (pure; read with [`Netfilter::read_counters`]).
 //! * `foreign_rule` — what a foreign iptables rule matches and decides, for the shadowing
 //!   [`mod@diff`] reports (pure).
 //! * [`exposure`] — what a scanner sees change when a plan is applied: the decisions of
@@ -78,6 +80,7 @@
 pub mod addresses;
 pub mod backend;
 pub mod chains;
+pub mod counters;
 pub mod diff;
 mod error;
 pub mod exposure;
@@ -101,6 +104,7 @@ mod ser;
 pub mod writer;
 
 pub use backend::{Backend, BackendChoice, Detection};
+pub use counters::{EntryCounters, entry_counters};
 pub use diff::{
     DriftKind, EntryRef, FamilyPlan, JumpState, Kept, Lookalike, LookalikeKind, Shadowing, diff,
 };

@@ -203,14 +203,42 @@ impl Netfilter {
     /// output cannot be parsed, [`Error::Incompatible`] when the tool says it cannot print the
     /// table (its contents are unknown: nothing may be planned against it).
     pub fn read(&self, family: Family) -> Result<Ruleset, Error> {
+        self.read_filter_of(family, false)
+    }
+
+    /// [`Netfilter::read`], with the rules' packet and byte counters (`*-save -c -t filter`)
+    /// when `counters`.
+    fn read_filter_of(&self, family: Family, counters: bool) -> Result<Ruleset, Error> {
         let Some(t) = self.tools(family) else {
             return Ok(Ruleset::default());
         };
-        let rs = read_filter(t, family)?;
+        let rs = if counters {
+            backend::read_save(t, family, &["-c", "-t", "filter"])?
+        } else {
+            read_filter(t, family)?
+        };
         if rs.is_incompatible("filter") {
             return Err(self.incompatible(family, t));
         }
         Ok(rs)
+    }
+
+    /// Every managed family's filter table with its rules' packet and byte counters
+    /// (`iptables-save -c -t filter`, `ip6tables-save -c -t filter`, concurrently), for
+    /// [`crate::counters::entry_counters`].
+    ///
+    /// # Guarantees
+    /// Read-only, and takes no lock (like [`Netfilter::plan_unlocked`]): no number of callers
+    /// can keep a writer out, nor wait for one.
+    ///
+    /// # Errors
+    /// As [`Netfilter::read`].
+    ///
+    /// # Caveats
+    /// A read while another portwarden writes can see that write half-way (one family new, the
+    /// other old); counters of a chain a write rewrote start again from 0.
+    pub fn read_counters(&self) -> Result<Vec<(Family, Ruleset)>, Error> {
+        self.read_families(&self.families(), true)
     }
 
     /// The node ports the `nat` table forwards elsewhere (DNAT to a container or pod), both
@@ -266,15 +294,25 @@ impl Netfilter {
     /// time of a reconcile on a multi-core host. (Threads inherit the calling thread's network
     /// namespace, so this is also right inside `ip netns exec` or a setns(2) thread.)
     fn read_many(&self, families: &[Family]) -> Result<Vec<(Family, Ruleset)>, Error> {
+        self.read_families(families, false)
+    }
+
+    /// [`Netfilter::read_many`], with counters when `counters`.
+    fn read_families(
+        &self,
+        families: &[Family],
+        counters: bool,
+    ) -> Result<Vec<(Family, Ruleset)>, Error> {
+        let read = |f: Family| self.read_filter_of(f, counters);
         match families {
             [] => Ok(Vec::new()),
-            [f] => Ok(vec![(*f, self.read(*f)?)]),
+            [f] => Ok(vec![(*f, read(*f)?)]),
             [first, rest @ ..] => std::thread::scope(|scope| {
                 let others: Vec<_> = rest
                     .iter()
-                    .map(|&f| scope.spawn(move || self.read(f).map(|r| (f, r))))
+                    .map(|&f| scope.spawn(move || read(f).map(|r| (f, r))))
                     .collect();
-                let mut out = vec![(*first, self.read(*first)?)];
+                let mut out = vec![(*first, read(*first)?)];
                 for h in others {
                     // A panic in a reader thread is a bug; surface it rather than hide it.
                     let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));

@@ -20,6 +20,16 @@
 //! no process running. Rules of different expiries never merge into one multiport rule; the
 //! failsafe cut and its conflicts are those of a permanent rule.
 //!
+//! # One entry per rule
+//!
+//! Adjacent rules merge into one multiport rule only when they are of the same entry (one
+//! policy, one entry index: an entry of several port ranges) with the same source, state and
+//! expiry; rules of different entries never do, even when adjacent with the same action. So
+//! every rendered rule stands for exactly one entry, and its comment names it (`web entry 3:
+//! open`, [`chains::entry_comment`]): the kernel's packet counters of a rule are that entry's
+//! ([`crate::counters`]). Older versions merged adjacent entries of one policy ("web entries
+//! 0,1: open"); such a rule is rewritten at the next apply.
+//!
 //! Block rules must only hit traffic the remote side initiated, or a filtered range that overlaps
 //! the ephemeral port range would eat the replies to the node's own connections. Instead of a
 //! `-m conntrack --ctdir ORIGINAL` on every rule, `PORTWARDEN-INPUT` returns packets in the
@@ -195,21 +205,23 @@ impl Rendered {
     }
 }
 
-/// One rule inside a leaf chain, before rendering.
+/// One rule inside a leaf chain, before rendering: ranges of one entry (`rule.policy`,
+/// `rule.entry`).
 #[derive(Clone, Debug)]
 struct LeafRule<'a> {
     rule: &'a Rule,
-    /// Entries of `rule.policy` this rule stands for, first first.
-    entries: Vec<usize>,
     ranges: Vec<PortRange>,
 }
 
 impl LeafRule<'_> {
-    /// Same policy, source, state and expiry (the protocol is the leaf's): the two rules differ
-    /// only in ports, so when adjacent they can be one multiport rule. Rules that expire at
-    /// different instants never merge: each must stop matching at its own.
+    /// Same policy, entry, source, state and expiry (the protocol is the leaf's): the two rules
+    /// differ only in ports, so when adjacent they can be one multiport rule. Rules of different
+    /// entries never merge, even with the same action, so every rule's packet counters belong
+    /// to one entry ([`crate::counters`]); rules that expire at different instants never merge
+    /// either: each must stop matching at its own.
     fn same_action(&self, other: &LeafRule<'_>) -> bool {
         self.rule.policy == other.rule.policy
+            && self.rule.entry == other.rule.entry
             && self.rule.state == other.rule.state
             && self.rule.source == other.rule.source
             && self.rule.expires == other.rule.expires
@@ -359,20 +371,17 @@ fn add_to_leaves<'a>(
         let list = buckets.entry(lo).or_default();
         let next = LeafRule {
             rule,
-            entries: vec![rule.entry],
             ranges: clipped,
         };
-        // Adjacent rules of one policy with the same source and action merge into one
-        // multiport rule: first-match order is unchanged because nothing sits between
-        // them, and the rule count (restore time, per-packet walk) drops up to 15x.
+        // Adjacent rules of one entry with the same source and action (an entry of several
+        // port ranges) merge into one multiport rule: first-match order is unchanged because
+        // nothing sits between them, and the rule count (restore time, per-packet walk) drops
+        // up to 15x.
         if let Some(prev) = list.last_mut()
             && prev.same_action(&next)
             && slots(&prev.ranges) + slots(&next.ranges) <= MULTIPORT_SLOTS
         {
             prev.ranges.extend(next.ranges);
-            if !prev.entries.contains(&rule.entry) {
-                prev.entries.push(rule.entry);
-            }
             continue;
         }
         list.push(next);
@@ -641,7 +650,7 @@ fn leaf_spec(family: Family, r: &LeafRule<'_>, ports: &str) -> String {
     s.push_str(" -m comment --comment ");
     s.push_str(&quote(&chains::entry_comment(
         &rule.policy,
-        &r.entries,
+        rule.entry,
         rule.state.as_str(),
     )));
     s.push_str(" -j ");
@@ -838,6 +847,37 @@ mod tests {
         let v6 = chain(&r.v6, "PORTWARDEN-TCP-0-255");
         assert_eq!(v6.len(), 1);
         assert!(v6[0].contains("--dports 80,81,90 "), "{}", v6[0]);
+    }
+
+    #[test]
+    fn adjacent_entries_with_the_same_action_stay_apart() {
+        // Two entries of one policy, same source and state, adjacent in first-match order:
+        // one rule each, so each rule's counters are one entry's.
+        let i = intent(vec![
+            rule("web", 0, Protocol::Tcp, (80, 80), None, State::Open),
+            rule("web", 1, Protocol::Tcp, (81, 81), None, State::Open),
+            rule("web", 1, Protocol::Tcp, (82, 82), None, State::Open),
+        ]);
+        let r = render(&i, &Failsafe::none(), &["10.0.0.1".parse().unwrap()]);
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-TCP-0-255"),
+            [
+                "-p tcp -m tcp --dport 80 -m comment --comment \"web entry 0: open\" -j ACCEPT",
+                "-p tcp -m multiport --dports 81,82 -m comment --comment \"web entry 1: open\" -j ACCEPT",
+            ]
+        );
+        assert_eq!(
+            chain(&r.v4, "PORTWARDEN-FTCP-0-255"),
+            [
+                "-p tcp -m conntrack --ctorigdstport 80 -m comment --comment \"web entry 0: open\" -j ACCEPT",
+                "-p tcp -m conntrack --ctorigdstport 81:82 -m comment --comment \"web entry 1: open\" -j ACCEPT",
+            ]
+        );
+        for (_, rules) in r.v4.chains.iter().chain(&r.v6.chains) {
+            for spec in rules {
+                assert!(!spec.contains(" entries "), "{spec}");
+            }
+        }
     }
 
     #[test]
@@ -1151,7 +1191,8 @@ mod tests {
             assert_eq!(
                 chain(d, "PORTWARDEN-TCP-7936-8191"),
                 [
-                    format!("-p tcp -m multiport --dports 8080,8081 {stop} {}", comment("entries 0,1")),
+                    format!("-p tcp -m tcp --dport 8080 {stop} {}", comment("entry 0")),
+                    format!("-p tcp -m tcp --dport 8081 {stop} {}", comment("entry 1")),
                     format!(
                         "-p tcp -m tcp --dport 8082 -m time --datestop 2026-12-24T18:29:59 {}",
                         comment("entry 2")
@@ -1161,12 +1202,19 @@ mod tests {
                 ]
             );
         }
+        // one entry per rule on the forward path too: adjacent ports of two entries stay apart
         assert_eq!(
-            chain(&r.v4, "PORTWARDEN-FTCP-7936-8191")[0],
-            format!(
-                "-p tcp -m conntrack --ctorigdstport 8080:8081 {stop} {}",
-                comment("entries 0,1")
-            )
+            chain(&r.v4, "PORTWARDEN-FTCP-7936-8191")[..2],
+            [
+                format!(
+                    "-p tcp -m conntrack --ctorigdstport 8080 {stop} {}",
+                    comment("entry 0")
+                ),
+                format!(
+                    "-p tcp -m conntrack --ctorigdstport 8081 {stop} {}",
+                    comment("entry 1")
+                ),
+            ]
         );
         // an expiring entry that blocks a failsafe port is the same conflict as a permanent one
         forwarding.truncate(1);

@@ -128,6 +128,41 @@ impl ForeignTableView {
     }
 }
 
+/// The packets and bytes one entry's rules matched in one family, as the agent read them
+/// (`iptables-save -c`) at its last refresh: the kernel's counters, which count from the moment
+/// the rules were written (a rewrite starts them again from 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryCountView {
+    /// The policy.
+    pub policy: String,
+    /// The entry's index in the policy.
+    pub entry: usize,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+    /// Packets matched.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// Rules the entry needs in this family.
+    #[serde(default)]
+    pub rules_expected: usize,
+    /// How many of them are in place.
+    #[serde(default)]
+    pub rules_in_place: usize,
+    /// When the agent last saw the entry's packet count grow between two refreshes (RFC 3339,
+    /// UTC; within one refresh interval after the packet); absent when it has not since the
+    /// agent started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_match: Option<String>,
+}
+
+/// At most this many [`EntryCountView`]s in one inside view (about 150 KiB).
+pub const MAX_ENTRY_VIEWS: usize = 1024;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// What the agent on a node reports about it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InsideView {
@@ -160,6 +195,17 @@ pub struct InsideView {
     /// the agent's log, not here.
     #[serde(default)]
     pub apply_failed: bool,
+    /// Per-entry packet counters from the agent's last refresh, by policy, entry and family
+    /// (absent from agents older than the counters); at most [`MAX_ENTRY_VIEWS`], those that
+    /// matched last and most first, so the view stays far under what `verify` fetches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<EntryCountView>,
+    /// Rows left out of `entries` by the bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted_entries: usize,
+    /// When those counters were read (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_at: Option<String>,
 }
 
 /// The listeners the inside view may show for a node with `intent` (none without one): those
@@ -217,6 +263,9 @@ impl InsideView {
             mixed_backends: plan.mixed_backends.as_ref().map(ToString::to_string),
             policy_invalid: false,
             apply_failed: false,
+            entries: Vec::new(),
+            omitted_entries: 0,
+            counted_at: None,
         }
     }
 
@@ -538,6 +587,38 @@ pub(crate) mod tests {
             e.to_string().contains("sent more than 1048576 bytes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_view_without_counters_still_reads_and_counters_round_trip() {
+        // An agent from before the counters.
+        let old = r#"{"node":"web-1","converged":true,"pending_changes":0,"shadowing":[],"listeners":[]}"#;
+        let view: InsideView = serde_json::from_str(old).unwrap();
+        assert!(view.entries.is_empty() && view.counted_at.is_none());
+        assert_eq!(view.omitted_entries, 0);
+        let view = InsideView {
+            entries: vec![EntryCountView {
+                policy: "quarantine".into(),
+                entry: 0,
+                family: "ipv4".into(),
+                packets: 3,
+                bytes: 180,
+                rules_expected: 1,
+                rules_in_place: 1,
+                last_match: Some("2026-12-01T20:40:00Z".into()),
+            }],
+            counted_at: Some("2026-12-01T20:40:10Z".into()),
+            ..view
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            json["entries"][0],
+            serde_json::json!({"policy": "quarantine", "entry": 0, "family": "ipv4", "packets": 3,
+                "bytes": 180, "rules_expected": 1, "rules_in_place": 1,
+                "last_match": "2026-12-01T20:40:00Z"})
+        );
+        assert!(json.get("omitted_entries").is_none());
+        assert_eq!(serde_json::from_value::<InsideView>(json).unwrap(), view);
     }
 
     #[test]
