@@ -8,5 +8,6 @@ pub mod explain;
 pub mod plan;
 pub mod reset;
 pub mod scan;
+pub mod status;
 pub mod validate;
 pub mod verify;
