@@ -153,5 +153,63 @@ fn status_counts_exactly_the_probes_of_one_entry() {
             "{text}"
         );
         assert!(text.contains("since each rule was written"), "{text}");
+
+        // Someone else's rule above the jump shadows entry 1 (IPv4), and entry 1's IPv6 INPUT
+        // leaf is flushed: status says both, and still exits 0.
+        node.exec(&[
+            &format!("iptables-{backend}"),
+            "-w",
+            "-I",
+            "INPUT",
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            "9090",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+        node.exec(&[
+            &format!("ip6tables-{backend}"),
+            "-w",
+            "-F",
+            "PORTWARDEN-TCP-8960-9215",
+        ])
+        .unwrap();
+        let out = pw(node, &status);
+        assert_eq!(out.status.code(), Some(0), "{backend}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hit = entry(&v, 1);
+        assert_eq!(
+            hit["shadowed_by"],
+            serde_json::json!(["INPUT#1 (IPv4)"]),
+            "{hit}"
+        );
+        assert_eq!(hit["in_place"], false, "{hit}");
+        // (one rule fewer: the INPUT one; a forward-path one too when the lab forwards IPv6)
+        let v6 = family(hit, "ipv6");
+        let want = v6["rules_expected"].as_u64().unwrap();
+        assert!(want >= 1, "{hit}");
+        assert_eq!(v6["rules_in_place"].as_u64(), Some(want - 1), "{hit}");
+        let v4 = family(hit, "ipv4");
+        assert_eq!(v4["rules_in_place"], v4["rules_expected"], "{hit}");
+        assert_eq!(
+            entry(&v, 0)["packets"],
+            8,
+            "counters of untouched chains stay"
+        );
+        assert_eq!(v["shadowing"].as_array().unwrap().len(), 1, "{v}");
+        let out = pw(node, &table);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("9090")).unwrap();
+        assert!(
+            line.contains(&format!("v6 1 of {want} missing")) && line.contains("INPUT#1 (IPv4)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shadowed: foreign rule INPUT#1 (IPv4)"),
+            "{text}"
+        );
     }
 }

@@ -230,7 +230,7 @@ fn rules_cell(e: &EntryStatus) -> String {
         .filter(|f| f.rules_in_place < f.rules_expected)
         .map(|f| {
             format!(
-                "{} {}/{} missing",
+                "{} {} of {} missing",
                 short(f.family),
                 f.rules_expected - f.rules_in_place,
                 f.rules_expected
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn cells_say_what_is_missing_counted_and_expiring() {
         let both = row(true, &[(Family::Ipv4, 2, 2, 12), (Family::Ipv6, 2, 1, 3)]);
-        assert_eq!(rules_cell(&both), "v6 1/2 missing");
+        assert_eq!(rules_cell(&both), "v6 1 of 2 missing");
         assert_eq!(
             split_cell(both.packets, &both, |f| f.packets),
             "15 (v4 12, v6 3)"
