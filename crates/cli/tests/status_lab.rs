@@ -132,6 +132,22 @@ fn status_counts_exactly_the_probes_of_one_entry() {
         assert_eq!(expired["applied"], false, "{expired}");
         assert!(expired["expires_in_seconds"].as_i64().unwrap() < 0);
 
+        // automatic detection (which reads both backends anyway, and status takes its reads)
+        // finds the same backend and the same counts
+        let out = pw(
+            node,
+            &[
+                "status", "-o", "json", "-f", &policy, "--labels", "", "--node", "n1",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{backend}: {out:?}");
+        let auto: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(auto["backend"], backend, "{auto}");
+        assert_eq!(
+            auto["entries"], v["entries"],
+            "{backend}: auto and fixed differ"
+        );
+
         // the table says the same for people
         let mut table = vec!["status"];
         table.extend_from_slice(&args);

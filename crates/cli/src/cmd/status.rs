@@ -12,7 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use portwarden_netfilter::addresses::Host;
-use portwarden_netfilter::{EntryCounters, Failsafe, Family, Plan, Shadowing, entry_counters};
+use portwarden_netfilter::{
+    BackendChoice, EntryCounters, Failsafe, Family, Netfilter, Options, Plan, Ruleset, Shadowing,
+    entry_counters,
+};
 use portwarden_policy::expiry::human_span;
 use portwarden_policy::{Entry, NodeIntent, Timestamp, text};
 use serde::Serialize;
@@ -107,16 +110,11 @@ pub fn run(a: Args) -> Outcome {
     let every = loaded
         .policies
         .compile_at(&node.labels, Timestamp::from_unix(i64::MIN));
-    let netfilter = a.intent.netfilter.netfilter()?;
-    let current = netfilter.read_counters().context(
-        "cannot read the filter table with its counters (`iptables-save -c -t filter`); \
-         status needs CAP_NET_ADMIN in this network namespace",
-    )?;
+    let (netfilter, current) = detect_and_read(&a.intent.netfilter)?;
     let host = Host::read().context("cannot list this network namespace's addresses")?;
     let rendered = host.render(&intent, &failsafe);
     let counters = entry_counters(&every, &rendered, &current);
-    let refs: Vec<(Family, &portwarden_netfilter::Ruleset)> =
-        current.iter().map(|(f, rs)| (*f, rs)).collect();
+    let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, rs)| (*f, rs)).collect();
     let plan = Plan::from_rendered(&rendered, &intent, &refs);
     let families: Vec<Family> = current.iter().map(|(f, _)| *f).collect();
     let entries = entry_rows(&loaded.policies, &every, &counters, &plan.shadowing, now);
@@ -136,6 +134,31 @@ pub fn run(a: Args) -> Outcome {
         Format::Table => print!("{}", table(&out)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backend (as `plan` picks it) and both families' filter tables with their counters: with
+/// `--backend auto`, taken from detection's own reads (one `*-save -c` per family and backend,
+/// all concurrent) rather than read twice.
+fn detect_and_read(
+    args: &crate::cmd::plan::NetfilterArgs,
+) -> anyhow::Result<(Netfilter, Vec<(Family, Ruleset)>)> {
+    crate::caps::require(
+        crate::caps::Cap::NetAdmin,
+        "read the rules and their counters",
+    )?;
+    let backend: BackendChoice = args
+        .backend
+        .parse()
+        .with_context(|| format!("invalid --backend \"{}\"", args.backend))?;
+    let options = Options {
+        backend,
+        lock_wait_secs: args.wait,
+        ..Options::default()
+    };
+    Netfilter::detect_reading_counters(&options).context(
+        "cannot read the filter tables with their counters (`iptables-save -c`, \
+         `ip6tables-save -c`); status needs CAP_NET_ADMIN in this network namespace",
+    )
 }
 
 /// One row per entry of the policies `every` was compiled from, in policy and entry order.
