@@ -220,6 +220,7 @@ struct Results {
     sizes: Vec<Size>,
     per_rule: Vec<PerRule>,
     noop: Noop,
+    status: crate::status::Status,
 }
 
 struct Input {
@@ -270,6 +271,14 @@ fn measure(input: &Input) -> Result<Results> {
         let size = measure_size(input, &nf, &failsafe, &intent, *n, policy)?;
         if *n == s.steady_entries {
             out.noop = noop(input, policy, &nf, &intent, &failsafe, backend)?;
+            // still converged on the steady-state policy: what `status` reads
+            out.status = crate::status::measure(
+                s,
+                &input.bin,
+                (policy, &input.inventory),
+                *n,
+                &out.backend,
+            )?;
         }
         out.sizes.push(size);
     }
@@ -529,6 +538,8 @@ fn build(s: &Settings, r: &Results) -> Part {
         part.workloads.push(size_workload(r, size));
     }
     part.workloads.push(noop_workload(s, r));
+    part.workloads
+        .push(crate::status::workload(s, &r.status, &r.backend));
     part.scaling.push(scaling(r));
     part
 }

@@ -15,6 +15,7 @@
 //! * [`process`] — spawn a program inside a namespace and measure wall, CPU and peak memory.
 //! * [`scan`] — full-range, port-count, node-count and UDP scans against nmap and masscan.
 //! * [`apply`] — apply 1k/10k/50k entries and the no-op reconcile against iptables.
+//! * [`status`] — `portwarden status` on 10k entries against `iptables-save -c`.
 //! * [`agent`] — the agent's steady-state CPU and memory.
 //! * [`policy`] — policy load and compile at 100 x 100 x 1,000.
 //! * [`parse`] — nmap XML, masscan lists, portwarden JSON, `/proc` and metrics text.
@@ -37,6 +38,7 @@ pub mod process;
 pub mod report;
 pub mod scan;
 pub mod stats;
+pub mod status;
 pub mod suite;
 
 /// What one workload module contributes to the report.

@@ -45,6 +45,8 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Show what `apply` would change in this namespace's netfilter (exit 2 when changes pend).
     Plan(cmd::plan::Args),
+    /// Per entry of this node's policies: rules in place, packets and bytes matched, expiry, shadowing.
+    Status(cmd::status::Args),
     /// Make this namespace's netfilter say what the policies say: one transaction per family.
     Apply(cmd::apply::Args),
     /// Keep the ruleset of an `apply --confirm-within`: cancel its pending rollback.
@@ -76,7 +78,7 @@ fn main() -> ExitCode {
     };
     if matches!(
         cli.command,
-        Command::Plan(_) | Command::Apply(_) | Command::Reset(_)
+        Command::Plan(_) | Command::Status(_) | Command::Apply(_) | Command::Reset(_)
     ) {
         // One-shot netfilter commands say on stderr what the library warns about (a wait for
         // the xtables lock held by another process); RUST_LOG=info shows more.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Agent(a) => cmd::agent::run(a),
         Command::Plan(a) => cmd::plan::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Apply(a) => cmd::apply::run(a),
         Command::Reset(a) => cmd::reset::run(a),
         Command::Controller(a) => cmd::controller::run(a),

@@ -285,18 +285,49 @@ pub struct Detection {
 /// # Errors
 /// [`Error::ToolMissing`] when neither backend's tools are installed (or the fixed one's).
 pub fn detect(choice: BackendChoice, dir: Option<&Path>) -> Result<Detection, Error> {
+    detect_reading(choice, dir).map(|(d, _)| d)
+}
+
+/// [`detect`], and the chosen backend's tables as auto-detection read them (every table of
+/// each family whose tools ran, with rule counters: `*-save -c`), so a caller that needs them
+/// right away does not read them twice; empty with a fixed backend, which reads only the
+/// other one. The four reads of auto-detection run concurrently.
+///
+/// # Errors
+/// As [`detect`].
+pub fn detect_reading(
+    choice: BackendChoice,
+    dir: Option<&Path>,
+) -> Result<(Detection, Vec<(Family, Ruleset)>), Error> {
     if let BackendChoice::Fixed(b) = choice {
         tools(b, Family::Ipv4, dir)?;
         let there = probe(b.other(), dir);
-        return Ok(detection(b, there, "chosen with --backend".into()));
+        return Ok((
+            detection(b, there, "chosen with --backend".into()),
+            Vec::new(),
+        ));
     }
-    let (nft_census, legacy_census) = (census(Backend::Nft, dir), census(Backend::Legacy, dir));
-    let (backend, reason) = choose(nft_census, legacy_census, dir)?;
-    let there = match backend.other() {
-        Backend::Nft => nft_census,
-        Backend::Legacy => legacy_census,
+    let (nft, legacy) = std::thread::scope(|scope| {
+        let legacy = scope.spawn(|| census(Backend::Legacy, dir));
+        let nft = census(Backend::Nft, dir);
+        // A panic in a reader thread is a bug; surface it rather than hide it.
+        (
+            nft,
+            legacy
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
+    let (backend, reason) = choose(nft.as_ref().map(|c| c.0), legacy.as_ref().map(|c| c.0), dir)?;
+    let (chosen, there) = match backend {
+        Backend::Nft => (nft, legacy),
+        Backend::Legacy => (legacy, nft),
     };
-    Ok(detection(backend, there.unwrap_or_default(), reason))
+    let there = there.map(|c| c.0).unwrap_or_default();
+    Ok((
+        detection(backend, there, reason),
+        chosen.map(|c| c.1).unwrap_or_default(),
+    ))
 }
 
 /// The [`Detection`] of `b`, chosen for `reason`, the other backend holding `there`.
@@ -328,20 +359,29 @@ fn detection(b: Backend, there: Census, reason: String) -> Detection {
     }
 }
 
-/// What `b` holds in both families together (one full `*-save` run each); `None` when none of
-/// its tools could be run.
-fn census(b: Backend, dir: Option<&Path>) -> Option<Census> {
-    let mut n = Census::default();
-    let mut any = false;
-    for f in Family::ALL {
-        if let Ok(t) = tools(b, f, dir)
-            && let Ok(rs) = read_save(&t, f, &[])
-        {
-            n.add(Census::of(&rs));
-            any = true;
-        }
+/// What `b` holds in both families together (one full `*-save -c` run each, concurrently),
+/// and the tables read; `None` when none of its tools could be run.
+fn census(b: Backend, dir: Option<&Path>) -> Option<(Census, Vec<(Family, Ruleset)>)> {
+    let read = |f: Family| {
+        tools(b, f, dir)
+            .ok()
+            .and_then(|t| read_save(&t, f, &["-c"]).ok())
+            .map(|rs| (f, rs))
+    };
+    let read: Vec<(Family, Ruleset)> = std::thread::scope(|scope| {
+        let v6 = scope.spawn(|| read(Family::Ipv6));
+        let v4 = read(Family::Ipv4);
+        let v6 = v6.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        v4.into_iter().chain(v6).collect()
+    });
+    if read.is_empty() {
+        return None;
     }
-    any.then_some(n)
+    let mut n = Census::default();
+    for (_, rs) in &read {
+        n.add(Census::of(rs));
+    }
+    Some((n, read))
 }
 
 /// The automatic choice between the backends' censuses, and why (see [`detect`]).

@@ -125,8 +125,47 @@ impl Netfilter {
     /// [`Error::ToolMissing`] when a needed `*-save` or `*-restore` program is not installed:
     /// portwarden refuses to run rather than fall back to per-rule `iptables` calls.
     pub fn detect(options: &Options) -> Result<Netfilter, Error> {
+        Netfilter::detect_with(
+            options,
+            backend::detect(options.backend, options.tool_dir.as_deref())?,
+        )
+    }
+
+    /// [`Netfilter::detect`] and [`Netfilter::read_counters`] at once: with automatic backend
+    /// detection, which reads every table of both backends anyway, the chosen backend's filter
+    /// tables are taken from those reads (made with counters) instead of being read again —
+    /// what a one-shot command such as `portwarden status` wants. With a fixed backend the
+    /// families are read as [`Netfilter::read_counters`] does.
+    ///
+    /// # Errors
+    /// As [`Netfilter::detect`] and [`Netfilter::read_counters`].
+    pub fn detect_reading_counters(
+        options: &Options,
+    ) -> Result<(Netfilter, Vec<(Family, Ruleset)>), Error> {
+        let (detection, mut read) =
+            backend::detect_reading(options.backend, options.tool_dir.as_deref())?;
+        let nf = Netfilter::detect_with(options, detection)?;
+        let mut out = Vec::new();
+        for family in nf.families() {
+            // A family detection could not read (its tool failed there): read them all now.
+            let Some(i) = read.iter().position(|(f, _)| *f == family) else {
+                let current = nf.read_counters()?;
+                return Ok((nf, current));
+            };
+            let (_, rs) = read.swap_remove(i);
+            if let Some(t) = nf.tools(family)
+                && rs.is_incompatible("filter")
+            {
+                return Err(nf.incompatible(family, t));
+            }
+            out.push((family, rs));
+        }
+        Ok((nf, out))
+    }
+
+    /// The handle for `detection`'s backend (see [`Netfilter::detect`]).
+    fn detect_with(options: &Options, mut detection: Detection) -> Result<Netfilter, Error> {
         let dir = options.tool_dir.as_deref();
-        let mut detection = backend::detect(options.backend, dir)?;
         // A kernel without IPv6 has nothing to expose over it, and ip6tables cannot run there.
         let ipv6 = std::path::Path::new("/proc/sys/net/ipv6").exists();
         if !ipv6 && options.families.contains(&Family::Ipv6) {

@@ -10,5 +10,6 @@ pub mod plan;
 pub mod reset;
 pub mod rollback;
 pub mod scan;
+pub mod status;
 pub mod validate;
 pub mod verify;
