@@ -8,6 +8,9 @@
 //! 5. `verify` again: drift, with causes, exit code 2.
 //! 6. The agents repair rule drift at their next refresh; `verify` shows only the genuine
 //!    drift left (the stopped service).
+//! 7. The incident: the quarantine of the attack source expires by itself (`expires:`, shown
+//!    by `explain` before the lab starts); the attacker knocks on web-1's port 80 and
+//!    `portwarden status` counts its packets on that entry.
 //!
 //! The lab is removed on exit, also on failure. Colors only on a terminal.
 
@@ -107,6 +110,60 @@ fn incident_policies(n: &Narrator, bin: &Path, root: &Path, scratch: &Scratch) -
     Ok(dir)
 }
 
+/// Connection attempts the attacker makes in the demo.
+const KNOCKS: usize = 5;
+
+/// The attacker (the scanner, given [`ATTACKER`]'s address) tries web-1's port 80
+/// [`KNOCKS`] times; `portwarden status` on web-1 counts exactly those SYNs on the quarantine
+/// entry that closes 80 to it.
+fn knock_and_count(n: &Narrator, s: &Scenario) -> Result<()> {
+    s.add_attacker("web-1")?;
+    let connected = s.knock(ATTACKER.into(), "web-1", 80, KNOCKS)?;
+    n.say(&format!(
+        "{ATTACKER} tries web-1:80 {KNOCKS} times: {} refused (the quarantine answers with a reset)",
+        KNOCKS - connected
+    ));
+    if connected != 0 {
+        return Err(format!(
+            "the attacker connected to web-1:80 {connected} time(s)"
+        ));
+    }
+    let args = s.policy_args();
+    let mut argv: Vec<&str> = vec!["status"];
+    argv.extend(args.iter().map(String::as_str));
+    argv.extend(["--node", "web-1"]);
+    let (code, out, err) = s.portwarden_on("web-1", &argv)?;
+    print!("{out}{err}");
+    argv.extend(["-o", "json"]);
+    let (json_code, json, err) = s.portwarden_on("web-1", &argv)?;
+    if code != 0 || json_code != 0 {
+        return Err(format!("status failed (exit {code}/{json_code}): {err}"));
+    }
+    let counted = attack_source_packets(&json)?;
+    n.say(&format!(
+        "quarantine entry 1 (80/tcp closed to {ATTACKER}) counted {counted} packets: yes, still knocking"
+    ));
+    if counted != KNOCKS as u64 {
+        return Err(format!(
+            "status counted {counted} packets for the attack source, expected {KNOCKS}"
+        ));
+    }
+    Ok(())
+}
+
+/// The packets `status -o json` counts for quarantine entry 1.
+fn attack_source_packets(json: &str) -> Result<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("status JSON: {e}"))?;
+    v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["policy"] == "quarantine" && e["entry"] == 1)
+        .and_then(|e| e["packets"].as_u64())
+        .ok_or_else(|| format!("status JSON has no packets for quarantine entry 1: {json}"))
+}
+
 fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     n.step("The incident's quarantine expires by itself");
     let scratch =
@@ -168,6 +225,9 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     let (code, out, err) = s.verify("table")?;
     print!("{out}{err}");
     println!("(exit code {code})");
+
+    n.step("Is the attacker still knocking? portwarden status on web-1");
+    knock_and_count(n, &s)?;
 
     n.step("Tear down the lab");
     drop(s);
