@@ -306,9 +306,10 @@ mod tests {
     use super::*;
     use crate::failsafe::Failsafe;
     use crate::render::render;
-    use portwarden_policy::{PortRange, Protocol, Rule, State};
+    use portwarden_policy::{Protocol, Rule, State};
     use std::fmt::Write as _;
 
+    /// A TCP rule ([`crate::render`]'s test rule).
     fn rule(
         policy: &str,
         entry: usize,
@@ -316,19 +317,7 @@ mod tests {
         source: Option<&str>,
         state: State,
     ) -> Rule {
-        Rule {
-            priority: 100,
-            policy: policy.into(),
-            entry,
-            protocol: Protocol::Tcp,
-            ports: PortRange {
-                start: ports.0,
-                end: ports.1,
-            },
-            source: source.map(|s| s.parse().expect("test CIDR")),
-            state,
-            expires: None,
-        }
+        crate::render::tests::rule(policy, entry, Protocol::Tcp, ports, source, state)
     }
 
     fn intent(mut rules: Vec<Rule>) -> NodeIntent {

@@ -659,7 +659,7 @@ fn leaf_spec(family: Family, r: &LeafRule<'_>, ports: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn rule(

@@ -14,6 +14,7 @@ use crate::render::render;
 
 const NOW: i64 = 1_800_000_000;
 
+/// A rule of policy `p` ([`crate::render`]'s test rule).
 fn rule(
     entry: usize,
     proto: Protocol,
@@ -21,19 +22,7 @@ fn rule(
     source: Option<&str>,
     state: State,
 ) -> Rule {
-    Rule {
-        priority: 100,
-        policy: "p".into(),
-        entry,
-        protocol: proto,
-        ports: PortRange {
-            start: ports.0,
-            end: ports.1,
-        },
-        source: source.map(|s| s.parse().unwrap()),
-        state,
-        expires: None,
-    }
+    crate::render::tests::rule("p", entry, proto, ports, source, state)
 }
 
 fn intent(mut rules: Vec<Rule>) -> NodeIntent {
