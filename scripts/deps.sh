@@ -32,6 +32,9 @@ if [ "$want" = test ]; then
   pkgs[fuse-overlayfs]=fuse-overlayfs
   pkgs[nft]=nftables
   pkgs[sha256sum]=coreutils
+  # The HTML report's browser tests (crates/reconcile/tests/html_chromium.rs): headless
+  # Chromium renders the page, its DOM and screenshot are checked.
+  pkgs[chromium]=chromium
   /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs[pw-python3-venv]=python3-venv
 fi
 if [ "$want" = bench ]; then
