@@ -40,6 +40,8 @@ fi
 if [ "$want" = bench ]; then
   pkgs[masscan]=masscan
   pkgs[hyperfine]=hyperfine
+  # The HTML report's figure: the page of 100 nodes x 100 ports in headless Chromium.
+  pkgs[chromium]=chromium
 fi
 
 missing=()

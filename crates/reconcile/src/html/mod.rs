@@ -5,7 +5,7 @@
 //!
 //! # Guarantees
 //!
-//! * Self-contained: inline CSS and inline SVG only; no script, no font, image or style
+//! * Self-contained: inline CSS and an inline SVG chart only; no script, no font, image or style
 //!   fetched from anywhere (the page's Content-Security-Policy forbids them too, so a browser
 //!   would refuse even one that slipped in). Readable offline, safe to attach to a ticket.
 //! * Every string from a policy, an inventory, an agent or the network goes through [`esc`]:
@@ -161,7 +161,6 @@ fn head(out: &mut String, page: &Page) {
     let _ = writeln!(out, "<title>{verdict} · {title}</title>");
     let _ = writeln!(out, "<style>{}</style>", style::CSS);
     out.push_str("</head>\n<body>\n");
-    out.push_str(style::SYMBOLS);
     let _ = writeln!(out, "<main>\n<h1>{title}</h1>");
 }
 
