@@ -225,8 +225,9 @@ pub(super) fn section(out: &mut String, i: usize, n: &NodeView, entries: &EntryN
     let addresses: Vec<String> = n.addresses.iter().map(ToString::to_string).collect();
     let _ = writeln!(
         out,
-        "<section class=\"node\" id=\"n{i}\" data-node=\"{}\">\n<h2>",
-        esc(n.name)
+        "<section class=\"node\" id=\"n{i}\" data-node=\"{}\" style=\"contain-intrinsic-size: auto {}px\">\n<h2>",
+        esc(n.name),
+        likely_height(n)
     );
     symbol(out, n.worst());
     let _ = writeln!(
@@ -243,6 +244,26 @@ pub(super) fn section(out: &mut String, i: usize, n: &NodeView, entries: &EntryN
     }
     details::differences(out, &n.rows, entries);
     out.push_str("</section>\n");
+}
+
+/// About how tall a node's section is, in pixels, for the browser to size it before laying it
+/// out: the heading, a line per matrix row (two for those not in sync), a table line per
+/// finding.
+fn likely_height(n: &NodeView) -> usize {
+    let off = |v: Verdict| v != Verdict::InSync;
+    let rows: usize = n
+        .groups
+        .iter()
+        .map(|g| {
+            if g.cells.iter().flatten().any(|r| off(r.verdict)) {
+                38
+            } else {
+                22
+            }
+        })
+        .sum();
+    let findings = n.rows.iter().filter(|r| off(r.verdict)).count();
+    140 + rows + 48 * findings
 }
 
 fn table(out: &mut String, n: &NodeView) {
