@@ -128,6 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<Part> {
             title: "portwarden verify",
             entries: &entries,
             refresh_secs: None,
+            inside: None,
         })
     };
     let mut render = Vec::new();
@@ -227,6 +228,7 @@ mod tests {
             title: "t",
             entries: &notes(10),
             refresh_secs: None,
+            inside: None,
         });
         assert_eq!(
             text.matches("<th class=\"port\">").count(),

@@ -1,13 +1,18 @@
 //! `verify -o html` and `verify --html FILE`: the page of a real scan of a lab node (drift,
 //! its cause, the reason of the entry that expected otherwise, escaped), beside JUnit on
-//! standard output; and an unwritable FILE refused before anything is scanned.
+//! standard output; an unwritable FILE refused before anything is scanned; and the agent's
+//! page at `/`, of its peer scan and its inside view.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use portwarden_lab::skip_unless_lab;
+use portwarden_reconcile::DEFAULT_AGENT_PORT;
+use portwarden_reconcile::inside::http_get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portwarden");
 
@@ -113,4 +118,78 @@ fn assert_page(html: &str, scanner: &str) {
         assert!(html.contains(expected), "no {expected} in {html}");
     }
     assert!(!html.contains("<script"));
+}
+
+#[test]
+fn the_agent_serves_the_page_of_its_peer_scan_and_inside_view_at_root() {
+    skip_unless_lab!();
+    let lab = portwarden_lab::Lab::builder("html-agent")
+        .nodes(2)
+        .scanners(1)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("web.yaml"), POLICY).unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "apiVersion: portwarden.io/v1alpha1\nkind: Inventory\nnodes:\n  - name: web-1\n    addresses: [\"{}\"]\n  - name: web-2\n    addresses: [\"{}\"]\n",
+            lab.node(0).v4(),
+            lab.node(1).v4()
+        ),
+    )
+    .unwrap();
+    let (policies, inventory) = (policies.to_str().unwrap(), inventory.to_str().unwrap());
+    let _agent = lab
+        .node(0)
+        .spawn(&[
+            BIN,
+            "agent",
+            "--policy-dir",
+            policies,
+            "--inventory",
+            inventory,
+            "--node",
+            "web-1",
+            "--refresh",
+            "3600",
+            "--scan-interval",
+            "1",
+        ])
+        .unwrap();
+    // web-1's agent scans web-2, where nothing listens on 81: drift.
+    let addr = SocketAddr::new(lab.node(0).v4().into(), DEFAULT_AGENT_PORT);
+    let drift_row = "<tr data-verdict=\"drift\"><th class=\"port\">81/tcp</th>";
+    let until = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let got = lab
+            .scanner(0)
+            .run(move || http_get(addr, "/", Duration::from_secs(5)))
+            .unwrap();
+        if let Ok(page) = &got
+            && page.contains(drift_row)
+        {
+            break page.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "no page with web-2's drift: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for expected in [
+        "<h1>portwarden agent on web-1</h1>",
+        "<meta http-equiv=\"refresh\" content=\"5\">",
+        "(page served; peers scanned every 1 s)",
+        "<h2>Inside view of web-1</h2>",
+        "portwarden's rules are in place",
+        "data-node=\"web-2\"",
+        "policy <code>web</code>, entry 0",
+    ] {
+        assert!(page.contains(expected), "no {expected} in {page}");
+    }
+    assert!(!page.contains("<script"));
 }

@@ -185,6 +185,7 @@ fn write_page(dir: &Path, name: &str, report: &Report) -> PathBuf {
         title: "portwarden verify",
         entries: &entries,
         refresh_secs: None,
+        inside: None,
     });
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();

@@ -209,5 +209,6 @@ fn page(v: &Verification, policies: &PolicySet, started: Timestamp) -> String {
         title: "portwarden verify",
         entries: &entries,
         refresh_secs: None,
+        inside: None,
     })
 }

@@ -1,7 +1,8 @@
 //! The drift report as one self-contained HTML page: `verify -o html`, `verify --html FILE`
 //! and the agent's page at `/`. This module owns the page's skeleton (head, summary, notes)
 //! and its public API; [`matrix`] draws the per-node matrices, [`details`] the tables of what
-//! differs and of unlisted open ports, [`style`] the stylesheet, palette and symbols.
+//! differs and of unlisted open ports, [`inside`] an agent's view of its own node, [`style`]
+//! the stylesheet, palette and symbols.
 //!
 //! # Guarantees
 //!
@@ -16,6 +17,7 @@
 //!   observed state in words; the palette is Okabe and Ito's, safe for colour-blind readers.
 
 mod details;
+mod inside;
 mod matrix;
 mod style;
 
@@ -27,6 +29,7 @@ use std::net::IpAddr;
 use portwarden_policy::PolicySet;
 use portwarden_policy::text::printable;
 
+use crate::inside::InsideView;
 use crate::report::{Report, Summary};
 use crate::verdict::Verdict;
 
@@ -101,7 +104,13 @@ pub struct Page<'a> {
     /// Reload the page every this many seconds (a `<meta http-equiv="refresh">`, no script);
     /// `None` for a static report.
     pub refresh_secs: Option<u32>,
+    /// An agent's view of its own node, shown after the summary (the agent's page).
+    pub inside: Option<&'a InsideView>,
 }
+
+/// The page's Content-Security-Policy: nothing fetched, nothing run, only its own inline
+/// style. A server of the page sends it as a header too.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:";
 
 /// `s` safe inside HTML text and attribute values: `& < > " '` escaped, control characters
 /// shown as escapes (so a bidirectional override cannot reorder what the reader sees).
@@ -131,6 +140,9 @@ pub fn render(page: &Page) -> String {
     let mut out = String::with_capacity(4096 + report.results.len() * 100);
     head(&mut out, page);
     summary(&mut out, page);
+    if let Some(view) = page.inside {
+        inside::section(&mut out, view);
+    }
     let nodes = matrix::nodes(report);
     matrix::index(&mut out, &nodes);
     for (i, n) in nodes.iter().enumerate() {
@@ -147,8 +159,9 @@ fn head(out: &mut String, page: &Page) {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
     // Nothing may be fetched or run, even if something slipped past the escaping.
-    out.push_str(
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\n",
+    let _ = writeln!(
+        out,
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
     );
     if let Some(secs) = page.refresh_secs {
         let _ = writeln!(out, "<meta http-equiv=\"refresh\" content=\"{secs}\">");

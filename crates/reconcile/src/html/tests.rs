@@ -48,6 +48,7 @@ fn page_of(report: &Report, entries: &EntryNotes) -> String {
         title: "portwarden verify",
         entries,
         refresh_secs: None,
+        inside: None,
     })
 }
 
@@ -139,6 +140,7 @@ fn rendering_is_deterministic_and_says_when_and_which_version() {
     assert!(html.contains("<dd id=\"vantages\">10.213.1.2</dd>"));
     let refreshing = render(&Page {
         refresh_secs: Some(30),
+        inside: None,
         ..Page {
             report: &report,
             generated_at: "x",
@@ -146,6 +148,7 @@ fn rendering_is_deterministic_and_says_when_and_which_version() {
             title: "t",
             entries: &entries,
             refresh_secs: None,
+            inside: None,
         }
     });
     assert!(refreshing.contains("<meta http-equiv=\"refresh\" content=\"30\">"));
@@ -334,4 +337,61 @@ fn unlisted_open_ports_have_their_own_section() {
 fn an_empty_report_renders() {
     let html = page_of(&Report::default(), &EntryNotes::new());
     assert!(html.contains("<dd id=\"count-nodes\">0</dd>") && html.contains("In sync"));
+}
+
+#[test]
+fn an_agents_inside_view_is_shown_escaped() {
+    use crate::inside::{InsideView, ShadowView};
+    use crate::listeners::Listener;
+    let view = InsideView {
+        node: "web-1".into(),
+        converged: false,
+        pending_changes: 3,
+        shadowing: vec![ShadowView {
+            family: "ipv4".into(),
+            chain: "INPUT".into(),
+            position: 1,
+            rule: "-A INPUT -m comment --comment \"<script>x</script>\" -j DROP".into(),
+            entries: vec![("quarantine".into(), 0)],
+        }],
+        listeners: vec![Listener {
+            protocol: portwarden_policy::Protocol::Tcp,
+            address: "0.0.0.0".parse().unwrap(),
+            port: 8080,
+        }],
+        mixed_backends: Some("iptables-legacy also holds rules <b>".into()),
+        policy_invalid: true,
+        ..InsideView::default()
+    };
+    let report = Report::new(vec![row("web-2", 22, Verdict::InSync, "closed")], vec![]);
+    let entries = notes();
+    let html = render(&Page {
+        inside: Some(&view),
+        ..Page {
+            report: &report,
+            generated_at: "t",
+            version: "v",
+            title: "portwarden agent on web-1",
+            entries: &entries,
+            refresh_secs: Some(30),
+            inside: None,
+        }
+    });
+    let section = between(&html, "<section id=\"inside\">", "</section>");
+    assert!(
+        section.contains("<h2>Inside view of web-1</h2>"),
+        "{section}"
+    );
+    assert!(section.contains("not in place: 3 changes pending"));
+    assert!(section.contains("the policy documents are invalid"));
+    assert!(section.contains("the last apply succeeded"));
+    assert!(section.contains("iptables-legacy also holds rules &lt;b&gt;"));
+    assert!(section.contains(
+        "ipv4 INPUT#1 (-m comment --comment &quot;&lt;script&gt;x&lt;/script&gt;&quot; -j DROP): a foreign rule decides first for <code>quarantine</code> entry 0"
+    ));
+    assert!(section.contains("<th class=\"port\">8080/tcp</th><td>0.0.0.0</td>"));
+    assert!(!html.contains("<script") && !html.contains("<b>"));
+    // After the summary, before the nodes.
+    assert!(html.find("id=\"summary\"") < html.find("id=\"inside\""));
+    assert!(html.find("id=\"inside\"") < html.find("class=\"node\""));
 }
