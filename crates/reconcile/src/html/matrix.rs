@@ -273,7 +273,12 @@ fn table(out: &mut String, n: &NodeView) {
         out.push_str("<th>Address</th>");
     }
     for v in &n.vantages {
-        let _ = write!(out, "<th>from {v}</th>");
+        // verify's rows of an address it has no route to have no source.
+        if v.is_unspecified() {
+            out.push_str("<th>no route: no source</th>");
+        } else {
+            let _ = write!(out, "<th>from {v}</th>");
+        }
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for g in &n.groups {

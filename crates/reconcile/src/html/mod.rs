@@ -93,7 +93,8 @@ pub fn entry_notes(policies: &PolicySet) -> EntryNotes {
 pub struct Page<'a> {
     /// The report.
     pub report: &'a Report,
-    /// When the scan behind it ran (RFC 3339); shown, never read from the clock here.
+    /// When the scan behind it ran (RFC 3339, perhaps with a remark: the agent's page says it
+    /// was served then); shown, never read from the clock here.
     pub generated_at: &'a str,
     /// portwarden's version ([`VERSION`]).
     pub version: &'a str,
@@ -181,7 +182,13 @@ fn head(out: &mut String, page: &Page) {
 fn summary(out: &mut String, page: &Page) {
     let r = page.report;
     let nodes: BTreeSet<&str> = r.results.iter().map(|x| x.node.as_str()).collect();
-    let vantages: BTreeSet<IpAddr> = r.results.iter().map(|x| x.from).collect();
+    // Rows of an address with no route to it have no source (the unspecified address).
+    let vantages: BTreeSet<IpAddr> = r
+        .results
+        .iter()
+        .map(|x| x.from)
+        .filter(|a| !a.is_unspecified())
+        .collect();
     let vantages: Vec<String> = vantages.iter().map(ToString::to_string).collect();
     let s = &r.summary;
     let (class, word) = if r.has_drift() {

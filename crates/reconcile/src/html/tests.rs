@@ -395,3 +395,21 @@ fn an_agents_inside_view_is_shown_escaped() {
     assert!(html.find("id=\"summary\"") < html.find("id=\"inside\""));
     assert!(html.find("id=\"inside\"") < html.find("class=\"node\""));
 }
+
+#[test]
+fn rows_without_a_route_have_no_vantage() {
+    let mut lost = row("far-1", 22, Verdict::Indeterminate, "not scanned");
+    lost.from = "0.0.0.0".parse().unwrap();
+    lost.cause = Some("unreachable: no route to 10.9.9.9".into());
+    let report = Report::new(
+        vec![lost, row("web-1", 22, Verdict::InSync, "closed")],
+        vec![],
+    );
+    let html = page_of(&report, &notes());
+    assert!(
+        html.contains("<dd id=\"vantages\">10.213.1.2</dd>"),
+        "{html}"
+    );
+    assert!(html.contains("<th>no route: no source</th>"));
+    assert!(!html.contains("from 0.0.0.0"));
+}
