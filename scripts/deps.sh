@@ -32,11 +32,16 @@ if [ "$want" = test ]; then
   pkgs[fuse-overlayfs]=fuse-overlayfs
   pkgs[nft]=nftables
   pkgs[sha256sum]=coreutils
+  # The HTML report's browser tests (crates/reconcile/tests/html_chromium.rs): headless
+  # Chromium renders the page, its DOM and screenshot are checked.
+  pkgs[chromium]=chromium
   /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || pkgs[pw-python3-venv]=python3-venv
 fi
 if [ "$want" = bench ]; then
   pkgs[masscan]=masscan
   pkgs[hyperfine]=hyperfine
+  # The HTML report's figure: the page of 100 nodes x 100 ports in headless Chromium.
+  pkgs[chromium]=chromium
 fi
 
 missing=()

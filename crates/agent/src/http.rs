@@ -1,5 +1,6 @@
-//! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
-//! `/v1/inside` (the inside view, computed on request) and `/v1/report` (the last peer scan).
+//! The agent's HTTP endpoint: `/` (the page of the last peer scan and the inside view, HTML;
+//! [`crate::page`]), `/metrics` (Prometheus text), `/healthz`, `/readyz`, `/v1/inside` (the
+//! inside view, computed on request) and `/v1/report` (the last peer scan).
 //! [`crate::server::serve`] serves it within connection limits.
 //!
 //! # Guarantees
@@ -30,6 +31,7 @@ static INSIDE_VIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 /// The router over the agent's shared state.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -100,6 +102,44 @@ async fn inside(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// The page: the last peer scan and the inside view (computed as for `/v1/inside`, under the
+/// same cap), as one HTML document that forbids scripts and fetches in its header too.
+async fn page(State(s): State<Arc<Shared>>) -> Response {
+    let permit = INSIDE_VIEWS.acquire().await.ok();
+    let shared = Arc::clone(&s);
+    let view = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        shared.inside_view()
+    })
+    .await
+    .ok();
+    let report = s.with_state(|st| st.report.clone());
+    let text = crate::page::render(
+        &s.config.node,
+        s.config.scan_interval,
+        report.as_ref(),
+        view.as_ref(),
+        portwarden_policy::Timestamp::now(),
+    );
+    html_response(text)
+}
+
+/// An HTML answer whose header forbids scripts and fetches as the page itself does.
+fn html_response(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                portwarden_reconcile::html::CSP,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
 async fn report(State(s): State<Arc<Shared>>) -> Response {
     match s.with_state(|st| st.report.clone()) {
         Some(r) => Json(r).into_response(),
@@ -153,5 +193,29 @@ mod tests {
             !text.contains("line 3") && !text.contains("10.1.2.3"),
             "{text}"
         );
+    }
+
+    /// `/` is HTML whose header forbids scripts and fetches too. (The page itself is
+    /// `page`'s; the route is exercised on a lab node, where reading netfilter is harmless.)
+    #[tokio::test]
+    async fn the_page_is_html_that_runs_nothing() {
+        let text = crate::page::render(
+            "web-1",
+            None,
+            None,
+            None,
+            portwarden_policy::Timestamp::from_unix(0),
+        );
+        let r = html_response(text);
+        let headers = r.headers().clone();
+        let (status, text) = body(r).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            headers[header::CONTENT_SECURITY_POLICY],
+            portwarden_reconcile::html::CSP
+        );
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert!(text.starts_with("<!DOCTYPE html>"), "{text}");
     }
 }

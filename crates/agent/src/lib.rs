@@ -18,7 +18,8 @@
 //! * [`debounce`] — when the standalone agent loads changed files.
 //! * [`standalone`] — the standalone agent: the file source and [`standalone::run`].
 //! * [`process`] — the process around a loop: agent lock, runtime, signals, HTTP server.
-//! * [`http`] — the agent's endpoints; [`metrics`] — the agent's and the HTTP server's metrics.
+//! * [`http`] — the agent's endpoints; [`metrics`] — the agent's and the HTTP server's metrics;
+//!   [`page`] — the HTML page at `/`.
 //! * [`server`] — the HTTP server of every long-running command (connection caps, timeouts,
 //!   descriptors kept for the reconcile path).
 //! * [`lifecycle`] — [`lifecycle::shutdown_signal`] and [`lifecycle::backoff`], shared with the
@@ -31,6 +32,7 @@ pub mod debounce;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod page;
 pub mod process;
 pub mod scan;
 pub mod schedule;

@@ -18,6 +18,7 @@
 //! * [`status`] — `portwarden status` on 10k entries against `iptables-save -c`.
 //! * [`agent`] — the agent's steady-state CPU and memory.
 //! * [`policy`] — policy load and compile at 100 x 100 x 1,000.
+//! * [`html`] — the HTML report of 100 nodes x 100 ports, in process and in Chromium.
 //! * [`parse`] — nmap XML, masscan lists, portwarden JSON, `/proc` and metrics text.
 //! * [`stats`] — median, power-law fit, local exponents.
 //! * [`analysis`] — the "where it stops scaling and why" sentences.
@@ -30,6 +31,7 @@ pub mod agent;
 pub mod analysis;
 pub mod apply;
 pub mod clock;
+pub mod html;
 pub mod machine;
 pub mod parse;
 pub mod plot;

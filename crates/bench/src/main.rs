@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use portwarden_bench::report::{Report, render};
 use portwarden_bench::suite::{Ctx, Settings, progress};
-use portwarden_bench::{Part, apply, clock, machine, plot, policy, process, scan};
+use portwarden_bench::{Part, apply, clock, html, machine, plot, policy, process, scan};
 use portwarden_lab::Lab;
 
 /// Runs portwarden's benchmark suite on a namespace lab and writes a Markdown report with PNG
@@ -31,12 +31,20 @@ struct Args {
     /// The portwarden binary to measure (default: `portwarden` beside this program).
     #[arg(long, value_name = "FILE")]
     portwarden: Option<PathBuf>,
-    /// Only these parts: scan-one, scan-nodes, scan-limited, apply, policy (comma-separated).
+    /// Only these parts: scan-one, scan-nodes, scan-limited, apply, policy, html
+    /// (comma-separated).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<String>,
 }
 
-const PARTS: [&str; 5] = ["scan-one", "scan-nodes", "scan-limited", "apply", "policy"];
+const PARTS: [&str; 6] = [
+    "scan-one",
+    "scan-nodes",
+    "scan-limited",
+    "apply",
+    "policy",
+    "html",
+];
 
 fn commit() -> String {
     let git = |args: &[&str]| {
@@ -237,6 +245,9 @@ fn run_parts(ctx: &Ctx, only: &[String]) -> Vec<(&'static str, Result<Part>)> {
     if wanted("policy") {
         parts.push(("Policy load and compile", policy::run(ctx)));
     }
+    if wanted("html") {
+        parts.push(("HTML report in Chromium", html::run(ctx)));
+    }
     parts
 }
 
@@ -261,7 +272,7 @@ fn draw_charts(report: &mut Report, out: &Path) -> Result<()> {
 /// Workloads in the order, whatever order the parts ran in.
 fn order(r: &mut Report) {
     let rank = |title: &str| -> usize {
-        const ORDER: [&str; 8] = [
+        const ORDER: [&str; 9] = [
             "Full-range",
             "1,000 ports",
             "UDP",
@@ -269,6 +280,7 @@ fn order(r: &mut Report) {
             "No-op",
             "Policy",
             "Agent",
+            "HTML",
             "",
         ];
         ORDER

@@ -1,6 +1,7 @@
 //! The `portwarden` binary: a thin layer of argument parsing and printing over the library
 //! crates. One module per command under [`cmd`]; shared argument groups in [`args`]; the
-//! Linux capabilities the commands check before they start in [`caps`].
+//! Linux capabilities the commands check before they start in [`caps`]; a report file written
+//! whole after a command's work in [`report_file`].
 //!
 //! Exit codes (the contract in docs/cli.md): 0 success / in sync / no changes, 1 error,
 //! 2 changes pending (`plan`) or drift (`verify`). Usage errors exit 1 too, not clap's default
@@ -9,6 +10,7 @@
 mod args;
 mod caps;
 mod cmd;
+mod report_file;
 
 use std::process::ExitCode;
 

@@ -302,21 +302,28 @@ impl Scenario {
 
     /// Runs `portwarden verify` from the scanner; returns (exit code, stdout, stderr).
     pub fn verify(&self, format: &str) -> Result<(i32, String, String)> {
+        self.verify_with(format, &[])
+    }
+
+    /// [`Scenario::verify`] with more arguments (`--html FILE`).
+    pub fn verify_with(&self, format: &str, extra: &[&str]) -> Result<(i32, String, String)> {
         let bin = self.bin.to_string_lossy().into_owned();
         let policy_dir = self.policy_dir.to_string_lossy().into_owned();
         let inventory = self.inventory().to_string_lossy().into_owned();
+        let mut args = vec![
+            bin.as_str(),
+            "verify",
+            "-f",
+            &policy_dir,
+            "--inventory",
+            &inventory,
+            "-o",
+            format,
+        ];
+        args.extend_from_slice(extra);
         let out = self
             .scanner()
-            .output(&[
-                &bin,
-                "verify",
-                "-f",
-                &policy_dir,
-                "--inventory",
-                &inventory,
-                "-o",
-                format,
-            ])
+            .output(&args)
             .map_err(lab_err("running verify"))?;
         Ok((
             out.status.code().unwrap_or(-1),

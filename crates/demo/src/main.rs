@@ -5,7 +5,8 @@
 //! 3. `portwarden verify` from the scanner: everything in sync.
 //! 4. Break things the way life does: a foreign DROP above portwarden's jump on web-1, the
 //!    web server on web-2 stops, one of portwarden's rules deleted on db-1.
-//! 5. `verify` again: drift, with causes, exit code 2.
+//! 5. `verify` again: drift, with causes, exit code 2; its HTML page is written to
+//!    `target/demo/drift-report.html` (`PORTWARDEN_DEMO_REPORT` to choose).
 //! 6. The agents repair rule drift at their next refresh; `verify` shows only the genuine
 //!    drift left (the stopped service).
 //! 7. The incident: the quarantine of the attack source expires by itself (`expires:`, shown
@@ -43,6 +44,24 @@ impl Narrator {
             println!("{text}");
         }
     }
+}
+
+/// Where the drift scan's HTML page goes: `PORTWARDEN_DEMO_REPORT`, or
+/// `target/demo/drift-report.html` under the repository (its directory made).
+fn report_page(root: &Path) -> Result<PathBuf> {
+    let page = std::env::var_os("PORTWARDEN_DEMO_REPORT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/demo/drift-report.html"));
+    let page = if page.is_absolute() {
+        page
+    } else {
+        root.join(page)
+    };
+    if let Some(dir) = page.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {} for the report page: {e}", dir.display()))?;
+    }
+    Ok(page)
 }
 
 /// Waits (30 s at most) until the only drift `verify` reports is the stopped web server on
@@ -209,13 +228,19 @@ fn demo(n: &Narrator, bin: PathBuf, root: PathBuf) -> Result<()> {
     let rule = s.delete_own_rule("db-1")?;
     n.say(&format!("db-1: someone deletes portwarden's rule `{rule}`"));
 
-    n.step("portwarden verify: drift, with causes");
-    let (code, out, err) = s.verify("table")?;
+    n.step("portwarden verify: drift, with causes (and the same as a page: --html FILE)");
+    let page = report_page(&root)?;
+    let page_arg = page.to_string_lossy().into_owned();
+    let (code, out, err) = s.verify_with("table", &["--html", &page_arg])?;
     print!("{out}{err}");
     println!("(exit code {code})");
     if code != 2 {
         return Err(format!("expected drift (exit 2), got exit {code}"));
     }
+    n.say(&format!(
+        "the report of this scan as one HTML page (no script, nothing fetched): {}",
+        page.display()
+    ));
 
     n.step("Wait for the agents to repair rule drift (next refresh)");
     wait_for_repair(&s)?;

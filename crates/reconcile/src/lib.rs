@@ -13,6 +13,7 @@
 //! * [`causes`] — why a port drifted, refined by the agent's [`inside`] view.
 //! * [`listeners`] — listening sockets from `/proc/net`.
 //! * [`report`] — the report shape and its table, JSON, JUnit and nmap XML outputs.
+//! * [`html`] — the report as one self-contained HTML page.
 //! * [`verify`] — scan, compare, explain: the `verify` command's engine.
 //! * [`ledger`] — the agent's peer scans: which UDP ports each re-checks, and the last
 //!   confirmed observation of every one.
@@ -21,6 +22,7 @@
 
 pub mod causes;
 pub mod expect;
+pub mod html;
 pub mod inside;
 pub mod ledger;
 pub mod listeners;

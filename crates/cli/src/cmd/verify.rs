@@ -12,16 +12,20 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 use portwarden_netfilter::{DEFAULT_FAILSAFE, Failsafe};
-use portwarden_reconcile::{DEFAULT_AGENT_PORT, Target, VerifyOptions, report, verify};
+use portwarden_policy::{Loaded, PolicySet, Timestamp};
+use portwarden_reconcile::{
+    DEFAULT_AGENT_PORT, Target, Verification, VerifyOptions, html, report, verify,
+};
 use portwarden_scan::{PortList, ScanKind};
 
 use crate::Outcome;
 use crate::args;
+use crate::report_file::ReportFile;
 
 /// Arguments of `verify`.
 #[derive(clap::Args, Debug)]
 #[command(
-    after_help = "Examples:\n  portwarden verify -f examples --inventory examples/inventory.yaml\n  portwarden verify -f policies/ --inventory inventory.yaml -o junit > portwarden.xml\n  portwarden verify -f policies/ --inventory inventory.yaml -S 10.0.0.5 -S 10.0.0.6 --confirm-budget 120\n\nExit codes: 0 in sync, 2 drift, 1 error."
+    after_help = "Examples:\n  portwarden verify -f examples --inventory examples/inventory.yaml\n  portwarden verify -f policies/ --inventory inventory.yaml -o junit --html exposure.html > portwarden.xml\n  portwarden verify -f policies/ --inventory inventory.yaml -S 10.0.0.5 -S 10.0.0.6 --confirm-budget 120\n\nExit codes: 0 in sync, 2 drift, 1 error."
 )]
 pub struct Args {
     /// Policy files or directories.
@@ -72,9 +76,15 @@ pub struct Args {
         allow_hyphen_values = true
     )]
     unlisted_ports: String,
-    /// Output format.
+    /// Output format on standard output. `html` is one self-contained page (no script, nothing
+    /// fetched): the summary, a matrix per node of its ports by vantage, drift first, each
+    /// drift with its cause and the policy entry that expected otherwise.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Also write the HTML page to FILE, beside the -o output (keep JUnit for CI and publish
+    /// the page). Checked before the scan; written whole after it.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,10 +99,51 @@ enum Output {
     Json,
     Junit,
     Xml,
+    Html,
 }
 
 pub fn run(a: Args) -> Outcome {
     let loaded = args::load(&a.files)?;
+    // Before the scan: a path that cannot be written fails now, not minutes later.
+    let html_file = a
+        .html
+        .as_deref()
+        .map(|path| ReportFile::create("--html", path))
+        .transpose()?;
+    let targets = targets(&a, &loaded)?;
+    let options = options(&a)?;
+    let started = Timestamp::now();
+    let v = verify(&targets, &options)?;
+    let page = || page(&v, &loaded.policies, started);
+    match a.output {
+        Output::Table => print!(
+            "{}",
+            report::to_table(
+                &v.report,
+                crate::cmd::agent::colour(std::io::stdout().is_terminal())
+            )
+        ),
+        Output::Json => println!("{}", report::to_json(&v.report)),
+        Output::Junit => print!("{}", report::to_junit(&v.report)),
+        Output::Xml => {
+            let args: Vec<String> = std::env::args().collect();
+            print!("{}", report::to_nmap_xml(&v.scans, &args.join(" ")));
+        }
+        Output::Html => print!("{}", page()),
+    }
+    if let Some(file) = html_file {
+        file.commit(&page())
+            .context("the report above was printed; the HTML page was not written")?;
+    }
+    Ok(if v.report.has_drift() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Every address of every inventory node, with the node's compiled intent.
+fn targets(a: &Args, loaded: &Loaded) -> anyhow::Result<Vec<Target>> {
     let inventory = match &a.inventory {
         Some(path) => args::load_inventory(path)?.nodes,
         None if loaded.inventories > 0 => loaded.nodes.clone(),
@@ -113,12 +164,16 @@ pub fn run(a: Args) -> Outcome {
     if targets.is_empty() {
         bail!("the inventory has no node addresses to scan");
     }
+    Ok(targets)
+}
+
+fn options(a: &Args) -> anyhow::Result<VerifyOptions> {
     let failsafe: Failsafe = a
         .failsafe
         .parse()
         .with_context(|| format!("invalid --failsafe \"{}\"", a.failsafe))?;
     let sources = args::scan_sources(&a.sources);
-    let options = VerifyOptions {
+    Ok(VerifyOptions {
         tcp_kind: match a.scan {
             TcpScan::Syn => ScanKind::Syn,
             TcpScan::Connect => ScanKind::Connect,
@@ -133,26 +188,27 @@ pub fn run(a: Args) -> Outcome {
         source_v6: sources.source_v6,
         extra_sources: sources.extra_sources,
         confirm_budget: Some(Duration::from_secs(a.confirm_budget)),
-    };
-    let v = verify(&targets, &options)?;
-    match a.output {
-        Output::Table => print!(
-            "{}",
-            report::to_table(
-                &v.report,
-                crate::cmd::agent::colour(std::io::stdout().is_terminal())
-            )
-        ),
-        Output::Json => println!("{}", report::to_json(&v.report)),
-        Output::Junit => print!("{}", report::to_junit(&v.report)),
-        Output::Xml => {
-            let args: Vec<String> = std::env::args().collect();
-            print!("{}", report::to_nmap_xml(&v.scans, &args.join(" ")));
-        }
-    }
-    Ok(if v.report.has_drift() {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
+    })
+}
+
+/// The HTML page of a verification: dated when its first scan started (`started`, the clock
+/// before the scans, when there was none), each drift with its entry's reason.
+fn page(v: &Verification, policies: &PolicySet, started: Timestamp) -> String {
+    let at = v
+        .scans
+        .iter()
+        .map(|s| s.started_unix)
+        .min()
+        .and_then(|t| i64::try_from(t).ok())
+        .map_or(started, Timestamp::from_unix);
+    let entries = html::entry_notes(policies);
+    html::render(&html::Page {
+        report: &v.report,
+        generated_at: &at.to_string(),
+        version: html::VERSION,
+        title: "portwarden verify",
+        entries: &entries,
+        refresh_secs: None,
+        inside: None,
     })
 }
