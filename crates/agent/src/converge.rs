@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use portwarden_netfilter::{Applied, Plan};
+use portwarden_netfilter::{Applied, Family, Plan, Ruleset};
 use tracing::{error, info, warn};
 
 use crate::metrics::DriftLabels;
@@ -32,12 +32,20 @@ impl Reason {
     }
 }
 
+/// What one reconcile did.
+enum Pass {
+    /// It changed rules.
+    Written(Box<(Plan, Applied)>),
+    /// Nothing differed: the rulesets the plan read (empty unless the handle keeps them).
+    Unchanged(Vec<(Family, Ruleset)>),
+}
+
 /// Plans against the kernel's rules and applies when anything differs. The outcome is left in
-/// the shared state (`ready`, `apply_error`) and the metrics.
-pub fn converge(shared: &Shared, reason: Reason) {
-    let Some(mut intent) = shared.with_state(|s| s.intent.clone()) else {
-        return;
-    };
+/// the shared state (`ready`, `apply_error`) and the metrics. Returns the rulesets the plan
+/// read (with their counters) when it wrote nothing, so a refresh counts packets from them
+/// ([`crate::counters::refresh`]); `None` after a write or an error.
+pub fn converge(shared: &Shared, reason: Reason) -> Option<Vec<(Family, Ruleset)>> {
+    let mut intent = shared.with_state(|s| s.intent.clone())?;
     let _step = shared.step("reconcile");
     // Entries that expired since the intent was compiled: the kernel's time match already
     // stopped their rules; they are removed now, as an intent change (not drift).
@@ -74,29 +82,40 @@ pub fn converge(shared: &Shared, reason: Reason) {
     let result = shared.netfilter().and_then(|nf| {
         // Read, plan, write and read back under the namespace's writer lock: a hand-run
         // `apply` waits for this reconcile, or this one for it, never a mix of the two.
-        let (plan, applied) = nf.converge(&intent, &shared.config.effective_failsafe())?;
+        let (mut plan, applied) = nf.converge(&intent, &shared.config.effective_failsafe())?;
         report_lookalikes(shared, &plan);
-        Ok((!plan.is_converged()).then_some((plan, applied)))
+        if plan.is_converged() && applied.transactions == 0 {
+            return Ok(Pass::Unchanged(std::mem::take(&mut plan.read)));
+        }
+        Ok(Pass::Written(Box::new((plan, applied))))
     });
     shared
         .metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(changed) => {
-            if let Some((plan, applied)) = changed {
-                report_changes(shared, reason, &plan, &applied);
-            }
+    let unchanged_read = match result {
+        Ok(outcome) => {
+            let read = match outcome {
+                Pass::Written(written) => {
+                    let (plan, applied) = *written;
+                    report_changes(shared, reason, &plan, &applied);
+                    None
+                }
+                Pass::Unchanged(read) => Some(read),
+            };
             let mut s = shared.lock();
             s.ready = true;
             s.apply_error = None;
+            read
         }
         Err(e) => {
             shared.metrics.reconcile_errors.inc();
             error!(error = %e, reason = reason.as_str(), "reconcile failed; will retry at the next refresh");
             shared.lock().apply_error = Some(e.to_string());
+            None
         }
-    }
+    };
+    unchanged_read.filter(|read| !read.is_empty())
 }
 
 /// Counts and logs an apply that changed rules: as repaired drift after a [`Reason::Refresh`],

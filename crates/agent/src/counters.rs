@@ -1,5 +1,6 @@
-//! Per-entry packet counters at each refresh: reads the kernel's rule counters of both families
-//! ([`Netfilter::read_counters`], attributed to entries by
+//! Per-entry packet counters at each refresh: the kernel's rule counters of both families (from
+//! the refresh's own read when it wrote nothing, [`portwarden_netfilter::Plan::read`], else
+//! read again with [`Netfilter::read_counters`]; attributed to entries by
 //! [`portwarden_netfilter::entry_counters`]), tracks when each entry last matched, and keeps
 //! the snapshot that `/metrics` ([`crate::metrics::EntryMetrics`]), the inside view and the
 //! Kubernetes agent's PortReport show.
@@ -24,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use portwarden_netfilter::addresses::Host;
-use portwarden_netfilter::{EntryCounters, Failsafe, Netfilter, Rendered};
+use portwarden_netfilter::{EntryCounters, Failsafe, Family, Netfilter, Rendered, Ruleset};
 use portwarden_policy::{NodeIntent, Timestamp};
 use portwarden_reconcile::inside::{EntryCountView, InsideView, MAX_ENTRY_VIEWS};
 use tracing::warn;
@@ -126,9 +127,15 @@ fn read(
     shared: &Shared,
     intent: &Arc<NodeIntent>,
     counts: &mut EntryCounts,
+    read: Option<Vec<(Family, Ruleset)>>,
 ) -> Result<Vec<EntryCounters>, String> {
-    let nf: Netfilter = shared.netfilter().map_err(|e| e.to_string())?;
-    let current = nf.read_counters().map_err(|e| e.to_string())?;
+    let current = match read {
+        Some(current) => current,
+        None => {
+            let nf: Netfilter = shared.netfilter().map_err(|e| e.to_string())?;
+            nf.read_counters().map_err(|e| e.to_string())?
+        }
+    };
     let host = Host::read()
         .map_err(|e| format!("cannot read the node's addresses (for the forward path): {e}"))?;
     let rendered = counts.rendered(intent, host, shared.config.effective_failsafe());
@@ -138,15 +145,17 @@ fn read(
 }
 
 /// Reads the counters at a refresh, tracks the matches and publishes the snapshot (metrics,
-/// inside view). A failed read is logged and keeps the last snapshot.
-pub fn refresh(shared: &Shared) {
+/// inside view). `read` is what the refresh's reconcile read when it wrote nothing (counted
+/// from as is); `None` reads the counters now. A failed read is logged and keeps the last
+/// snapshot.
+pub fn refresh(shared: &Shared, read: Option<Vec<(Family, Ruleset)>>) {
     let Some(intent) = shared.with_state(|s| s.intent.clone()) else {
         return;
     };
     let _step = shared.step("counter read");
     let now = Timestamp::now();
     let mut counts = shared.counts();
-    match read(shared, &intent, &mut counts) {
+    match self::read(shared, &intent, &mut counts, read) {
         Ok(rows) => {
             let counted = counts.tracker.observe(rows, now);
             shared.metrics.entries.set(samples(&counted));

@@ -77,8 +77,8 @@ pub fn run<D: Driver>(shared: &Shared, driver: &mut D, control: &Receiver<D::Mes
             continue;
         }
         if now >= next_refresh {
-            converge(shared, Reason::Refresh);
-            crate::counters::refresh(shared);
+            let read = converge(shared, Reason::Refresh);
+            crate::counters::refresh(shared, read);
             driver.refreshed(shared);
             next_refresh = now + cfg.refresh;
         }

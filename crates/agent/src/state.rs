@@ -173,7 +173,9 @@ impl Shared {
         if let Some(nf) = slot.as_ref() {
             return Ok(nf.clone());
         }
-        let nf = Netfilter::detect(&self.config.netfilter)?;
+        // Plans keep what they read, with counters: a refresh that writes nothing counts the
+        // packets per entry from that read (crate::counters) instead of reading again.
+        let nf = Netfilter::detect(&self.config.netfilter)?.with_read_kept(true);
         info!(backend = %nf.backend(), "netfilter backend detected");
         *slot = Some(nf.clone());
         Ok(nf)

@@ -114,6 +114,7 @@ pub struct Netfilter {
     owners: bool,
     /// Whether plans carry the exposure diff ([`Netfilter::with_exposure`]).
     exposure: bool,
+    keep_read: bool,
     memo: Arc<Mutex<Option<Memo>>>,
 }
 
@@ -199,6 +200,7 @@ impl Netfilter {
             lock_wait_secs: options.lock_wait_secs,
             owners: options.owners,
             exposure: false,
+            keep_read: false,
             memo: Arc::new(Mutex::new(None)),
         })
     }
@@ -210,6 +212,15 @@ impl Netfilter {
     /// `portwarden plan` turns it on.
     pub fn with_exposure(mut self, on: bool) -> Netfilter {
         self.exposure = on;
+        self
+    }
+
+    /// This handle, with (`true`) or without every plan keeping the rulesets it was computed
+    /// from ([`Plan::read`]), read with their counters (`*-save -c`, which costs the read
+    /// nothing measurable): what the agent counts packets per entry from after a refresh that
+    /// wrote nothing. Off by default.
+    pub fn with_read_kept(mut self, on: bool) -> Netfilter {
+        self.keep_read = on;
         self
     }
 
@@ -461,7 +472,11 @@ impl Netfilter {
 
     /// [`Netfilter::plan_unlocked`] without the other owners.
     fn plan_own(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Plan, Error> {
-        let current = self.read_all()?;
+        let current = if self.keep_read {
+            self.read_counters()?
+        } else {
+            self.read_all()?
+        };
         let refs: Vec<(Family, &Ruleset)> = current.iter().map(|(f, r)| (*f, r)).collect();
         let rendered = self.rendered(intent, failsafe)?;
         let mut plan = Plan::from_rendered(&rendered, intent, &refs);
@@ -474,6 +489,9 @@ impl Netfilter {
             .drift_kinds()
             .iter()
             .any(|k| matches!(k, DriftKind::JumpMissing | DriftKind::ChainMissing));
+        if self.keep_read {
+            plan.read = current;
+        }
         if !gone && !self.stray.load(Ordering::Relaxed) {
             return Ok(plan);
         }

@@ -67,6 +67,12 @@ pub struct Plan {
     /// Whether this plan removes everything of portwarden's ([`Plan::reset`]).
     #[serde(skip)]
     pub reset: bool,
+    /// The rulesets [`crate::Netfilter::plan`] computed this plan from, with their rules'
+    /// counters, when the handle keeps them ([`crate::Netfilter::with_read_kept`]); empty
+    /// otherwise. The agent takes its per-entry counters from them when the plan writes
+    /// nothing, instead of a second `iptables-save` per family.
+    #[serde(skip)]
+    pub read: Vec<(Family, Ruleset)>,
 }
 
 /// How a [`Cleanup`] is written.
@@ -214,6 +220,7 @@ impl Plan {
             exposure_unread: Vec::new(),
             families,
             reset: false,
+            read: Vec::new(),
         }
     }
 

@@ -156,12 +156,40 @@ fn converged_apply_writes_nothing() {
             "counters moved: {}",
             before[0]
         );
-        let (plan, applied) = inside(&node, move || {
+        let (plan, applied, kept) = inside(&node, move || {
             let nf = netfilter(backend);
             let plan = nf.plan(&intent, &Failsafe::default()).unwrap();
             let applied = nf.apply(&plan).unwrap();
-            (plan, applied)
+            let kept = nf
+                .with_read_kept(true)
+                .plan(&intent, &Failsafe::default())
+                .unwrap()
+                .read;
+            (plan, applied, kept)
         });
+        // A handle that keeps its read (the agent's) hands back both families with the rules'
+        // counters, the nmap probes counted, so a refresh that writes nothing need not read
+        // again; a plain plan keeps nothing.
+        assert!(plan.read.is_empty());
+        assert_eq!(
+            kept.iter().map(|(f, _)| *f).collect::<Vec<_>>(),
+            [Family::Ipv4, Family::Ipv6]
+        );
+        for (family, rs) in &kept {
+            let leaf = rs
+                .table("filter")
+                .and_then(|t| t.chain("PORTWARDEN-TCP-7936-8191"))
+                .unwrap_or_else(|| panic!("{backend} {family}: no leaf chain in the kept read"));
+            let packets: u64 = leaf
+                .rules
+                .iter()
+                .map(|r| r.counters.map_or(0, |c| c.packets))
+                .sum();
+            assert!(
+                packets > 0,
+                "{backend} {family}: counters not kept: {leaf:?}"
+            );
+        }
         assert_eq!(
             (plan.changes, plan.add.len(), plan.delete.len()),
             (0, 0, 0),
