@@ -113,12 +113,13 @@ async fn page(State(s): State<Arc<Shared>>) -> Response {
     })
     .await
     .ok();
-    let report = s.with_state(|st| st.report.clone());
+    let (report, notes) = s.with_state(|st| (st.report.clone(), st.notes.clone()));
     let text = crate::page::render(
         &s.config.node,
         s.config.scan_interval,
         report.as_ref(),
         view.as_ref(),
+        &notes,
         portwarden_policy::Timestamp::now(),
     );
     html_response(text)
@@ -204,6 +205,7 @@ mod tests {
             None,
             None,
             None,
+            &portwarden_reconcile::html::EntryNotes::new(),
             portwarden_policy::Timestamp::from_unix(0),
         );
         let r = html_response(text);

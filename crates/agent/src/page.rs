@@ -22,13 +22,14 @@ pub fn refresh_secs(scan_interval: Option<Duration>) -> u32 {
 }
 
 /// The page of the agent on `node` at `now`: its last peer scan (`report`, `None` before the
-/// first) and its inside view. The agent knows the compiled intent, not the documents, so
-/// policy entries are named without their `reason` (`portwarden explain` has it).
+/// first), its inside view, and what `explain` says of the entries that decide the rows
+/// (`notes`, from the documents the agent loaded: their reasons).
 pub fn render(
     node: &str,
     scan_interval: Option<Duration>,
     report: Option<&Report>,
     inside: Option<&InsideView>,
+    notes: &EntryNotes,
     now: Timestamp,
 ) -> String {
     let empty;
@@ -52,7 +53,7 @@ pub fn render(
         generated_at: &when,
         version: html::VERSION,
         title: &format!("portwarden agent on {node}"),
-        entries: &EntryNotes::new(),
+        entries: notes,
         refresh_secs: Some(refresh_secs(scan_interval)),
         inside,
     })
@@ -94,12 +95,29 @@ mod tests {
             ..InsideView::default()
         };
         let now = Timestamp::from_unix(1_796_129_516);
+        let notes = EntryNotes::from([(
+            ("quarantine".to_string(), 0),
+            html::EntryNote {
+                priority: 100,
+                ports: "8080".into(),
+                protocol: "tcp".into(),
+                state: "closed".into(),
+                from: "any".into(),
+                reason: Some("INC-1234 <b>suspected</b>".into()),
+                expires: None,
+            },
+        )]);
         let page = render(
             "web-1",
             Some(Duration::from_secs(60)),
             Some(&report),
             Some(&view),
+            &notes,
             now,
+        );
+        assert!(
+            page.contains("INC-1234 &lt;b&gt;suspected&lt;/b&gt;"),
+            "the entry's reason, escaped: {page}"
         );
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"60\">"));
         assert!(page.contains("<h1>portwarden agent on web-1</h1>"));
@@ -113,14 +131,21 @@ mod tests {
     #[test]
     fn before_a_peer_scan_the_page_says_why_it_has_none() {
         let now = Timestamp::from_unix(0);
-        let page = render("web-1", None, None, None, now);
+        let page = render("web-1", None, None, None, &EntryNotes::new(), now);
         assert!(
             page.contains(
                 "this agent does not scan its peers (start it with --scan-interval SECS)"
             )
         );
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"30\">"));
-        let page = render("web-1", Some(Duration::from_secs(10)), None, None, now);
+        let page = render(
+            "web-1",
+            Some(Duration::from_secs(10)),
+            None,
+            None,
+            &EntryNotes::new(),
+            now,
+        );
         assert!(page.contains("no peer scan has finished yet"));
     }
 }

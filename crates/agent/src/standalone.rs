@@ -314,9 +314,11 @@ fn take(shared: &Shared, policies: &PolicySet, nodes: &[Node]) -> Vec<Target> {
         .metrics
         .intent_rules
         .set(mine.as_ref().map_or(0, |i| i.rules.len() as i64));
+    let notes = Arc::new(portwarden_reconcile::html::entry_notes(policies));
     let mut state = shared.lock();
     state.policy_error = None;
     state.intent = mine;
+    state.notes = notes;
     peers
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use portwarden_netfilter::Netfilter;
 use portwarden_policy::NodeIntent;
+use portwarden_reconcile::html::EntryNotes;
 use portwarden_reconcile::inside::{ForwardView, InsideView, exposed_listeners};
 use portwarden_reconcile::ledger::Ledger;
 use portwarden_reconcile::listeners::read_listeners;
@@ -41,6 +42,9 @@ pub struct State {
     /// The look-alikes and kept chains last logged, so each is logged when it appears, not at
     /// every refresh.
     pub reported_lookalikes: Vec<String>,
+    /// What `explain` says of every entry of the loaded policies (its reason above all), for
+    /// the page at `/`: set with the intent from the same documents.
+    pub notes: Arc<EntryNotes>,
 }
 
 /// The loop counts as alive while it has completed a round this recently (`/healthz`).
@@ -161,6 +165,11 @@ impl Shared {
         let mut state = self.lock();
         state.intent = intent;
         state.policy_error = policy_error;
+    }
+
+    /// Sets the entry notes of the policies the intent came from ([`State::notes`]).
+    pub fn set_notes(&self, notes: Arc<EntryNotes>) {
+        self.lock().notes = notes;
     }
 
     /// The netfilter handle, detected at the first call.

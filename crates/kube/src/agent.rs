@@ -165,6 +165,9 @@ pub struct NodePlan {
     /// Every entry with an expiry of the policies in the intent, passed or not: each
     /// refresh reports those passed by then ([`crate::expired::passed`]).
     pub expiring: Vec<crate::crd::NodeExpiredEntry>,
+    /// What `explain` says of every entry of the valid policies (their reasons), for the
+    /// agent's page (a policy's reason changes with its generation, which `applied` holds).
+    pub notes: Arc<portwarden_reconcile::html::EntryNotes>,
 }
 
 impl NodePlan {
@@ -276,6 +279,7 @@ pub fn plan_node(
             .filter(|p| intent.policies.iter().any(|n| **n == *p.name)),
     );
     NodePlan {
+        notes: Arc::new(portwarden_reconcile::html::entry_notes(&set)),
         expiring,
         applied: intent
             .policies
@@ -387,6 +391,7 @@ impl Driver for PlanDriver {
     fn receive(&mut self, shared: &Shared, plans: Vec<NodePlan>) -> bool {
         for p in plans {
             shared.set_intent(p.intent.clone(), p.policy_error.clone());
+            shared.set_notes(p.notes.clone());
             if let Some(e) = &p.policy_error {
                 warn!(problems = %e, "invalid PortPolicies are not applied (their last good generation stays)");
             }
