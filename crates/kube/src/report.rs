@@ -163,6 +163,16 @@ fn finding(r: &Row, unlisted: &BTreeMap<String, Vec<String>>) -> Finding {
 
 /// Builds the spec of `node`'s report.
 pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSpec {
+    let mut spec = applied_side(node, applied);
+    if let Some(scan) = scan {
+        add_scan(&mut spec, scan);
+    }
+    spec
+}
+
+/// The node's own side of its report: what its agent applied, the entries that expired and
+/// the per-entry counts.
+fn applied_side(node: &str, applied: &Applied) -> PortReportSpec {
     let mut spec = PortReportSpec {
         node: node.to_string(),
         applied: applied.policies.clone(),
@@ -182,9 +192,11 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
         .counted_at
         .clone()
         .filter(|_| !applied.entries.is_empty());
-    let Some(scan) = scan else {
-        return spec;
-    };
+    spec
+}
+
+/// The scanning side: the last peer scan's summary, per-policy counts and bounded findings.
+fn add_scan(spec: &mut PortReportSpec, scan: &Scan) {
     spec.scanned_at = Some(scan.at.clone());
     spec.peers = scan.peers.iter().take(MAX_PEERS).cloned().collect();
     spec.notes = scan
@@ -242,7 +254,6 @@ pub fn build(node: &str, applied: &Applied, scan: Option<&Scan>) -> PortReportSp
         .take(MAX_FINDINGS)
         .map(|r| finding(r, &scan.unlisted))
         .collect();
-    spec
 }
 
 /// `spec` without what changes at every scan or refresh although nothing else did: when the
