@@ -28,7 +28,9 @@
 //! every rendered rule stands for exactly one entry, and its comment names it (`web entry 3:
 //! open`, [`chains::entry_comment`]): the kernel's packet counters of a rule are that entry's
 //! ([`crate::counters`]). Older versions merged adjacent entries of one policy ("web entries
-//! 0,1: open"); such a rule is rewritten at the next apply.
+//! 0,1: open"); such a rule is rewritten at the next apply. The price is paid by policies of
+//! many adjacent single-port entries with one action: one rule per entry where there was one
+//! per fifteen ports (the bench's 10,000 entries write twice the rules; docs/benchmarks.md).
 //!
 //! Block rules must only hit traffic the remote side initiated, or a filtered range that overlaps
 //! the ephemeral port range would eat the replies to the node's own connections. Instead of a
