@@ -24,8 +24,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use portwarden_netfilter::addresses::Host;
-use portwarden_netfilter::{EntryCounters, Failsafe, Family, Netfilter, Rendered, Ruleset};
+use portwarden_netfilter::{EntryCounters, Family, Netfilter, Ruleset};
 use portwarden_policy::{NodeIntent, Timestamp};
 use portwarden_reconcile::inside::{EntryCountView, InsideView, MAX_ENTRY_VIEWS};
 use tracing::warn;
@@ -96,26 +95,6 @@ pub struct EntryCounts {
     pub counted: Arc<Vec<Counted>>,
     /// When they were read.
     pub at: Option<Timestamp>,
-    /// The last render, for the intent (by pointer), host and failsafe it was made for.
-    rendered: Option<(Arc<NodeIntent>, Host, Failsafe, Rendered)>,
-}
-
-impl EntryCounts {
-    /// What `intent` renders to on `host`, from the last render when nothing changed.
-    fn rendered(&mut self, intent: &Arc<NodeIntent>, host: Host, failsafe: Failsafe) -> &Rendered {
-        let fresh = self
-            .rendered
-            .as_ref()
-            .is_some_and(|(i, h, f, _)| Arc::ptr_eq(i, intent) && *h == host && *f == failsafe);
-        if !fresh {
-            self.rendered = None;
-        }
-        let (_, _, _, rendered) = self.rendered.get_or_insert_with(|| {
-            let rendered = host.render(intent, &failsafe);
-            (intent.clone(), host, failsafe, rendered)
-        });
-        rendered
-    }
 }
 
 /// Reads the counters of `intent`'s entries at `now`.
@@ -126,21 +105,19 @@ impl EntryCounts {
 fn read(
     shared: &Shared,
     intent: &Arc<NodeIntent>,
-    counts: &mut EntryCounts,
     read: Option<Vec<(Family, Ruleset)>>,
 ) -> Result<Vec<EntryCounters>, String> {
+    let nf: Netfilter = shared.netfilter().map_err(|e| e.to_string())?;
     let current = match read {
         Some(current) => current,
-        None => {
-            let nf: Netfilter = shared.netfilter().map_err(|e| e.to_string())?;
-            nf.read_counters().map_err(|e| e.to_string())?
-        }
+        None => nf.read_counters().map_err(|e| e.to_string())?,
     };
-    let host = Host::read()
-        .map_err(|e| format!("cannot read the node's addresses (for the forward path): {e}"))?;
-    let rendered = counts.rendered(intent, host, shared.config.effective_failsafe());
+    // The handle's render, which the refresh's plan has just made (and memoised).
+    let rendered = nf
+        .rendered(intent, &shared.config.effective_failsafe())
+        .map_err(|e| e.to_string())?;
     Ok(portwarden_netfilter::entry_counters(
-        intent, rendered, &current,
+        intent, &rendered, &current,
     ))
 }
 
@@ -155,7 +132,7 @@ pub fn refresh(shared: &Shared, read: Option<Vec<(Family, Ruleset)>>) {
     let _step = shared.step("counter read");
     let now = Timestamp::now();
     let mut counts = shared.counts();
-    match self::read(shared, &intent, &mut counts, read) {
+    match self::read(shared, &intent, read) {
         Ok(rows) => {
             let counted = counts.tracker.observe(rows, now);
             shared.metrics.entries.set(samples(&counted));

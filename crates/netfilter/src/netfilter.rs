@@ -548,7 +548,14 @@ impl Netfilter {
     /// [`Host::render`](crate::addresses::Host::render) of this namespace, reused from the
     /// previous call while the intent, failsafe list and host are equal. The host is read
     /// afresh every time (see [`crate::addresses`]).
-    fn rendered(&self, intent: &NodeIntent, failsafe: &Failsafe) -> Result<Arc<Rendered>, Error> {
+    ///
+    /// # Errors
+    /// [`Error::Addresses`] when the node's addresses cannot be read.
+    pub fn rendered(
+        &self,
+        intent: &NodeIntent,
+        failsafe: &Failsafe,
+    ) -> Result<Arc<Rendered>, Error> {
         let host = crate::addresses::Host::read().map_err(|source| Error::Addresses { source })?;
         // A poisoned lock only means another thread panicked mid-render: render afresh.
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
